@@ -1,0 +1,76 @@
+//! Command-line interface.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::rules::TimeUnit;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "user-monitor",
+    version,
+    about = "Real-time alerts on user money movements"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// Without a command: `run`.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// Directory holding default.toml and <env>.toml.
+    #[arg(
+        long,
+        global = true,
+        env = "USER_MONITOR_CONFIG_DIR",
+        default_value = "config"
+    )]
+    pub config_dir: PathBuf,
+    /// Configuration environment: also reads <config-dir>/<env>.toml.
+    #[arg(long, global = true, env = "USER_MONITOR_ENV")]
+    pub env: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Processor and HTTP shim in one process; an embedded broker when kafka.bootstrap_servers is empty.
+    Run,
+    /// The Kafka stream processor only.
+    Process,
+    /// The HTTP shim only.
+    Shim,
+    /// Evaluate JSONL events offline: one JSONL response line per input line.
+    Evaluate(EvaluateArgs),
+    /// Manage risk profiles.
+    #[command(subcommand)]
+    Profiles(ProfilesCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct EvaluateArgs {
+    /// JSONL of {"user_id": 1, "risk": "high"}.
+    #[arg(long)]
+    pub profiles: Option<PathBuf>,
+    /// Unit of the events' time (default: rules.time_unit from the configuration).
+    #[arg(long, value_parser = parse_time_unit)]
+    pub time_unit: Option<TimeUnit>,
+    /// Input file, or - for standard input (the default).
+    pub input: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProfilesCommand {
+    /// Publish a JSONL profiles file to the profiles topic.
+    Load {
+        /// JSONL of {"user_id": 1, "risk": "high"}.
+        file: PathBuf,
+    },
+}
+
+fn parse_time_unit(s: &str) -> Result<TimeUnit, String> {
+    s.parse()
+}

@@ -1,0 +1,416 @@
+//! Layered configuration, validated once at start.
+//!
+//! Layers, later wins:
+//! 1. `config/default.toml` as compiled into the binary (every key, with its default);
+//! 2. `<config dir>/default.toml` and `<config dir>/<env>.toml` when present, where the directory is
+//!    `--config-dir` / `USER_MONITOR_CONFIG_DIR` (default `config`) and `<env>` is `--env` /
+//!    `USER_MONITOR_ENV`;
+//! 3. environment variables `USER_MONITOR__SECTION__KEY` (e.g. `USER_MONITOR__TOPICS__EVENTS`).
+//!
+//! Unknown keys are errors. [`Settings::validate`] checks cross-field rules and names the key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::rules::{InvalidRule, Limits, RulesConfig};
+
+/// The defaults, shipped inside the binary so it runs from any directory.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Prefix of the environment variables that override keys.
+pub const ENV_PREFIX: &str = "USER_MONITOR";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration key {key}: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+impl From<InvalidRule> for ConfigError {
+    fn from(e: InvalidRule) -> Self {
+        ConfigError::Invalid {
+            key: e.key,
+            reason: e.reason,
+        }
+    }
+}
+
+fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub rules: RulesConfig,
+    pub kafka: KafkaConfig,
+    pub topics: TopicsConfig,
+    pub processing: ProcessingConfig,
+    pub snapshot: SnapshotConfig,
+    pub profiles: ProfilesConfig,
+    pub http: HttpConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Empty: `run` starts the embedded broker; `process` and `shim` refuse to start.
+    pub bootstrap_servers: String,
+    pub group_id: String,
+    pub client_id: String,
+    /// Raw librdkafka properties, applied last to every client.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicsConfig {
+    pub events: String,
+    pub alerts: String,
+    pub dlq: String,
+    pub profiles: String,
+    pub state: String,
+    /// Create missing topics at start-up.
+    pub create: bool,
+    pub partitions: i32,
+    pub replication_factor: i32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Guarantee {
+    ExactlyOnce,
+    AtLeastOnce,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessingConfig {
+    pub guarantee: Guarantee,
+    /// Empty: `<group_id>-<hostname>`. Must be unique per running instance and stable across
+    /// its restarts, so a restarted instance fences its own zombie at once.
+    pub transactional_id: String,
+    /// Upper bound of events in one transaction.
+    pub max_batch_events: usize,
+    /// How long a batch may wait for more events once it has one.
+    #[serde(with = "humantime_serde")]
+    pub max_batch_wait: Duration,
+    #[serde(with = "humantime_serde")]
+    pub transaction_timeout: Duration,
+    /// Deadline for a graceful shutdown.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotConfig {
+    /// How often a partition's changed users are snapshotted.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfilesConfig {
+    /// JSONL `{"user_id": 1, "risk": "high"}` seeded into the profiles topic at start (empty: none).
+    pub seed_file: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    pub body_limit_bytes: usize,
+    /// How long `POST /event` waits for the response record before answering 202.
+    #[serde(with = "humantime_serde")]
+    pub response_timeout: Duration,
+    /// Records kept by the read model behind the GET endpoints.
+    pub read_model_max_records: usize,
+    /// Recent events kept per user for `GET /api/v1/users/{id}/events`.
+    pub read_model_events_per_user: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A tracing filter, e.g. `info` or `user_monitor=debug,rdkafka=warn`; `RUST_LOG` wins.
+    pub filter: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+/// Where to read configuration from.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    pub config_dir: Option<PathBuf>,
+    pub env: Option<String>,
+    /// Environment variables to read overrides from (the process environment by default).
+    pub vars: Option<BTreeMap<String, String>>,
+}
+
+impl Settings {
+    /// Loads every layer and validates the result.
+    pub fn load(sources: &Sources) -> Result<Settings, ConfigError> {
+        let dir = sources
+            .config_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("config"));
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(
+                DEFAULT_TOML,
+                config::FileFormat::Toml,
+            ))
+            .add_source(config::File::from(dir.join("default.toml")).required(false));
+        if let Some(env) = sources.env.as_deref().filter(|e| !e.is_empty()) {
+            let path = dir.join(format!("{env}.toml"));
+            if !path.exists() {
+                return Err(invalid(
+                    "env",
+                    format!(
+                        "no configuration file {} for environment {env:?}",
+                        path.display()
+                    ),
+                ));
+            }
+            builder = builder.add_source(config::File::from(path));
+        }
+        let mut environment = config::Environment::with_prefix(ENV_PREFIX)
+            .prefix_separator("__")
+            .separator("__");
+        if let Some(vars) = &sources.vars {
+            environment = environment.source(Some(vars.clone().into_iter().collect()));
+        }
+        let settings: Settings = builder.add_source(environment).build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Loads the compiled-in defaults only.
+    pub fn defaults() -> Settings {
+        Settings::load(&Sources {
+            config_dir: Some(PathBuf::from("/nonexistent")),
+            env: None,
+            vars: Some(BTreeMap::new()),
+        })
+        .expect("the compiled-in defaults are valid")
+    }
+
+    /// Cross-field checks; every error names its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        Limits::new(&self.rules)?;
+        let topics = [
+            ("topics.events", &self.topics.events),
+            ("topics.alerts", &self.topics.alerts),
+            ("topics.dlq", &self.topics.dlq),
+            ("topics.profiles", &self.topics.profiles),
+            ("topics.state", &self.topics.state),
+        ];
+        for (key, name) in topics {
+            validate_topic_name(key, name)?;
+        }
+        for (i, (key, name)) in topics.iter().enumerate() {
+            if let Some((other, _)) = topics[..i].iter().find(|(_, n)| n == name) {
+                return Err(invalid(
+                    key,
+                    format!("topic {name:?} is already used by {other}"),
+                ));
+            }
+        }
+        if self.topics.partitions < 1 {
+            return Err(invalid("topics.partitions", "must be at least 1"));
+        }
+        if self.topics.replication_factor < 1 {
+            return Err(invalid("topics.replication_factor", "must be at least 1"));
+        }
+        if self.kafka.group_id.trim().is_empty() {
+            return Err(invalid("kafka.group_id", "must not be empty"));
+        }
+        if self.processing.max_batch_events == 0 {
+            return Err(invalid("processing.max_batch_events", "must be at least 1"));
+        }
+        if self.processing.transaction_timeout < Duration::from_secs(1) {
+            return Err(invalid(
+                "processing.transaction_timeout",
+                "must be at least 1s",
+            ));
+        }
+        if self.snapshot.interval.is_zero() {
+            return Err(invalid("snapshot.interval", "must be greater than 0"));
+        }
+        if self.http.body_limit_bytes == 0 {
+            return Err(invalid("http.body_limit_bytes", "must be at least 1"));
+        }
+        if self.http.read_model_max_records == 0 {
+            return Err(invalid("http.read_model_max_records", "must be at least 1"));
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return Err(invalid("log.format", "must be \"text\" or \"json\""));
+        }
+        if !self.profiles.seed_file.is_empty() && !Path::new(&self.profiles.seed_file).exists() {
+            return Err(invalid(
+                "profiles.seed_file",
+                format!("no such file {:?}", self.profiles.seed_file),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The validated rules.
+    pub fn limits(&self) -> Limits {
+        Limits::new(&self.rules).expect("validated at load")
+    }
+
+    /// The transactional id of this instance.
+    pub fn transactional_id(&self) -> String {
+        if self.processing.transactional_id.is_empty() {
+            let host = hostname::get()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "localhost".to_owned());
+            format!("{}-{host}", self.kafka.group_id)
+        } else {
+            self.processing.transactional_id.clone()
+        }
+    }
+}
+
+/// Kafka's own rule: 1 to 249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.
+fn validate_topic_name(key: &str, name: &str) -> Result<(), ConfigError> {
+    let legal = !name.is_empty()
+        && name.len() <= 249
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if legal {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            format!("{name:?} is not a legal Kafka topic name (1-249 of [a-zA-Z0-9._-])"),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_with(
+        vars: &[(&str, &str)],
+        files: &[(&str, &str)],
+        env: Option<&str>,
+    ) -> Result<Settings, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        Settings::load(&Sources {
+            config_dir: Some(dir.path().to_owned()),
+            env: env.map(str::to_owned),
+            vars: Some(
+                vars.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+        })
+    }
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let s = Settings::defaults();
+        assert_eq!(s.topics.events, "user-events");
+        assert_eq!(s.topics.alerts, "user-alerts");
+        assert_eq!(s.topics.dlq, "user-events.dlq");
+        assert_eq!(s.topics.profiles, "user-profiles");
+        assert_eq!(s.topics.state, "user-monitor.state");
+        assert_eq!(s.kafka.group_id, "user-monitor");
+        assert_eq!(s.processing.guarantee, Guarantee::ExactlyOnce);
+        assert_eq!(s.limits(), Limits::default());
+        assert_eq!(s.http.listen.port(), 5000);
+    }
+
+    #[test]
+    fn environment_overrides_files_which_override_defaults() {
+        let s = load_with(
+            &[
+                ("USER_MONITOR__TOPICS__EVENTS", "payments-events"),
+                ("USER_MONITOR__RULES__LARGE_WITHDRAWAL__AMOUNT", "150"),
+            ],
+            &[
+                ("default.toml", "[topics]\nalerts = \"a1\"\n"),
+                ("prod.toml", "[topics]\nalerts = \"a2\"\ndlq = \"d2\"\n"),
+            ],
+            Some("prod"),
+        )
+        .unwrap();
+        assert_eq!(s.topics.events, "payments-events");
+        assert_eq!(s.topics.alerts, "a2");
+        assert_eq!(s.topics.dlq, "d2");
+        assert_eq!(s.rules.large_withdrawal.amount, "150");
+    }
+
+    #[test]
+    fn time_unit_and_durations_parse_from_strings() {
+        let s = load_with(
+            &[
+                ("USER_MONITOR__RULES__TIME_UNIT", "milliseconds"),
+                ("USER_MONITOR__SNAPSHOT__INTERVAL", "250ms"),
+            ],
+            &[],
+            None,
+        )
+        .unwrap();
+        assert_eq!(s.limits().deposit_window_ticks, 30_000);
+        assert_eq!(s.snapshot.interval, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn invalid_configuration_names_the_key() {
+        let unknown =
+            load_with(&[], &[("default.toml", "[topics]\nevnts = \"x\"\n")], None).unwrap_err();
+        assert!(unknown.to_string().contains("evnts"), "{unknown}");
+        let bad_amount = load_with(
+            &[("USER_MONITOR__RULES__DEPOSIT_WINDOW__AMOUNT", "lots")],
+            &[],
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            bad_amount
+                .to_string()
+                .contains("rules.deposit_window.amount"),
+            "{bad_amount}"
+        );
+        let bad_topic =
+            load_with(&[("USER_MONITOR__TOPICS__DLQ", "bad topic")], &[], None).unwrap_err();
+        assert!(bad_topic.to_string().contains("topics.dlq"), "{bad_topic}");
+        let same =
+            load_with(&[("USER_MONITOR__TOPICS__DLQ", "user-events")], &[], None).unwrap_err();
+        assert!(
+            same.to_string().contains("already used by topics.events"),
+            "{same}"
+        );
+        let bad_unit =
+            load_with(&[("USER_MONITOR__RULES__TIME_UNIT", "hours")], &[], None).unwrap_err();
+        assert!(bad_unit.to_string().contains("hours"), "{bad_unit}");
+        let missing_env = load_with(&[], &[], Some("staging")).unwrap_err();
+        assert!(
+            missing_env.to_string().contains("staging.toml"),
+            "{missing_env}"
+        );
+    }
+}

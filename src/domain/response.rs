@@ -1,0 +1,398 @@
+//! What the service answers: the legacy response object and the output-topic record.
+
+use std::io::{self, Write};
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::rules::Risk;
+use crate::state::AlertCodes;
+
+/// The original API's response, exactly: `{"alert": true, "alert_codes": [30, 123], "user_id": 1}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LegacyResponse {
+    pub alert: bool,
+    pub alert_codes: Vec<u32>,
+    pub user_id: u64,
+}
+
+impl LegacyResponse {
+    pub fn new(user_id: u64, codes: &AlertCodes) -> Self {
+        LegacyResponse {
+            alert: codes.is_alert(),
+            alert_codes: codes.as_slice().to_vec(),
+            user_id,
+        }
+    }
+}
+
+/// Writes the legacy response as one JSON line without allocating, in the spacing the original
+/// Python service used (`{"alert": false, "alert_codes": [], "user_id": 1}`).
+pub fn write_legacy_line(out: &mut impl Write, user_id: u64, codes: &AlertCodes) -> io::Result<()> {
+    let mut buf = itoa::Buffer::new();
+    out.write_all(if codes.is_alert() {
+        b"{\"alert\": true, \"alert_codes\": ["
+    } else {
+        b"{\"alert\": false, \"alert_codes\": ["
+    })?;
+    for (i, code) in codes.as_slice().iter().enumerate() {
+        if i > 0 {
+            out.write_all(b", ")?;
+        }
+        out.write_all(buf.format(*code).as_bytes())?;
+    }
+    out.write_all(b"], \"user_id\": ")?;
+    out.write_all(buf.format(user_id).as_bytes())?;
+    out.write_all(b"}\n")
+}
+
+/// Why an input record got an error response instead of an evaluation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rejection {
+    /// Not a valid event (bad JSON, not an object, bad or missing fields).
+    Invalid,
+    /// Older than the user's last accepted event.
+    OutOfOrder,
+}
+
+impl Rejection {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejection::Invalid => "invalid",
+            Rejection::OutOfOrder => "out_of_order",
+        }
+    }
+}
+
+/// One record of the alerts topic: the response to exactly one input record.
+///
+/// On the wire it is one flat JSON object: `event_id`, `user_id`, then either `alert`,
+/// `alert_codes`, `alert_id` (`null` without an alert) and `risk`, or `error` and `rejection`;
+/// then `event`, the input as sent when it is JSON, else `event_text`, the input as lossy text.
+#[derive(Debug, Clone)]
+pub struct AlertRecord {
+    /// `"<partition>-<offset>"` of the input record.
+    pub event_id: String,
+    pub user_id: Option<u64>,
+    pub outcome: Outcome,
+    pub event: Option<Box<RawValue>>,
+    pub event_text: Option<String>,
+}
+
+/// What became of the input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Accepted {
+        alert_codes: Vec<u32>,
+        /// Deterministic: `"alert-<partition>-<offset>"`, `None` when no alert.
+        alert_id: Option<String>,
+        risk: Risk,
+    },
+    Rejected {
+        rejection: Rejection,
+        error: String,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireRecord<'a> {
+    event_id: std::borrow::Cow<'a, str>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    user_id: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    alert: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    alert_codes: Option<std::borrow::Cow<'a, [u32]>>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "present_or_null"
+    )]
+    alert_id: Option<Option<std::borrow::Cow<'a, str>>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    risk: Option<Risk>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rejection: Option<Rejection>,
+    #[serde(default, skip_serializing_if = "Option::is_none", borrow)]
+    event: Option<&'a RawValue>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    event_text: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// `Some(None)` is a present `null`, `None` an absent key.
+mod present_or_null {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer, T: Serialize>(
+        value: &Option<Option<T>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        value.as_ref().expect("skipped when absent").serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+        d: D,
+    ) -> Result<Option<Option<T>>, D::Error> {
+        Option::<T>::deserialize(d).map(Some)
+    }
+}
+
+/// Why bytes are not an alert record.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("invalid alert record: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("invalid alert record: neither alert fields nor error")]
+    Incomplete,
+}
+
+impl Serialize for AlertRecord {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut wire = WireRecord {
+            event_id: self.event_id.as_str().into(),
+            user_id: self.user_id,
+            alert: None,
+            alert_codes: None,
+            alert_id: None,
+            risk: None,
+            error: None,
+            rejection: None,
+            event: self.event.as_deref(),
+            event_text: self.event_text.as_deref().map(Into::into),
+        };
+        match &self.outcome {
+            Outcome::Accepted {
+                alert_codes,
+                alert_id,
+                risk,
+            } => {
+                wire.alert = Some(!alert_codes.is_empty());
+                wire.alert_codes = Some(alert_codes.as_slice().into());
+                wire.alert_id = Some(alert_id.as_deref().map(Into::into));
+                wire.risk = Some(*risk);
+            }
+            Outcome::Rejected { rejection, error } => {
+                wire.error = Some(error.as_str().into());
+                wire.rejection = Some(*rejection);
+            }
+        }
+        wire.serialize(s)
+    }
+}
+
+/// The event id of an input coordinate.
+pub fn event_id(partition: i32, offset: i64) -> String {
+    format!("{partition}-{offset}")
+}
+
+/// The deterministic alert id of an input coordinate.
+pub fn alert_id(partition: i32, offset: i64) -> String {
+    format!("alert-{partition}-{offset}")
+}
+
+/// Parses `"<partition>-<offset>"` (as produced by [`event_id`]).
+pub fn parse_event_id(text: &str) -> Option<(i32, i64)> {
+    let (partition, offset) = text.split_once('-')?;
+    let partition: i32 = partition.parse().ok()?;
+    let offset: i64 = offset.parse().ok()?;
+    (partition >= 0 && offset >= 0 && event_id(partition, offset) == text)
+        .then_some((partition, offset))
+}
+
+/// Parses `"alert-<partition>-<offset>"` (as produced by [`alert_id`]).
+pub fn parse_alert_id(text: &str) -> Option<(i32, i64)> {
+    parse_event_id(text.strip_prefix("alert-")?)
+}
+
+fn raw_event(input: &[u8]) -> (Option<Box<RawValue>>, Option<String>) {
+    match std::str::from_utf8(input)
+        .ok()
+        .and_then(|s| serde_json::from_str::<Box<RawValue>>(s.trim()).ok())
+    {
+        Some(raw) => (Some(raw), None),
+        None => (None, Some(String::from_utf8_lossy(input).into_owned())),
+    }
+}
+
+impl AlertRecord {
+    /// The response to an accepted event.
+    pub fn accepted(
+        partition: i32,
+        offset: i64,
+        user_id: u64,
+        codes: &AlertCodes,
+        risk: Risk,
+        input: &[u8],
+    ) -> Self {
+        let (event, event_text) = raw_event(input);
+        AlertRecord {
+            event_id: event_id(partition, offset),
+            user_id: Some(user_id),
+            outcome: Outcome::Accepted {
+                alert_codes: codes.as_slice().to_vec(),
+                alert_id: codes.is_alert().then(|| alert_id(partition, offset)),
+                risk,
+            },
+            event,
+            event_text,
+        }
+    }
+
+    /// The response to a rejected input.
+    pub fn rejected(
+        partition: i32,
+        offset: i64,
+        user_id: Option<u64>,
+        rejection: Rejection,
+        error: String,
+        input: &[u8],
+    ) -> Self {
+        let (event, event_text) = raw_event(input);
+        AlertRecord {
+            event_id: event_id(partition, offset),
+            user_id,
+            outcome: Outcome::Rejected { rejection, error },
+            event,
+            event_text,
+        }
+    }
+
+    /// Reads a record of the alerts topic.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, RecordError> {
+        let wire: WireRecord = serde_json::from_slice(bytes)?;
+        let outcome = match (wire.alert_codes, wire.risk, wire.error, wire.rejection) {
+            (Some(codes), Some(risk), None, None) => Outcome::Accepted {
+                alert_codes: codes.into_owned(),
+                alert_id: wire.alert_id.flatten().map(|id| id.into_owned()),
+                risk,
+            },
+            (None, None, Some(error), Some(rejection)) => Outcome::Rejected {
+                rejection,
+                error: error.into_owned(),
+            },
+            _ => return Err(RecordError::Incomplete),
+        };
+        Ok(AlertRecord {
+            event_id: wire.event_id.into_owned(),
+            user_id: wire.user_id,
+            outcome,
+            event: wire.event.map(|raw| raw.to_owned()),
+            event_text: wire.event_text.map(|t| t.into_owned()),
+        })
+    }
+
+    pub fn is_error(&self) -> bool {
+        matches!(self.outcome, Outcome::Rejected { .. })
+    }
+
+    pub fn alert_id(&self) -> Option<&str> {
+        match &self.outcome {
+            Outcome::Accepted { alert_id, .. } => alert_id.as_deref(),
+            Outcome::Rejected { .. } => None,
+        }
+    }
+
+    /// The legacy response, for accepted events.
+    pub fn legacy(&self) -> Option<LegacyResponse> {
+        match &self.outcome {
+            Outcome::Accepted { alert_codes, .. } => Some(LegacyResponse {
+                alert: !alert_codes.is_empty(),
+                alert_codes: alert_codes.clone(),
+                user_id: self.user_id?,
+            }),
+            Outcome::Rejected { .. } => None,
+        }
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("an alert record always serializes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::event::decode;
+    use crate::rules::Limits;
+    use crate::state::UserState;
+
+    fn codes_for(json: &[u8]) -> AlertCodes {
+        let event = decode(json).unwrap();
+        UserState::default()
+            .apply(&event, Risk::Medium, &Limits::default())
+            .unwrap()
+    }
+
+    #[test]
+    fn legacy_line_matches_the_original_api() {
+        let mut out = Vec::new();
+        write_legacy_line(
+            &mut out,
+            3,
+            &codes_for(br#"{"type":"withdraw","amount":"200","user_id":3,"time":0}"#),
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            b"{\"alert\": true, \"alert_codes\": [1100], \"user_id\": 3}\n"
+        );
+        let parsed: LegacyResponse = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            parsed,
+            LegacyResponse {
+                alert: true,
+                alert_codes: vec![1100],
+                user_id: 3
+            }
+        );
+    }
+
+    #[test]
+    fn accepted_record_carries_ids_risk_and_the_original_event() {
+        let input = br#"{"type":"withdraw","amount":"200","user_id":3,"time":0,"extra":1}"#;
+        let record = AlertRecord::accepted(2, 41, 3, &codes_for(input), Risk::High, input);
+        let json: serde_json::Value = serde_json::from_slice(&record.to_json()).unwrap();
+        assert_eq!(json["event_id"], "2-41");
+        assert_eq!(json["alert_id"], "alert-2-41");
+        assert_eq!(json["risk"], "high");
+        assert_eq!(json["event"]["extra"], 1);
+        assert_eq!(json["alert_codes"], serde_json::json!([1100]));
+        let back = AlertRecord::from_json(&record.to_json()).unwrap();
+        assert_eq!(back.to_json(), record.to_json());
+    }
+
+    #[test]
+    fn no_alert_has_a_null_alert_id_and_errors_have_none() {
+        let input = br#"{"type":"deposit","amount":"1","user_id":3,"time":0}"#;
+        let record = AlertRecord::accepted(0, 0, 3, &codes_for(input), Risk::Medium, input);
+        let json: serde_json::Value = serde_json::from_slice(&record.to_json()).unwrap();
+        assert!(json.get("alert_id").unwrap().is_null());
+        let error = AlertRecord::rejected(
+            0,
+            1,
+            None,
+            Rejection::Invalid,
+            "invalid JSON".into(),
+            b"\xff not json",
+        );
+        let json: serde_json::Value = serde_json::from_slice(&error.to_json()).unwrap();
+        assert!(json.get("alert_id").is_none());
+        assert_eq!(json["rejection"], "invalid");
+        assert!(json["event_text"].as_str().unwrap().ends_with("not json"));
+        let back = AlertRecord::from_json(&error.to_json()).unwrap();
+        assert_eq!(back.alert_id(), None);
+        assert_eq!(back.to_json(), error.to_json());
+    }
+
+    #[test]
+    fn event_ids_round_trip_and_reject_lookalikes() {
+        assert_eq!(parse_event_id(&event_id(3, 12)), Some((3, 12)));
+        assert_eq!(parse_alert_id(&alert_id(0, 7)), Some((0, 7)));
+        for bad in ["", "3", "-1-2", "1--2", "01-2", "1-2-3", "a-b", "1-+2"] {
+            assert_eq!(parse_event_id(bad), None, "{bad}");
+        }
+    }
+}

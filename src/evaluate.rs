@@ -1,0 +1,148 @@
+//! `user-monitor evaluate`: the rules engine over JSONL, no Kafka (SPEC section 6).
+//!
+//! Exactly one output line per input line, in order: the legacy response, or
+//! `{"error": "<message>", "line": <n>}`. Streaming: one reused line buffer, O(users) state.
+
+use std::io::{self, BufRead, Write};
+
+use crate::domain::event::decode;
+use crate::domain::response::write_legacy_line;
+use crate::profiles::Profiles;
+use crate::rules::Limits;
+use crate::state::Users;
+
+/// Counts of one run, printed to stderr at the end.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub lines: u64,
+    pub accepted: u64,
+    pub alerts: u64,
+    pub invalid: u64,
+    pub out_of_order: u64,
+    pub users: usize,
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "evaluated {} lines: {} accepted ({} with alerts), {} invalid, {} out of order; {} users",
+            self.lines, self.accepted, self.alerts, self.invalid, self.out_of_order, self.users
+        )
+    }
+}
+
+/// Evaluates every line of `input`, writing one line per input line to `output`.
+pub fn evaluate(
+    mut input: impl BufRead,
+    output: impl Write,
+    profiles: &Profiles,
+    limits: &Limits,
+) -> io::Result<Summary> {
+    let mut output = io::BufWriter::with_capacity(1 << 16, output);
+    let mut users = Users::default();
+    let mut summary = Summary::default();
+    let mut line = Vec::with_capacity(256);
+    loop {
+        line.clear();
+        if input.read_until(b'\n', &mut line)? == 0 {
+            break;
+        }
+        summary.lines += 1;
+        let mut text = line.as_slice();
+        if let Some(rest) = text.strip_suffix(b"\n") {
+            text = rest.strip_suffix(b"\r").unwrap_or(rest);
+        }
+        match decode(text) {
+            Ok(event) => {
+                let risk = profiles.risk(event.user_id.0);
+                match users.apply(&event, risk, limits) {
+                    Ok(codes) => {
+                        summary.accepted += 1;
+                        summary.alerts += u64::from(codes.is_alert());
+                        write_legacy_line(&mut output, event.user_id.0, &codes)?;
+                    }
+                    Err(e) => {
+                        summary.out_of_order += 1;
+                        write_error_line(&mut output, &e.to_string(), summary.lines)?;
+                    }
+                }
+            }
+            Err(e) => {
+                summary.invalid += 1;
+                write_error_line(&mut output, &e.to_string(), summary.lines)?;
+            }
+        }
+    }
+    output.flush()?;
+    summary.users = users.len();
+    Ok(summary)
+}
+
+fn write_error_line(out: &mut impl Write, message: &str, line: u64) -> io::Result<()> {
+    out.write_all(b"{\"error\": ")?;
+    serde_json::to_writer(&mut *out, message)?;
+    out.write_all(b", \"line\": ")?;
+    out.write_all(itoa::Buffer::new().format(line).as_bytes())?;
+    out.write_all(b"}\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(input: &str) -> (Vec<serde_json::Value>, Summary) {
+        let mut out = Vec::new();
+        let summary = evaluate(
+            input.as_bytes(),
+            &mut out,
+            &Profiles::default(),
+            &Limits::default(),
+        )
+        .unwrap();
+        let lines = String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        (lines, summary)
+    }
+
+    #[test]
+    fn one_output_line_per_input_line_including_blank_and_invalid_ones() {
+        let input = "{\"type\": \"withdraw\", \"amount\": \"200\", \"user_id\": 3, \"time\": 5}\r\n\n  \nnot json\n{\"type\": \"withdraw\", \"amount\": \"1\", \"user_id\": 3, \"time\": 4}\n{\"type\": \"deposit\", \"amount\": \"1\", \"user_id\": 3, \"time\": 5}";
+        let (lines, summary) = run(input);
+        assert_eq!(lines.len(), 6);
+        assert_eq!(
+            lines[0],
+            serde_json::json!({"alert": true, "alert_codes": [1100], "user_id": 3})
+        );
+        for (i, line) in lines.iter().enumerate().take(5).skip(1) {
+            assert_eq!(line["line"], i as u64 + 1, "{line}");
+            assert!(line["error"].is_string());
+        }
+        assert!(lines[4]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("out of order"));
+        assert_eq!(lines[5]["alert"], false);
+        assert_eq!(
+            summary,
+            Summary {
+                lines: 6,
+                accepted: 2,
+                alerts: 1,
+                invalid: 3,
+                out_of_order: 1,
+                users: 1
+            }
+        );
+    }
+
+    #[test]
+    fn empty_input_gives_empty_output() {
+        let (lines, summary) = run("");
+        assert!(lines.is_empty());
+        assert_eq!(summary.lines, 0);
+    }
+}

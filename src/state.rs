@@ -1,0 +1,351 @@
+//! Per-user state and the evaluation of the rules against it: the pure core.
+//!
+//! [`UserState::apply`] takes an event, the user's current risk and the [`Limits`] and returns
+//! the alert codes or an [`OutOfOrder`] rejection. No clock, no I/O: `evaluate`, the Kafka
+//! processor and the benchmarks all run this same code.
+//!
+//! The state is O(what the rules need), never the whole history:
+//! - the time of the last accepted event (out-of-order check);
+//! - the number of trailing withdrawals (rule 30) and the length of the strictly increasing run
+//!   of deposits ending at the last deposit plus that deposit's amount (rule 300): unbounded
+//!   counters, so any count threshold, and so any risk, can be answered;
+//! - the deposits of the last deposit window and the events of the last burst window, each as
+//!   `(time, total)` buckets merged by equal time (rules 123 and 500), pruned as time advances.
+//!
+//! Windows are not scaled by risk, only thresholds are, so the state never depends on risk and a
+//! risk change between two events is answered exactly.
+
+use std::collections::VecDeque;
+
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+
+use crate::domain::event::{Event, Kind};
+use crate::rules::{Limits, Risk};
+
+/// The codes raised by one event, ascending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AlertCodes {
+    codes: [u32; 5],
+    len: u8,
+}
+
+impl AlertCodes {
+    fn push(&mut self, code: u32) {
+        self.codes[self.len as usize] = code;
+        self.len += 1;
+    }
+
+    pub fn as_slice(&self) -> &[u32] {
+        &self.codes[..self.len as usize]
+    }
+
+    pub fn is_alert(&self) -> bool {
+        self.len > 0
+    }
+
+    fn sort(&mut self) {
+        self.codes[..self.len as usize].sort_unstable();
+    }
+}
+
+/// An event older than the user's last accepted event: rejected, state unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("out of order: time {time} is before user's last accepted time {last_time}")]
+pub struct OutOfOrder {
+    pub time: u64,
+    pub last_time: u64,
+}
+
+/// A time bucket of a window: events (or deposit amounts) at one time, merged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Bucket {
+    time: u64,
+    /// Count of events, or the saturating sum of deposits in 10^-8 units.
+    total: u128,
+}
+
+/// A sliding window of `(time, total)` buckets with a running, saturating total.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Window {
+    buckets: VecDeque<Bucket>,
+    total: u128,
+}
+
+impl Window {
+    /// Drops buckets with `now - time > span`. Times only grow, so the front is the oldest.
+    fn prune(&mut self, now: u64, span: u64) {
+        // While below the ceiling the running total is exact; once saturated it is recomputed.
+        let saturated = self.total == u128::MAX;
+        let mut removed = false;
+        while let Some(front) = self.buckets.front() {
+            if now - front.time <= span {
+                break;
+            }
+            if !saturated {
+                self.total -= front.total;
+            }
+            self.buckets.pop_front();
+            removed = true;
+        }
+        if saturated && removed {
+            self.total = self
+                .buckets
+                .iter()
+                .fold(0u128, |sum, b| sum.saturating_add(b.total));
+        }
+    }
+
+    fn add(&mut self, time: u64, value: u128) {
+        match self.buckets.back_mut() {
+            Some(last) if last.time == time => last.total = last.total.saturating_add(value),
+            _ => self.buckets.push_back(Bucket { time, total: value }),
+        }
+        self.total = self.total.saturating_add(value);
+    }
+}
+
+/// Everything the rules need to know about one user.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserState {
+    /// Time of the last accepted event; `None` before the first.
+    last_time: Option<u64>,
+    /// Withdrawals since the last deposit.
+    trailing_withdrawals: u64,
+    /// Length of the strictly increasing run of deposits ending at the last deposit.
+    increasing_run: u64,
+    /// Amount of the last deposit, in 10^-8 units.
+    last_deposit: Option<u128>,
+    /// Deposits within the deposit window, summed by time.
+    deposits: Window,
+    /// Events within the burst window, counted by time.
+    events: Window,
+}
+
+impl UserState {
+    /// Applies `event` with the user's current `risk`: appends it to the state and returns the
+    /// codes it raises, or rejects it (state untouched) when it is out of order.
+    pub fn apply(
+        &mut self,
+        event: &Event,
+        risk: Risk,
+        limits: &Limits,
+    ) -> Result<AlertCodes, OutOfOrder> {
+        let now = event.time;
+        if let Some(last_time) = self.last_time {
+            if now < last_time {
+                return Err(OutOfOrder {
+                    time: now,
+                    last_time,
+                });
+            }
+        }
+        self.last_time = Some(now);
+        let amount = event.amount.units();
+        let mut codes = AlertCodes::default();
+
+        self.events.prune(now, limits.burst_window_ticks);
+        self.events.add(now, 1);
+        self.deposits.prune(now, limits.deposit_window_ticks);
+
+        match event.kind {
+            Kind::Withdraw => {
+                self.trailing_withdrawals = self.trailing_withdrawals.saturating_add(1);
+                if risk.amount_exceeded(amount, limits.large_withdrawal_amount) {
+                    codes.push(limits.large_withdrawal_code);
+                }
+                if self.trailing_withdrawals
+                    >= risk.count_threshold(limits.consecutive_withdrawals_count)
+                {
+                    codes.push(limits.consecutive_withdrawals_code);
+                }
+            }
+            Kind::Deposit => {
+                self.trailing_withdrawals = 0;
+                self.increasing_run = match self.last_deposit {
+                    Some(previous) if amount > previous => self.increasing_run.saturating_add(1),
+                    _ => 1,
+                };
+                self.last_deposit = Some(amount);
+                if self.increasing_run >= risk.count_threshold(limits.increasing_deposits_count) {
+                    codes.push(limits.increasing_deposits_code);
+                }
+                self.deposits.add(now, amount);
+                if risk.amount_exceeded(self.deposits.total, limits.deposit_window_amount) {
+                    codes.push(limits.deposit_window_code);
+                }
+            }
+        }
+        if self.events.total > u128::from(risk.count_threshold(limits.burst_count)) {
+            codes.push(limits.burst_code);
+        }
+        codes.sort();
+        Ok(codes)
+    }
+
+    /// Time of the last accepted event.
+    pub fn last_time(&self) -> Option<u64> {
+        self.last_time
+    }
+}
+
+/// The state of many users (one owner: a partition, or the whole `evaluate` run).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Users {
+    users: FxHashMap<u64, UserState>,
+}
+
+impl Users {
+    pub fn apply(
+        &mut self,
+        event: &Event,
+        risk: Risk,
+        limits: &Limits,
+    ) -> Result<AlertCodes, OutOfOrder> {
+        self.users
+            .entry(event.user_id.0)
+            .or_default()
+            .apply(event, risk, limits)
+    }
+
+    pub fn get(&self, user_id: u64) -> Option<&UserState> {
+        self.users.get(&user_id)
+    }
+
+    pub fn insert(&mut self, user_id: u64, state: UserState) {
+        self.users.insert(user_id, state);
+    }
+
+    pub fn len(&self) -> usize {
+        self.users.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &UserState)> {
+        self.users.iter().map(|(id, state)| (*id, state))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::event::{Amount, UserId};
+
+    fn ev(kind: Kind, amount: &str, time: u64) -> Event {
+        Event {
+            kind,
+            amount: Amount::parse(amount).unwrap(),
+            user_id: UserId(1),
+            time,
+        }
+    }
+
+    fn run(events: &[Event], risk: Risk) -> Vec<Vec<u32>> {
+        let limits = Limits::default();
+        let mut state = UserState::default();
+        events
+            .iter()
+            .map(|e| state.apply(e, risk, &limits).unwrap().as_slice().to_vec())
+            .collect()
+    }
+
+    #[test]
+    fn consecutive_withdrawals_refire_while_they_continue() {
+        let w = |t| ev(Kind::Withdraw, "1", t);
+        assert_eq!(
+            run(&[w(0), w(100), w(200), w(300)], Risk::Medium),
+            vec![vec![], vec![], vec![30], vec![30]]
+        );
+        assert_eq!(run(&[w(0), w(100)], Risk::High), vec![vec![], vec![30]]);
+    }
+
+    #[test]
+    fn deposit_window_is_inclusive_at_its_edge() {
+        let d = |a, t| ev(Kind::Deposit, a, t);
+        assert_eq!(
+            run(&[d("150", 0), d("50.01", 30)], Risk::Medium)[1],
+            vec![123]
+        );
+        assert_eq!(
+            run(&[d("150", 0), d("50.01", 31)], Risk::Medium)[1],
+            Vec::<u32>::new()
+        );
+        assert_eq!(
+            run(&[d("150", 0), d("50", 30)], Risk::Medium)[1],
+            Vec::<u32>::new()
+        );
+    }
+
+    #[test]
+    fn burst_counts_every_event_in_the_inclusive_window() {
+        let events: Vec<_> = (0..6).map(|i| ev(Kind::Withdraw, "1", i * 12)).collect();
+        let codes = run(&events, Risk::Low);
+        assert!(codes.iter().all(|c| !c.contains(&500)));
+        let codes = run(&events, Risk::Medium);
+        assert!(codes[5].contains(&500), "{codes:?}");
+    }
+
+    #[test]
+    fn out_of_order_events_are_rejected_without_changing_state() {
+        let limits = Limits::default();
+        let mut state = UserState::default();
+        state
+            .apply(&ev(Kind::Deposit, "1", 10), Risk::Medium, &limits)
+            .unwrap();
+        let before = state.clone();
+        let err = state
+            .apply(&ev(Kind::Deposit, "1", 9), Risk::Medium, &limits)
+            .unwrap_err();
+        assert_eq!(
+            err,
+            OutOfOrder {
+                time: 9,
+                last_time: 10
+            }
+        );
+        assert_eq!(state, before);
+        state
+            .apply(&ev(Kind::Deposit, "1", 10), Risk::Medium, &limits)
+            .unwrap();
+    }
+
+    #[test]
+    fn saturated_deposit_sums_stay_above_every_threshold() {
+        let limits = Limits::default();
+        let mut state = UserState::default();
+        let huge = ev(Kind::Deposit, "99999999999999999999.99999999", 0);
+        for _ in 0..100_000 {
+            state.apply(&huge, Risk::Low, &limits).unwrap();
+        }
+        state.deposits.add(0, u128::MAX);
+        assert_eq!(state.deposits.total, u128::MAX);
+        let codes = state
+            .apply(&ev(Kind::Deposit, "1", 30), Risk::Low, &limits)
+            .unwrap();
+        assert!(codes.as_slice().contains(&123));
+        // Once the saturated bucket leaves the window the sum is exact again.
+        let codes = state
+            .apply(&ev(Kind::Deposit, "1", 60), Risk::Medium, &limits)
+            .unwrap();
+        assert!(!codes.as_slice().contains(&123));
+        assert_eq!(state.deposits.total, 2 * 100_000_000);
+    }
+
+    #[test]
+    fn state_round_trips_through_json() {
+        let limits = Limits::default();
+        let mut state = UserState::default();
+        state
+            .apply(
+                &ev(Kind::Deposit, "99999999999999999999.99999999", 3),
+                Risk::Medium,
+                &limits,
+            )
+            .unwrap();
+        let json = serde_json::to_string(&state).unwrap();
+        assert_eq!(serde_json::from_str::<UserState>(&json).unwrap(), state);
+    }
+}
