@@ -58,7 +58,11 @@ impl Amount {
     /// Parses the text of an amount (without JSON quotes) per the grammar
     /// `^[0-9]{1,20}(\.[0-9]{1,8})?$`, value > 0.
     pub fn parse(text: &str) -> Result<Self, AmountError> {
-        let bytes = text.as_bytes();
+        Amount::parse_bytes(text.as_bytes())
+    }
+
+    /// [`Amount::parse`] over bytes (non-ASCII bytes are simply not digits).
+    pub fn parse_bytes(bytes: &[u8]) -> Result<Self, AmountError> {
         let (int_part, frac_part) = match bytes.iter().position(|&b| b == b'.') {
             Some(dot) => (&bytes[..dot], Some(&bytes[dot + 1..])),
             None => (bytes, None),
@@ -198,10 +202,10 @@ impl DecodeError {
 /// a repeated key keeps its last value (as most JSON readers do).
 #[derive(Default)]
 struct RawEvent<'a> {
-    kind: Option<&'a RawValue>,
-    amount: Option<&'a RawValue>,
-    user_id: Option<&'a RawValue>,
-    time: Option<&'a RawValue>,
+    kind: Option<&'a [u8]>,
+    amount: Option<&'a [u8]>,
+    user_id: Option<&'a [u8]>,
+    time: Option<&'a [u8]>,
 }
 
 impl<'de: 'a, 'a> Deserialize<'de> for RawEvent<'a> {
@@ -225,7 +229,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for RawEvent<'a> {
                             continue;
                         }
                     };
-                    *slot = Some(map.next_value::<&'de RawValue>()?);
+                    *slot = Some(map.next_value::<&'de RawValue>()?.get().as_bytes());
                 }
                 Ok(raw)
             }
@@ -240,8 +244,10 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     if first != Some(b'{') {
         return Err(classify_non_object(bytes));
     }
-    let raw: RawEvent =
-        serde_json::from_slice(bytes).map_err(|e| DecodeError::NotJson(e.to_string()))?;
+    let raw = match scan_flat_object(bytes) {
+        Some(raw) => raw,
+        None => serde_json::from_slice(bytes).map_err(|e| DecodeError::NotJson(e.to_string()))?,
+    };
 
     let mut errors = Vec::new();
     let kind = field(&mut errors, Field::Type, raw.kind, parse_kind);
@@ -257,6 +263,109 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         }),
         _ => Err(DecodeError::Fields(errors)),
     }
+}
+
+/// The fast path: a strict scanner for the common shape, a flat JSON object of ASCII keys and
+/// scalar values without escapes. It yields exactly the raw values `serde_json` would, and gives up
+/// (`None`, so the full parser decides) on anything else: nesting, escapes, non-ASCII, bad syntax.
+fn scan_flat_object(bytes: &[u8]) -> Option<RawEvent<'_>> {
+    let mut raw = RawEvent::default();
+    let mut i = skip_ws(bytes, 0);
+    if bytes.get(i) != Some(&b'{') {
+        return None;
+    }
+    i = skip_ws(bytes, i + 1);
+    if bytes.get(i) == Some(&b'}') {
+        return (skip_ws(bytes, i + 1) == bytes.len()).then_some(raw);
+    }
+    loop {
+        let key_end = scan_string(bytes, i)?;
+        let key = &bytes[i + 1..key_end - 1];
+        i = skip_ws(bytes, key_end);
+        if bytes.get(i) != Some(&b':') {
+            return None;
+        }
+        let start = skip_ws(bytes, i + 1);
+        let end = scan_scalar(bytes, start)?;
+        let value = &bytes[start..end];
+        match key {
+            b"type" => raw.kind = Some(value),
+            b"amount" => raw.amount = Some(value),
+            b"user_id" => raw.user_id = Some(value),
+            b"time" => raw.time = Some(value),
+            _ => {}
+        }
+        i = skip_ws(bytes, end);
+        match bytes.get(i) {
+            Some(b',') => i = skip_ws(bytes, i + 1),
+            Some(b'}') => return (skip_ws(bytes, i + 1) == bytes.len()).then_some(raw),
+            _ => return None,
+        }
+    }
+}
+
+fn skip_ws(bytes: &[u8], mut i: usize) -> usize {
+    while matches!(bytes.get(i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+        i += 1;
+    }
+    i
+}
+
+/// End (exclusive) of a plain ASCII string starting at `i`, without escapes or control bytes.
+fn scan_string(bytes: &[u8], i: usize) -> Option<usize> {
+    if bytes.get(i) != Some(&b'"') {
+        return None;
+    }
+    let len = bytes[i + 1..].iter().position(|&b| b == b'"')?;
+    let inner = &bytes[i + 1..i + 1 + len];
+    inner
+        .iter()
+        .all(|&b| (0x20..0x7f).contains(&b) && b != b'\\')
+        .then_some(i + len + 2)
+}
+
+/// End (exclusive) of a string, a JSON number, `true`, `false` or `null` starting at `i`.
+fn scan_scalar(bytes: &[u8], i: usize) -> Option<usize> {
+    match bytes.get(i)? {
+        b'"' => scan_string(bytes, i),
+        b'-' | b'0'..=b'9' => scan_number(bytes, i),
+        b't' if bytes[i..].starts_with(b"true") => Some(i + 4),
+        b'f' if bytes[i..].starts_with(b"false") => Some(i + 5),
+        b'n' if bytes[i..].starts_with(b"null") => Some(i + 4),
+        _ => None,
+    }
+}
+
+/// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`
+fn scan_number(bytes: &[u8], mut i: usize) -> Option<usize> {
+    let digits = |i: usize| i + bytes[i..].iter().take_while(|b| b.is_ascii_digit()).count();
+    if bytes.get(i) == Some(&b'-') {
+        i += 1;
+    }
+    match bytes.get(i) {
+        Some(b'0') => i += 1,
+        Some(b'1'..=b'9') => i = digits(i),
+        _ => return None,
+    }
+    if bytes.get(i) == Some(&b'.') {
+        let end = digits(i + 1);
+        if end == i + 1 {
+            return None;
+        }
+        i = end;
+    }
+    if matches!(bytes.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(bytes.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        let end = digits(i);
+        if end == i {
+            return None;
+        }
+        i = end;
+    }
+    Some(i)
 }
 
 fn classify_non_object(bytes: &[u8]) -> DecodeError {
@@ -283,12 +392,12 @@ fn json_kind(value: &serde_json::Value) -> &'static str {
 fn field<T>(
     errors: &mut Vec<FieldError>,
     field: Field,
-    raw: Option<&RawValue>,
-    parse: impl FnOnce(&str) -> Result<T, String>,
+    raw: Option<&[u8]>,
+    parse: impl FnOnce(&[u8]) -> Result<T, String>,
 ) -> Option<T> {
     let result = match raw {
         None => Err("is missing".to_owned()),
-        Some(raw) => parse(raw.get()),
+        Some(raw) => parse(raw),
     };
     result
         .map_err(|reason| errors.push(FieldError { field, reason }))
@@ -296,8 +405,8 @@ fn field<T>(
 }
 
 /// The JSON type of a raw value, for error messages.
-fn raw_kind(raw: &str) -> &'static str {
-    match raw.as_bytes().first() {
+fn raw_kind(raw: &[u8]) -> &'static str {
+    match raw.first() {
         Some(b'"') => "a string",
         Some(b'{') => "an object",
         Some(b'[') => "an array",
@@ -307,24 +416,34 @@ fn raw_kind(raw: &str) -> &'static str {
     }
 }
 
-/// The contents of a raw JSON string, or `None` when the raw value is not a string.
-fn raw_string(raw: &str) -> Option<std::borrow::Cow<'_, str>> {
-    let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
-    if !inner.contains('\\') {
-        return Some(std::borrow::Cow::Borrowed(inner));
+/// A raw value as text for messages, cut to `max` characters.
+fn lossy(raw: &[u8], max: usize) -> String {
+    let text = String::from_utf8_lossy(raw);
+    match text.char_indices().nth(max) {
+        Some((i, _)) => format!("{}...", &text[..i]),
+        None => text.into_owned(),
     }
-    serde_json::from_str::<String>(raw)
-        .ok()
-        .map(std::borrow::Cow::Owned)
 }
 
-fn parse_kind(raw: &str) -> Result<Kind, String> {
+/// The contents of a raw JSON string, or `None` when the raw value is not a string.
+/// Unescaped contents stay borrowed bytes; escaped ones are decoded.
+fn raw_string(raw: &[u8]) -> Option<std::borrow::Cow<'_, [u8]>> {
+    let inner = raw.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+    if !inner.contains(&b'\\') {
+        return Some(std::borrow::Cow::Borrowed(inner));
+    }
+    serde_json::from_slice::<String>(raw)
+        .ok()
+        .map(|s| std::borrow::Cow::Owned(s.into_bytes()))
+}
+
+fn parse_kind(raw: &[u8]) -> Result<Kind, String> {
     match raw_string(raw).as_deref() {
-        Some("deposit") => Ok(Kind::Deposit),
-        Some("withdraw") => Ok(Kind::Withdraw),
+        Some(b"deposit") => Ok(Kind::Deposit),
+        Some(b"withdraw") => Ok(Kind::Withdraw),
         Some(other) => Err(format!(
             "must be \"deposit\" or \"withdraw\", got {}",
-            serde_json::Value::String(other.to_owned())
+            serde_json::Value::String(lossy(other, 40))
         )),
         None => Err(format!(
             "must be the string \"deposit\" or \"withdraw\", got {}",
@@ -333,58 +452,48 @@ fn parse_kind(raw: &str) -> Result<Kind, String> {
     }
 }
 
-fn parse_amount(raw: &str) -> Result<Amount, String> {
+fn parse_amount(raw: &[u8]) -> Result<Amount, String> {
     let Some(text) = raw_string(raw) else {
         return Err(format!(
             "must be a decimal string such as \"42.00\", got {}",
             raw_kind(raw)
         ));
     };
-    Amount::parse(&text).map_err(|e| {
-        format!(
-            "{} {e}",
-            serde_json::Value::String(truncate(&text, 40).to_owned())
-        )
-    })
-}
-
-fn truncate(text: &str, max: usize) -> &str {
-    match text.char_indices().nth(max) {
-        Some((i, _)) => &text[..i],
-        None => text,
-    }
+    Amount::parse_bytes(&text)
+        .map_err(|e| format!("{} {e}", serde_json::Value::String(lossy(&text, 40))))
 }
 
 /// A JSON integer token (no fraction, no exponent) in `0..=2^63-1`.
-fn parse_integer(raw: &str) -> Result<u64, String> {
-    let (negative, digits) = match raw.strip_prefix('-') {
+fn parse_integer(raw: &[u8]) -> Result<u64, String> {
+    let (negative, digits) = match raw.strip_prefix(b"-") {
         Some(rest) => (true, rest),
         None => (false, raw),
     };
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!(
-            "must be an integer, got {}",
-            describe_non_integer(raw)
-        ));
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        let got = match raw_kind(raw) {
+            "a number" => format!("the non-integer number {}", lossy(raw, 40)),
+            other => other.to_owned(),
+        };
+        return Err(format!("must be an integer, got {got}"));
     }
-    let all_zero = digits.bytes().all(|b| b == b'0');
-    if negative && !all_zero {
-        return Err(format!("must be between 0 and {MAX_INTEGER}, got {raw}"));
-    }
-    match digits.parse::<u64>() {
-        Ok(n) if n <= MAX_INTEGER => Ok(n),
-        _ => Err(format!(
+    let out_of_range = || {
+        format!(
             "must be between 0 and {MAX_INTEGER}, got {}",
-            truncate(raw, 40)
-        )),
+            lossy(raw, 40)
+        )
+    };
+    if negative && !digits.iter().all(|&b| b == b'0') {
+        return Err(out_of_range());
     }
-}
-
-fn describe_non_integer(raw: &str) -> String {
-    match raw_kind(raw) {
-        "a number" => format!("the non-integer number {}", truncate(raw, 40)),
-        other => other.to_owned(),
+    let mut n: u64 = 0;
+    for &b in digits {
+        n = n
+            .checked_mul(10)
+            .and_then(|n| n.checked_add(u64::from(b - b'0')))
+            .filter(|&n| n <= MAX_INTEGER)
+            .ok_or_else(out_of_range)?;
     }
+    Ok(n)
 }
 
 #[cfg(test)]
@@ -578,6 +687,43 @@ mod tests {
         )
         .unwrap();
         assert_eq!(event.kind, Kind::Deposit);
+    }
+
+    #[test]
+    fn fast_path_agrees_with_the_full_parser() {
+        let cases = [
+            r#"{"type": "deposit", "amount": "42.00", "user_id": 1, "time": 10}"#,
+            r#" { "time" : 1e2 , "user_id":-0,"amount":"1","type":"withdraw","x":true,"y":null,"z":false } "#,
+            r#"{"type": "deposit", "amount": "1", "user_id": 1.5, "time": -5}"#,
+            r#"{"type": "deposit", "amount": 42, "user_id": 01, "time": 1}"#,
+            r#"{"type": "deposit", "amount": "1", "user_id": 1, "time": 1,}"#,
+            r#"{"type": "deposit" "amount": "1"}"#,
+            r#"{}"#,
+            r#"{"type": "deposit", "amount": "1", "user_id": 1, "time": 1} trailing"#,
+            r#"{"type": "deposit", "amount": "1", "user_id": 1, "time": 1, "nested": {"a": [1]}}"#,
+            r#"{"type": "dépôt", "amount": "1", "user_id": 1, "time": 1}"#,
+            r#"{"type": "deposit", "amount": "1", "user_id": 1, "time": 1.}"#,
+            r#"{"type": "deposit", "amount": "1", "user_id": 1, "time": tru}"#,
+            r#"{"type": "deposit", "amount": "1", "user_id": 1, "time": -}"#,
+            r#"{"type": "deposit", "amount": "1", "user_id": 1, "time": 2E+}"#,
+        ];
+        for case in cases {
+            let fast = scan_flat_object(case.as_bytes());
+            let slow: Result<RawEvent, _> = serde_json::from_str(case);
+            match (fast, slow) {
+                (Some(f), Ok(s)) => assert_eq!(
+                    (f.kind, f.amount, f.user_id, f.time),
+                    (s.kind, s.amount, s.user_id, s.time),
+                    "{case}"
+                ),
+                (None, _) => {} // the full parser decides
+                (Some(_), Err(e)) => panic!("fast path accepted invalid JSON {case}: {e}"),
+            }
+        }
+        assert!(
+            scan_flat_object(cases[0].as_bytes()).is_some(),
+            "the common shape takes the fast path"
+        );
     }
 
     #[test]
