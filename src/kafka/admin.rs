@@ -1,0 +1,122 @@
+//! Topics: created at start-up when missing, validated when present.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::types::RDKafkaErrorCode;
+
+use super::{admin_config, KafkaLayerError};
+use crate::config::Settings;
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What a topic of the service is and how it must be configured.
+struct TopicSpec<'a> {
+    key: &'static str,
+    name: &'a str,
+    compacted: bool,
+}
+
+fn specs(settings: &Settings) -> [TopicSpec<'_>; 5] {
+    let t = &settings.topics;
+    [
+        TopicSpec { key: "topics.events", name: &t.events, compacted: false },
+        TopicSpec { key: "topics.alerts", name: &t.alerts, compacted: false },
+        TopicSpec { key: "topics.dlq", name: &t.dlq, compacted: false },
+        TopicSpec { key: "topics.profiles", name: &t.profiles, compacted: true },
+        TopicSpec { key: "topics.state", name: &t.state, compacted: true },
+    ]
+}
+
+/// Creates the missing topics (when `topics.create`) and validates all five: each exists, the
+/// profiles and state topics are compacted, and the state topic has as many partitions as the
+/// events topic (it is co-partitioned with it). Returns the events topic's partition count.
+pub fn ensure_topics(settings: &Settings) -> Result<i32, KafkaLayerError> {
+    let admin: AdminClient<DefaultClientContext> = admin_config(settings)?.create()?;
+    let partitions = |admin: &AdminClient<DefaultClientContext>| -> Result<HashMap<String, i32>, KafkaLayerError> {
+        let metadata = admin.inner().fetch_metadata(None, TIMEOUT)?;
+        Ok(metadata
+            .topics()
+            .iter()
+            .filter(|t| t.error().is_none())
+            .map(|t| (t.name().to_owned(), t.partitions().len() as i32))
+            .collect())
+    };
+    let mut existing = partitions(&admin)?;
+    let missing: Vec<_> = specs(settings)
+        .into_iter()
+        .filter(|s| !existing.contains_key(s.name))
+        .collect();
+    if !missing.is_empty() {
+        if !settings.topics.create {
+            let names: Vec<_> = missing.iter().map(|s| format!("{} ({})", s.name, s.key)).collect();
+            return Err(KafkaLayerError::Topic {
+                topic: names.join(", "),
+                reason: "missing, and topics.create is false".to_owned(),
+            });
+        }
+        let events_partitions = existing
+            .get(&settings.topics.events)
+            .copied()
+            .unwrap_or(settings.topics.partitions);
+        let new_topics: Vec<NewTopic> = missing
+            .iter()
+            .map(|s| {
+                let partitions = if s.key == "topics.state" { events_partitions } else { settings.topics.partitions };
+                let topic = NewTopic::new(s.name, partitions, TopicReplication::Fixed(settings.topics.replication_factor));
+                if s.compacted {
+                    topic.set("cleanup.policy", "compact")
+                } else {
+                    topic
+                }
+            })
+            .collect();
+        let results = futures::executor::block_on(admin.create_topics(&new_topics, &AdminOptions::new().operation_timeout(Some(TIMEOUT))))?;
+        for result in results {
+            match result {
+                Ok(name) => tracing::info!(topic = %name, "created topic"),
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) => {
+                    return Err(KafkaLayerError::Topic { topic: name, reason: format!("cannot create: {code}") })
+                }
+            }
+        }
+        // Metadata propagates asynchronously; wait until every topic is visible.
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        loop {
+            existing = partitions(&admin)?;
+            if specs(settings).iter().all(|s| existing.contains_key(s.name)) {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(KafkaLayerError::Timeout(TIMEOUT));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    let compacted: Vec<_> = specs(settings).into_iter().filter(|s| s.compacted).collect();
+    let resources: Vec<_> = compacted.iter().map(|s| ResourceSpecifier::Topic(s.name)).collect();
+    let configs = futures::executor::block_on(admin.describe_configs(&resources, &AdminOptions::new().request_timeout(Some(TIMEOUT))))?;
+    for (spec, config) in compacted.iter().zip(configs) {
+        let config = config.map_err(|e| KafkaLayerError::Topic { topic: spec.name.to_owned(), reason: format!("cannot describe: {e}") })?;
+        let policy = config.get("cleanup.policy").and_then(|e| e.value.clone()).unwrap_or_default();
+        if !policy.split(',').any(|p| p.trim() == "compact") {
+            return Err(KafkaLayerError::Topic {
+                topic: spec.name.to_owned(),
+                reason: format!("{} must be compacted (cleanup.policy=compact), but its cleanup.policy is {policy:?}", spec.key),
+            });
+        }
+    }
+    let events = existing[&settings.topics.events];
+    let state = existing[&settings.topics.state];
+    if state != events {
+        return Err(KafkaLayerError::Topic {
+            topic: settings.topics.state.clone(),
+            reason: format!("has {state} partitions but {} has {events}: the state topic must be co-partitioned with the events topic", settings.topics.events),
+        });
+    }
+    Ok(events)
+}

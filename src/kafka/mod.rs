@@ -1,0 +1,170 @@
+//! Kafka plumbing shared by the processor and the shim: client configuration, topic admin, the
+//! profiles follower, and the classification of Kafka errors.
+
+pub mod admin;
+pub mod profiles;
+
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
+use crate::config::{Guarantee, Settings};
+
+/// Errors of the Kafka layer.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaLayerError {
+    #[error("kafka.bootstrap_servers is empty: set it (e.g. USER_MONITOR__KAFKA__BOOTSTRAP_SERVERS=127.0.0.1:9092) or use `user-monitor run` for the embedded broker")]
+    NoBootstrapServers,
+    #[error("kafka client: {0}")]
+    Client(#[from] KafkaError),
+    #[error("topic {topic}: {reason}")]
+    Topic { topic: String, reason: String },
+    #[error("kafka did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Whether an error may go away by itself (retry) or means this instance must stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Transient: broker unavailable, timeouts, leadership changes. Retry.
+    Retryable,
+    /// The open transaction is doomed: abort it and rewind to the last commit.
+    Abortable,
+    /// Fenced by a newer instance with the same transactional id, or otherwise unusable. Stop.
+    Fatal,
+}
+
+/// Explicit classification (rather than guessing from messages).
+pub fn classify(error: &KafkaError) -> ErrorClass {
+    if let KafkaError::Transaction(e) = error {
+        return if e.is_fatal() {
+            ErrorClass::Fatal
+        } else if e.txn_requires_abort() {
+            ErrorClass::Abortable
+        } else {
+            ErrorClass::Retryable
+        };
+    }
+    match error.rdkafka_error_code() {
+        Some(
+            RDKafkaErrorCode::Fenced
+            | RDKafkaErrorCode::ProducerFenced
+            | RDKafkaErrorCode::InvalidProducerEpoch
+            | RDKafkaErrorCode::TransactionalIdAuthorizationFailed
+            | RDKafkaErrorCode::TopicAuthorizationFailed
+            | RDKafkaErrorCode::GroupAuthorizationFailed
+            | RDKafkaErrorCode::Fatal,
+        ) => ErrorClass::Fatal,
+        Some(
+            RDKafkaErrorCode::MessageTimedOut
+            | RDKafkaErrorCode::RequestTimedOut
+            | RDKafkaErrorCode::OperationTimedOut
+            | RDKafkaErrorCode::BrokerTransportFailure
+            | RDKafkaErrorCode::AllBrokersDown
+            | RDKafkaErrorCode::NotCoordinator
+            | RDKafkaErrorCode::CoordinatorLoadInProgress
+            | RDKafkaErrorCode::CoordinatorNotAvailable
+            | RDKafkaErrorCode::LeaderNotAvailable
+            | RDKafkaErrorCode::NotLeaderForPartition
+            | RDKafkaErrorCode::NetworkException
+            | RDKafkaErrorCode::QueueFull
+            | RDKafkaErrorCode::ConcurrentTransactions,
+        ) => ErrorClass::Retryable,
+        _ => ErrorClass::Abortable,
+    }
+}
+
+/// Settings every client shares; the raw `[kafka.properties]` table is applied last.
+pub fn base_config(settings: &Settings, role: &str) -> Result<ClientConfig, KafkaLayerError> {
+    if settings.kafka.bootstrap_servers.trim().is_empty() {
+        return Err(KafkaLayerError::NoBootstrapServers);
+    }
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &settings.kafka.bootstrap_servers)
+        .set("client.id", format!("{}-{role}", settings.kafka.client_id));
+    Ok(config)
+}
+
+fn apply_overrides(config: &mut ClientConfig, settings: &Settings) {
+    for (key, value) in &settings.kafka.properties {
+        config.set(key, value);
+    }
+}
+
+/// A consumer of the events topic in the consumer group.
+pub fn group_consumer_config(settings: &Settings) -> Result<ClientConfig, KafkaLayerError> {
+    let mut config = base_config(settings, "processor")?;
+    config
+        .set("group.id", &settings.kafka.group_id)
+        // Offsets are committed with the output, never automatically.
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        // A new group starts at the beginning: nothing acknowledged is skipped.
+        .set("auto.offset.reset", "earliest")
+        // Only partitions that move are revoked; the rest keep flowing during a rebalance.
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        // Never process input of aborted upstream transactions.
+        .set("isolation.level", "read_committed")
+        // Detect a dead instance in seconds, not the 45 s default.
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000");
+    apply_overrides(&mut config, settings);
+    Ok(config)
+}
+
+/// A group-less reader (assign mode): restore, replay, profiles, the shim's read model.
+pub fn reader_config(settings: &Settings, role: &str) -> Result<ClientConfig, KafkaLayerError> {
+    let mut config = base_config(settings, role)?;
+    config
+        // librdkafka wants a group id even for assign-only consumers; it never joins it.
+        .set("group.id", format!("{}-{role}-reader", settings.kafka.group_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        // Tells a reader when it has caught up with a partition.
+        .set("enable.partition.eof", "true");
+    apply_overrides(&mut config, settings);
+    Ok(config)
+}
+
+/// The processor's producer: transactional under exactly-once, idempotent always.
+pub fn processor_producer_config(settings: &Settings) -> Result<ClientConfig, KafkaLayerError> {
+    let mut config = base_config(settings, "processor")?;
+    config
+        // No duplicates or reordering from producer retries.
+        .set("enable.idempotence", "true")
+        // Batch records for throughput; a transaction commit flushes anyway.
+        .set("linger.ms", "5")
+        // Java's default partitioner, so keys land where Java clients put them.
+        .set("partitioner", "murmur2_random");
+    if settings.processing.guarantee == Guarantee::ExactlyOnce {
+        config.set("transactional.id", settings.transactional_id()).set(
+            "transaction.timeout.ms",
+            settings.processing.transaction_timeout.as_millis().to_string(),
+        );
+    }
+    apply_overrides(&mut config, settings);
+    Ok(config)
+}
+
+/// A producer for the shim and tools: idempotent, murmur2, acks from every in-sync replica.
+pub fn producer_config(settings: &Settings, role: &str) -> Result<ClientConfig, KafkaLayerError> {
+    let mut config = base_config(settings, role)?;
+    config
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "1")
+        .set("partitioner", "murmur2_random");
+    apply_overrides(&mut config, settings);
+    Ok(config)
+}
+
+/// An admin client.
+pub fn admin_config(settings: &Settings) -> Result<ClientConfig, KafkaLayerError> {
+    let mut config = base_config(settings, "admin")?;
+    apply_overrides(&mut config, settings);
+    Ok(config)
+}

@@ -1,0 +1,80 @@
+//! Prometheus metrics shared by the processor and the shim.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// `ok`, `alert`, `invalid`, `out_of_order`.
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabels {
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabels {
+    pub partition: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub route: String,
+    pub method: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: String,
+}
+
+/// Every metric of the service, registered once.
+#[derive(Debug)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub events: Family<OutcomeLabels, Counter>,
+    pub alerts: Family<CodeLabels, Counter>,
+    pub consumer_lag: Family<PartitionLabels, Gauge>,
+    pub transactions: Family<OutcomeLabels, Counter>,
+    pub http_requests: Family<HttpLabels, Counter>,
+    pub http_latency: Family<RouteLabels, Histogram>,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::with_prefix("user_monitor");
+        let events = Family::<OutcomeLabels, Counter>::default();
+        registry.register("events_processed", "Input records processed, by outcome", events.clone());
+        let alerts = Family::<CodeLabels, Counter>::default();
+        registry.register("alerts", "Alert codes raised", alerts.clone());
+        let consumer_lag = Family::<PartitionLabels, Gauge>::default();
+        registry.register("consumer_lag", "Records behind the end of each assigned input partition", consumer_lag.clone());
+        let transactions = Family::<OutcomeLabels, Counter>::default();
+        registry.register("transactions", "Processor batches by outcome (committed, aborted)", transactions.clone());
+        let http_requests = Family::<HttpLabels, Counter>::default();
+        registry.register("http_requests", "HTTP requests by route, method and status", http_requests.clone());
+        let http_latency = Family::<RouteLabels, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 16)));
+        registry.register("http_response_seconds", "HTTP response latency by route", http_latency.clone());
+        Arc::new(Metrics { registry, events, alerts, consumer_lag, transactions, http_requests, http_latency })
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+
+    pub fn count_event(&self, outcome: &str) {
+        self.events.get_or_create(&OutcomeLabels { outcome: outcome.to_owned() }).inc();
+    }
+}
