@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use crate::cli::{Cli, Command, EvaluateArgs, GlobalArgs};
+use crate::cli::{Cli, Command, EvaluateArgs, GlobalArgs, ProfilesCommand, TopicsCommand};
 use crate::config::{Settings, Sources};
 use crate::profiles::Profiles;
 use crate::rules::Limits;
@@ -15,7 +15,22 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
     let settings = load_settings(&cli.global)?;
     match cli.command.unwrap_or(Command::Run) {
         Command::Evaluate(args) => evaluate(&settings, &args),
-        other => anyhow::bail!("{other:?} is not available in this build yet"),
+        Command::Process => process(settings),
+        Command::Run => {
+            crate::service::run(settings)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Shim => {
+            crate::service::shim(settings)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Profiles(ProfilesCommand::Load { file }) => load_profiles(&settings, &file),
+        Command::Topics(TopicsCommand::Create) => {
+            crate::telemetry::init(&settings.log);
+            let partitions = crate::kafka::admin::ensure_topics(&settings)?;
+            eprintln!("topics ready ({partitions} partitions)");
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -68,4 +83,46 @@ fn evaluate(settings: &Settings, args: &EvaluateArgs) -> anyhow::Result<ExitCode
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
         Err(e) => Err(e).context("evaluating"),
     }
+}
+
+/// `user-monitor process`: the stream processor until SIGINT/SIGTERM.
+fn process(settings: Settings) -> anyhow::Result<ExitCode> {
+    crate::telemetry::init(&settings.log);
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let deps = crate::processor::Deps {
+        metrics: crate::metrics::Metrics::new(),
+        readiness: std::sync::Arc::new(crate::health::Readiness::default()),
+        shutdown: tokio_util::sync::CancellationToken::new(),
+        embedded: false,
+    };
+    let deadline = settings.processing.shutdown_timeout;
+    let shutdown = deps.shutdown.clone();
+    runtime.block_on(async move {
+        crate::shutdown::spawn_signal_handler(shutdown.clone());
+        let worker = tokio::task::spawn_blocking(move || crate::processor::run(settings, deps));
+        tokio::pin!(worker);
+        let result = tokio::select! {
+            joined = &mut worker => joined,
+            () = async { shutdown.cancelled().await; tokio::time::sleep(deadline).await } => {
+                anyhow::bail!("graceful shutdown did not finish within {deadline:?}");
+            }
+        };
+        result.context("processor thread panicked")??;
+        tracing::info!("processor stopped");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `user-monitor profiles load FILE`: publishes each line to the profiles topic and waits for acks.
+fn load_profiles(settings: &Settings, path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    crate::telemetry::init(&settings.log);
+    let file = File::open(path).with_context(|| format!("opening profiles {}", path.display()))?;
+    let lines = Profiles::read_jsonl(BufReader::new(file))
+        .with_context(|| format!("reading profiles {}", path.display()))?;
+    let published = crate::kafka::profiles::publish(settings, &lines)?;
+    eprintln!(
+        "published {published} profiles to {}",
+        settings.topics.profiles
+    );
+    Ok(ExitCode::SUCCESS)
 }

@@ -48,6 +48,15 @@ pub enum Command {
     /// Manage risk profiles.
     #[command(subcommand)]
     Profiles(ProfilesCommand),
+    /// Manage the service's topics.
+    #[command(subcommand)]
+    Topics(TopicsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TopicsCommand {
+    /// Create the missing topics (as `process` does at start) and validate all of them.
+    Create,
 }
 
 #[derive(Debug, Args)]

@@ -136,6 +136,10 @@ pub struct HttpConfig {
     /// How long `POST /event` waits for the response record before answering 202.
     #[serde(with = "humantime_serde")]
     pub response_timeout: Duration,
+    /// How long the shim waits for Kafka to acknowledge a produced record before answering 503
+    /// (the shim producer's `message.timeout.ms`).
+    #[serde(with = "humantime_serde")]
+    pub produce_timeout: Duration,
     /// Records kept by the read model behind the GET endpoints.
     pub read_model_max_records: usize,
     /// Recent events kept per user for `GET /api/v1/users/{id}/events`.
@@ -251,6 +255,9 @@ impl Settings {
         }
         if self.http.body_limit_bytes == 0 {
             return Err(invalid("http.body_limit_bytes", "must be at least 1"));
+        }
+        if self.http.produce_timeout < Duration::from_millis(100) {
+            return Err(invalid("http.produce_timeout", "must be at least 100ms"));
         }
         if self.http.read_model_max_records == 0 {
             return Err(invalid("http.read_model_max_records", "must be at least 1"));

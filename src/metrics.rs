@@ -53,28 +53,71 @@ impl Metrics {
     pub fn new() -> Arc<Self> {
         let mut registry = Registry::with_prefix("user_monitor");
         let events = Family::<OutcomeLabels, Counter>::default();
-        registry.register("events_processed", "Input records processed, by outcome", events.clone());
+        registry.register(
+            "events_processed",
+            "Input records processed, by outcome",
+            events.clone(),
+        );
         let alerts = Family::<CodeLabels, Counter>::default();
         registry.register("alerts", "Alert codes raised", alerts.clone());
         let consumer_lag = Family::<PartitionLabels, Gauge>::default();
-        registry.register("consumer_lag", "Records behind the end of each assigned input partition", consumer_lag.clone());
+        registry.register(
+            "consumer_lag",
+            "Records behind the end of each assigned input partition",
+            consumer_lag.clone(),
+        );
         let transactions = Family::<OutcomeLabels, Counter>::default();
-        registry.register("transactions", "Processor batches by outcome (committed, aborted)", transactions.clone());
+        registry.register(
+            "transactions",
+            "Processor batches by outcome (committed, aborted)",
+            transactions.clone(),
+        );
         let http_requests = Family::<HttpLabels, Counter>::default();
-        registry.register("http_requests", "HTTP requests by route, method and status", http_requests.clone());
-        let http_latency = Family::<RouteLabels, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 16)));
-        registry.register("http_response_seconds", "HTTP response latency by route", http_latency.clone());
-        Arc::new(Metrics { registry, events, alerts, consumer_lag, transactions, http_requests, http_latency })
+        registry.register(
+            "http_requests",
+            "HTTP requests by route, method and status",
+            http_requests.clone(),
+        );
+        let http_latency = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+        });
+        registry.register(
+            "http_response_seconds",
+            "HTTP response latency by route",
+            http_latency.clone(),
+        );
+        Arc::new(Metrics {
+            registry,
+            events,
+            alerts,
+            consumer_lag,
+            transactions,
+            http_requests,
+            http_latency,
+        })
     }
 
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
         out
     }
 
+    pub fn count_transaction(&self, outcome: &str) {
+        self.transactions
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
     pub fn count_event(&self, outcome: &str) {
-        self.events.get_or_create(&OutcomeLabels { outcome: outcome.to_owned() }).inc();
+        self.events
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
     }
 }

@@ -22,11 +22,31 @@ struct TopicSpec<'a> {
 fn specs(settings: &Settings) -> [TopicSpec<'_>; 5] {
     let t = &settings.topics;
     [
-        TopicSpec { key: "topics.events", name: &t.events, compacted: false },
-        TopicSpec { key: "topics.alerts", name: &t.alerts, compacted: false },
-        TopicSpec { key: "topics.dlq", name: &t.dlq, compacted: false },
-        TopicSpec { key: "topics.profiles", name: &t.profiles, compacted: true },
-        TopicSpec { key: "topics.state", name: &t.state, compacted: true },
+        TopicSpec {
+            key: "topics.events",
+            name: &t.events,
+            compacted: false,
+        },
+        TopicSpec {
+            key: "topics.alerts",
+            name: &t.alerts,
+            compacted: false,
+        },
+        TopicSpec {
+            key: "topics.dlq",
+            name: &t.dlq,
+            compacted: false,
+        },
+        TopicSpec {
+            key: "topics.profiles",
+            name: &t.profiles,
+            compacted: true,
+        },
+        TopicSpec {
+            key: "topics.state",
+            name: &t.state,
+            compacted: true,
+        },
     ]
 }
 
@@ -51,7 +71,10 @@ pub fn ensure_topics(settings: &Settings) -> Result<i32, KafkaLayerError> {
         .collect();
     if !missing.is_empty() {
         if !settings.topics.create {
-            let names: Vec<_> = missing.iter().map(|s| format!("{} ({})", s.name, s.key)).collect();
+            let names: Vec<_> = missing
+                .iter()
+                .map(|s| format!("{} ({})", s.name, s.key))
+                .collect();
             return Err(KafkaLayerError::Topic {
                 topic: names.join(", "),
                 reason: "missing, and topics.create is false".to_owned(),
@@ -64,8 +87,16 @@ pub fn ensure_topics(settings: &Settings) -> Result<i32, KafkaLayerError> {
         let new_topics: Vec<NewTopic> = missing
             .iter()
             .map(|s| {
-                let partitions = if s.key == "topics.state" { events_partitions } else { settings.topics.partitions };
-                let topic = NewTopic::new(s.name, partitions, TopicReplication::Fixed(settings.topics.replication_factor));
+                let partitions = if s.key == "topics.state" {
+                    events_partitions
+                } else {
+                    settings.topics.partitions
+                };
+                let topic = NewTopic::new(
+                    s.name,
+                    partitions,
+                    TopicReplication::Fixed(settings.topics.replication_factor),
+                );
                 if s.compacted {
                     topic.set("cleanup.policy", "compact")
                 } else {
@@ -73,13 +104,19 @@ pub fn ensure_topics(settings: &Settings) -> Result<i32, KafkaLayerError> {
                 }
             })
             .collect();
-        let results = futures::executor::block_on(admin.create_topics(&new_topics, &AdminOptions::new().operation_timeout(Some(TIMEOUT))))?;
+        let results = futures::executor::block_on(admin.create_topics(
+            &new_topics,
+            &AdminOptions::new().operation_timeout(Some(TIMEOUT)),
+        ))?;
         for result in results {
             match result {
                 Ok(name) => tracing::info!(topic = %name, "created topic"),
                 Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((name, code)) => {
-                    return Err(KafkaLayerError::Topic { topic: name, reason: format!("cannot create: {code}") })
+                    return Err(KafkaLayerError::Topic {
+                        topic: name,
+                        reason: format!("cannot create: {code}"),
+                    })
                 }
             }
         }
@@ -87,7 +124,10 @@ pub fn ensure_topics(settings: &Settings) -> Result<i32, KafkaLayerError> {
         let deadline = std::time::Instant::now() + TIMEOUT;
         loop {
             existing = partitions(&admin)?;
-            if specs(settings).iter().all(|s| existing.contains_key(s.name)) {
+            if specs(settings)
+                .iter()
+                .all(|s| existing.contains_key(s.name))
+            {
                 break;
             }
             if std::time::Instant::now() > deadline {
@@ -97,12 +137,27 @@ pub fn ensure_topics(settings: &Settings) -> Result<i32, KafkaLayerError> {
         }
     }
 
-    let compacted: Vec<_> = specs(settings).into_iter().filter(|s| s.compacted).collect();
-    let resources: Vec<_> = compacted.iter().map(|s| ResourceSpecifier::Topic(s.name)).collect();
-    let configs = futures::executor::block_on(admin.describe_configs(&resources, &AdminOptions::new().request_timeout(Some(TIMEOUT))))?;
+    let compacted: Vec<_> = specs(settings)
+        .into_iter()
+        .filter(|s| s.compacted)
+        .collect();
+    let resources: Vec<_> = compacted
+        .iter()
+        .map(|s| ResourceSpecifier::Topic(s.name))
+        .collect();
+    let configs = futures::executor::block_on(admin.describe_configs(
+        &resources,
+        &AdminOptions::new().request_timeout(Some(TIMEOUT)),
+    ))?;
     for (spec, config) in compacted.iter().zip(configs) {
-        let config = config.map_err(|e| KafkaLayerError::Topic { topic: spec.name.to_owned(), reason: format!("cannot describe: {e}") })?;
-        let policy = config.get("cleanup.policy").and_then(|e| e.value.clone()).unwrap_or_default();
+        let config = config.map_err(|e| KafkaLayerError::Topic {
+            topic: spec.name.to_owned(),
+            reason: format!("cannot describe: {e}"),
+        })?;
+        let policy = config
+            .get("cleanup.policy")
+            .and_then(|e| e.value.clone())
+            .unwrap_or_default();
         if !policy.split(',').any(|p| p.trim() == "compact") {
             return Err(KafkaLayerError::Topic {
                 topic: spec.name.to_owned(),

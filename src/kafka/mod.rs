@@ -7,7 +7,9 @@ pub mod profiles;
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::ClientContext;
 
 use crate::config::{Guarantee, Settings};
 
@@ -75,6 +77,29 @@ pub fn classify(error: &KafkaError) -> ErrorClass {
     }
 }
 
+/// Context of group-less readers. rust-rdkafka reports every error event to the context as well
+/// as through `poll`; reaching a partition's end is how a reader learns it caught up, not an error.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReaderContext;
+
+impl ClientContext for ReaderContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() != Some(RDKafkaErrorCode::PartitionEOF) {
+            tracing::error!(error = %error, reason, "kafka client error");
+        }
+    }
+}
+
+impl ConsumerContext for ReaderContext {}
+
+/// A group-less reader consumer (see [`reader_config`]).
+pub type Reader = BaseConsumer<ReaderContext>;
+
+/// Creates a [`Reader`].
+pub fn reader(settings: &Settings, role: &str) -> Result<Reader, KafkaLayerError> {
+    Ok(reader_config(settings, role)?.create_with_context(ReaderContext)?)
+}
+
 /// Settings every client shares; the raw `[kafka.properties]` table is applied last.
 pub fn base_config(settings: &Settings, role: &str) -> Result<ClientConfig, KafkaLayerError> {
     if settings.kafka.bootstrap_servers.trim().is_empty() {
@@ -119,7 +144,10 @@ pub fn reader_config(settings: &Settings, role: &str) -> Result<ClientConfig, Ka
     let mut config = base_config(settings, role)?;
     config
         // librdkafka wants a group id even for assign-only consumers; it never joins it.
-        .set("group.id", format!("{}-{role}-reader", settings.kafka.group_id))
+        .set(
+            "group.id",
+            format!("{}-{role}-reader", settings.kafka.group_id),
+        )
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
@@ -141,10 +169,16 @@ pub fn processor_producer_config(settings: &Settings) -> Result<ClientConfig, Ka
         // Java's default partitioner, so keys land where Java clients put them.
         .set("partitioner", "murmur2_random");
     if settings.processing.guarantee == Guarantee::ExactlyOnce {
-        config.set("transactional.id", settings.transactional_id()).set(
-            "transaction.timeout.ms",
-            settings.processing.transaction_timeout.as_millis().to_string(),
-        );
+        config
+            .set("transactional.id", settings.transactional_id())
+            .set(
+                "transaction.timeout.ms",
+                settings
+                    .processing
+                    .transaction_timeout
+                    .as_millis()
+                    .to_string(),
+            );
     }
     apply_overrides(&mut config, settings);
     Ok(config)

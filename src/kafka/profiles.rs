@@ -2,18 +2,21 @@
 
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::{reader_config, KafkaLayerError};
+use super::{reader, KafkaLayerError, Reader};
 use crate::config::Settings;
-use crate::profiles::{ProfileValue, Profiles};
+use crate::profiles::{ProfileLine, ProfileValue, Profiles};
 
 /// A reader of the whole profiles topic, from the beginning, applying every record.
 pub struct ProfilesFollower {
-    consumer: BaseConsumer,
+    consumer: Reader,
+    /// Asks for end offsets. A separate client: on the fetching one, a ListOffsets request
+    /// waits behind the open fetch (up to `fetch.wait.max.ms`), which would add that to every batch.
+    offsets: Reader,
     topic: String,
     partitions: Vec<i32>,
     profiles: Profiles,
@@ -21,7 +24,7 @@ pub struct ProfilesFollower {
 
 impl ProfilesFollower {
     pub fn new(settings: &Settings, role: &str) -> Result<Self, KafkaLayerError> {
-        let consumer: BaseConsumer = reader_config(settings, role)?.create()?;
+        let consumer = reader(settings, role)?;
         let topic = settings.topics.profiles.clone();
         let metadata = consumer.fetch_metadata(Some(&topic), Duration::from_secs(30))?;
         let partitions: Vec<i32> = metadata
@@ -30,14 +33,24 @@ impl ProfilesFollower {
             .flat_map(|t| t.partitions().iter().map(|p| p.id()))
             .collect();
         if partitions.is_empty() {
-            return Err(KafkaLayerError::Topic { topic, reason: "has no partitions (does it exist?)".to_owned() });
+            return Err(KafkaLayerError::Topic {
+                topic,
+                reason: "has no partitions (does it exist?)".to_owned(),
+            });
         }
         let mut tpl = TopicPartitionList::new();
         for &p in &partitions {
             tpl.add_partition_offset(&topic, p, Offset::Beginning)?;
         }
         consumer.assign(&tpl)?;
-        Ok(ProfilesFollower { consumer, topic, partitions, profiles: Profiles::default() })
+        let offsets = reader(settings, &format!("{role}-offsets"))?;
+        Ok(ProfilesFollower {
+            consumer,
+            offsets,
+            topic,
+            partitions,
+            profiles: Profiles::default(),
+        })
     }
 
     pub fn profiles(&self) -> &Profiles {
@@ -50,7 +63,7 @@ impl ProfilesFollower {
         let deadline = Instant::now() + timeout;
         let mut targets = Vec::with_capacity(self.partitions.len());
         for &p in &self.partitions {
-            let (_, high) = self.consumer.fetch_watermarks(&self.topic, p, timeout)?;
+            let (_, high) = self.offsets.fetch_watermarks(&self.topic, p, timeout)?;
             targets.push((p, high));
         }
         loop {
@@ -89,18 +102,52 @@ impl ProfilesFollower {
                     .and_then(|k| std::str::from_utf8(k).ok())
                     .and_then(|k| k.trim().parse::<u64>().ok());
                 let Some(user_id) = user_id else {
-                    tracing::warn!(offset = message.offset(), "skipping profile record without a numeric user_id key");
+                    tracing::warn!(
+                        offset = message.offset(),
+                        "skipping profile record without a numeric user_id key"
+                    );
                     return Ok(true);
                 };
                 match message.payload() {
                     None => self.profiles.remove(user_id),
                     Some(payload) => match serde_json::from_slice::<ProfileValue>(payload) {
                         Ok(value) => self.profiles.set(user_id, value.risk),
-                        Err(e) => tracing::warn!(user_id, offset = message.offset(), error = %e, "skipping unreadable profile record"),
+                        Err(e) => {
+                            tracing::warn!(user_id, offset = message.offset(), error = %e, "skipping unreadable profile record")
+                        }
                     },
                 }
                 Ok(true)
             }
         }
     }
+}
+
+/// Publishes profiles to the profiles topic (key = user id) and waits until Kafka acknowledged
+/// every one. Returns how many were published.
+pub fn publish(settings: &Settings, lines: &[ProfileLine]) -> Result<usize, KafkaLayerError> {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = super::producer_config(settings, "profiles")?.create()?;
+    let futures: Vec<_> = lines
+        .iter()
+        .map(|line| {
+            let key = line.user_id.to_string();
+            let value = serde_json::to_vec(&ProfileValue { risk: line.risk }).expect("serializes");
+            producer
+                .send_result(
+                    FutureRecord::to(&settings.topics.profiles)
+                        .key(&key)
+                        .payload(&value),
+                )
+                .map_err(|(e, _)| KafkaLayerError::Client(e))
+        })
+        .collect::<Result<_, _>>()?;
+    for future in futures {
+        match futures::executor::block_on(future) {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => return Err(e.into()),
+            Err(_) => return Err(KafkaLayerError::Timeout(Duration::from_secs(0))),
+        }
+    }
+    Ok(lines.len())
 }

@@ -1,0 +1,348 @@
+//! What the handlers need from Kafka, behind a trait so the router can be tested without a
+//! broker: produce an event, produce a profile, and look an event up at its coordinates.
+//!
+//! [`KafkaBackend`] is the real one. Producing waits for the delivery report: an `Ok` means Kafka
+//! acknowledged the record (`acks=all`, idempotent producer, murmur2 partitioner); an `Err`
+//! after `http.produce_timeout` means it did not, as far as this client knows.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use rdkafka::consumer::Consumer;
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::Semaphore;
+
+use crate::config::Settings;
+use crate::domain::response::{event_id, AlertRecord};
+use crate::kafka::{producer_config, reader_config, KafkaLayerError};
+use crate::kafka::{Reader, ReaderContext};
+use crate::profiles::ProfileValue;
+use crate::rules::Risk;
+
+/// Kafka did not acknowledge a record.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProduceError {
+    #[error("kafka did not acknowledge the record: {0}")]
+    NotAcknowledged(String),
+    #[error("not ready: {0}")]
+    NotReady(&'static str),
+}
+
+/// A lookup in Kafka failed (as opposed to finding nothing).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("kafka lookup failed: {0}")]
+pub struct LookupError(pub String);
+
+/// Where Kafka stored a produced record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// An input record found at its coordinates, with its response when one was found.
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<String>,
+    pub payload: Vec<u8>,
+    pub response: Option<AlertRecord>,
+}
+
+/// Kafka as the handlers see it.
+pub trait Backend: Send + Sync + 'static {
+    /// Produces an event (`key` = user id) to the events topic and waits for the acknowledgement.
+    fn produce_event(
+        &self,
+        key: String,
+        payload: Vec<u8>,
+    ) -> BoxFuture<'static, Result<Delivered, ProduceError>>;
+
+    /// Produces `{"risk": ...}` for a user to the profiles topic and waits for the acknowledgement.
+    fn produce_profile(
+        &self,
+        user_id: u64,
+        risk: Risk,
+    ) -> BoxFuture<'static, Result<Delivered, ProduceError>>;
+
+    /// Reads the input record at `(partition, offset)` of the events topic and searches the alerts
+    /// topic for its response. `Ok(None)` when no such record is retained.
+    fn lookup(
+        &self,
+        partition: i32,
+        offset: i64,
+    ) -> BoxFuture<'static, Result<Option<Found>, LookupError>>;
+
+    /// Whether the backend's own clients are connected and the topics exist.
+    fn ready(&self) -> bool;
+}
+
+/// How long a fallback lookup may take at most.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How many alerts records a fallback lookup reads at most while searching for a response.
+const LOOKUP_MAX_SCAN: usize = 200_000;
+/// Fallback lookups run at most this many at a time (each is a short-lived consumer).
+const LOOKUP_CONCURRENCY: usize = 4;
+
+/// The real backend: one idempotent producer, short-lived readers for lookups.
+pub struct KafkaBackend {
+    producer: FutureProducer,
+    settings: Arc<Settings>,
+    lookups: Arc<Semaphore>,
+    ready: std::sync::atomic::AtomicBool,
+}
+
+impl KafkaBackend {
+    pub fn new(settings: Arc<Settings>) -> Result<Self, KafkaLayerError> {
+        let mut config = producer_config(&settings, "shim")?;
+        if !settings.kafka.properties.contains_key("message.timeout.ms") {
+            // Bound the wait for an acknowledgement: past it the client gets 503, not a hang.
+            config.set(
+                "message.timeout.ms",
+                settings.http.produce_timeout.as_millis().to_string(),
+            );
+        }
+        let producer: FutureProducer = config.create()?;
+        Ok(KafkaBackend {
+            producer,
+            settings,
+            lookups: Arc::new(Semaphore::new(LOOKUP_CONCURRENCY)),
+            ready: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// Blocks until the events and profiles topics exist (or `timeout`); marks the backend ready.
+    /// Producing before would let a broker auto-create a topic with the wrong partition count.
+    pub fn check_topics(&self, timeout: Duration) -> Result<(), KafkaLayerError> {
+        for topic in [&self.settings.topics.events, &self.settings.topics.profiles] {
+            let metadata = self
+                .producer
+                .client()
+                .fetch_metadata(Some(topic), timeout)?;
+            let found = metadata
+                .topics()
+                .iter()
+                .any(|t| t.error().is_none() && !t.partitions().is_empty());
+            if !found {
+                return Err(KafkaLayerError::Topic {
+                    topic: topic.clone(),
+                    reason: "does not exist (yet)".to_owned(),
+                });
+            }
+        }
+        self.ready.store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Flushes what is in flight (at shutdown).
+    pub fn flush(&self, timeout: Duration) {
+        if let Err(e) = self.producer.flush(timeout) {
+            tracing::warn!(error = %e, "shim producer did not flush");
+        }
+    }
+
+    fn produce(
+        &self,
+        topic: String,
+        key: String,
+        payload: Vec<u8>,
+    ) -> BoxFuture<'static, Result<Delivered, ProduceError>> {
+        let producer = self.producer.clone();
+        let timeout = self.settings.http.produce_timeout;
+        Box::pin(async move {
+            let record = FutureRecord::to(&topic).key(&key).payload(&payload);
+            match producer.send(record, timeout).await {
+                Ok(delivery) => Ok(Delivered {
+                    partition: delivery.partition,
+                    offset: delivery.offset,
+                }),
+                Err((e, _)) => Err(ProduceError::NotAcknowledged(e.to_string())),
+            }
+        })
+    }
+}
+
+impl Backend for KafkaBackend {
+    fn produce_event(
+        &self,
+        key: String,
+        payload: Vec<u8>,
+    ) -> BoxFuture<'static, Result<Delivered, ProduceError>> {
+        if !self.ready() {
+            return Box::pin(async { Err(ProduceError::NotReady("topics not found yet")) });
+        }
+        self.produce(self.settings.topics.events.clone(), key, payload)
+    }
+
+    fn produce_profile(
+        &self,
+        user_id: u64,
+        risk: Risk,
+    ) -> BoxFuture<'static, Result<Delivered, ProduceError>> {
+        if !self.ready() {
+            return Box::pin(async { Err(ProduceError::NotReady("topics not found yet")) });
+        }
+        let payload = serde_json::to_vec(&ProfileValue { risk }).expect("a profile serializes");
+        self.produce(
+            self.settings.topics.profiles.clone(),
+            user_id.to_string(),
+            payload,
+        )
+    }
+
+    fn lookup(
+        &self,
+        partition: i32,
+        offset: i64,
+    ) -> BoxFuture<'static, Result<Option<Found>, LookupError>> {
+        let settings = Arc::clone(&self.settings);
+        let lookups = Arc::clone(&self.lookups);
+        Box::pin(async move {
+            let _permit = lookups
+                .acquire_owned()
+                .await
+                .map_err(|_| LookupError("shutting down".to_owned()))?;
+            tokio::task::spawn_blocking(move || lookup_blocking(&settings, partition, offset))
+                .await
+                .map_err(|e| LookupError(e.to_string()))?
+                .map_err(|e| LookupError(e.to_string()))
+        })
+    }
+
+    fn ready(&self) -> bool {
+        self.ready.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Reads the input record at its coordinates, then searches every alerts partition from the
+/// input's timestamp on for the record whose `event_id` names it (the processor writes the
+/// response after reading the input, so never before that timestamp).
+fn lookup_blocking(
+    settings: &Settings,
+    partition: i32,
+    offset: i64,
+) -> Result<Option<Found>, KafkaError> {
+    let deadline = Instant::now() + LOOKUP_TIMEOUT;
+    let consumer: Reader = reader_config(settings, "shim-lookup")
+        .map_err(|e| match e {
+            KafkaLayerError::Client(e) => e,
+            other => KafkaError::ClientCreation(other.to_string()),
+        })?
+        .create_with_context(ReaderContext)?;
+    let events = &settings.topics.events;
+    let metadata = consumer.fetch_metadata(Some(events), LOOKUP_TIMEOUT)?;
+    let exists = metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions())
+        .any(|p| p.id() == partition);
+    if !exists {
+        return Ok(None);
+    }
+    let (low, high) = consumer.fetch_watermarks(events, partition, LOOKUP_TIMEOUT)?;
+    if offset < low || offset >= high {
+        return Ok(None);
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(events, partition, Offset::Offset(offset))?;
+    consumer.assign(&tpl)?;
+    let (key, payload, timestamp) = loop {
+        if Instant::now() > deadline {
+            return Err(KafkaError::MessageConsumption(
+                rdkafka::types::RDKafkaErrorCode::RequestTimedOut,
+            ));
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            None => continue,
+            Some(Err(KafkaError::PartitionEOF(_))) => return Ok(None),
+            Some(Err(e)) => return Err(e),
+            Some(Ok(m)) if m.offset() == offset => {
+                break (
+                    m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                    m.payload().unwrap_or_default().to_vec(),
+                    m.timestamp().to_millis().unwrap_or(0),
+                );
+            }
+            // A transaction marker or an aborted record sits at that offset: no event there.
+            Some(Ok(_)) => return Ok(None),
+        }
+    };
+    let response = find_response(settings, &consumer, partition, offset, timestamp, deadline)?;
+    Ok(Some(Found {
+        partition,
+        offset,
+        key,
+        payload,
+        response,
+    }))
+}
+
+fn find_response(
+    settings: &Settings,
+    consumer: &Reader,
+    partition: i32,
+    offset: i64,
+    timestamp: i64,
+    deadline: Instant,
+) -> Result<Option<AlertRecord>, KafkaError> {
+    let alerts = &settings.topics.alerts;
+    let wanted = event_id(partition, offset);
+    let metadata = consumer.fetch_metadata(Some(alerts), LOOKUP_TIMEOUT)?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    let mut by_time = TopicPartitionList::new();
+    for &p in &partitions {
+        by_time.add_partition_offset(alerts, p, Offset::Offset(timestamp.max(0)))?;
+    }
+    let start = consumer.offsets_for_times(by_time, LOOKUP_TIMEOUT)?;
+    let mut tpl = TopicPartitionList::new();
+    let mut open = 0usize;
+    for element in start.elements() {
+        // No record at or after the timestamp: the response is not there (yet).
+        if let Offset::Offset(o) = element.offset() {
+            tpl.add_partition_offset(alerts, element.partition(), Offset::Offset(o))?;
+            open += 1;
+        }
+    }
+    if open == 0 {
+        return Ok(None);
+    }
+    consumer.assign(&tpl)?;
+    let mut scanned = 0usize;
+    while open > 0 && scanned < LOOKUP_MAX_SCAN && Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Err(KafkaError::PartitionEOF(_))) => open -= 1,
+            Some(Err(e)) => return Err(e),
+            Some(Ok(m)) => {
+                scanned += 1;
+                if m.topic() != alerts.as_str() {
+                    continue;
+                }
+                let Some(payload) = m.payload() else { continue };
+                // Cheap pre-check before parsing the whole record.
+                if !contains(payload, wanted.as_bytes()) {
+                    continue;
+                }
+                if let Ok(record) = AlertRecord::from_json(payload) {
+                    if record.event_id == wanted {
+                        return Ok(Some(record));
+                    }
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}

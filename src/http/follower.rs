@@ -1,0 +1,149 @@
+//! The single consumer of the alerts topic behind each shim instance.
+//!
+//! It reads every partition of the alerts topic from the beginning (assign mode, no group,
+//! `read_committed`) on its own thread and hands each record to [`Hub::ingest`], which feeds the
+//! read model and completes pending `POST` requests. Since every instance reads the whole topic,
+//! several shims side by side each see the responses to their own requests.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rdkafka::consumer::Consumer;
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use super::model::Hub;
+use super::ShimError;
+use crate::config::Settings;
+use crate::domain::response::AlertRecord;
+use crate::kafka::{reader_config, KafkaLayerError, Reader, ReaderContext};
+
+/// Starts the follower thread; it stops when `stop` is cancelled.
+pub fn spawn(
+    settings: Arc<Settings>,
+    hub: Arc<Hub>,
+    stop: CancellationToken,
+) -> Result<JoinHandle<()>, ShimError> {
+    let consumer: Reader = reader_config(&settings, "shim")
+        .map_err(ShimError::Kafka)?
+        .create_with_context(ReaderContext)
+        .map_err(|e| ShimError::Kafka(e.into()))?;
+    std::thread::Builder::new()
+        .name("shim-alerts".to_owned())
+        .spawn(move || follow(&settings, &consumer, &hub, &stop))
+        .map_err(ShimError::Thread)
+}
+
+fn follow(settings: &Settings, consumer: &Reader, hub: &Hub, stop: &CancellationToken) {
+    let topic = settings.topics.alerts.as_str();
+    let partitions = loop {
+        if stop.is_cancelled() {
+            return;
+        }
+        match assign_all(consumer, topic) {
+            Ok(partitions) => break partitions,
+            Err(e) => {
+                tracing::info!(topic, error = %e, "waiting for the alerts topic");
+                sleep_unless_cancelled(stop, Duration::from_secs(1));
+            }
+        }
+    };
+    hub.set_connected(true);
+    tracing::info!(
+        topic,
+        partitions = partitions.len(),
+        "following the alerts topic"
+    );
+    let mut at_end: HashSet<i32> = HashSet::new();
+    let mut last_error: Option<String> = None;
+    while !stop.is_cancelled() {
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Ok(message)) => {
+                last_error = None;
+                let Some(payload) = message.payload() else {
+                    continue;
+                };
+                let timestamp = message.timestamp().to_millis().unwrap_or(0);
+                match AlertRecord::from_json(payload) {
+                    Ok(record) => {
+                        if !hub.ingest(record, timestamp) {
+                            tracing::warn!(
+                                partition = message.partition(),
+                                offset = message.offset(),
+                                "skipping alerts record whose event_id is not a coordinate"
+                            );
+                        }
+                    }
+                    Err(e) => tracing::warn!(
+                        partition = message.partition(),
+                        offset = message.offset(),
+                        error = %e,
+                        "skipping unreadable alerts record"
+                    ),
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(partition))) => {
+                note_end_of_partition(hub, &mut at_end, partition, partitions.len(), topic)
+            }
+            Some(Err(e)) => {
+                let text = e.to_string();
+                if last_error.as_deref() != Some(text.as_str()) {
+                    tracing::warn!(topic, error = %text, "alerts follower error");
+                    last_error = Some(text);
+                }
+            }
+        }
+    }
+    tracing::debug!(topic, "alerts follower stopped");
+}
+
+/// The read model has caught up once every partition reached its end once since start.
+fn note_end_of_partition(
+    hub: &Hub,
+    at_end: &mut HashSet<i32>,
+    partition: i32,
+    partitions: usize,
+    topic: &str,
+) {
+    if hub.caught_up() || !at_end.insert(partition) || at_end.len() < partitions {
+        return;
+    }
+    hub.set_caught_up();
+    tracing::info!(topic, records = hub.records(), "read model caught up");
+}
+
+fn assign_all(consumer: &Reader, topic: &str) -> Result<Vec<i32>, KafkaLayerError> {
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        return Err(KafkaLayerError::Topic {
+            topic: topic.to_owned(),
+            reason: "does not exist (yet)".to_owned(),
+        });
+    }
+    let mut tpl = TopicPartitionList::new();
+    for &p in &partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    Ok(partitions)
+}
+
+fn sleep_unless_cancelled(stop: &CancellationToken, duration: Duration) {
+    let step = Duration::from_millis(50);
+    let mut slept = Duration::ZERO;
+    while slept < duration && !stop.is_cancelled() {
+        std::thread::sleep(step);
+        slept += step;
+    }
+}

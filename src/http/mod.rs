@@ -1,0 +1,167 @@
+//! The HTTP shim (SPEC section 7): plain HTTP in front of the Kafka topics.
+//!
+//! - [`routes`]: the endpoints, their wire types and the OpenAPI document;
+//! - [`model`]: the bounded read model and the pending waiters ([`model::Hub`]);
+//! - [`follower`]: the one consumer of the alerts topic that feeds the hub;
+//! - [`backend`]: producing events and profiles, and fallback lookups in Kafka.
+//!
+//! Request flow of `POST /event`: decode (400) -> produce to the events topic keyed by user id and
+//! wait for Kafka's acknowledgement (503 without) -> the acknowledgement's `(partition, offset)` is
+//! the `event_id` -> wait for the alerts record with that `event_id` (200 / 409, or 202 after
+//! `http.response_timeout`).
+
+pub mod backend;
+pub mod follower;
+pub mod model;
+pub mod routes;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::health::Readiness;
+use crate::kafka::KafkaLayerError;
+use crate::metrics::Metrics;
+
+pub use backend::{Backend, KafkaBackend};
+pub use model::Hub;
+pub use routes::{router, AppState, Shared};
+
+/// Errors of the shim layer.
+#[derive(Debug, thiserror::Error)]
+pub enum ShimError {
+    #[error(transparent)]
+    Kafka(#[from] KafkaLayerError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("http server: {0}")]
+    Serve(std::io::Error),
+    #[error("cannot start the alerts follower thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// What the shim shares with the rest of the process.
+pub struct ShimDeps {
+    pub metrics: Arc<Metrics>,
+    /// The processor's readiness when it runs in this process; `/readyz` includes it.
+    pub processor: Option<Arc<Readiness>>,
+    /// Cancelled on SIGINT/SIGTERM: stop accepting, finish in-flight requests, stop.
+    pub shutdown: CancellationToken,
+    /// Create missing topics at start (`shim` on its own, with `topics.create`).
+    pub create_topics: bool,
+}
+
+/// A started shim.
+pub struct RunningShim {
+    /// Where it listens (the real port when `http.listen` has port 0).
+    pub addr: SocketAddr,
+    /// Ends when the server has shut down.
+    pub task: JoinHandle<Result<(), ShimError>>,
+}
+
+/// Builds the Kafka clients, starts the alerts follower, binds `http.listen` and serves until
+/// `deps.shutdown` is cancelled. Must be called inside a tokio runtime.
+pub async fn start(settings: Settings, deps: ShimDeps) -> Result<RunningShim, ShimError> {
+    let settings = Arc::new(settings);
+    let backend = Arc::new(KafkaBackend::new(Arc::clone(&settings))?);
+    let hub = Arc::new(Hub::new(
+        settings.http.read_model_max_records,
+        settings.http.read_model_events_per_user,
+    ));
+    // The follower outlives the server's graceful shutdown: in-flight requests still get answers.
+    let follower_stop = CancellationToken::new();
+    let follower = follower::spawn(
+        Arc::clone(&settings),
+        Arc::clone(&hub),
+        follower_stop.clone(),
+    )?;
+
+    let listener = tokio::net::TcpListener::bind(settings.http.listen)
+        .await
+        .map_err(|source| ShimError::Bind {
+            addr: settings.http.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(ShimError::Serve)?;
+
+    tokio::spawn(wait_for_topics(
+        Arc::clone(&settings),
+        Arc::clone(&backend),
+        deps.create_topics,
+        deps.shutdown.clone(),
+    ));
+
+    let state: AppState = Arc::new(Shared {
+        backend: Arc::clone(&backend) as Arc<dyn Backend>,
+        hub,
+        metrics: deps.metrics,
+        processor: deps.processor,
+        response_timeout: settings.http.response_timeout,
+        body_limit: settings.http.body_limit_bytes,
+    });
+    let app = router(state);
+    let shutdown = deps.shutdown.clone();
+    tracing::info!(%addr, "http shim listening");
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+            .map_err(ShimError::Serve);
+        follower_stop.cancel();
+        let _ = tokio::task::spawn_blocking(move || {
+            let _ = follower.join();
+            backend.flush(Duration::from_secs(5));
+        })
+        .await;
+        tracing::info!("http shim stopped");
+        served
+    });
+    Ok(RunningShim { addr, task })
+}
+
+/// Marks the backend ready once the topics exist (creating them first when asked).
+async fn wait_for_topics(
+    settings: Arc<Settings>,
+    backend: Arc<KafkaBackend>,
+    create: bool,
+    shutdown: CancellationToken,
+) {
+    if create {
+        let settings = Arc::clone(&settings);
+        match tokio::task::spawn_blocking(move || crate::kafka::admin::ensure_topics(&settings))
+            .await
+        {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "shim could not ensure topics"),
+            Err(e) => tracing::warn!(error = %e, "shim topic check panicked"),
+        }
+    }
+    let mut logged = false;
+    while !shutdown.is_cancelled() {
+        let check = Arc::clone(&backend);
+        match tokio::task::spawn_blocking(move || check.check_topics(Duration::from_secs(5))).await
+        {
+            Ok(Ok(())) => {
+                tracing::info!("shim producer connected, topics found");
+                return;
+            }
+            Ok(Err(e)) if !logged => {
+                tracing::info!(error = %e, "shim waiting for the topics");
+                logged = true;
+            }
+            _ => {}
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+    let _ = settings;
+}

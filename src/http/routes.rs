@@ -1,0 +1,988 @@
+//! The endpoints of SPEC section 7, their wire types and the OpenAPI document generated from them.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{MatchedPath, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use utoipa::{IntoParams, OpenApi, ToSchema};
+
+use super::backend::{Backend, Found, LookupError, ProduceError};
+use super::model::{AlertQuery, EventKey, Hub, OrderKey, Page, Stored, Wait};
+use crate::domain::event::MAX_INTEGER;
+use crate::domain::response::{
+    event_id as format_event_id, parse_alert_id, parse_event_id, AlertRecord, Outcome, Rejection,
+};
+use crate::domain::{decode, DecodeError};
+use crate::health::{Readiness, ReadinessReport};
+use crate::metrics::{HttpLabels, Metrics, RouteLabels};
+use crate::rules::Risk;
+
+/// Default and largest `limit` of the list endpoints.
+pub const DEFAULT_LIMIT: usize = 100;
+pub const MAX_LIMIT: usize = 1000;
+
+/// Everything the handlers share.
+pub struct Shared {
+    pub backend: Arc<dyn Backend>,
+    pub hub: Arc<Hub>,
+    pub metrics: Arc<Metrics>,
+    /// The processor's readiness when it runs in the same process (`user-monitor run`).
+    pub processor: Option<Arc<Readiness>>,
+    pub response_timeout: Duration,
+    pub body_limit: usize,
+}
+
+pub type AppState = Arc<Shared>;
+
+/// The router with every endpoint, the JSON fallbacks and the metrics middleware.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/event", post(post_event))
+        .route("/api/v1/events", post(create_event))
+        .route("/api/v1/events/{event_id}", get(get_event))
+        .route("/api/v1/alerts", get(list_alerts))
+        .route("/api/v1/alerts/{alert_id}", get(get_alert))
+        .route("/api/v1/users/{user_id}/events", get(user_events))
+        .route("/api/v1/users/{user_id}/risk", put(put_risk))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        // The extractor limit: larger bodies get 413 (mapped to JSON in `body_bytes`).
+        .layer(axum::extract::DefaultBodyLimit::max(state.body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            track,
+        ))
+        .with_state(state)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+
+/// Every error answer: JSON `{"error": "..."}` with the status of its variant.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    OutOfOrder(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("request body is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("content-type must be application/json")]
+    NotJson,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error(transparent)]
+    Unavailable(#[from] ProduceError),
+    #[error(transparent)]
+    Lookup(#[from] LookupError),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
+            ApiError::OutOfOrder(_) => StatusCode::CONFLICT,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::NotJson => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Unavailable(_) | ApiError::Lookup(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+/// `{"error": "..."}`
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status(),
+            Json(ErrorBody {
+                error: self.to_string(),
+            }),
+        )
+            .into_response()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Wire types
+
+/// An event as sent (SPEC section 2). Unknown extra fields are ignored.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"type": "deposit", "amount": "42.00", "user_id": 1, "time": 10}))]
+pub struct EventBody {
+    /// `deposit` or `withdraw`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// A decimal string `^[0-9]{1,20}(\.[0-9]{1,8})?$`, greater than 0.
+    pub amount: String,
+    /// 0 ..= 2^63-1.
+    pub user_id: u64,
+    /// 0 ..= 2^63-1; per user it never decreases.
+    pub time: u64,
+}
+
+/// The original API's response.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"alert": true, "alert_codes": [30, 123], "user_id": 1}))]
+pub struct LegacyBody {
+    pub alert: bool,
+    pub alert_codes: Vec<u32>,
+    pub user_id: u64,
+}
+
+/// The response of `POST /api/v1/events`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CreatedBody {
+    /// `"<partition>-<offset>"` of the event in the events topic.
+    pub event_id: String,
+    /// `"alert-<partition>-<offset>"`, null without an alert.
+    pub alert_id: Option<String>,
+    pub alert: bool,
+    pub alert_codes: Vec<u32>,
+    pub user_id: u64,
+}
+
+/// Kafka acknowledged the event but its response did not arrive in time.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PendingBody {
+    pub event_id: String,
+    /// Always `pending`.
+    pub status: String,
+}
+
+/// An event and its result: the alerts-topic record, plus `status`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventView {
+    pub event_id: String,
+    /// `processed` (the response is known) or `pending`.
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alert: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alert_codes: Option<Vec<u32>>,
+    /// Null when the event raised no alert or was not accepted.
+    pub alert_id: Option<String>,
+    /// The risk level the rules used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "medium")]
+    pub risk: Option<Risk>,
+    /// Why the event was rejected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// `invalid` or `out_of_order`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "out_of_order")]
+    pub rejection: Option<Rejection>,
+    /// The event as sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub event: Option<Box<RawValue>>,
+    /// The input as text when it was not JSON.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_text: Option<String>,
+}
+
+impl EventView {
+    fn processed(record: &AlertRecord) -> Self {
+        let mut view = EventView {
+            event_id: record.event_id.clone(),
+            status: "processed",
+            user_id: record.user_id,
+            alert: None,
+            alert_codes: None,
+            alert_id: None,
+            risk: None,
+            error: None,
+            rejection: None,
+            event: record.event.clone(),
+            event_text: record.event_text.clone(),
+        };
+        match &record.outcome {
+            Outcome::Accepted {
+                alert_codes,
+                alert_id,
+                risk,
+            } => {
+                view.alert = Some(!alert_codes.is_empty());
+                view.alert_codes = Some(alert_codes.clone());
+                view.alert_id = alert_id.clone();
+                view.risk = Some(*risk);
+            }
+            Outcome::Rejected { rejection, error } => {
+                view.error = Some(error.clone());
+                view.rejection = Some(*rejection);
+            }
+        }
+        view
+    }
+
+    fn pending(found: &Found) -> Self {
+        let text = String::from_utf8_lossy(&found.payload);
+        let event = serde_json::from_str::<Box<RawValue>>(text.trim()).ok();
+        EventView {
+            event_id: format_event_id(found.partition, found.offset),
+            status: "pending",
+            user_id: found.key.as_deref().and_then(|k| k.parse().ok()),
+            alert: None,
+            alert_codes: None,
+            alert_id: None,
+            risk: None,
+            error: None,
+            rejection: None,
+            event_text: event.is_none().then(|| text.into_owned()),
+            event,
+        }
+    }
+}
+
+/// A page of alerts, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AlertsPage {
+    pub alerts: Vec<EventView>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// A user's recent events, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserEventsPage {
+    pub user_id: u64,
+    pub events: Vec<EventView>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// A risk level.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"risk": "high"}))]
+pub struct RiskBody {
+    /// `low`, `medium` or `high`.
+    pub risk: String,
+}
+
+/// A user's risk level as published.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct UserRiskBody {
+    pub user_id: u64,
+    /// `low`, `medium` or `high`.
+    #[schema(value_type = String, example = "high")]
+    pub risk: Risk,
+}
+
+/// Liveness.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HealthBody {
+    /// Always `ok`.
+    pub status: &'static str,
+}
+
+/// The shim's own readiness.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ShimReadiness {
+    /// The producer found the events and profiles topics.
+    pub kafka_connected: bool,
+    /// The alerts follower assigned the alerts topic.
+    pub alerts_following: bool,
+    /// The read model has read every alerts partition to its end once.
+    pub read_model_caught_up: bool,
+    pub read_model_records: usize,
+    pub pending_requests: usize,
+}
+
+/// The processor's readiness (when it runs in this process).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProcessorReadiness {
+    pub ready: bool,
+    pub connected: bool,
+    pub assigned_partitions: usize,
+    pub restoring_partitions: usize,
+    pub stopped: bool,
+}
+
+impl From<ReadinessReport> for ProcessorReadiness {
+    fn from(r: ReadinessReport) -> Self {
+        ProcessorReadiness {
+            ready: r.ready,
+            connected: r.connected,
+            assigned_partitions: r.assigned_partitions,
+            restoring_partitions: r.restoring_partitions,
+            stopped: r.stopped,
+        }
+    }
+}
+
+/// Readiness: the shim's, and the processor's when it runs in this process.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReadyBody {
+    pub ready: bool,
+    pub shim: ShimReadiness,
+    pub processor: Option<ProcessorReadiness>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AlertsParams {
+    /// Only this user's alerts.
+    pub user_id: Option<String>,
+    /// Only alerts that raised this code.
+    pub code: Option<String>,
+    /// Page size, 1 to 1000 (default 100).
+    pub limit: Option<String>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageParams {
+    /// Page size, 1 to 1000 (default 100).
+    pub limit: Option<String>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Request parsing
+
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let mime = value.split(';').next().unwrap_or("").trim();
+    mime.eq_ignore_ascii_case("application/json")
+        || (mime.len() > "application/+json".len()
+            && mime[..12].eq_ignore_ascii_case("application/")
+            && mime.to_ascii_lowercase().ends_with("+json"))
+}
+
+/// 415 unless JSON, then 413 when over the limit.
+fn json_body(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    if !is_json(headers) {
+        return Err(ApiError::NotJson);
+    }
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge(limit)
+        } else {
+            ApiError::Invalid(rejection.body_text())
+        }
+    })
+}
+
+fn parse_integer(name: &str, text: &str) -> Result<u64, ApiError> {
+    match text.parse::<u64>() {
+        Ok(n) if n <= MAX_INTEGER && !text.starts_with('+') => Ok(n),
+        _ => Err(ApiError::Invalid(format!(
+            "invalid {name}: {text:?} is not an integer in 0..=2^63-1"
+        ))),
+    }
+}
+
+fn parse_user_id(text: &str) -> Result<u64, ApiError> {
+    parse_integer("user_id", text)
+}
+
+fn parse_limit(limit: Option<&str>) -> Result<usize, ApiError> {
+    match limit {
+        None => Ok(DEFAULT_LIMIT),
+        Some(text) => match text.parse::<usize>() {
+            Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+            _ => Err(ApiError::Invalid(format!(
+                "invalid limit: {text:?} is not an integer in 1..={MAX_LIMIT}"
+            ))),
+        },
+    }
+}
+
+fn parse_cursor(cursor: Option<&str>) -> Result<Option<OrderKey>, ApiError> {
+    cursor
+        .map(|text| {
+            OrderKey::from_cursor(text)
+                .ok_or_else(|| ApiError::Invalid(format!("invalid cursor: {text:?}")))
+        })
+        .transpose()
+}
+
+fn parse_event_key(text: &str) -> Result<EventKey, ApiError> {
+    parse_event_id(text).ok_or_else(|| {
+        ApiError::Invalid(format!(
+            "invalid event_id: {text:?} is not \"<partition>-<offset>\""
+        ))
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Submitting events
+
+enum Submitted {
+    Done(Arc<Stored>),
+    Pending(String),
+}
+
+/// Forgets a waiter when its request ends, however it ends (timeout, client gone).
+struct WaiterGuard<'a> {
+    hub: &'a Hub,
+    key: EventKey,
+}
+
+impl Drop for WaiterGuard<'_> {
+    fn drop(&mut self) {
+        self.hub.forget_closed(self.key);
+    }
+}
+
+/// Validates, produces, waits for the response record.
+async fn submit(state: &Shared, body: Bytes) -> Result<Submitted, ApiError> {
+    let event = decode(&body).map_err(|e: DecodeError| ApiError::Invalid(e.to_string()))?;
+    let delivered = state
+        .backend
+        .produce_event(event.user_id.to_string(), body.to_vec())
+        .await?;
+    let key = (delivered.partition, delivered.offset);
+    let _guard = WaiterGuard {
+        hub: &state.hub,
+        key,
+    };
+    let rx = match state.hub.wait_for(key) {
+        Wait::Ready(stored) => return Ok(Submitted::Done(stored)),
+        Wait::Pending(rx) => rx,
+    };
+    match tokio::time::timeout(state.response_timeout, rx).await {
+        Ok(Ok(stored)) => Ok(Submitted::Done(stored)),
+        _ => {
+            tracing::info!(
+                partition = key.0,
+                offset = key.1,
+                "no response in time, answering pending"
+            );
+            Ok(Submitted::Pending(format_event_id(key.0, key.1)))
+        }
+    }
+}
+
+fn rejection_error(stored: &Stored) -> Option<ApiError> {
+    match &stored.record.outcome {
+        Outcome::Accepted { .. } => None,
+        Outcome::Rejected {
+            rejection: Rejection::OutOfOrder,
+            error,
+        } => Some(ApiError::OutOfOrder(error.clone())),
+        Outcome::Rejected {
+            rejection: Rejection::Invalid,
+            error,
+        } => Some(ApiError::Invalid(error.clone())),
+    }
+}
+
+fn pending_response(event_id: String, location: bool) -> Response {
+    let location_header = format!("/api/v1/events/{event_id}");
+    let mut response = (
+        StatusCode::ACCEPTED,
+        Json(PendingBody {
+            event_id,
+            status: "pending".to_owned(),
+        }),
+    )
+        .into_response();
+    if location {
+        if let Ok(value) = HeaderValue::from_str(&location_header) {
+            response.headers_mut().insert(header::LOCATION, value);
+        }
+    }
+    response
+}
+
+/// The legacy body in the original service's spacing: `{"alert": false, "alert_codes": [], "user_id": 1}`.
+fn legacy_json(user_id: u64, codes: &[u32]) -> String {
+    let codes: Vec<String> = codes.iter().map(u32::to_string).collect();
+    format!(
+        "{{\"alert\": {}, \"alert_codes\": [{}], \"user_id\": {user_id}}}",
+        !codes.is_empty(),
+        codes.join(", ")
+    )
+}
+
+/// Submit an event, the original contract: answers with the legacy response.
+#[utoipa::path(
+    post,
+    path = "/event",
+    tag = "events",
+    request_body(content = EventBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "the event's response", body = LegacyBody),
+        (status = 202, description = "accepted by Kafka, no response in time", body = PendingBody),
+        (status = 400, description = "invalid event: every bad field named", body = ErrorBody),
+        (status = 409, description = "out of order for this user", body = ErrorBody),
+        (status = 413, description = "body too large", body = ErrorBody),
+        (status = 415, description = "not JSON", body = ErrorBody),
+        (status = 503, description = "Kafka did not acknowledge: the event was not accepted", body = ErrorBody),
+    )
+)]
+pub async fn post_event(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = json_body(&headers, body, state.body_limit)?;
+    match submit(&state, body).await? {
+        Submitted::Pending(event_id) => Ok(pending_response(event_id, false)),
+        Submitted::Done(stored) => {
+            if let Some(error) = rejection_error(&stored) {
+                return Err(error);
+            }
+            let user_id = stored.record.user_id.unwrap_or_default();
+            Ok((
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                legacy_json(user_id, stored.alert_codes()),
+            )
+                .into_response())
+        }
+    }
+}
+
+/// Submit an event, RESTful form: 201 with the event's id and result.
+#[utoipa::path(
+    post,
+    path = "/api/v1/events",
+    tag = "events",
+    request_body(content = EventBody, content_type = "application/json"),
+    responses(
+        (status = 201, description = "the event and its result; Location names it", body = CreatedBody),
+        (status = 202, description = "accepted by Kafka, no response in time", body = PendingBody),
+        (status = 400, description = "invalid event: every bad field named", body = ErrorBody),
+        (status = 409, description = "out of order for this user", body = ErrorBody),
+        (status = 413, description = "body too large", body = ErrorBody),
+        (status = 415, description = "not JSON", body = ErrorBody),
+        (status = 503, description = "Kafka did not acknowledge: the event was not accepted", body = ErrorBody),
+    )
+)]
+pub async fn create_event(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = json_body(&headers, body, state.body_limit)?;
+    match submit(&state, body).await? {
+        Submitted::Pending(event_id) => Ok(pending_response(event_id, true)),
+        Submitted::Done(stored) => {
+            if let Some(error) = rejection_error(&stored) {
+                return Err(error);
+            }
+            let record = &stored.record;
+            let location = format!("/api/v1/events/{}", record.event_id);
+            let body = CreatedBody {
+                event_id: record.event_id.clone(),
+                alert_id: record.alert_id().map(str::to_owned),
+                alert: !stored.alert_codes().is_empty(),
+                alert_codes: stored.alert_codes().to_vec(),
+                user_id: record.user_id.unwrap_or_default(),
+            };
+            Ok((
+                StatusCode::CREATED,
+                [(header::LOCATION, location)],
+                Json(body),
+            )
+                .into_response())
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reads
+
+/// The record at these coordinates: the read model first, then Kafka.
+async fn find_event(state: &Shared, key: EventKey) -> Result<Option<EventView>, ApiError> {
+    if let Some(stored) = state.hub.event(key) {
+        return Ok(Some(EventView::processed(&stored.record)));
+    }
+    let found = state.backend.lookup(key.0, key.1).await?;
+    Ok(found.map(|found| match &found.response {
+        Some(record) => EventView::processed(record),
+        None => EventView::pending(&found),
+    }))
+}
+
+/// An event and its result: any event still retained in Kafka.
+#[utoipa::path(
+    get,
+    path = "/api/v1/events/{event_id}",
+    tag = "events",
+    params(("event_id" = String, Path, description = "\"<partition>-<offset>\"")),
+    responses(
+        (status = 200, description = "the event and its result", body = EventView),
+        (status = 400, description = "malformed event_id", body = ErrorBody),
+        (status = 404, description = "no such event retained", body = ErrorBody),
+        (status = 503, description = "Kafka unavailable for the lookup", body = ErrorBody),
+    )
+)]
+pub async fn get_event(
+    State(state): State<AppState>,
+    Path(event_id): Path<String>,
+) -> Result<Json<EventView>, ApiError> {
+    let key = parse_event_key(&event_id)?;
+    find_event(&state, key)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("no event {event_id}")))
+}
+
+fn views(page: &Page) -> Vec<EventView> {
+    page.items
+        .iter()
+        .map(|s| EventView::processed(&s.record))
+        .collect()
+}
+
+/// Alerts, newest first (by the alerts record's timestamp), from the read model.
+#[utoipa::path(
+    get,
+    path = "/api/v1/alerts",
+    tag = "alerts",
+    params(AlertsParams),
+    responses(
+        (status = 200, description = "a page of alerts", body = AlertsPage),
+        (status = 400, description = "malformed parameter", body = ErrorBody),
+    )
+)]
+pub async fn list_alerts(
+    State(state): State<AppState>,
+    Query(params): Query<AlertsParams>,
+) -> Result<Json<AlertsPage>, ApiError> {
+    let query = AlertQuery {
+        user_id: params.user_id.as_deref().map(parse_user_id).transpose()?,
+        code: params
+            .code
+            .as_deref()
+            .map(|c| {
+                c.parse::<u32>()
+                    .map_err(|_| ApiError::Invalid(format!("invalid code: {c:?}")))
+            })
+            .transpose()?,
+        before: parse_cursor(params.cursor.as_deref())?,
+        limit: parse_limit(params.limit.as_deref())?,
+    };
+    let page = state.hub.alerts(&query);
+    Ok(Json(AlertsPage {
+        alerts: views(&page),
+        next_cursor: page.next.map(|k| k.cursor()),
+    }))
+}
+
+/// One alert.
+#[utoipa::path(
+    get,
+    path = "/api/v1/alerts/{alert_id}",
+    tag = "alerts",
+    params(("alert_id" = String, Path, description = "\"alert-<partition>-<offset>\"")),
+    responses(
+        (status = 200, description = "the alert: its event and result", body = EventView),
+        (status = 400, description = "malformed alert_id", body = ErrorBody),
+        (status = 404, description = "no such alert", body = ErrorBody),
+        (status = 503, description = "Kafka unavailable for the lookup", body = ErrorBody),
+    )
+)]
+pub async fn get_alert(
+    State(state): State<AppState>,
+    Path(alert_id): Path<String>,
+) -> Result<Json<EventView>, ApiError> {
+    let key = parse_alert_id(&alert_id).ok_or_else(|| {
+        ApiError::Invalid(format!(
+            "invalid alert_id: {alert_id:?} is not \"alert-<partition>-<offset>\""
+        ))
+    })?;
+    match find_event(&state, key).await? {
+        Some(view) if view.alert_id.as_deref() == Some(alert_id.as_str()) => Ok(Json(view)),
+        _ => Err(ApiError::NotFound(format!("no alert {alert_id}"))),
+    }
+}
+
+/// A user's recent events with their results, newest first (at most
+/// `http.read_model_events_per_user`).
+#[utoipa::path(
+    get,
+    path = "/api/v1/users/{user_id}/events",
+    tag = "users",
+    params(("user_id" = u64, Path, description = "0..=2^63-1"), PageParams),
+    responses(
+        (status = 200, description = "recent events, newest first (empty for an unknown user)", body = UserEventsPage),
+        (status = 400, description = "malformed user_id or parameter", body = ErrorBody),
+    )
+)]
+pub async fn user_events(
+    State(state): State<AppState>,
+    Path(user_id): Path<String>,
+    Query(params): Query<PageParams>,
+) -> Result<Json<UserEventsPage>, ApiError> {
+    let user_id = parse_user_id(&user_id)?;
+    let limit = parse_limit(params.limit.as_deref())?;
+    let before = parse_cursor(params.cursor.as_deref())?;
+    let page = state.hub.user_events(user_id, before, limit);
+    Ok(Json(UserEventsPage {
+        user_id,
+        events: views(&page),
+        next_cursor: page.next.map(|k| k.cursor()),
+    }))
+}
+
+/// Set a user's risk level: published to the profiles topic; applies to every event produced
+/// after the 200.
+#[utoipa::path(
+    put,
+    path = "/api/v1/users/{user_id}/risk",
+    tag = "users",
+    params(("user_id" = u64, Path, description = "0..=2^63-1")),
+    request_body(content = RiskBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Kafka acknowledged the profile", body = UserRiskBody),
+        (status = 400, description = "unknown risk or malformed body", body = ErrorBody),
+        (status = 413, description = "body too large", body = ErrorBody),
+        (status = 415, description = "not JSON", body = ErrorBody),
+        (status = 503, description = "Kafka did not acknowledge", body = ErrorBody),
+    )
+)]
+pub async fn put_risk(
+    State(state): State<AppState>,
+    Path(user_id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<UserRiskBody>, ApiError> {
+    let user_id = parse_user_id(&user_id)?;
+    let body = json_body(&headers, body, state.body_limit)?;
+    let parsed: RiskBody = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::Invalid(format!("invalid body: {e}")))?;
+    let risk: Risk = parsed
+        .risk
+        .parse()
+        .map_err(|e: crate::rules::UnknownRisk| ApiError::Invalid(e.to_string()))?;
+    state.backend.produce_profile(user_id, risk).await?;
+    Ok(Json(UserRiskBody { user_id, risk }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operations
+
+/// Liveness: the process serves HTTP.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "alive", body = HealthBody)))]
+pub async fn healthz() -> Json<HealthBody> {
+    Json(HealthBody { status: "ok" })
+}
+
+/// The readiness report of this process.
+pub fn readiness(state: &Shared) -> ReadyBody {
+    let shim = ShimReadiness {
+        kafka_connected: state.backend.ready(),
+        alerts_following: state.hub.connected(),
+        read_model_caught_up: state.hub.caught_up(),
+        read_model_records: state.hub.records(),
+        pending_requests: state.hub.pending(),
+    };
+    let processor = state.processor.as_ref().map(|r| r.report());
+    let ready = shim.kafka_connected
+        && shim.alerts_following
+        && shim.read_model_caught_up
+        && processor.is_none_or(|p| p.ready);
+    ReadyBody {
+        ready,
+        shim,
+        processor: processor.map(Into::into),
+    }
+}
+
+/// Readiness: the shim's Kafka clients are connected and its read model caught up, and (in
+/// `user-monitor run`) the processor is connected with every assigned partition restored.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "ready", body = ReadyBody),
+        (status = 503, description = "not ready", body = ReadyBody),
+    ))]
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    let body = readiness(&state);
+    let status = if body.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+/// Prometheus metrics (text exposition).
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+        .into_response()
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "OpenAPI 3 document", content_type = "application/json")))]
+pub async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        ApiDoc::openapi()
+            .to_json()
+            .expect("the OpenAPI document serializes"),
+    )
+        .into_response()
+}
+
+async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::NotFound(format!("no route for {method} {}", uri.path()))
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+/// Counts requests by route, method and status, and times them by route.
+async fn track(State(state): State<AppState>, request: Request<Body>, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = request.method().to_string();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    state
+        .metrics
+        .http_latency
+        .get_or_create(&RouteLabels {
+            route: route.clone(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    state
+        .metrics
+        .http_requests
+        .get_or_create(&HttpLabels {
+            route,
+            method,
+            status,
+        })
+        .inc();
+    response
+}
+
+/// The OpenAPI 3 document, generated from the handlers above.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "user-monitor",
+        description = "Alerts on user money movements: submit events, read alerts, set risk levels."
+    ),
+    paths(
+        post_event,
+        create_event,
+        get_event,
+        list_alerts,
+        get_alert,
+        user_events,
+        put_risk,
+        healthz,
+        readyz,
+        metrics,
+        openapi
+    ),
+    tags(
+        (name = "events", description = "submit events and read their results"),
+        (name = "alerts", description = "alerts raised"),
+        (name = "users", description = "per-user views and risk levels"),
+        (name = "operations", description = "health, readiness, metrics")
+    )
+)]
+pub struct ApiDoc;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_json_content_types() {
+        let mut headers = HeaderMap::new();
+        assert!(!is_json(&headers));
+        for (value, json) in [
+            ("application/json", true),
+            ("application/json; charset=utf-8", true),
+            ("Application/JSON", true),
+            ("application/problem+json", true),
+            ("text/plain", false),
+            ("application/x-www-form-urlencoded", false),
+            ("application/+json", false),
+        ] {
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(value));
+            assert_eq!(is_json(&headers), json, "{value}");
+        }
+    }
+
+    #[test]
+    fn legacy_json_keeps_the_original_spacing() {
+        assert_eq!(
+            legacy_json(1, &[]),
+            r#"{"alert": false, "alert_codes": [], "user_id": 1}"#
+        );
+        assert_eq!(
+            legacy_json(3, &[30, 1100]),
+            r#"{"alert": true, "alert_codes": [30, 1100], "user_id": 3}"#
+        );
+    }
+
+    #[test]
+    fn openapi_names_every_route() {
+        let doc = ApiDoc::openapi();
+        let paths: Vec<&String> = doc.paths.paths.keys().collect();
+        for path in [
+            "/event",
+            "/api/v1/events",
+            "/api/v1/events/{event_id}",
+            "/api/v1/alerts",
+            "/api/v1/alerts/{alert_id}",
+            "/api/v1/users/{user_id}/events",
+            "/api/v1/users/{user_id}/risk",
+            "/healthz",
+            "/readyz",
+            "/metrics",
+            "/openapi.json",
+        ] {
+            assert!(paths.iter().any(|p| *p == path), "{path} missing");
+        }
+    }
+}

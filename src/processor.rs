@@ -1,0 +1,764 @@
+//! `user-monitor process`: the Kafka stream processor.
+//!
+//! One thread owns the consumer, the producer and every assigned partition's state. Each turn:
+//!
+//! 1. **Collect** a batch: poll until no record is immediately available, the batch is full
+//!    (`processing.max_batch_events`) or `processing.max_batch_wait` passed since its first record.
+//!    Light load gives small, quick batches; heavy load grows them. Rebalance callbacks run inside
+//!    `poll`, when no transaction is open: they only log what changed, and the loop applies it
+//!    after `poll` returns (new partitions are paused until restored; revoked ones are dropped, and
+//!    so are their records in the batch).
+//! 2. **Catch up** on the profiles topic to its end offset (read-your-writes for risk changes).
+//! 3. **Process** in one transaction (exactly-once): a response record per input record, a
+//!    dead-letter record per rejected one, the snapshots that are due, then the input offsets with
+//!    the consumer's group metadata, then commit. Under at-least-once: produce, flush, commit offsets.
+//! 4. On an abortable error: abort, drop the batch's partitions' state and restore them (snapshot
+//!    + replay to the committed offset), which rewinds to the last commit. Fatal (fenced): stop.
+//!
+//! Restores run on their own threads so other partitions keep flowing; the partition is resumed
+//! at the restored offset when its restore arrives.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage, ToBytes};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rustc_hash::FxHashSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Guarantee, Settings};
+use crate::domain::event::decode;
+use crate::domain::response::{AlertRecord, Rejection};
+use crate::health::Readiness;
+use crate::kafka::profiles::ProfilesFollower;
+use crate::kafka::{
+    classify, group_consumer_config, processor_producer_config, ErrorClass, KafkaLayerError,
+};
+use crate::metrics::{CodeLabels, Metrics, PartitionLabels};
+use crate::rules::Limits;
+use crate::snapshot::{self, Restored, SnapshotError};
+use crate::state::Users;
+
+/// Inputs larger than this are not embedded in their response record (the DLQ keeps them whole).
+pub const MAX_EMBEDDED_EVENT_BYTES: usize = 16 * 1024;
+
+/// What the processor needs from its host.
+#[derive(Clone)]
+pub struct Deps {
+    pub metrics: Arc<Metrics>,
+    pub readiness: Arc<Readiness>,
+    pub shutdown: CancellationToken,
+    /// The embedded broker's topics are pre-created and cannot be described: skip the admin step.
+    pub embedded: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessorError {
+    #[error(transparent)]
+    Kafka(#[from] KafkaLayerError),
+    #[error("fenced: another instance took over transactional id {0:?}; stopping")]
+    Fenced(String),
+    #[error("fatal kafka error: {0}")]
+    Fatal(KafkaError),
+    #[error("restore of partition {partition}: {source}")]
+    Restore {
+        partition: i32,
+        source: SnapshotError,
+    },
+}
+
+impl From<KafkaError> for ProcessorError {
+    fn from(e: KafkaError) -> Self {
+        ProcessorError::Kafka(KafkaLayerError::Client(e))
+    }
+}
+
+enum RebalanceEvent {
+    Assigned(Vec<i32>),
+    Revoked(Vec<i32>),
+}
+
+struct GroupContext {
+    topic: String,
+    log: Mutex<Vec<RebalanceEvent>>,
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let partitions = |tpl: &TopicPartitionList| -> Vec<i32> {
+            tpl.elements_for_topic(&self.topic)
+                .iter()
+                .map(|e| e.partition())
+                .collect()
+        };
+        let event = match rebalance {
+            Rebalance::Assign(tpl) => {
+                // Nothing is fetched for a partition before its state is restored.
+                if let Err(e) = consumer.pause(tpl) {
+                    tracing::error!(error = %e, "cannot pause newly assigned partitions");
+                }
+                RebalanceEvent::Assigned(partitions(tpl))
+            }
+            Rebalance::Revoke(tpl) => RebalanceEvent::Revoked(partitions(tpl)),
+            Rebalance::Error(e) => {
+                tracing::warn!(error = %e, "rebalance error");
+                return;
+            }
+        };
+        self.log.lock().expect("rebalance log poisoned").push(event);
+    }
+}
+
+/// Counts delivery failures (only at-least-once needs them; transactions report them at commit).
+#[derive(Default)]
+struct DeliveryContext {
+    failures: AtomicU64,
+}
+
+impl ClientContext for DeliveryContext {}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            tracing::warn!(error = %e, "delivery failed");
+            self.failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+struct Ready {
+    users: Users,
+    /// The next input offset to process (exclusive end of what the state includes).
+    next_offset: i64,
+    dirty: FxHashSet<u64>,
+    last_snapshot: Instant,
+}
+
+enum PartitionState {
+    Restoring { generation: u64 },
+    Ready(Box<Ready>),
+}
+
+struct RestoreDone {
+    partition: i32,
+    generation: u64,
+    result: Result<Restored, SnapshotError>,
+}
+
+/// Runs the processor until `deps.shutdown` is cancelled or a fatal error. Blocking.
+pub fn run(settings: Settings, deps: Deps) -> Result<(), ProcessorError> {
+    let mut processor = Processor::new(settings, deps)?;
+    let result = processor.run_loop();
+    processor.deps.readiness.set_stopped();
+    result
+}
+
+struct Processor {
+    settings: Arc<Settings>,
+    deps: Deps,
+    limits: Limits,
+    consumer: BaseConsumer<GroupContext>,
+    producer: BaseProducer<DeliveryContext>,
+    profiles: ProfilesFollower,
+    /// End offsets for the lag gauge, on a client without an open fetch to wait behind.
+    offsets: crate::kafka::Reader,
+    partitions: HashMap<i32, PartitionState>,
+    next_generation: u64,
+    restores_tx: mpsc::Sender<RestoreDone>,
+    restores_rx: mpsc::Receiver<RestoreDone>,
+    exactly_once: bool,
+    last_lag_update: Instant,
+}
+
+impl Processor {
+    fn new(settings: Settings, deps: Deps) -> Result<Self, ProcessorError> {
+        if !deps.embedded {
+            let partitions = crate::kafka::admin::ensure_topics(&settings)?;
+            tracing::info!(partitions, topic = %settings.topics.events, "topics ready");
+        }
+        let exactly_once = settings.processing.guarantee == Guarantee::ExactlyOnce;
+        let context = GroupContext {
+            topic: settings.topics.events.clone(),
+            log: Mutex::new(Vec::new()),
+        };
+        let consumer: BaseConsumer<GroupContext> = group_consumer_config(&settings)?
+            .create_with_context(context)
+            .map_err(KafkaLayerError::from)?;
+        let producer: BaseProducer<DeliveryContext> = processor_producer_config(&settings)?
+            .create_with_context(DeliveryContext::default())
+            .map_err(KafkaLayerError::from)?;
+        if exactly_once {
+            // Fences any zombie with the same transactional id and aborts its open transaction.
+            producer
+                .init_transactions(settings.processing.transaction_timeout)
+                .map_err(|e| match classify(&e) {
+                    ErrorClass::Fatal => ProcessorError::Fenced(settings.transactional_id()),
+                    _ => ProcessorError::from(e),
+                })?;
+        }
+        let profiles = ProfilesFollower::new(&settings, "profiles")?;
+        let offsets = crate::kafka::reader(&settings, "lag")?;
+        consumer.subscribe(&[&settings.topics.events])?;
+        deps.readiness.set_connected(true);
+        let (restores_tx, restores_rx) = mpsc::channel();
+        tracing::info!(
+            group = %settings.kafka.group_id,
+            topic = %settings.topics.events,
+            guarantee = ?settings.processing.guarantee,
+            transactional_id = %settings.transactional_id(),
+            "processor started"
+        );
+        Ok(Processor {
+            limits: settings.limits(),
+            settings: Arc::new(settings),
+            deps,
+            consumer,
+            producer,
+            profiles,
+            offsets,
+            partitions: HashMap::new(),
+            next_generation: 0,
+            restores_tx,
+            restores_rx,
+            exactly_once,
+            last_lag_update: Instant::now(),
+        })
+    }
+
+    fn run_loop(&mut self) -> Result<(), ProcessorError> {
+        while !self.deps.shutdown.is_cancelled() {
+            let batch = self.collect()?;
+            self.finish_restores()?;
+            let batch: Vec<OwnedMessage> = batch.into_iter().filter(|m| self.accepts(m)).collect();
+            let due = self.snapshots_due(false);
+            if batch.is_empty() && due.is_empty() {
+                self.update_lag();
+                continue;
+            }
+            self.commit_batch(&batch, &due)?;
+            self.update_lag();
+        }
+        tracing::info!("shutting down: final snapshot, then leaving the group");
+        let due = self.snapshots_due(true);
+        if !due.is_empty() {
+            if let Err(e) = self.commit_batch(&[], &due) {
+                tracing::warn!(error = %e, "final snapshot failed; the next owner replays from the last one");
+            }
+        }
+        self.producer
+            .flush(self.settings.processing.shutdown_timeout)?;
+        self.consumer.unsubscribe();
+        Ok(())
+    }
+
+    /// Polls a batch (see the module docs), applying rebalances as they come. Waits up to 100 ms
+    /// for a first record; after it, takes only what is already buffered (so a light-load batch
+    /// closes at once), up to `max_batch_events` records or `max_batch_wait`.
+    fn collect(&mut self) -> Result<Vec<OwnedMessage>, ProcessorError> {
+        let max = self.settings.processing.max_batch_events;
+        let max_wait = self.settings.processing.max_batch_wait;
+        let mut batch = Vec::new();
+        let mut first_at: Option<Instant> = None;
+        loop {
+            let timeout = if first_at.is_none() {
+                Duration::from_millis(100)
+            } else {
+                Duration::ZERO
+            };
+            let polled = self.consumer.poll(timeout).map(|r| r.map(|m| m.detach()));
+            self.apply_rebalances();
+            match polled {
+                Some(Ok(message)) => {
+                    batch.push(message);
+                    first_at.get_or_insert_with(Instant::now);
+                }
+                Some(Err(e)) => match classify(&e) {
+                    ErrorClass::Fatal => return Err(ProcessorError::Fatal(e)),
+                    _ => tracing::warn!(error = %e, "consumer error"),
+                },
+                None => return Ok(batch),
+            }
+            let waited = first_at.is_some_and(|at| at.elapsed() >= max_wait);
+            if batch.len() >= max || waited || self.deps.shutdown.is_cancelled() {
+                return Ok(batch);
+            }
+        }
+    }
+
+    fn apply_rebalances(&mut self) {
+        let events = std::mem::take(
+            &mut *self
+                .consumer
+                .context()
+                .log
+                .lock()
+                .expect("rebalance log poisoned"),
+        );
+        for event in events {
+            match event {
+                RebalanceEvent::Assigned(partitions) => {
+                    tracing::info!(?partitions, "partitions assigned; restoring");
+                    for partition in partitions {
+                        self.start_restore(partition);
+                    }
+                }
+                RebalanceEvent::Revoked(partitions) => {
+                    tracing::info!(?partitions, "partitions revoked; dropping their state");
+                    for partition in partitions {
+                        self.partitions.remove(&partition);
+                        self.deps.metrics.consumer_lag.remove(&PartitionLabels {
+                            partition: partition.to_string(),
+                        });
+                    }
+                }
+            }
+        }
+        self.publish_readiness();
+    }
+
+    fn start_restore(&mut self, partition: i32) {
+        self.start_restore_after(partition, Duration::ZERO);
+    }
+
+    fn start_restore_after(&mut self, partition: i32, delay: Duration) {
+        self.next_generation += 1;
+        let generation = self.next_generation;
+        self.partitions
+            .insert(partition, PartitionState::Restoring { generation });
+        let settings = Arc::clone(&self.settings);
+        let limits = self.limits;
+        let tx = self.restores_tx.clone();
+        let timeout = settings.processing.transaction_timeout * 2 + Duration::from_secs(30);
+        std::thread::Builder::new()
+            .name(format!("restore-{partition}"))
+            .spawn(move || {
+                std::thread::sleep(delay);
+                let started = Instant::now();
+                let result = snapshot::restore(&settings, partition, &limits, timeout);
+                if let Ok(r) = &result {
+                    tracing::info!(
+                        partition,
+                        users = r.users.len(),
+                        snapshot_users = r.snapshot_users,
+                        replayed = r.replayed,
+                        resume_at = ?r.resume_at,
+                        rebuilt = r.rebuilt,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "partition restored"
+                    );
+                }
+                let _ = tx.send(RestoreDone {
+                    partition,
+                    generation,
+                    result,
+                });
+            })
+            .expect("spawning a restore thread");
+        self.publish_readiness();
+    }
+
+    /// Installs finished restores: seek to the restored offset and resume fetching.
+    fn finish_restores(&mut self) -> Result<(), ProcessorError> {
+        while let Ok(done) = self.restores_rx.try_recv() {
+            let current = matches!(self.partitions.get(&done.partition), Some(PartitionState::Restoring { generation }) if *generation == done.generation);
+            if !current {
+                continue; // revoked (or restarted) meanwhile
+            }
+            let restored = match done.result {
+                Ok(restored) => restored,
+                Err(e) if restore_error_is_fatal(&e) => {
+                    return Err(ProcessorError::Restore {
+                        partition: done.partition,
+                        source: e,
+                    })
+                }
+                Err(e) => {
+                    // E.g. a dead instance's transaction still pending on this partition.
+                    tracing::warn!(partition = done.partition, error = %e, "restore failed; retrying in 1s");
+                    self.start_restore_after(done.partition, Duration::from_secs(1));
+                    continue;
+                }
+            };
+            let topic = &self.settings.topics.events;
+            let offset = restored.resume_at.map_or(Offset::Beginning, Offset::Offset);
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(topic, done.partition, offset)?;
+            self.consumer
+                .seek_partitions(tpl.clone(), Duration::from_secs(10))?;
+            self.consumer.resume(&tpl)?;
+            self.partitions.insert(
+                done.partition,
+                PartitionState::Ready(Box::new(Ready {
+                    users: restored.users,
+                    next_offset: restored.resume_at.unwrap_or(0),
+                    dirty: FxHashSet::default(),
+                    last_snapshot: Instant::now(),
+                })),
+            );
+            self.publish_readiness();
+        }
+        Ok(())
+    }
+
+    /// Only records of restored partitions, at or after the restored position, are processed.
+    fn accepts(&self, message: &OwnedMessage) -> bool {
+        match self.partitions.get(&message.partition()) {
+            Some(PartitionState::Ready(ready)) => message.offset() >= ready.next_offset,
+            _ => false,
+        }
+    }
+
+    fn publish_readiness(&self) {
+        let restoring = self
+            .partitions
+            .values()
+            .filter(|p| matches!(p, PartitionState::Restoring { .. }))
+            .count();
+        self.deps
+            .readiness
+            .set_partitions(self.partitions.len(), restoring);
+    }
+
+    /// Partitions whose changed users should be snapshotted now.
+    fn snapshots_due(&self, force: bool) -> Vec<i32> {
+        let interval = self.settings.snapshot.interval;
+        self.partitions
+            .iter()
+            .filter_map(|(p, state)| match state {
+                PartitionState::Ready(r)
+                    if !r.dirty.is_empty() && (force || r.last_snapshot.elapsed() >= interval) =>
+                {
+                    Some(*p)
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Processes a batch and commits it with the due snapshots; rewinds on abortable errors.
+    fn commit_batch(&mut self, batch: &[OwnedMessage], due: &[i32]) -> Result<(), ProcessorError> {
+        let mut touched: Vec<i32> = batch.iter().map(|m| m.partition()).collect();
+        touched.extend_from_slice(due);
+        touched.sort_unstable();
+        touched.dedup();
+        let attempt = self.try_commit(batch, due, &touched);
+        match attempt {
+            Ok(()) => {
+                self.deps.metrics.count_transaction("committed");
+                Ok(())
+            }
+            Err(e) => {
+                let class = classify(&e);
+                self.deps.metrics.count_transaction("aborted");
+                if class == ErrorClass::Fatal {
+                    return Err(
+                        if matches!(
+                            e.rdkafka_error_code(),
+                            Some(
+                                RDKafkaErrorCode::ProducerFenced
+                                    | RDKafkaErrorCode::Fenced
+                                    | RDKafkaErrorCode::InvalidProducerEpoch
+                            )
+                        ) || matches!(&e, KafkaError::Transaction(t) if t.is_fatal())
+                        {
+                            ProcessorError::Fenced(self.settings.transactional_id())
+                        } else {
+                            ProcessorError::Fatal(e)
+                        },
+                    );
+                }
+                tracing::warn!(error = %e, ?class, partitions = ?touched, "batch failed: aborting and rewinding to the last commit");
+                if self.exactly_once {
+                    if let Err(abort) = self
+                        .producer
+                        .abort_transaction(self.settings.processing.transaction_timeout)
+                    {
+                        if classify(&abort) == ErrorClass::Fatal {
+                            return Err(ProcessorError::Fatal(abort));
+                        }
+                        tracing::warn!(error = %abort, "abort failed");
+                    }
+                } else {
+                    let _ = self
+                        .producer
+                        .flush(self.settings.processing.transaction_timeout);
+                }
+                // The batch mutated in-memory state: rebuild those partitions from Kafka.
+                let mut tpl = TopicPartitionList::new();
+                for &p in &touched {
+                    tpl.add_partition(&self.settings.topics.events, p);
+                }
+                self.consumer.pause(&tpl)?;
+                for p in touched {
+                    if self.partitions.contains_key(&p) {
+                        self.start_restore(p);
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn try_commit(
+        &mut self,
+        batch: &[OwnedMessage],
+        due: &[i32],
+        touched: &[i32],
+    ) -> Result<(), KafkaError> {
+        let timeout = self.settings.processing.transaction_timeout;
+        if let Err(e) = self.profiles.catch_up(timeout) {
+            tracing::warn!(error = %e, "profiles not caught up; using the profiles read so far");
+        }
+        self.producer.context().failures.store(0, Ordering::Relaxed);
+        if self.exactly_once {
+            self.producer.begin_transaction()?;
+        }
+        for message in batch {
+            self.process(message)?;
+        }
+        for &p in due {
+            self.produce_snapshot(p)?;
+        }
+        let mut offsets = TopicPartitionList::new();
+        for &p in touched {
+            if let Some(PartitionState::Ready(r)) = self.partitions.get(&p) {
+                offsets.add_partition_offset(
+                    &self.settings.topics.events,
+                    p,
+                    Offset::Offset(r.next_offset),
+                )?;
+            }
+        }
+        if self.exactly_once {
+            let metadata = self
+                .consumer
+                .group_metadata()
+                .ok_or(KafkaError::ConsumerCommit(RDKafkaErrorCode::State))?;
+            self.producer
+                .send_offsets_to_transaction(&offsets, &metadata, timeout)?;
+            self.producer.commit_transaction(timeout)?;
+        } else {
+            self.producer.flush(timeout)?;
+            if self.producer.context().failures.load(Ordering::Relaxed) > 0 {
+                return Err(KafkaError::MessageProduction(
+                    RDKafkaErrorCode::MessageTimedOut,
+                ));
+            }
+            if offsets.count() > 0 {
+                self.consumer.commit(&offsets, CommitMode::Sync)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Evaluates one input record and produces its response (and dead-letter record).
+    fn process(&mut self, message: &OwnedMessage) -> Result<(), KafkaError> {
+        let partition = message.partition();
+        let offset = message.offset();
+        let input = message.payload().unwrap_or_default();
+        let Some(PartitionState::Ready(ready)) = self.partitions.get_mut(&partition) else {
+            return Ok(());
+        };
+        let embedded = if input.len() <= MAX_EMBEDDED_EVENT_BYTES {
+            input
+        } else {
+            b""
+        };
+        let (record, rejection) = match decode(input) {
+            Ok(event) => {
+                let user_id = event.user_id.0;
+                let risk = self.profiles.profiles().risk(user_id);
+                match ready.users.apply(&event, risk, &self.limits) {
+                    Ok(codes) => {
+                        ready.dirty.insert(user_id);
+                        let metrics = &self.deps.metrics;
+                        metrics.count_event(if codes.is_alert() { "alert" } else { "ok" });
+                        for code in codes.as_slice() {
+                            metrics
+                                .alerts
+                                .get_or_create(&CodeLabels {
+                                    code: code.to_string(),
+                                })
+                                .inc();
+                        }
+                        (
+                            AlertRecord::accepted(
+                                partition, offset, user_id, &codes, risk, embedded,
+                            ),
+                            None,
+                        )
+                    }
+                    Err(e) => (
+                        AlertRecord::rejected(
+                            partition,
+                            offset,
+                            Some(user_id),
+                            Rejection::OutOfOrder,
+                            e.to_string(),
+                            embedded,
+                        ),
+                        Some(Rejection::OutOfOrder),
+                    ),
+                }
+            }
+            Err(e) => (
+                AlertRecord::rejected(
+                    partition,
+                    offset,
+                    None,
+                    Rejection::Invalid,
+                    e.to_string(),
+                    embedded,
+                ),
+                Some(Rejection::Invalid),
+            ),
+        };
+        ready.next_offset = offset + 1;
+        let mut record = record;
+        if input.len() > MAX_EMBEDDED_EVENT_BYTES {
+            record.event = None;
+            record.event_text = Some(format!(
+                "<{} bytes, not embedded; see the dead-letter topic>",
+                input.len()
+            ));
+        }
+        let value = record.to_json();
+        let key = message.key();
+        let alerts = &self.settings.topics.alerts;
+        let mut alert = BaseRecord::to(alerts).payload(value.as_slice());
+        if let Some(key) = key {
+            alert = alert.key(key);
+        }
+        send(&self.producer, alert)?;
+        if let Some(rejection) = rejection {
+            self.deps.metrics.count_event(rejection.as_str());
+            let error = match &record.outcome {
+                crate::domain::response::Outcome::Rejected { error, .. } => error.as_str(),
+                _ => "",
+            };
+            let partition_text = partition.to_string();
+            let offset_text = offset.to_string();
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: "error",
+                    value: Some(error),
+                })
+                .insert(Header {
+                    key: "rejection",
+                    value: Some(rejection.as_str()),
+                })
+                .insert(Header {
+                    key: "source.topic",
+                    value: Some(message.topic()),
+                })
+                .insert(Header {
+                    key: "source.partition",
+                    value: Some(&partition_text),
+                })
+                .insert(Header {
+                    key: "source.offset",
+                    value: Some(&offset_text),
+                })
+                .insert(Header {
+                    key: "event_id",
+                    value: Some(&record.event_id),
+                });
+            let mut dead = BaseRecord::to(&self.settings.topics.dlq)
+                .payload(input)
+                .headers(headers);
+            if let Some(key) = key {
+                dead = dead.key(key);
+            }
+            send(&self.producer, dead)?;
+        }
+        Ok(())
+    }
+
+    fn produce_snapshot(&mut self, partition: i32) -> Result<(), KafkaError> {
+        let Some(PartitionState::Ready(ready)) = self.partitions.get_mut(&partition) else {
+            return Ok(());
+        };
+        let covers = ready.next_offset;
+        let mut key = itoa::Buffer::new();
+        for user_id in ready.dirty.drain() {
+            let Some(state) = ready.users.get(user_id) else {
+                continue;
+            };
+            let value = snapshot::encode(covers, state);
+            let record = BaseRecord::to(&self.settings.topics.state)
+                .partition(partition)
+                .key(key.format(user_id).as_bytes())
+                .payload(value.as_slice());
+            send(&self.producer, record)?;
+        }
+        ready.last_snapshot = Instant::now();
+        Ok(())
+    }
+
+    fn update_lag(&mut self) {
+        if self.last_lag_update.elapsed() < Duration::from_secs(5) {
+            return;
+        }
+        self.last_lag_update = Instant::now();
+        for (p, state) in &self.partitions {
+            if let PartitionState::Ready(ready) = state {
+                if let Ok((_, high)) = self.offsets.fetch_watermarks(
+                    &self.settings.topics.events,
+                    *p,
+                    Duration::from_millis(500),
+                ) {
+                    self.deps
+                        .metrics
+                        .consumer_lag
+                        .get_or_create(&PartitionLabels {
+                            partition: p.to_string(),
+                        })
+                        .set((high - ready.next_offset).max(0));
+                }
+            }
+        }
+    }
+}
+
+/// Only an authorization or fencing problem stops the processor; anything else is retried.
+fn restore_error_is_fatal(error: &SnapshotError) -> bool {
+    match error {
+        SnapshotError::Client(e) | SnapshotError::Kafka(KafkaLayerError::Client(e)) => {
+            classify(e) == ErrorClass::Fatal
+        }
+        SnapshotError::Kafka(KafkaLayerError::NoBootstrapServers) => true,
+        _ => false,
+    }
+}
+
+/// Sends a record, waiting for room in the producer queue when it is full.
+fn send<C, K, P>(
+    producer: &BaseProducer<C>,
+    mut record: BaseRecord<'_, K, P>,
+) -> Result<(), KafkaError>
+where
+    C: ProducerContext<DeliveryOpaque = ()>,
+    K: ToBytes + ?Sized,
+    P: ToBytes + ?Sized,
+{
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                producer.poll(Duration::from_millis(50));
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! `user-monitor run` (processor + shim in one process, on an embedded broker when
+//! `kafka.bootstrap_servers` is empty) and `user-monitor shim` (the HTTP shim alone).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::embedded::{self, EmbeddedBroker, EmbeddedError};
+use crate::health::Readiness;
+use crate::http::{self, ShimDeps, ShimError};
+use crate::metrics::Metrics;
+use crate::processor::{self, ProcessorError};
+
+/// Errors of the service commands.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Embedded(#[from] EmbeddedError),
+    #[error(transparent)]
+    Shim(#[from] ShimError),
+    #[error(transparent)]
+    Processor(#[from] ProcessorError),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("{0} panicked")]
+    Panicked(&'static str),
+    #[error("graceful shutdown did not finish within {0:?}")]
+    ShutdownTimeout(Duration),
+}
+
+/// `user-monitor run`: the processor and the shim until SIGINT/SIGTERM (or until the processor
+/// stops by itself, e.g. fenced). Without `kafka.bootstrap_servers`, starts the embedded broker
+/// first and prints where to send events.
+pub fn run(mut settings: Settings) -> Result<(), ServiceError> {
+    crate::telemetry::init(&settings.log);
+    // The broker must outlive every client: it is declared first, so it is dropped last.
+    let broker = if settings.kafka.bootstrap_servers.trim().is_empty() {
+        let broker = EmbeddedBroker::start(&settings)?;
+        let notes = broker.configure(&mut settings);
+        Some((broker, notes))
+    } else {
+        None
+    };
+    let runtime = tokio::runtime::Runtime::new().map_err(ServiceError::Runtime)?;
+    let metrics = Metrics::new();
+    let readiness = Arc::new(Readiness::default());
+    let shutdown = CancellationToken::new();
+    let deadline = settings.processing.shutdown_timeout;
+    let result = runtime.block_on(async {
+        crate::shutdown::spawn_signal_handler(shutdown.clone());
+        let shim = http::start(
+            settings.clone(),
+            ShimDeps {
+                metrics: Arc::clone(&metrics),
+                processor: Some(Arc::clone(&readiness)),
+                shutdown: shutdown.clone(),
+                create_topics: false,
+            },
+        )
+        .await?;
+        if let Some((broker, notes)) = &broker {
+            eprintln!(
+                "{}",
+                embedded::banner(&broker.bootstrap_servers(), shim.addr, notes)
+            );
+        }
+        let deps = processor::Deps {
+            metrics,
+            readiness,
+            shutdown: shutdown.clone(),
+            embedded: broker.is_some(),
+        };
+        let processor_settings = settings.clone();
+        let worker = tokio::task::spawn_blocking(move || processor::run(processor_settings, deps));
+        tokio::pin!(worker);
+        let processed = tokio::select! {
+            joined = &mut worker => {
+                // The processor stopped by itself: take the shim down too.
+                shutdown.cancel();
+                joined
+            }
+            () = shutdown.cancelled() => {
+                match tokio::time::timeout(deadline, &mut worker).await {
+                    Ok(joined) => joined,
+                    Err(_) => return Err(ServiceError::ShutdownTimeout(deadline)),
+                }
+            }
+        };
+        let served = match tokio::time::timeout(deadline, shim.task).await {
+            Ok(Ok(served)) => served,
+            Ok(Err(_)) => return Err(ServiceError::Panicked("http shim")),
+            Err(_) => return Err(ServiceError::ShutdownTimeout(deadline)),
+        };
+        processed.map_err(|_| ServiceError::Panicked("processor"))??;
+        served?;
+        Ok(())
+    });
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    drop(broker);
+    result
+}
+
+/// `user-monitor shim`: the HTTP shim alone, against `kafka.bootstrap_servers`. Creates missing
+/// topics when `topics.create` is set. Ready when its own Kafka clients are connected and its read
+/// model has caught up.
+pub fn shim(settings: Settings) -> Result<(), ServiceError> {
+    crate::telemetry::init(&settings.log);
+    let runtime = tokio::runtime::Runtime::new().map_err(ServiceError::Runtime)?;
+    let shutdown = CancellationToken::new();
+    let result = runtime.block_on(async {
+        crate::shutdown::spawn_signal_handler(shutdown.clone());
+        let create_topics = settings.topics.create;
+        let shim = http::start(
+            settings,
+            ShimDeps {
+                metrics: Metrics::new(),
+                processor: None,
+                shutdown: shutdown.clone(),
+                create_topics,
+            },
+        )
+        .await?;
+        match shim.task.await {
+            Ok(served) => Ok(served?),
+            Err(_) => Err(ServiceError::Panicked("http shim")),
+        }
+    });
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
+}

@@ -1,0 +1,316 @@
+//! Per-user state snapshots in the compacted state topic, and the restore of a partition.
+//!
+//! The state topic is co-partitioned with the events topic: the snapshot of a user of input
+//! partition `p` is written to state partition `p`, key = user id, value
+//! `{"v": 1, "covers": S, "state": {...}}`. `covers` is **exclusive**: the state includes every
+//! input record of the partition with offset `< S`, and none from `S` on.
+//!
+//! A snapshot round writes only the users changed since the previous round, all with the same
+//! `covers`; users left out did not change, so the latest record of every user (what compaction
+//! keeps) is the state of the whole partition at `S = max(covers)`. Under exactly-once a round
+//! commits in the same transaction as the input offsets, so `S <= committed`.
+//!
+//! Restore of partition `p` with committed offset `C`: read state partition `p` to its end
+//! (read_committed), then replay input records `[S, C)` through the engine without emitting
+//! anything (their responses are already committed), then process from `max(S, C)`.
+//! (`S > C` happens only under at-least-once, where snapshots are flushed before offsets commit.)
+//! An unreadable snapshot is reported and the partition is rebuilt from the earliest retained
+//! input offset instead of silently starting empty.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Settings;
+use crate::domain::event::decode;
+use crate::kafka::{reader, KafkaLayerError};
+use crate::profiles::Profiles;
+use crate::rules::Limits;
+use crate::state::{UserState, Users};
+
+/// Version of the snapshot value format; bumped on incompatible changes.
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SnapshotRecord {
+    pub v: u32,
+    /// Exclusive: the next input offset after the last record this state includes.
+    pub covers: i64,
+    pub state: UserState,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("unreadable snapshot at state offset {offset}: {reason}")]
+    Unreadable { offset: i64, reason: String },
+    #[error(transparent)]
+    Kafka(#[from] KafkaLayerError),
+    #[error("restore: {0}")]
+    Client(#[from] KafkaError),
+    #[error("restore of partition {partition} timed out after {timeout:?} at offset {offset}")]
+    Timeout {
+        partition: i32,
+        timeout: Duration,
+        offset: i64,
+    },
+}
+
+pub fn encode(covers: i64, state: &UserState) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Borrowed<'a> {
+        v: u32,
+        covers: i64,
+        state: &'a UserState,
+    }
+    serde_json::to_vec(&Borrowed {
+        v: FORMAT_VERSION,
+        covers,
+        state,
+    })
+    .expect("state always serializes")
+}
+
+pub fn decode_record(bytes: &[u8]) -> Result<SnapshotRecord, String> {
+    #[derive(Deserialize)]
+    struct Version {
+        v: u32,
+    }
+    let version: Version =
+        serde_json::from_slice(bytes).map_err(|e| format!("not a snapshot record: {e}"))?;
+    if version.v != FORMAT_VERSION {
+        return Err(format!(
+            "format version {} is not supported (this build reads {FORMAT_VERSION})",
+            version.v
+        ));
+    }
+    serde_json::from_slice(bytes)
+        .map_err(|e| format!("version {FORMAT_VERSION} record does not parse: {e}"))
+}
+
+/// What a restore produced.
+#[derive(Debug)]
+pub struct Restored {
+    pub users: Users,
+    /// Where processing resumes (an input offset), or `None` for the partition's beginning.
+    pub resume_at: Option<i64>,
+    pub snapshot_users: usize,
+    pub replayed: u64,
+    /// Whether the snapshot was unreadable and the partition was rebuilt from the beginning.
+    pub rebuilt: bool,
+}
+
+/// Restores input partition `partition`: snapshot, then replay to the committed offset.
+pub fn restore(
+    settings: &Settings,
+    partition: i32,
+    limits: &Limits,
+    timeout: Duration,
+) -> Result<Restored, SnapshotError> {
+    let committed = committed_offset(settings, partition, timeout)?;
+    let (mut users, covers, snapshot_users, rebuilt) = match load_snapshot(
+        settings, partition, timeout,
+    ) {
+        Ok((users, covers)) => {
+            let n = users.len();
+            (users, covers, n, false)
+        }
+        Err(SnapshotError::Unreadable { offset, reason }) => {
+            tracing::error!(partition, offset, reason = %reason, "unreadable snapshot: rebuilding the partition by replaying from the earliest retained offset");
+            (Users::default(), None, 0, true)
+        }
+        Err(e) => return Err(e),
+    };
+    let Some(committed) = committed else {
+        // Nothing was ever committed for this partition: no responses exist yet.
+        return Ok(Restored {
+            users: Users::default(),
+            resume_at: None,
+            snapshot_users: 0,
+            replayed: 0,
+            rebuilt,
+        });
+    };
+    let replay_from = covers.unwrap_or(0);
+    let replayed = if replay_from < committed {
+        replay(
+            settings, partition, covers, committed, &mut users, limits, timeout,
+        )?
+    } else {
+        0
+    };
+    Ok(Restored {
+        users,
+        resume_at: Some(committed.max(replay_from)),
+        snapshot_users,
+        replayed,
+        rebuilt,
+    })
+}
+
+/// The group's committed offset of an input partition (waits for pending transactional commits).
+fn committed_offset(
+    settings: &Settings,
+    partition: i32,
+    timeout: Duration,
+) -> Result<Option<i64>, SnapshotError> {
+    let mut config = crate::kafka::group_consumer_config(settings)?;
+    config.set("client.id", format!("{}-restore", settings.kafka.client_id));
+    let consumer: BaseConsumer = config.create().map_err(KafkaLayerError::from)?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(&settings.topics.events, partition);
+    let committed = consumer.committed_offsets(tpl, timeout)?;
+    Ok(
+        match committed
+            .find_partition(&settings.topics.events, partition)
+            .map(|e| e.offset())
+        {
+            Some(Offset::Offset(o)) if o >= 0 => Some(o),
+            _ => None,
+        },
+    )
+}
+
+/// Reads state partition `partition` to its end: the latest state of every user and `max(covers)`.
+fn load_snapshot(
+    settings: &Settings,
+    partition: i32,
+    timeout: Duration,
+) -> Result<(Users, Option<i64>), SnapshotError> {
+    let consumer = reader(settings, "restore")?;
+    let topic = &settings.topics.state;
+    let (low, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
+    let mut users = Users::default();
+    let mut covers: Option<i64> = None;
+    if high <= low {
+        return Ok((users, covers));
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Beginning)?;
+    consumer.assign(&tpl)?;
+    let deadline = Instant::now() + timeout;
+    let mut last_offset = low - 1;
+    loop {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => {
+                last_offset = message.offset();
+                let key = message
+                    .key()
+                    .and_then(|k| std::str::from_utf8(k).ok())
+                    .and_then(|k| k.parse::<u64>().ok());
+                let (Some(user_id), Some(payload)) = (key, message.payload()) else {
+                    return Err(SnapshotError::Unreadable {
+                        offset: message.offset(),
+                        reason: "record without a numeric user_id key or without a value"
+                            .to_owned(),
+                    });
+                };
+                let record =
+                    decode_record(payload).map_err(|reason| SnapshotError::Unreadable {
+                        offset: message.offset(),
+                        reason,
+                    })?;
+                covers = Some(covers.map_or(record.covers, |c| c.max(record.covers)));
+                users.insert(user_id, record.state);
+                if last_offset + 1 >= high {
+                    break;
+                }
+            }
+            // read_committed reports the end at the last stable offset.
+            Some(Err(KafkaError::PartitionEOF(_))) => break,
+            Some(Err(e)) => return Err(e.into()),
+            None => {}
+        }
+        if Instant::now() > deadline {
+            return Err(SnapshotError::Timeout {
+                partition,
+                timeout,
+                offset: last_offset,
+            });
+        }
+    }
+    Ok((users, covers))
+}
+
+/// Applies input records `[from, until)` of `partition` to `users` (no output). Returns how many
+/// records were read. Risk does not change state, so the default profiles are used.
+fn replay(
+    settings: &Settings,
+    partition: i32,
+    from: Option<i64>,
+    until: i64,
+    users: &mut Users,
+    limits: &Limits,
+    timeout: Duration,
+) -> Result<u64, SnapshotError> {
+    let consumer = reader(settings, "replay")?;
+    let topic = &settings.topics.events;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(
+        topic,
+        partition,
+        from.map_or(Offset::Beginning, Offset::Offset),
+    )?;
+    consumer.assign(&tpl)?;
+    let profiles = Profiles::default();
+    let deadline = Instant::now() + timeout;
+    let mut replayed = 0u64;
+    let mut last_offset = from.unwrap_or(0) - 1;
+    while last_offset + 1 < until {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => {
+                last_offset = message.offset();
+                if message.offset() >= until {
+                    break;
+                }
+                replayed += 1;
+                if let Ok(event) = decode(message.payload().unwrap_or_default()) {
+                    // Out-of-order events change nothing, exactly as when first processed.
+                    let _ = users.apply(&event, profiles.risk(event.user_id.0), limits);
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => break,
+            Some(Err(e)) => return Err(e.into()),
+            None => {}
+        }
+        if Instant::now() > deadline {
+            return Err(SnapshotError::Timeout {
+                partition,
+                timeout,
+                offset: last_offset,
+            });
+        }
+    }
+    Ok(replayed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::event::decode;
+    use crate::rules::Risk;
+
+    #[test]
+    fn snapshot_records_round_trip_and_reject_other_versions() {
+        let mut state = UserState::default();
+        let event =
+            decode(br#"{"type": "deposit", "amount": "150.5", "user_id": 1, "time": 7}"#).unwrap();
+        state
+            .apply(&event, Risk::Medium, &Limits::default())
+            .unwrap();
+        let bytes = encode(42, &state);
+        let record = decode_record(&bytes).unwrap();
+        assert_eq!(record.covers, 42);
+        assert_eq!(record.state, state);
+        let future = String::from_utf8(bytes)
+            .unwrap()
+            .replace("\"v\":1", "\"v\":2");
+        assert!(decode_record(future.as_bytes())
+            .unwrap_err()
+            .contains("version 2"));
+        assert!(decode_record(b"garbage").is_err());
+    }
+}

@@ -1,0 +1,702 @@
+//! The shim over a real socket against a real Apache Kafka broker with the real processor
+//! (`processor::run`). Needs `KAFKA_BOOTSTRAP_SERVERS` (`make test` starts a broker and sets it).
+//! Every test uses its own random topics, group and transactional id.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+use user_monitor::config::Settings;
+use user_monitor::domain::decode;
+use user_monitor::health::Readiness;
+use user_monitor::http::{self, RunningShim, ShimDeps};
+use user_monitor::metrics::Metrics;
+use user_monitor::rules::{Limits, Risk};
+use user_monitor::state::Users;
+
+fn bootstrap() -> String {
+    std::env::var("KAFKA_BOOTSTRAP_SERVERS").unwrap_or_else(|_| {
+        panic!(
+            "KAFKA_BOOTSTRAP_SERVERS is not set: run the suite with `make test` (it starts a local \
+             Apache Kafka), or start one with `make kafka-up` and export the printed variable"
+        )
+    })
+}
+
+fn scenarios_dir() -> PathBuf {
+    std::env::var_os("USER_MONITOR_SCENARIOS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/scenarios"))
+}
+
+/// Settings of one test's private world.
+fn world(name: &str) -> Settings {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let prefix = format!("http-{name}-{}", &id[..8]);
+    let mut s = Settings::defaults();
+    s.kafka.bootstrap_servers = bootstrap();
+    s.kafka.group_id = format!("{prefix}-group");
+    s.kafka
+        .properties
+        .insert("session.timeout.ms".into(), "6000".into());
+    s.kafka
+        .properties
+        .insert("heartbeat.interval.ms".into(), "500".into());
+    s.topics.events = format!("{prefix}-events");
+    s.topics.alerts = format!("{prefix}-alerts");
+    s.topics.dlq = format!("{prefix}-dlq");
+    s.topics.profiles = format!("{prefix}-profiles");
+    s.topics.state = format!("{prefix}-state");
+    s.topics.partitions = 3;
+    s.processing.transactional_id = format!("{prefix}-txn");
+    s.processing.max_batch_wait = Duration::from_millis(5);
+    s.http.listen = "127.0.0.1:0".parse().unwrap();
+    s.http.response_timeout = Duration::from_secs(10);
+    s
+}
+
+/// The real processor on its own thread.
+struct Processor {
+    shutdown: CancellationToken,
+    readiness: Arc<Readiness>,
+    thread: Option<std::thread::JoinHandle<Result<(), user_monitor::processor::ProcessorError>>>,
+}
+
+impl Processor {
+    fn start(settings: &Settings) -> Processor {
+        let shutdown = CancellationToken::new();
+        let readiness = Arc::new(Readiness::default());
+        let deps = user_monitor::processor::Deps {
+            metrics: Metrics::new(),
+            readiness: Arc::clone(&readiness),
+            shutdown: shutdown.clone(),
+            embedded: false,
+        };
+        let settings = settings.clone();
+        let thread = std::thread::spawn(move || user_monitor::processor::run(settings, deps));
+        Processor {
+            shutdown,
+            readiness,
+            thread: Some(thread),
+        }
+    }
+
+    async fn stop(mut self) {
+        self.shutdown.cancel();
+        let thread = self.thread.take().unwrap();
+        let result = tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .unwrap()
+            .expect("processor thread panicked");
+        result.expect("processor stopped cleanly");
+    }
+}
+
+impl Drop for Processor {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A shim instance on a loopback port.
+struct Shim {
+    base: String,
+    shutdown: CancellationToken,
+    running: Option<RunningShim>,
+}
+
+impl Shim {
+    async fn start(settings: &Settings, processor: Option<&Processor>) -> Shim {
+        Shim::start_with(settings, processor, processor.is_none()).await
+    }
+
+    async fn start_with(
+        settings: &Settings,
+        processor: Option<&Processor>,
+        create_topics: bool,
+    ) -> Shim {
+        let shutdown = CancellationToken::new();
+        let running = http::start(
+            settings.clone(),
+            ShimDeps {
+                metrics: Metrics::new(),
+                processor: processor.map(|p| Arc::clone(&p.readiness)),
+                shutdown: shutdown.clone(),
+                create_topics,
+            },
+        )
+        .await
+        .expect("shim starts");
+        Shim {
+            base: format!("http://{}", running.addr),
+            shutdown,
+            running: Some(running),
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.running.as_ref().unwrap().addr
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn wait_ready(&self, client: &reqwest::Client) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = client.get(self.url("/readyz")).send().await {
+                if r.status() == StatusCode::OK {
+                    return;
+                }
+                if Instant::now() > deadline {
+                    panic!("not ready in time: {}", r.text().await.unwrap_or_default());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn stop(mut self) {
+        self.shutdown.cancel();
+        let running = self.running.take().unwrap();
+        running
+            .task
+            .await
+            .expect("shim task panicked")
+            .expect("shim stopped cleanly");
+    }
+}
+
+impl Drop for Shim {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+async fn post_json(client: &reqwest::Client, url: &str, body: &str) -> (StatusCode, Value) {
+    let response = client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}")),
+    )
+}
+
+async fn get_json(client: &reqwest::Client, url: &str) -> (StatusCode, Value) {
+    let response = client.get(url).send().await.unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap())
+}
+
+/// The legacy responses the engine gives for a sequence of one user's events.
+fn expected_codes(events: &[String]) -> Vec<Result<Vec<u32>, ()>> {
+    let mut users = Users::default();
+    events
+        .iter()
+        .map(|e| {
+            let event = decode(e.as_bytes()).map_err(|_| ())?;
+            users
+                .apply(&event, Risk::Medium, &Limits::default())
+                .map(|codes| codes.as_slice().to_vec())
+                .map_err(|_| ())
+        })
+        .collect()
+}
+
+/// A deterministic pseudo-random sequence of events for one user.
+fn user_sequence(user_id: u64, n: usize, start_time: u64) -> Vec<String> {
+    let mut x = user_id.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|i| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let kind = if x % 3 == 0 { "withdraw" } else { "deposit" };
+            let amount = 1 + x % 150;
+            let time = start_time + i as u64 * (x % 4);
+            format!(r#"{{"type": "{kind}", "amount": "{amount}.00", "user_id": {user_id}, "time": {time}}}"#)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeds_over_http_give_the_expected_bodies_400_for_invalid_409_for_out_of_order() {
+    let settings = world("seeds");
+    let processor = Processor::start(&settings);
+    let shim = Shim::start(&settings, Some(&processor)).await;
+    let client = client();
+    shim.wait_ready(&client).await;
+
+    let dir = scenarios_dir();
+    let inputs = std::fs::read_to_string(dir.join("seeds.jsonl")).unwrap();
+    let expected = std::fs::read_to_string(dir.join("seeds.expected.jsonl")).unwrap();
+    for (line, want) in inputs.lines().zip(expected.lines()) {
+        let want: Value = serde_json::from_str(want).unwrap();
+        let (status, body) = post_json(&client, &shim.url("/event"), line).await;
+        match want.get("error") {
+            Some(_) if line.contains("transfer") => {
+                assert_eq!(status, StatusCode::BAD_REQUEST, "{line}: {body}")
+            }
+            Some(_) => assert_eq!(status, StatusCode::CONFLICT, "{line}: {body}"),
+            None => {
+                assert_eq!(status, StatusCode::OK, "{line}");
+                assert_eq!(body, want, "{line}");
+            }
+        }
+    }
+    shim.stop().await;
+    processor.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_endpoint_answers_over_a_real_socket() {
+    let mut settings = world("endpoints");
+    settings.http.body_limit_bytes = 1024;
+    let processor = Processor::start(&settings);
+    let shim = Shim::start(&settings, Some(&processor)).await;
+    let client = client();
+    shim.wait_ready(&client).await;
+
+    // POST /event, the original curl example, byte for byte.
+    let response = client
+        .post(shim.url("/event"))
+        .header("content-type", "application/json")
+        .body(r#"{"type": "deposit", "amount": "42.00", "user_id": 1, "time": 10}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.text().await.unwrap(),
+        r#"{"alert": false, "alert_codes": [], "user_id": 1}"#
+    );
+
+    // POST /api/v1/events: 201 + Location.
+    let response = client
+        .post(shim.url("/api/v1/events"))
+        .header("content-type", "application/json")
+        .body(r#"{"type": "withdraw", "amount": "200.00", "user_id": 3, "time": 0}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    let created: Value = response.json().await.unwrap();
+    let event_id = created["event_id"].as_str().unwrap().to_owned();
+    assert_eq!(location, format!("/api/v1/events/{event_id}"));
+    assert_eq!(created["alert_id"], format!("alert-{event_id}"));
+    assert_eq!(created["alert_codes"], json!([1100]));
+
+    // GET the event, the alert, the lists.
+    let (status, body) = get_json(&client, &shim.url(&location)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["status"], "processed");
+    assert_eq!(body["event"]["amount"], "200.00");
+    let (status, body) = get_json(
+        &client,
+        &shim.url(&format!("/api/v1/alerts/alert-{event_id}")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["user_id"], 3);
+    let (status, body) = get_json(&client, &shim.url("/api/v1/alerts?user_id=3")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["alerts"][0]["event_id"], event_id.as_str());
+    let (status, body) = get_json(&client, &shim.url("/api/v1/users/3/events")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["events"].as_array().unwrap().len(), 1);
+
+    // 404 and 400 for ids.
+    let (status, _) = get_json(&client, &shim.url("/api/v1/events/0-999999")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = get_json(&client, &shim.url("/api/v1/events/99-0")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = get_json(&client, &shim.url("/api/v1/alerts/alert-0-999999")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = get_json(&client, &shim.url("/api/v1/events/zero")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = get_json(&client, &shim.url("/api/v1/alerts?limit=0")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // PUT risk: acknowledged, and applies to the next event (read-your-writes).
+    let response = client
+        .put(shim.url("/api/v1/users/8/risk"))
+        .header("content-type", "application/json")
+        .body(r#"{"risk": "high"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.json::<Value>().await.unwrap(),
+        json!({"user_id": 8, "risk": "high"})
+    );
+    let (status, body) = post_json(
+        &client,
+        &shim.url("/event"),
+        r#"{"type": "withdraw", "amount": "60", "user_id": 8, "time": 0}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["alert_codes"], json!([1100]), "high risk: above 50");
+    let response = client
+        .put(shim.url("/api/v1/users/8/risk"))
+        .header("content-type", "application/json")
+        .body(r#"{"risk": "extreme"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+
+    // 400, 409, 413, 415.
+    let (status, body) = post_json(
+        &client,
+        &shim.url("/event"),
+        r#"{"type": "deposit", "amount": "1e3", "user_id": "1", "time": 1}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body["error"]
+        .as_str()
+        .unwrap()
+        .starts_with("invalid amount, user_id"));
+    let (status, _) = post_json(
+        &client,
+        &shim.url("/event"),
+        r#"{"type": "deposit", "amount": "42.00", "user_id": 1, "time": 9}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let big = format!(
+        r#"{{"type": "deposit", "amount": "1", "user_id": 1, "time": 20, "pad": "{}"}}"#,
+        "x".repeat(2000)
+    );
+    let (status, _) = post_json(&client, &shim.url("/event"), &big).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    let response = client
+        .post(shim.url("/event"))
+        .header("content-type", "text/plain")
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+
+    // Operations.
+    let (status, body) = get_json(&client, &shim.url("/healthz")).await;
+    assert_eq!((status, body), (StatusCode::OK, json!({"status": "ok"})));
+    let (status, body) = get_json(&client, &shim.url("/readyz")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["processor"]["assigned_partitions"], 3);
+    let metrics = client
+        .get(shim.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains(r#"route="/event",method="POST",status="200""#));
+    assert!(metrics.contains("user_monitor_http_response_seconds_bucket"));
+    let (status, doc) = get_json(&client, &shim.url("/openapi.json")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(doc["paths"]["/api/v1/users/{user_id}/risk"]["put"].is_object());
+
+    shim.stop().await;
+    processor.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forty_concurrent_clients_each_get_their_own_users_answers() {
+    let settings = world("concurrent");
+    let processor = Processor::start(&settings);
+    let shim = Shim::start(&settings, Some(&processor)).await;
+    let client = client();
+    shim.wait_ready(&client).await;
+
+    let mut tasks = Vec::new();
+    for user in 0..40u64 {
+        let client = client.clone();
+        let url = shim.url("/event");
+        tasks.push(tokio::spawn(async move {
+            let user_id = 1000 + user;
+            let events = user_sequence(user_id, 12, 0);
+            let expected = expected_codes(&events);
+            for (event, want) in events.iter().zip(expected) {
+                let (status, body) = post_json(&client, &url, event).await;
+                match want {
+                    Ok(codes) => {
+                        assert_eq!(status, StatusCode::OK, "{event}: {body}");
+                        assert_eq!(
+                            body,
+                            json!({"alert": !codes.is_empty(), "alert_codes": codes, "user_id": user_id}),
+                            "{event}"
+                        );
+                    }
+                    Err(()) => assert_eq!(status, StatusCode::CONFLICT, "{event}"),
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    shim.stop().await;
+    processor.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_shims_side_by_side_each_answer_their_own_requests() {
+    let settings = world("sidebyside");
+    let processor = Processor::start(&settings);
+    let a = Shim::start(&settings, Some(&processor)).await;
+    let b = Shim::start(&settings, Some(&processor)).await;
+    assert_ne!(a.addr(), b.addr());
+    let client = client();
+    a.wait_ready(&client).await;
+    b.wait_ready(&client).await;
+    let events = user_sequence(77, 10, 0);
+    let expected = expected_codes(&events);
+    for (i, (event, want)) in events.iter().zip(expected).enumerate() {
+        let shim = if i % 2 == 0 { &a } else { &b };
+        let (status, body) = post_json(&client, &shim.url("/api/v1/events"), event).await;
+        match want {
+            Ok(codes) => {
+                assert_eq!(status, StatusCode::CREATED, "{event}: {body}");
+                assert_eq!(body["alert_codes"], json!(codes));
+            }
+            Err(()) => assert_eq!(status, StatusCode::CONFLICT),
+        }
+    }
+    // Both read models hold every response.
+    for shim in [&a, &b] {
+        let (_, body) = get_json(&client, &shim.url("/api/v1/users/77/events")).await;
+        assert_eq!(body["events"].as_array().unwrap().len(), 10);
+    }
+    a.stop().await;
+    b.stop().await;
+    processor.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shim_restart_loses_no_accepted_event() {
+    let mut settings = world("restart");
+    let processor = Processor::start(&settings);
+    let client = client();
+
+    // First instance: answers "pending" at once, so every event is accepted but unanswered.
+    settings.http.response_timeout = Duration::from_millis(1);
+    let first = Shim::start(&settings, Some(&processor)).await;
+    first.wait_ready(&client).await;
+    let users: Vec<u64> = (500..510).collect();
+    let sequences: HashMap<u64, Vec<String>> = users
+        .iter()
+        .map(|&u| (u, user_sequence(u, 10, 0)))
+        .collect();
+    let mut accepted: HashMap<u64, Vec<String>> = HashMap::new();
+    for &user in &users {
+        for event in &sequences[&user][..5] {
+            let (status, body) = post_json(&client, &first.url("/api/v1/events"), event).await;
+            assert!(
+                matches!(
+                    status,
+                    StatusCode::ACCEPTED | StatusCode::CREATED | StatusCode::CONFLICT
+                ),
+                "{status}: {body}"
+            );
+            accepted
+                .entry(user)
+                .or_default()
+                .push(body["event_id"].as_str().unwrap_or_default().to_owned());
+        }
+    }
+    first.stop().await;
+
+    // Second instance: rebuilt from the alerts topic; sees every accepted event, processed.
+    settings.http.response_timeout = Duration::from_secs(10);
+    let second = Shim::start(&settings, Some(&processor)).await;
+    second.wait_ready(&client).await;
+    for &user in &users {
+        for event in &sequences[&user][5..] {
+            let (status, body) = post_json(&client, &second.url("/api/v1/events"), event).await;
+            assert!(
+                matches!(status, StatusCode::CREATED | StatusCode::CONFLICT),
+                "{status}: {body}"
+            );
+            accepted
+                .entry(user)
+                .or_default()
+                .push(body["event_id"].as_str().unwrap_or_default().to_owned());
+        }
+    }
+    for &user in &users {
+        let expected = expected_codes(&sequences[&user]);
+        for (i, (event_id, want)) in accepted[&user].iter().zip(expected).enumerate() {
+            // A 409 has no event_id in its body: it was answered, nothing to look up.
+            if want.is_err() && event_id.is_empty() {
+                continue;
+            }
+            assert!(
+                !event_id.is_empty(),
+                "user {user} event {i} was not accepted"
+            );
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let body = loop {
+                let (status, body) =
+                    get_json(&client, &second.url(&format!("/api/v1/events/{event_id}"))).await;
+                assert_eq!(status, StatusCode::OK, "{event_id}");
+                if body["status"] == "processed" || Instant::now() > deadline {
+                    break body;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            assert_eq!(body["status"], "processed", "{event_id}");
+            match want {
+                Ok(codes) => {
+                    assert_eq!(body["alert_codes"], json!(codes), "user {user} event {i}")
+                }
+                Err(()) => assert_eq!(body["rejection"], "out_of_order", "user {user} event {i}"),
+            }
+        }
+    }
+    second.stop().await;
+    processor.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_processor_events_are_202_pending_then_answered_once_it_runs() {
+    let mut settings = world("pending");
+    settings.http.response_timeout = Duration::from_millis(300);
+    // One record kept: older events are answered by the fallback lookup in Kafka.
+    settings.http.read_model_max_records = 1;
+    // Shim alone: it creates the topics itself.
+    let shim = Shim::start(&settings, None).await;
+    let client = client();
+    shim.wait_ready(&client).await;
+    let mut ids = Vec::new();
+    for t in 0..3 {
+        let event =
+            format!(r#"{{"type": "withdraw", "amount": "150", "user_id": 4, "time": {t}}}"#);
+        let response = client
+            .post(shim.url("/api/v1/events"))
+            .header("content-type", "application/json")
+            .body(event)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        let location = response.headers()["location"].to_str().unwrap().to_owned();
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["status"], "pending");
+        assert_eq!(
+            location,
+            format!("/api/v1/events/{}", body["event_id"].as_str().unwrap())
+        );
+        ids.push(body["event_id"].as_str().unwrap().to_owned());
+    }
+    let (status, body) = get_json(&client, &shim.url(&format!("/api/v1/events/{}", ids[0]))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["status"], "pending");
+    assert_eq!(body["event"]["time"], 0);
+
+    let processor = Processor::start(&settings);
+    let want = [json!([1100]), json!([1100]), json!([30, 1100])];
+    for (id, codes) in ids.iter().zip(want) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (status, body) =
+                get_json(&client, &shim.url(&format!("/api/v1/events/{id}"))).await;
+            assert_eq!(status, StatusCode::OK);
+            if body["status"] == "processed" {
+                assert_eq!(body["alert_codes"], codes, "{id}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "{id} never processed");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    // The oldest is out of the one-record read model: served from Kafka.
+    let (status, body) = get_json(
+        &client,
+        &shim.url(&format!("/api/v1/alerts/alert-{}", ids[0])),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    shim.stop().await;
+    processor.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_kafka_refuses_is_503_and_never_200() {
+    let mut settings = world("refused");
+    // Larger than the producer's message.max.bytes (1 MB): Kafka never acknowledges it.
+    settings.http.body_limit_bytes = 4 << 20;
+    let processor = Processor::start(&settings);
+    let shim = Shim::start(&settings, Some(&processor)).await;
+    let client = client();
+    shim.wait_ready(&client).await;
+    let huge = format!(
+        r#"{{"type": "deposit", "amount": "1", "user_id": 1, "time": 1, "pad": "{}"}}"#,
+        "x".repeat(1_200_000)
+    );
+    let (status, body) = post_json(&client, &shim.url("/event"), &huge).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body["error"]
+        .as_str()
+        .unwrap()
+        .contains("did not acknowledge"));
+    shim.stop().await;
+    processor.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_kafka_is_not_ready_and_503() {
+    let mut settings = world("unreachable");
+    settings.kafka.bootstrap_servers = "127.0.0.1:1".into();
+    settings.http.produce_timeout = Duration::from_millis(500);
+    let shim = Shim::start_with(&settings, None, false).await;
+    let client = client();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, body) = get_json(&client, &shim.url("/readyz")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["ready"], false);
+    let (status, _) = post_json(
+        &client,
+        &shim.url("/event"),
+        r#"{"type": "deposit", "amount": "1", "user_id": 1, "time": 1}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let response = client
+        .put(shim.url("/api/v1/users/1/risk"))
+        .header("content-type", "application/json")
+        .body(r#"{"risk": "low"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    // Liveness does not depend on Kafka.
+    let (status, _) = get_json(&client, &shim.url("/healthz")).await;
+    assert_eq!(status, StatusCode::OK);
+    shim.stop().await;
+}

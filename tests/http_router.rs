@@ -1,0 +1,784 @@
+//! Every endpoint and status code of the shim through the real router (`tower::ServiceExt::oneshot`),
+//! with an in-memory backend that evaluates events with the real engine and feeds the real hub the
+//! way the alerts follower does. The same endpoints against a real broker and the real processor:
+//! `tests/http_kafka.rs`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use axum::Router;
+use futures::future::BoxFuture;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+use user_monitor::domain::decode;
+use user_monitor::domain::response::AlertRecord;
+use user_monitor::health::Readiness;
+use user_monitor::http::backend::{Delivered, Found, LookupError, ProduceError};
+use user_monitor::http::{router, Backend, Hub, Shared};
+use user_monitor::metrics::Metrics;
+use user_monitor::profiles::Profiles;
+use user_monitor::rules::{Limits, Risk};
+use user_monitor::state::Users;
+
+/// How the fake Kafka behaves.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Acknowledges and answers at once, like a healthy processor.
+    Answer,
+    /// Acknowledges, but no processor answers.
+    Silent,
+    /// Never acknowledges.
+    Down,
+}
+
+/// One partition; the engine runs at produce time and its response goes through the hub.
+struct MemoryBackend {
+    hub: Arc<Hub>,
+    mode: Mutex<Mode>,
+    inner: Mutex<Engine>,
+}
+
+#[derive(Default)]
+struct Engine {
+    users: Users,
+    profiles: Profiles,
+    /// Every input and its response, as Kafka would retain them.
+    log: Vec<(Vec<u8>, Option<AlertRecord>)>,
+}
+
+impl MemoryBackend {
+    fn new(hub: Arc<Hub>) -> Arc<Self> {
+        Arc::new(MemoryBackend {
+            hub,
+            mode: Mutex::new(Mode::Answer),
+            inner: Mutex::new(Engine::default()),
+        })
+    }
+
+    fn set_mode(&self, mode: Mode) {
+        *self.mode.lock().unwrap() = mode;
+    }
+}
+
+impl Backend for MemoryBackend {
+    fn produce_event(
+        &self,
+        key: String,
+        payload: Vec<u8>,
+    ) -> BoxFuture<'static, Result<Delivered, ProduceError>> {
+        let mode = *self.mode.lock().unwrap();
+        if mode == Mode::Down {
+            return Box::pin(async {
+                Err(ProduceError::NotAcknowledged(
+                    "Local: Message timed out".into(),
+                ))
+            });
+        }
+        let (offset, record) = {
+            let mut engine = self.inner.lock().unwrap();
+            let offset = engine.log.len() as i64;
+            let record = match decode(&payload) {
+                Ok(event) => {
+                    assert_eq!(key, event.user_id.to_string(), "keyed by user id");
+                    let risk = engine.profiles.risk(event.user_id.0);
+                    match engine.users.apply(&event, risk, &Limits::default()) {
+                        Ok(codes) => AlertRecord::accepted(
+                            0,
+                            offset,
+                            event.user_id.0,
+                            &codes,
+                            risk,
+                            &payload,
+                        ),
+                        Err(e) => AlertRecord::rejected(
+                            0,
+                            offset,
+                            Some(event.user_id.0),
+                            user_monitor::domain::Rejection::OutOfOrder,
+                            e.to_string(),
+                            &payload,
+                        ),
+                    }
+                }
+                Err(e) => AlertRecord::rejected(
+                    0,
+                    offset,
+                    None,
+                    user_monitor::domain::Rejection::Invalid,
+                    e.to_string(),
+                    &payload,
+                ),
+            };
+            let answered = (mode == Mode::Answer).then(|| record.clone());
+            engine.log.push((payload, answered));
+            (offset, record)
+        };
+        if mode == Mode::Answer {
+            self.hub.ingest(record, 1_000 + offset);
+        }
+        Box::pin(async move {
+            Ok(Delivered {
+                partition: 0,
+                offset,
+            })
+        })
+    }
+
+    fn produce_profile(
+        &self,
+        user_id: u64,
+        risk: Risk,
+    ) -> BoxFuture<'static, Result<Delivered, ProduceError>> {
+        if *self.mode.lock().unwrap() == Mode::Down {
+            return Box::pin(async { Err(ProduceError::NotAcknowledged("timed out".into())) });
+        }
+        self.inner.lock().unwrap().profiles.set(user_id, risk);
+        Box::pin(async {
+            Ok(Delivered {
+                partition: 0,
+                offset: 0,
+            })
+        })
+    }
+
+    fn lookup(
+        &self,
+        partition: i32,
+        offset: i64,
+    ) -> BoxFuture<'static, Result<Option<Found>, LookupError>> {
+        let engine = self.inner.lock().unwrap();
+        let found = (partition == 0 && offset >= 0)
+            .then(|| engine.log.get(offset as usize))
+            .flatten()
+            .map(|(payload, response)| Found {
+                partition,
+                offset,
+                key: None,
+                payload: payload.clone(),
+                response: response.clone(),
+            });
+        Box::pin(async move { Ok(found) })
+    }
+
+    fn ready(&self) -> bool {
+        *self.mode.lock().unwrap() != Mode::Down
+    }
+}
+
+struct Fixture {
+    app: Router,
+    backend: Arc<MemoryBackend>,
+    hub: Arc<Hub>,
+    processor: Arc<Readiness>,
+}
+
+fn fixture_with(max_records: usize, response_timeout: Duration) -> Fixture {
+    let hub = Arc::new(Hub::new(max_records, 100));
+    hub.set_connected(true);
+    hub.set_caught_up();
+    let backend = MemoryBackend::new(Arc::clone(&hub));
+    let processor = Arc::new(Readiness::default());
+    processor.set_connected(true);
+    let shared = Shared {
+        backend: Arc::clone(&backend) as Arc<dyn Backend>,
+        hub: Arc::clone(&hub),
+        metrics: Metrics::new(),
+        processor: Some(Arc::clone(&processor)),
+        response_timeout,
+        body_limit: 1024,
+    };
+    Fixture {
+        app: router(Arc::new(shared)),
+        backend,
+        hub,
+        processor,
+    }
+}
+
+fn fixture() -> Fixture {
+    fixture_with(1000, Duration::from_millis(200))
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    text: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("{e}: {}", self.text))
+    }
+}
+
+async fn call(app: &Router, request: Request<Body>) -> Reply {
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    Reply {
+        status,
+        headers,
+        text: String::from_utf8(bytes.to_vec()).unwrap(),
+    }
+}
+
+fn post(path: &str, body: &str) -> Request<Body> {
+    Request::post(path)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_owned()))
+        .unwrap()
+}
+
+fn get(path: &str) -> Request<Body> {
+    Request::get(path).body(Body::empty()).unwrap()
+}
+
+fn put(path: &str, body: &str) -> Request<Body> {
+    Request::put(path)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_owned()))
+        .unwrap()
+}
+
+fn scenarios_dir() -> PathBuf {
+    std::env::var_os("USER_MONITOR_SCENARIOS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/scenarios"))
+}
+
+const EXAMPLE: &str = r#"{"type": "deposit", "amount": "42.00", "user_id": 1, "time": 10}"#;
+
+#[tokio::test]
+async fn legacy_post_answers_the_original_response_byte_for_byte() {
+    let f = fixture();
+    let reply = call(&f.app, post("/event", EXAMPLE)).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(
+        reply.text,
+        r#"{"alert": false, "alert_codes": [], "user_id": 1}"#
+    );
+    assert_eq!(reply.headers[header::CONTENT_TYPE], "application/json");
+}
+
+#[tokio::test]
+async fn seeds_scenario_gives_the_expected_bodies_400_for_invalid_and_409_for_out_of_order() {
+    let f = fixture();
+    let dir = scenarios_dir();
+    let inputs = std::fs::read_to_string(dir.join("seeds.jsonl")).unwrap();
+    let expected = std::fs::read_to_string(dir.join("seeds.expected.jsonl")).unwrap();
+    for (line, want) in inputs.lines().zip(expected.lines()) {
+        let want: Value = serde_json::from_str(want).unwrap();
+        let reply = call(&f.app, post("/event", line)).await;
+        if want.get("error").is_some() {
+            let status = if line.contains("transfer") {
+                StatusCode::BAD_REQUEST
+            } else {
+                StatusCode::CONFLICT
+            };
+            assert_eq!(reply.status, status, "{line}: {}", reply.text);
+            assert!(reply.json()["error"].is_string());
+        } else {
+            assert_eq!(reply.status, StatusCode::OK, "{line}");
+            assert_eq!(reply.json(), want, "{line}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn invalid_event_is_400_naming_every_bad_field_and_never_produced() {
+    let f = fixture();
+    let reply = call(
+        &f.app,
+        post(
+            "/event",
+            r#"{"type": "transfer", "amount": 42, "user_id": 1, "time": -5}"#,
+        ),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    let error = reply.json()["error"].as_str().unwrap().to_owned();
+    assert!(error.starts_with("invalid type, amount, time"), "{error}");
+    let reply = call(&f.app, post("/api/v1/events", "[1, 2]")).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert!(f.backend.inner.lock().unwrap().log.is_empty());
+}
+
+#[tokio::test]
+async fn non_json_content_type_is_415() {
+    let f = fixture();
+    for content_type in [
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+        None,
+    ] {
+        let mut request = Request::post("/event");
+        if let Some(ct) = content_type {
+            request = request.header(header::CONTENT_TYPE, ct);
+        }
+        let reply = call(&f.app, request.body(Body::from(EXAMPLE)).unwrap()).await;
+        assert_eq!(reply.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert!(reply.json()["error"].is_string());
+    }
+    let reply = call(
+        &f.app,
+        Request::put("/api/v1/users/1/risk")
+            .body(Body::from(r#"{"risk":"high"}"#))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+}
+
+#[tokio::test]
+async fn body_over_the_limit_is_413() {
+    let f = fixture();
+    let big = format!(
+        r#"{{"type": "deposit", "amount": "1", "user_id": 1, "time": 1, "pad": "{}"}}"#,
+        "x".repeat(2000)
+    );
+    for path in ["/event", "/api/v1/events"] {
+        let reply = call(&f.app, post(path, &big)).await;
+        assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE, "{path}");
+        assert!(reply.json()["error"].as_str().unwrap().contains("1024"));
+    }
+}
+
+#[tokio::test]
+async fn out_of_order_is_409_on_both_forms() {
+    let f = fixture();
+    let at = |t: u64| format!(r#"{{"type": "deposit", "amount": "1", "user_id": 9, "time": {t}}}"#);
+    assert_eq!(
+        call(&f.app, post("/event", &at(10))).await.status,
+        StatusCode::OK
+    );
+    let reply = call(&f.app, post("/event", &at(5))).await;
+    assert_eq!(reply.status, StatusCode::CONFLICT);
+    assert!(reply.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("out of order"));
+    let reply = call(&f.app, post("/api/v1/events", &at(4))).await;
+    assert_eq!(reply.status, StatusCode::CONFLICT);
+}
+
+#[tokio::test]
+async fn unacknowledged_event_is_503_never_200() {
+    let f = fixture();
+    f.backend.set_mode(Mode::Down);
+    for path in ["/event", "/api/v1/events"] {
+        let reply = call(&f.app, post(path, EXAMPLE)).await;
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{path}");
+        assert!(reply.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("did not acknowledge"));
+    }
+    let reply = call(&f.app, put("/api/v1/users/1/risk", r#"{"risk":"high"}"#)).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn acknowledged_event_without_a_response_in_time_is_202_pending() {
+    let f = fixture();
+    f.backend.set_mode(Mode::Silent);
+    let reply = call(&f.app, post("/event", EXAMPLE)).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED);
+    assert_eq!(
+        reply.json(),
+        json!({"event_id": "0-0", "status": "pending"})
+    );
+    let reply = call(&f.app, post("/api/v1/events", EXAMPLE)).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED);
+    assert_eq!(reply.headers[header::LOCATION], "/api/v1/events/0-1");
+    assert_eq!(f.hub.pending(), 0, "timed-out waiters are forgotten");
+    // The event is retained in Kafka: GET shows it, pending.
+    let reply = call(&f.app, get("/api/v1/events/0-1")).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.json()["status"], "pending");
+    assert_eq!(reply.json()["event"]["user_id"], 1);
+}
+
+#[tokio::test]
+async fn a_response_arriving_while_waiting_completes_the_request() {
+    let f = fixture_with(1000, Duration::from_secs(5));
+    f.backend.set_mode(Mode::Silent);
+    let hub = Arc::clone(&f.hub);
+    let late = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let event = decode(EXAMPLE.as_bytes()).unwrap();
+        let mut users = Users::default();
+        let codes = users
+            .apply(&event, Risk::Medium, &Limits::default())
+            .unwrap();
+        hub.ingest(
+            AlertRecord::accepted(0, 0, 1, &codes, Risk::Medium, EXAMPLE.as_bytes()),
+            5,
+        );
+    });
+    let reply = call(&f.app, post("/event", EXAMPLE)).await;
+    late.await.unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.json()["user_id"], 1);
+}
+
+#[tokio::test]
+async fn restful_create_is_201_with_location_and_ids() {
+    let f = fixture();
+    let reply = call(
+        &f.app,
+        post(
+            "/api/v1/events",
+            r#"{"type": "withdraw", "amount": "200.00", "user_id": 3, "time": 0}"#,
+        ),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::CREATED);
+    assert_eq!(reply.headers[header::LOCATION], "/api/v1/events/0-0");
+    assert_eq!(
+        reply.json(),
+        json!({"event_id": "0-0", "alert_id": "alert-0-0", "alert": true, "alert_codes": [1100], "user_id": 3})
+    );
+    let reply = call(&f.app, post("/api/v1/events", EXAMPLE)).await;
+    assert_eq!(reply.json()["alert_id"], Value::Null);
+}
+
+#[tokio::test]
+async fn get_event_is_200_for_known_404_for_unknown_400_for_malformed() {
+    let f = fixture();
+    call(&f.app, post("/event", EXAMPLE)).await;
+    let reply = call(&f.app, get("/api/v1/events/0-0")).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let body = reply.json();
+    assert_eq!(body["status"], "processed");
+    assert_eq!(body["event_id"], "0-0");
+    assert_eq!(body["alert"], false);
+    assert_eq!(body["risk"], "medium");
+    assert_eq!(
+        body["event"],
+        serde_json::from_str::<Value>(EXAMPLE).unwrap()
+    );
+    assert_eq!(
+        call(&f.app, get("/api/v1/events/0-7")).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        call(&f.app, get("/api/v1/events/3-0")).await.status,
+        StatusCode::NOT_FOUND
+    );
+    for bad in ["x", "0", "0-01", "-1-2", "0-0-0"] {
+        let reply = call(&f.app, get(&format!("/api/v1/events/{bad}"))).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{bad}");
+    }
+}
+
+#[tokio::test]
+async fn get_event_past_the_read_model_bound_falls_back_to_kafka() {
+    let f = fixture_with(2, Duration::from_millis(200));
+    for t in 0..5 {
+        let body = format!(r#"{{"type": "withdraw", "amount": "500", "user_id": 2, "time": {t}}}"#);
+        call(&f.app, post("/event", &body)).await;
+    }
+    assert!(f.hub.event((0, 0)).is_none(), "evicted");
+    let reply = call(&f.app, get("/api/v1/events/0-0")).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.json()["status"], "processed");
+    assert_eq!(reply.json()["alert_codes"], json!([1100]));
+    let reply = call(&f.app, get("/api/v1/alerts/alert-0-0")).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    // Only what is kept is listed.
+    let reply = call(&f.app, get("/api/v1/alerts")).await;
+    assert_eq!(reply.json()["alerts"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn alerts_are_listed_newest_first_with_filters_and_cursor() {
+    let f = fixture();
+    // user 3: 1100, then 30+1100; user 4: no alert; user 5: 123.
+    for body in [
+        r#"{"type": "withdraw", "amount": "200.00", "user_id": 3, "time": 0}"#,
+        r#"{"type": "deposit", "amount": "1", "user_id": 4, "time": 0}"#,
+        r#"{"type": "withdraw", "amount": "101", "user_id": 3, "time": 1}"#,
+        r#"{"type": "withdraw", "amount": "101", "user_id": 3, "time": 2}"#,
+        r#"{"type": "deposit", "amount": "300", "user_id": 5, "time": 0}"#,
+    ] {
+        call(&f.app, post("/event", body)).await;
+    }
+    let reply = call(&f.app, get("/api/v1/alerts")).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let ids: Vec<Value> = reply.json()["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["alert_id"].clone())
+        .collect();
+    assert_eq!(
+        ids,
+        vec![
+            json!("alert-0-4"),
+            json!("alert-0-3"),
+            json!("alert-0-2"),
+            json!("alert-0-0")
+        ]
+    );
+    assert_eq!(reply.json()["next_cursor"], Value::Null);
+
+    let reply = call(&f.app, get("/api/v1/alerts?user_id=3&code=30")).await;
+    let ids: Vec<String> = reply.json()["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["alert_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, vec!["alert-0-3"]);
+
+    let mut seen = Vec::new();
+    let mut path = "/api/v1/alerts?limit=3".to_owned();
+    loop {
+        let page = call(&f.app, get(&path)).await.json();
+        for alert in page["alerts"].as_array().unwrap() {
+            seen.push(alert["alert_id"].as_str().unwrap().to_owned());
+        }
+        match page["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/api/v1/alerts?limit=3&cursor={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(
+        seen,
+        vec!["alert-0-4", "alert-0-3", "alert-0-2", "alert-0-0"]
+    );
+
+    for bad in [
+        "limit=0",
+        "limit=1001",
+        "limit=x",
+        "user_id=-1",
+        "user_id=9223372036854775808",
+        "code=abc",
+        "cursor=nope",
+    ] {
+        let reply = call(&f.app, get(&format!("/api/v1/alerts?{bad}"))).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{bad}");
+        assert!(reply.json()["error"].is_string());
+    }
+}
+
+#[tokio::test]
+async fn get_alert_is_200_for_an_alert_404_otherwise_400_for_malformed() {
+    let f = fixture();
+    call(
+        &f.app,
+        post(
+            "/event",
+            r#"{"type": "withdraw", "amount": "200.00", "user_id": 3, "time": 0}"#,
+        ),
+    )
+    .await;
+    call(&f.app, post("/event", EXAMPLE)).await;
+    let reply = call(&f.app, get("/api/v1/alerts/alert-0-0")).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.json()["alert_codes"], json!([1100]));
+    assert_eq!(reply.json()["user_id"], 3);
+    // An event without an alert, and an unknown coordinate.
+    for missing in ["alert-0-1", "alert-0-99"] {
+        let reply = call(&f.app, get(&format!("/api/v1/alerts/{missing}"))).await;
+        assert_eq!(reply.status, StatusCode::NOT_FOUND, "{missing}");
+    }
+    for bad in ["0-0", "alert-x", "alert-0-0-0"] {
+        let reply = call(&f.app, get(&format!("/api/v1/alerts/{bad}"))).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{bad}");
+    }
+}
+
+#[tokio::test]
+async fn user_events_lists_recent_events_with_results_newest_first() {
+    let f = fixture();
+    for t in 0..4 {
+        let body = format!(r#"{{"type": "withdraw", "amount": "1", "user_id": 7, "time": {t}}}"#);
+        call(&f.app, post("/event", &body)).await;
+    }
+    call(&f.app, post("/event", EXAMPLE)).await;
+    // Out of order: rejected, and listed with its error.
+    call(
+        &f.app,
+        post(
+            "/event",
+            r#"{"type": "withdraw", "amount": "1", "user_id": 7, "time": 0}"#,
+        ),
+    )
+    .await;
+    let reply = call(&f.app, get("/api/v1/users/7/events")).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let body = reply.json();
+    assert_eq!(body["user_id"], 7);
+    let events = body["events"].as_array().unwrap();
+    assert_eq!(events.len(), 5);
+    assert_eq!(events[0]["rejection"], "out_of_order");
+    assert_eq!(events[1]["alert_codes"], json!([30]));
+    assert_eq!(events[4]["alert"], false);
+    let page = call(&f.app, get("/api/v1/users/7/events?limit=2"))
+        .await
+        .json();
+    assert_eq!(page["events"].as_array().unwrap().len(), 2);
+    let cursor = page["next_cursor"].as_str().unwrap();
+    let next = call(
+        &f.app,
+        get(&format!("/api/v1/users/7/events?limit=10&cursor={cursor}")),
+    )
+    .await
+    .json();
+    assert_eq!(next["events"].as_array().unwrap().len(), 3);
+    let empty = call(&f.app, get("/api/v1/users/12345/events")).await;
+    assert_eq!(empty.status, StatusCode::OK);
+    assert_eq!(empty.json()["events"], json!([]));
+    for bad in ["x", "-1", "9223372036854775808", "1.5"] {
+        let reply = call(&f.app, get(&format!("/api/v1/users/{bad}/events"))).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{bad}");
+    }
+}
+
+#[tokio::test]
+async fn put_risk_publishes_and_applies_to_later_events() {
+    let f = fixture();
+    let reply = call(&f.app, put("/api/v1/users/8/risk", r#"{"risk": "high"}"#)).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.json(), json!({"user_id": 8, "risk": "high"}));
+    // High risk: a withdrawal above 50 raises 1100.
+    let reply = call(
+        &f.app,
+        post(
+            "/event",
+            r#"{"type": "withdraw", "amount": "60", "user_id": 8, "time": 0}"#,
+        ),
+    )
+    .await;
+    assert_eq!(reply.json()["alert_codes"], json!([1100]));
+    for bad in [r#"{"risk": "extreme"}"#, r#"{"risk": 1}"#, r#"{}"#, "nope"] {
+        let reply = call(&f.app, put("/api/v1/users/8/risk", bad)).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{bad}");
+    }
+    let reply = call(&f.app, put("/api/v1/users/abc/risk", r#"{"risk": "low"}"#)).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn healthz_is_always_200_and_readyz_follows_shim_and_processor() {
+    let f = fixture();
+    let reply = call(&f.app, get("/healthz")).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.json(), json!({"status": "ok"}));
+
+    let reply = call(&f.app, get("/readyz")).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    assert_eq!(reply.json()["ready"], true);
+    assert_eq!(reply.json()["processor"]["assigned_partitions"], 0);
+
+    f.processor.set_partitions(6, 2);
+    let reply = call(&f.app, get("/readyz")).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(reply.json()["processor"]["restoring_partitions"], 2);
+    f.processor.set_partitions(6, 0);
+
+    f.backend.set_mode(Mode::Down);
+    let reply = call(&f.app, get("/readyz")).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(reply.json()["shim"]["kafka_connected"], false);
+}
+
+#[tokio::test]
+async fn readyz_waits_for_the_read_model_to_catch_up() {
+    let hub = Arc::new(Hub::new(10, 10));
+    let backend = MemoryBackend::new(Arc::clone(&hub));
+    let app = router(Arc::new(Shared {
+        backend: backend as Arc<dyn Backend>,
+        hub: Arc::clone(&hub),
+        metrics: Metrics::new(),
+        processor: None,
+        response_timeout: Duration::from_millis(100),
+        body_limit: 1024,
+    }));
+    assert_eq!(
+        call(&app, get("/readyz")).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    hub.set_connected(true);
+    assert_eq!(
+        call(&app, get("/readyz")).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    hub.set_caught_up();
+    let reply = call(&app, get("/readyz")).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.json()["processor"], Value::Null);
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_and_status_with_latency() {
+    let f = fixture();
+    call(&f.app, post("/event", EXAMPLE)).await;
+    call(&f.app, get("/api/v1/events/0-0")).await;
+    call(&f.app, get("/api/v1/events/x")).await;
+    let reply = call(&f.app, get("/metrics")).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let text = reply.text;
+    assert!(
+        text.contains(
+            r#"user_monitor_http_requests_total{route="/event",method="POST",status="200"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(text.contains(
+        r#"user_monitor_http_requests_total{route="/api/v1/events/{event_id}",method="GET",status="400"} 1"#
+    ));
+    assert!(text.contains(r#"user_monitor_http_response_seconds_count{route="/event"} 1"#));
+}
+
+#[tokio::test]
+async fn openapi_document_describes_every_endpoint() {
+    let f = fixture();
+    let reply = call(&f.app, get("/openapi.json")).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let doc = reply.json();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let paths = doc["paths"].as_object().unwrap();
+    let expected: HashMap<&str, &[&str]> = HashMap::from([
+        ("/event", &["post"][..]),
+        ("/api/v1/events", &["post"][..]),
+        ("/api/v1/events/{event_id}", &["get"][..]),
+        ("/api/v1/alerts", &["get"][..]),
+        ("/api/v1/alerts/{alert_id}", &["get"][..]),
+        ("/api/v1/users/{user_id}/events", &["get"][..]),
+        ("/api/v1/users/{user_id}/risk", &["put"][..]),
+        ("/healthz", &["get"][..]),
+        ("/readyz", &["get"][..]),
+        ("/metrics", &["get"][..]),
+        ("/openapi.json", &["get"][..]),
+    ]);
+    for (path, methods) in expected {
+        for method in methods {
+            assert!(paths[path][method].is_object(), "{method} {path}");
+        }
+    }
+    let statuses = paths["/event"]["post"]["responses"].as_object().unwrap();
+    for status in ["200", "202", "400", "409", "413", "415", "503"] {
+        assert!(statuses.contains_key(status), "POST /event {status}");
+    }
+}
+
+#[tokio::test]
+async fn unknown_route_is_404_and_wrong_method_405_both_json() {
+    let f = fixture();
+    let reply = call(&f.app, get("/nope")).await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    assert!(reply.json()["error"].as_str().unwrap().contains("/nope"));
+    let reply = call(&f.app, get("/event")).await;
+    assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(reply.json()["error"].is_string());
+}
