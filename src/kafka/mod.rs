@@ -153,7 +153,11 @@ pub fn reader_config(settings: &Settings, role: &str) -> Result<ClientConfig, Ka
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed")
         // Tells a reader when it has caught up with a partition.
-        .set("enable.partition.eof", "true");
+        .set("enable.partition.eof", "true")
+        // A transaction's commit marker (which makes its records visible to read_committed) does
+        // not complete a parked fetch, so a reader would see each commit up to this late (500 ms
+        // by default): keep it short, these readers are few.
+        .set("fetch.wait.max.ms", "20");
     apply_overrides(&mut config, settings);
     Ok(config)
 }
