@@ -206,6 +206,7 @@ impl Processor {
                     _ => ProcessorError::from(e),
                 })?;
         }
+        seed_profiles(&settings)?;
         let profiles = ProfilesFollower::new(&settings, "profiles")?;
         let offsets = crate::kafka::reader(&settings, "lag")?;
         consumer.subscribe(&[&settings.topics.events])?;
@@ -516,9 +517,11 @@ impl Processor {
         touched: &[i32],
     ) -> Result<(), KafkaError> {
         let timeout = self.settings.processing.transaction_timeout;
+        let started = Instant::now();
         if let Err(e) = self.profiles.catch_up(timeout) {
             tracing::warn!(error = %e, "profiles not caught up; using the profiles read so far");
         }
+        let caught_up = started.elapsed();
         self.producer.context().failures.store(0, Ordering::Relaxed);
         if self.exactly_once {
             self.producer.begin_transaction()?;
@@ -544,9 +547,20 @@ impl Processor {
                 .consumer
                 .group_metadata()
                 .ok_or(KafkaError::ConsumerCommit(RDKafkaErrorCode::State))?;
+            let produced = started.elapsed();
             self.producer
                 .send_offsets_to_transaction(&offsets, &metadata, timeout)?;
+            let offsets_sent = started.elapsed();
             self.producer.commit_transaction(timeout)?;
+            tracing::debug!(
+                records = batch.len(),
+                snapshots = due.len(),
+                profiles_ms = caught_up.as_secs_f64() * 1e3,
+                produce_ms = (produced - caught_up).as_secs_f64() * 1e3,
+                offsets_ms = (offsets_sent - produced).as_secs_f64() * 1e3,
+                commit_ms = (started.elapsed() - offsets_sent).as_secs_f64() * 1e3,
+                "batch committed"
+            );
         } else {
             self.producer.flush(timeout)?;
             if self.producer.context().failures.load(Ordering::Relaxed) > 0 {
@@ -728,6 +742,28 @@ impl Processor {
             }
         }
     }
+}
+
+/// Publishes `profiles.seed_file`, when set, to the profiles topic before the first batch.
+fn seed_profiles(settings: &Settings) -> Result<(), ProcessorError> {
+    let path = &settings.profiles.seed_file;
+    if path.is_empty() {
+        return Ok(());
+    }
+    let file = std::fs::File::open(path).map_err(|e| KafkaLayerError::Topic {
+        topic: settings.topics.profiles.clone(),
+        reason: format!("cannot open profiles.seed_file {path:?}: {e}"),
+    })?;
+    let lines =
+        crate::profiles::Profiles::read_jsonl(std::io::BufReader::new(file)).map_err(|e| {
+            KafkaLayerError::Topic {
+                topic: settings.topics.profiles.clone(),
+                reason: format!("profiles.seed_file {path:?}: {e}"),
+            }
+        })?;
+    let published = crate::kafka::profiles::publish(settings, &lines)?;
+    tracing::info!(published, file = %path, "seeded profiles");
+    Ok(())
 }
 
 /// Only an authorization or fencing problem stops the processor; anything else is retried.

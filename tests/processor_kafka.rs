@@ -492,3 +492,42 @@ fn a_state_topic_that_is_not_compacted_stops_the_processor_with_a_clear_error() 
     assert!(log.contains("must be compacted"), "{log}");
     assert!(log.contains(&topic), "{log}");
 }
+
+#[test]
+fn a_second_instance_with_the_same_transactional_id_fences_the_first_which_stops() {
+    let world = World::new("fence", 2);
+    world.create_topics();
+    let mut first = world.spawn_processor(0);
+    let coordinate = produce(&world.events(), &keyed(&[event("deposit", "1", 1, 1)]))[0];
+    response_for(&world, coordinate, 1);
+    // Same slot = same transactional id: the newcomer's init fences the first instance.
+    let mut second = world.spawn_processor(0);
+    let lines: Vec<Vec<u8>> = (0..50u64).map(|i| event("deposit", "1", i, 2)).collect();
+    produce(&world.events(), &keyed(&lines));
+    let exit = wait_exit(&mut first, Duration::from_secs(60))
+        .expect("the fenced instance stops by itself");
+    assert!(!exit.success(), "a fenced instance exits non-zero");
+    assert!(world.log(0).contains("fenced"), "{}", world.log(0));
+    // The survivor answers everything exactly once.
+    let responses = read_committed(&world.alerts(), 51, Duration::from_secs(60));
+    assert_eq!(responses.len(), 51);
+    terminate(&second);
+    wait_exit(&mut second, Duration::from_secs(30));
+}
+
+#[test]
+fn profiles_seed_file_is_published_and_applied() {
+    let mut world = World::new("seed", 1);
+    let seed = world.dir.path().join("seed.jsonl");
+    std::fs::write(&seed, "{\"user_id\": 5, \"risk\": \"high\"}\n").unwrap();
+    world.set("USER_MONITOR__PROFILES__SEED_FILE", seed.to_str().unwrap());
+    world.create_topics();
+    let mut processor = world.spawn_processor(0);
+    // 60 is above the high-risk large-withdrawal threshold (50), not the medium one (100).
+    let coordinate = produce(&world.events(), &keyed(&[event("withdraw", "60", 5, 1)]))[0];
+    let response = response_for(&world, coordinate, 1);
+    assert_eq!(response["risk"], "high");
+    assert_eq!(response["alert_codes"], serde_json::json!([1100]));
+    terminate(&processor);
+    wait_exit(&mut processor, Duration::from_secs(30));
+}
