@@ -42,14 +42,10 @@ pub fn evaluate(
     let mut output = io::BufWriter::with_capacity(1 << 16, output);
     let mut users = Users::default();
     let mut summary = Summary::default();
-    let mut line = Vec::with_capacity(256);
-    loop {
-        line.clear();
-        if input.read_until(b'\n', &mut line)? == 0 {
-            break;
-        }
+    let mut lines = LineReader::new(&mut input);
+    while let Some(line) = lines.next_line()? {
         summary.lines += 1;
-        let mut text = line.as_slice();
+        let mut text = line;
         if let Some(rest) = text.strip_suffix(b"\n") {
             text = rest.strip_suffix(b"\r").unwrap_or(rest);
         }
@@ -77,6 +73,63 @@ pub fn evaluate(
     output.flush()?;
     summary.users = users.len();
     Ok(summary)
+}
+
+/// Splits a reader into lines (each with its `\n`, the last one possibly without) from one
+/// reused buffer: big reads, `memchr` for the line ends, a line longer than the buffer grows it.
+struct LineReader<R> {
+    reader: R,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    eof: bool,
+}
+
+impl<R: io::Read> LineReader<R> {
+    fn new(reader: R) -> Self {
+        LineReader {
+            reader,
+            buf: vec![0; 1 << 16],
+            start: 0,
+            end: 0,
+            eof: false,
+        }
+    }
+
+    fn next_line(&mut self) -> io::Result<Option<&[u8]>> {
+        let mut searched = self.start;
+        loop {
+            if let Some(pos) = memchr::memchr(b'\n', &self.buf[searched..self.end]) {
+                let line_start = self.start;
+                self.start = searched + pos + 1;
+                return Ok(Some(&self.buf[line_start..self.start]));
+            }
+            if self.eof {
+                if self.start == self.end {
+                    return Ok(None);
+                }
+                let line_start = self.start;
+                self.start = self.end;
+                return Ok(Some(&self.buf[line_start..self.end]));
+            }
+            // Move the partial line to the front (or grow), then read more.
+            searched = self.end - self.start;
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+            if self.end == self.buf.len() {
+                self.buf.resize(self.buf.len() * 2, 0);
+            }
+            let n = loop {
+                match self.reader.read(&mut self.buf[self.end..]) {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    other => break other?,
+                }
+            };
+            self.end += n;
+            self.eof = n == 0;
+        }
+    }
 }
 
 fn write_error_line(out: &mut impl Write, message: &str, line: u64) -> io::Result<()> {
@@ -137,6 +190,21 @@ mod tests {
                 users: 1
             }
         );
+    }
+
+    #[test]
+    fn lines_longer_than_the_buffer_and_a_missing_final_newline_are_read_whole() {
+        let long = format!("{{\"type\": \"deposit\", \"amount\": \"1\", \"user_id\": 1, \"time\": 1, \"pad\": \"{}\"}}", "x".repeat(200_000));
+        let input = format!("{long}\n\n{long}");
+        let mut reader = LineReader::new(input.as_bytes());
+        let mut lengths = Vec::new();
+        while let Some(line) = reader.next_line().unwrap() {
+            lengths.push(line.len());
+        }
+        assert_eq!(lengths, vec![long.len() + 1, 1, long.len()]);
+        let (lines, _) = run(&input);
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[2]["alert"], false);
     }
 
     #[test]

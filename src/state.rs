@@ -65,10 +65,108 @@ struct Bucket {
     total: u128,
 }
 
+/// The buckets of a window, oldest first. Most users have at most two buckets in a window, so
+/// those live inline in the user's state (no pointer to chase, no allocation); more spill to the heap.
+#[derive(Debug, Clone)]
+enum Buckets {
+    Inline { buf: [Bucket; 2], len: u8 },
+    Heap(VecDeque<Bucket>),
+}
+
+/// Equal when they hold the same buckets, whichever form holds them.
+impl PartialEq for Buckets {
+    fn eq(&self, other: &Self) -> bool {
+        self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Buckets {}
+
+impl Default for Buckets {
+    fn default() -> Self {
+        Buckets::Inline {
+            buf: [Bucket { time: 0, total: 0 }; 2],
+            len: 0,
+        }
+    }
+}
+
+impl Buckets {
+    fn front(&self) -> Option<&Bucket> {
+        match self {
+            Buckets::Inline { buf, len } => buf[..*len as usize].first(),
+            Buckets::Heap(deque) => deque.front(),
+        }
+    }
+
+    fn pop_front(&mut self) {
+        match self {
+            Buckets::Inline { buf, len } => {
+                if *len > 0 {
+                    buf[0] = buf[1];
+                    *len -= 1;
+                }
+            }
+            Buckets::Heap(deque) => {
+                deque.pop_front();
+            }
+        }
+    }
+
+    fn back_mut(&mut self) -> Option<&mut Bucket> {
+        match self {
+            Buckets::Inline { buf, len } => buf[..*len as usize].last_mut(),
+            Buckets::Heap(deque) => deque.back_mut(),
+        }
+    }
+
+    fn push_back(&mut self, bucket: Bucket) {
+        match self {
+            Buckets::Inline { buf, len } if (*len as usize) < buf.len() => {
+                buf[*len as usize] = bucket;
+                *len += 1;
+            }
+            Buckets::Inline { buf, len } => {
+                let mut deque = VecDeque::with_capacity(8);
+                deque.extend(buf[..*len as usize].iter().copied());
+                deque.push_back(bucket);
+                *self = Buckets::Heap(deque);
+            }
+            Buckets::Heap(deque) => deque.push_back(bucket),
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Bucket> {
+        let (inline, heap) = match self {
+            Buckets::Inline { buf, len } => (&buf[..*len as usize], None),
+            Buckets::Heap(deque) => (&[][..], Some(deque.iter())),
+        };
+        inline.iter().chain(heap.into_iter().flatten())
+    }
+}
+
+/// Serialized as a plain sequence of buckets, whatever the in-memory form.
+impl Serialize for Buckets {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Buckets {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let all = Vec::<Bucket>::deserialize(d)?;
+        let mut buckets = Buckets::default();
+        for bucket in all {
+            buckets.push_back(bucket);
+        }
+        Ok(buckets)
+    }
+}
+
 /// A sliding window of `(time, total)` buckets with a running, saturating total.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Window {
-    buckets: VecDeque<Bucket>,
+    buckets: Buckets,
     total: u128,
 }
 
@@ -332,6 +430,26 @@ mod tests {
             .unwrap();
         assert!(!codes.as_slice().contains(&123));
         assert_eq!(state.deposits.total, 2 * 100_000_000);
+    }
+
+    #[test]
+    fn windows_spill_from_inline_to_heap_and_serialize_the_same() {
+        let mut window = Window::default();
+        for t in 0..5 {
+            window.add(t, 1);
+        }
+        assert!(matches!(window.buckets, Buckets::Heap(_)));
+        window.prune(5, 1);
+        assert_eq!(
+            window.buckets.iter().map(|b| b.time).collect::<Vec<_>>(),
+            vec![4]
+        );
+        assert_eq!(window.total, 1);
+        let json = serde_json::to_string(&window).unwrap();
+        let back: Window = serde_json::from_str(&json).unwrap();
+        assert!(matches!(back.buckets, Buckets::Inline { len: 1, .. }));
+        assert_eq!(back, window, "equal content, different form");
+        assert_eq!(serde_json::to_string(&back).unwrap(), json);
     }
 
     #[test]

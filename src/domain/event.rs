@@ -316,12 +316,14 @@ fn scan_string(bytes: &[u8], i: usize) -> Option<usize> {
     if bytes.get(i) != Some(&b'"') {
         return None;
     }
-    let len = bytes[i + 1..].iter().position(|&b| b == b'"')?;
-    let inner = &bytes[i + 1..i + 1 + len];
-    inner
-        .iter()
-        .all(|&b| (0x20..0x7f).contains(&b) && b != b'\\')
-        .then_some(i + len + 2)
+    for (k, &b) in bytes[i + 1..].iter().enumerate() {
+        match b {
+            b'"' => return Some(i + k + 2),
+            b'\\' | 0..0x20 | 0x7f.. => return None,
+            _ => {}
+        }
+    }
+    None
 }
 
 /// End (exclusive) of a string, a JSON number, `true`, `false` or `null` starting at `i`.
