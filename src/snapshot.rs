@@ -21,13 +21,13 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Settings;
 use crate::domain::event::decode;
-use crate::kafka::{reader, KafkaLayerError};
+use crate::kafka::{reader, KafkaLayerError, Reader};
 use crate::profiles::Profiles;
 use crate::rules::Limits;
 use crate::state::{UserState, Users};
@@ -180,58 +180,41 @@ fn load_snapshot(
     partition: i32,
     timeout: Duration,
 ) -> Result<(Users, Option<i64>), SnapshotError> {
-    let consumer = reader(settings, "restore")?;
     let topic = &settings.topics.state;
+    let consumer = reader(settings, "restore")?;
     let (low, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
     let mut users = Users::default();
     let mut covers: Option<i64> = None;
     if high <= low {
         return Ok((users, covers));
     }
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, partition, Offset::Beginning)?;
-    consumer.assign(&tpl)?;
-    let deadline = Instant::now() + timeout;
-    let mut last_offset = low - 1;
-    loop {
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(message)) => {
-                last_offset = message.offset();
-                let key = message
-                    .key()
-                    .and_then(|k| std::str::from_utf8(k).ok())
-                    .and_then(|k| k.parse::<u64>().ok());
-                let (Some(user_id), Some(payload)) = (key, message.payload()) else {
-                    return Err(SnapshotError::Unreadable {
-                        offset: message.offset(),
-                        reason: "record without a numeric user_id key or without a value"
-                            .to_owned(),
-                    });
-                };
-                let record =
-                    decode_record(payload).map_err(|reason| SnapshotError::Unreadable {
-                        offset: message.offset(),
-                        reason,
-                    })?;
-                covers = Some(covers.map_or(record.covers, |c| c.max(record.covers)));
-                users.insert(user_id, record.state);
-                if last_offset + 1 >= high {
-                    break;
-                }
-            }
-            // read_committed reports the end at the last stable offset.
-            Some(Err(KafkaError::PartitionEOF(_))) => break,
-            Some(Err(e)) => return Err(e.into()),
-            None => {}
-        }
-        if Instant::now() > deadline {
-            return Err(SnapshotError::Timeout {
-                partition,
-                timeout,
-                offset: last_offset,
-            });
-        }
-    }
+    read_partition(
+        &consumer,
+        topic,
+        partition,
+        Offset::Beginning,
+        high,
+        timeout,
+        |message| {
+            let key = message
+                .key()
+                .and_then(|k| std::str::from_utf8(k).ok())
+                .and_then(|k| k.parse::<u64>().ok());
+            let (Some(user_id), Some(payload)) = (key, message.payload()) else {
+                return Err(SnapshotError::Unreadable {
+                    offset: message.offset(),
+                    reason: "record without a numeric user_id key or without a value".to_owned(),
+                });
+            };
+            let record = decode_record(payload).map_err(|reason| SnapshotError::Unreadable {
+                offset: message.offset(),
+                reason,
+            })?;
+            covers = Some(covers.map_or(record.covers, |c| c.max(record.covers)));
+            users.insert(user_id, record.state);
+            Ok(())
+        },
+    )?;
     Ok((users, covers))
 }
 
@@ -247,30 +230,53 @@ fn replay(
     timeout: Duration,
 ) -> Result<u64, SnapshotError> {
     let consumer = reader(settings, "replay")?;
-    let topic = &settings.topics.events;
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(
-        topic,
-        partition,
-        from.map_or(Offset::Beginning, Offset::Offset),
-    )?;
-    consumer.assign(&tpl)?;
     let profiles = Profiles::default();
-    let deadline = Instant::now() + timeout;
     let mut replayed = 0u64;
-    let mut last_offset = from.unwrap_or(0) - 1;
-    while last_offset + 1 < until {
+    let from = from.map_or(Offset::Beginning, Offset::Offset);
+    read_partition(
+        &consumer,
+        &settings.topics.events,
+        partition,
+        from,
+        until,
+        timeout,
+        |message| {
+            replayed += 1;
+            if let Ok(event) = decode(message.payload().unwrap_or_default()) {
+                // Out-of-order events change nothing, exactly as when first processed.
+                let _ = users.apply(&event, profiles.risk(event.user_id.0), limits);
+            }
+            Ok(())
+        },
+    )?;
+    Ok(replayed)
+}
+
+/// Hands each record of `topic`/`partition` from `from` to `each`, until offset `until`
+/// (exclusive) or the partition's end (for read_committed, its last stable offset).
+fn read_partition(
+    consumer: &Reader,
+    topic: &str,
+    partition: i32,
+    from: Offset,
+    until: i64,
+    timeout: Duration,
+    mut each: impl FnMut(&BorrowedMessage<'_>) -> Result<(), SnapshotError>,
+) -> Result<(), SnapshotError> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, from)?;
+    consumer.assign(&tpl)?;
+    let deadline = Instant::now() + timeout;
+    let mut next = match from {
+        Offset::Offset(o) => o,
+        _ => 0,
+    };
+    while next < until {
         match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) if message.offset() >= until => break,
             Some(Ok(message)) => {
-                last_offset = message.offset();
-                if message.offset() >= until {
-                    break;
-                }
-                replayed += 1;
-                if let Ok(event) = decode(message.payload().unwrap_or_default()) {
-                    // Out-of-order events change nothing, exactly as when first processed.
-                    let _ = users.apply(&event, profiles.risk(event.user_id.0), limits);
-                }
+                next = message.offset() + 1;
+                each(&message)?;
             }
             Some(Err(KafkaError::PartitionEOF(_))) => break,
             Some(Err(e)) => return Err(e.into()),
@@ -280,11 +286,11 @@ fn replay(
             return Err(SnapshotError::Timeout {
                 partition,
                 timeout,
-                offset: last_offset,
+                offset: next - 1,
             });
         }
     }
-    Ok(replayed)
+    Ok(())
 }
 
 #[cfg(test)]

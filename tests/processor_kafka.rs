@@ -216,18 +216,7 @@ fn kill_minus_nine_during_a_stream_loses_and_duplicates_nothing() {
     world.create_topics();
     let lines = random_stream(200_000, 2_000, 7);
     let expected = expected(&lines, &Profiles::default());
-    let events_topic = world.events();
-    let producer = {
-        let keyed = keyed(&lines);
-        std::thread::spawn(move || {
-            let mut coordinates = Vec::new();
-            for chunk in keyed.chunks(20_000) {
-                coordinates.extend(produce(&events_topic, chunk));
-                std::thread::sleep(Duration::from_millis(700));
-            }
-            coordinates
-        })
-    };
+    let producer = stream_in_background(world.events(), &lines, 20_000, Duration::from_millis(700));
     let mut rng = rand::thread_rng();
     let mut processor = world.spawn_processor(0);
     for _ in 0..6 {
@@ -267,18 +256,7 @@ fn scale_out_with_one_process_killed_and_one_added_mid_stream_answers_everything
     world.create_topics();
     let lines = random_stream(90_000, 3_000, 11);
     let expected = expected(&lines, &Profiles::default());
-    let events_topic = world.events();
-    let producer = {
-        let keyed = keyed(&lines);
-        std::thread::spawn(move || {
-            let mut coordinates = Vec::new();
-            for chunk in keyed.chunks(10_000) {
-                coordinates.extend(produce(&events_topic, chunk));
-                std::thread::sleep(Duration::from_millis(800));
-            }
-            coordinates
-        })
-    };
+    let producer = stream_in_background(world.events(), &lines, 10_000, Duration::from_millis(800));
     let mut processors: Vec<_> = (0..3)
         .map(|slot| (slot, world.spawn_processor(slot)))
         .collect();
@@ -414,18 +392,7 @@ fn at_least_once_repeats_are_byte_identical() {
     world.create_topics();
     let lines = random_stream(60_000, 1_000, 3);
     let expected = expected(&lines, &Profiles::default());
-    let events_topic = world.events();
-    let producer = {
-        let keyed = keyed(&lines);
-        std::thread::spawn(move || {
-            let mut coordinates = Vec::new();
-            for chunk in keyed.chunks(10_000) {
-                coordinates.extend(produce(&events_topic, chunk));
-                std::thread::sleep(Duration::from_millis(600));
-            }
-            coordinates
-        })
-    };
+    let producer = stream_in_background(world.events(), &lines, 10_000, Duration::from_millis(600));
     let mut processor = world.spawn_processor(0);
     for _ in 0..3 {
         std::thread::sleep(Duration::from_millis(

@@ -209,6 +209,25 @@ pub fn produce(topic: &str, records: &[(Option<String>, Vec<u8>)]) -> Vec<(i32, 
     coordinates
 }
 
+/// Produces `lines` in the background, `chunk` records at a time with `pause` between chunks, so
+/// they stream through while a test kills and starts processors. Joins to their coordinates.
+pub fn stream_in_background(
+    topic: String,
+    lines: &[Vec<u8>],
+    chunk: usize,
+    pause: Duration,
+) -> std::thread::JoinHandle<Vec<(i32, i64)>> {
+    let keyed = keyed(lines);
+    std::thread::spawn(move || {
+        let mut coordinates = Vec::new();
+        for records in keyed.chunks(chunk) {
+            coordinates.extend(produce(&topic, records));
+            std::thread::sleep(pause);
+        }
+        coordinates
+    })
+}
+
 /// Keys each JSONL line by its `user_id` when it has one.
 pub fn keyed(lines: &[Vec<u8>]) -> Vec<(Option<String>, Vec<u8>)> {
     lines
