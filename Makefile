@@ -1,5 +1,5 @@
 # The README's commands. `make run` starts the service; `make test` runs every test.
-.PHONY: run test lint bench bench-evaluate kafka-up kafka-down
+.PHONY: run test lint bench bench-evaluate bench-process kafka-up kafka-down
 
 run:
 	cargo run --release
@@ -14,11 +14,19 @@ lint:
 bench:
 	cargo bench --bench engine
 
-# evaluate end to end on 1,000,000 generated events, pinned to one core.
+# evaluate end to end on 1,000,000 generated events, pinned to one core: 100 users, then 10,000.
 bench-evaluate:
 	cargo build --release --bin user-monitor --example gen_events
-	./target/release/examples/gen_events 1000000 > target/events-1m.jsonl
-	time taskset -c 0 ./target/release/user-monitor evaluate target/events-1m.jsonl > /dev/null
+	./target/release/examples/gen_events 1000000 100 > target/events-1m-100u.jsonl
+	./target/release/examples/gen_events 1000000 10000 > target/events-1m-10ku.jsonl
+	time taskset -c 0 ./target/release/user-monitor evaluate target/events-1m-100u.jsonl > /dev/null
+	time taskset -c 0 ./target/release/user-monitor evaluate target/events-1m-10ku.jsonl > /dev/null
+
+# process throughput through a local broker (make kafka-up first), exactly-once then at-least-once.
+bench-process:
+	cargo build --release --bin user-monitor --example bench_process
+	KAFKA_BOOTSTRAP_SERVERS=$${KAFKA_BOOTSTRAP_SERVERS:-127.0.0.1:9092} ./target/release/examples/bench_process 1000000 exactly_once 6
+	KAFKA_BOOTSTRAP_SERVERS=$${KAFKA_BOOTSTRAP_SERVERS:-127.0.0.1:9092} ./target/release/examples/bench_process 1000000 at_least_once 6
 
 kafka-up:
 	bash scripts/kafka-local.sh up

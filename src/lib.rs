@@ -14,12 +14,25 @@
 //! - [`evaluate`]: the offline JSONL command over the same engine.
 //! - [`config`], [`cli`], [`telemetry`], [`app`]: layered configuration, command line, logging,
 //!   and the top level that wires them.
+//! - [`kafka`]: client configuration for every role (raw `[kafka.properties]` applied last),
+//!   explicit retryable/abortable/fatal classification of Kafka errors, topic creation and
+//!   validation ([`kafka::admin`]), the live profiles-topic follower ([`kafka::profiles`]).
+//! - [`processor`]: `user-monitor process`. One thread owns the consumer, the transactional
+//!   producer and every assigned partition's [`state::Users`]: poll a batch, evaluate, commit
+//!   responses + dead letters + snapshots + input offsets in one transaction.
+//! - [`snapshot`]: per-user snapshots in the compacted state topic (offset `covers` is
+//!   exclusive) and the restore of a partition: snapshot, then replay to the committed offset.
+//! - [`metrics`], [`health`]: Prometheus metrics and readiness, written by the processor and
+//!   the shim, read by the HTTP endpoints.
 //! - [`http`]: the HTTP shim: routes, the read model fed by one alerts-topic consumer, the
 //!   producer of events and profiles; [`service`] runs it alone (`shim`) or with the processor
 //!   (`run`); [`embedded`] is the in-process broker of `run` without Kafka; [`shutdown`] turns
 //!   SIGINT/SIGTERM into one cancellation.
 //!
 //! Data flow: bytes -> `domain::decode` -> `Users::apply(event, risk, limits)` -> response.
+//! In Kafka: `user-events` -> [`processor`] -> `user-alerts` (+ `user-events.dlq`,
+//! `user-monitor.state`); HTTP `POST /event` -> `user-events`, and the shim waits for the
+//! matching `user-alerts` record.
 
 pub mod app;
 pub mod cli;
