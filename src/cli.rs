@@ -22,7 +22,7 @@ pub struct Cli {
 
 #[derive(Debug, Clone, Args)]
 pub struct GlobalArgs {
-    /// Directory holding default.toml and <env>.toml.
+    /// Directory holding default.toml and ENV.toml.
     #[arg(
         long,
         global = true,
@@ -30,7 +30,7 @@ pub struct GlobalArgs {
         default_value = "config"
     )]
     pub config_dir: PathBuf,
-    /// Configuration environment: also reads <config-dir>/<env>.toml.
+    /// Configuration environment: also reads CONFIG_DIR/ENV.toml.
     #[arg(long, global = true, env = "USER_MONITOR_ENV")]
     pub env: Option<String>,
 }
