@@ -314,13 +314,22 @@ impl Processor {
                     }
                 }
                 RebalanceEvent::Revoked(partitions) => {
-                    tracing::info!(?partitions, "partitions revoked; dropping their state");
+                    tracing::info!(
+                        ?partitions,
+                        "partitions revoked; flushing and dropping their state"
+                    );
+                    let mut revoked = Vec::new();
                     for partition in partitions {
-                        self.partitions.remove(&partition);
+                        if let Some(PartitionState::Ready(ready)) =
+                            self.partitions.remove(&partition)
+                        {
+                            revoked.push((partition, ready));
+                        }
                         self.deps.metrics.consumer_lag.remove(&PartitionLabels {
                             partition: partition.to_string(),
                         });
                     }
+                    self.flush_revoked(revoked);
                 }
             }
         }
@@ -702,21 +711,52 @@ impl Processor {
         let Some(PartitionState::Ready(ready)) = self.partitions.get_mut(&partition) else {
             return Ok(());
         };
-        let covers = ready.next_offset;
-        let mut key = itoa::Buffer::new();
-        for user_id in ready.dirty.drain() {
-            let Some(state) = ready.users.get(user_id) else {
-                continue;
-            };
-            let value = snapshot::encode(covers, state);
-            let record = BaseRecord::to(&self.settings.topics.state)
-                .partition(partition)
-                .key(key.format(user_id).as_bytes())
-                .payload(value.as_slice());
-            send(&self.producer, record)?;
+        produce_snapshot(
+            &self.producer,
+            &self.settings.topics.state,
+            partition,
+            ready,
+        )
+    }
+
+    /// Snapshots the changed users of just-revoked partitions, in a transaction of their own
+    /// (no transaction is open while polling), so their next owner replays less. The snapshot is
+    /// consistent at its `covers` (= the committed offset) whether or not the next owner's restore
+    /// sees it, so a failure here only costs replay time.
+    fn flush_revoked(&mut self, mut revoked: Vec<(i32, Box<Ready>)>) {
+        revoked.retain(|(_, ready)| !ready.dirty.is_empty());
+        if revoked.is_empty() {
+            return;
         }
-        ready.last_snapshot = Instant::now();
-        Ok(())
+        let timeout = self.settings.processing.transaction_timeout;
+        let result = (|| {
+            if self.exactly_once {
+                self.producer.begin_transaction()?;
+            }
+            for (partition, ready) in &mut revoked {
+                produce_snapshot(
+                    &self.producer,
+                    &self.settings.topics.state,
+                    *partition,
+                    ready,
+                )?;
+            }
+            if self.exactly_once {
+                self.producer.commit_transaction(timeout)
+            } else {
+                self.producer.flush(timeout)
+            }
+        })();
+        let partitions: Vec<i32> = revoked.iter().map(|(p, _)| *p).collect();
+        match result {
+            Ok(()) => tracing::info!(?partitions, "revoked partitions flushed: snapshots written"),
+            Err(e) => {
+                tracing::warn!(?partitions, error = %e, "could not flush revoked partitions; their next owner replays from the previous snapshot");
+                if self.exactly_once {
+                    let _ = self.producer.abort_transaction(timeout);
+                }
+            }
+        }
     }
 
     fn update_lag(&mut self) {
@@ -742,6 +782,30 @@ impl Processor {
             }
         }
     }
+}
+
+/// Writes the snapshot records of a partition's changed users, all covering its next offset.
+fn produce_snapshot<C: ProducerContext<DeliveryOpaque = ()>>(
+    producer: &BaseProducer<C>,
+    topic: &str,
+    partition: i32,
+    ready: &mut Ready,
+) -> Result<(), KafkaError> {
+    let covers = ready.next_offset;
+    let mut key = itoa::Buffer::new();
+    for user_id in ready.dirty.drain() {
+        let Some(state) = ready.users.get(user_id) else {
+            continue;
+        };
+        let value = snapshot::encode(covers, state);
+        let record = BaseRecord::to(topic)
+            .partition(partition)
+            .key(key.format(user_id).as_bytes())
+            .payload(value.as_slice());
+        send(producer, record)?;
+    }
+    ready.last_snapshot = Instant::now();
+    Ok(())
 }
 
 /// Publishes `profiles.seed_file`, when set, to the profiles topic before the first batch.

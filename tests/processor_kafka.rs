@@ -498,3 +498,58 @@ fn profiles_seed_file_is_published_and_applied() {
     terminate(&processor);
     wait_exit(&mut processor, Duration::from_secs(30));
 }
+
+/// A partition that moves to a new instance is flushed by its old owner: with periodic snapshots
+/// effectively off, the newcomer still restores every user from a snapshot and replays nothing.
+#[test]
+fn revoked_partitions_are_flushed_so_the_next_owner_replays_nothing() {
+    let mut world = World::new("revoke", 2);
+    world.set("USER_MONITOR__SNAPSHOT__INTERVAL", "1h");
+    world.create_topics();
+    let mut first = world.spawn_processor(0);
+    let lines: Vec<Vec<u8>> = (0..40u64).map(|u| event("deposit", "10", u, 1)).collect();
+    let coordinates = produce(&world.events(), &keyed(&lines));
+    assert_eq!(
+        read_committed(&world.alerts(), lines.len(), Duration::from_secs(60)).len(),
+        lines.len()
+    );
+
+    let mut second = world.spawn_processor(1);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !world.log(1).contains("partition restored") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        world.log(0).contains("revoked partitions flushed"),
+        "{}",
+        world.log(0)
+    );
+    let restored = world.log(1);
+    let line = restored
+        .lines()
+        .find(|l| l.contains("partition restored"))
+        .expect("the newcomer restored a partition");
+    assert!(
+        line.contains("replayed=0") && !line.contains("snapshot_users=0"),
+        "{line}"
+    );
+
+    // Both instances keep answering correctly after the move.
+    let more: Vec<Vec<u8>> = (0..40u64).map(|u| event("deposit", "10.5", u, 2)).collect();
+    let more_coordinates = produce(&world.events(), &keyed(&more));
+    let responses = read_committed(&world.alerts(), 80, Duration::from_secs(60));
+    let mut all = lines.clone();
+    all.extend(more);
+    let mut all_coordinates = coordinates;
+    all_coordinates.extend(more_coordinates);
+    assert_exactly_one_response_each(
+        &all_coordinates,
+        &expected(&all, &Profiles::default()),
+        &responses,
+    );
+    for p in [&first, &second] {
+        terminate(p);
+    }
+    wait_exit(&mut first, Duration::from_secs(30));
+    wait_exit(&mut second, Duration::from_secs(30));
+}
