@@ -61,6 +61,11 @@ impl EmbeddedBroker {
     }
 
     /// The `bootstrap.servers` of the mock cluster (a loopback address).
+    /// The mock cluster itself, e.g. to inject request errors in tests.
+    pub fn cluster(&self) -> &MockCluster<'static, DefaultProducerContext> {
+        &self.cluster
+    }
+
     pub fn bootstrap_servers(&self) -> String {
         self.cluster.bootstrap_servers()
     }

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage, ToBytes};
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use rustc_hash::FxHashSet;
@@ -168,7 +168,9 @@ struct Processor {
     deps: Deps,
     limits: Limits,
     consumer: BaseConsumer<GroupContext>,
-    producer: BaseProducer<DeliveryContext>,
+    /// Threaded: delivery reports are served in the background, which `abort_transaction`
+    /// needs while it waits for outstanding records.
+    producer: ThreadedProducer<DeliveryContext>,
     profiles: ProfilesFollower,
     /// End offsets for the lag gauge, on a client without an open fetch to wait behind.
     offsets: crate::kafka::Reader,
@@ -194,7 +196,7 @@ impl Processor {
         let consumer: BaseConsumer<GroupContext> = group_consumer_config(&settings)?
             .create_with_context(context)
             .map_err(KafkaLayerError::from)?;
-        let producer: BaseProducer<DeliveryContext> = processor_producer_config(&settings)?
+        let producer: ThreadedProducer<DeliveryContext> = processor_producer_config(&settings)?
             .create_with_context(DeliveryContext::default())
             .map_err(KafkaLayerError::from)?;
         if exactly_once {
@@ -489,15 +491,7 @@ impl Processor {
                 }
                 tracing::warn!(error = %e, ?class, partitions = ?touched, "batch failed: aborting and rewinding to the last commit");
                 if self.exactly_once {
-                    if let Err(abort) = self
-                        .producer
-                        .abort_transaction(self.settings.processing.transaction_timeout)
-                    {
-                        if classify(&abort) == ErrorClass::Fatal {
-                            return Err(ProcessorError::Fatal(abort));
-                        }
-                        tracing::warn!(error = %abort, "abort failed");
-                    }
+                    self.abort()?;
                 } else {
                     let _ = self
                         .producer
@@ -753,10 +747,36 @@ impl Processor {
             Err(e) => {
                 tracing::warn!(?partitions, error = %e, "could not flush revoked partitions; their next owner replays from the previous snapshot");
                 if self.exactly_once {
-                    let _ = self.producer.abort_transaction(timeout);
+                    if let Err(e) = self.abort() {
+                        tracing::error!(error = %e, "abort after a failed flush of revoked partitions failed");
+                    }
                 }
             }
         }
+    }
+
+    /// Aborts the open transaction, retrying a few times: a transaction left open would block
+    /// every later one. A fatal error, or one that outlasts the retries, stops the instance (its
+    /// restart, with the same transactional id, fences and aborts whatever is left).
+    fn abort(&self) -> Result<(), ProcessorError> {
+        let timeout = self.settings.processing.transaction_timeout;
+        let mut last = None;
+        for attempt in 1..=5u32 {
+            match self.producer.abort_transaction(timeout) {
+                Ok(()) => return Ok(()),
+                Err(e) if classify(&e) == ErrorClass::Fatal => {
+                    return Err(ProcessorError::Fatal(e))
+                }
+                Err(e) => {
+                    tracing::warn!(attempt, error = %e, "abort failed; retrying");
+                    last = Some(e);
+                    std::thread::sleep(Duration::from_millis(200) * attempt);
+                }
+            }
+        }
+        Err(ProcessorError::Fatal(
+            last.expect("at least one attempt failed"),
+        ))
     }
 
     fn update_lag(&mut self) {
@@ -786,7 +806,7 @@ impl Processor {
 
 /// Writes the snapshot records of a partition's changed users, all covering its next offset.
 fn produce_snapshot<C: ProducerContext<DeliveryOpaque = ()>>(
-    producer: &BaseProducer<C>,
+    producer: &ThreadedProducer<C>,
     topic: &str,
     partition: i32,
     ready: &mut Ready,
@@ -843,7 +863,7 @@ fn restore_error_is_fatal(error: &SnapshotError) -> bool {
 
 /// Sends a record, waiting for room in the producer queue when it is full.
 fn send<C, K, P>(
-    producer: &BaseProducer<C>,
+    producer: &ThreadedProducer<C>,
     mut record: BaseRecord<'_, K, P>,
 ) -> Result<(), KafkaError>
 where
@@ -856,7 +876,7 @@ where
             Ok(()) => return Ok(()),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                 record = back;
-                producer.poll(Duration::from_millis(50));
+                std::thread::sleep(Duration::from_millis(5));
             }
             Err((e, _)) => return Err(e),
         }

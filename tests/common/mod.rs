@@ -41,6 +41,26 @@ pub struct World {
     pub partitions: i32,
     pub dir: tempfile::TempDir,
     pub extra: Vec<(String, String)>,
+    /// Every process this world started, killed when it is dropped (also when a test panics).
+    spawned: std::sync::Mutex<Vec<u32>>,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let marker = self.dir.path().to_string_lossy().into_owned();
+        for pid in self.spawned.lock().unwrap().drain(..) {
+            // Only ours: a pid of a process that already exited may belong to another by now.
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if !String::from_utf8_lossy(&cmdline).contains(&marker) {
+                continue;
+            }
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg(pid.to_string())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
 }
 
 impl World {
@@ -61,6 +81,7 @@ impl World {
             partitions,
             dir,
             extra: Vec::new(),
+            spawned: Default::default(),
         }
     }
 
@@ -133,7 +154,7 @@ impl World {
             .append(true)
             .open(self.dir.path().join(format!("slot{slot}.log")))
             .unwrap();
-        Command::new(env!("CARGO_BIN_EXE_user-monitor"))
+        let child = Command::new(env!("CARGO_BIN_EXE_user-monitor"))
             .args(args)
             .arg("--config-dir")
             .arg(self.dir.path())
@@ -144,7 +165,9 @@ impl World {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("starts user-monitor")
+            .expect("starts user-monitor");
+        self.spawned.lock().unwrap().push(child.id());
+        child
     }
 
     pub fn log(&self, slot: usize) -> String {
