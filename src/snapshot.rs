@@ -110,9 +110,23 @@ pub fn restore(
     limits: &Limits,
     timeout: Duration,
 ) -> Result<Restored, SnapshotError> {
-    let committed = committed_offset(settings, partition, timeout)?;
+    let Some(committed) = committed_offset(settings, partition, timeout)? else {
+        // Nothing was ever committed for this partition: no responses exist yet.
+        return Ok(Restored {
+            users: Users::default(),
+            resume_at: None,
+            snapshot_users: 0,
+            replayed: 0,
+            rebuilt: false,
+        });
+    };
+    // One reader serves both steps: each assigns the partition it reads.
+    let consumer = reader(settings, "restore")?;
     let (mut users, covers, snapshot_users, rebuilt) = match load_snapshot(
-        settings, partition, timeout,
+        &consumer,
+        &settings.topics.state,
+        partition,
+        timeout,
     ) {
         Ok((users, covers)) => {
             let n = users.len();
@@ -124,24 +138,30 @@ pub fn restore(
         }
         Err(e) => return Err(e),
     };
-    let Some(committed) = committed else {
-        // Nothing was ever committed for this partition: no responses exist yet.
-        return Ok(Restored {
-            users: Users::default(),
-            resume_at: None,
-            snapshot_users: 0,
-            replayed: 0,
-            rebuilt,
-        });
-    };
     let replay_from = covers.unwrap_or(0);
-    let replayed = if replay_from < committed {
-        replay(
-            settings, partition, covers, committed, &mut users, limits, timeout,
-        )?
-    } else {
-        0
-    };
+    // Replay input [S, committed) without output. Risk does not change state, so the default
+    // profiles do; out-of-order events change nothing, exactly as when first processed.
+    let mut replayed = 0u64;
+    if replay_from < committed {
+        let profiles = Profiles::default();
+        let from = covers.map_or(Offset::Beginning, Offset::Offset);
+        let topic = &settings.topics.events;
+        read_partition(
+            &consumer,
+            topic,
+            partition,
+            from,
+            committed,
+            timeout,
+            |message| {
+                replayed += 1;
+                if let Ok(event) = decode(message.payload().unwrap_or_default()) {
+                    let _ = users.apply(&event, profiles.risk(event.user_id.0), limits);
+                }
+                Ok(())
+            },
+        )?;
+    }
     Ok(Restored {
         users,
         resume_at: Some(committed.max(replay_from)),
@@ -176,12 +196,11 @@ fn committed_offset(
 
 /// Reads state partition `partition` to its end: the latest state of every user and `max(covers)`.
 fn load_snapshot(
-    settings: &Settings,
+    consumer: &Reader,
+    topic: &str,
     partition: i32,
     timeout: Duration,
 ) -> Result<(Users, Option<i64>), SnapshotError> {
-    let topic = &settings.topics.state;
-    let consumer = reader(settings, "restore")?;
     let (low, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
     let mut users = Users::default();
     let mut covers: Option<i64> = None;
@@ -189,7 +208,7 @@ fn load_snapshot(
         return Ok((users, covers));
     }
     read_partition(
-        &consumer,
+        consumer,
         topic,
         partition,
         Offset::Beginning,
@@ -218,40 +237,6 @@ fn load_snapshot(
     Ok((users, covers))
 }
 
-/// Applies input records `[from, until)` of `partition` to `users` (no output). Returns how many
-/// records were read. Risk does not change state, so the default profiles are used.
-fn replay(
-    settings: &Settings,
-    partition: i32,
-    from: Option<i64>,
-    until: i64,
-    users: &mut Users,
-    limits: &Limits,
-    timeout: Duration,
-) -> Result<u64, SnapshotError> {
-    let consumer = reader(settings, "replay")?;
-    let profiles = Profiles::default();
-    let mut replayed = 0u64;
-    let from = from.map_or(Offset::Beginning, Offset::Offset);
-    read_partition(
-        &consumer,
-        &settings.topics.events,
-        partition,
-        from,
-        until,
-        timeout,
-        |message| {
-            replayed += 1;
-            if let Ok(event) = decode(message.payload().unwrap_or_default()) {
-                // Out-of-order events change nothing, exactly as when first processed.
-                let _ = users.apply(&event, profiles.risk(event.user_id.0), limits);
-            }
-            Ok(())
-        },
-    )?;
-    Ok(replayed)
-}
-
 /// Hands each record of `topic`/`partition` from `from` to `each`, until offset `until`
 /// (exclusive) or the partition's end (for read_committed, its last stable offset).
 fn read_partition(
@@ -273,6 +258,8 @@ fn read_partition(
     };
     while next < until {
         match consumer.poll(Duration::from_millis(100)) {
+            // A reused reader may still hold a record of what it read before: not ours.
+            Some(Ok(message)) if message.topic() != topic || message.partition() != partition => {}
             Some(Ok(message)) if message.offset() >= until => break,
             Some(Ok(message)) => {
                 next = message.offset() + 1;
