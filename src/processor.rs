@@ -178,6 +178,8 @@ struct Processor {
     next_generation: u64,
     restores_tx: mpsc::Sender<RestoreDone>,
     restores_rx: mpsc::Receiver<RestoreDone>,
+    /// A fatal error met where it could not be returned (a rebalance); stops the loop.
+    fatal: Option<ProcessorError>,
     exactly_once: bool,
     last_lag_update: Instant,
 }
@@ -233,6 +235,7 @@ impl Processor {
             next_generation: 0,
             restores_tx,
             restores_rx,
+            fatal: None,
             exactly_once,
             last_lag_update: Instant::now(),
         })
@@ -280,6 +283,9 @@ impl Processor {
             };
             let polled = self.consumer.poll(timeout).map(|r| r.map(|m| m.detach()));
             self.apply_rebalances();
+            if let Some(e) = self.fatal.take() {
+                return Err(e);
+            }
             match polled {
                 Some(Ok(message)) => {
                     batch.push(message);
@@ -473,21 +479,7 @@ impl Processor {
                 let class = classify(&e);
                 self.deps.metrics.count_transaction("aborted");
                 if class == ErrorClass::Fatal {
-                    return Err(
-                        if matches!(
-                            e.rdkafka_error_code(),
-                            Some(
-                                RDKafkaErrorCode::ProducerFenced
-                                    | RDKafkaErrorCode::Fenced
-                                    | RDKafkaErrorCode::InvalidProducerEpoch
-                            )
-                        ) || matches!(&e, KafkaError::Transaction(t) if t.is_fatal())
-                        {
-                            ProcessorError::Fenced(self.settings.transactional_id())
-                        } else {
-                            ProcessorError::Fatal(e)
-                        },
-                    );
+                    return Err(self.fatal_error(e));
                 }
                 tracing::warn!(error = %e, ?class, partitions = ?touched, "batch failed: aborting and rewinding to the last commit");
                 if self.exactly_once {
@@ -744,14 +736,38 @@ impl Processor {
         let partitions: Vec<i32> = revoked.iter().map(|(p, _)| *p).collect();
         match result {
             Ok(()) => tracing::info!(?partitions, "revoked partitions flushed: snapshots written"),
+            Err(e) if classify(&e) == ErrorClass::Fatal => {
+                // Fenced (or otherwise unusable): stop at the next step of the loop.
+                tracing::warn!(?partitions, error = %e, "could not flush revoked partitions; their next owner replays from the previous snapshot");
+                let error = self.fatal_error(e);
+                self.fatal.get_or_insert(error);
+            }
             Err(e) => {
                 tracing::warn!(?partitions, error = %e, "could not flush revoked partitions; their next owner replays from the previous snapshot");
                 if self.exactly_once {
                     if let Err(e) = self.abort() {
                         tracing::error!(error = %e, "abort after a failed flush of revoked partitions failed");
+                        self.fatal.get_or_insert(e);
                     }
                 }
             }
+        }
+    }
+
+    /// The error a fatal producer error stops the instance with: fencing is named as such.
+    fn fatal_error(&self, e: KafkaError) -> ProcessorError {
+        let fenced = matches!(
+            e.rdkafka_error_code(),
+            Some(
+                RDKafkaErrorCode::ProducerFenced
+                    | RDKafkaErrorCode::Fenced
+                    | RDKafkaErrorCode::InvalidProducerEpoch
+            )
+        ) || matches!(&e, KafkaError::Transaction(t) if t.is_fatal());
+        if fenced {
+            ProcessorError::Fenced(self.settings.transactional_id())
+        } else {
+            ProcessorError::Fatal(e)
         }
     }
 

@@ -465,19 +465,45 @@ fn a_second_instance_with_the_same_transactional_id_fences_the_first_which_stops
     let world = World::new("fence", 2);
     world.create_topics();
     let mut first = world.spawn_processor(0);
-    let coordinate = produce(&world.events(), &keyed(&[event("deposit", "1", 1, 1)]))[0];
-    response_for(&world, coordinate, 1);
-    // Same slot = same transactional id: the newcomer's init fences the first instance.
+    let mut lines = vec![event("deposit", "1", 1, 1)];
+    let mut coordinates = produce(&world.events(), &keyed(&lines));
+    response_for(&world, coordinates[0], 1);
+    // Same slot = same transactional id: the newcomer's init fences the first instance. Both
+    // log to the same file; the second "processor started" line means the init is done.
     let mut second = world.spawn_processor(0);
-    let lines: Vec<Vec<u8>> = (0..50u64).map(|i| event("deposit", "1", i, 2)).collect();
-    produce(&world.events(), &keyed(&lines));
-    let exit = wait_exit(&mut first, Duration::from_secs(60))
-        .expect("the fenced instance stops by itself");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while world.log(0).matches("processor started").count() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the second instance never started"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The first instance learns it is fenced at its next transaction, so keep events coming to
+    // both partitions (whichever one it keeps after the rebalance) until it stops.
+    let mut time = 2;
+    let exit = loop {
+        let round: Vec<Vec<u8>> = (1..=20u64)
+            .map(|u| event("deposit", "1", u, time))
+            .collect();
+        coordinates.extend(produce(&world.events(), &keyed(&round)));
+        lines.extend(round);
+        time += 1;
+        std::thread::sleep(Duration::from_millis(200));
+        if let Some(exit) = first.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the fenced instance never stopped"
+        );
+    };
     assert!(!exit.success(), "a fenced instance exits non-zero");
     assert!(world.log(0).contains("fenced"), "{}", world.log(0));
-    // The survivor answers everything exactly once.
-    let responses = read_committed(&world.alerts(), 51, Duration::from_secs(60));
-    assert_eq!(responses.len(), 51);
+    // The survivor answers everything exactly once, as `evaluate` would.
+    let responses = read_committed(&world.alerts(), lines.len(), Duration::from_secs(60));
+    let expected = expected(&lines, &Default::default());
+    assert_exactly_one_response_each(&coordinates, &expected, &responses);
     terminate(&second);
     wait_exit(&mut second, Duration::from_secs(30));
 }
