@@ -317,6 +317,7 @@ impl Processor {
             match event {
                 RebalanceEvent::Assigned(partitions) => {
                     tracing::info!(?partitions, "partitions assigned; restoring");
+                    self.deps.readiness.set_joined();
                     for partition in partitions {
                         self.start_restore(partition);
                     }

@@ -7,9 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::rules::Risk;
 
-/// One line of a profiles file: `{"user_id": 1, "risk": "high"}`.
+/// One line of a profiles file: `{"user_id": 1, "risk": "high"}`. Unknown fields are ignored,
+/// as in events (so a profiles export with extra columns loads as is).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ProfileLine {
     pub user_id: u64,
     pub risk: Risk,
@@ -100,6 +100,13 @@ mod tests {
         assert_eq!(profiles.risk(1), Risk::Low);
         assert_eq!(profiles.risk(2), Risk::Low);
         assert_eq!(profiles.risk(3), Risk::Medium);
+    }
+
+    #[test]
+    fn unknown_fields_in_a_profile_line_are_ignored() {
+        let text = "{\"user_id\": 7, \"risk\": \"high\", \"note\": \"vip\"}\n";
+        let profiles = Profiles::from_lines(&Profiles::read_jsonl(text.as_bytes()).unwrap());
+        assert_eq!(profiles.risk(7), Risk::High);
     }
 
     #[test]

@@ -66,29 +66,39 @@ pub fn run(mut settings: Settings) -> Result<(), ServiceError> {
                 embedded::banner(&broker.bootstrap_servers(), shim.addr, notes)
             );
         }
+        // The processor stops after the shim: requests in flight at a signal still get their
+        // responses (the shim drains them first), then the processor commits and leaves.
+        let stop_processor = CancellationToken::new();
         let deps = processor::Deps {
             metrics,
             readiness,
-            shutdown: shutdown.clone(),
+            shutdown: stop_processor.clone(),
             embedded: broker.is_some(),
         };
         let processor_settings = settings.clone();
         let worker = tokio::task::spawn_blocking(move || processor::run(processor_settings, deps));
         tokio::pin!(worker);
-        let processed = tokio::select! {
+        let shim_task = shim.task;
+        tokio::pin!(shim_task);
+        let (processed, served) = tokio::select! {
             joined = &mut worker => {
                 // The processor stopped by itself: take the shim down too.
                 shutdown.cancel();
-                joined
+                let served = tokio::time::timeout(deadline, &mut shim_task).await;
+                (joined, served)
             }
             () = shutdown.cancelled() => {
-                match tokio::time::timeout(deadline, &mut worker).await {
-                    Ok(joined) => joined,
+                let started = tokio::time::Instant::now();
+                let served = tokio::time::timeout(deadline, &mut shim_task).await;
+                stop_processor.cancel();
+                let left = deadline.saturating_sub(started.elapsed());
+                match tokio::time::timeout(left.max(Duration::from_secs(1)), &mut worker).await {
+                    Ok(joined) => (joined, served),
                     Err(_) => return Err(ServiceError::ShutdownTimeout(deadline)),
                 }
             }
         };
-        let served = match tokio::time::timeout(deadline, shim.task).await {
+        let served = match served {
             Ok(Ok(served)) => served,
             Ok(Err(_)) => return Err(ServiceError::Panicked("http shim")),
             Err(_) => return Err(ServiceError::ShutdownTimeout(deadline)),

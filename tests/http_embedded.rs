@@ -1,7 +1,8 @@
 //! `user-monitor run` with no Kafka configured: the embedded broker, the processor and the shim in
 //! one real process, answering the original curl example; SIGTERM stops it cleanly.
 
-use std::io::Read;
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -55,11 +56,61 @@ fn embedded_run_answers_the_original_curl_example_and_stops_on_sigterm() {
     });
     assert_eq!(body, r#"{"alert": false, "alert_codes": [], "user_id": 1}"#);
 
+    // Requests in flight when SIGTERM arrives still get their answers: the shim drains them
+    // before the processor stops. Their connections are opened (and served once) first, so the
+    // shutdown cannot race their accept; the signal goes out once all of them are waiting.
+    let mut connections: Vec<TcpStream> = (0..10)
+        .map(|_| {
+            let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(30)))
+                .unwrap();
+            stream
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
+                .unwrap();
+            assert!(read_response(&mut stream).0 == 200);
+            stream
+        })
+        .collect();
+    for (i, stream) in connections.iter_mut().enumerate() {
+        let body = format!(
+            r#"{{"type": "withdraw", "amount": "500", "user_id": {}, "time": 1}}"#,
+            100 + i
+        );
+        let request = format!(
+            "POST /event HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).unwrap();
+    }
+    let mut probe = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        probe
+            .write_all(b"GET /readyz HTTP/1.1\r\nHost: test\r\n\r\n")
+            .unwrap();
+        let (_, body) = read_response(&mut probe);
+        let report: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        if report["shim"]["pending_requests"].as_u64() == Some(10) {
+            break;
+        }
+    }
+    drop(probe);
+
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
+    for (i, stream) in connections.iter_mut().enumerate() {
+        let (status, body) = read_response(stream);
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"alert": true, "alert_codes": [1100], "user_id": 100 + i})
+        );
+    }
     let deadline = Instant::now() + Duration::from_secs(30);
     let exit = loop {
         if let Some(exit) = child.try_wait().unwrap() {
@@ -82,4 +133,32 @@ fn embedded_run_answers_the_original_curl_example_and_stops_on_sigterm() {
         stderr.contains(&format!("curl -s -XPOST 127.0.0.1:{port}/event")),
         "{stderr}"
     );
+}
+
+/// Reads one HTTP/1.1 response with a `content-length` body: (status, body).
+fn read_response(stream: &mut TcpStream) -> (u16, Vec<u8>) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let status: u16 = head[9..12].parse().unwrap();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map(|v| v.trim().parse().unwrap())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + length {
+                let body = buf[end + 4..end + 4 + length].to_vec();
+                return (status, body);
+            }
+        }
+        let n = stream.read(&mut chunk).expect("response");
+        assert!(
+            n > 0,
+            "connection closed mid-response: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    }
 }

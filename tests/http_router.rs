@@ -183,6 +183,7 @@ fn fixture_with(max_records: usize, response_timeout: Duration) -> Fixture {
     let backend = MemoryBackend::new(Arc::clone(&hub));
     let processor = Arc::new(Readiness::default());
     processor.set_connected(true);
+    processor.set_joined();
     let shared = Shared {
         backend: Arc::clone(&backend) as Arc<dyn Backend>,
         hub: Arc::clone(&hub),
@@ -770,6 +771,20 @@ async fn openapi_document_describes_every_endpoint() {
     for status in ["200", "202", "400", "409", "413", "415", "503"] {
         assert!(statuses.contains_key(status), "POST /event {status}");
     }
+    // The 201 body always carries `alert_id` (null without an alert).
+    let created = &doc["components"]["schemas"]["CreatedBody"];
+    assert!(
+        created["required"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("alert_id")),
+        "{created}"
+    );
+    let params = paths["/api/v1/alerts"]["get"]["parameters"]
+        .as_array()
+        .unwrap();
+    let limit = params.iter().find(|p| p["name"] == "limit").unwrap();
+    assert_eq!(limit["schema"]["type"], "integer", "{limit}");
 }
 
 #[tokio::test]
@@ -781,4 +796,49 @@ async fn unknown_route_is_404_and_wrong_method_405_both_json() {
     let reply = call(&f.app, get("/event")).await;
     assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
     assert!(reply.json()["error"].is_string());
+}
+
+#[tokio::test]
+async fn malformed_paths_and_queries_are_400_json_naming_the_problem() {
+    let f = fixture();
+    for path in [
+        "/api/v1/alerts?code=30&code=123",
+        "/api/v1/users/1/events?limit=1&limit=2",
+        "/api/v1/events/%FF",
+        "/api/v1/alerts/%FF",
+        "/api/v1/users/%FF/events",
+    ] {
+        let reply = call(&f.app, get(path)).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{path}");
+        assert_eq!(
+            reply.headers[header::CONTENT_TYPE],
+            "application/json",
+            "{path}"
+        );
+        assert!(reply.json()["error"].is_string(), "{path}: {}", reply.text);
+    }
+    let reply = call(&f.app, put("/api/v1/users/%FF/risk", r#"{"risk": "low"}"#)).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert!(reply.json()["error"].as_str().unwrap().contains("path"));
+}
+
+#[tokio::test]
+async fn a_body_that_is_not_utf8_is_400_even_in_an_ignored_field() {
+    let f = fixture();
+    let mut body =
+        br#"{"type": "deposit", "amount": "1", "user_id": 1, "time": 1, "x": ""#.to_vec();
+    body.extend_from_slice(b"\xff\xfe\"}");
+    for path in ["/event", "/api/v1/events"] {
+        let request = Request::post(path)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.clone()))
+            .unwrap();
+        let reply = call(&f.app, request).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{path}");
+        assert!(
+            reply.json()["error"].as_str().unwrap().contains("UTF-8"),
+            "{}",
+            reply.text
+        );
+    }
 }

@@ -246,7 +246,17 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     }
     let raw = match scan_flat_object(bytes) {
         Some(raw) => raw,
-        None => serde_json::from_slice(bytes).map_err(|e| DecodeError::NotJson(e.to_string()))?,
+        // JSON text is UTF-8 (RFC 8259 §8.1) everywhere, also inside fields we ignore (which
+        // `from_slice` would skip unchecked); the fast path above only accepts ASCII.
+        None => {
+            let text = std::str::from_utf8(bytes).map_err(|e| {
+                DecodeError::NotJson(format!(
+                    "not UTF-8: invalid byte at offset {}",
+                    e.valid_up_to()
+                ))
+            })?;
+            serde_json::from_str(text).map_err(|e| DecodeError::NotJson(e.to_string()))?
+        }
     };
 
     let mut errors = Vec::new();
@@ -540,6 +550,22 @@ mod tests {
             decode(event_json("\"deposit\"", "\"007.50\"", "-0", "1").as_bytes()).unwrap();
         assert_eq!(leading.amount.units(), 750_000_000);
         assert_eq!(leading.user_id.0, 0);
+    }
+
+    #[test]
+    fn rejects_bytes_that_are_not_utf8_even_inside_an_ignored_field() {
+        for bad in [&b"\xff\xfe"[..], b"\xc3", b"\xed\xa0\x80"] {
+            let mut json =
+                br#"{"type": "deposit", "amount": "1", "user_id": 1, "time": 1, "x": ""#.to_vec();
+            json.extend_from_slice(bad);
+            json.extend_from_slice(b"\"}");
+            match decode(&json) {
+                Err(DecodeError::NotJson(message)) => {
+                    assert!(message.contains("UTF-8"), "{message}")
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
     }
 
     #[test]

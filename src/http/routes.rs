@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{MatchedPath, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
@@ -157,6 +157,7 @@ pub struct CreatedBody {
     /// `"<partition>-<offset>"` of the event in the events topic.
     pub event_id: String,
     /// `"alert-<partition>-<offset>"`, null without an alert.
+    #[schema(required = true)]
     pub alert_id: Option<String>,
     pub alert: bool,
     pub alert_codes: Vec<u32>,
@@ -317,6 +318,8 @@ pub struct ShimReadiness {
 pub struct ProcessorReadiness {
     pub ready: bool,
     pub connected: bool,
+    /// The consumer group's first assignment arrived (possibly empty).
+    pub joined_group: bool,
     pub assigned_partitions: usize,
     pub restoring_partitions: usize,
     pub stopped: bool,
@@ -327,6 +330,7 @@ impl From<ReadinessReport> for ProcessorReadiness {
         ProcessorReadiness {
             ready: r.ready,
             connected: r.connected,
+            joined_group: r.joined,
             assigned_partitions: r.assigned_partitions,
             restoring_partitions: r.restoring_partitions,
             stopped: r.stopped,
@@ -346,10 +350,13 @@ pub struct ReadyBody {
 #[into_params(parameter_in = Query)]
 pub struct AlertsParams {
     /// Only this user's alerts.
+    #[param(value_type = Option<u64>)]
     pub user_id: Option<String>,
     /// Only alerts that raised this code.
+    #[param(value_type = Option<u32>)]
     pub code: Option<String>,
     /// Page size, 1 to 1000 (default 100).
+    #[param(value_type = Option<u32>)]
     pub limit: Option<String>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
@@ -359,6 +366,7 @@ pub struct AlertsParams {
 #[into_params(parameter_in = Query)]
 pub struct PageParams {
     /// Page size, 1 to 1000 (default 100).
+    #[param(value_type = Option<u32>)]
     pub limit: Option<String>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
@@ -648,8 +656,9 @@ async fn find_event(state: &Shared, key: EventKey) -> Result<Option<EventView>, 
 )]
 pub async fn get_event(
     State(state): State<AppState>,
-    Path(event_id): Path<String>,
+    event_id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<EventView>, ApiError> {
+    let event_id = path_param(event_id)?;
     let key = parse_event_key(&event_id)?;
     find_event(&state, key)
         .await?
@@ -677,8 +686,9 @@ fn views(page: &Page) -> Vec<EventView> {
 )]
 pub async fn list_alerts(
     State(state): State<AppState>,
-    Query(params): Query<AlertsParams>,
+    params: Result<Query<AlertsParams>, QueryRejection>,
 ) -> Result<Json<AlertsPage>, ApiError> {
+    let params = query_params(params)?;
     let query = AlertQuery {
         user_id: params.user_id.as_deref().map(parse_user_id).transpose()?,
         code: params
@@ -714,8 +724,9 @@ pub async fn list_alerts(
 )]
 pub async fn get_alert(
     State(state): State<AppState>,
-    Path(alert_id): Path<String>,
+    alert_id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<EventView>, ApiError> {
+    let alert_id = path_param(alert_id)?;
     let key = parse_alert_id(&alert_id).ok_or_else(|| {
         ApiError::Invalid(format!(
             "invalid alert_id: {alert_id:?} is not \"alert-<partition>-<offset>\""
@@ -741,10 +752,11 @@ pub async fn get_alert(
 )]
 pub async fn user_events(
     State(state): State<AppState>,
-    Path(user_id): Path<String>,
-    Query(params): Query<PageParams>,
+    user_id: Result<Path<String>, PathRejection>,
+    params: Result<Query<PageParams>, QueryRejection>,
 ) -> Result<Json<UserEventsPage>, ApiError> {
-    let user_id = parse_user_id(&user_id)?;
+    let user_id = parse_user_id(&path_param(user_id)?)?;
+    let params = query_params(params)?;
     let limit = parse_limit(params.limit.as_deref())?;
     let before = parse_cursor(params.cursor.as_deref())?;
     let page = state.hub.user_events(user_id, before, limit);
@@ -773,11 +785,11 @@ pub async fn user_events(
 )]
 pub async fn put_risk(
     State(state): State<AppState>,
-    Path(user_id): Path<String>,
+    user_id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<UserRiskBody>, ApiError> {
-    let user_id = parse_user_id(&user_id)?;
+    let user_id = parse_user_id(&path_param(user_id)?)?;
     let body = json_body(&headers, body, state.body_limit)?;
     let parsed: RiskBody = serde_json::from_slice(&body)
         .map_err(|e| ApiError::Invalid(format!("invalid body: {e}")))?;
@@ -837,9 +849,9 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     (status, Json(body)).into_response()
 }
 
-/// Prometheus metrics (text exposition).
+/// Prometheus metrics (OpenMetrics text exposition, which Prometheus scrapes natively).
 #[utoipa::path(get, path = "/metrics", tag = "operations",
-    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+    responses((status = 200, description = "OpenMetrics text format", content_type = "application/openmetrics-text")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     (
         [(
@@ -862,6 +874,19 @@ pub async fn openapi() -> Response {
             .expect("the OpenAPI document serializes"),
     )
         .into_response()
+}
+
+/// A path segment, or a JSON 400 naming the problem (e.g. invalid percent-encoded UTF-8).
+fn path_param(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    path.map(|Path(value)| value)
+        .map_err(|e| ApiError::Invalid(format!("invalid path: {}", e.body_text())))
+}
+
+/// Query parameters, or a JSON 400 naming the problem (e.g. a repeated parameter).
+fn query_params<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    query
+        .map(|Query(params)| params)
+        .map_err(|e| ApiError::Invalid(format!("invalid query: {}", e.body_text())))
 }
 
 async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {
