@@ -16,11 +16,7 @@ bench:
 
 # evaluate end to end on 1,000,000 generated events, pinned to one core: 100 users, then 10,000.
 bench-evaluate:
-	cargo build --release --bin user-monitor --example gen_events
-	./target/release/examples/gen_events 1000000 100 > target/events-1m-100u.jsonl
-	./target/release/examples/gen_events 1000000 10000 > target/events-1m-10ku.jsonl
-	time taskset -c 0 ./target/release/user-monitor evaluate target/events-1m-100u.jsonl > /dev/null
-	time taskset -c 0 ./target/release/user-monitor evaluate target/events-1m-10ku.jsonl > /dev/null
+	bash scripts/bench-evaluate.sh
 
 # process throughput through a local broker (make kafka-up first), exactly-once then at-least-once.
 bench-process:

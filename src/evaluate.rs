@@ -5,11 +5,11 @@
 
 use std::io::{self, BufRead, Write};
 
-use crate::domain::event::decode;
+use crate::domain::event::{decode, DecodeError, Event};
 use crate::domain::response::write_legacy_line;
 use crate::profiles::Profiles;
 use crate::rules::Limits;
-use crate::state::Users;
+use crate::state::{Slot, Users};
 
 /// Counts of one run, printed to stderr at the end.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -43,30 +43,52 @@ pub fn evaluate(
     let mut users = Users::default();
     let mut summary = Summary::default();
     let mut lines = LineReader::new(&mut input);
-    while let Some(line) = lines.next_line()? {
-        summary.lines += 1;
-        let mut text = line;
-        if let Some(rest) = text.strip_suffix(b"\n") {
-            text = rest.strip_suffix(b"\r").unwrap_or(rest);
+    // Lines go in batches: decode them all, find (or create) their users' slots and touch those
+    // states back to back so the cache misses overlap, then apply and write in input order.
+    let mut batch: Vec<(Result<Event, DecodeError>, Option<Slot>)> = Vec::with_capacity(BATCH);
+    loop {
+        batch.clear();
+        while batch.len() < BATCH {
+            let Some(line) = lines.next_line()? else {
+                break;
+            };
+            let mut text = line;
+            if let Some(rest) = text.strip_suffix(b"\n") {
+                text = rest.strip_suffix(b"\r").unwrap_or(rest);
+            }
+            batch.push((decode(text), None));
         }
-        match decode(text) {
-            Ok(event) => {
-                let risk = profiles.risk(event.user_id.0);
-                match users.apply(&event, risk, limits) {
-                    Ok(codes) => {
-                        summary.accepted += 1;
-                        summary.alerts += u64::from(codes.is_alert());
-                        write_legacy_line(&mut output, event.user_id.0, &codes)?;
-                    }
-                    Err(e) => {
-                        summary.out_of_order += 1;
-                        write_error_line(&mut output, &e.to_string(), summary.lines)?;
+        if batch.is_empty() {
+            break;
+        }
+        for (decoded, slot) in &mut batch {
+            if let Ok(event) = decoded {
+                *slot = Some(users.slot(event.user_id.0));
+            }
+        }
+        users.touch(batch.iter().filter_map(|(_, slot)| *slot));
+        for (decoded, slot) in &batch {
+            summary.lines += 1;
+            match (decoded, slot) {
+                (Ok(event), Some(slot)) => {
+                    let risk = profiles.risk(event.user_id.0);
+                    match users.apply_at(*slot, event, risk, limits) {
+                        Ok(codes) => {
+                            summary.accepted += 1;
+                            summary.alerts += u64::from(codes.is_alert());
+                            write_legacy_line(&mut output, event.user_id.0, &codes)?;
+                        }
+                        Err(e) => {
+                            summary.out_of_order += 1;
+                            write_error_line(&mut output, &e.to_string(), summary.lines)?;
+                        }
                     }
                 }
-            }
-            Err(e) => {
-                summary.invalid += 1;
-                write_error_line(&mut output, &e.to_string(), summary.lines)?;
+                (Err(e), _) => {
+                    summary.invalid += 1;
+                    write_error_line(&mut output, &e.to_string(), summary.lines)?;
+                }
+                (Ok(_), None) => unreachable!("every decoded event has a slot"),
             }
         }
     }
@@ -74,6 +96,9 @@ pub fn evaluate(
     summary.users = users.len();
     Ok(summary)
 }
+
+/// Lines decoded ahead of evaluation (see [`evaluate`]).
+const BATCH: usize = 32;
 
 /// Splits a reader into lines (each with its `\n`, the last one possibly without) from one
 /// reused buffer: big reads, `memchr` for the line ends, a line longer than the buffer grows it.
