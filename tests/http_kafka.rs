@@ -326,7 +326,7 @@ async fn every_endpoint_answers_over_a_real_socket() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["events"].as_array().unwrap().len(), 1);
 
-    // 404 and 400 for ids.
+    // 404 for unknown (or impossible) ids, 400 for a bad parameter.
     let (status, _) = get_json(&client, &shim.url("/api/v1/events/0-999999")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, _) = get_json(&client, &shim.url("/api/v1/events/99-0")).await;
@@ -334,7 +334,7 @@ async fn every_endpoint_answers_over_a_real_socket() {
     let (status, _) = get_json(&client, &shim.url("/api/v1/alerts/alert-0-999999")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, _) = get_json(&client, &shim.url("/api/v1/events/zero")).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, _) = get_json(&client, &shim.url("/api/v1/alerts?limit=0")).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 

@@ -451,7 +451,7 @@ async fn restful_create_is_201_with_location_and_ids() {
 }
 
 #[tokio::test]
-async fn get_event_is_200_for_known_404_for_unknown_400_for_malformed() {
+async fn get_event_is_200_for_known_404_for_unknown_or_malformed() {
     let f = fixture();
     call(&f.app, post("/event", EXAMPLE)).await;
     let reply = call(&f.app, get("/api/v1/events/0-0")).await;
@@ -475,7 +475,11 @@ async fn get_event_is_200_for_known_404_for_unknown_400_for_malformed() {
     );
     for bad in ["x", "0", "0-01", "-1-2", "0-0-0"] {
         let reply = call(&f.app, get(&format!("/api/v1/events/{bad}"))).await;
-        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{bad}");
+        assert_eq!(reply.status, StatusCode::NOT_FOUND, "{bad}");
+        assert!(reply.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("<partition>-<offset>"));
     }
 }
 
@@ -572,7 +576,7 @@ async fn alerts_are_listed_newest_first_with_filters_and_cursor() {
 }
 
 #[tokio::test]
-async fn get_alert_is_200_for_an_alert_404_otherwise_400_for_malformed() {
+async fn get_alert_is_200_for_an_alert_404_otherwise() {
     let f = fixture();
     call(
         &f.app,
@@ -594,7 +598,7 @@ async fn get_alert_is_200_for_an_alert_404_otherwise_400_for_malformed() {
     }
     for bad in ["0-0", "alert-x", "alert-0-0-0"] {
         let reply = call(&f.app, get(&format!("/api/v1/alerts/{bad}"))).await;
-        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{bad}");
+        assert_eq!(reply.status, StatusCode::NOT_FOUND, "{bad}");
     }
 }
 
@@ -725,7 +729,7 @@ async fn metrics_count_requests_by_route_and_status_with_latency() {
     let f = fixture();
     call(&f.app, post("/event", EXAMPLE)).await;
     call(&f.app, get("/api/v1/events/0-0")).await;
-    call(&f.app, get("/api/v1/events/x")).await;
+    call(&f.app, get("/api/v1/events/9-9")).await;
     let reply = call(&f.app, get("/metrics")).await;
     assert_eq!(reply.status, StatusCode::OK);
     let text = reply.text;
@@ -736,7 +740,7 @@ async fn metrics_count_requests_by_route_and_status_with_latency() {
         "{text}"
     );
     assert!(text.contains(
-        r#"user_monitor_http_requests_total{route="/api/v1/events/{event_id}",method="GET",status="400"} 1"#
+        r#"user_monitor_http_requests_total{route="/api/v1/events/{event_id}",method="GET",status="404"} 1"#
     ));
     assert!(text.contains(r#"user_monitor_http_response_seconds_count{route="/event"} 1"#));
 }

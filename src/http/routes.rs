@@ -441,10 +441,11 @@ fn parse_cursor(cursor: Option<&str>) -> Result<Option<OrderKey>, ApiError> {
         .transpose()
 }
 
+/// An id that cannot name any event is an unknown id: 404, saying what ids look like.
 fn parse_event_key(text: &str) -> Result<EventKey, ApiError> {
     parse_event_id(text).ok_or_else(|| {
-        ApiError::Invalid(format!(
-            "invalid event_id: {text:?} is not \"<partition>-<offset>\""
+        ApiError::NotFound(format!(
+            "no event {text:?}: event ids are \"<partition>-<offset>\""
         ))
     })
 }
@@ -649,8 +650,7 @@ async fn find_event(state: &Shared, key: EventKey) -> Result<Option<EventView>, 
     params(("event_id" = String, Path, description = "\"<partition>-<offset>\"")),
     responses(
         (status = 200, description = "the event and its result", body = EventView),
-        (status = 400, description = "malformed event_id", body = ErrorBody),
-        (status = 404, description = "no such event retained", body = ErrorBody),
+        (status = 404, description = "no such event retained, or not an event id", body = ErrorBody),
         (status = 503, description = "Kafka unavailable for the lookup", body = ErrorBody),
     )
 )]
@@ -717,8 +717,7 @@ pub async fn list_alerts(
     params(("alert_id" = String, Path, description = "\"alert-<partition>-<offset>\"")),
     responses(
         (status = 200, description = "the alert: its event and result", body = EventView),
-        (status = 400, description = "malformed alert_id", body = ErrorBody),
-        (status = 404, description = "no such alert", body = ErrorBody),
+        (status = 404, description = "no such alert, or not an alert id", body = ErrorBody),
         (status = 503, description = "Kafka unavailable for the lookup", body = ErrorBody),
     )
 )]
@@ -728,8 +727,8 @@ pub async fn get_alert(
 ) -> Result<Json<EventView>, ApiError> {
     let alert_id = path_param(alert_id)?;
     let key = parse_alert_id(&alert_id).ok_or_else(|| {
-        ApiError::Invalid(format!(
-            "invalid alert_id: {alert_id:?} is not \"alert-<partition>-<offset>\""
+        ApiError::NotFound(format!(
+            "no alert {alert_id:?}: alert ids are \"alert-<partition>-<offset>\""
         ))
     })?;
     match find_event(&state, key).await? {
