@@ -541,6 +541,23 @@ fn legacy_json(user_id: u64, codes: &[u32]) -> String {
     )
 }
 
+/// What both submit routes share: check the body, submit it, wait for its response, and turn a
+/// rejection by the processor (out of order) into its error.
+async fn accept(
+    state: &Shared,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Submitted, ApiError> {
+    let body = json_body(headers, body, state.body_limit)?;
+    let submitted = submit(state, body).await?;
+    if let Submitted::Done(stored) = &submitted {
+        if let Some(error) = rejection_error(stored) {
+            return Err(error);
+        }
+    }
+    Ok(submitted)
+}
+
 /// Submit an event, the original contract: answers with the legacy response.
 #[utoipa::path(
     post,
@@ -562,13 +579,9 @@ pub async fn post_event(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = json_body(&headers, body, state.body_limit)?;
-    match submit(&state, body).await? {
+    match accept(&state, &headers, body).await? {
         Submitted::Pending(event_id) => Ok(pending_response(event_id, false)),
         Submitted::Done(stored) => {
-            if let Some(error) = rejection_error(&stored) {
-                return Err(error);
-            }
             let user_id = stored.record.user_id.unwrap_or_default();
             Ok((
                 StatusCode::OK,
@@ -601,13 +614,9 @@ pub async fn create_event(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = json_body(&headers, body, state.body_limit)?;
-    match submit(&state, body).await? {
+    match accept(&state, &headers, body).await? {
         Submitted::Pending(event_id) => Ok(pending_response(event_id, true)),
         Submitted::Done(stored) => {
-            if let Some(error) = rejection_error(&stored) {
-                return Err(error);
-            }
             let record = &stored.record;
             let location = format!("/api/v1/events/{}", record.event_id);
             let body = CreatedBody {
