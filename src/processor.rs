@@ -525,6 +525,12 @@ impl Processor {
         for message in batch {
             self.process(message)?;
         }
+        if !self.exactly_once && !due.is_empty() {
+            // At-least-once: a snapshot covering offset S must never become durable before the
+            // responses below S (a restore resumes at S). Different partitions may have different
+            // leaders, so flush the responses first; a transaction makes this moot.
+            self.flush_delivered(timeout)?;
+        }
         for &p in due {
             self.produce_snapshot(p)?;
         }
@@ -558,15 +564,22 @@ impl Processor {
                 "batch committed"
             );
         } else {
-            self.producer.flush(timeout)?;
-            if self.producer.context().failures.load(Ordering::Relaxed) > 0 {
-                return Err(KafkaError::MessageProduction(
-                    RDKafkaErrorCode::MessageTimedOut,
-                ));
-            }
+            self.flush_delivered(timeout)?;
             if offsets.count() > 0 {
                 self.consumer.commit(&offsets, CommitMode::Sync)?;
             }
+        }
+        Ok(())
+    }
+
+    /// At-least-once: waits until everything produced so far is acknowledged, and fails if any
+    /// record was not (the batch is then rewound and produced again).
+    fn flush_delivered(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.producer.flush(timeout)?;
+        if self.producer.context().failures.load(Ordering::Relaxed) > 0 {
+            return Err(KafkaError::MessageProduction(
+                RDKafkaErrorCode::MessageTimedOut,
+            ));
         }
         Ok(())
     }
