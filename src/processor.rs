@@ -11,7 +11,9 @@
 //! 2. **Catch up** on the profiles topic to its end offset (read-your-writes for risk changes).
 //! 3. **Process** in one transaction (exactly-once): a response record per input record, a
 //!    dead-letter record per rejected one, the snapshots that are due, then the input offsets with
-//!    the consumer's group metadata, then commit. Under at-least-once: produce, flush, commit offsets.
+//!    the consumer's group metadata, then commit. Under at-least-once: produce the responses,
+//!    flush, produce the snapshots, flush, commit offsets; offsets a crashed owner had already
+//!    answered (found by the restore) are evaluated for the state but not answered again.
 //! 4. On an abortable error: abort, drop the batch's partitions' state and restore them (snapshot
 //!    + replay to the committed offset), which rewinds to the last commit. Fatal (fenced): stop.
 //!
@@ -142,6 +144,9 @@ struct Ready {
     next_offset: i64,
     dirty: FxHashSet<u64>,
     last_snapshot: Instant,
+    /// At-least-once: offsets whose responses a previous owner already produced (see
+    /// `snapshot::Restored::answered`); evaluated for the state, not answered again.
+    answered: FxHashSet<i64>,
 }
 
 enum PartitionState {
@@ -371,6 +376,7 @@ impl Processor {
                         snapshot_users = r.snapshot_users,
                         replayed = r.replayed,
                         resume_at = ?r.resume_at,
+                        already_answered = r.answered.len(),
                         rebuilt = r.rebuilt,
                         elapsed_ms = started.elapsed().as_millis() as u64,
                         "partition restored"
@@ -422,6 +428,7 @@ impl Processor {
                     next_offset: restored.resume_at.unwrap_or(0),
                     dirty: FxHashSet::default(),
                     last_snapshot: Instant::now(),
+                    answered: restored.answered,
                 })),
             );
             self.publish_readiness();
@@ -647,6 +654,7 @@ impl Processor {
             ),
         };
         ready.next_offset = offset + 1;
+        let answered = ready.answered.remove(&offset);
         let mut record = record;
         if input.len() > MAX_EMBEDDED_EVENT_BYTES {
             record.event = None;
@@ -657,12 +665,18 @@ impl Processor {
         }
         let value = record.to_json();
         let key = message.key();
-        let alerts = &self.settings.topics.alerts;
-        let mut alert = BaseRecord::to(alerts).payload(value.as_slice());
-        if let Some(key) = key {
-            alert = alert.key(key);
+        if !answered {
+            // Co-partitioned: the response to input partition p goes to alerts partition p
+            // (what the key's murmur2 partition is anyway), so a restore finds it there.
+            let alerts = &self.settings.topics.alerts;
+            let mut alert = BaseRecord::to(alerts)
+                .partition(partition)
+                .payload(value.as_slice());
+            if let Some(key) = key {
+                alert = alert.key(key);
+            }
+            send(&self.producer, alert)?;
         }
-        send(&self.producer, alert)?;
         if let Some(rejection) = rejection {
             self.deps.metrics.count_event(rejection.as_str());
             let error = match &record.outcome {

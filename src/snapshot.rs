@@ -13,7 +13,14 @@
 //! Restore of partition `p` with committed offset `C`: read state partition `p` to its end
 //! (read_committed), then replay input records `[S, C)` through the engine without emitting
 //! anything (their responses are already committed), then process from `max(S, C)`.
-//! (`S > C` happens only under at-least-once, where snapshots are flushed before offsets commit.)
+//! (`S > C` happens only under at-least-once, where snapshots are flushed before offsets commit,
+//! and only after the responses below `S`.)
+//!
+//! Under at-least-once, responses to offsets from `max(S, C)` on may already be in the alerts
+//! topic (produced, then a crash before the offsets were committed). The restore collects those
+//! offsets from the tail of alerts partition `p` (the response to input partition `p` always goes
+//! there) and the processor does not answer them again: a crash repeats no response, and so no
+//! repeat can differ from the first answer (e.g. after a risk change in between).
 //! An unreadable snapshot is reported and the partition is rebuilt from the earliest retained
 //! input offset instead of silently starting empty.
 
@@ -23,9 +30,10 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
+use rustc_hash::FxHashSet;
 use serde::{Deserialize, Serialize};
 
-use crate::config::Settings;
+use crate::config::{Guarantee, Settings};
 use crate::domain::event::decode;
 use crate::kafka::{reader, KafkaLayerError, Reader};
 use crate::profiles::Profiles;
@@ -101,6 +109,9 @@ pub struct Restored {
     pub replayed: u64,
     /// Whether the snapshot was unreadable and the partition was rebuilt from the beginning.
     pub rebuilt: bool,
+    /// At-least-once: input offsets from `resume_at` on whose responses are already in the
+    /// alerts topic (not to be answered again). Always empty under exactly-once.
+    pub answered: FxHashSet<i64>,
 }
 
 /// Restores input partition `partition`: snapshot, then replay to the committed offset.
@@ -110,18 +121,20 @@ pub fn restore(
     limits: &Limits,
     timeout: Duration,
 ) -> Result<Restored, SnapshotError> {
+    // One reader serves every step: each assigns the partition it reads.
+    let consumer = reader(settings, "restore")?;
     let Some(committed) = committed_offset(settings, partition, timeout)? else {
-        // Nothing was ever committed for this partition: no responses exist yet.
+        // Nothing was ever committed for this partition: no committed responses exist yet
+        // (under at-least-once, uncommitted ones may), so start from the beginning.
         return Ok(Restored {
             users: Users::default(),
             resume_at: None,
             snapshot_users: 0,
             replayed: 0,
             rebuilt: false,
+            answered: answered_offsets(&consumer, settings, partition, 0, timeout)?,
         });
     };
-    // One reader serves both steps: each assigns the partition it reads.
-    let consumer = reader(settings, "restore")?;
     let (mut users, covers, snapshot_users, rebuilt) = match load_snapshot(
         &consumer,
         &settings.topics.state,
@@ -162,13 +175,79 @@ pub fn restore(
             },
         )?;
     }
+    let resume_at = committed.max(replay_from);
+    let answered = answered_offsets(&consumer, settings, partition, resume_at, timeout)?;
     Ok(Restored {
         users,
-        resume_at: Some(committed.max(replay_from)),
+        resume_at: Some(resume_at),
         snapshot_users,
         replayed,
         rebuilt,
+        answered,
     })
+}
+
+/// Records read at a time while scanning the alerts partition backwards.
+const ANSWERED_SCAN_CHUNK: i64 = 10_000;
+
+/// Under at-least-once, the input offsets `>= from` of input partition `partition` already
+/// answered in alerts partition `partition` (empty under exactly-once, where every answer is
+/// committed with its offset). Responses are there in processing order, so the scan walks back
+/// from the end a chunk at a time and stops at the first chunk holding a response to an earlier
+/// offset.
+fn answered_offsets(
+    consumer: &Reader,
+    settings: &Settings,
+    partition: i32,
+    from: i64,
+    timeout: Duration,
+) -> Result<FxHashSet<i64>, SnapshotError> {
+    if settings.processing.guarantee != Guarantee::AtLeastOnce {
+        return Ok(FxHashSet::default());
+    }
+    let alerts = settings.topics.alerts.as_str();
+    let (low, high) = consumer.fetch_watermarks(alerts, partition, timeout)?;
+    let prefix = format!("{partition}-");
+    let mut answered = FxHashSet::default();
+    let mut end = high;
+    while end > low {
+        let start = (end - ANSWERED_SCAN_CHUNK).max(low);
+        let mut reached_earlier = false;
+        read_partition(
+            consumer,
+            alerts,
+            partition,
+            Offset::Offset(start),
+            end,
+            timeout,
+            |message| {
+                match response_offset(message.payload().unwrap_or_default(), &prefix) {
+                    Some(offset) if offset >= from => {
+                        answered.insert(offset);
+                    }
+                    Some(_) => reached_earlier = true,
+                    None => {}
+                }
+                Ok(())
+            },
+        )?;
+        if reached_earlier {
+            break;
+        }
+        end = start;
+    }
+    Ok(answered)
+}
+
+/// The input offset a response record answers, when it answers input partition `prefix`
+/// (`"<partition>-"`).
+fn response_offset(value: &[u8], prefix: &str) -> Option<i64> {
+    #[derive(Deserialize)]
+    struct EventId {
+        event_id: String,
+    }
+    let id = serde_json::from_slice::<EventId>(value).ok()?.event_id;
+    id.strip_prefix(prefix)?.parse().ok()
 }
 
 /// The group's committed offset of an input partition (waits for pending transactional commits).

@@ -51,8 +51,9 @@ fn specs(settings: &Settings) -> [TopicSpec<'_>; 5] {
 }
 
 /// Creates the missing topics (when `topics.create`) and validates all five: each exists, the
-/// profiles and state topics are compacted, and the state topic has as many partitions as the
-/// events topic (it is co-partitioned with it). Returns the events topic's partition count.
+/// profiles and state topics are compacted, the state topic has as many partitions as the
+/// events topic (it is co-partitioned with it), and the alerts topic at least as many (the
+/// response to input partition p goes to alerts partition p). Returns the events topic's partition count.
 pub fn ensure_topics(settings: &Settings) -> Result<i32, KafkaLayerError> {
     let admin: AdminClient<DefaultClientContext> = admin_config(settings)?.create()?;
     let partitions = |admin: &AdminClient<DefaultClientContext>| -> Result<HashMap<String, i32>, KafkaLayerError> {
@@ -87,7 +88,7 @@ pub fn ensure_topics(settings: &Settings) -> Result<i32, KafkaLayerError> {
         let new_topics: Vec<NewTopic> = missing
             .iter()
             .map(|s| {
-                let partitions = if s.key == "topics.state" {
+                let partitions = if s.key == "topics.state" || s.key == "topics.alerts" {
                     events_partitions
                 } else {
                     settings.topics.partitions
@@ -171,6 +172,13 @@ pub fn ensure_topics(settings: &Settings) -> Result<i32, KafkaLayerError> {
         return Err(KafkaLayerError::Topic {
             topic: settings.topics.state.clone(),
             reason: format!("has {state} partitions but {} has {events}: the state topic must be co-partitioned with the events topic", settings.topics.events),
+        });
+    }
+    let alerts = existing[&settings.topics.alerts];
+    if alerts < events {
+        return Err(KafkaLayerError::Topic {
+            topic: settings.topics.alerts.clone(),
+            reason: format!("has {alerts} partitions but {} has {events}: the response to input partition p goes to alerts partition p, so the alerts topic needs at least as many", settings.topics.events),
         });
     }
     Ok(events)
