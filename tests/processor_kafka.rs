@@ -504,31 +504,28 @@ fn create_plain_topic(topic: &str, partitions: i32) {
         .unwrap();
 }
 
-#[test]
-fn a_state_topic_that_is_not_compacted_stops_the_processor_with_a_clear_error() {
-    let world = World::new("validate", 1);
-    // Create the state topic by hand, without compaction.
-    let topic = world.state();
-    create_plain_topic(&topic, 1);
+/// Creates `topic` by hand with `partitions` and no compaction, then checks that the processor
+/// refuses to start, naming the topic and `reason`.
+fn processor_refuses_a_hand_made_topic(world: &World, topic: &str, partitions: i32, reason: &str) {
+    create_plain_topic(topic, partitions);
     let mut processor = world.spawn_processor(0);
     let exit = wait_exit(&mut processor, Duration::from_secs(60)).expect("exits by itself");
     assert!(!exit.success());
     let log = world.log(0);
-    assert!(log.contains("must be compacted"), "{log}");
-    assert!(log.contains(&topic), "{log}");
+    assert!(log.contains(reason), "{log}");
+    assert!(log.contains(topic), "{log}");
+}
+
+#[test]
+fn a_state_topic_that_is_not_compacted_stops_the_processor_with_a_clear_error() {
+    let world = World::new("validate", 1);
+    processor_refuses_a_hand_made_topic(&world, &world.state(), 1, "must be compacted");
 }
 
 #[test]
 fn an_alerts_topic_with_fewer_partitions_than_the_input_stops_the_processor_with_a_clear_error() {
     let world = World::new("alerts-partitions", 2);
-    let topic = world.alerts();
-    create_plain_topic(&topic, 1);
-    let mut processor = world.spawn_processor(0);
-    let exit = wait_exit(&mut processor, Duration::from_secs(60)).expect("exits by itself");
-    assert!(!exit.success());
-    let log = world.log(0);
-    assert!(log.contains("has 1 partitions but"), "{log}");
-    assert!(log.contains(&topic), "{log}");
+    processor_refuses_a_hand_made_topic(&world, &world.alerts(), 1, "has 1 partitions but");
 }
 
 #[test]
