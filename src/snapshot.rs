@@ -194,7 +194,8 @@ const ANSWERED_SCAN_CHUNK: i64 = 10_000;
 /// answered in alerts partition `partition` (empty under exactly-once, where every answer is
 /// committed with its offset). Responses are there in processing order, so the scan walks back
 /// from the end a chunk at a time and stops at the first chunk holding a response to an earlier
-/// offset.
+/// offset, or after `4 × processing.max_batch_events` records (a crash leaves at most one
+/// uncommitted batch; the bound keeps a new group on an old alerts topic from reading it all).
 fn answered_offsets(
     consumer: &Reader,
     settings: &Settings,
@@ -209,9 +210,14 @@ fn answered_offsets(
     let (low, high) = consumer.fetch_watermarks(alerts, partition, timeout)?;
     let prefix = format!("{partition}-");
     let mut answered = FxHashSet::default();
+    let limit = i64::try_from(settings.processing.max_batch_events)
+        .unwrap_or(i64::MAX / 8)
+        .saturating_mul(4)
+        .max(ANSWERED_SCAN_CHUNK);
+    let floor = low.max(high.saturating_sub(limit));
     let mut end = high;
-    while end > low {
-        let start = (end - ANSWERED_SCAN_CHUNK).max(low);
+    while end > floor {
+        let start = (end - ANSWERED_SCAN_CHUNK).max(floor);
         let mut reached_earlier = false;
         read_partition(
             consumer,
