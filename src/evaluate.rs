@@ -43,9 +43,9 @@ pub fn evaluate(
     let mut users = Users::default();
     let mut summary = Summary::default();
     let mut lines = LineReader::new(&mut input);
-    // Lines go in batches: decode them all, find (or create) their users' slots and touch those
+    // Lines go in batches: decode them all and find (or create) their users' slots, touch those
     // states back to back so the cache misses overlap, then apply and write in input order.
-    let mut batch: Vec<(Result<Event, DecodeError>, Option<Slot>)> = Vec::with_capacity(BATCH);
+    let mut batch: Vec<Result<(Event, Slot), DecodeError>> = Vec::with_capacity(BATCH);
     loop {
         batch.clear();
         while batch.len() < BATCH {
@@ -56,21 +56,20 @@ pub fn evaluate(
             if let Some(rest) = text.strip_suffix(b"\n") {
                 text = rest.strip_suffix(b"\r").unwrap_or(rest);
             }
-            batch.push((decode(text), None));
+            batch.push(decode(text).map(|event| (event, users.slot(event.user_id.0))));
         }
         if batch.is_empty() {
             break;
         }
-        for (decoded, slot) in &mut batch {
-            if let Ok(event) = decoded {
-                *slot = Some(users.slot(event.user_id.0));
-            }
-        }
-        users.touch(batch.iter().filter_map(|(_, slot)| *slot));
-        for (decoded, slot) in &batch {
+        users.touch(
+            batch
+                .iter()
+                .filter_map(|decoded| decoded.as_ref().ok().map(|(_, slot)| *slot)),
+        );
+        for decoded in &batch {
             summary.lines += 1;
-            match (decoded, slot) {
-                (Ok(event), Some(slot)) => {
+            match decoded {
+                Ok((event, slot)) => {
                     let risk = profiles.risk(event.user_id.0);
                     match users.apply_at(*slot, event, risk, limits) {
                         Ok(codes) => {
@@ -84,11 +83,10 @@ pub fn evaluate(
                         }
                     }
                 }
-                (Err(e), _) => {
+                Err(e) => {
                     summary.invalid += 1;
                     write_error_line(&mut output, &e.to_string(), summary.lines)?;
                 }
-                (Ok(_), None) => unreachable!("every decoded event has a slot"),
             }
         }
     }
