@@ -604,7 +604,7 @@ impl Processor {
         } else {
             b""
         };
-        let (record, rejection) = match decode(input) {
+        let (mut record, rejection) = match decode(input) {
             Ok(event) => {
                 let user_id = event.user_id.0;
                 let risk = self.profiles.profiles().risk(user_id);
@@ -654,18 +654,17 @@ impl Processor {
             ),
         };
         ready.next_offset = offset + 1;
-        let answered = ready.answered.remove(&offset);
-        let mut record = record;
-        if input.len() > MAX_EMBEDDED_EVENT_BYTES {
-            record.event = None;
-            record.event_text = Some(format!(
-                "<{} bytes, not embedded; see the dead-letter topic>",
-                input.len()
-            ));
-        }
-        let value = record.to_json();
         let key = message.key();
-        if !answered {
+        // An offset a crashed owner already answered is not answered again.
+        if !ready.answered.remove(&offset) {
+            if input.len() > MAX_EMBEDDED_EVENT_BYTES {
+                record.event = None;
+                record.event_text = Some(format!(
+                    "<{} bytes, not embedded; see the dead-letter topic>",
+                    input.len()
+                ));
+            }
+            let value = record.to_json();
             // Co-partitioned: the response to input partition p goes to alerts partition p
             // (what the key's murmur2 partition is anyway), so a restore finds it there.
             let alerts = &self.settings.topics.alerts;
@@ -762,22 +761,22 @@ impl Processor {
             }
         })();
         let partitions: Vec<i32> = revoked.iter().map(|(p, _)| *p).collect();
-        match result {
-            Ok(()) => tracing::info!(?partitions, "revoked partitions flushed: snapshots written"),
-            Err(e) if classify(&e) == ErrorClass::Fatal => {
-                // Fenced (or otherwise unusable): stop at the next step of the loop.
-                tracing::warn!(?partitions, error = %e, "could not flush revoked partitions; their next owner replays from the previous snapshot");
-                let error = self.fatal_error(e);
-                self.fatal.get_or_insert(error);
+        let e = match result {
+            Ok(()) => {
+                tracing::info!(?partitions, "revoked partitions flushed: snapshots written");
+                return;
             }
-            Err(e) => {
-                tracing::warn!(?partitions, error = %e, "could not flush revoked partitions; their next owner replays from the previous snapshot");
-                if self.exactly_once {
-                    if let Err(e) = self.abort() {
-                        tracing::error!(error = %e, "abort after a failed flush of revoked partitions failed");
-                        self.fatal.get_or_insert(e);
-                    }
-                }
+            Err(e) => e,
+        };
+        tracing::warn!(?partitions, error = %e, "could not flush revoked partitions; their next owner replays from the previous snapshot");
+        if classify(&e) == ErrorClass::Fatal {
+            // Fenced (or otherwise unusable): stop at the next step of the loop.
+            let error = self.fatal_error(e);
+            self.fatal.get_or_insert(error);
+        } else if self.exactly_once {
+            if let Err(e) = self.abort() {
+                tracing::error!(error = %e, "abort after a failed flush of revoked partitions failed");
+                self.fatal.get_or_insert(e);
             }
         }
     }
