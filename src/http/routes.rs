@@ -513,8 +513,13 @@ fn rejection_error(stored: &Stored) -> Option<ApiError> {
     }
 }
 
+/// Where `GET` finds an event: the `Location` of a created or pending event.
+fn event_location(event_id: &str) -> String {
+    format!("/api/v1/events/{event_id}")
+}
+
 fn pending_response(event_id: String, location: bool) -> Response {
-    let location_header = format!("/api/v1/events/{event_id}");
+    let location_header = event_location(&event_id);
     let mut response = (
         StatusCode::ACCEPTED,
         Json(PendingBody {
@@ -618,7 +623,7 @@ pub async fn create_event(
         Submitted::Pending(event_id) => Ok(pending_response(event_id, true)),
         Submitted::Done(stored) => {
             let record = &stored.record;
-            let location = format!("/api/v1/events/{}", record.event_id);
+            let location = event_location(&record.event_id);
             let body = CreatedBody {
                 event_id: record.event_id.clone(),
                 alert_id: record.alert_id().map(str::to_owned),
