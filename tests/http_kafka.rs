@@ -187,8 +187,16 @@ fn client() -> reqwest::Client {
 }
 
 async fn post_json(client: &reqwest::Client, url: &str, body: &str) -> (StatusCode, Value) {
-    let response = client
-        .post(url)
+    send_json(client.post(url), body).await
+}
+
+async fn put_json(client: &reqwest::Client, url: &str, body: &str) -> (StatusCode, Value) {
+    send_json(client.put(url), body).await
+}
+
+/// Sends `body` as JSON; the status and the JSON answer.
+async fn send_json(request: reqwest::RequestBuilder, body: &str) -> (StatusCode, Value) {
+    let response = request
         .header("content-type", "application/json")
         .body(body.to_owned())
         .send()
@@ -339,18 +347,14 @@ async fn every_endpoint_answers_over_a_real_socket() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
 
     // PUT risk: acknowledged, and applies to the next event (read-your-writes).
-    let response = client
-        .put(shim.url("/api/v1/users/8/risk"))
-        .header("content-type", "application/json")
-        .body(r#"{"risk": "high"}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(
-        response.json::<Value>().await.unwrap(),
-        json!({"user_id": 8, "risk": "high"})
-    );
+    let (status, body) = put_json(
+        &client,
+        &shim.url("/api/v1/users/8/risk"),
+        r#"{"risk": "high"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, json!({"user_id": 8, "risk": "high"}));
     let (status, body) = post_json(
         &client,
         &shim.url("/event"),
@@ -359,14 +363,13 @@ async fn every_endpoint_answers_over_a_real_socket() {
     .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["alert_codes"], json!([1100]), "high risk: above 50");
-    let response = client
-        .put(shim.url("/api/v1/users/8/risk"))
-        .header("content-type", "application/json")
-        .body(r#"{"risk": "extreme"}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let (status, _) = put_json(
+        &client,
+        &shim.url("/api/v1/users/8/risk"),
+        r#"{"risk": "extreme"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
 
     // 400, 409, 413, 415.
     let (status, body) = post_json(
@@ -687,14 +690,13 @@ async fn unreachable_kafka_is_not_ready_and_503() {
     )
     .await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    let response = client
-        .put(shim.url("/api/v1/users/1/risk"))
-        .header("content-type", "application/json")
-        .body(r#"{"risk": "low"}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let (status, _) = put_json(
+        &client,
+        &shim.url("/api/v1/users/1/risk"),
+        r#"{"risk": "low"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     // Liveness does not depend on Kafka.
     let (status, _) = get_json(&client, &shim.url("/healthz")).await;
     assert_eq!(status, StatusCode::OK);
