@@ -27,8 +27,8 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Profiles(ProfilesCommand::Load { file }) => load_profiles(&settings, &file),
         Command::Topics(TopicsCommand::Create) => {
             crate::telemetry::init(&settings.log);
-            let partitions = crate::kafka::admin::ensure_topics(&settings)?;
-            eprintln!("topics ready ({partitions} partitions)");
+            let topics = crate::kafka::admin::ensure_topics(&settings)?;
+            eprintln!("topics ready ({} partitions)", topics.partitions);
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -111,6 +111,13 @@ pub struct ProcessingConfig {
     /// Deadline for a graceful shutdown.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// Join the group as a static member (`group.instance.id` = the transactional id), so a
+    /// restarted instance gets its partitions back at once instead of after the session timeout.
+    pub static_membership: bool,
+    /// Upper bound of a dead-letter record's value; a larger rejected input goes to the DLQ
+    /// truncated (0: derived from the DLQ topic's `max.message.bytes` and the producer's
+    /// `message.max.bytes`).
+    pub dlq_max_record_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]

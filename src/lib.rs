@@ -20,6 +20,9 @@
 //! - [`processor`]: `user-monitor process`. One thread owns the consumer, the transactional
 //!   producer and every assigned partition's [`state::Users`]: poll a batch, evaluate, commit
 //!   responses + dead letters + snapshots + input offsets in one transaction.
+//! - [`partition`]: the pure lifecycle of one input partition's state: the verdict on each
+//!   record (invalid / wrong partition / out of order / accepted), the users a snapshot round
+//!   writes, and the rebuild from snapshot records plus replay.
 //! - [`snapshot`]: per-user snapshots in the compacted state topic (offset `covers` is
 //!   exclusive) and the restore of a partition: snapshot, then replay to the committed offset.
 //! - [`metrics`], [`health`]: Prometheus metrics and readiness, written by the processor and
@@ -44,6 +47,7 @@ pub mod health;
 pub mod http;
 pub mod kafka;
 pub mod metrics;
+pub mod partition;
 pub mod processor;
 pub mod profiles;
 pub mod rules;

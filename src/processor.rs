@@ -32,24 +32,42 @@ use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage, ToBytes};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use rustc_hash::FxHashSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Guarantee, Settings};
-use crate::domain::event::decode;
-use crate::domain::response::{AlertRecord, Rejection};
+use crate::domain::response::AlertRecord;
 use crate::health::Readiness;
 use crate::kafka::profiles::ProfilesFollower;
 use crate::kafka::{
-    classify, group_consumer_config, processor_producer_config, ErrorClass, KafkaLayerError,
+    classify, group_member_config, processor_producer_config, ErrorClass, KafkaLayerError,
 };
 use crate::metrics::{CodeLabels, Metrics, PartitionLabels};
+use crate::partition::{PartitionState, Placement, Verdict};
 use crate::rules::Limits;
 use crate::snapshot::{self, Restored, SnapshotError};
-use crate::state::Users;
 
-/// Inputs larger than this are not embedded in their response record (the DLQ keeps them whole).
+/// Inputs larger than this are not embedded in their response record (the DLQ keeps them, whole
+/// up to the dead-letter size limit).
 pub const MAX_EMBEDDED_EVENT_BYTES: usize = 16 * 1024;
+
+/// An error message is cut to this many bytes in a response record and a DLQ header.
+const MAX_ERROR_BYTES: usize = 1024;
+
+/// Room kept in a dead-letter record for its key, headers and record overhead.
+const DLQ_HEADROOM_BYTES: usize = 16 * 1024;
+
+/// Keys longer than this are not copied to the response and dead-letter records (a user id is
+/// at most 19 digits; an abusive key must not make those records too large for the broker).
+const MAX_KEY_BYTES: usize = 4 * 1024;
+
+/// librdkafka's default `message.max.bytes`, and the broker's default `max.message.bytes`.
+const PRODUCER_DEFAULT_MAX_BYTES: usize = 1_000_000;
+const BROKER_DEFAULT_MAX_BYTES: usize = 1_048_588;
+
+/// Test-only fault injection: with `USER_MONITOR_FAULT_ABORT_EVERY=N`, every Nth transaction
+/// fails with an abortable error after producing and before committing, as a real abortable
+/// error would (the fault suites use it to cross the abort-and-rewind path under load).
+const FAULT_ABORT_EVERY_ENV: &str = "USER_MONITOR_FAULT_ABORT_EVERY";
 
 /// What the processor needs from its host.
 #[derive(Clone)]
@@ -139,17 +157,12 @@ impl ProducerContext for DeliveryContext {
 }
 
 struct Ready {
-    users: Users,
-    /// The next input offset to process (exclusive end of what the state includes).
-    next_offset: i64,
-    dirty: FxHashSet<u64>,
+    /// The partition's users, next offset, changed users and already-answered offsets.
+    state: PartitionState,
     last_snapshot: Instant,
-    /// At-least-once: offsets whose responses a previous owner already produced (see
-    /// `snapshot::Restored::answered`); evaluated for the state, not answered again.
-    answered: FxHashSet<i64>,
 }
 
-enum PartitionState {
+enum Partition {
     Restoring { generation: u64 },
     Ready(Box<Ready>),
 }
@@ -179,7 +192,7 @@ struct Processor {
     profiles: ProfilesFollower,
     /// End offsets for the lag gauge, on a client without an open fetch to wait behind.
     offsets: crate::kafka::Reader,
-    partitions: HashMap<i32, PartitionState>,
+    partitions: HashMap<i32, Partition>,
     next_generation: u64,
     restores_tx: mpsc::Sender<RestoreDone>,
     restores_rx: mpsc::Receiver<RestoreDone>,
@@ -187,20 +200,42 @@ struct Processor {
     fatal: Option<ProcessorError>,
     exactly_once: bool,
     last_lag_update: Instant,
+    /// Partitions of the events topic: where each user's records belong.
+    partition_count: i32,
+    /// Largest dead-letter value; larger rejected inputs are truncated.
+    dlq_limit: usize,
+    /// See [`FAULT_ABORT_EVERY_ENV`].
+    fault_abort_every: Option<u64>,
+    transactions: u64,
 }
 
 impl Processor {
     fn new(settings: Settings, deps: Deps) -> Result<Self, ProcessorError> {
-        if !deps.embedded {
-            let partitions = crate::kafka::admin::ensure_topics(&settings)?;
-            tracing::info!(partitions, topic = %settings.topics.events, "topics ready");
+        let topics = if deps.embedded {
+            None
+        } else {
+            let topics = crate::kafka::admin::ensure_topics(&settings)?;
+            tracing::info!(partitions = topics.partitions, topic = %settings.topics.events, "topics ready");
+            Some(topics)
+        };
+        let partition_count = topics.map_or(settings.topics.partitions, |t| t.partitions);
+        let dlq_limit = dlq_limit(&settings, topics.and_then(|t| t.dlq_max_message_bytes));
+        let fault_abort_every = std::env::var(FAULT_ABORT_EVERY_ENV)
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|&n| n > 0);
+        if let Some(every) = fault_abort_every {
+            tracing::warn!(
+                every,
+                "fault injection: every Nth transaction fails with an abortable error"
+            );
         }
         let exactly_once = settings.processing.guarantee == Guarantee::ExactlyOnce;
         let context = GroupContext {
             topic: settings.topics.events.clone(),
             log: Mutex::new(Vec::new()),
         };
-        let consumer: BaseConsumer<GroupContext> = group_consumer_config(&settings)?
+        let consumer: BaseConsumer<GroupContext> = group_member_config(&settings)?
             .create_with_context(context)
             .map_err(KafkaLayerError::from)?;
         let producer: ThreadedProducer<DeliveryContext> = processor_producer_config(&settings)?
@@ -243,6 +278,10 @@ impl Processor {
             fatal: None,
             exactly_once,
             last_lag_update: Instant::now(),
+            partition_count,
+            dlq_limit,
+            fault_abort_every,
+            transactions: 0,
         })
     }
 
@@ -334,9 +373,7 @@ impl Processor {
                     );
                     let mut revoked = Vec::new();
                     for partition in partitions {
-                        if let Some(PartitionState::Ready(ready)) =
-                            self.partitions.remove(&partition)
-                        {
+                        if let Some(Partition::Ready(ready)) = self.partitions.remove(&partition) {
                             revoked.push((partition, ready));
                         }
                         self.deps.metrics.consumer_lag.remove(&PartitionLabels {
@@ -358,25 +395,29 @@ impl Processor {
         self.next_generation += 1;
         let generation = self.next_generation;
         self.partitions
-            .insert(partition, PartitionState::Restoring { generation });
+            .insert(partition, Partition::Restoring { generation });
         let settings = Arc::clone(&self.settings);
         let limits = self.limits;
         let tx = self.restores_tx.clone();
+        let placement = Placement {
+            partition,
+            partitions: self.partition_count,
+        };
         let timeout = settings.processing.transaction_timeout * 2 + Duration::from_secs(30);
         std::thread::Builder::new()
             .name(format!("restore-{partition}"))
             .spawn(move || {
                 std::thread::sleep(delay);
                 let started = Instant::now();
-                let result = snapshot::restore(&settings, partition, &limits, timeout);
+                let result = snapshot::restore(&settings, placement, &limits, timeout);
                 if let Ok(r) = &result {
                     tracing::info!(
                         partition,
-                        users = r.users.len(),
+                        users = r.state.users().len(),
                         snapshot_users = r.snapshot_users,
                         replayed = r.replayed,
                         resume_at = ?r.resume_at,
-                        already_answered = r.answered.len(),
+                        already_answered = r.state.answered_len(),
                         rebuilt = r.rebuilt,
                         elapsed_ms = started.elapsed().as_millis() as u64,
                         "partition restored"
@@ -395,7 +436,7 @@ impl Processor {
     /// Installs finished restores: seek to the restored offset and resume fetching.
     fn finish_restores(&mut self) -> Result<(), ProcessorError> {
         while let Ok(done) = self.restores_rx.try_recv() {
-            let current = matches!(self.partitions.get(&done.partition), Some(PartitionState::Restoring { generation }) if *generation == done.generation);
+            let current = matches!(self.partitions.get(&done.partition), Some(Partition::Restoring { generation }) if *generation == done.generation);
             if !current {
                 continue; // revoked (or restarted) meanwhile
             }
@@ -423,12 +464,9 @@ impl Processor {
             self.consumer.resume(&tpl)?;
             self.partitions.insert(
                 done.partition,
-                PartitionState::Ready(Box::new(Ready {
-                    users: restored.users,
-                    next_offset: restored.resume_at.unwrap_or(0),
-                    dirty: FxHashSet::default(),
+                Partition::Ready(Box::new(Ready {
+                    state: restored.state,
                     last_snapshot: Instant::now(),
-                    answered: restored.answered,
                 })),
             );
             self.publish_readiness();
@@ -439,7 +477,7 @@ impl Processor {
     /// Only records of restored partitions, at or after the restored position, are processed.
     fn accepts(&self, message: &OwnedMessage) -> bool {
         match self.partitions.get(&message.partition()) {
-            Some(PartitionState::Ready(ready)) => message.offset() >= ready.next_offset,
+            Some(Partition::Ready(ready)) => message.offset() >= ready.state.next_offset(),
             _ => false,
         }
     }
@@ -448,7 +486,7 @@ impl Processor {
         let restoring = self
             .partitions
             .values()
-            .filter(|p| matches!(p, PartitionState::Restoring { .. }))
+            .filter(|p| matches!(p, Partition::Restoring { .. }))
             .count();
         self.deps
             .readiness
@@ -461,8 +499,9 @@ impl Processor {
         self.partitions
             .iter()
             .filter_map(|(p, state)| match state {
-                PartitionState::Ready(r)
-                    if !r.dirty.is_empty() && (force || r.last_snapshot.elapsed() >= interval) =>
+                Partition::Ready(r)
+                    if r.state.has_changes()
+                        && (force || r.last_snapshot.elapsed() >= interval) =>
                 {
                     Some(*p)
                 }
@@ -538,16 +577,37 @@ impl Processor {
             // leaders, so flush the responses first; a transaction makes this moot.
             self.flush_delivered(timeout)?;
         }
+        let mut rounds = Vec::with_capacity(due.len());
         for &p in due {
-            self.produce_snapshot(p)?;
+            if let Some(covers) = self.produce_round(p)? {
+                rounds.push((p, covers));
+            }
+        }
+        if !self.exactly_once && !rounds.is_empty() {
+            // A round's marker says all its user records are durable: only after they are.
+            self.flush_delivered(timeout)?;
+        }
+        for (p, covers) in rounds {
+            produce_marker(&self.producer, &self.settings.topics.state, p, covers)?;
+        }
+        self.transactions += 1;
+        if self
+            .fault_abort_every
+            .is_some_and(|every| self.transactions % every == 0)
+        {
+            tracing::warn!(
+                transaction = self.transactions,
+                "fault injection: failing this transaction with an abortable error"
+            );
+            return Err(KafkaError::MessageProduction(RDKafkaErrorCode::Application));
         }
         let mut offsets = TopicPartitionList::new();
         for &p in touched {
-            if let Some(PartitionState::Ready(r)) = self.partitions.get(&p) {
+            if let Some(Partition::Ready(r)) = self.partitions.get(&p) {
                 offsets.add_partition_offset(
                     &self.settings.topics.events,
                     p,
-                    Offset::Offset(r.next_offset),
+                    Offset::Offset(r.state.next_offset()),
                 )?;
             }
         }
@@ -557,10 +617,11 @@ impl Processor {
                 .group_metadata()
                 .ok_or(KafkaError::ConsumerCommit(RDKafkaErrorCode::State))?;
             let produced = started.elapsed();
-            self.producer
-                .send_offsets_to_transaction(&offsets, &metadata, timeout)?;
+            self.retrying("send offsets to the transaction", |producer| {
+                producer.send_offsets_to_transaction(&offsets, &metadata, timeout)
+            })?;
             let offsets_sent = started.elapsed();
-            self.producer.commit_transaction(timeout)?;
+            self.commit_transaction()?;
             tracing::debug!(
                 records = batch.len(),
                 snapshots = due.len(),
@@ -596,95 +657,59 @@ impl Processor {
         let partition = message.partition();
         let offset = message.offset();
         let input = message.payload().unwrap_or_default();
-        let Some(PartitionState::Ready(ready)) = self.partitions.get_mut(&partition) else {
+        let profiles = &self.profiles;
+        let Some(Partition::Ready(ready)) = self.partitions.get_mut(&partition) else {
             return Ok(());
         };
-        let embedded = if input.len() <= MAX_EMBEDDED_EVENT_BYTES {
-            input
-        } else {
-            b""
-        };
-        let (mut record, rejection) = match decode(input) {
-            Ok(event) => {
-                let user_id = event.user_id.0;
-                let risk = self.profiles.profiles().risk(user_id);
-                match ready.users.apply(&event, risk, &self.limits) {
-                    Ok(codes) => {
-                        ready.dirty.insert(user_id);
-                        let metrics = &self.deps.metrics;
-                        metrics.count_event(if codes.is_alert() { "alert" } else { "ok" });
-                        for code in codes.as_slice() {
-                            metrics
-                                .alerts
-                                .get_or_create(&CodeLabels {
-                                    code: code.to_string(),
-                                })
-                                .inc();
-                        }
-                        (
-                            AlertRecord::accepted(
-                                partition, offset, user_id, &codes, risk, embedded,
-                            ),
-                            None,
-                        )
-                    }
-                    Err(e) => (
-                        AlertRecord::rejected(
-                            partition,
-                            offset,
-                            Some(user_id),
-                            Rejection::OutOfOrder,
-                            e.to_string(),
-                            embedded,
-                        ),
-                        Some(Rejection::OutOfOrder),
-                    ),
+        let processed = ready.state.process(
+            offset,
+            input,
+            |user| profiles.profiles().risk(user.0),
+            &self.limits,
+        );
+        let verdict = processed.verdict;
+        let metrics = &self.deps.metrics;
+        match &verdict {
+            Verdict::Accepted { codes, .. } => {
+                metrics.count_event(if codes.is_alert() { "alert" } else { "ok" });
+                for code in codes.as_slice() {
+                    metrics
+                        .alerts
+                        .get_or_create(&CodeLabels {
+                            code: code.to_string(),
+                        })
+                        .inc();
                 }
             }
-            Err(e) => (
-                AlertRecord::rejected(
-                    partition,
-                    offset,
-                    None,
-                    Rejection::Invalid,
-                    e.to_string(),
-                    embedded,
-                ),
-                Some(Rejection::Invalid),
-            ),
-        };
-        ready.next_offset = offset + 1;
-        let key = message.key();
-        // An offset a crashed owner already answered is not answered again.
-        if !ready.answered.remove(&offset) {
-            if input.len() > MAX_EMBEDDED_EVENT_BYTES {
-                record.event = None;
-                record.event_text = Some(format!(
-                    "<{} bytes, not embedded; see the dead-letter topic>",
-                    input.len()
-                ));
-            }
-            let value = record.to_json();
-            // Co-partitioned: the response to input partition p goes to alerts partition p
-            // (what the key's murmur2 partition is anyway), so a restore finds it there.
-            let alerts = &self.settings.topics.alerts;
-            let mut alert = BaseRecord::to(alerts)
-                .partition(partition)
-                .payload(value.as_slice());
-            if let Some(key) = key {
-                alert = alert.key(key);
-            }
-            send(&self.producer, alert)?;
+            Verdict::Rejected { rejection, .. } => metrics.count_event(rejection.as_str()),
+            Verdict::AlreadyApplied { .. } => {}
         }
-        if let Some(rejection) = rejection {
-            self.deps.metrics.count_event(rejection.as_str());
-            let error = match &record.outcome {
-                crate::domain::response::Outcome::Rejected { error, .. } => error.as_str(),
-                _ => "",
-            };
+        // An offset a crashed owner already answered is not answered again.
+        if processed.answer {
+            if let Some(record) = response_record(partition, offset, &verdict, input) {
+                let value = record.to_json();
+                // Co-partitioned: the response to input partition p goes to alerts partition p
+                // (what the key's murmur2 partition is anyway), so a restore finds it there.
+                let mut alert = BaseRecord::to(&self.settings.topics.alerts)
+                    .partition(partition)
+                    .payload(value.as_slice());
+                if let Some(key) = message.key().filter(|k| k.len() <= MAX_KEY_BYTES) {
+                    alert = alert.key(key);
+                }
+                send(&self.producer, alert)?;
+            } else {
+                tracing::error!(partition, offset, "an offset already in its user's restored state has no response yet; it cannot be answered again");
+            }
+        }
+        if let Verdict::Rejected {
+            rejection, error, ..
+        } = &verdict
+        {
+            let error = truncate_text(error, MAX_ERROR_BYTES);
             let partition_text = partition.to_string();
             let offset_text = offset.to_string();
-            let headers = OwnedHeaders::new()
+            let event_id = crate::domain::response::event_id(partition, offset);
+            let mut headers = OwnedHeaders::new()
                 .insert(Header {
                     key: "error",
                     value: Some(error),
@@ -707,12 +732,28 @@ impl Processor {
                 })
                 .insert(Header {
                     key: "event_id",
-                    value: Some(&record.event_id),
+                    value: Some(&event_id),
                 });
+            // A poison record never stalls its partition: a copy too large for the DLQ goes
+            // there truncated, saying so.
+            let mut payload = input;
+            let original_size = input.len().to_string();
+            if input.len() > self.dlq_limit {
+                payload = &input[..self.dlq_limit];
+                headers = headers
+                    .insert(Header {
+                        key: "truncated",
+                        value: Some("true"),
+                    })
+                    .insert(Header {
+                        key: "original.size",
+                        value: Some(&original_size),
+                    });
+            }
             let mut dead = BaseRecord::to(&self.settings.topics.dlq)
-                .payload(input)
+                .payload(payload)
                 .headers(headers);
-            if let Some(key) = key {
+            if let Some(key) = message.key().filter(|k| k.len() <= MAX_KEY_BYTES) {
                 dead = dead.key(key);
             }
             send(&self.producer, dead)?;
@@ -720,16 +761,18 @@ impl Processor {
         Ok(())
     }
 
-    fn produce_snapshot(&mut self, partition: i32) -> Result<(), KafkaError> {
-        let Some(PartitionState::Ready(ready)) = self.partitions.get_mut(&partition) else {
-            return Ok(());
+    /// Produces partition `partition`'s snapshot round (see [`produce_round`]).
+    fn produce_round(&mut self, partition: i32) -> Result<Option<i64>, KafkaError> {
+        let Some(Partition::Ready(ready)) = self.partitions.get_mut(&partition) else {
+            return Ok(None);
         };
-        produce_snapshot(
+        produce_round(
             &self.producer,
             &self.settings.topics.state,
             partition,
             ready,
         )
+        .map(Some)
     }
 
     /// Snapshots the changed users of just-revoked partitions, in a transaction of their own
@@ -737,7 +780,7 @@ impl Processor {
     /// consistent at its `covers` (= the committed offset) whether or not the next owner's restore
     /// sees it, so a failure here only costs replay time.
     fn flush_revoked(&mut self, mut revoked: Vec<(i32, Box<Ready>)>) {
-        revoked.retain(|(_, ready)| !ready.dirty.is_empty());
+        revoked.retain(|(_, ready)| ready.state.has_changes());
         if revoked.is_empty() {
             return;
         }
@@ -746,18 +789,29 @@ impl Processor {
             if self.exactly_once {
                 self.producer.begin_transaction()?;
             }
+            let mut rounds = Vec::with_capacity(revoked.len());
             for (partition, ready) in &mut revoked {
-                produce_snapshot(
+                let topic = &self.settings.topics.state;
+                rounds.push((
+                    *partition,
+                    produce_round(&self.producer, topic, *partition, ready)?,
+                ));
+            }
+            if !self.exactly_once {
+                self.flush_delivered(timeout)?;
+            }
+            for (partition, covers) in rounds {
+                produce_marker(
                     &self.producer,
                     &self.settings.topics.state,
-                    *partition,
-                    ready,
+                    partition,
+                    covers,
                 )?;
             }
             if self.exactly_once {
-                self.producer.commit_transaction(timeout)
+                self.commit_transaction()
             } else {
-                self.producer.flush(timeout)
+                self.flush_delivered(timeout)
             }
         })();
         let partitions: Vec<i32> = revoked.iter().map(|(p, _)| *p).collect();
@@ -798,28 +852,58 @@ impl Processor {
         }
     }
 
-    /// Aborts the open transaction, retrying a few times: a transaction left open would block
-    /// every later one. A fatal error, or one that outlasts the retries, stops the instance (its
-    /// restart, with the same transactional id, fences and aborts whatever is left).
-    fn abort(&self) -> Result<(), ProcessorError> {
+    /// Commits the open transaction, following the client's contract: a retriable error (e.g.
+    /// the call timed out while the broker restarts: "retry call to resume") is retried with the
+    /// same call, never answered with an abort (which the client refuses while the commit is in
+    /// progress); an abortable error is returned for the caller to abort and rewind.
+    fn commit_transaction(&self) -> Result<(), KafkaError> {
         let timeout = self.settings.processing.transaction_timeout;
-        let mut last = None;
-        for attempt in 1..=5u32 {
-            match self.producer.abort_transaction(timeout) {
+        self.retrying("commit", |producer| producer.commit_transaction(timeout))
+    }
+
+    /// Runs a transactional call until it succeeds or fails with an error that is not
+    /// retriable. Retries go on while the brokers are away (an outage shorter than the
+    /// transaction timeout is ridden out; a longer one ends in an abortable error from the
+    /// broker), and stop `shutdown_timeout` after a shutdown was requested.
+    fn retrying(
+        &self,
+        what: &str,
+        mut call: impl FnMut(&ThreadedProducer<DeliveryContext>) -> Result<(), KafkaError>,
+    ) -> Result<(), KafkaError> {
+        let mut attempt = 0u32;
+        let mut shutdown_seen: Option<Instant> = None;
+        loop {
+            let e = match call(&self.producer) {
                 Ok(()) => return Ok(()),
-                Err(e) if classify(&e) == ErrorClass::Fatal => {
-                    return Err(ProcessorError::Fatal(e))
-                }
-                Err(e) => {
-                    tracing::warn!(attempt, error = %e, "abort failed; retrying");
-                    last = Some(e);
-                    std::thread::sleep(Duration::from_millis(200) * attempt);
+                Err(e) => e,
+            };
+            let retriable = matches!(&e, KafkaError::Transaction(t) if t.is_retriable());
+            if self.deps.shutdown.is_cancelled() {
+                let since = *shutdown_seen.get_or_insert_with(Instant::now);
+                if since.elapsed() >= self.settings.processing.shutdown_timeout {
+                    return Err(e);
                 }
             }
+            if !retriable {
+                return Err(e);
+            }
+            attempt += 1;
+            tracing::warn!(attempt, error = %e, "transaction {what} did not finish; retrying the same call");
+            std::thread::sleep(Duration::from_millis(100 * u64::from(attempt.min(10))));
         }
-        Err(ProcessorError::Fatal(
-            last.expect("at least one attempt failed"),
-        ))
+    }
+
+    /// Aborts the open transaction, retrying it as the client's contract says (see
+    /// [`Processor::retrying`]): a transaction left open would block every later one. A fatal
+    /// error stops the instance (its restart, with the same transactional id, fences and aborts
+    /// whatever is left).
+    fn abort(&self) -> Result<(), ProcessorError> {
+        let timeout = self.settings.processing.transaction_timeout;
+        self.retrying("abort", |producer| producer.abort_transaction(timeout))
+            .map_err(|e| match classify(&e) {
+                ErrorClass::Fatal => self.fatal_error(e),
+                _ => ProcessorError::Fatal(e),
+            })
     }
 
     fn update_lag(&mut self) {
@@ -828,7 +912,7 @@ impl Processor {
         }
         self.last_lag_update = Instant::now();
         for (p, state) in &self.partitions {
-            if let PartitionState::Ready(ready) = state {
+            if let Partition::Ready(ready) = state {
                 if let Ok((_, high)) = self.offsets.fetch_watermarks(
                     &self.settings.topics.events,
                     *p,
@@ -840,27 +924,26 @@ impl Processor {
                         .get_or_create(&PartitionLabels {
                             partition: p.to_string(),
                         })
-                        .set((high - ready.next_offset).max(0));
+                        .set((high - ready.state.next_offset()).max(0));
                 }
             }
         }
     }
 }
 
-/// Writes the snapshot records of a partition's changed users, all covering its next offset.
-fn produce_snapshot<C: ProducerContext<DeliveryOpaque = ()>>(
+/// Writes the snapshot records of a partition's changed users, all covering its next offset,
+/// and returns that offset: the round's marker (see [`produce_marker`]) follows once they are
+/// durable.
+fn produce_round<C: ProducerContext<DeliveryOpaque = ()>>(
     producer: &ThreadedProducer<C>,
     topic: &str,
     partition: i32,
     ready: &mut Ready,
-) -> Result<(), KafkaError> {
-    let covers = ready.next_offset;
+) -> Result<i64, KafkaError> {
+    let round = ready.state.take_round();
     let mut key = itoa::Buffer::new();
-    for user_id in ready.dirty.drain() {
-        let Some(state) = ready.users.get(user_id) else {
-            continue;
-        };
-        let value = snapshot::encode(covers, state);
+    for (user_id, state) in round.users {
+        let value = snapshot::encode(round.covers, state);
         let record = BaseRecord::to(topic)
             .partition(partition)
             .key(key.format(user_id).as_bytes())
@@ -868,7 +951,23 @@ fn produce_snapshot<C: ProducerContext<DeliveryOpaque = ()>>(
         send(producer, record)?;
     }
     ready.last_snapshot = Instant::now();
-    Ok(())
+    Ok(round.covers)
+}
+
+/// Writes the marker of a complete snapshot round: the partition's state is its users' latest
+/// records at `covers` (see [`crate::snapshot`]).
+fn produce_marker<C: ProducerContext<DeliveryOpaque = ()>>(
+    producer: &ThreadedProducer<C>,
+    topic: &str,
+    partition: i32,
+    covers: i64,
+) -> Result<(), KafkaError> {
+    let value = snapshot::encode_marker(covers);
+    let record = BaseRecord::to(topic)
+        .partition(partition)
+        .key(snapshot::MARKER_KEY)
+        .payload(value.as_slice());
+    send(producer, record)
 }
 
 /// Publishes `profiles.seed_file`, when set, to the profiles topic before the first batch.
@@ -924,4 +1023,75 @@ where
             Err((e, _)) => return Err(e),
         }
     }
+}
+
+/// The response record of a verdict, or `None` for an offset already in its user's restored
+/// state (whose response a previous owner produced).
+fn response_record(
+    partition: i32,
+    offset: i64,
+    verdict: &Verdict,
+    input: &[u8],
+) -> Option<AlertRecord> {
+    let embedded = if input.len() <= MAX_EMBEDDED_EVENT_BYTES {
+        input
+    } else {
+        b""
+    };
+    let mut record = match verdict {
+        Verdict::Accepted {
+            user_id,
+            codes,
+            risk,
+        } => AlertRecord::accepted(partition, offset, user_id.0, codes, *risk, embedded),
+        Verdict::Rejected {
+            user_id,
+            rejection,
+            error,
+        } => AlertRecord::rejected(
+            partition,
+            offset,
+            user_id.map(|u| u.0),
+            *rejection,
+            truncate_text(error, MAX_ERROR_BYTES).to_owned(),
+            embedded,
+        ),
+        Verdict::AlreadyApplied { .. } => return None,
+    };
+    if input.len() > MAX_EMBEDDED_EVENT_BYTES {
+        record.event = None;
+        record.event_text = Some(format!(
+            "<{} bytes, not embedded; see the dead-letter topic>",
+            input.len()
+        ));
+    }
+    Some(record)
+}
+
+/// `text` cut to at most `max` bytes, at a character boundary.
+fn truncate_text(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// The largest dead-letter value: `processing.dlq_max_record_bytes`, or what both the DLQ topic
+/// and the producer accept, less room for the key and headers.
+fn dlq_limit(settings: &Settings, topic_max: Option<usize>) -> usize {
+    if settings.processing.dlq_max_record_bytes > 0 {
+        return settings.processing.dlq_max_record_bytes;
+    }
+    let producer_max = settings
+        .kafka
+        .properties
+        .get("message.max.bytes")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(PRODUCER_DEFAULT_MAX_BYTES);
+    let max = producer_max.min(topic_max.unwrap_or(BROKER_DEFAULT_MAX_BYTES));
+    max.saturating_sub(DLQ_HEADROOM_BYTES).max(1024)
 }

@@ -5,10 +5,16 @@
 //! `{"v": 1, "covers": S, "state": {...}}`. `covers` is **exclusive**: the state includes every
 //! input record of the partition with offset `< S`, and none from `S` on.
 //!
-//! A snapshot round writes only the users changed since the previous round, all with the same
-//! `covers`; users left out did not change, so the latest record of every user (what compaction
-//! keeps) is the state of the whole partition at `S = max(covers)`. Under exactly-once a round
-//! commits in the same transaction as the input offsets, so `S <= committed`.
+//! A snapshot round writes only the users changed since the previous round (changed by live
+//! processing *or by a restore's replay*), all with the same `covers`, then a round marker (key
+//! `~round`, value `{"v": 1, "round": true, "covers": S}`) once every user record of the round is
+//! durable: under exactly-once in the same transaction as the input offsets (so `S <= committed`),
+//! under at-least-once after the round's records were acknowledged. Users left out did not
+//! change, so the latest record of every user (what compaction keeps) is the state of the whole
+//! partition at the latest marker's `S` (or `max(covers)` for a topic written before markers).
+//! A user record newer than the marker (an at-least-once round whose marker never landed) is
+//! still exact at its own `covers`: that user's events below it are not applied again (see
+//! [`crate::partition`]).
 //!
 //! Restore of partition `p` with committed offset `C`: read state partition `p` to its end
 //! (read_committed), then replay input records `[S, C)` through the engine without emitting
@@ -34,11 +40,10 @@ use rustc_hash::FxHashSet;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Guarantee, Settings};
-use crate::domain::event::decode;
 use crate::kafka::{reader, KafkaLayerError, Reader};
-use crate::profiles::Profiles;
+use crate::partition::{PartitionState, Placement, Rebuild};
 use crate::rules::Limits;
-use crate::state::{UserState, Users};
+use crate::state::UserState;
 
 /// Version of the snapshot value format; bumped on incompatible changes.
 pub const FORMAT_VERSION: u32 = 1;
@@ -48,6 +53,10 @@ pub struct SnapshotRecord {
     pub v: u32,
     /// Exclusive: the next input offset after the last record this state includes.
     pub covers: i64,
+    /// Written by a writer that ends each round with a marker (absent in older records, whose
+    /// rounds were only ever written whole, in one transaction).
+    #[serde(default)]
+    pub marked: bool,
     pub state: UserState,
 }
 
@@ -72,17 +81,33 @@ pub fn encode(covers: i64, state: &UserState) -> Vec<u8> {
     struct Borrowed<'a> {
         v: u32,
         covers: i64,
+        marked: bool,
         state: &'a UserState,
     }
     serde_json::to_vec(&Borrowed {
         v: FORMAT_VERSION,
         covers,
+        marked: true,
         state,
     })
     .expect("state always serializes")
 }
 
+/// Key of a partition's round marker in the state topic (user records are keyed by decimal ids).
+pub const MARKER_KEY: &str = "~round";
+
+/// The value of a round marker: every user record of the round is durable, all at `covers`.
+pub fn encode_marker(covers: i64) -> Vec<u8> {
+    format!("{{\"v\":{FORMAT_VERSION},\"round\":true,\"covers\":{covers}}}").into_bytes()
+}
+
 pub fn decode_record(bytes: &[u8]) -> Result<SnapshotRecord, String> {
+    check_version(bytes)?;
+    serde_json::from_slice(bytes)
+        .map_err(|e| format!("version {FORMAT_VERSION} record does not parse: {e}"))
+}
+
+fn check_version(bytes: &[u8]) -> Result<(), String> {
     #[derive(Deserialize)]
     struct Version {
         v: u32,
@@ -95,68 +120,78 @@ pub fn decode_record(bytes: &[u8]) -> Result<SnapshotRecord, String> {
             version.v
         ));
     }
-    serde_json::from_slice(bytes)
-        .map_err(|e| format!("version {FORMAT_VERSION} record does not parse: {e}"))
+    Ok(())
+}
+
+/// The `covers` of a round marker's value.
+pub fn decode_marker(bytes: &[u8]) -> Result<i64, String> {
+    #[derive(Deserialize)]
+    struct Marker {
+        covers: i64,
+    }
+    check_version(bytes)?;
+    serde_json::from_slice::<Marker>(bytes)
+        .map(|m| m.covers)
+        .map_err(|e| format!("round marker does not parse: {e}"))
 }
 
 /// What a restore produced.
 #[derive(Debug)]
 pub struct Restored {
-    pub users: Users,
+    /// The partition's state, resuming at `resume_at` (its offsets a crashed owner already
+    /// answered marked as such under at-least-once).
+    pub state: PartitionState,
     /// Where processing resumes (an input offset), or `None` for the partition's beginning.
     pub resume_at: Option<i64>,
     pub snapshot_users: usize,
     pub replayed: u64,
     /// Whether the snapshot was unreadable and the partition was rebuilt from the beginning.
     pub rebuilt: bool,
-    /// At-least-once: input offsets from `resume_at` on whose responses are already in the
-    /// alerts topic (not to be answered again). Always empty under exactly-once.
-    pub answered: FxHashSet<i64>,
 }
 
-/// Restores input partition `partition`: snapshot, then replay to the committed offset.
+/// Restores input partition `placement.partition`: snapshot, then replay to the committed offset.
 pub fn restore(
     settings: &Settings,
-    partition: i32,
+    placement: Placement,
     limits: &Limits,
     timeout: Duration,
 ) -> Result<Restored, SnapshotError> {
+    let partition = placement.partition;
     // One reader serves every step: each assigns the partition it reads.
     let consumer = reader(settings, "restore")?;
     let Some(committed) = committed_offset(settings, partition, timeout)? else {
         // Nothing was ever committed for this partition: no committed responses exist yet
         // (under at-least-once, uncommitted ones may), so start from the beginning.
+        let mut state = PartitionState::new(placement, 0);
+        state.set_answered(answered_offsets(
+            &consumer, settings, partition, 0, timeout,
+        )?);
         return Ok(Restored {
-            users: Users::default(),
+            state,
             resume_at: None,
             snapshot_users: 0,
             replayed: 0,
             rebuilt: false,
-            answered: answered_offsets(&consumer, settings, partition, 0, timeout)?,
         });
     };
-    let (mut users, covers, snapshot_users, rebuilt) = match load_snapshot(
+    let (mut rebuild, rebuilt) = match load_snapshot(
         &consumer,
         &settings.topics.state,
-        partition,
+        placement,
         timeout,
     ) {
-        Ok((users, covers)) => {
-            let n = users.len();
-            (users, covers, n, false)
-        }
+        Ok(rebuild) => (rebuild, false),
         Err(SnapshotError::Unreadable { offset, reason }) => {
             tracing::error!(partition, offset, reason = %reason, "unreadable snapshot: rebuilding the partition by replaying from the earliest retained offset");
-            (Users::default(), None, 0, true)
+            (Rebuild::new(placement), true)
         }
         Err(e) => return Err(e),
     };
+    let snapshot_users = rebuild.snapshot_users();
+    let covers = rebuild.replay_from();
     let replay_from = covers.unwrap_or(0);
-    // Replay input [S, committed) without output. Risk does not change state, so the default
-    // profiles do; out-of-order events change nothing, exactly as when first processed.
-    let mut replayed = 0u64;
+    // Replay input [S, committed) without output: the same verdicts as when first processed.
     if replay_from < committed {
-        let profiles = Profiles::default();
         let from = covers.map_or(Offset::Beginning, Offset::Offset);
         let topic = &settings.topics.events;
         read_partition(
@@ -167,23 +202,27 @@ pub fn restore(
             committed,
             timeout,
             |message| {
-                replayed += 1;
-                if let Ok(event) = decode(message.payload().unwrap_or_default()) {
-                    let _ = users.apply(&event, profiles.risk(event.user_id.0), limits);
-                }
+                rebuild.replay(
+                    message.offset(),
+                    message.payload().unwrap_or_default(),
+                    limits,
+                );
                 Ok(())
             },
         )?;
     }
+    let replayed = rebuild.replayed();
     let resume_at = committed.max(replay_from);
-    let answered = answered_offsets(&consumer, settings, partition, resume_at, timeout)?;
+    let mut state = rebuild.finish(resume_at);
+    state.set_answered(answered_offsets(
+        &consumer, settings, partition, resume_at, timeout,
+    )?);
     Ok(Restored {
-        users,
+        state,
         resume_at: Some(resume_at),
         snapshot_users,
         replayed,
         rebuilt,
-        answered,
     })
 }
 
@@ -279,18 +318,19 @@ fn committed_offset(
     )
 }
 
-/// Reads state partition `partition` to its end: the latest state of every user and `max(covers)`.
+/// Reads state partition `placement.partition` to its end: the latest record of every user and
+/// the latest round marker.
 fn load_snapshot(
     consumer: &Reader,
     topic: &str,
-    partition: i32,
+    placement: Placement,
     timeout: Duration,
-) -> Result<(Users, Option<i64>), SnapshotError> {
+) -> Result<Rebuild, SnapshotError> {
+    let partition = placement.partition;
     let (low, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
-    let mut users = Users::default();
-    let mut covers: Option<i64> = None;
+    let mut rebuild = Rebuild::new(placement);
     if high <= low {
-        return Ok((users, covers));
+        return Ok(rebuild);
     }
     read_partition(
         consumer,
@@ -300,26 +340,38 @@ fn load_snapshot(
         high,
         timeout,
         |message| {
-            let key = message
-                .key()
-                .and_then(|k| std::str::from_utf8(k).ok())
-                .and_then(|k| k.parse::<u64>().ok());
-            let (Some(user_id), Some(payload)) = (key, message.payload()) else {
-                return Err(SnapshotError::Unreadable {
+            load_record(&mut rebuild, message.key(), message.payload()).map_err(|reason| {
+                SnapshotError::Unreadable {
                     offset: message.offset(),
-                    reason: "record without a numeric user_id key or without a value".to_owned(),
-                });
-            };
-            let record = decode_record(payload).map_err(|reason| SnapshotError::Unreadable {
-                offset: message.offset(),
-                reason,
-            })?;
-            covers = Some(covers.map_or(record.covers, |c| c.max(record.covers)));
-            users.insert(user_id, record.state);
-            Ok(())
+                    reason,
+                }
+            })
         },
     )?;
-    Ok((users, covers))
+    Ok(rebuild)
+}
+
+/// Loads one record of the state topic, in topic order, into `rebuild`: a round marker or a
+/// user's state; anything else is unreadable.
+pub fn load_record(
+    rebuild: &mut Rebuild,
+    key: Option<&[u8]>,
+    payload: Option<&[u8]>,
+) -> Result<(), String> {
+    let Some(payload) = payload else {
+        return Err("record without a value".to_owned());
+    };
+    let key = key.and_then(|k| std::str::from_utf8(k).ok());
+    if key == Some(MARKER_KEY) {
+        rebuild.load_marker(decode_marker(payload)?);
+        return Ok(());
+    }
+    let Some(user_id) = key.and_then(|k| k.parse::<u64>().ok()) else {
+        return Err("record without a numeric user_id key".to_owned());
+    };
+    let record = decode_record(payload)?;
+    rebuild.load_user(user_id, record.covers, record.marked, record.state);
+    Ok(())
 }
 
 /// Hands each record of `topic`/`partition` from `from` to `each`, until offset `until`

@@ -54,6 +54,9 @@ pub enum Rejection {
     Invalid,
     /// Older than the user's last accepted event.
     OutOfOrder,
+    /// A valid event in another partition than its user's (murmur2 of the decimal user id):
+    /// evaluating it there would split the user's state in two.
+    WrongPartition,
 }
 
 impl Rejection {
@@ -61,6 +64,7 @@ impl Rejection {
         match self {
             Rejection::Invalid => "invalid",
             Rejection::OutOfOrder => "out_of_order",
+            Rejection::WrongPartition => "wrong_partition",
         }
     }
 }

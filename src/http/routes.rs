@@ -506,8 +506,11 @@ fn rejection_error(stored: &Stored) -> Option<ApiError> {
             rejection: Rejection::OutOfOrder,
             error,
         } => Some(ApiError::OutOfOrder(error.clone())),
+        // A wrong partition cannot come from the shim's own producer (murmur2 by user id)
+        // unless the topic's partition count changed under the processor: the event was not
+        // evaluated, which the client must learn.
         Outcome::Rejected {
-            rejection: Rejection::Invalid,
+            rejection: Rejection::Invalid | Rejection::WrongPartition,
             error,
         } => Some(ApiError::Invalid(error.clone())),
     }

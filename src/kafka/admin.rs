@@ -53,8 +53,9 @@ fn specs(settings: &Settings) -> [TopicSpec<'_>; 5] {
 /// Creates the missing topics (when `topics.create`) and validates all five: each exists, the
 /// profiles and state topics are compacted, the state topic has as many partitions as the
 /// events topic (it is co-partitioned with it), and the alerts topic at least as many (the
-/// response to input partition p goes to alerts partition p). Returns the events topic's partition count.
-pub fn ensure_topics(settings: &Settings) -> Result<i32, KafkaLayerError> {
+/// response to input partition p goes to alerts partition p). Returns what the processor needs
+/// to know of them.
+pub fn ensure_topics(settings: &Settings) -> Result<Topics, KafkaLayerError> {
     let admin: AdminClient<DefaultClientContext> = admin_config(settings)?.create()?;
     let partitions = |admin: &AdminClient<DefaultClientContext>| -> Result<HashMap<String, i32>, KafkaLayerError> {
         let metadata = admin.inner().fetch_metadata(None, TIMEOUT)?;
@@ -138,11 +139,12 @@ pub fn ensure_topics(settings: &Settings) -> Result<i32, KafkaLayerError> {
         }
     }
 
-    let compacted: Vec<_> = specs(settings)
+    // The compacted topics, and the dead-letter topic for its record size limit.
+    let described: Vec<_> = specs(settings)
         .into_iter()
-        .filter(|s| s.compacted)
+        .filter(|s| s.compacted || s.key == "topics.dlq")
         .collect();
-    let resources: Vec<_> = compacted
+    let resources: Vec<_> = described
         .iter()
         .map(|s| ResourceSpecifier::Topic(s.name))
         .collect();
@@ -150,11 +152,19 @@ pub fn ensure_topics(settings: &Settings) -> Result<i32, KafkaLayerError> {
         &resources,
         &AdminOptions::new().request_timeout(Some(TIMEOUT)),
     ))?;
-    for (spec, config) in compacted.iter().zip(configs) {
+    let mut dlq_max_message_bytes = None;
+    for (spec, config) in described.iter().zip(configs) {
         let config = config.map_err(|e| KafkaLayerError::Topic {
             topic: spec.name.to_owned(),
             reason: format!("cannot describe: {e}"),
         })?;
+        if !spec.compacted {
+            dlq_max_message_bytes = config
+                .get("max.message.bytes")
+                .and_then(|e| e.value.as_deref())
+                .and_then(|v| v.parse::<usize>().ok());
+            continue;
+        }
         let policy = config
             .get("cleanup.policy")
             .and_then(|e| e.value.clone())
@@ -181,5 +191,17 @@ pub fn ensure_topics(settings: &Settings) -> Result<i32, KafkaLayerError> {
             reason: format!("has {alerts} partitions but {} has {events}: the response to input partition p goes to alerts partition p, so the alerts topic needs at least as many", settings.topics.events),
         });
     }
-    Ok(events)
+    Ok(Topics {
+        partitions: events,
+        dlq_max_message_bytes,
+    })
+}
+
+/// What the processor learns of its topics at start-up.
+#[derive(Debug, Clone, Copy)]
+pub struct Topics {
+    /// Partitions of the events topic (a user's records belong to one of them).
+    pub partitions: i32,
+    /// The dead-letter topic's `max.message.bytes`, when the broker reports it.
+    pub dlq_max_message_bytes: Option<usize>,
 }

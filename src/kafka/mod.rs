@@ -118,7 +118,21 @@ fn apply_overrides(config: &mut ClientConfig, settings: &Settings) {
     }
 }
 
-/// A consumer of the events topic in the consumer group.
+/// The processor's member of the consumer group: [`group_consumer_config`] plus, with
+/// `processing.static_membership`, `group.instance.id` = the transactional id (stable across
+/// restarts and unique per instance, exactly what a static member id must be).
+pub fn group_member_config(settings: &Settings) -> Result<ClientConfig, KafkaLayerError> {
+    let mut config = group_consumer_config(settings)?;
+    if settings.processing.static_membership
+        && !settings.kafka.properties.contains_key("group.instance.id")
+    {
+        config.set("group.instance.id", settings.transactional_id());
+    }
+    Ok(config)
+}
+
+/// A consumer of the events topic in the consumer group (also the restore's reader of the
+/// group's committed offsets, which must not claim the member's static identity).
 pub fn group_consumer_config(settings: &Settings) -> Result<ClientConfig, KafkaLayerError> {
     let mut config = base_config(settings, "processor")?;
     config

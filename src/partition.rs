@@ -1,0 +1,352 @@
+//! The pure lifecycle of one input partition's state: what becomes of each input record, which
+//! users a snapshot round must write, and how a restore rebuilds the state from the latest
+//! snapshot record of every user plus a replay. No Kafka, no clock: the processor and the restore
+//! drive it, and `tests/partition_model.rs` checks it against an uninterrupted run over random
+//! interleavings of processing, snapshots, crashes, restores and hand-overs.
+//!
+//! # Snapshot rounds
+//!
+//! A round writes the users changed since the previous round, each as `(user, covers, state)`,
+//! then one **round marker** `covers = S` (see [`crate::snapshot`]), all with the same exclusive
+//! input offset `S`. A user is *changed* by every event applied to its state, whether processed
+//! live, replayed during a restore, or re-evaluated for an offset a crashed owner had already
+//! answered: leaving a replayed user out of the next round while its `S` moves past the user's
+//! events is how a replayed event used to vanish at the following restore.
+//!
+//! # Restore
+//!
+//! The latest marker gives `S`; without one (a state topic written before markers existed), the
+//! largest `covers` of any user does. Every user record is the state at its own `covers`:
+//! records newer than `S` (under at-least-once, a round whose marker never landed) already
+//! include that user's events below their `covers`, so those events are skipped for that user
+//! while replaying and, past the replay, while processing. Then the input `[S, committed)` is
+//! replayed without output, and processing resumes at `max(S, committed)`.
+
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use crate::domain::event::{decode, UserId};
+use crate::domain::partitioner::partition_for_user;
+use crate::domain::response::Rejection;
+use crate::rules::{Limits, Risk};
+use crate::state::{AlertCodes, UserState, Users};
+
+/// Where an input partition sits: its number and the events topic's partition count (a user's
+/// records belong to exactly one partition, see [`partition_for_user`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    pub partition: i32,
+    pub partitions: i32,
+}
+
+/// What became of one input record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Evaluated: the user's state took the event.
+    Accepted {
+        user_id: UserId,
+        codes: AlertCodes,
+        risk: Risk,
+    },
+    /// Not evaluated; the state is unchanged.
+    Rejected {
+        user_id: Option<UserId>,
+        rejection: Rejection,
+        error: String,
+    },
+    /// Already part of the user's restored state (its snapshot record covers this offset), so
+    /// not applied again. Only under at-least-once, and its response was already produced.
+    AlreadyApplied { user_id: UserId },
+}
+
+impl Verdict {
+    pub fn rejection(&self) -> Option<Rejection> {
+        match self {
+            Verdict::Rejected { rejection, .. } => Some(*rejection),
+            _ => None,
+        }
+    }
+}
+
+/// Decodes `input`, checks that it sits in its user's partition, and evaluates it against
+/// `users`. Shared by live processing and replay, so both decide identically.
+pub fn judge(
+    users: &mut Users,
+    input: &[u8],
+    placement: Placement,
+    risk_of: impl FnOnce(UserId) -> Risk,
+    limits: &Limits,
+) -> Verdict {
+    let event = match decode(input) {
+        Ok(event) => event,
+        Err(e) => {
+            return Verdict::Rejected {
+                user_id: None,
+                rejection: Rejection::Invalid,
+                error: e.to_string(),
+            }
+        }
+    };
+    let user_id = event.user_id;
+    let home = partition_for_user(user_id, placement.partitions);
+    if home != placement.partition {
+        return Verdict::Rejected {
+            user_id: Some(user_id),
+            rejection: Rejection::WrongPartition,
+            error: format!(
+                "wrong partition: user_id {user_id} belongs to partition {home} (murmur2 of the decimal user_id over {} partitions), not {}; produce events keyed by user_id with the default partitioner",
+                placement.partitions, placement.partition
+            ),
+        };
+    }
+    let risk = risk_of(user_id);
+    match users.apply(&event, risk, limits) {
+        Ok(codes) => Verdict::Accepted {
+            user_id,
+            codes,
+            risk,
+        },
+        Err(e) => Verdict::Rejected {
+            user_id: Some(user_id),
+            rejection: Rejection::OutOfOrder,
+            error: e.to_string(),
+        },
+    }
+}
+
+/// One processed input record: its verdict, and whether its response is still to be produced.
+#[derive(Debug)]
+pub struct Processed {
+    pub verdict: Verdict,
+    /// False for an offset a crashed owner already answered (at-least-once).
+    pub answer: bool,
+}
+
+/// The state of one input partition, owned by whoever processes it.
+#[derive(Debug, Clone)]
+pub struct PartitionState {
+    placement: Placement,
+    users: Users,
+    /// The next input offset to process (exclusive end of what the state includes).
+    next_offset: i64,
+    /// Users changed since the last snapshot round.
+    dirty: FxHashSet<u64>,
+    /// Users whose restored record covers offsets from the resume point on: their events below
+    /// the offset are already in their state.
+    ahead: FxHashMap<u64, i64>,
+    /// At-least-once: offsets from the resume point on that a previous owner already answered.
+    answered: FxHashSet<i64>,
+}
+
+/// The records of one snapshot round: every changed user's state, all at `covers`.
+#[derive(Debug)]
+pub struct Round<'a> {
+    pub covers: i64,
+    pub users: Vec<(u64, &'a UserState)>,
+}
+
+impl PartitionState {
+    /// An empty partition, processed from offset `start`.
+    pub fn new(placement: Placement, start: i64) -> Self {
+        PartitionState {
+            placement,
+            users: Users::default(),
+            next_offset: start,
+            dirty: FxHashSet::default(),
+            ahead: FxHashMap::default(),
+            answered: FxHashSet::default(),
+        }
+    }
+
+    pub fn placement(&self) -> Placement {
+        self.placement
+    }
+
+    pub fn users(&self) -> &Users {
+        &self.users
+    }
+
+    pub fn next_offset(&self) -> i64 {
+        self.next_offset
+    }
+
+    /// Users whose state already includes their events below the given offset (past the resume
+    /// point; see [`Rebuild::finish`]).
+    pub fn ahead(&self) -> impl Iterator<Item = (u64, i64)> + '_ {
+        self.ahead.iter().map(|(&user, &covers)| (user, covers))
+    }
+
+    /// Whether a snapshot round has anything to write.
+    pub fn has_changes(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    /// Marks offsets a previous owner already answered (at-least-once restore).
+    pub fn set_answered(&mut self, answered: FxHashSet<i64>) {
+        self.answered = answered;
+    }
+
+    pub fn answered_len(&self) -> usize {
+        self.answered.len()
+    }
+
+    /// Processes the input record at `offset` (the next one; earlier offsets are ignored by the
+    /// caller). `risk_of` is asked only for a valid event in its partition.
+    pub fn process(
+        &mut self,
+        offset: i64,
+        input: &[u8],
+        risk_of: impl FnOnce(UserId) -> Risk,
+        limits: &Limits,
+    ) -> Processed {
+        let verdict = self.apply(offset, input, risk_of, limits);
+        self.next_offset = offset + 1;
+        let answer = !self.answered.remove(&offset);
+        Processed { verdict, answer }
+    }
+
+    fn apply(
+        &mut self,
+        offset: i64,
+        input: &[u8],
+        risk_of: impl FnOnce(UserId) -> Risk,
+        limits: &Limits,
+    ) -> Verdict {
+        if !self.ahead.is_empty() {
+            if let Some(user_id) = self.already_applied(offset, input) {
+                return Verdict::AlreadyApplied { user_id };
+            }
+        }
+        let verdict = judge(&mut self.users, input, self.placement, risk_of, limits);
+        if let Verdict::Accepted { user_id, .. } = &verdict {
+            self.dirty.insert(user_id.0);
+        }
+        verdict
+    }
+
+    /// The user of `input` when its restored record already includes `offset`.
+    fn already_applied(&mut self, offset: i64, input: &[u8]) -> Option<UserId> {
+        let user_id = decode(input).ok()?.user_id;
+        let covers = *self.ahead.get(&user_id.0)?;
+        if offset < covers {
+            return Some(user_id);
+        }
+        self.ahead.remove(&user_id.0);
+        None
+    }
+
+    /// Takes the changed users for a snapshot round at the current offset; they are no longer
+    /// changed afterwards (a failed round is followed by a restore, never by another round).
+    pub fn take_round(&mut self) -> Round<'_> {
+        let covers = self.next_offset;
+        let mut ids: Vec<u64> = self.dirty.drain().collect();
+        ids.sort_unstable();
+        let users = ids
+            .into_iter()
+            .filter_map(|id| self.users.get(id).map(|state| (id, state)))
+            .collect();
+        Round { covers, users }
+    }
+}
+
+/// A partition being rebuilt: the latest snapshot records, then a replay of the input.
+#[derive(Debug)]
+pub struct Rebuild {
+    placement: Placement,
+    users: Users,
+    covers: FxHashMap<u64, i64>,
+    /// The latest round marker, when the state topic has one.
+    marker: Option<i64>,
+    /// Whether any user record was written by a writer of round markers.
+    marked: bool,
+    dirty: FxHashSet<u64>,
+    replayed: u64,
+}
+
+impl Rebuild {
+    pub fn new(placement: Placement) -> Self {
+        Rebuild {
+            placement,
+            users: Users::default(),
+            covers: FxHashMap::default(),
+            marker: None,
+            marked: false,
+            dirty: FxHashSet::default(),
+            replayed: 0,
+        }
+    }
+
+    /// A user's snapshot record, in state-topic order (a later record replaces an earlier one).
+    /// `marked`: written by a writer that ends its rounds with markers.
+    pub fn load_user(&mut self, user_id: u64, covers: i64, marked: bool, state: UserState) {
+        self.users.insert(user_id, state);
+        self.covers.insert(user_id, covers);
+        self.marked |= marked;
+    }
+
+    /// A round marker, in state-topic order.
+    pub fn load_marker(&mut self, covers: i64) {
+        self.marker = Some(covers);
+    }
+
+    /// Users loaded from snapshot records.
+    pub fn snapshot_users(&self) -> usize {
+        self.covers.len()
+    }
+
+    /// Where the replay starts: the latest marker's offset `S`; for records older than markers
+    /// (rounds only ever written whole), their largest `covers`; `None` (the partition's
+    /// beginning) when there is no snapshot, or only records of rounds never completed.
+    pub fn replay_from(&self) -> Option<i64> {
+        match (self.marker, self.marked) {
+            (Some(marker), _) => Some(marker),
+            (None, false) => self.covers.values().copied().max(),
+            (None, true) => None,
+        }
+    }
+
+    /// Replays the input record at `offset` (from [`Rebuild::replay_from`] on, in order): the
+    /// same verdict as when it was first processed, without output. Risk never changes state.
+    pub fn replay(&mut self, offset: i64, input: &[u8], limits: &Limits) {
+        self.replayed += 1;
+        if let Ok(event) = decode(input) {
+            if self
+                .covers
+                .get(&event.user_id.0)
+                .is_some_and(|&covers| offset < covers)
+            {
+                return; // already in this user's restored state
+            }
+        }
+        if let Verdict::Accepted { user_id, .. } = judge(
+            &mut self.users,
+            input,
+            self.placement,
+            |_| Risk::default(),
+            limits,
+        ) {
+            self.dirty.insert(user_id.0);
+        }
+    }
+
+    pub fn replayed(&self) -> u64 {
+        self.replayed
+    }
+
+    /// The restored partition, resuming at `resume_at`. Users the replay changed are changed for
+    /// the next round; users whose records reach past `resume_at` skip their included events.
+    pub fn finish(self, resume_at: i64) -> PartitionState {
+        let ahead = self
+            .covers
+            .into_iter()
+            .filter(|&(_, covers)| covers > resume_at)
+            .collect();
+        PartitionState {
+            placement: self.placement,
+            users: self.users,
+            next_offset: resume_at,
+            dirty: self.dirty,
+            ahead,
+            answered: FxHashSet::default(),
+        }
+    }
+}
