@@ -10,12 +10,18 @@
 //!    so are their records in the batch).
 //! 2. **Catch up** on the profiles topic to its end offset (read-your-writes for risk changes).
 //! 3. **Process** in one transaction (exactly-once): a response record per input record, a
-//!    dead-letter record per rejected one, the snapshots that are due, then the input offsets with
-//!    the consumer's group metadata, then commit. Under at-least-once: produce the responses,
-//!    flush, produce the snapshots, flush, commit offsets; offsets a crashed owner had already
-//!    answered (found by the restore) are evaluated for the state but not answered again.
-//! 4. On an abortable error: abort, drop the batch's partitions' state and restore them (snapshot
-//!    + replay to the committed offset), which rewinds to the last commit. Fatal (fenced): stop.
+//!    dead-letter record per rejected one (truncated, and saying so, when it would not fit the
+//!    broker's record size limit), the snapshot rounds that are due (the changed users, then the
+//!    round's marker), then the input offsets with the consumer's group metadata, then commit.
+//!    Under at-least-once: produce the responses, flush, produce the rounds' user records, flush,
+//!    their markers, flush, commit offsets; offsets a crashed owner had already answered (found
+//!    by the restore) are evaluated for the state but not answered again. What each record
+//!    becomes (invalid / wrong partition / out of order / accepted) and which users a round
+//!    writes is decided by [`crate::partition`], the same code the restore replays with.
+//! 4. Transactional calls follow the client's contract: a retriable error (a broker restart, a
+//!    call that timed out "retry call to resume") is retried with the same call; an abortable
+//!    one aborts, drops the batch's partitions' state and restores them (snapshot + replay to the
+//!    committed offset), which rewinds to the last commit. Fatal (fenced): stop.
 //!
 //! Restores run on their own threads so other partitions keep flowing; the partition is resumed
 //! at the restored offset when its restore arrives.
@@ -336,7 +342,7 @@ impl Processor {
                     first_at.get_or_insert_with(Instant::now);
                 }
                 Some(Err(e)) => match classify(&e) {
-                    ErrorClass::Fatal => return Err(ProcessorError::Fatal(e)),
+                    ErrorClass::Fatal => return Err(self.fatal_error(e)),
                     _ => tracing::warn!(error = %e, "consumer error"),
                 },
                 None => return Ok(batch),
@@ -843,6 +849,7 @@ impl Processor {
                 RDKafkaErrorCode::ProducerFenced
                     | RDKafkaErrorCode::Fenced
                     | RDKafkaErrorCode::InvalidProducerEpoch
+                    | RDKafkaErrorCode::FencedInstanceId
             )
         ) || matches!(&e, KafkaError::Transaction(t) if t.is_fatal());
         if fenced {

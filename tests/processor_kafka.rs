@@ -563,7 +563,8 @@ fn a_second_instance_with_the_same_transactional_id_fences_the_first_which_stops
         }
         assert!(
             Instant::now() < deadline,
-            "the fenced instance never stopped"
+            "the fenced instance never stopped:\n{}",
+            world.log(0)
         );
     };
     assert!(!exit.success(), "a fenced instance exits non-zero");

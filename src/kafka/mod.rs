@@ -48,9 +48,14 @@ pub fn classify(error: &KafkaError) -> ErrorClass {
             ErrorClass::Retryable
         };
     }
+    // The client says so itself (e.g. a static member fenced by a newer one with its id).
+    if matches!(error, KafkaError::MessageConsumptionFatal(_)) {
+        return ErrorClass::Fatal;
+    }
     match error.rdkafka_error_code() {
         Some(
             RDKafkaErrorCode::Fenced
+            | RDKafkaErrorCode::FencedInstanceId
             | RDKafkaErrorCode::ProducerFenced
             | RDKafkaErrorCode::InvalidProducerEpoch
             | RDKafkaErrorCode::TransactionalIdAuthorizationFailed
