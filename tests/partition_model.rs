@@ -84,6 +84,15 @@ struct Model {
     limits: Limits,
     broker: Broker,
     owner: Option<PartitionState>,
+    /// At-least-once: records still in flight from a failed owner, landing after the next
+    /// restore read the topics.
+    late: Late,
+}
+
+#[derive(Default)]
+struct Late {
+    alerts: Vec<(i64, Option<Answer>)>,
+    state: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 impl Model {
@@ -139,9 +148,18 @@ impl Model {
         state
     }
 
+    /// A restore by a new owner, after which the late records land.
+    fn restore_then_land_late(&mut self) -> PartitionState {
+        let state = self.restore();
+        let late = std::mem::take(&mut self.late);
+        self.broker.alerts.extend(late.alerts);
+        self.broker.state.extend(late.state);
+        state
+    }
+
     fn owner(&mut self) -> &mut PartitionState {
         if self.owner.is_none() {
-            let state = self.restore();
+            let state = self.restore_then_land_late();
             self.owner = Some(state);
         }
         self.owner.as_mut().unwrap()
@@ -197,18 +215,27 @@ impl Model {
         let responses = pending.responses.len() as u64;
         let prefix = take(responses + 2).min(responses) as usize;
         let all_responses = prefix == pending.responses.len();
-        self.broker
-            .alerts
-            .extend(pending.responses.into_iter().take(prefix));
+        let mut responses = pending.responses.into_iter();
+        self.broker.alerts.extend(responses.by_ref().take(prefix));
         if !all_responses {
+            // The rest may still be in flight and land after the next owner restored.
+            let late = take(2) == 1;
+            if late {
+                self.late.alerts.extend(responses);
+            }
             return;
         }
+        // The round's records were produced after the responses were flushed; some land now,
+        // some never, some after the next owner restored (the failed flush stopped waiting).
         let mut all_round = true;
         for record in pending.round {
-            if take(3) == 0 {
-                all_round = false;
-            } else {
-                self.broker.state.push(record);
+            match take(4) {
+                0 => all_round = false,
+                1 => {
+                    all_round = false;
+                    self.late.state.push(record);
+                }
+                _ => self.broker.state.push(record),
             }
         }
         if !all_round || take(2) == 0 {
@@ -235,7 +262,7 @@ impl Model {
                 self.land_some(pending, landed);
                 // Abort and rewind: the partition is restored by its owner.
                 self.owner = None;
-                let state = self.restore();
+                let state = self.restore_then_land_late();
                 self.owner = Some(state);
             }
             Op::Crash {
@@ -347,6 +374,7 @@ fn run(guarantee: Guarantee, input: Vec<Vec<u8>>, ops: &[Op]) {
             committed: None,
         },
         owner: None,
+        late: Late::default(),
     };
     for op in ops {
         model.step(op);
