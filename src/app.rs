@@ -6,7 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use crate::cli::{Cli, Command, EvaluateArgs, GlobalArgs, ProfilesCommand, TopicsCommand};
+use crate::cli::{
+    Cli, Command, EvaluateArgs, GlobalArgs, ProfilesCommand, TokenCommand, TopicsCommand,
+};
 use crate::config::{Settings, Sources};
 use crate::profiles::Profiles;
 use crate::rules::Limits;
@@ -25,6 +27,10 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Profiles(ProfilesCommand::Load { file }) => load_profiles(&settings, &file),
+        Command::Token(TokenCommand::New { name, scopes }) => {
+            print!("{}", new_token(&name, &scopes)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Topics(TopicsCommand::Create) => {
             crate::telemetry::init(&settings.log);
             let topics = crate::kafka::admin::ensure_topics(&settings)?;
@@ -119,10 +125,52 @@ fn load_profiles(settings: &Settings, path: &std::path::Path) -> anyhow::Result<
     let file = File::open(path).with_context(|| format!("opening profiles {}", path.display()))?;
     let lines = Profiles::read_jsonl(BufReader::new(file))
         .with_context(|| format!("reading profiles {}", path.display()))?;
+    // The levels they replace, for the audit trail.
+    let mut current = crate::kafka::profiles::ProfilesFollower::new(settings, "cli-profiles")?;
+    current.catch_up(std::time::Duration::from_secs(30))?;
+    let actor = crate::audit::cli_actor();
+    let mut seen = current.profiles().clone();
+    let entries: Vec<_> = lines
+        .iter()
+        .map(|line| {
+            let before = seen.risk(line.user_id);
+            seen.set(line.user_id, line.risk);
+            crate::audit::AuditEntry::risk_set(
+                &actor,
+                "cli",
+                line.user_id,
+                before.as_str(),
+                line.risk.as_str(),
+            )
+        })
+        .collect();
     let published = crate::kafka::profiles::publish(settings, &lines)?;
+    crate::audit::publish(settings, &entries)?;
     eprintln!(
-        "published {published} profiles to {}",
-        settings.topics.profiles
+        "published {published} profiles to {} (recorded in {} as {actor})",
+        settings.topics.profiles, settings.topics.audit
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The text `user-monitor token new` prints: the secret once, and the entry to configure.
+fn new_token(name: &str, scopes: &[crate::http::auth::Scope]) -> anyhow::Result<String> {
+    if name.trim().is_empty() || name.contains('"') {
+        anyhow::bail!("the token name must be non-empty and contain no quote");
+    }
+    let secret = crate::http::auth::new_secret();
+    let hash = crate::http::auth::sha256_hex(&secret);
+    let scopes: Vec<String> = scopes.iter().map(|s| format!("\"{s}\"")).collect();
+    Ok(format!(
+        "# The secret: give it to the client (Authorization: Bearer <secret>). It is shown once\n\
+         # and stored nowhere; only its SHA-256 goes into the configuration.\n\
+         secret = \"{secret}\"\n\n\
+         # Add to the configuration (config/<env>.toml, or a file named by http.auth.tokens_file\n\
+         # as [[tokens]]), with http.auth.mode = \"tokens\":\n\
+         [[http.auth.tokens]]\n\
+         name = \"{name}\"\n\
+         sha256 = \"{hash}\"\n\
+         scopes = [{}]\n",
+        scopes.join(", ")
+    ))
 }

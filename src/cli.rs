@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::http::auth::Scope;
 use crate::rules::TimeUnit;
 
 #[derive(Debug, Parser)]
@@ -51,6 +52,25 @@ pub enum Command {
     /// Manage the service's topics.
     #[command(subcommand)]
     Topics(TopicsCommand),
+    /// API tokens for http.auth.mode = "tokens".
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Print a fresh secret and the [[http.auth.tokens]] entry (with its SHA-256) to configure.
+    New {
+        /// The token's name: who the audit trail says made a change.
+        name: String,
+        /// Comma-separated scopes: events:write, profiles:write, rules:write, read.
+        #[arg(long, value_delimiter = ',', required = true, value_parser = parse_scope)]
+        scopes: Vec<Scope>,
+    },
+}
+
+fn parse_scope(s: &str) -> Result<Scope, String> {
+    s.trim().parse()
 }
 
 #[derive(Debug, Subcommand)]

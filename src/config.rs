@@ -81,6 +81,8 @@ pub struct TopicsConfig {
     pub dlq: String,
     pub profiles: String,
     pub state: String,
+    /// Audit trail of risk and rule changes (never compacted).
+    pub audit: String,
     /// Create missing topics at start-up.
     pub create: bool,
     pub partitions: i32,
@@ -151,6 +153,32 @@ pub struct HttpConfig {
     pub read_model_max_records: usize,
     /// Recent events kept per user for `GET /api/v1/users/{id}/events`.
     pub read_model_events_per_user: usize,
+    pub auth: AuthConfig,
+}
+
+/// `[http.auth]`: who may do what.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `tokens`, `open`, or empty (unset: open only for the embedded all-in-one).
+    pub mode: AuthMode,
+    /// A TOML file of `[[tokens]]` entries shaped like `[[http.auth.tokens]]` (empty: none).
+    pub tokens_file: String,
+    #[serde(default)]
+    pub tokens: Vec<crate::http::auth::TokenConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum AuthMode {
+    /// Not chosen: the embedded all-in-one runs open; against real Kafka the shim refuses to start.
+    #[serde(rename = "")]
+    Unset,
+    /// No checks at all, chosen explicitly.
+    #[serde(rename = "open")]
+    Open,
+    /// Bearer tokens with scopes.
+    #[serde(rename = "tokens")]
+    Tokens,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -227,6 +255,7 @@ impl Settings {
             ("topics.dlq", &self.topics.dlq),
             ("topics.profiles", &self.topics.profiles),
             ("topics.state", &self.topics.state),
+            ("topics.audit", &self.topics.audit),
         ];
         for (key, name) in topics {
             validate_topic_name(key, name)?;
@@ -256,6 +285,15 @@ impl Settings {
                 "processing.transaction_timeout",
                 "must be at least 1s",
             ));
+        }
+        if self.http.auth.mode == AuthMode::Tokens {
+            let tokens = self.auth_tokens()?;
+            if tokens.is_empty() {
+                return Err(invalid(
+                    "http.auth.tokens",
+                    "mode is \"tokens\" but no token is configured: add one with `user-monitor token new NAME --scopes events:write,read` (inline [[http.auth.tokens]] or http.auth.tokens_file)",
+                ));
+            }
         }
         if self.snapshot.interval.is_zero() {
             return Err(invalid("snapshot.interval", "must be greater than 0"));
@@ -287,6 +325,23 @@ impl Settings {
     }
 
     /// The transactional id of this instance.
+    /// The validated token table of `[http.auth]` (inline tokens plus `tokens_file`).
+    pub fn auth_tokens(&self) -> Result<crate::http::auth::Tokens, ConfigError> {
+        let file = &self.http.auth.tokens_file;
+        let text = if file.is_empty() {
+            None
+        } else {
+            Some(std::fs::read_to_string(file).map_err(|e| {
+                invalid(
+                    "http.auth.tokens_file",
+                    format!("cannot read {file:?}: {e}"),
+                )
+            })?)
+        };
+        crate::http::auth::Tokens::new(&self.http.auth.tokens, text.as_deref())
+            .map_err(|e| invalid("http.auth.tokens", e))
+    }
+
     pub fn transactional_id(&self) -> String {
         if self.processing.transactional_id.is_empty() {
             let host = hostname::get()

@@ -17,7 +17,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 
-use crate::config::{Guarantee, Settings};
+use crate::config::{AuthMode, Guarantee, Settings};
 
 /// Errors of the embedded broker.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +84,14 @@ impl EmbeddedBroker {
             .properties
             .entry("fetch.wait.max.ms".to_owned())
             .or_insert_with(|| EMBEDDED_FETCH_WAIT_MS.to_owned());
+        if settings.http.auth.mode != AuthMode::Tokens {
+            settings.http.auth.mode = AuthMode::Open;
+            notes.push(
+                "the HTTP API is OPEN: no authentication (http.auth.mode = \"tokens\" requires \
+                 tokens; see `user-monitor token new`)"
+                    .to_owned(),
+            );
+        }
         if settings.processing.guarantee == Guarantee::ExactlyOnce {
             settings.processing.guarantee = Guarantee::AtLeastOnce;
             notes.push(

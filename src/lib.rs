@@ -38,6 +38,7 @@
 //! matching `user-alerts` record.
 
 pub mod app;
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod domain;

@@ -14,9 +14,11 @@ use axum::Router;
 use futures::future::BoxFuture;
 use serde_json::{json, Value};
 use tower::ServiceExt;
+use user_monitor::audit::{AuditEntry, AuditPage};
 use user_monitor::domain::decode;
 use user_monitor::domain::response::AlertRecord;
 use user_monitor::health::Readiness;
+use user_monitor::http::auth::{sha256_hex, Scope, TokenConfig, Tokens};
 use user_monitor::http::backend::{Delivered, Found, LookupError, ProduceError};
 use user_monitor::http::{router, Backend, Hub, Shared};
 use user_monitor::metrics::Metrics;
@@ -48,6 +50,8 @@ struct Engine {
     profiles: Profiles,
     /// Every input and its response, as Kafka would retain them.
     log: Vec<(Vec<u8>, Option<AlertRecord>)>,
+    /// The audit trail, oldest first.
+    audit: Vec<AuditEntry>,
 }
 
 impl MemoryBackend {
@@ -167,6 +171,47 @@ impl Backend for MemoryBackend {
     fn ready(&self) -> bool {
         *self.mode.lock().unwrap() != Mode::Down
     }
+
+    fn change_risk(
+        &self,
+        actor: String,
+        user_id: u64,
+        risk: Risk,
+    ) -> BoxFuture<'static, Result<AuditEntry, ProduceError>> {
+        if *self.mode.lock().unwrap() == Mode::Down {
+            return Box::pin(async { Err(ProduceError::NotAcknowledged("timed out".into())) });
+        }
+        let mut engine = self.inner.lock().unwrap();
+        let before = engine.profiles.risk(user_id);
+        engine.profiles.set(user_id, risk);
+        let entry = AuditEntry::risk_set(&actor, "http", user_id, before.as_str(), risk.as_str());
+        engine.audit.push(entry.clone());
+        Box::pin(async move { Ok(entry) })
+    }
+
+    fn audit(
+        &self,
+        limit: usize,
+        before: Option<i64>,
+    ) -> BoxFuture<'static, Result<AuditPage, LookupError>> {
+        let engine = self.inner.lock().unwrap();
+        let end = before.map_or(engine.audit.len(), |b| (b as usize).min(engine.audit.len()));
+        let start = end.saturating_sub(limit);
+        let entries = engine.audit[start..end]
+            .iter()
+            .enumerate()
+            .rev()
+            .map(|(i, e)| AuditEntry {
+                offset: Some((start + i) as i64),
+                ..e.clone()
+            })
+            .collect();
+        let page = AuditPage {
+            entries,
+            next_cursor: (start > 0).then(|| start.to_string()),
+        };
+        Box::pin(async move { Ok(page) })
+    }
 }
 
 struct Fixture {
@@ -177,6 +222,14 @@ struct Fixture {
 }
 
 fn fixture_with(max_records: usize, response_timeout: Duration) -> Fixture {
+    fixture_with_auth(max_records, response_timeout, None)
+}
+
+fn fixture_with_auth(
+    max_records: usize,
+    response_timeout: Duration,
+    auth: Option<Arc<Tokens>>,
+) -> Fixture {
     let hub = Arc::new(Hub::new(max_records, 100));
     hub.set_connected(true);
     hub.set_caught_up();
@@ -191,6 +244,7 @@ fn fixture_with(max_records: usize, response_timeout: Duration) -> Fixture {
         processor: Some(Arc::clone(&processor)),
         response_timeout,
         body_limit: 1024,
+        auth,
     };
     Fixture {
         app: router(Arc::new(shared)),
@@ -708,6 +762,7 @@ async fn readyz_waits_for_the_read_model_to_catch_up() {
         processor: None,
         response_timeout: Duration::from_millis(100),
         body_limit: 1024,
+        auth: None,
     }));
     assert_eq!(
         call(&app, get("/readyz")).await.status,
@@ -845,4 +900,249 @@ async fn a_body_that_is_not_utf8_is_400_even_in_an_ignored_field() {
             reply.text
         );
     }
+}
+
+/// Every route of the API through a real socket, in `tokens` mode: without a token 401 (with a
+/// `WWW-Authenticate` challenge), with an unknown token 401, with a token lacking the route's
+/// scope 403 naming it, with the right scope the route's own answer; the operational endpoints
+/// stay open. Then the audit trail after risk changes by two tokens.
+#[tokio::test]
+async fn every_route_checks_its_scope_and_the_audit_trail_names_who_changed_what() {
+    let token = |name: &str, scopes: &[Scope]| TokenConfig {
+        name: name.into(),
+        sha256: sha256_hex(&format!("secret-{name}")),
+        scopes: scopes.to_vec(),
+    };
+    let tokens = Tokens::new(
+        &[
+            token("ingest", &[Scope::EventsWrite]),
+            token("ops", &[Scope::ProfilesWrite, Scope::Read]),
+            token("risk-desk", &[Scope::ProfilesWrite]),
+            token("reader", &[Scope::Read]),
+        ],
+        None,
+    )
+    .unwrap();
+    let fixture = fixture_with_auth(100, Duration::from_secs(1), Some(Arc::new(tokens)));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = fixture.app.clone();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let client = reqwest::Client::new();
+    let url = |path: &str| format!("http://{addr}{path}");
+
+    /// (method, path, body, scope, a token with it, one without it, the status with it)
+    type Route<'a> = (
+        &'a str,
+        &'a str,
+        Option<&'a str>,
+        &'a str,
+        &'a str,
+        &'a str,
+        u16,
+    );
+    let event = r#"{"type": "deposit", "amount": "42.00", "user_id": 1, "time": 10}"#;
+    let routes: [Route; 9] = [
+        (
+            "POST",
+            "/event",
+            Some(event),
+            "events:write",
+            "ingest",
+            "reader",
+            200,
+        ),
+        (
+            "POST",
+            "/api/v1/events",
+            Some(r#"{"type": "deposit", "amount": "1", "user_id": 1, "time": 11}"#),
+            "events:write",
+            "ingest",
+            "ops",
+            201,
+        ),
+        (
+            "GET",
+            "/api/v1/events/0-0",
+            None,
+            "read",
+            "reader",
+            "ingest",
+            200,
+        ),
+        (
+            "GET",
+            "/api/v1/alerts",
+            None,
+            "read",
+            "reader",
+            "risk-desk",
+            200,
+        ),
+        (
+            "GET",
+            "/api/v1/alerts/alert-0-0",
+            None,
+            "read",
+            "ops",
+            "ingest",
+            404,
+        ),
+        (
+            "GET",
+            "/api/v1/users/1/events",
+            None,
+            "read",
+            "reader",
+            "ingest",
+            200,
+        ),
+        (
+            "PUT",
+            "/api/v1/users/2/risk",
+            Some(r#"{"risk": "high"}"#),
+            "profiles:write",
+            "ops",
+            "reader",
+            200,
+        ),
+        (
+            "GET",
+            "/api/v1/audit",
+            None,
+            "read",
+            "reader",
+            "risk-desk",
+            200,
+        ),
+        ("GET", "/api/v1/nope", None, "read", "reader", "ingest", 404),
+    ];
+    for (method, path, body, scope, good, lacking, status) in routes {
+        let request = |secret: Option<String>| {
+            let mut r = client.request(method.parse().unwrap(), url(path));
+            if let Some(body) = body {
+                r = r.header("content-type", "application/json").body(body);
+            }
+            if let Some(secret) = secret {
+                r = r.bearer_auth(secret);
+            }
+            r
+        };
+        let none = request(None).send().await.unwrap();
+        assert_eq!(none.status(), 401, "{method} {path} without a token");
+        assert!(none.headers().contains_key("www-authenticate"));
+        let body: Value = none.json().await.unwrap();
+        assert!(body["error"].as_str().unwrap().contains("Bearer"), "{body}");
+
+        let wrong = request(Some("not-a-token".into())).send().await.unwrap();
+        assert_eq!(wrong.status(), 401, "{method} {path} with a wrong token");
+        assert_eq!(
+            wrong.json::<Value>().await.unwrap()["error"],
+            "invalid token"
+        );
+
+        let missing = request(Some(format!("secret-{lacking}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(missing.status(), 403, "{method} {path} with {lacking}");
+        let error = missing.json::<Value>().await.unwrap()["error"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            error.contains(scope) && error.contains(lacking),
+            "{method} {path}: {error}"
+        );
+
+        let right = request(Some(format!("secret-{good}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(right.status(), status, "{method} {path} with {good}");
+    }
+    for path in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
+        let open = client.get(url(path)).send().await.unwrap();
+        assert_ne!(open.status(), 401, "{path} stays open");
+        assert_ne!(open.status(), 403, "{path} stays open");
+    }
+
+    // Two tokens change user 7's risk level; the trail says who, from what to what, newest first.
+    for (who, risk) in [("ops", "high"), ("risk-desk", "low")] {
+        let put = client
+            .put(url("/api/v1/users/7/risk"))
+            .bearer_auth(format!("secret-{who}"))
+            .json(&json!({ "risk": risk }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(put.status(), 200);
+    }
+    let trail: Value = client
+        .get(url("/api/v1/audit?limit=2"))
+        .bearer_auth("secret-reader")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let entries = trail["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 2);
+    assert_eq!(
+        (
+            entries[0]["actor"].as_str(),
+            entries[0]["before"].as_str(),
+            entries[0]["after"].as_str()
+        ),
+        (Some("risk-desk"), Some("high"), Some("low"))
+    );
+    assert_eq!(
+        (
+            entries[1]["actor"].as_str(),
+            entries[1]["before"].as_str(),
+            entries[1]["after"].as_str()
+        ),
+        (Some("ops"), Some("medium"), Some("high"))
+    );
+    assert_eq!(entries[1]["user_id"], 7);
+    // The older page holds the first change (user 2, by ops).
+    let cursor = trail["next_cursor"].as_str().unwrap();
+    let older: Value = client
+        .get(url(&format!("/api/v1/audit?cursor={cursor}")))
+        .bearer_auth("secret-reader")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(older["entries"][0]["user_id"], 2);
+    assert!(older["next_cursor"].is_null());
+
+    // The OpenAPI document declares the scheme and each route's scope.
+    let doc: Value = client
+        .get(url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    assert_eq!(
+        doc["paths"]["/event"]["post"]["security"][0]["bearer"][0],
+        "events:write"
+    );
+    assert_eq!(
+        doc["paths"]["/api/v1/users/{user_id}/risk"]["put"]["security"][0]["bearer"][0],
+        "profiles:write"
+    );
+    assert_eq!(
+        doc["paths"]["/api/v1/audit"]["get"]["security"][0]["bearer"][0],
+        "read"
+    );
 }

@@ -16,8 +16,10 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::Semaphore;
 
+use crate::audit::{AuditEntry, AuditPage};
 use crate::config::Settings;
 use crate::domain::response::{event_id, AlertRecord};
+use crate::kafka::profiles::ProfilesFollower;
 use crate::kafka::{producer_config, reader_config, KafkaLayerError};
 use crate::kafka::{Reader, ReaderContext};
 use crate::profiles::ProfileValue;
@@ -80,6 +82,23 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Whether the backend's own clients are connected and the topics exist.
     fn ready(&self) -> bool;
+
+    /// Changes a user's risk level on behalf of `actor`: reads the level it replaces, publishes
+    /// the new one to the profiles topic, then records the change in the audit topic, each
+    /// waited for. Returns the audit entry.
+    fn change_risk(
+        &self,
+        actor: String,
+        user_id: u64,
+        risk: Risk,
+    ) -> BoxFuture<'static, Result<AuditEntry, ProduceError>>;
+
+    /// A page of the audit trail, newest first.
+    fn audit(
+        &self,
+        limit: usize,
+        before: Option<i64>,
+    ) -> BoxFuture<'static, Result<AuditPage, LookupError>>;
 }
 
 /// How long a fallback lookup may take at most.
@@ -95,6 +114,8 @@ pub struct KafkaBackend {
     settings: Arc<Settings>,
     lookups: Arc<Semaphore>,
     ready: std::sync::atomic::AtomicBool,
+    /// The profiles topic as read so far, for the "before" of a risk change (made on first use).
+    profiles: Arc<std::sync::Mutex<Option<ProfilesFollower>>>,
 }
 
 impl KafkaBackend {
@@ -113,6 +134,7 @@ impl KafkaBackend {
             settings,
             lookups: Arc::new(Semaphore::new(LOOKUP_CONCURRENCY)),
             ready: std::sync::atomic::AtomicBool::new(false),
+            profiles: Arc::default(),
         })
     }
 
@@ -216,6 +238,67 @@ impl Backend for KafkaBackend {
 
     fn ready(&self) -> bool {
         self.ready.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn change_risk(
+        &self,
+        actor: String,
+        user_id: u64,
+        risk: Risk,
+    ) -> BoxFuture<'static, Result<AuditEntry, ProduceError>> {
+        if !self.ready() {
+            return Box::pin(async { Err(ProduceError::NotReady("topics not found yet")) });
+        }
+        let settings = Arc::clone(&self.settings);
+        let follower = Arc::clone(&self.profiles);
+        let profile = self.produce_profile(user_id, risk);
+        let producer = self.producer.clone();
+        Box::pin(async move {
+            let timeout = settings.http.produce_timeout;
+            let before = tokio::task::spawn_blocking({
+                let settings = Arc::clone(&settings);
+                move || current_risk(&settings, &follower, user_id, timeout)
+            })
+            .await
+            .map_err(|e| ProduceError::NotAcknowledged(e.to_string()))??;
+            profile.await?;
+            let entry =
+                AuditEntry::risk_set(&actor, "http", user_id, before.as_str(), risk.as_str());
+            let value = serde_json::to_vec(&entry).expect("an audit entry serializes");
+            let key = entry.key();
+            let record = FutureRecord::to(&settings.topics.audit)
+                .key(&key)
+                .payload(&value);
+            producer.send(record, timeout).await.map_err(|(e, _)| {
+                tracing::error!(user_id, actor = %entry.actor, error = %e, "risk changed but its audit record was not acknowledged");
+                ProduceError::NotAcknowledged(format!(
+                    "the risk level was published but its audit record was not acknowledged: {e}"
+                ))
+            })?;
+            tracing::info!(user_id, actor = %entry.actor, before = %entry.before, after = %entry.after, "risk changed");
+            Ok(entry)
+        })
+    }
+
+    fn audit(
+        &self,
+        limit: usize,
+        before: Option<i64>,
+    ) -> BoxFuture<'static, Result<AuditPage, LookupError>> {
+        let settings = Arc::clone(&self.settings);
+        let lookups = Arc::clone(&self.lookups);
+        Box::pin(async move {
+            let _permit = lookups
+                .acquire_owned()
+                .await
+                .map_err(|_| LookupError("shutting down".to_owned()))?;
+            tokio::task::spawn_blocking(move || {
+                crate::audit::read_page(&settings, limit, before, LOOKUP_TIMEOUT)
+            })
+            .await
+            .map_err(|e| LookupError(e.to_string()))?
+            .map_err(|e| LookupError(e.to_string()))
+        })
     }
 }
 
@@ -345,4 +428,21 @@ fn find_response(
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The risk level a user has now: the profiles topic read to its end offsets.
+fn current_risk(
+    settings: &Settings,
+    follower: &std::sync::Mutex<Option<ProfilesFollower>>,
+    user_id: u64,
+    timeout: Duration,
+) -> Result<Risk, ProduceError> {
+    let unavailable = |e: KafkaLayerError| ProduceError::NotAcknowledged(e.to_string());
+    let mut guard = follower.lock().expect("profiles follower poisoned");
+    if guard.is_none() {
+        *guard = Some(ProfilesFollower::new(settings, "shim-profiles").map_err(unavailable)?);
+    }
+    let follower = guard.as_mut().expect("just made");
+    follower.catch_up(timeout).map_err(unavailable)?;
+    Ok(follower.profiles().risk(user_id))
 }

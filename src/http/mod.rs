@@ -10,6 +10,7 @@
 //! the `event_id` -> wait for the alerts record with that `event_id` (200 / 409, or 202 after
 //! `http.response_timeout`).
 
+pub mod auth;
 pub mod backend;
 pub mod follower;
 pub mod model;
@@ -22,7 +23,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Settings;
+use crate::config::{AuthMode, Settings};
 use crate::health::Readiness;
 use crate::kafka::KafkaLayerError;
 use crate::metrics::Metrics;
@@ -45,6 +46,10 @@ pub enum ShimError {
     Serve(std::io::Error),
     #[error("cannot start the alerts follower thread: {0}")]
     Thread(std::io::Error),
+    #[error("http.auth.mode is not set: the shim does not serve an open API against a real Kafka cluster. Create a token with `user-monitor token new NAME --scopes events:write,read`, add the printed [[http.auth.tokens]] entry and set http.auth.mode = \"tokens\"; or set http.auth.mode = \"open\" (USER_MONITOR__HTTP__AUTH__MODE=open) to run without authentication")]
+    OpenRefused,
+    #[error(transparent)]
+    Auth(#[from] crate::config::ConfigError),
 }
 
 /// What the shim shares with the rest of the process.
@@ -69,6 +74,14 @@ pub struct RunningShim {
 /// Builds the Kafka clients, starts the alerts follower, binds `http.listen` and serves until
 /// `deps.shutdown` is cancelled. Must be called inside a tokio runtime.
 pub async fn start(settings: Settings, deps: ShimDeps) -> Result<RunningShim, ShimError> {
+    let auth = match settings.http.auth.mode {
+        AuthMode::Unset => return Err(ShimError::OpenRefused),
+        AuthMode::Open => {
+            tracing::warn!("http.auth.mode = \"open\": the API checks no token");
+            None
+        }
+        AuthMode::Tokens => Some(Arc::new(settings.auth_tokens()?)),
+    };
     let settings = Arc::new(settings);
     let backend = Arc::new(KafkaBackend::new(Arc::clone(&settings))?);
     let hub = Arc::new(Hub::new(
@@ -105,6 +118,7 @@ pub async fn start(settings: Settings, deps: ShimDeps) -> Result<RunningShim, Sh
         processor: deps.processor,
         response_timeout: settings.http.response_timeout,
         body_limit: settings.http.body_limit_bytes,
+        auth,
     });
     let app = router(state);
     let shutdown = deps.shutdown.clone();

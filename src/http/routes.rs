@@ -15,8 +15,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
+use super::auth::{required_scope, Denied, Principal, Tokens};
 use super::backend::{Backend, Found, LookupError, ProduceError};
 use super::model::{AlertQuery, EventKey, Hub, OrderKey, Page, Stored, Wait};
+use crate::audit::AuditPage;
 use crate::domain::event::MAX_INTEGER;
 use crate::domain::response::{
     event_id as format_event_id, parse_alert_id, parse_event_id, AlertRecord, Outcome, Rejection,
@@ -39,6 +41,8 @@ pub struct Shared {
     pub processor: Option<Arc<Readiness>>,
     pub response_timeout: Duration,
     pub body_limit: usize,
+    /// `None`: open (no authentication).
+    pub auth: Option<Arc<Tokens>>,
 }
 
 pub type AppState = Arc<Shared>;
@@ -53,6 +57,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/alerts/{alert_id}", get(get_alert))
         .route("/api/v1/users/{user_id}/events", get(user_events))
         .route("/api/v1/users/{user_id}/risk", put(put_risk))
+        .route("/api/v1/audit", get(list_audit))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -61,6 +66,10 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         // The extractor limit: larger bodies get 413 (mapped to JSON in `body_bytes`).
         .layer(axum::extract::DefaultBodyLimit::max(state.body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            authenticate,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             track,
@@ -86,6 +95,12 @@ pub enum ApiError {
     NotJson,
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// No valid token (401).
+    #[error("{0}")]
+    Unauthorized(Denied),
+    /// A valid token without the route's scope (403).
+    #[error("{0}")]
+    Forbidden(Denied),
     #[error(transparent)]
     Unavailable(#[from] ProduceError),
     #[error(transparent)]
@@ -101,6 +116,8 @@ impl ApiError {
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotJson => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Unavailable(_) | ApiError::Lookup(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -114,13 +131,21 @@ pub struct ErrorBody {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
+        let challenge = matches!(self, ApiError::Unauthorized(_));
+        let mut response = (
             self.status(),
             Json(ErrorBody {
                 error: self.to_string(),
             }),
         )
-            .into_response()
+            .into_response();
+        if challenge {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"user-monitor\""),
+            );
+        }
+        response
     }
 }
 
@@ -572,6 +597,7 @@ async fn accept(
     path = "/event",
     tag = "events",
     request_body(content = EventBody, content_type = "application/json"),
+    security(("bearer" = ["events:write"])),
     responses(
         (status = 200, description = "the event's response", body = LegacyBody),
         (status = 202, description = "accepted by Kafka, no response in time", body = PendingBody),
@@ -580,6 +606,8 @@ async fn accept(
         (status = 413, description = "body too large", body = ErrorBody),
         (status = 415, description = "not JSON", body = ErrorBody),
         (status = 503, description = "Kafka did not acknowledge: the event was not accepted", body = ErrorBody),
+        (status = 401, description = "no valid token (http.auth.mode = \"tokens\")", body = ErrorBody),
+        (status = 403, description = "the token lacks the scope events:write", body = ErrorBody),
     )
 )]
 pub async fn post_event(
@@ -607,6 +635,7 @@ pub async fn post_event(
     path = "/api/v1/events",
     tag = "events",
     request_body(content = EventBody, content_type = "application/json"),
+    security(("bearer" = ["events:write"])),
     responses(
         (status = 201, description = "the event and its result; Location names it", body = CreatedBody),
         (status = 202, description = "accepted by Kafka, no response in time", body = PendingBody),
@@ -615,6 +644,8 @@ pub async fn post_event(
         (status = 413, description = "body too large", body = ErrorBody),
         (status = 415, description = "not JSON", body = ErrorBody),
         (status = 503, description = "Kafka did not acknowledge: the event was not accepted", body = ErrorBody),
+        (status = 401, description = "no valid token (http.auth.mode = \"tokens\")", body = ErrorBody),
+        (status = 403, description = "the token lacks the scope events:write", body = ErrorBody),
     )
 )]
 pub async fn create_event(
@@ -665,10 +696,13 @@ async fn find_event(state: &Shared, key: EventKey) -> Result<Option<EventView>, 
     path = "/api/v1/events/{event_id}",
     tag = "events",
     params(("event_id" = String, Path, description = "\"<partition>-<offset>\"")),
+    security(("bearer" = ["read"])),
     responses(
         (status = 200, description = "the event and its result", body = EventView),
         (status = 404, description = "no such event retained, or not an event id", body = ErrorBody),
         (status = 503, description = "Kafka unavailable for the lookup", body = ErrorBody),
+        (status = 401, description = "no valid token (http.auth.mode = \"tokens\")", body = ErrorBody),
+        (status = 403, description = "the token lacks the scope read", body = ErrorBody),
     )
 )]
 pub async fn get_event(
@@ -696,9 +730,12 @@ fn views(page: &Page) -> Vec<EventView> {
     path = "/api/v1/alerts",
     tag = "alerts",
     params(AlertsParams),
+    security(("bearer" = ["read"])),
     responses(
         (status = 200, description = "a page of alerts", body = AlertsPage),
         (status = 400, description = "malformed parameter", body = ErrorBody),
+        (status = 401, description = "no valid token (http.auth.mode = \"tokens\")", body = ErrorBody),
+        (status = 403, description = "the token lacks the scope read", body = ErrorBody),
     )
 )]
 pub async fn list_alerts(
@@ -732,10 +769,13 @@ pub async fn list_alerts(
     path = "/api/v1/alerts/{alert_id}",
     tag = "alerts",
     params(("alert_id" = String, Path, description = "\"alert-<partition>-<offset>\"")),
+    security(("bearer" = ["read"])),
     responses(
         (status = 200, description = "the alert: its event and result", body = EventView),
         (status = 404, description = "no such alert, or not an alert id", body = ErrorBody),
         (status = 503, description = "Kafka unavailable for the lookup", body = ErrorBody),
+        (status = 401, description = "no valid token (http.auth.mode = \"tokens\")", body = ErrorBody),
+        (status = 403, description = "the token lacks the scope read", body = ErrorBody),
     )
 )]
 pub async fn get_alert(
@@ -761,9 +801,12 @@ pub async fn get_alert(
     path = "/api/v1/users/{user_id}/events",
     tag = "users",
     params(("user_id" = u64, Path, description = "0..=2^63-1"), PageParams),
+    security(("bearer" = ["read"])),
     responses(
         (status = 200, description = "recent events, newest first (empty for an unknown user)", body = UserEventsPage),
         (status = 400, description = "malformed user_id or parameter", body = ErrorBody),
+        (status = 401, description = "no valid token (http.auth.mode = \"tokens\")", body = ErrorBody),
+        (status = 403, description = "the token lacks the scope read", body = ErrorBody),
     )
 )]
 pub async fn user_events(
@@ -791,16 +834,20 @@ pub async fn user_events(
     tag = "users",
     params(("user_id" = u64, Path, description = "0..=2^63-1")),
     request_body(content = RiskBody, content_type = "application/json"),
+    security(("bearer" = ["profiles:write"])),
     responses(
         (status = 200, description = "Kafka acknowledged the profile", body = UserRiskBody),
         (status = 400, description = "unknown risk or malformed body", body = ErrorBody),
         (status = 413, description = "body too large", body = ErrorBody),
         (status = 415, description = "not JSON", body = ErrorBody),
         (status = 503, description = "Kafka did not acknowledge", body = ErrorBody),
+        (status = 401, description = "no valid token (http.auth.mode = \"tokens\")", body = ErrorBody),
+        (status = 403, description = "the token lacks the scope profiles:write", body = ErrorBody),
     )
 )]
 pub async fn put_risk(
     State(state): State<AppState>,
+    principal: Option<axum::Extension<Principal>>,
     user_id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -813,8 +860,52 @@ pub async fn put_risk(
         .risk
         .parse()
         .map_err(|e: crate::rules::UnknownRisk| ApiError::Invalid(e.to_string()))?;
-    state.backend.produce_profile(user_id, risk).await?;
+    let actor = principal.map_or_else(Principal::anonymous, |p| p.0).name;
+    state.backend.change_risk(actor, user_id, risk).await?;
     Ok(Json(UserRiskBody { user_id, risk }))
+}
+
+/// Query parameters of `GET /api/v1/audit`.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct AuditParams {
+    /// Entries per page, 1..=1000 (default 100).
+    pub limit: Option<String>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// The audit trail: every accepted change of a risk level, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/audit",
+    tag = "audit",
+    params(AuditParams),
+    security(("bearer" = ["read"])),
+    responses(
+        (status = 200, description = "a page of the trail", body = AuditPage),
+        (status = 400, description = "malformed parameter", body = ErrorBody),
+        (status = 401, description = "no valid token", body = ErrorBody),
+        (status = 403, description = "the token lacks the read scope", body = ErrorBody),
+        (status = 503, description = "Kafka unavailable", body = ErrorBody),
+    )
+)]
+pub async fn list_audit(
+    State(state): State<AppState>,
+    params: Result<Query<AuditParams>, QueryRejection>,
+) -> Result<Json<AuditPage>, ApiError> {
+    let params = query_params(params)?;
+    let limit = parse_limit(params.limit.as_deref())?;
+    let before = params
+        .cursor
+        .as_deref()
+        .map(|c| {
+            c.parse::<i64>()
+                .ok()
+                .filter(|o| *o >= 0)
+                .ok_or_else(|| ApiError::Invalid(format!("invalid cursor: {c:?}")))
+        })
+        .transpose()?;
+    Ok(Json(state.backend.audit(limit, before).await?))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -914,6 +1005,31 @@ async fn method_not_allowed() -> ApiError {
 }
 
 /// Counts requests by route, method and status, and times them by route.
+/// Checks the bearer token against the route's scope (SPEC section 7) and hands the caller's
+/// name to the handlers; open mode lets everyone through as `anonymous`.
+async fn authenticate(
+    State(state): State<AppState>,
+    mut request: Request<Body>,
+    next: Next,
+) -> Response {
+    let principal = match (
+        &state.auth,
+        required_scope(request.method(), request.uri().path()),
+    ) {
+        (None, _) => Principal::anonymous(),
+        (Some(_), None) => return next.run(request).await,
+        (Some(tokens), Some(scope)) => match tokens.authorize(request.headers(), scope) {
+            Ok(principal) => principal,
+            Err(denied @ Denied::Scope { .. }) => {
+                return ApiError::Forbidden(denied).into_response()
+            }
+            Err(denied) => return ApiError::Unauthorized(denied).into_response(),
+        },
+    };
+    request.extensions_mut().insert(principal);
+    next.run(request).await
+}
+
 async fn track(State(state): State<AppState>, request: Request<Body>, next: Next) -> Response {
     let started = Instant::now();
     let route = request
@@ -958,6 +1074,7 @@ async fn track(State(state): State<AppState>, request: Request<Body>, next: Next
         get_alert,
         user_events,
         put_risk,
+        list_audit,
         healthz,
         readyz,
         metrics,
@@ -967,10 +1084,33 @@ async fn track(State(state): State<AppState>, request: Request<Body>, next: Next
         (name = "events", description = "submit events and read their results"),
         (name = "alerts", description = "alerts raised"),
         (name = "users", description = "per-user views and risk levels"),
+        (name = "audit", description = "who changed what"),
         (name = "operations", description = "health, readiness, metrics")
-    )
+    ),
+    modifiers(&BearerScheme)
 )]
 pub struct ApiDoc;
+
+/// Declares the bearer scheme that `http.auth.mode = "tokens"` checks.
+struct BearerScheme;
+
+impl utoipa::Modify for BearerScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "With http.auth.mode = \"tokens\": a token's secret; each route names the scope it needs",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -19,7 +19,7 @@ struct TopicSpec<'a> {
     compacted: bool,
 }
 
-fn specs(settings: &Settings) -> [TopicSpec<'_>; 5] {
+fn specs(settings: &Settings) -> [TopicSpec<'_>; 6] {
     let t = &settings.topics;
     [
         TopicSpec {
@@ -46,6 +46,11 @@ fn specs(settings: &Settings) -> [TopicSpec<'_>; 5] {
             key: "topics.state",
             name: &t.state,
             compacted: true,
+        },
+        TopicSpec {
+            key: "topics.audit",
+            name: &t.audit,
+            compacted: false,
         },
     ]
 }
@@ -91,6 +96,8 @@ pub fn ensure_topics(settings: &Settings) -> Result<Topics, KafkaLayerError> {
             .map(|s| {
                 let partitions = if s.key == "topics.state" || s.key == "topics.alerts" {
                     events_partitions
+                } else if s.key == "topics.audit" {
+                    1 // one order for the whole trail
                 } else {
                     settings.topics.partitions
                 };
@@ -101,6 +108,8 @@ pub fn ensure_topics(settings: &Settings) -> Result<Topics, KafkaLayerError> {
                 );
                 if s.compacted {
                     topic.set("cleanup.policy", "compact")
+                } else if s.key == "topics.audit" {
+                    topic.set("cleanup.policy", "delete")
                 } else {
                     topic
                 }
@@ -142,7 +151,7 @@ pub fn ensure_topics(settings: &Settings) -> Result<Topics, KafkaLayerError> {
     // The compacted topics, and the dead-letter topic for its record size limit.
     let described: Vec<_> = specs(settings)
         .into_iter()
-        .filter(|s| s.compacted || s.key == "topics.dlq")
+        .filter(|s| s.compacted || s.key == "topics.dlq" || s.key == "topics.audit")
         .collect();
     let resources: Vec<_> = described
         .iter()
@@ -158,6 +167,19 @@ pub fn ensure_topics(settings: &Settings) -> Result<Topics, KafkaLayerError> {
             topic: spec.name.to_owned(),
             reason: format!("cannot describe: {e}"),
         })?;
+        if spec.key == "topics.audit" {
+            let policy = config
+                .get("cleanup.policy")
+                .and_then(|e| e.value.clone())
+                .unwrap_or_default();
+            if policy.split(',').any(|p| p.trim() == "compact") {
+                return Err(KafkaLayerError::Topic {
+                    topic: spec.name.to_owned(),
+                    reason: format!("topics.audit must never be compacted (it would keep only the last change per user), but its cleanup.policy is {policy:?}"),
+                });
+            }
+            continue;
+        }
         if !spec.compacted {
             dlq_max_message_bytes = config
                 .get("max.message.bytes")
@@ -182,6 +204,15 @@ pub fn ensure_topics(settings: &Settings) -> Result<Topics, KafkaLayerError> {
         return Err(KafkaLayerError::Topic {
             topic: settings.topics.state.clone(),
             reason: format!("has {state} partitions but {} has {events}: the state topic must be co-partitioned with the events topic", settings.topics.events),
+        });
+    }
+    let audit = existing[&settings.topics.audit];
+    if audit != 1 {
+        return Err(KafkaLayerError::Topic {
+            topic: settings.topics.audit.clone(),
+            reason: format!(
+                "has {audit} partitions: topics.audit needs exactly 1, so the trail has one order"
+            ),
         });
     }
     let alerts = existing[&settings.topics.alerts];

@@ -1,0 +1,171 @@
+//! The audit trail: every accepted change of a risk level (or a rule set) — who, when, what,
+//! before → after — as one record of the audit topic (`topics.audit`, one partition so the trail
+//! has one order, never compacted), listed newest first by `GET /api/v1/audit`.
+
+use std::time::{Duration, SystemTime};
+
+use rdkafka::consumer::Consumer;
+use rdkafka::message::Message;
+use rdkafka::producer::DefaultProducerContext;
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Settings;
+use crate::kafka::{producer_config, reader, KafkaLayerError};
+
+/// One accepted change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AuditEntry {
+    /// When the change was accepted, RFC 3339 UTC with milliseconds.
+    pub at: String,
+    /// Who: the token's name (`anonymous` when authentication is off), or `cli:<os user>`.
+    pub actor: String,
+    /// What: `risk.set`.
+    pub action: String,
+    /// The user whose risk level changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<u64>,
+    /// The value before the change (`medium` for a user without a profile).
+    pub before: String,
+    /// The value after it.
+    pub after: String,
+    /// Where the change came from: `http` or `cli`.
+    pub source: String,
+    /// Set by `GET /api/v1/audit`: the entry's offset in the audit topic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<i64>,
+}
+
+impl AuditEntry {
+    /// A risk change accepted now.
+    pub fn risk_set(actor: &str, source: &str, user_id: u64, before: &str, after: &str) -> Self {
+        AuditEntry {
+            at: now_rfc3339(),
+            actor: actor.to_owned(),
+            action: "risk.set".to_owned(),
+            user_id: Some(user_id),
+            before: before.to_owned(),
+            after: after.to_owned(),
+            source: source.to_owned(),
+            offset: None,
+        }
+    }
+
+    /// The record key: what the change is about.
+    pub fn key(&self) -> String {
+        match self.user_id {
+            Some(user) => format!("user:{user}"),
+            None => self.action.clone(),
+        }
+    }
+}
+
+/// The current time as RFC 3339 UTC with milliseconds.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+/// The actor name of a command-line change: `cli:<os user>`.
+pub fn cli_actor() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".to_owned());
+    format!("cli:{user}")
+}
+
+/// A page of the trail, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AuditPage {
+    pub entries: Vec<AuditEntry>,
+    /// Pass as `cursor` for the next (older) page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Publishes entries from a command-line tool and waits for their acknowledgement.
+pub fn publish(settings: &Settings, entries: &[AuditEntry]) -> Result<(), KafkaLayerError> {
+    let producer: ThreadedProducer<DefaultProducerContext> =
+        producer_config(settings, "audit")?.create()?;
+    for entry in entries {
+        let value = serde_json::to_vec(entry).expect("an audit entry serializes");
+        let key = entry.key();
+        producer
+            .send(
+                BaseRecord::to(&settings.topics.audit)
+                    .key(&key)
+                    .payload(&value),
+            )
+            .map_err(|(e, _)| KafkaLayerError::Client(e))?;
+    }
+    producer.flush(Duration::from_secs(30))?;
+    Ok(())
+}
+
+/// Reads a page of the trail, newest first: `limit` entries before offset `before` (exclusive;
+/// `None`: from the newest). Blocking.
+pub fn read_page(
+    settings: &Settings,
+    limit: usize,
+    before: Option<i64>,
+    timeout: Duration,
+) -> Result<AuditPage, KafkaLayerError> {
+    let topic = &settings.topics.audit;
+    let consumer = reader(settings, "audit")?;
+    let (low, high) = consumer.fetch_watermarks(topic, 0, timeout)?;
+    let end = before.map_or(high, |b| b.clamp(low, high));
+    let start = end.saturating_sub(limit as i64).max(low);
+    let mut entries = Vec::new();
+    if start < end {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, 0, Offset::Offset(start))?;
+        consumer.assign(&tpl)?;
+        let deadline = std::time::Instant::now() + timeout;
+        let mut next = start;
+        while next < end {
+            if std::time::Instant::now() > deadline {
+                return Err(KafkaLayerError::Timeout(timeout));
+            }
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) if m.offset() >= end => break,
+                Some(Ok(m)) => {
+                    next = m.offset() + 1;
+                    let parsed = m
+                        .payload()
+                        .and_then(|p| serde_json::from_slice::<AuditEntry>(p).ok());
+                    if let Some(mut entry) = parsed {
+                        entry.offset = Some(m.offset());
+                        entries.push(entry);
+                    }
+                }
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
+                Some(Err(e)) => return Err(e.into()),
+                None => {}
+            }
+        }
+    }
+    entries.reverse();
+    Ok(AuditPage {
+        entries,
+        next_cursor: (start > low).then(|| start.to_string()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_says_who_when_what_and_before_after() {
+        let entry = AuditEntry::risk_set("ops", "http", 3, "medium", "high");
+        let json = serde_json::to_value(&entry).unwrap();
+        assert_eq!(json["actor"], "ops");
+        assert_eq!(json["action"], "risk.set");
+        assert_eq!(json["user_id"], 3);
+        assert_eq!(json["before"], "medium");
+        assert_eq!(json["after"], "high");
+        assert!(json["at"].as_str().unwrap().ends_with('Z'));
+        assert!(json.get("offset").is_none());
+        assert_eq!(entry.key(), "user:3");
+        assert!(cli_actor().starts_with("cli:"));
+    }
+}
