@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
-use user_monitor::config::Settings;
+use user_monitor::config::{AuthMode, Settings};
 use user_monitor::domain::decode;
 use user_monitor::health::Readiness;
 use user_monitor::http::{self, RunningShim, ShimDeps};
@@ -52,7 +52,10 @@ fn world(name: &str) -> Settings {
     s.topics.dlq = format!("{prefix}-dlq");
     s.topics.profiles = format!("{prefix}-profiles");
     s.topics.state = format!("{prefix}-state");
+    s.topics.audit = format!("{prefix}-audit");
     s.topics.partitions = 3;
+    // Access control has tests of its own (below and in http_router.rs).
+    s.http.auth.mode = AuthMode::Open;
     s.processing.transactional_id = format!("{prefix}-txn");
     s.processing.max_batch_wait = Duration::from_millis(5);
     s.http.listen = "127.0.0.1:0".parse().unwrap();
@@ -700,5 +703,127 @@ async fn unreachable_kafka_is_not_ready_and_503() {
     // Liveness does not depend on Kafka.
     let (status, _) = get_json(&client, &shim.url("/healthz")).await;
     assert_eq!(status, StatusCode::OK);
+    shim.stop().await;
+}
+
+/// Against real Kafka the shim never serves an open API by accident: with `http.auth.mode`
+/// unset it refuses to start, saying how to configure tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shim_refuses_to_start_open_against_real_kafka_unless_told_to() {
+    let mut settings = world("refuse-open");
+    settings.http.auth.mode = AuthMode::Unset;
+    let error = http::start(
+        settings,
+        ShimDeps {
+            metrics: Metrics::new(),
+            processor: None,
+            shutdown: CancellationToken::new(),
+            create_topics: false,
+        },
+    )
+    .await
+    .err()
+    .expect("the shim refuses to start");
+    let message = error.to_string();
+    assert!(message.contains("http.auth.mode"), "{message}");
+    assert!(message.contains("user-monitor token new"), "{message}");
+}
+
+/// Risk changes by two tokens over a real socket land in the real audit topic, and
+/// `GET /api/v1/audit` lists them newest first with who, before and after; `profiles load` from
+/// the command line records itself in the same trail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn risk_changes_by_two_tokens_and_the_cli_are_in_the_audit_trail() {
+    use user_monitor::http::auth::{sha256_hex, Scope, TokenConfig};
+    let mut settings = world("audit");
+    settings.http.auth.mode = AuthMode::Tokens;
+    settings.http.auth.tokens = vec![
+        TokenConfig {
+            name: "alice".into(),
+            sha256: sha256_hex("alice-secret"),
+            scopes: vec![Scope::ProfilesWrite, Scope::Read],
+        },
+        TokenConfig {
+            name: "bob".into(),
+            sha256: sha256_hex("bob-secret"),
+            scopes: vec![Scope::ProfilesWrite],
+        },
+    ];
+    let shim = Shim::start(&settings, None).await;
+    let client = client();
+    shim.wait_ready(&client).await;
+    for (secret, risk) in [
+        ("alice-secret", "high"),
+        ("bob-secret", "low"),
+        ("alice-secret", "medium"),
+    ] {
+        let response = client
+            .put(shim.url("/api/v1/users/42/risk"))
+            .bearer_auth(secret)
+            .json(&json!({ "risk": risk }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::OK,
+            "{}",
+            response.text().await.unwrap()
+        );
+    }
+    // bob may change risk levels but not read the trail.
+    let denied = client
+        .get(shim.url("/api/v1/audit"))
+        .bearer_auth("bob-secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(denied.status(), StatusCode::FORBIDDEN);
+
+    // The command line records its own changes.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("profiles.jsonl");
+    std::fs::write(&file, "{\"user_id\": 42, \"risk\": \"high\"}\n").unwrap();
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_user-monitor"))
+        .args(["profiles", "load"])
+        .arg(&file)
+        .env("USER_MONITOR__KAFKA__BOOTSTRAP_SERVERS", bootstrap())
+        .env("USER_MONITOR__TOPICS__PROFILES", &settings.topics.profiles)
+        .env("USER_MONITOR__TOPICS__AUDIT", &settings.topics.audit)
+        .env("USER", "operator")
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    let trail: Value = client
+        .get(shim.url("/api/v1/audit"))
+        .bearer_auth("alice-secret")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let summary: Vec<(String, String, String, String)> = trail["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            assert_eq!(e["user_id"], 42, "{e}");
+            assert_eq!(e["action"], "risk.set", "{e}");
+            let text = |k: &str| e[k].as_str().unwrap().to_owned();
+            (text("actor"), text("source"), text("before"), text("after"))
+        })
+        .collect();
+    let row = |a: &str, s: &str, b: &str, c: &str| (a.into(), s.into(), b.into(), c.into());
+    assert_eq!(
+        summary,
+        vec![
+            row("cli:operator", "cli", "medium", "high"),
+            row("alice", "http", "low", "medium"),
+            row("bob", "http", "high", "low"),
+            row("alice", "http", "medium", "high"),
+        ]
+    );
     shim.stop().await;
 }

@@ -285,19 +285,6 @@ mod tests {
                 sha256: sha256_hex("s3cret"),
                 scopes: vec![Scope::Read, Scope::ProfilesWrite],
             }],
-            Some(
-                "[[tokens]]\nname = \"ingest\"\nsha256 = \""
-                    .to_owned()
-                    .as_str(),
-            ),
-        )
-        .unwrap_err();
-        Tokens::new(
-            &[TokenConfig {
-                name: "ops".into(),
-                sha256: sha256_hex("s3cret"),
-                scopes: vec![Scope::Read, Scope::ProfilesWrite],
-            }],
             Some(&format!(
                 "[[tokens]]\nname = \"ingest\"\nsha256 = \"{}\"\nscopes = [\"events:write\"]\n",
                 sha256_hex("other")
