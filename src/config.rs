@@ -26,10 +26,18 @@ pub const ENV_PREFIX: &str = "USER_MONITOR";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// Not a `#[source]`: its text is already in this message, and error reports print the
+    /// chain of sources (it used to appear twice).
     #[error("configuration: {0}")]
-    Load(#[from] config::ConfigError),
+    Load(config::ConfigError),
     #[error("configuration key {key}: {reason}")]
     Invalid { key: String, reason: String },
+}
+
+impl From<config::ConfigError> for ConfigError {
+    fn from(e: config::ConfigError) -> Self {
+        ConfigError::Load(e)
+    }
 }
 
 impl From<InvalidRule> for ConfigError {
@@ -68,6 +76,10 @@ pub struct KafkaConfig {
     pub bootstrap_servers: String,
     pub group_id: String,
     pub client_id: String,
+    /// How long `process` waits at start-up for a broker to answer before it stops, saying
+    /// which brokers could not be reached (rejected credentials stop it at once).
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
     /// Raw librdkafka properties, applied last to every client.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
@@ -377,6 +389,19 @@ fn validate_topic_name(key: &str, name: &str) -> Result<(), ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_configuration_error_reads_once_in_a_report() {
+        let err = load_with(
+            &[("USER_MONITOR__PROCESSING__GUARANTEE", "maybe")],
+            &[],
+            None,
+        )
+        .unwrap_err();
+        let report = format!("{:#}", anyhow::Error::from(err));
+        assert_eq!(report.matches("maybe").count(), 1, "{report}");
+        assert!(report.contains("processing.guarantee"), "{report}");
+    }
 
     fn load_with(
         vars: &[(&str, &str)],

@@ -719,9 +719,16 @@ async fn put_risk_publishes_and_applies_to_later_events() {
     )
     .await;
     assert_eq!(reply.json()["alert_codes"], json!([1100]));
-    for bad in [r#"{"risk": "extreme"}"#, r#"{"risk": 1}"#, r#"{}"#, "nope"] {
+    for bad in [
+        r#"{"risk": "extreme"}"#,
+        r#"{"risk": 1}"#,
+        r#"{}"#,
+        "nope",
+        r#"["high"]"#,
+    ] {
         let reply = call(&f.app, put("/api/v1/users/8/risk", bad)).await;
         assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{bad}");
+        assert!(reply.json()["error"].is_string(), "{bad}");
     }
     let reply = call(&f.app, put("/api/v1/users/abc/risk", r#"{"risk": "low"}"#)).await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);

@@ -854,7 +854,16 @@ pub async fn put_risk(
 ) -> Result<Json<UserRiskBody>, ApiError> {
     let user_id = parse_user_id(&path_param(user_id)?)?;
     let body = json_body(&headers, body, state.body_limit)?;
-    let parsed: RiskBody = serde_json::from_slice(&body)
+    // An object, never the positional form serde also accepts for a struct (`["high"]`).
+    let value: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::Invalid(format!("invalid body: {e}")))?;
+    if !value.is_object() {
+        return Err(ApiError::Invalid(
+            "invalid body: expected a JSON object {\"risk\": \"low\" | \"medium\" | \"high\"}"
+                .to_owned(),
+        ));
+    }
+    let parsed: RiskBody = serde_json::from_value(value)
         .map_err(|e| ApiError::Invalid(format!("invalid body: {e}")))?;
     let risk: Risk = parsed
         .risk
