@@ -3,7 +3,7 @@
 # broker+controller) for development and tests, using jars from Maven Central.
 # No Docker and no Kafka tarball needed, only Java >= 17 and Maven.
 #
-# Usage: scripts/kafka-local.sh up|down|status|topics ARGS...|groups ARGS...
+# Usage: scripts/kafka-local.sh up|down|status|start|kill9|topics ARGS...|groups ARGS...
 #
 #   up       fetch jars (first run only), format storage, start the broker in the
 #            background, wait until it answers, print KAFKA_BOOTSTRAP_SERVERS=...
@@ -12,6 +12,12 @@
 #   down     stop the broker (SIGTERM, then SIGKILL after a timeout) and delete its
 #            data, so the next `up` starts from an empty cluster.
 #   status   say whether the broker is running (exit 0 if it is, 3 if not).
+#   start    like `up`, but always this KAFKA_STATE_DIR's broker, even when
+#            KAFKA_BOOTSTRAP_SERVERS is set, and keeping its data: starts a second,
+#            private broker (own KAFKA_STATE_DIR and ports), or restarts one after
+#            kill9. Restart it with the ports it was first started with.
+#   kill9    SIGKILL the broker (a crash: no shutdown, no flush) and keep its data,
+#            so that `start` brings the same cluster back.
 #   topics   run the topics CLI (TopicCommand) against the broker, e.g.
 #              scripts/kafka-local.sh topics --list
 #              scripts/kafka-local.sh topics --describe --topic foo
@@ -22,9 +28,17 @@
 #   KAFKA_BOOTSTRAP_SERVERS  use this broker instead of starting one (up is a no-op;
 #                            topics/groups talk to it)
 #   KAFKA_STATE_DIR          jars, config, data, pid and log (default: <repo>/.kafka)
+#   KAFKA_JARS_DIR           where the jars are kept (default: $KAFKA_STATE_DIR/jars), e.g.
+#                            <repo>/.kafka/jars to share them with a second broker
 #   KAFKA_PORT               client listener port on 127.0.0.1 (default 9092)
 #   KAFKA_CONTROLLER_PORT    KRaft controller port on 127.0.0.1 (default 9093)
 #   KAFKA_HEAP_OPTS          broker heap (default "-Xms256m -Xmx1g")
+#   KAFKA_EXTRA_PROPERTIES   server.properties lines appended last (newline-separated), e.g.
+#                            "broker.session.timeout.ms=2000" so that a broker restarted
+#                            after kill9 does not wait 9 s for its old registration to expire
+#   KAFKA_FORMAT_ARGS        extra arguments of the storage format (first start only), one
+#                            per line, e.g. "--add-scram" and "SCRAM-SHA-256=[name=u,password=p]"
+#                            (scripts/kafka-secure.sh uses it for its SCRAM users)
 #   KAFKA_START_TIMEOUT      seconds to wait for the broker to come up (default 60)
 #   KAFKA_STOP_TIMEOUT       seconds to wait after SIGTERM before SIGKILL (default 30)
 #   JAVA_HOME, MAVEN_OPTS    honoured as usual
@@ -63,7 +77,7 @@ die() { log "$*"; exit 1; }
 abs_state_dir() {
   mkdir -p "$STATE_DIR"
   STATE_DIR="$(cd "$STATE_DIR" && pwd)"
-  JARS_DIR="$STATE_DIR/jars"
+  JARS_DIR="${KAFKA_JARS_DIR:-$STATE_DIR/jars}"
   DATA_DIR="$STATE_DIR/data"
   PID_FILE="$STATE_DIR/kafka.pid"
   LOG_FILE="$STATE_DIR/kafka.log"
@@ -236,6 +250,9 @@ log.cleaner.backoff.ms=1000
 num.network.threads=2
 num.io.threads=4
 EOF
+  if [[ -n "${KAFKA_EXTRA_PROPERTIES:-}" ]]; then
+    printf '\n### From KAFKA_EXTRA_PROPERTIES.\n%s\n' "$KAFKA_EXTRA_PROPERTIES" >>"$SERVER_PROPS"
+  fi
 }
 
 # Kafka cluster ids are 16 random bytes, base64url without padding (22 chars);
@@ -250,11 +267,13 @@ random_cluster_id() {
 
 format_storage() {
   [[ -f "$DATA_DIR/meta.properties" ]] && return 0   # reuse data after a crash
-  local out
+  local out extra=()
+  # KAFKA_FORMAT_ARGS: one argument per line (e.g. --add-scram, then its value).
+  [[ -n "${KAFKA_FORMAT_ARGS:-}" ]] && mapfile -t extra <<<"$KAFKA_FORMAT_ARGS"
   if ! out="$("$JAVA" -Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 \
         -Dlog4j2.configurationFile="$TOOLS_LOG4J" -cp "$JARS_DIR/*" \
         "$MAIN_STORAGE" format --standalone -t "$(random_cluster_id)" \
-        -c "$SERVER_PROPS" 2>&1)"; then
+        -c "$SERVER_PROPS" ${extra[@]+"${extra[@]}"} 2>&1)"; then
     echo "$out" >&2
     die "formatting storage in $DATA_DIR failed"
   fi
@@ -289,6 +308,11 @@ cmd_up() {
     echo "KAFKA_BOOTSTRAP_SERVERS=$KAFKA_BOOTSTRAP_SERVERS"
     return 0
   fi
+  start_local
+}
+
+# Starts (or restarts, keeping its data) the broker of $STATE_DIR.
+start_local() {
   abs_state_dir
 
   # Serialise concurrent `up`s (e.g. parallel test jobs) when flock is available.
@@ -359,6 +383,25 @@ cmd_down() {
   rm -rf "$DATA_DIR"
 }
 
+# A process that exited but was not reaped yet (state Z) is dead too.
+alive() {
+  kill -0 "$1" 2>/dev/null || return 1
+  [[ "$(sed -E 's/^[0-9]+ \(.*\) ([A-Za-z]).*/\1/' "/proc/$1/stat" 2>/dev/null)" != Z ]]
+}
+
+cmd_kill9() {
+  abs_state_dir
+  local pid
+  if ! pid="$(broker_pid)"; then
+    log "not running"
+    return 3
+  fi
+  kill -KILL "$pid" 2>/dev/null || true
+  while alive "$pid"; do sleep 0.05; done
+  rm -f "$PID_FILE"
+  log "killed (pid $pid) with SIGKILL; data kept ('start' brings it back)"
+}
+
 cmd_status() {
   abs_state_dir
   local pid
@@ -396,6 +439,8 @@ case "${1:-}" in
   up) cmd_up ;;
   down) cmd_down ;;
   status) cmd_status ;;
+  start) start_local ;;
+  kill9) cmd_kill9 ;;
   topics) shift; run_tool "$MAIN_TOPICS" "$@" ;;
   groups) shift; run_tool "$MAIN_GROUPS" "$@" ;;
   -h|--help|help) usage ;;

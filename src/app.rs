@@ -33,6 +33,10 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Topics(TopicsCommand::Create) => {
             crate::telemetry::init(&settings.log);
+            crate::kafka::connect::check(
+                &settings,
+                crate::kafka::connect::Patience::UntilConnected,
+            )?;
             let topics = crate::kafka::admin::ensure_topics(&settings)?;
             eprintln!("topics ready ({} partitions)", topics.partitions);
             Ok(ExitCode::SUCCESS)

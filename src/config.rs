@@ -132,6 +132,12 @@ pub struct ProcessingConfig {
     /// truncated (0: derived from the DLQ topic's `max.message.bytes` and the producer's
     /// `message.max.bytes`).
     pub dlq_max_record_bytes: usize,
+    /// Idempotency keys are remembered for events within this much event time of the user's
+    /// latest event.
+    #[serde(with = "humantime_serde")]
+    pub idempotency_window: Duration,
+    /// And at most this many a user.
+    pub idempotency_keys_per_user: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -154,6 +160,18 @@ pub struct ProfilesConfig {
 pub struct HttpConfig {
     pub listen: SocketAddr,
     pub body_limit_bytes: usize,
+    /// Open connections at most; past it new ones get 503 and are closed.
+    pub max_connections: usize,
+    /// A request's head must arrive within this; also how long a kept-alive connection may sit
+    /// idle between requests.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A request's body must arrive within this (408 otherwise).
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// A body declared larger than `body_limit_bytes` is read and discarded up to this many
+    /// bytes before its 413, so the client receives the answer; beyond, 413 and close.
+    pub max_drain_bytes: usize,
     /// How long `POST /event` waits for the response record before answering 202.
     #[serde(with = "humantime_serde")]
     pub response_timeout: Duration,
@@ -313,6 +331,17 @@ impl Settings {
         if self.http.body_limit_bytes == 0 {
             return Err(invalid("http.body_limit_bytes", "must be at least 1"));
         }
+        if self.http.max_connections == 0 {
+            return Err(invalid("http.max_connections", "must be at least 1"));
+        }
+        for (key, value) in [
+            ("http.header_read_timeout", self.http.header_read_timeout),
+            ("http.body_read_timeout", self.http.body_read_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
         if self.http.produce_timeout < Duration::from_millis(100) {
             return Err(invalid("http.produce_timeout", "must be at least 100ms"));
         }
@@ -352,6 +381,15 @@ impl Settings {
         };
         crate::http::auth::Tokens::new(&self.http.auth.tokens, text.as_deref())
             .map_err(|e| invalid("http.auth.tokens", e))
+    }
+
+    /// How much the processor remembers of idempotency keys, in the events' time unit.
+    pub fn dedup_limits(&self) -> crate::idempotency::DedupLimits {
+        crate::idempotency::DedupLimits::new(
+            self.processing.idempotency_window,
+            self.processing.idempotency_keys_per_user,
+            self.rules.time_unit,
+        )
     }
 
     pub fn transactional_id(&self) -> String {

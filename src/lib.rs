@@ -23,6 +23,8 @@
 //! - [`partition`]: the pure lifecycle of one input partition's state: the verdict on each
 //!   record (invalid / wrong partition / out of order / accepted), the users a snapshot round
 //!   writes, and the rebuild from snapshot records plus replay.
+//! - [`idempotency`]: per-user memory of `Idempotency-Key`s (event time, bounded, snapshotted),
+//!   so a retried event is answered with the original's answer instead of counted twice.
 //! - [`snapshot`]: per-user snapshots in the compacted state topic (offset `covers` is
 //!   exclusive) and the restore of a partition: snapshot, then replay to the committed offset.
 //! - [`metrics`], [`health`]: Prometheus metrics and readiness, written by the processor and
@@ -46,6 +48,7 @@ pub mod embedded;
 pub mod evaluate;
 pub mod health;
 pub mod http;
+pub mod idempotency;
 pub mod kafka;
 pub mod metrics;
 pub mod partition;

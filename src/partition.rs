@@ -27,6 +27,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use crate::domain::event::{decode, UserId};
 use crate::domain::partitioner::partition_for_user;
 use crate::domain::response::Rejection;
+use crate::idempotency::{validate_key, Answer, DedupLimits, Keys, Remembered, Seen, HEADER};
 use crate::rules::{Limits, Risk};
 use crate::state::{AlertCodes, UserState, Users};
 
@@ -38,6 +39,26 @@ pub struct Placement {
     pub partitions: i32,
 }
 
+/// One input record as the engine sees it: its offset, its value and its idempotency key
+/// header, if any.
+#[derive(Debug, Clone, Copy)]
+pub struct Input<'a> {
+    pub offset: i64,
+    pub payload: &'a [u8],
+    pub key: Option<&'a [u8]>,
+}
+
+impl<'a> Input<'a> {
+    /// A record without an idempotency key.
+    pub fn plain(offset: i64, payload: &'a [u8]) -> Self {
+        Input {
+            offset,
+            payload,
+            key: None,
+        }
+    }
+}
+
 /// What became of one input record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -46,6 +67,13 @@ pub enum Verdict {
         user_id: UserId,
         codes: AlertCodes,
         risk: Risk,
+    },
+    /// A retry: the user already had this event under its idempotency key. Not applied again;
+    /// answered with the original's coordinates and answer (`None`: no longer known).
+    Duplicate {
+        user_id: UserId,
+        of: (i32, i64),
+        answer: Option<Answer>,
     },
     /// Not evaluated; the state is unchanged.
     Rejected {
@@ -67,49 +95,115 @@ impl Verdict {
     }
 }
 
-/// Decodes `input`, checks that it sits in its user's partition, and evaluates it against
-/// `users`. Shared by live processing and replay, so both decide identically.
-pub fn judge(
-    users: &mut Users,
-    input: &[u8],
-    placement: Placement,
-    risk_of: impl FnOnce(UserId) -> Risk,
-    limits: &Limits,
-) -> Verdict {
-    let event = match decode(input) {
-        Ok(event) => event,
-        Err(e) => {
-            return Verdict::Rejected {
-                user_id: None,
-                rejection: Rejection::Invalid,
-                error: e.to_string(),
+/// Everything the verdicts of one owner depend on: every user's rule state and remembered
+/// idempotency keys.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Engine {
+    pub users: Users,
+    pub keys: FxHashMap<u64, Keys>,
+}
+
+impl Engine {
+    /// What becomes of one input record: decoded, checked to sit in its user's partition and
+    /// for a key already used, then evaluated. Shared by live processing, replay, and the test
+    /// oracles, so all decide identically. `answer_known`: whether the answer of an accepted
+    /// keyed event is remembered now (live) or filled in later (replay).
+    pub fn judge(
+        &mut self,
+        input: Input<'_>,
+        placement: Placement,
+        risk_of: impl FnOnce(UserId) -> Risk,
+        limits: &Limits,
+        dedup: &DedupLimits,
+        answer_known: bool,
+    ) -> Verdict {
+        let rejected = |user_id, rejection, error| Verdict::Rejected {
+            user_id,
+            rejection,
+            error,
+        };
+        let event = match decode(input.payload) {
+            Ok(event) => event,
+            Err(e) => return rejected(None, Rejection::Invalid, e.to_string()),
+        };
+        let user_id = event.user_id;
+        let home = partition_for_user(user_id, placement.partitions);
+        if home != placement.partition {
+            return rejected(
+                Some(user_id),
+                Rejection::WrongPartition,
+                format!(
+                    "wrong partition: user_id {user_id} belongs to partition {home} (murmur2 of the decimal user_id over {} partitions), not {}; produce events keyed by user_id with the default partitioner",
+                    placement.partitions, placement.partition
+                ),
+            );
+        }
+        let key = match input.key.map(validate_key).transpose() {
+            Ok(key) => key,
+            Err(e) => {
+                return rejected(
+                    Some(user_id),
+                    Rejection::Invalid,
+                    format!("invalid {HEADER} header: {e}"),
+                )
+            }
+        };
+        if let Some(key) = key {
+            let latest = self.users.get(user_id.0).and_then(|s| s.last_time());
+            if let Some(keys) = self.keys.get(&user_id.0) {
+                match keys.check(key, &event, latest, dedup) {
+                    Seen::New => {}
+                    Seen::Duplicate(original) => {
+                        return Verdict::Duplicate {
+                            user_id,
+                            of: (original.partition, original.offset),
+                            answer: original.answer.clone(),
+                        }
+                    }
+                    Seen::Conflict(original) => {
+                        return rejected(
+                            Some(user_id),
+                            Rejection::IdempotencyConflict,
+                            format!(
+                                "idempotency key reused with a different event (first used by event {})",
+                                crate::domain::response::event_id(
+                                    original.partition,
+                                    original.offset
+                                )
+                            ),
+                        )
+                    }
+                }
             }
         }
-    };
-    let user_id = event.user_id;
-    let home = partition_for_user(user_id, placement.partitions);
-    if home != placement.partition {
-        return Verdict::Rejected {
-            user_id: Some(user_id),
-            rejection: Rejection::WrongPartition,
-            error: format!(
-                "wrong partition: user_id {user_id} belongs to partition {home} (murmur2 of the decimal user_id over {} partitions), not {}; produce events keyed by user_id with the default partitioner",
-                placement.partitions, placement.partition
-            ),
-        };
-    }
-    let risk = risk_of(user_id);
-    match users.apply(&event, risk, limits) {
-        Ok(codes) => Verdict::Accepted {
-            user_id,
-            codes,
-            risk,
-        },
-        Err(e) => Verdict::Rejected {
-            user_id: Some(user_id),
-            rejection: Rejection::OutOfOrder,
-            error: e.to_string(),
-        },
+        let risk = risk_of(user_id);
+        match self.users.apply(&event, risk, limits) {
+            Ok(codes) => {
+                if let Some(key) = key {
+                    self.keys.entry(user_id.0).or_default().remember(
+                        Remembered {
+                            key: key.to_owned(),
+                            time: event.time,
+                            kind: event.kind,
+                            amount: event.amount.units().to_string(),
+                            partition: placement.partition,
+                            offset: input.offset,
+                            answer: answer_known.then(|| Answer {
+                                codes: codes.as_slice().to_vec(),
+                                risk,
+                            }),
+                        },
+                        dedup,
+                    );
+                }
+                Verdict::Accepted {
+                    user_id,
+                    codes,
+                    risk,
+                }
+            }
+            Err(e) => rejected(Some(user_id), Rejection::OutOfOrder, e.to_string()),
+        }
     }
 }
 
@@ -125,7 +219,8 @@ pub struct Processed {
 #[derive(Debug, Clone)]
 pub struct PartitionState {
     placement: Placement,
-    users: Users,
+    dedup: DedupLimits,
+    engine: Engine,
     /// The next input offset to process (exclusive end of what the state includes).
     next_offset: i64,
     /// Users changed since the last snapshot round.
@@ -137,19 +232,28 @@ pub struct PartitionState {
     answered: FxHashSet<i64>,
 }
 
-/// The records of one snapshot round: every changed user's state, all at `covers`.
+/// The records of one snapshot round: every changed user's state and keys, all at `covers`.
 #[derive(Debug)]
 pub struct Round<'a> {
     pub covers: i64,
-    pub users: Vec<(u64, &'a UserState)>,
+    pub users: Vec<RoundUser<'a>>,
+}
+
+/// One user of a round.
+#[derive(Debug)]
+pub struct RoundUser<'a> {
+    pub user_id: u64,
+    pub state: &'a UserState,
+    pub keys: Option<&'a Keys>,
 }
 
 impl PartitionState {
     /// An empty partition, processed from offset `start`.
-    pub fn new(placement: Placement, start: i64) -> Self {
+    pub fn new(placement: Placement, dedup: DedupLimits, start: i64) -> Self {
         PartitionState {
             placement,
-            users: Users::default(),
+            dedup,
+            engine: Engine::default(),
             next_offset: start,
             dirty: FxHashSet::default(),
             ahead: FxHashMap::default(),
@@ -162,7 +266,11 @@ impl PartitionState {
     }
 
     pub fn users(&self) -> &Users {
-        &self.users
+        &self.engine.users
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
     }
 
     pub fn next_offset(&self) -> i64 {
@@ -193,30 +301,30 @@ impl PartitionState {
     /// caller). `risk_of` is asked only for a valid event in its partition.
     pub fn process(
         &mut self,
-        offset: i64,
-        input: &[u8],
+        input: Input<'_>,
         risk_of: impl FnOnce(UserId) -> Risk,
         limits: &Limits,
     ) -> Processed {
-        let verdict = self.apply(offset, input, risk_of, limits);
-        self.next_offset = offset + 1;
-        let answer = !self.answered.remove(&offset);
+        let verdict = self.apply(input, risk_of, limits);
+        self.next_offset = input.offset + 1;
+        let answer = !self.answered.remove(&input.offset);
         Processed { verdict, answer }
     }
 
     fn apply(
         &mut self,
-        offset: i64,
-        input: &[u8],
+        input: Input<'_>,
         risk_of: impl FnOnce(UserId) -> Risk,
         limits: &Limits,
     ) -> Verdict {
         if !self.ahead.is_empty() {
-            if let Some(user_id) = self.already_applied(offset, input) {
+            if let Some(user_id) = self.already_applied(input.offset, input.payload) {
                 return Verdict::AlreadyApplied { user_id };
             }
         }
-        let verdict = judge(&mut self.users, input, self.placement, risk_of, limits);
+        let verdict = self
+            .engine
+            .judge(input, self.placement, risk_of, limits, &self.dedup, true);
         if let Verdict::Accepted { user_id, .. } = &verdict {
             self.dirty.insert(user_id.0);
         }
@@ -240,9 +348,16 @@ impl PartitionState {
         let covers = self.next_offset;
         let mut ids: Vec<u64> = self.dirty.drain().collect();
         ids.sort_unstable();
+        let engine = &self.engine;
         let users = ids
             .into_iter()
-            .filter_map(|id| self.users.get(id).map(|state| (id, state)))
+            .filter_map(|user_id| {
+                engine.users.get(user_id).map(|state| RoundUser {
+                    user_id,
+                    state,
+                    keys: engine.keys.get(&user_id),
+                })
+            })
             .collect();
         Round { covers, users }
     }
@@ -252,7 +367,8 @@ impl PartitionState {
 #[derive(Debug)]
 pub struct Rebuild {
     placement: Placement,
-    users: Users,
+    dedup: DedupLimits,
+    engine: Engine,
     covers: FxHashMap<u64, i64>,
     /// The latest round marker, when the state topic has one.
     marker: Option<i64>,
@@ -263,10 +379,11 @@ pub struct Rebuild {
 }
 
 impl Rebuild {
-    pub fn new(placement: Placement) -> Self {
+    pub fn new(placement: Placement, dedup: DedupLimits) -> Self {
         Rebuild {
             placement,
-            users: Users::default(),
+            dedup,
+            engine: Engine::default(),
             covers: FxHashMap::default(),
             marker: None,
             marked: false,
@@ -277,8 +394,20 @@ impl Rebuild {
 
     /// A user's snapshot record, in state-topic order (a later record replaces an earlier one).
     /// `marked`: written by a writer that ends its rounds with markers.
-    pub fn load_user(&mut self, user_id: u64, covers: i64, marked: bool, state: UserState) {
-        self.users.insert(user_id, state);
+    pub fn load_user(
+        &mut self,
+        user_id: u64,
+        covers: i64,
+        marked: bool,
+        state: UserState,
+        keys: Keys,
+    ) {
+        self.engine.users.insert(user_id, state);
+        if keys.is_empty() {
+            self.engine.keys.remove(&user_id);
+        } else {
+            self.engine.keys.insert(user_id, keys);
+        }
         self.covers.insert(user_id, covers);
         self.marked |= marked;
     }
@@ -306,25 +435,50 @@ impl Rebuild {
 
     /// Replays the input record at `offset` (from [`Rebuild::replay_from`] on, in order): the
     /// same verdict as when it was first processed, without output. Risk never changes state.
-    pub fn replay(&mut self, offset: i64, input: &[u8], limits: &Limits) {
+    pub fn replay(&mut self, input: Input<'_>, limits: &Limits) {
         self.replayed += 1;
-        if let Ok(event) = decode(input) {
+        if let Ok(event) = decode(input.payload) {
             if self
                 .covers
                 .get(&event.user_id.0)
-                .is_some_and(|&covers| offset < covers)
+                .is_some_and(|&covers| input.offset < covers)
             {
                 return; // already in this user's restored state
             }
         }
-        if let Verdict::Accepted { user_id, .. } = judge(
-            &mut self.users,
+        if let Verdict::Accepted { user_id, .. } = self.engine.judge(
             input,
             self.placement,
             |_| Risk::default(),
             limits,
+            &self.dedup,
+            false,
         ) {
             self.dirty.insert(user_id.0);
+        }
+    }
+
+    /// Offsets of replayed keyed events whose answers are to be filled in (see
+    /// [`Rebuild::fill_answer`]), with their users.
+    pub fn unknown_answers(&self) -> Vec<(i64, u64)> {
+        let mut unknown: Vec<(i64, u64)> = self
+            .engine
+            .keys
+            .iter()
+            .flat_map(|(&user, keys)| {
+                keys.iter()
+                    .filter(|r| r.answer.is_none())
+                    .map(move |r| (r.offset, user))
+            })
+            .collect();
+        unknown.sort_unstable();
+        unknown
+    }
+
+    /// The answer the event at `offset` of `user` was given (read from its response record).
+    pub fn fill_answer(&mut self, user: u64, offset: i64, answer: &Answer) {
+        if let Some(keys) = self.engine.keys.get_mut(&user) {
+            keys.fill_answer(offset, answer);
         }
     }
 
@@ -342,7 +496,8 @@ impl Rebuild {
             .collect();
         PartitionState {
             placement: self.placement,
-            users: self.users,
+            dedup: self.dedup,
+            engine: self.engine,
             next_offset: resume_at,
             dirty: self.dirty,
             ahead,

@@ -48,7 +48,7 @@ use crate::kafka::{
     classify, group_member_config, processor_producer_config, ErrorClass, KafkaLayerError,
 };
 use crate::metrics::{CodeLabels, Metrics, PartitionLabels};
-use crate::partition::{PartitionState, Placement, Verdict};
+use crate::partition::{Input, PartitionState, Placement, Verdict};
 use crate::rules::Limits;
 use crate::snapshot::{self, Restored, SnapshotError};
 
@@ -113,35 +113,103 @@ enum RebalanceEvent {
 
 struct GroupContext {
     topic: String,
-    log: Mutex<Vec<RebalanceEvent>>,
+    owner: Arc<Owner>,
+}
+
+impl GroupContext {
+    fn partitions(&self, tpl: &TopicPartitionList) -> Vec<i32> {
+        tpl.elements_for_topic(&self.topic)
+            .iter()
+            .map(|e| e.partition())
+            .collect()
+    }
 }
 
 impl ClientContext for GroupContext {}
 
 impl ConsumerContext for GroupContext {
+    /// A revoked partition's changed users are made durable here, before the partition is
+    /// handed over: its next owner's restore then sees them, and nothing of this owner can land
+    /// in the state topic after that restore read it (a late record of an older round would
+    /// replace a newer one).
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let partitions = self.partitions(tpl);
+            self.owner.revoke(&partitions);
+            self.owner
+                .log
+                .lock()
+                .expect("rebalance log poisoned")
+                .push(RebalanceEvent::Revoked(partitions));
+        }
+    }
+
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let partitions = |tpl: &TopicPartitionList| -> Vec<i32> {
-            tpl.elements_for_topic(&self.topic)
-                .iter()
-                .map(|e| e.partition())
-                .collect()
-        };
-        let event = match rebalance {
+        match rebalance {
             Rebalance::Assign(tpl) => {
                 // Nothing is fetched for a partition before its state is restored.
                 if let Err(e) = consumer.pause(tpl) {
                     tracing::error!(error = %e, "cannot pause newly assigned partitions");
                 }
-                RebalanceEvent::Assigned(partitions(tpl))
+                self.owner
+                    .log
+                    .lock()
+                    .expect("rebalance log poisoned")
+                    .push(RebalanceEvent::Assigned(self.partitions(tpl)));
             }
-            Rebalance::Revoke(tpl) => RebalanceEvent::Revoked(partitions(tpl)),
-            Rebalance::Error(e) => {
-                tracing::warn!(error = %e, "rebalance error");
-                return;
-            }
-        };
-        self.log.lock().expect("rebalance log poisoned").push(event);
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        }
     }
+}
+
+/// What the processor loop shares with the rebalance callbacks (which run inside `poll`, on the
+/// same thread, when no transaction is open): the partitions' states and the means to write
+/// their snapshots.
+struct Owner {
+    partitions: Mutex<HashMap<i32, Partition>>,
+    out: Output,
+    log: Mutex<Vec<RebalanceEvent>>,
+    /// A fatal error met in a callback; stops the loop after `poll`.
+    fatal: Mutex<Option<ProcessorError>>,
+}
+
+impl Owner {
+    fn partitions(&self) -> std::sync::MutexGuard<'_, HashMap<i32, Partition>> {
+        self.partitions.lock().expect("partitions poisoned")
+    }
+
+    /// Drops revoked partitions' states after snapshotting their changed users (see
+    /// [`GroupContext::pre_rebalance`]).
+    fn revoke(&self, partitions: &[i32]) {
+        let revoked: Vec<(i32, Box<Ready>)> = {
+            let mut map = self.partitions();
+            partitions
+                .iter()
+                .filter_map(|p| match map.remove(p) {
+                    Some(Partition::Ready(ready)) => Some((*p, ready)),
+                    _ => None,
+                })
+                .collect()
+        };
+        tracing::info!(
+            ?partitions,
+            "partitions revoked; flushing and dropping their state"
+        );
+        if let Err(e) = self.out.flush_revoked(revoked) {
+            self.fatal.lock().expect("fatal poisoned").get_or_insert(e);
+        }
+    }
+}
+
+/// The producer side: transactions (or at-least-once flushes) as the client's contract says.
+struct Output {
+    settings: Arc<Settings>,
+    /// Threaded: delivery reports are served in the background, which `abort_transaction`
+    /// needs while it waits for outstanding records.
+    producer: ThreadedProducer<DeliveryContext>,
+    exactly_once: bool,
+    shutdown: CancellationToken,
 }
 
 /// Counts delivery failures (only at-least-once needs them; transactions report them at commit).
@@ -192,19 +260,14 @@ struct Processor {
     deps: Deps,
     limits: Limits,
     consumer: BaseConsumer<GroupContext>,
-    /// Threaded: delivery reports are served in the background, which `abort_transaction`
-    /// needs while it waits for outstanding records.
-    producer: ThreadedProducer<DeliveryContext>,
+    /// The partitions and the producer, shared with the rebalance callbacks.
+    owner: Arc<Owner>,
     profiles: ProfilesFollower,
     /// End offsets for the lag gauge, on a client without an open fetch to wait behind.
     offsets: crate::kafka::Reader,
-    partitions: HashMap<i32, Partition>,
     next_generation: u64,
     restores_tx: mpsc::Sender<RestoreDone>,
     restores_rx: mpsc::Receiver<RestoreDone>,
-    /// A fatal error met where it could not be returned (a rebalance); stops the loop.
-    fatal: Option<ProcessorError>,
-    exactly_once: bool,
     last_lag_update: Instant,
     /// Partitions of the events topic: where each user's records belong.
     partition_count: i32,
@@ -220,6 +283,10 @@ impl Processor {
         let topics = if deps.embedded {
             None
         } else {
+            crate::kafka::connect::check(
+                &settings,
+                crate::kafka::connect::Patience::UntilConnected,
+            )?;
             let topics = crate::kafka::admin::ensure_topics(&settings)?;
             tracing::info!(partitions = topics.partitions, topic = %settings.topics.events, "topics ready");
             Some(topics)
@@ -237,13 +304,6 @@ impl Processor {
             );
         }
         let exactly_once = settings.processing.guarantee == Guarantee::ExactlyOnce;
-        let context = GroupContext {
-            topic: settings.topics.events.clone(),
-            log: Mutex::new(Vec::new()),
-        };
-        let consumer: BaseConsumer<GroupContext> = group_member_config(&settings)?
-            .create_with_context(context)
-            .map_err(KafkaLayerError::from)?;
         let producer: ThreadedProducer<DeliveryContext> = processor_producer_config(&settings)?
             .create_with_context(DeliveryContext::default())
             .map_err(KafkaLayerError::from)?;
@@ -256,6 +316,25 @@ impl Processor {
                     _ => ProcessorError::from(e),
                 })?;
         }
+        let settings = Arc::new(settings);
+        let owner = Arc::new(Owner {
+            partitions: Mutex::new(HashMap::new()),
+            out: Output {
+                settings: Arc::clone(&settings),
+                producer,
+                exactly_once,
+                shutdown: deps.shutdown.clone(),
+            },
+            log: Mutex::new(Vec::new()),
+            fatal: Mutex::new(None),
+        });
+        let context = GroupContext {
+            topic: settings.topics.events.clone(),
+            owner: Arc::clone(&owner),
+        };
+        let consumer: BaseConsumer<GroupContext> = group_member_config(&settings)?
+            .create_with_context(context)
+            .map_err(KafkaLayerError::from)?;
         seed_profiles(&settings)?;
         let profiles = ProfilesFollower::new(&settings, "profiles")?;
         let offsets = crate::kafka::reader(&settings, "lag")?;
@@ -271,18 +350,15 @@ impl Processor {
         );
         Ok(Processor {
             limits: settings.limits(),
-            settings: Arc::new(settings),
+            settings,
             deps,
             consumer,
-            producer,
+            owner,
             profiles,
             offsets,
-            partitions: HashMap::new(),
             next_generation: 0,
             restores_tx,
             restores_rx,
-            fatal: None,
-            exactly_once,
             last_lag_update: Instant::now(),
             partition_count,
             dlq_limit,
@@ -311,7 +387,9 @@ impl Processor {
                 tracing::warn!(error = %e, "final snapshot failed; the next owner replays from the last one");
             }
         }
-        self.producer
+        self.owner
+            .out
+            .producer
             .flush(self.settings.processing.shutdown_timeout)?;
         self.consumer.unsubscribe();
         Ok(())
@@ -333,7 +411,7 @@ impl Processor {
             };
             let polled = self.consumer.poll(timeout).map(|r| r.map(|m| m.detach()));
             self.apply_rebalances();
-            if let Some(e) = self.fatal.take() {
+            if let Some(e) = self.owner.fatal.lock().expect("fatal poisoned").take() {
                 return Err(e);
             }
             match polled {
@@ -342,7 +420,7 @@ impl Processor {
                     first_at.get_or_insert_with(Instant::now);
                 }
                 Some(Err(e)) => match classify(&e) {
-                    ErrorClass::Fatal => return Err(self.fatal_error(e)),
+                    ErrorClass::Fatal => return Err(self.owner.out.fatal_error(e)),
                     _ => tracing::warn!(error = %e, "consumer error"),
                 },
                 None => return Ok(batch),
@@ -355,14 +433,7 @@ impl Processor {
     }
 
     fn apply_rebalances(&mut self) {
-        let events = std::mem::take(
-            &mut *self
-                .consumer
-                .context()
-                .log
-                .lock()
-                .expect("rebalance log poisoned"),
-        );
+        let events = std::mem::take(&mut *self.owner.log.lock().expect("rebalance log poisoned"));
         for event in events {
             match event {
                 RebalanceEvent::Assigned(partitions) => {
@@ -373,20 +444,12 @@ impl Processor {
                     }
                 }
                 RebalanceEvent::Revoked(partitions) => {
-                    tracing::info!(
-                        ?partitions,
-                        "partitions revoked; flushing and dropping their state"
-                    );
-                    let mut revoked = Vec::new();
+                    // Already flushed and dropped by the callback (see `Owner::revoke`).
                     for partition in partitions {
-                        if let Some(Partition::Ready(ready)) = self.partitions.remove(&partition) {
-                            revoked.push((partition, ready));
-                        }
                         self.deps.metrics.consumer_lag.remove(&PartitionLabels {
                             partition: partition.to_string(),
                         });
                     }
-                    self.flush_revoked(revoked);
                 }
             }
         }
@@ -400,7 +463,8 @@ impl Processor {
     fn start_restore_after(&mut self, partition: i32, delay: Duration) {
         self.next_generation += 1;
         let generation = self.next_generation;
-        self.partitions
+        self.owner
+            .partitions()
             .insert(partition, Partition::Restoring { generation });
         let settings = Arc::clone(&self.settings);
         let limits = self.limits;
@@ -415,7 +479,8 @@ impl Processor {
             .spawn(move || {
                 std::thread::sleep(delay);
                 let started = Instant::now();
-                let result = snapshot::restore(&settings, placement, &limits, timeout);
+                let dedup = settings.dedup_limits();
+                let result = snapshot::restore(&settings, placement, &limits, dedup, timeout);
                 if let Ok(r) = &result {
                     tracing::info!(
                         partition,
@@ -442,7 +507,7 @@ impl Processor {
     /// Installs finished restores: seek to the restored offset and resume fetching.
     fn finish_restores(&mut self) -> Result<(), ProcessorError> {
         while let Ok(done) = self.restores_rx.try_recv() {
-            let current = matches!(self.partitions.get(&done.partition), Some(Partition::Restoring { generation }) if *generation == done.generation);
+            let current = matches!(self.owner.partitions().get(&done.partition), Some(Partition::Restoring { generation }) if *generation == done.generation);
             if !current {
                 continue; // revoked (or restarted) meanwhile
             }
@@ -468,7 +533,7 @@ impl Processor {
             self.consumer
                 .seek_partitions(tpl.clone(), Duration::from_secs(10))?;
             self.consumer.resume(&tpl)?;
-            self.partitions.insert(
+            self.owner.partitions().insert(
                 done.partition,
                 Partition::Ready(Box::new(Ready {
                     state: restored.state,
@@ -482,27 +547,28 @@ impl Processor {
 
     /// Only records of restored partitions, at or after the restored position, are processed.
     fn accepts(&self, message: &OwnedMessage) -> bool {
-        match self.partitions.get(&message.partition()) {
+        match self.owner.partitions().get(&message.partition()) {
             Some(Partition::Ready(ready)) => message.offset() >= ready.state.next_offset(),
             _ => false,
         }
     }
 
     fn publish_readiness(&self) {
-        let restoring = self
-            .partitions
+        let partitions = self.owner.partitions();
+        let restoring = partitions
             .values()
             .filter(|p| matches!(p, Partition::Restoring { .. }))
             .count();
         self.deps
             .readiness
-            .set_partitions(self.partitions.len(), restoring);
+            .set_partitions(partitions.len(), restoring);
     }
 
     /// Partitions whose changed users should be snapshotted now.
     fn snapshots_due(&self, force: bool) -> Vec<i32> {
         let interval = self.settings.snapshot.interval;
-        self.partitions
+        self.owner
+            .partitions()
             .iter()
             .filter_map(|(p, state)| match state {
                 Partition::Ready(r)
@@ -532,15 +598,15 @@ impl Processor {
                 let class = classify(&e);
                 self.deps.metrics.count_transaction("aborted");
                 if class == ErrorClass::Fatal {
-                    return Err(self.fatal_error(e));
+                    return Err(self.owner.out.fatal_error(e));
                 }
                 tracing::warn!(error = %e, ?class, partitions = ?touched, "batch failed: aborting and rewinding to the last commit");
-                if self.exactly_once {
-                    self.abort()?;
+                if self.owner.out.exactly_once {
+                    self.owner.out.abort()?;
                 } else {
-                    let _ = self
-                        .producer
-                        .flush(self.settings.processing.transaction_timeout);
+                    // Nothing of the failed batch may land after the restore below reads the
+                    // topics (a late snapshot record of this batch could replace a newer one).
+                    self.owner.out.wait_nothing_in_flight();
                 }
                 // The batch mutated in-memory state: rebuild those partitions from Kafka.
                 let mut tpl = TopicPartitionList::new();
@@ -549,7 +615,8 @@ impl Processor {
                 }
                 self.consumer.pause(&tpl)?;
                 for p in touched {
-                    if self.partitions.contains_key(&p) {
+                    let owned = self.owner.partitions().contains_key(&p);
+                    if owned {
                         self.start_restore(p);
                     }
                 }
@@ -570,31 +637,41 @@ impl Processor {
             tracing::warn!(error = %e, "profiles not caught up; using the profiles read so far");
         }
         let caught_up = started.elapsed();
-        self.producer.context().failures.store(0, Ordering::Relaxed);
-        if self.exactly_once {
-            self.producer.begin_transaction()?;
+        let owner = Arc::clone(&self.owner);
+        let out = &owner.out;
+        out.producer.context().failures.store(0, Ordering::Relaxed);
+        if out.exactly_once {
+            out.producer.begin_transaction()?;
         }
-        for message in batch {
-            self.process(message)?;
+        {
+            let mut partitions = owner.partitions();
+            for message in batch {
+                self.process(&mut partitions, message)?;
+            }
         }
-        if !self.exactly_once && !due.is_empty() {
+        if !out.exactly_once && !due.is_empty() {
             // At-least-once: a snapshot covering offset S must never become durable before the
             // responses below S (a restore resumes at S). Different partitions may have different
             // leaders, so flush the responses first; a transaction makes this moot.
-            self.flush_delivered(timeout)?;
+            out.flush_delivered(timeout)?;
         }
         let mut rounds = Vec::with_capacity(due.len());
-        for &p in due {
-            if let Some(covers) = self.produce_round(p)? {
-                rounds.push((p, covers));
+        {
+            let mut partitions = owner.partitions();
+            for &p in due {
+                if let Some(Partition::Ready(ready)) = partitions.get_mut(&p) {
+                    let covers =
+                        produce_round(&out.producer, &self.settings.topics.state, p, ready)?;
+                    rounds.push((p, covers));
+                }
             }
         }
-        if !self.exactly_once && !rounds.is_empty() {
+        if !out.exactly_once && !rounds.is_empty() {
             // A round's marker says all its user records are durable: only after they are.
-            self.flush_delivered(timeout)?;
+            out.flush_delivered(timeout)?;
         }
         for (p, covers) in rounds {
-            produce_marker(&self.producer, &self.settings.topics.state, p, covers)?;
+            produce_marker(&out.producer, &self.settings.topics.state, p, covers)?;
         }
         self.transactions += 1;
         if self
@@ -609,7 +686,7 @@ impl Processor {
         }
         let mut offsets = TopicPartitionList::new();
         for &p in touched {
-            if let Some(Partition::Ready(r)) = self.partitions.get(&p) {
+            if let Some(Partition::Ready(r)) = owner.partitions().get(&p) {
                 offsets.add_partition_offset(
                     &self.settings.topics.events,
                     p,
@@ -617,17 +694,17 @@ impl Processor {
                 )?;
             }
         }
-        if self.exactly_once {
+        if out.exactly_once {
             let metadata = self
                 .consumer
                 .group_metadata()
                 .ok_or(KafkaError::ConsumerCommit(RDKafkaErrorCode::State))?;
             let produced = started.elapsed();
-            self.retrying("send offsets to the transaction", |producer| {
+            out.retrying("send offsets to the transaction", |producer| {
                 producer.send_offsets_to_transaction(&offsets, &metadata, timeout)
             })?;
             let offsets_sent = started.elapsed();
-            self.commit_transaction()?;
+            out.commit_transaction()?;
             tracing::debug!(
                 records = batch.len(),
                 snapshots = due.len(),
@@ -638,7 +715,7 @@ impl Processor {
                 "batch committed"
             );
         } else {
-            self.flush_delivered(timeout)?;
+            out.flush_delivered(timeout)?;
             if offsets.count() > 0 {
                 self.consumer.commit(&offsets, CommitMode::Sync)?;
             }
@@ -646,30 +723,25 @@ impl Processor {
         Ok(())
     }
 
-    /// At-least-once: waits until everything produced so far is acknowledged, and fails if any
-    /// record was not (the batch is then rewound and produced again).
-    fn flush_delivered(&self, timeout: Duration) -> Result<(), KafkaError> {
-        self.producer.flush(timeout)?;
-        if self.producer.context().failures.load(Ordering::Relaxed) > 0 {
-            return Err(KafkaError::MessageProduction(
-                RDKafkaErrorCode::MessageTimedOut,
-            ));
-        }
-        Ok(())
-    }
-
     /// Evaluates one input record and produces its response (and dead-letter record).
-    fn process(&mut self, message: &OwnedMessage) -> Result<(), KafkaError> {
+    fn process(
+        &self,
+        partitions: &mut HashMap<i32, Partition>,
+        message: &OwnedMessage,
+    ) -> Result<(), KafkaError> {
         let partition = message.partition();
         let offset = message.offset();
         let input = message.payload().unwrap_or_default();
         let profiles = &self.profiles;
-        let Some(Partition::Ready(ready)) = self.partitions.get_mut(&partition) else {
+        let Some(Partition::Ready(ready)) = partitions.get_mut(&partition) else {
             return Ok(());
         };
         let processed = ready.state.process(
-            offset,
-            input,
+            Input {
+                offset,
+                payload: input,
+                key: snapshot::idempotency_key(message),
+            },
             |user| profiles.profiles().risk(user.0),
             &self.limits,
         );
@@ -688,6 +760,7 @@ impl Processor {
                 }
             }
             Verdict::Rejected { rejection, .. } => metrics.count_event(rejection.as_str()),
+            Verdict::Duplicate { .. } => metrics.count_event("duplicate"),
             Verdict::AlreadyApplied { .. } => {}
         }
         // An offset a crashed owner already answered is not answered again.
@@ -702,7 +775,7 @@ impl Processor {
                 if let Some(key) = message.key().filter(|k| k.len() <= MAX_KEY_BYTES) {
                     alert = alert.key(key);
                 }
-                send(&self.producer, alert)?;
+                send(&self.owner.out.producer, alert)?;
             } else {
                 tracing::error!(partition, offset, "an offset already in its user's restored state has no response yet; it cannot be answered again");
             }
@@ -762,42 +835,64 @@ impl Processor {
             if let Some(key) = message.key().filter(|k| k.len() <= MAX_KEY_BYTES) {
                 dead = dead.key(key);
             }
-            send(&self.producer, dead)?;
+            send(&self.owner.out.producer, dead)?;
         }
         Ok(())
     }
 
-    /// Produces partition `partition`'s snapshot round (see [`produce_round`]).
-    fn produce_round(&mut self, partition: i32) -> Result<Option<i64>, KafkaError> {
-        let Some(Partition::Ready(ready)) = self.partitions.get_mut(&partition) else {
-            return Ok(None);
-        };
-        produce_round(
-            &self.producer,
-            &self.settings.topics.state,
-            partition,
-            ready,
-        )
-        .map(Some)
-    }
-
-    /// Snapshots the changed users of just-revoked partitions, in a transaction of their own
-    /// (no transaction is open while polling), so their next owner replays less. The snapshot is
-    /// consistent at its `covers` (= the committed offset) whether or not the next owner's restore
-    /// sees it, so a failure here only costs replay time.
-    fn flush_revoked(&mut self, mut revoked: Vec<(i32, Box<Ready>)>) {
-        revoked.retain(|(_, ready)| ready.state.has_changes());
-        if revoked.is_empty() {
+    fn update_lag(&mut self) {
+        if self.last_lag_update.elapsed() < Duration::from_secs(5) {
             return;
         }
+        self.last_lag_update = Instant::now();
+        // Positions first, so no lock is held while asking the broker.
+        let positions: Vec<(i32, i64)> = self
+            .owner
+            .partitions()
+            .iter()
+            .filter_map(|(p, state)| match state {
+                Partition::Ready(ready) => Some((*p, ready.state.next_offset())),
+                Partition::Restoring { .. } => None,
+            })
+            .collect();
+        for (p, next) in positions {
+            if let Ok((_, high)) = self.offsets.fetch_watermarks(
+                &self.settings.topics.events,
+                p,
+                Duration::from_millis(500),
+            ) {
+                self.deps
+                    .metrics
+                    .consumer_lag
+                    .get_or_create(&PartitionLabels {
+                        partition: p.to_string(),
+                    })
+                    .set((high - next).max(0));
+            }
+        }
+    }
+}
+
+impl Output {
+    /// Snapshots the changed users of revoked partitions in a transaction of their own (no
+    /// transaction is open while polling), before the partitions are handed over, so their next
+    /// owner replays less and nothing of this owner lands after that owner's restore. A failure
+    /// only costs replay time: the next owner restores from the previous round (under
+    /// at-least-once, once nothing of this attempt is still in flight).
+    fn flush_revoked(&self, mut revoked: Vec<(i32, Box<Ready>)>) -> Result<(), ProcessorError> {
+        revoked.retain(|(_, ready)| ready.state.has_changes());
+        if revoked.is_empty() {
+            return Ok(());
+        }
         let timeout = self.settings.processing.transaction_timeout;
+        let topic = &self.settings.topics.state;
         let result = (|| {
+            self.producer.context().failures.store(0, Ordering::Relaxed);
             if self.exactly_once {
                 self.producer.begin_transaction()?;
             }
             let mut rounds = Vec::with_capacity(revoked.len());
             for (partition, ready) in &mut revoked {
-                let topic = &self.settings.topics.state;
                 rounds.push((
                     *partition,
                     produce_round(&self.producer, topic, *partition, ready)?,
@@ -807,12 +902,7 @@ impl Processor {
                 self.flush_delivered(timeout)?;
             }
             for (partition, covers) in rounds {
-                produce_marker(
-                    &self.producer,
-                    &self.settings.topics.state,
-                    partition,
-                    covers,
-                )?;
+                produce_marker(&self.producer, topic, partition, covers)?;
             }
             if self.exactly_once {
                 self.commit_transaction()
@@ -824,20 +914,53 @@ impl Processor {
         let e = match result {
             Ok(()) => {
                 tracing::info!(?partitions, "revoked partitions flushed: snapshots written");
-                return;
+                return Ok(());
             }
             Err(e) => e,
         };
         tracing::warn!(?partitions, error = %e, "could not flush revoked partitions; their next owner replays from the previous snapshot");
         if classify(&e) == ErrorClass::Fatal {
             // Fenced (or otherwise unusable): stop at the next step of the loop.
-            let error = self.fatal_error(e);
-            self.fatal.get_or_insert(error);
-        } else if self.exactly_once {
-            if let Err(e) = self.abort() {
+            return Err(self.fatal_error(e));
+        }
+        if self.exactly_once {
+            self.abort().inspect_err(|e| {
                 tracing::error!(error = %e, "abort after a failed flush of revoked partitions failed");
-                self.fatal.get_or_insert(e);
+            })
+        } else {
+            self.wait_nothing_in_flight();
+            Ok(())
+        }
+    }
+
+    /// At-least-once: waits until everything produced so far is acknowledged, and fails if any
+    /// record was not (the batch is then rewound and produced again).
+    fn flush_delivered(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.producer.flush(timeout)?;
+        if self.producer.context().failures.load(Ordering::Relaxed) > 0 {
+            return Err(KafkaError::MessageProduction(
+                RDKafkaErrorCode::MessageTimedOut,
+            ));
+        }
+        Ok(())
+    }
+
+    /// At-least-once, after a failure: waits until no record is in flight any more (each was
+    /// delivered or failed for good, at the latest after the producer's `message.timeout.ms`),
+    /// so none can land after the restore that follows. Stops waiting at shutdown.
+    fn wait_nothing_in_flight(&self) {
+        let started = Instant::now();
+        while self.producer.in_flight_count() > 0 {
+            if self.shutdown.is_cancelled()
+                && started.elapsed() > self.settings.processing.shutdown_timeout
+            {
+                tracing::warn!(
+                    in_flight = self.producer.in_flight_count(),
+                    "shutting down with records still in flight"
+                );
+                return;
             }
+            let _ = self.producer.flush(Duration::from_secs(1));
         }
     }
 
@@ -885,7 +1008,7 @@ impl Processor {
                 Err(e) => e,
             };
             let retriable = matches!(&e, KafkaError::Transaction(t) if t.is_retriable());
-            if self.deps.shutdown.is_cancelled() {
+            if self.shutdown.is_cancelled() {
                 let since = *shutdown_seen.get_or_insert_with(Instant::now);
                 if since.elapsed() >= self.settings.processing.shutdown_timeout {
                     return Err(e);
@@ -901,7 +1024,7 @@ impl Processor {
     }
 
     /// Aborts the open transaction, retrying it as the client's contract says (see
-    /// [`Processor::retrying`]): a transaction left open would block every later one. A fatal
+    /// [`Output::retrying`]): a transaction left open would block every later one. A fatal
     /// error stops the instance (its restart, with the same transactional id, fences and aborts
     /// whatever is left).
     fn abort(&self) -> Result<(), ProcessorError> {
@@ -911,30 +1034,6 @@ impl Processor {
                 ErrorClass::Fatal => self.fatal_error(e),
                 _ => ProcessorError::Fatal(e),
             })
-    }
-
-    fn update_lag(&mut self) {
-        if self.last_lag_update.elapsed() < Duration::from_secs(5) {
-            return;
-        }
-        self.last_lag_update = Instant::now();
-        for (p, state) in &self.partitions {
-            if let Partition::Ready(ready) = state {
-                if let Ok((_, high)) = self.offsets.fetch_watermarks(
-                    &self.settings.topics.events,
-                    *p,
-                    Duration::from_millis(500),
-                ) {
-                    self.deps
-                        .metrics
-                        .consumer_lag
-                        .get_or_create(&PartitionLabels {
-                            partition: p.to_string(),
-                        })
-                        .set((high - ready.state.next_offset()).max(0));
-                }
-            }
-        }
     }
 }
 
@@ -949,8 +1048,9 @@ fn produce_round<C: ProducerContext<DeliveryOpaque = ()>>(
 ) -> Result<i64, KafkaError> {
     let round = ready.state.take_round();
     let mut key = itoa::Buffer::new();
-    for (user_id, state) in round.users {
-        let value = snapshot::encode(round.covers, state);
+    for user in round.users {
+        let value = snapshot::encode(round.covers, user.state, user.keys);
+        let user_id = user.user_id;
         let record = BaseRecord::to(topic)
             .partition(partition)
             .key(key.format(user_id).as_bytes())
@@ -1063,6 +1163,38 @@ fn response_record(
             truncate_text(error, MAX_ERROR_BYTES).to_owned(),
             embedded,
         ),
+        Verdict::Duplicate {
+            user_id,
+            of,
+            answer: Some(answer),
+        } => AlertRecord::duplicate(
+            partition,
+            offset,
+            user_id.0,
+            *of,
+            &answer.codes,
+            answer.risk,
+            embedded,
+        ),
+        Verdict::Duplicate {
+            user_id,
+            of,
+            answer: None,
+        } => {
+            let mut record = AlertRecord::rejected(
+                partition,
+                offset,
+                Some(user_id.0),
+                crate::domain::response::Rejection::IdempotencyConflict,
+                format!(
+                    "a retry of event {} whose answer is no longer retained; it was not applied again",
+                    crate::domain::response::event_id(of.0, of.1)
+                ),
+                embedded,
+            );
+            record.duplicate_of = Some(crate::domain::response::event_id(of.0, of.1));
+            record
+        }
         Verdict::AlreadyApplied { .. } => return None,
     };
     if input.len() > MAX_EMBEDDED_EVENT_BYTES {

@@ -40,8 +40,9 @@ use rustc_hash::FxHashSet;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Guarantee, Settings};
+use crate::idempotency::{Answer, DedupLimits, Keys, HEADER};
 use crate::kafka::{reader, KafkaLayerError, Reader};
-use crate::partition::{PartitionState, Placement, Rebuild};
+use crate::partition::{Input, PartitionState, Placement, Rebuild};
 use crate::rules::Limits;
 use crate::state::UserState;
 
@@ -58,6 +59,9 @@ pub struct SnapshotRecord {
     #[serde(default)]
     pub marked: bool,
     pub state: UserState,
+    /// The user's remembered idempotency keys (absent when none, and in older records).
+    #[serde(default, skip_serializing_if = "Keys::is_empty")]
+    pub keys: Keys,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,19 +80,22 @@ pub enum SnapshotError {
     },
 }
 
-pub fn encode(covers: i64, state: &UserState) -> Vec<u8> {
+pub fn encode(covers: i64, state: &UserState, keys: Option<&Keys>) -> Vec<u8> {
     #[derive(Serialize)]
     struct Borrowed<'a> {
         v: u32,
         covers: i64,
         marked: bool,
         state: &'a UserState,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        keys: Option<&'a Keys>,
     }
     serde_json::to_vec(&Borrowed {
         v: FORMAT_VERSION,
         covers,
         marked: true,
         state,
+        keys: keys.filter(|k| !k.is_empty()),
     })
     .expect("state always serializes")
 }
@@ -154,36 +161,28 @@ pub fn restore(
     settings: &Settings,
     placement: Placement,
     limits: &Limits,
+    dedup: DedupLimits,
     timeout: Duration,
 ) -> Result<Restored, SnapshotError> {
     let partition = placement.partition;
     // One reader serves every step: each assigns the partition it reads.
     let consumer = reader(settings, "restore")?;
-    let Some(committed) = committed_offset(settings, partition, timeout)? else {
-        // Nothing was ever committed for this partition: no committed responses exist yet
-        // (under at-least-once, uncommitted ones may), so start from the beginning.
-        let mut state = PartitionState::new(placement, 0);
-        state.set_answered(answered_offsets(
-            &consumer, settings, partition, 0, timeout,
-        )?);
-        return Ok(Restored {
-            state,
-            resume_at: None,
-            snapshot_users: 0,
-            replayed: 0,
-            rebuilt: false,
-        });
-    };
+    // Nothing ever committed is committed offset 0. Under exactly-once there is then no
+    // snapshot either; under at-least-once a round may be durable before any offset commit (its
+    // marker then says where to resume, as for any snapshot ahead of the committed offset).
+    let committed_at = committed_offset(settings, partition, timeout)?;
+    let committed = committed_at.unwrap_or(0);
     let (mut rebuild, rebuilt) = match load_snapshot(
         &consumer,
         &settings.topics.state,
         placement,
+        dedup,
         timeout,
     ) {
         Ok(rebuild) => (rebuild, false),
         Err(SnapshotError::Unreadable { offset, reason }) => {
             tracing::error!(partition, offset, reason = %reason, "unreadable snapshot: rebuilding the partition by replaying from the earliest retained offset");
-            (Rebuild::new(placement), true)
+            (Rebuild::new(placement, dedup), true)
         }
         Err(e) => return Err(e),
     };
@@ -203,14 +202,18 @@ pub fn restore(
             timeout,
             |message| {
                 rebuild.replay(
-                    message.offset(),
-                    message.payload().unwrap_or_default(),
+                    Input {
+                        offset: message.offset(),
+                        payload: message.payload().unwrap_or_default(),
+                        key: idempotency_key(message),
+                    },
                     limits,
                 );
                 Ok(())
             },
         )?;
     }
+    fill_answers(&consumer, settings, partition, &mut rebuild, timeout)?;
     let replayed = rebuild.replayed();
     let resume_at = committed.max(replay_from);
     let mut state = rebuild.finish(resume_at);
@@ -219,11 +222,129 @@ pub fn restore(
     )?);
     Ok(Restored {
         state,
-        resume_at: Some(resume_at),
+        resume_at: (committed_at.is_some() || covers.is_some()).then_some(resume_at),
         snapshot_users,
         replayed,
         rebuilt,
     })
+}
+
+/// The idempotency key header of an events record, if any.
+pub fn idempotency_key(message: &impl Message) -> Option<&[u8]> {
+    use rdkafka::message::Headers;
+    let headers = message.headers()?;
+    headers
+        .iter()
+        .find(|h| h.key == HEADER)
+        .map(|h| h.value.unwrap_or_default())
+}
+
+/// Fills in the answers of keyed events the replay remembered, from their response records
+/// (the risk an event was answered with is not in the input): scans alerts partition
+/// `partition` back from its end until every one is found or responses to earlier offsets
+/// begin. An answer not found (no longer retained) stays unknown; a retry of that event is then
+/// still not applied twice, and its response says the original's answer is gone.
+fn fill_answers(
+    consumer: &Reader,
+    settings: &Settings,
+    partition: i32,
+    rebuild: &mut Rebuild,
+    timeout: Duration,
+) -> Result<(), SnapshotError> {
+    use crate::domain::response::{AlertRecord, Outcome};
+    let unknown = rebuild.unknown_answers();
+    let Some(&(lowest, _)) = unknown.first() else {
+        return Ok(());
+    };
+    let users: std::collections::HashMap<i64, u64> = unknown.iter().copied().collect();
+    let mut found = std::collections::HashSet::new();
+    let prefix = format!("{partition}-");
+    scan_alerts_back(consumer, settings, partition, timeout, |value| {
+        let Ok(record) = AlertRecord::from_json(value) else {
+            return ScanStep::Continue;
+        };
+        let Some(offset) = record
+            .event_id
+            .strip_prefix(&prefix)
+            .and_then(|o| o.parse::<i64>().ok())
+        else {
+            return ScanStep::Continue;
+        };
+        if let (
+            Some(&user),
+            None,
+            Outcome::Accepted {
+                alert_codes, risk, ..
+            },
+        ) = (users.get(&offset), &record.duplicate_of, &record.outcome)
+        {
+            rebuild.fill_answer(
+                user,
+                offset,
+                &Answer {
+                    codes: alert_codes.clone(),
+                    risk: *risk,
+                },
+            );
+            found.insert(offset);
+        }
+        if found.len() == users.len() || offset < lowest {
+            ScanStep::Stop
+        } else {
+            ScanStep::Continue
+        }
+    })?;
+    if found.len() < users.len() {
+        tracing::warn!(
+            partition,
+            missing = users.len() - found.len(),
+            "answers of replayed keyed events not found in the alerts topic; their retries will say so"
+        );
+    }
+    Ok(())
+}
+
+/// Whether a backward scan goes on.
+enum ScanStep {
+    Continue,
+    Stop,
+}
+
+/// Hands the values of alerts partition `partition` to `each`, newest chunk first (records in
+/// offset order within a chunk), until `each` says stop or the partition's start.
+fn scan_alerts_back(
+    consumer: &Reader,
+    settings: &Settings,
+    partition: i32,
+    timeout: Duration,
+    mut each: impl FnMut(&[u8]) -> ScanStep,
+) -> Result<(), SnapshotError> {
+    let alerts = settings.topics.alerts.as_str();
+    let (low, high) = consumer.fetch_watermarks(alerts, partition, timeout)?;
+    let mut end = high;
+    while end > low {
+        let start = (end - ANSWERED_SCAN_CHUNK).max(low);
+        let mut stop = false;
+        read_partition(
+            consumer,
+            alerts,
+            partition,
+            Offset::Offset(start),
+            end,
+            timeout,
+            |message| {
+                if let ScanStep::Stop = each(message.payload().unwrap_or_default()) {
+                    stop = true;
+                }
+                Ok(())
+            },
+        )?;
+        if stop {
+            break;
+        }
+        end = start;
+    }
+    Ok(())
 }
 
 /// Records read at a time while scanning the alerts partition backwards.
@@ -324,11 +445,12 @@ fn load_snapshot(
     consumer: &Reader,
     topic: &str,
     placement: Placement,
+    dedup: DedupLimits,
     timeout: Duration,
 ) -> Result<Rebuild, SnapshotError> {
     let partition = placement.partition;
     let (low, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
-    let mut rebuild = Rebuild::new(placement);
+    let mut rebuild = Rebuild::new(placement, dedup);
     if high <= low {
         return Ok(rebuild);
     }
@@ -370,7 +492,13 @@ pub fn load_record(
         return Err("record without a numeric user_id key".to_owned());
     };
     let record = decode_record(payload)?;
-    rebuild.load_user(user_id, record.covers, record.marked, record.state);
+    rebuild.load_user(
+        user_id,
+        record.covers,
+        record.marked,
+        record.state,
+        record.keys,
+    );
     Ok(())
 }
 
@@ -431,7 +559,7 @@ mod tests {
         state
             .apply(&event, Risk::Medium, &Limits::default())
             .unwrap();
-        let bytes = encode(42, &state);
+        let bytes = encode(42, &state, None);
         let record = decode_record(&bytes).unwrap();
         assert_eq!(record.covers, 42);
         assert_eq!(record.state, state);

@@ -2,6 +2,8 @@
 //! (`processor::run`). Needs `KAFKA_BOOTSTRAP_SERVERS` (`make test` starts a broker and sets it).
 //! Every test uses its own random topics, group and transactional id.
 
+mod common;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -826,4 +828,165 @@ async fn risk_changes_by_two_tokens_and_the_cli_are_in_the_audit_trail() {
         ]
     );
     shim.stop().await;
+}
+
+/// A payment client retries through another shim (after a timeout, a 202 or a dropped
+/// connection): with the same `Idempotency-Key` the retry is answered as the original was, with
+/// the original's `event_id`, 200 on both routes, and the deposit counts once; the same key with
+/// another body is 422; a malformed key is 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_through_another_shim_is_answered_as_the_original_and_counted_once() {
+    let settings = world("idempotent");
+    let processor = Processor::start(&settings);
+    let a = Shim::start(&settings, Some(&processor)).await;
+    let b = Shim::start(&settings, Some(&processor)).await;
+    let client = client();
+    a.wait_ready(&client).await;
+    b.wait_ready(&client).await;
+    let keyed = |url: String, key: &str, body: &str| {
+        client
+            .post(url)
+            .header("content-type", "application/json")
+            .header("idempotency-key", key)
+            .body(body.to_owned())
+    };
+    let deposit = r#"{"type": "deposit", "amount": "110", "user_id": 31, "time": 1}"#;
+    let first = keyed(a.url("/api/v1/events"), "order-31-1", deposit)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let first: Value = first.json().await.unwrap();
+    for (shim, path) in [(&b, "/api/v1/events"), (&a, "/event"), (&b, "/event")] {
+        let retry = keyed(shim.url(path), "order-31-1", deposit)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(retry.status(), StatusCode::OK, "{path}");
+        let body: Value = retry.json().await.unwrap();
+        assert_eq!(body["alert_codes"], first["alert_codes"], "{path}: {body}");
+        if path == "/api/v1/events" {
+            assert_eq!(body["event_id"], first["event_id"], "{body}");
+        }
+    }
+    // Counted once: 110 + 60 = 170 <= 200, no 123 (counted four times it would be 500).
+    let (status, body) = post_json(
+        &client,
+        &a.url("/event"),
+        r#"{"type": "deposit", "amount": "60", "user_id": 31, "time": 2}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["alert_codes"], json!([]), "{body}");
+    // The retries are visible as such.
+    let (_, events) = get_json(&client, &a.url("/api/v1/users/31/events")).await;
+    let duplicates = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["duplicate_of"] == first["event_id"])
+        .count();
+    assert_eq!(duplicates, 3, "{events}");
+
+    let conflict = keyed(
+        b.url("/event"),
+        "order-31-1",
+        r#"{"type": "deposit", "amount": "999", "user_id": 31, "time": 3}"#,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(conflict.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let error: Value = conflict.json().await.unwrap();
+    assert_eq!(
+        error["error"],
+        "idempotency key reused with a different event"
+    );
+    for bad in ["", "has space", &"x".repeat(129)] {
+        let response = keyed(a.url("/event"), bad, deposit).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{bad:?}");
+        let error: Value = response.json().await.unwrap();
+        assert!(error["error"].as_str().unwrap().contains("Idempotency-Key"));
+    }
+    a.stop().await;
+    b.stop().await;
+    processor.stop().await;
+}
+
+/// With the broker down, every Kafka wait of a request is bounded by `http.produce_timeout`
+/// (503 within it), `/readyz` turns not-ready while no broker answers, and both recover when the
+/// broker is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_broker_down_requests_fail_within_the_produce_timeout_and_readiness_follows() {
+    let broker = tokio::task::spawn_blocking(common::Broker::start)
+        .await
+        .unwrap();
+    let mut settings = world("brokerdown");
+    settings.kafka.bootstrap_servers = broker.bootstrap.clone();
+    settings.http.produce_timeout = Duration::from_secs(3);
+    settings.http.response_timeout = Duration::from_millis(500);
+    let shim = Shim::start(&settings, None).await;
+    let client = client();
+    shim.wait_ready(&client).await;
+    let event =
+        |t: u64| format!(r#"{{"type": "deposit", "amount": "1", "user_id": 4, "time": {t}}}"#);
+    let (status, _) = post_json(&client, &shim.url("/event"), &event(1)).await;
+    assert_eq!(
+        status,
+        StatusCode::ACCEPTED,
+        "accepted, no processor to answer"
+    );
+
+    let broker = tokio::task::spawn_blocking(move || {
+        broker.kill9();
+        broker
+    })
+    .await
+    .unwrap();
+    let bound = Duration::from_secs(3) + Duration::from_millis(1500);
+    let started = Instant::now();
+    let (status, body) = post_json(&client, &shim.url("/event"), &event(2)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        started.elapsed() < bound,
+        "POST took {:?}",
+        started.elapsed()
+    );
+    let started = Instant::now();
+    let (status, body) = put_json(
+        &client,
+        &shim.url("/api/v1/users/4/risk"),
+        r#"{"risk": "high"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        started.elapsed() < bound,
+        "PUT took {:?}",
+        started.elapsed()
+    );
+    let red = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = client.get(shim.url("/readyz")).send().await.unwrap();
+        if r.status() == StatusCode::SERVICE_UNAVAILABLE {
+            break;
+        }
+        assert!(
+            Instant::now() < red,
+            "readiness stayed green with the broker down"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let broker = tokio::task::spawn_blocking(move || {
+        broker.restart();
+        broker
+    })
+    .await
+    .unwrap();
+    shim.wait_ready(&client).await;
+    let (status, _) = post_json(&client, &shim.url("/event"), &event(3)).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    shim.stop().await;
+    drop(broker);
 }

@@ -20,11 +20,12 @@ use user_monitor::domain::response::AlertRecord;
 use user_monitor::health::Readiness;
 use user_monitor::http::auth::{sha256_hex, Scope, TokenConfig, Tokens};
 use user_monitor::http::backend::{Delivered, Found, LookupError, ProduceError};
-use user_monitor::http::{router, Backend, Hub, Shared};
+use user_monitor::http::{router, server, Backend, Hub, Shared};
+use user_monitor::idempotency::DedupLimits;
 use user_monitor::metrics::Metrics;
+use user_monitor::partition::{Input, Placement, Verdict};
 use user_monitor::profiles::Profiles;
 use user_monitor::rules::{Limits, Risk};
-use user_monitor::state::Users;
 
 /// How the fake Kafka behaves.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -46,7 +47,7 @@ struct MemoryBackend {
 
 #[derive(Default)]
 struct Engine {
-    users: Users,
+    engine: user_monitor::partition::Engine,
     profiles: Profiles,
     /// Every input and its response, as Kafka would retain them.
     log: Vec<(Vec<u8>, Option<AlertRecord>)>,
@@ -73,6 +74,7 @@ impl Backend for MemoryBackend {
         &self,
         key: String,
         payload: Vec<u8>,
+        idempotency_key: Option<String>,
     ) -> BoxFuture<'static, Result<Delivered, ProduceError>> {
         let mode = *self.mode.lock().unwrap();
         if mode == Mode::Down {
@@ -85,37 +87,61 @@ impl Backend for MemoryBackend {
         let (offset, record) = {
             let mut engine = self.inner.lock().unwrap();
             let offset = engine.log.len() as i64;
-            let record = match decode(&payload) {
-                Ok(event) => {
-                    assert_eq!(key, event.user_id.to_string(), "keyed by user id");
-                    let risk = engine.profiles.risk(event.user_id.0);
-                    match engine.users.apply(&event, risk, &Limits::default()) {
-                        Ok(codes) => AlertRecord::accepted(
-                            0,
-                            offset,
-                            event.user_id.0,
-                            &codes,
-                            risk,
-                            &payload,
-                        ),
-                        Err(e) => AlertRecord::rejected(
-                            0,
-                            offset,
-                            Some(event.user_id.0),
-                            user_monitor::domain::Rejection::OutOfOrder,
-                            e.to_string(),
-                            &payload,
-                        ),
-                    }
+            if let Ok(event) = decode(&payload) {
+                assert_eq!(key, event.user_id.to_string(), "keyed by user id");
+            }
+            // The processor's own verdict, as in one partition of one.
+            let profiles = engine.profiles.clone();
+            let verdict = engine.engine.judge(
+                Input {
+                    offset,
+                    payload: &payload,
+                    key: idempotency_key.as_deref().map(str::as_bytes),
+                },
+                Placement {
+                    partition: 0,
+                    partitions: 1,
+                },
+                |user| profiles.risk(user.0),
+                &Limits::default(),
+                &DedupLimits::default(),
+                true,
+            );
+            let record = match verdict {
+                Verdict::Accepted {
+                    user_id,
+                    codes,
+                    risk,
+                } => AlertRecord::accepted(0, offset, user_id.0, &codes, risk, &payload),
+                Verdict::Duplicate {
+                    user_id,
+                    of,
+                    answer,
+                } => {
+                    let answer = answer.expect("answers are known when nothing was replayed");
+                    AlertRecord::duplicate(
+                        0,
+                        offset,
+                        user_id.0,
+                        of,
+                        &answer.codes,
+                        answer.risk,
+                        &payload,
+                    )
                 }
-                Err(e) => AlertRecord::rejected(
+                Verdict::Rejected {
+                    user_id,
+                    rejection,
+                    error,
+                } => AlertRecord::rejected(
                     0,
                     offset,
-                    None,
-                    user_monitor::domain::Rejection::Invalid,
-                    e.to_string(),
+                    user_id.map(|u| u.0),
+                    rejection,
+                    error,
                     &payload,
                 ),
+                Verdict::AlreadyApplied { .. } => unreachable!("nothing is restored here"),
             };
             let answered = (mode == Mode::Answer).then(|| record.clone());
             engine.log.push((payload, answered));
@@ -468,7 +494,7 @@ async fn a_response_arriving_while_waiting_completes_the_request() {
     let late = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let event = decode(EXAMPLE.as_bytes()).unwrap();
-        let mut users = Users::default();
+        let mut users = user_monitor::state::Users::default();
         let codes = users
             .apply(&event, Risk::Medium, &Limits::default())
             .unwrap();
@@ -1151,5 +1177,274 @@ async fn every_route_checks_its_scope_and_the_audit_trail_names_who_changed_what
     assert_eq!(
         doc["paths"]["/api/v1/audit"]["get"]["security"][0]["bearer"][0],
         "read"
+    );
+}
+
+/// Serves a fixture's router through the real server loop on a loopback port.
+async fn serve_with(
+    fixture: &Fixture,
+    limits: server::Limits,
+) -> (
+    std::net::SocketAddr,
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(server::serve(
+        listener,
+        fixture.app.clone(),
+        limits,
+        shutdown.clone(),
+    ));
+    (addr, shutdown, task)
+}
+
+fn limits() -> server::Limits {
+    server::Limits {
+        max_connections: 64,
+        header_read_timeout: Duration::from_millis(800),
+        body_read_timeout: Duration::from_millis(800),
+        body_limit: 1024,
+        max_drain_bytes: 8 * 1024 * 1024,
+        shutdown_timeout: Duration::from_secs(10),
+    }
+}
+
+/// Reads what the server sends until it closes the connection (or `within` passes).
+async fn read_to_close(stream: &mut tokio::net::TcpStream, within: Duration) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    match tokio::time::timeout(within, stream.read_to_end(&mut out)).await {
+        Ok(_) => Some(String::from_utf8_lossy(&out).into_owned()),
+        Err(_) => None,
+    }
+}
+
+/// Slow and idle clients are cut off: a head trickling in, a kept-alive connection left idle, a
+/// body trickling in (408), all within the configured bounds; the server keeps answering others.
+#[tokio::test]
+async fn slow_and_idle_connections_are_timed_out() {
+    use tokio::io::AsyncWriteExt;
+    let fixture = fixture();
+    let (addr, _shutdown, _task) = serve_with(&fixture, limits()).await;
+
+    // A head that never completes.
+    let mut slow_head = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow_head
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    assert!(
+        read_to_close(&mut slow_head, Duration::from_secs(5))
+            .await
+            .is_some(),
+        "a slow head is cut off"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+
+    // An idle kept-alive connection, after one answered request.
+    let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_to_close(&mut idle, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // A body that stops halfway: 408 JSON.
+    let mut slow_body = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow_body
+        .write_all(b"POST /event HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 10\r\n\r\n12345")
+        .await
+        .unwrap();
+    let answer = read_to_close(&mut slow_body, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains(r#"{"error":"#), "{answer}");
+
+    // Meanwhile and afterwards, others are served.
+    let ok = reqwest::get(format!("http://{addr}/healthz"))
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+}
+
+/// Past `http.max_connections` a new connection gets a JSON 503 with `Connection: close`, and
+/// once connections close there is room again.
+#[tokio::test]
+async fn connections_over_the_cap_get_503_and_the_service_stays_up() {
+    let fixture = fixture();
+    let (addr, _shutdown, _task) = serve_with(
+        &fixture,
+        server::Limits {
+            max_connections: 8,
+            header_read_timeout: Duration::from_secs(30),
+            ..limits()
+        },
+    )
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        held.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut over = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let answer = read_to_close(&mut over, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+    assert!(
+        answer.contains(r#"{"error":"too many open connections"#),
+        "{answer}"
+    );
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let ok = reqwest::get(format!("http://{addr}/healthz"))
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+}
+
+/// A client that writes a 4 MiB body before reading anything still receives its 413 (the body
+/// is read and discarded first), as Python's urllib and `requests` do.
+#[tokio::test]
+async fn an_oversized_body_sent_in_full_before_reading_gets_its_413() {
+    use tokio::io::AsyncWriteExt;
+    let fixture = fixture();
+    let (addr, _shutdown, _task) = serve_with(
+        &fixture,
+        server::Limits {
+            body_read_timeout: Duration::from_secs(10),
+            ..limits()
+        },
+    )
+    .await;
+    let body = vec![b'x'; 4 * 1024 * 1024];
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /event HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream
+        .write_all(&body)
+        .await
+        .expect("the whole body is accepted");
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), async {
+        use tokio::io::AsyncReadExt;
+        stream.read(&mut answer).await
+    })
+    .await
+    .unwrap()
+    .expect("an answer, not a reset");
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(
+        answer.contains(r#"{"error":"request body is larger than 1024 bytes"}"#),
+        "{answer}"
+    );
+}
+
+/// At shutdown, requests in flight are answered, and a request arriving while draining gets a
+/// JSON 503 with `Connection: close`, never a dropped connection; then the server stops.
+#[tokio::test]
+async fn shutdown_answers_requests_in_flight_and_503s_new_ones() {
+    use tokio::io::AsyncWriteExt;
+    let fixture = fixture_with(100, Duration::from_secs(3));
+    fixture.backend.set_mode(Mode::Silent); // in-flight POSTs wait for a response
+    let (addr, shutdown, task) = serve_with(&fixture, limits()).await;
+    let client = reqwest::Client::new();
+    let in_flight: Vec<_> = (0..20)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                client
+                    .post(format!("http://{addr}/event"))
+                    .header("content-type", "application/json")
+                    .body(format!(
+                        r#"{{"type": "deposit", "amount": "1", "user_id": {i}, "time": 1}}"#
+                    ))
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+            })
+        })
+        .collect();
+    // A kept-alive connection that sends its request only once draining started.
+    let mut late = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    shutdown.cancel();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    late.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_to_close(&mut late, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+    assert!(answer.contains("shutting down"), "{answer}");
+    for request in in_flight {
+        // Accepted by Kafka, no response within the timeout: 202, answered all the same.
+        assert_eq!(request.await.unwrap().unwrap(), 202);
+    }
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("the server stops once drained")
+        .unwrap()
+        .unwrap();
+}
+
+/// Requests the HTTP parser itself refuses are answered with a JSON error too: an invalid
+/// `Content-Length` (400) and a query string of a megabyte (431).
+#[tokio::test]
+async fn requests_the_http_parser_refuses_get_json_errors_too() {
+    use tokio::io::AsyncWriteExt;
+    let fixture = fixture();
+    let (addr, _shutdown, _task) = serve_with(&fixture, limits()).await;
+    let mut bad_length = tokio::net::TcpStream::connect(addr).await.unwrap();
+    bad_length
+        .write_all(b"POST /event HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: abc\r\n\r\n{}")
+        .await
+        .unwrap();
+    let answer = read_to_close(&mut bad_length, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(
+        answer.contains("content-type: application/json"),
+        "{answer}"
+    );
+    let body: Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("malformed"),
+        "{body}"
+    );
+
+    let mut long_query = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "GET /api/v1/alerts?user_id={} HTTP/1.1\r\nHost: x\r\n\r\n",
+        "1".repeat(1024 * 1024)
+    );
+    let _ = long_query.write_all(head.as_bytes()).await;
+    let answer = read_to_close(&mut long_query, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 431"),
+        "{}",
+        &answer[..answer.len().min(200)]
+    );
+    let body: Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("too large"),
+        "{body}"
     );
 }

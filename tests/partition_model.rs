@@ -1,7 +1,8 @@
 //! Model-based test of a partition's lifecycle, no Kafka: random interleavings of processing,
 //! snapshot rounds, aborted transactions, crashes (with, under at-least-once, any part of the
 //! in-flight records landing), rebalance hand-overs and restores, over the real snapshot format
-//! and the real restore logic ([`Rebuild`]). After every restore the partition's state must equal
+//! and the real restore logic ([`Rebuild`]), with idempotency keys, retries and key reuse in the
+//! input and a risk level per user (so an answer remembered for a retry must be the original's). After every restore the partition's state must equal
 //! an uninterrupted run over the same input, and at the end every input has its answer: exactly
 //! one under exactly-once, at least one and all identical under at-least-once, each equal to the
 //! uninterrupted run's.
@@ -9,10 +10,34 @@
 use std::collections::{BTreeMap, HashSet};
 
 use proptest::prelude::*;
-use user_monitor::partition::{judge, PartitionState, Placement, Rebuild, Verdict};
+use user_monitor::domain::UserId;
+use user_monitor::idempotency::{Answer as Remembered, DedupLimits};
+use user_monitor::partition::{Engine, Input, PartitionState, Placement, Rebuild, Verdict};
 use user_monitor::rules::{Limits, Risk};
 use user_monitor::snapshot::{encode, encode_marker, load_record, MARKER_KEY};
-use user_monitor::state::Users;
+
+/// One input record: its value and its idempotency key header.
+type Record = (String, Option<String>);
+
+fn input_at(input: &[Record], offset: i64) -> Input<'_> {
+    let (payload, key) = &input[offset as usize];
+    Input {
+        offset,
+        payload: payload.as_bytes(),
+        key: key.as_deref().map(str::as_bytes),
+    }
+}
+
+/// Each user's risk level (fixed, so an uninterrupted run is well defined).
+fn risk_of(user: UserId) -> Risk {
+    Risk::ALL[(user.0 % 3) as usize]
+}
+
+/// A small window and bound, so forgetting is exercised too.
+const DEDUP: DedupLimits = DedupLimits {
+    window_ticks: 60,
+    max_keys: 3,
+};
 
 /// Partition 0 of 2: users whose home is partition 1 are wrong-partition rejections.
 const PLACEMENT: Placement = Placement {
@@ -50,13 +75,17 @@ enum Op {
 /// What an answer says, for comparing with the uninterrupted run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Answer {
-    Codes(Vec<u32>),
+    Codes(Vec<u32>, Risk),
+    Duplicate((i32, i64), Option<Remembered>),
     Rejected(String),
 }
 
 fn answer(verdict: &Verdict) -> Option<Answer> {
     match verdict {
-        Verdict::Accepted { codes, .. } => Some(Answer::Codes(codes.as_slice().to_vec())),
+        Verdict::Accepted { codes, risk, .. } => {
+            Some(Answer::Codes(codes.as_slice().to_vec(), *risk))
+        }
+        Verdict::Duplicate { of, answer, .. } => Some(Answer::Duplicate(*of, answer.clone())),
         Verdict::Rejected { rejection, .. } => Some(Answer::Rejected(rejection.as_str().into())),
         Verdict::AlreadyApplied { .. } => None,
     }
@@ -64,7 +93,7 @@ fn answer(verdict: &Verdict) -> Option<Answer> {
 
 /// The broker: the input partition, the state and alerts partitions, the committed offset.
 struct Broker {
-    input: Vec<Vec<u8>>,
+    input: Vec<Record>,
     state: Vec<(Vec<u8>, Vec<u8>)>,
     alerts: Vec<(i64, Option<Answer>)>,
     committed: Option<i64>,
@@ -84,34 +113,35 @@ struct Model {
     limits: Limits,
     broker: Broker,
     owner: Option<PartitionState>,
-    /// At-least-once: records still in flight from a failed owner, landing after the next
-    /// restore read the topics.
-    late: Late,
-}
-
-#[derive(Default)]
-struct Late {
-    alerts: Vec<(i64, Option<Answer>)>,
-    state: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 impl Model {
     fn restore(&mut self) -> PartitionState {
         let b = &self.broker;
-        let mut state = match b.committed {
-            None => PartitionState::new(PLACEMENT, 0),
-            Some(committed) => {
-                let mut rebuild = Rebuild::new(PLACEMENT);
-                for (key, value) in &b.state {
-                    load_record(&mut rebuild, Some(key), Some(value)).unwrap();
-                }
-                let from = rebuild.replay_from().unwrap_or(0);
-                for offset in from..committed {
-                    rebuild.replay(offset, &b.input[offset as usize], &self.limits);
-                }
-                rebuild.finish(committed.max(from))
+        // As the restore does: nothing committed is committed offset 0.
+        let committed = b.committed.unwrap_or(0);
+        let mut rebuild = Rebuild::new(PLACEMENT, DEDUP);
+        for (key, value) in &b.state {
+            load_record(&mut rebuild, Some(key), Some(value)).unwrap();
+        }
+        let from = rebuild.replay_from().unwrap_or(0);
+        for offset in from..committed {
+            rebuild.replay(input_at(&b.input, offset), &self.limits);
+        }
+        // As the restore does from the alerts topic: the answers of replayed keyed events.
+        for (offset, user) in rebuild.unknown_answers() {
+            let found = b.alerts.iter().find_map(|(o, a)| match a {
+                Some(Answer::Codes(codes, risk)) if *o == offset => Some(Remembered {
+                    codes: codes.clone(),
+                    risk: *risk,
+                }),
+                _ => None,
+            });
+            if let Some(found) = found {
+                rebuild.fill_answer(user, offset, &found);
             }
-        };
+        }
+        let mut state = rebuild.finish(committed.max(from));
         if self.guarantee == Guarantee::AtLeastOnce {
             let resume = state.next_offset();
             state.set_answered(
@@ -125,7 +155,8 @@ impl Model {
         // Every user's state is an uninterrupted run's at the resume point, but for users whose
         // record reaches further (at-least-once): theirs at that record's offset.
         let resume = state.next_offset() as usize;
-        let at_resume = uninterrupted(&b.input[..resume], &self.limits);
+        let engine_at_resume = uninterrupted(&b.input[..resume], &self.limits);
+        let at_resume = &engine_at_resume.users;
         let ahead: BTreeMap<u64, i64> = state.ahead().collect();
         let ids: HashSet<u64> = at_resume
             .iter()
@@ -133,12 +164,17 @@ impl Model {
             .chain(state.users().iter().map(|(id, _)| id))
             .collect();
         for id in ids {
-            let want = match ahead.get(&id) {
-                Some(&covers) => uninterrupted(&b.input[..covers as usize], &self.limits)
-                    .get(id)
-                    .cloned(),
-                None => at_resume.get(id).cloned(),
+            let reference = match ahead.get(&id) {
+                Some(&covers) => uninterrupted(&b.input[..covers as usize], &self.limits),
+                None => engine_at_resume.clone(),
             };
+            let want = reference.users.get(id).cloned();
+            // Remembered keys too, answers included (filled in from the responses).
+            assert_eq!(
+                state.engine().keys.get(&id),
+                reference.keys.get(&id),
+                "user {id}: restored idempotency keys at offset {resume} differ"
+            );
             assert_eq!(
                 state.users().get(id),
                 want.as_ref(),
@@ -148,18 +184,9 @@ impl Model {
         state
     }
 
-    /// A restore by a new owner, after which the late records land.
-    fn restore_then_land_late(&mut self) -> PartitionState {
-        let state = self.restore();
-        let late = std::mem::take(&mut self.late);
-        self.broker.alerts.extend(late.alerts);
-        self.broker.state.extend(late.state);
-        state
-    }
-
     fn owner(&mut self) -> &mut PartitionState {
         if self.owner.is_none() {
-            let state = self.restore_then_land_late();
+            let state = self.restore();
             self.owner = Some(state);
         }
         self.owner.as_mut().unwrap()
@@ -173,18 +200,18 @@ impl Model {
         let mut pending = Pending::default();
         let start = owner.next_offset();
         for offset in start..(start + n as i64).min(end) {
-            let processed =
-                owner.process(offset, &input[offset as usize], |_| Risk::Medium, &limits);
+            let processed = owner.process(input_at(&input, offset), risk_of, &limits);
             if processed.answer {
                 pending.responses.push((offset, answer(&processed.verdict)));
             }
         }
         if snapshot && owner.has_changes() {
             let round = owner.take_round();
-            for (user, state) in round.users {
-                pending
-                    .round
-                    .push((user.to_string().into_bytes(), encode(round.covers, state)));
+            for u in round.users {
+                pending.round.push((
+                    u.user_id.to_string().into_bytes(),
+                    encode(round.covers, u.state, u.keys),
+                ));
             }
             pending.marker = Some((MARKER_KEY.into(), encode_marker(round.covers)));
         }
@@ -218,24 +245,20 @@ impl Model {
         let mut responses = pending.responses.into_iter();
         self.broker.alerts.extend(responses.by_ref().take(prefix));
         if !all_responses {
-            // The rest may still be in flight and land after the next owner restored.
-            let late = take(2) == 1;
-            if late {
-                self.late.alerts.extend(responses);
-            }
+            // The rest never lands: nothing of a failed owner is still in flight when the next
+            // restore reads the topics (the processor waits for its producer's queue to empty,
+            // and flushes revoked partitions before handing them over).
+            drop(responses);
             return;
         }
-        // The round's records were produced after the responses were flushed; some land now,
-        // some never, some after the next owner restored (the failed flush stopped waiting).
+        // The round's records were produced after the responses were flushed: any of them may
+        // fail for good (a marker follows only if none did).
         let mut all_round = true;
         for record in pending.round {
-            match take(4) {
-                0 => all_round = false,
-                1 => {
-                    all_round = false;
-                    self.late.state.push(record);
-                }
-                _ => self.broker.state.push(record),
+            if take(3) == 0 {
+                all_round = false;
+            } else {
+                self.broker.state.push(record);
             }
         }
         if !all_round || take(2) == 0 {
@@ -262,7 +285,7 @@ impl Model {
                 self.land_some(pending, landed);
                 // Abort and rewind: the partition is restored by its owner.
                 self.owner = None;
-                let state = self.restore_then_land_late();
+                let state = self.restore();
                 self.owner = Some(state);
             }
             Op::Crash {
@@ -283,8 +306,11 @@ impl Model {
                     let mut records: Vec<_> = round
                         .users
                         .iter()
-                        .map(|(user, state)| {
-                            (user.to_string().into_bytes(), encode(round.covers, state))
+                        .map(|u| {
+                            (
+                                u.user_id.to_string().into_bytes(),
+                                encode(round.covers, u.state, u.keys),
+                            )
                         })
                         .collect();
                     records.push((MARKER_KEY.into(), encode_marker(round.covers)));
@@ -295,59 +321,94 @@ impl Model {
     }
 }
 
-/// The state after processing `input` without interruption.
-fn uninterrupted(input: &[Vec<u8>], limits: &Limits) -> Users {
-    let mut users = Users::default();
-    for record in input {
-        judge(&mut users, record, PLACEMENT, |_| Risk::Medium, limits);
+/// The engine after processing `input` without interruption.
+fn uninterrupted(input: &[Record], limits: &Limits) -> Engine {
+    let mut engine = Engine::default();
+    for offset in 0..input.len() as i64 {
+        engine.judge(
+            input_at(input, offset),
+            PLACEMENT,
+            risk_of,
+            limits,
+            &DEDUP,
+            true,
+        );
     }
-    users
+    engine
 }
 
 /// The answers of an uninterrupted run.
-fn expected_answers(input: &[Vec<u8>], limits: &Limits) -> Vec<Answer> {
-    let mut users = Users::default();
-    input
-        .iter()
-        .map(|record| {
-            answer(&judge(
-                &mut users,
-                record,
+fn expected_answers(input: &[Record], limits: &Limits) -> Vec<Answer> {
+    let mut engine = Engine::default();
+    (0..input.len() as i64)
+        .map(|offset| {
+            let verdict = engine.judge(
+                input_at(input, offset),
                 PLACEMENT,
-                |_| Risk::Medium,
+                risk_of,
                 limits,
-            ))
-            .unwrap()
+                &DEDUP,
+                true,
+            );
+            answer(&verdict).unwrap()
         })
         .collect()
 }
 
-fn event_line(user: u64, kind: bool, amount: u32, time: u64) -> Vec<u8> {
+fn event_line(user: u64, kind: bool, amount: u32, time: u64) -> String {
     let kind = if kind { "deposit" } else { "withdraw" };
     format!(r#"{{"type": "{kind}", "amount": "{amount}", "user_id": {user}, "time": {time}}}"#)
-        .into_bytes()
 }
 
-fn input_strategy() -> impl Strategy<Value = Vec<Vec<u8>>> {
-    // (user, deposit?, amount, time step, poison?)
+fn input_strategy() -> impl Strategy<Value = Vec<Record>> {
+    // (user, deposit?, amount, time step, what)
     prop::collection::vec(
-        (0u64..6, any::<bool>(), 1u32..160, 0u64..25, 0u8..20),
+        (
+            0u64..6,
+            any::<bool>(),
+            1u32..160,
+            0u64..25,
+            0u8..24,
+            0usize..1000,
+        ),
         1..120,
     )
     .prop_map(|records| {
         let mut time = 0u64;
-        records
-            .into_iter()
-            .map(|(user, kind, amount, step, poison)| {
-                time += step;
-                match poison {
-                    0 => b"not json".to_vec(),
-                    // Out of order for this user (when it has a later event).
-                    1 => event_line(user, kind, amount, time.saturating_sub(40)),
-                    _ => event_line(user, kind, amount, time),
+        let mut out: Vec<Record> = Vec::new();
+        for (user, kind, amount, step, what, pick) in records {
+            time += step;
+            let record = match what {
+                0 => ("not json".to_owned(), None),
+                // Out of order for this user (when it has a later event).
+                1 => (
+                    event_line(user, kind, amount, time.saturating_sub(40)),
+                    None,
+                ),
+                // A retry of an earlier keyed record, as a client resends it.
+                2..=4 if out.iter().any(|(_, k)| k.is_some()) => {
+                    let keyed: Vec<&Record> = out.iter().filter(|(_, k)| k.is_some()).collect();
+                    keyed[pick % keyed.len()].clone()
                 }
-            })
-            .collect()
+                // An earlier key reused for a different event.
+                5 if out.iter().any(|(_, k)| k.is_some()) => {
+                    let keyed: Vec<&Record> = out.iter().filter(|(_, k)| k.is_some()).collect();
+                    let key = keyed[pick % keyed.len()].1.clone();
+                    (event_line(user, kind, amount, time), key)
+                }
+                6 => (
+                    event_line(user, kind, amount, time),
+                    Some("bad key".to_owned()),
+                ),
+                7..=12 => (
+                    event_line(user, kind, amount, time),
+                    Some(format!("k{}", out.len())),
+                ),
+                _ => (event_line(user, kind, amount, time), None),
+            };
+            out.push(record);
+        }
+        out
     })
 }
 
@@ -362,7 +423,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
     ]
 }
 
-fn run(guarantee: Guarantee, input: Vec<Vec<u8>>, ops: &[Op]) {
+fn run(guarantee: Guarantee, input: Vec<Record>, ops: &[Op]) {
     let limits = Limits::default();
     let mut model = Model {
         guarantee,
@@ -374,7 +435,6 @@ fn run(guarantee: Guarantee, input: Vec<Vec<u8>>, ops: &[Op]) {
             committed: None,
         },
         owner: None,
-        late: Late::default(),
     };
     for op in ops {
         model.step(op);
@@ -446,12 +506,12 @@ fn a_replayed_event_survives_a_second_crash_after_a_round_of_other_users() {
             done => done,
         });
     let (a, b) = (a.unwrap(), b.unwrap());
-    let input = vec![
-        event_line(a, true, 10, 1),
-        event_line(b, true, 1, 1),
-        event_line(a, true, 20, 2),
-        event_line(b, true, 1, 2),
-        event_line(a, true, 30, 3),
+    let input: Vec<Record> = vec![
+        (event_line(a, true, 10, 1), None),
+        (event_line(b, true, 1, 1), None),
+        (event_line(a, true, 20, 2), None),
+        (event_line(b, true, 1, 2), None),
+        (event_line(a, true, 30, 3), None),
     ];
     let ops = [
         Op::Batch {

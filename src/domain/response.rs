@@ -57,6 +57,8 @@ pub enum Rejection {
     /// A valid event in another partition than its user's (murmur2 of the decimal user id):
     /// evaluating it there would split the user's state in two.
     WrongPartition,
+    /// Its idempotency key was already used by that user for a different event.
+    IdempotencyConflict,
 }
 
 impl Rejection {
@@ -65,6 +67,7 @@ impl Rejection {
             Rejection::Invalid => "invalid",
             Rejection::OutOfOrder => "out_of_order",
             Rejection::WrongPartition => "wrong_partition",
+            Rejection::IdempotencyConflict => "idempotency_conflict",
         }
     }
 }
@@ -78,6 +81,9 @@ impl Rejection {
 pub struct AlertRecord {
     /// `"<partition>-<offset>"` of the input record.
     pub event_id: String,
+    /// A retry under an idempotency key already used: the `event_id` of the original, whose
+    /// answer this record repeats (alert fields, `alert_id` and `risk` are the original's).
+    pub duplicate_of: Option<String>,
     pub user_id: Option<u64>,
     pub outcome: Outcome,
     pub event: Option<Box<RawValue>>,
@@ -102,6 +108,8 @@ pub enum Outcome {
 #[derive(Serialize, Deserialize)]
 struct WireRecord<'a> {
     event_id: std::borrow::Cow<'a, str>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    duplicate_of: Option<std::borrow::Cow<'a, str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     user_id: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -157,6 +165,7 @@ impl Serialize for AlertRecord {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut wire = WireRecord {
             event_id: self.event_id.as_str().into(),
+            duplicate_of: self.duplicate_of.as_deref().map(Into::into),
             user_id: self.user_id,
             alert: None,
             alert_codes: None,
@@ -234,10 +243,37 @@ impl AlertRecord {
         let (event, event_text) = raw_event(input);
         AlertRecord {
             event_id: event_id(partition, offset),
+            duplicate_of: None,
             user_id: Some(user_id),
             outcome: Outcome::Accepted {
                 alert_codes: codes.as_slice().to_vec(),
                 alert_id: codes.is_alert().then(|| alert_id(partition, offset)),
+                risk,
+            },
+            event,
+            event_text,
+        }
+    }
+
+    /// The response to a retry of the event `of` under the same idempotency key: the
+    /// original's answer, marked as such.
+    pub fn duplicate(
+        partition: i32,
+        offset: i64,
+        user_id: u64,
+        of: (i32, i64),
+        codes: &[u32],
+        risk: Risk,
+        input: &[u8],
+    ) -> Self {
+        let (event, event_text) = raw_event(input);
+        AlertRecord {
+            event_id: event_id(partition, offset),
+            duplicate_of: Some(event_id(of.0, of.1)),
+            user_id: Some(user_id),
+            outcome: Outcome::Accepted {
+                alert_codes: codes.to_vec(),
+                alert_id: (!codes.is_empty()).then(|| alert_id(of.0, of.1)),
                 risk,
             },
             event,
@@ -257,6 +293,7 @@ impl AlertRecord {
         let (event, event_text) = raw_event(input);
         AlertRecord {
             event_id: event_id(partition, offset),
+            duplicate_of: None,
             user_id,
             outcome: Outcome::Rejected { rejection, error },
             event,
@@ -281,6 +318,7 @@ impl AlertRecord {
         };
         Ok(AlertRecord {
             event_id: wire.event_id.into_owned(),
+            duplicate_of: wire.duplicate_of.map(|d| d.into_owned()),
             user_id: wire.user_id,
             outcome,
             event: wire.event.map(|raw| raw.to_owned()),

@@ -58,11 +58,13 @@ pub struct Found {
 
 /// Kafka as the handlers see it.
 pub trait Backend: Send + Sync + 'static {
-    /// Produces an event (`key` = user id) to the events topic and waits for the acknowledgement.
+    /// Produces an event (`key` = user id) to the events topic, with its idempotency key as the
+    /// `idempotency-key` header, and waits for the acknowledgement.
     fn produce_event(
         &self,
         key: String,
         payload: Vec<u8>,
+        idempotency_key: Option<String>,
     ) -> BoxFuture<'static, Result<Delivered, ProduceError>>;
 
     /// Produces `{"risk": ...}` for a user to the profiles topic and waits for the acknowledgement.
@@ -138,9 +140,18 @@ impl KafkaBackend {
         })
     }
 
-    /// Blocks until the events and profiles topics exist (or `timeout`); marks the backend ready.
-    /// Producing before would let a broker auto-create a topic with the wrong partition count.
+    /// Asks a broker whether the events and profiles topics exist (within `timeout`): the
+    /// backend is ready while they do and a broker answers. Producing before would let a broker
+    /// auto-create a topic with the wrong partition count; producing while no broker answers
+    /// would only wait for `http.produce_timeout`.
     pub fn check_topics(&self, timeout: Duration) -> Result<(), KafkaLayerError> {
+        let checked = self.find_topics(timeout);
+        self.ready
+            .store(checked.is_ok(), std::sync::atomic::Ordering::Relaxed);
+        checked
+    }
+
+    fn find_topics(&self, timeout: Duration) -> Result<(), KafkaLayerError> {
         for topic in [&self.settings.topics.events, &self.settings.topics.profiles] {
             let metadata = self
                 .producer
@@ -157,7 +168,6 @@ impl KafkaBackend {
                 });
             }
         }
-        self.ready.store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
@@ -174,16 +184,40 @@ impl KafkaBackend {
         key: String,
         payload: Vec<u8>,
     ) -> BoxFuture<'static, Result<Delivered, ProduceError>> {
+        self.produce_with(topic, key, payload, None)
+    }
+
+    fn produce_with(
+        &self,
+        topic: String,
+        key: String,
+        payload: Vec<u8>,
+        idempotency_key: Option<String>,
+    ) -> BoxFuture<'static, Result<Delivered, ProduceError>> {
         let producer = self.producer.clone();
         let timeout = self.settings.http.produce_timeout;
         Box::pin(async move {
-            let record = FutureRecord::to(&topic).key(&key).payload(&payload);
-            match producer.send(record, timeout).await {
-                Ok(delivery) => Ok(Delivered {
+            let mut record = FutureRecord::to(&topic).key(&key).payload(&payload);
+
+            if let Some(value) = &idempotency_key {
+                record = record.headers(rdkafka::message::OwnedHeaders::new().insert(
+                    rdkafka::message::Header {
+                        key: crate::idempotency::HEADER,
+                        value: Some(value.as_str()),
+                    },
+                ));
+            }
+            // The whole wait, queueing included, is bounded by `http.produce_timeout`.
+            let sent = tokio::time::timeout(timeout, producer.send(record, timeout)).await;
+            match sent {
+                Ok(Ok(delivery)) => Ok(Delivered {
                     partition: delivery.partition,
                     offset: delivery.offset,
                 }),
-                Err((e, _)) => Err(ProduceError::NotAcknowledged(e.to_string())),
+                Ok(Err((e, _))) => Err(ProduceError::NotAcknowledged(e.to_string())),
+                Err(_) => Err(ProduceError::NotAcknowledged(format!(
+                    "no acknowledgement within http.produce_timeout ({timeout:?})"
+                ))),
             }
         })
     }
@@ -194,11 +228,17 @@ impl Backend for KafkaBackend {
         &self,
         key: String,
         payload: Vec<u8>,
+        idempotency_key: Option<String>,
     ) -> BoxFuture<'static, Result<Delivered, ProduceError>> {
         if !self.ready() {
             return Box::pin(async { Err(ProduceError::NotReady("topics not found yet")) });
         }
-        self.produce(self.settings.topics.events.clone(), key, payload)
+        self.produce_with(
+            self.settings.topics.events.clone(),
+            key,
+            payload,
+            idempotency_key,
+        )
     }
 
     fn produce_profile(
@@ -253,7 +293,8 @@ impl Backend for KafkaBackend {
         let follower = Arc::clone(&self.profiles);
         let profile = self.produce_profile(user_id, risk);
         let producer = self.producer.clone();
-        Box::pin(async move {
+        let bound = self.settings.http.produce_timeout;
+        let change = async move {
             let timeout = settings.http.produce_timeout;
             let before = tokio::task::spawn_blocking({
                 let settings = Arc::clone(&settings);
@@ -277,6 +318,17 @@ impl Backend for KafkaBackend {
             })?;
             tracing::info!(user_id, actor = %entry.actor, before = %entry.before, after = %entry.after, "risk changed");
             Ok(entry)
+        };
+        // Every Kafka wait of the request together is bounded by `http.produce_timeout` (the
+        // profile, once published, may still apply: the client sees 503 and may retry).
+        Box::pin(async move {
+            tokio::time::timeout(bound, change)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(ProduceError::NotAcknowledged(format!(
+                        "kafka did not answer within http.produce_timeout ({bound:?})"
+                    )))
+                })
         })
     }
 

@@ -15,6 +15,7 @@ pub mod backend;
 pub mod follower;
 pub mod model;
 pub mod routes;
+pub mod server;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -82,6 +83,7 @@ pub async fn start(settings: Settings, deps: ShimDeps) -> Result<RunningShim, Sh
         }
         AuthMode::Tokens => Some(Arc::new(settings.auth_tokens()?)),
     };
+    crate::kafka::connect::before_serving(&settings).await?;
     let settings = Arc::new(settings);
     let backend = Arc::new(KafkaBackend::new(Arc::clone(&settings))?);
     let hub = Arc::new(Hub::new(
@@ -121,11 +123,18 @@ pub async fn start(settings: Settings, deps: ShimDeps) -> Result<RunningShim, Sh
         auth,
     });
     let app = router(state);
+    let limits = server::Limits {
+        max_connections: settings.http.max_connections,
+        header_read_timeout: settings.http.header_read_timeout,
+        body_read_timeout: settings.http.body_read_timeout,
+        body_limit: settings.http.body_limit_bytes,
+        max_drain_bytes: settings.http.max_drain_bytes,
+        shutdown_timeout: settings.processing.shutdown_timeout,
+    };
     let shutdown = deps.shutdown.clone();
     tracing::info!(%addr, "http shim listening");
     let task = tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
+        let served = server::serve(listener, app, limits, shutdown)
             .await
             .map_err(ShimError::Serve);
         follower_stop.cancel();
@@ -157,14 +166,29 @@ async fn wait_for_topics(
             Err(e) => tracing::warn!(error = %e, "shim topic check panicked"),
         }
     }
+    // Then keep asking: readiness turns red while the brokers are unreachable (requests get a
+    // quick 503 instead of waiting for acknowledgements that cannot come) and green when they
+    // are back.
+    let mut ready = false;
     let mut logged = false;
     while !shutdown.is_cancelled() {
         let check = Arc::clone(&backend);
-        match tokio::task::spawn_blocking(move || check.check_topics(Duration::from_secs(5))).await
-        {
-            Ok(Ok(())) => {
+        let probe = if ready {
+            Duration::from_secs(2)
+        } else {
+            Duration::from_secs(5)
+        };
+        match tokio::task::spawn_blocking(move || check.check_topics(probe)).await {
+            Ok(Ok(())) if !ready => {
                 tracing::info!("shim producer connected, topics found");
-                return;
+                ready = true;
+                logged = false;
+            }
+            Ok(Ok(())) => {}
+            Ok(Err(e)) if ready => {
+                tracing::warn!(error = %e, "kafka unreachable: not ready, answering 503 until it is back");
+                ready = false;
+                logged = true;
             }
             Ok(Err(e)) if !logged => {
                 tracing::info!(error = %e, "shim waiting for the topics");
@@ -172,9 +196,14 @@ async fn wait_for_topics(
             }
             _ => {}
         }
+        let pause = if ready {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_millis(500)
+        };
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = tokio::time::sleep(pause) => {}
         }
     }
     let _ = settings;

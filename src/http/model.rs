@@ -400,6 +400,7 @@ mod tests {
     fn record(partition: i32, offset: i64, user_id: u64, codes: &[u32]) -> AlertRecord {
         AlertRecord {
             event_id: format!("{partition}-{offset}"),
+            duplicate_of: None,
             user_id: Some(user_id),
             outcome: Outcome::Accepted {
                 alert_codes: codes.to_vec(),
@@ -518,6 +519,7 @@ mod tests {
         let hub = Hub::new(10, 10);
         let rejected = AlertRecord {
             event_id: "0-3".into(),
+            duplicate_of: None,
             user_id: Some(4),
             outcome: Outcome::Rejected {
                 rejection: Rejection::OutOfOrder,

@@ -95,6 +95,11 @@ pub enum ApiError {
     NotJson,
     #[error("method not allowed")]
     MethodNotAllowed,
+    #[error("the request body did not arrive within http.body_read_timeout")]
+    BodyTimeout,
+    /// The idempotency key was used for a different event (422).
+    #[error("idempotency key reused with a different event")]
+    IdempotencyConflict(String),
     /// No valid token (401).
     #[error("{0}")]
     Unauthorized(Denied),
@@ -117,6 +122,8 @@ impl ApiError {
             ApiError::NotJson => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::IdempotencyConflict(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Unavailable(_) | ApiError::Lookup(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -218,10 +225,13 @@ pub struct EventView {
     /// Why the event was rejected.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// `invalid` or `out_of_order`.
+    /// `invalid`, `out_of_order`, `wrong_partition` or `idempotency_conflict`.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>, example = "out_of_order")]
     pub rejection: Option<Rejection>,
+    /// A retry under an idempotency key: the event it repeats (whose answer it carries).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duplicate_of: Option<String>,
     /// The event as sent.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
@@ -243,6 +253,7 @@ impl EventView {
             risk: None,
             error: None,
             rejection: None,
+            duplicate_of: record.duplicate_of.clone(),
             event: record.event.clone(),
             event_text: record.event_text.clone(),
         };
@@ -278,6 +289,7 @@ impl EventView {
             risk: None,
             error: None,
             rejection: None,
+            duplicate_of: None,
             event_text: event.is_none().then(|| text.into_owned()),
             event,
         }
@@ -426,10 +438,25 @@ fn json_body(
     body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::TooLarge(limit)
+        } else if body_timed_out(&rejection) {
+            ApiError::BodyTimeout
         } else {
             ApiError::Invalid(rejection.body_text())
         }
     })
+}
+
+/// Whether reading the body failed because the client sent it too slowly
+/// (`http.body_read_timeout`).
+fn body_timed_out(rejection: &BytesRejection) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(rejection);
+    while let Some(error) = source {
+        if error.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        source = error.source();
+    }
+    false
 }
 
 fn parse_integer(name: &str, text: &str) -> Result<u64, ApiError> {
@@ -496,11 +523,15 @@ impl Drop for WaiterGuard<'_> {
 }
 
 /// Validates, produces, waits for the response record.
-async fn submit(state: &Shared, body: Bytes) -> Result<Submitted, ApiError> {
+async fn submit(
+    state: &Shared,
+    body: Bytes,
+    idempotency_key: Option<String>,
+) -> Result<Submitted, ApiError> {
     let event = decode(&body).map_err(|e: DecodeError| ApiError::Invalid(e.to_string()))?;
     let delivered = state
         .backend
-        .produce_event(event.user_id.to_string(), body.to_vec())
+        .produce_event(event.user_id.to_string(), body.to_vec(), idempotency_key)
         .await?;
     let key = (delivered.partition, delivered.offset);
     let _guard = WaiterGuard {
@@ -538,7 +569,27 @@ fn rejection_error(stored: &Stored) -> Option<ApiError> {
             rejection: Rejection::Invalid | Rejection::WrongPartition,
             error,
         } => Some(ApiError::Invalid(error.clone())),
+        Outcome::Rejected {
+            rejection: Rejection::IdempotencyConflict,
+            error,
+        } => Some(ApiError::IdempotencyConflict(error.clone())),
     }
+}
+
+/// The `Idempotency-Key` header: absent, or 1 to 128 visible ASCII characters (400 otherwise).
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let mut values = headers.get_all("idempotency-key").iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(ApiError::Invalid(
+            "invalid Idempotency-Key: send it once".to_owned(),
+        ));
+    }
+    crate::idempotency::validate_key(value.as_bytes())
+        .map(|key| Some(key.to_owned()))
+        .map_err(|e| ApiError::Invalid(format!("invalid Idempotency-Key: {e}")))
 }
 
 /// Where `GET` finds an event: the `Location` of a created or pending event.
@@ -582,7 +633,8 @@ async fn accept(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Submitted, ApiError> {
     let body = json_body(headers, body, state.body_limit)?;
-    let submitted = submit(state, body).await?;
+    let key = idempotency_key(headers)?;
+    let submitted = submit(state, body, key).await?;
     if let Submitted::Done(stored) = &submitted {
         if let Some(error) = rejection_error(stored) {
             return Err(error);
@@ -597,6 +649,7 @@ async fn accept(
     path = "/event",
     tag = "events",
     request_body(content = EventBody, content_type = "application/json"),
+    params(("Idempotency-Key" = Option<String>, Header, description = "1 to 128 visible ASCII characters: a retry with the same key and event is answered with the original's response (same event_id) and never counted twice")),
     security(("bearer" = ["events:write"])),
     responses(
         (status = 200, description = "the event's response", body = LegacyBody),
@@ -608,6 +661,7 @@ async fn accept(
         (status = 503, description = "Kafka did not acknowledge: the event was not accepted", body = ErrorBody),
         (status = 401, description = "no valid token (http.auth.mode = \"tokens\")", body = ErrorBody),
         (status = 403, description = "the token lacks the scope events:write", body = ErrorBody),
+        (status = 422, description = "the Idempotency-Key was already used for a different event", body = ErrorBody),
     )
 )]
 pub async fn post_event(
@@ -635,9 +689,11 @@ pub async fn post_event(
     path = "/api/v1/events",
     tag = "events",
     request_body(content = EventBody, content_type = "application/json"),
+    params(("Idempotency-Key" = Option<String>, Header, description = "1 to 128 visible ASCII characters: a retry with the same key and event is answered with the original's response (same event_id) and never counted twice")),
     security(("bearer" = ["events:write"])),
     responses(
         (status = 201, description = "the event and its result; Location names it", body = CreatedBody),
+        (status = 200, description = "a retry under an Idempotency-Key: the original's id and result", body = CreatedBody),
         (status = 202, description = "accepted by Kafka, no response in time", body = PendingBody),
         (status = 400, description = "invalid event: every bad field named", body = ErrorBody),
         (status = 409, description = "out of order for this user", body = ErrorBody),
@@ -646,6 +702,7 @@ pub async fn post_event(
         (status = 503, description = "Kafka did not acknowledge: the event was not accepted", body = ErrorBody),
         (status = 401, description = "no valid token (http.auth.mode = \"tokens\")", body = ErrorBody),
         (status = 403, description = "the token lacks the scope events:write", body = ErrorBody),
+        (status = 422, description = "the Idempotency-Key was already used for a different event", body = ErrorBody),
     )
 )]
 pub async fn create_event(
@@ -657,20 +714,21 @@ pub async fn create_event(
         Submitted::Pending(event_id) => Ok(pending_response(event_id, true)),
         Submitted::Done(stored) => {
             let record = &stored.record;
-            let location = event_location(&record.event_id);
+            // A retry is answered as the original was, with the original's id; nothing new was
+            // created, so 200 (SPEC section 7).
+            let (event_id, status) = match &record.duplicate_of {
+                Some(original) => (original.clone(), StatusCode::OK),
+                None => (record.event_id.clone(), StatusCode::CREATED),
+            };
+            let location = event_location(&event_id);
             let body = CreatedBody {
-                event_id: record.event_id.clone(),
+                event_id,
                 alert_id: record.alert_id().map(str::to_owned),
                 alert: !stored.alert_codes().is_empty(),
                 alert_codes: stored.alert_codes().to_vec(),
                 user_id: record.user_id.unwrap_or_default(),
             };
-            Ok((
-                StatusCode::CREATED,
-                [(header::LOCATION, location)],
-                Json(body),
-            )
-                .into_response())
+            Ok((status, [(header::LOCATION, location)], Json(body)).into_response())
         }
     }
 }

@@ -2,6 +2,7 @@
 //! profiles follower, and the classification of Kafka errors.
 
 pub mod admin;
+pub mod connect;
 pub mod profiles;
 
 use std::time::Duration;
@@ -24,6 +25,30 @@ pub enum KafkaLayerError {
     Topic { topic: String, reason: String },
     #[error("kafka did not answer within {0:?}")]
     Timeout(Duration),
+    /// The brokers refused the credentials (or the SASL mechanism): no retry will help.
+    #[error("kafka authentication failed ({security}, brokers {bootstrap}): {reason}")]
+    Authentication {
+        /// e.g. `SASL PLAIN as user "app", security.protocol SASL_SSL` (never the password).
+        security: String,
+        bootstrap: String,
+        reason: String,
+    },
+    /// The TLS handshake failed (e.g. the broker's certificate is not signed by a trusted CA).
+    #[error("kafka TLS handshake failed ({security}, brokers {bootstrap}): {reason}; check the ssl.* properties (e.g. ssl.ca.location)")]
+    Tls {
+        security: String,
+        bootstrap: String,
+        reason: String,
+    },
+    /// No broker of `kafka.bootstrap_servers` answered.
+    #[error("kafka brokers {bootstrap} could not be reached ({waited}, security.protocol {protocol}): {reason}; check kafka.bootstrap_servers and that the brokers are up")]
+    Unreachable {
+        bootstrap: String,
+        /// How long it waited, and why it stopped.
+        waited: String,
+        protocol: String,
+        reason: String,
+    },
 }
 
 /// Whether an error may go away by itself (retry) or means this instance must stop.
