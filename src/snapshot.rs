@@ -259,7 +259,7 @@ fn fill_answers(
     let users: std::collections::HashMap<i64, u64> = unknown.iter().copied().collect();
     let mut found = std::collections::HashSet::new();
     let prefix = format!("{partition}-");
-    scan_alerts_back(consumer, settings, partition, timeout, |value| {
+    scan_alerts_back(consumer, settings, partition, i64::MAX, timeout, |value| {
         let Ok(record) = AlertRecord::from_json(value) else {
             return ScanStep::Continue;
         };
@@ -311,19 +311,22 @@ enum ScanStep {
 }
 
 /// Hands the values of alerts partition `partition` to `each`, newest chunk first (records in
-/// offset order within a chunk), until `each` says stop or the partition's start.
+/// offset order within a chunk), until the chunk in which `each` said stop, the partition's
+/// start, or `limit` records.
 fn scan_alerts_back(
     consumer: &Reader,
     settings: &Settings,
     partition: i32,
+    limit: i64,
     timeout: Duration,
     mut each: impl FnMut(&[u8]) -> ScanStep,
 ) -> Result<(), SnapshotError> {
     let alerts = settings.topics.alerts.as_str();
     let (low, high) = consumer.fetch_watermarks(alerts, partition, timeout)?;
+    let floor = low.max(high.saturating_sub(limit));
     let mut end = high;
-    while end > low {
-        let start = (end - ANSWERED_SCAN_CHUNK).max(low);
+    while end > floor {
+        let start = (end - ANSWERED_SCAN_CHUNK).max(floor);
         let mut stop = false;
         read_partition(
             consumer,
@@ -366,42 +369,27 @@ fn answered_offsets(
     if settings.processing.guarantee != Guarantee::AtLeastOnce {
         return Ok(FxHashSet::default());
     }
-    let alerts = settings.topics.alerts.as_str();
-    let (low, high) = consumer.fetch_watermarks(alerts, partition, timeout)?;
     let prefix = format!("{partition}-");
     let mut answered = FxHashSet::default();
     let limit = i64::try_from(settings.processing.max_batch_events)
         .unwrap_or(i64::MAX / 8)
         .saturating_mul(4)
         .max(ANSWERED_SCAN_CHUNK);
-    let floor = low.max(high.saturating_sub(limit));
-    let mut end = high;
-    while end > floor {
-        let start = (end - ANSWERED_SCAN_CHUNK).max(floor);
-        let mut reached_earlier = false;
-        read_partition(
-            consumer,
-            alerts,
-            partition,
-            Offset::Offset(start),
-            end,
-            timeout,
-            |message| {
-                match response_offset(message.payload().unwrap_or_default(), &prefix) {
-                    Some(offset) if offset >= from => {
-                        answered.insert(offset);
-                    }
-                    Some(_) => reached_earlier = true,
-                    None => {}
-                }
-                Ok(())
-            },
-        )?;
-        if reached_earlier {
-            break;
-        }
-        end = start;
-    }
+    scan_alerts_back(
+        consumer,
+        settings,
+        partition,
+        limit,
+        timeout,
+        |value| match response_offset(value, &prefix) {
+            Some(offset) if offset >= from => {
+                answered.insert(offset);
+                ScanStep::Continue
+            }
+            Some(_) => ScanStep::Stop,
+            None => ScanStep::Continue,
+        },
+    )?;
     Ok(answered)
 }
 

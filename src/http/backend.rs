@@ -262,18 +262,7 @@ impl Backend for KafkaBackend {
         partition: i32,
         offset: i64,
     ) -> BoxFuture<'static, Result<Option<Found>, LookupError>> {
-        let settings = Arc::clone(&self.settings);
-        let lookups = Arc::clone(&self.lookups);
-        Box::pin(async move {
-            let _permit = lookups
-                .acquire_owned()
-                .await
-                .map_err(|_| LookupError("shutting down".to_owned()))?;
-            tokio::task::spawn_blocking(move || lookup_blocking(&settings, partition, offset))
-                .await
-                .map_err(|e| LookupError(e.to_string()))?
-                .map_err(|e| LookupError(e.to_string()))
-        })
+        self.read_blocking(move |settings| lookup_blocking(settings, partition, offset))
     }
 
     fn ready(&self) -> bool {
@@ -337,6 +326,23 @@ impl Backend for KafkaBackend {
         limit: usize,
         before: Option<i64>,
     ) -> BoxFuture<'static, Result<AuditPage, LookupError>> {
+        self.read_blocking(move |settings| {
+            crate::audit::read_page(settings, limit, before, LOOKUP_TIMEOUT)
+        })
+    }
+}
+
+impl KafkaBackend {
+    /// Runs a blocking read of Kafka (a short-lived reader) off the async runtime, at most
+    /// [`LOOKUP_CONCURRENCY`] at a time.
+    fn read_blocking<T, E>(
+        &self,
+        read: impl FnOnce(&Settings) -> Result<T, E> + Send + 'static,
+    ) -> BoxFuture<'static, Result<T, LookupError>>
+    where
+        T: Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
         let settings = Arc::clone(&self.settings);
         let lookups = Arc::clone(&self.lookups);
         Box::pin(async move {
@@ -344,12 +350,10 @@ impl Backend for KafkaBackend {
                 .acquire_owned()
                 .await
                 .map_err(|_| LookupError("shutting down".to_owned()))?;
-            tokio::task::spawn_blocking(move || {
-                crate::audit::read_page(&settings, limit, before, LOOKUP_TIMEOUT)
-            })
-            .await
-            .map_err(|e| LookupError(e.to_string()))?
-            .map_err(|e| LookupError(e.to_string()))
+            tokio::task::spawn_blocking(move || read(&settings))
+                .await
+                .map_err(|e| LookupError(e.to_string()))?
+                .map_err(|e| LookupError(e.to_string()))
         })
     }
 }
