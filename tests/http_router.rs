@@ -1274,8 +1274,9 @@ async fn slow_and_idle_connections_are_timed_out() {
     assert_eq!(ok.status(), 200);
 }
 
-/// Past `http.max_connections` a new connection gets a JSON 503 with `Connection: close`, and
-/// once connections close there is room again.
+/// Past `http.max_connections` a new connection's request gets a JSON 503 with
+/// `Connection: close` — but a health probe is still answered, and a connection that sends
+/// nothing is closed at once; once connections close there is room again.
 #[tokio::test]
 async fn connections_over_the_cap_get_503_and_the_service_stays_up() {
     let fixture = fixture();
@@ -1294,6 +1295,12 @@ async fn connections_over_the_cap_get_503_and_the_service_stays_up() {
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut over = tokio::net::TcpStream::connect(addr).await.unwrap();
+    {
+        use tokio::io::AsyncWriteExt;
+        over.write_all(b"GET /api/v1/alerts HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+    }
     let answer = read_to_close(&mut over, Duration::from_secs(5))
         .await
         .unwrap();
@@ -1302,6 +1309,19 @@ async fn connections_over_the_cap_get_503_and_the_service_stays_up() {
     assert!(
         answer.contains(r#"{"error":"too many open connections"#),
         "{answer}"
+    );
+    let probe = reqwest::get(format!("http://{addr}/healthz"))
+        .await
+        .unwrap();
+    assert_eq!(probe.status(), 200, "a probe is answered over the cap");
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let started = std::time::Instant::now();
+    assert!(read_to_close(&mut silent, Duration::from_secs(5))
+        .await
+        .is_some());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "a silent extra connection is closed"
     );
     drop(held);
     tokio::time::sleep(Duration::from_millis(200)).await;
