@@ -1,5 +1,5 @@
 # The README's commands. `make run` starts the service; `make test` runs every test.
-.PHONY: run test lint bench bench-evaluate bench-process kafka-up kafka-down
+.PHONY: run test lint bench bench-evaluate bench-process kafka-up kafka-down fault fault-long
 
 run:
 	cargo run --release
@@ -29,3 +29,15 @@ kafka-up:
 
 kafka-down:
 	bash scripts/kafka-local.sh down
+
+# The seeded randomized fault suite (tests/fault_suite.rs) on a broker of its own, which it kills:
+# the CI-sized run (100,000 events, at least 10 faults of each kind, both guarantees side by side).
+# FAULT_SEED=<seed> reruns a failing seed; FAULT_EVENTS, FAULT_FAULTS, FAULT_GUARANTEE size it.
+# Needs Java and the Kafka jars (as `make kafka-up`), not a running broker.
+fault:
+	cargo test --release --test fault_suite -- --nocapture
+
+# The long run: 1,000,000 events and at least 50 faults of each kind, exactly-once and
+# at-least-once side by side (about 20 minutes of faults, then the checks).
+fault-long:
+	FAULT_EVENTS=1000000 FAULT_FAULTS=50 FAULT_GUARANTEE=both $(MAKE) fault

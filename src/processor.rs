@@ -307,24 +307,27 @@ impl Processor {
         let producer: ThreadedProducer<DeliveryContext> = processor_producer_config(&settings)?
             .create_with_context(DeliveryContext::default())
             .map_err(KafkaLayerError::from)?;
+        let settings = Arc::new(settings);
+        let out = Output {
+            settings: Arc::clone(&settings),
+            producer,
+            exactly_once,
+            shutdown: deps.shutdown.clone(),
+        };
         if exactly_once {
             // Fences any zombie with the same transactional id and aborts its open transaction.
-            producer
-                .init_transactions(settings.processing.transaction_timeout)
+            // A restarted broker may still be loading the coordinator, or finishing the
+            // predecessor's transaction: retried as any transactional call.
+            let timeout = settings.processing.transaction_timeout;
+            out.retrying("init", |producer| producer.init_transactions(timeout))
                 .map_err(|e| match classify(&e) {
                     ErrorClass::Fatal => ProcessorError::Fenced(settings.transactional_id()),
                     _ => ProcessorError::from(e),
                 })?;
         }
-        let settings = Arc::new(settings);
         let owner = Arc::new(Owner {
             partitions: Mutex::new(HashMap::new()),
-            out: Output {
-                settings: Arc::clone(&settings),
-                producer,
-                exactly_once,
-                shutdown: deps.shutdown.clone(),
-            },
+            out,
             log: Mutex::new(Vec::new()),
             fatal: Mutex::new(None),
         });
@@ -1007,7 +1010,20 @@ impl Output {
                 Ok(()) => return Ok(()),
                 Err(e) => e,
             };
-            let retriable = matches!(&e, KafkaError::Transaction(t) if t.is_retriable());
+            // Retriable by the client's word, or a broker still recovering (seen from
+            // `init_transactions` right after a broker restart).
+            let retriable = matches!(&e, KafkaError::Transaction(t) if t.is_retriable()
+            || (!t.is_fatal() && !t.txn_requires_abort() && matches!(
+                t.code(),
+                RDKafkaErrorCode::ConcurrentTransactions
+                    | RDKafkaErrorCode::CoordinatorLoadInProgress
+                    | RDKafkaErrorCode::CoordinatorNotAvailable
+                    | RDKafkaErrorCode::NotCoordinator
+                    | RDKafkaErrorCode::RequestTimedOut
+                    | RDKafkaErrorCode::OperationTimedOut
+                    | RDKafkaErrorCode::BrokerTransportFailure
+                    | RDKafkaErrorCode::AllBrokersDown
+            )));
             if self.shutdown.is_cancelled() {
                 let since = *shutdown_seen.get_or_insert_with(Instant::now);
                 if since.elapsed() >= self.settings.processing.shutdown_timeout {

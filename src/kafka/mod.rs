@@ -176,9 +176,11 @@ pub fn group_consumer_config(settings: &Settings) -> Result<ClientConfig, KafkaL
         .set("partition.assignment.strategy", "cooperative-sticky")
         // Never process input of aborted upstream transactions.
         .set("isolation.level", "read_committed")
-        // Detect a dead instance in seconds, not the 45 s default.
-        .set("session.timeout.ms", "10000")
-        .set("heartbeat.interval.ms", "1000");
+        // Kafka's default minimum (group.min.session.timeout.ms): a kill -9'd instance's
+        // partitions move within about 6 s. Heartbeats come from the client's own thread,
+        // whatever the processor does, so a live instance does not miss them.
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "1500");
     apply_overrides(&mut config, settings);
     Ok(config)
 }
