@@ -748,7 +748,10 @@ fn seeded_random_faults_lose_nothing_and_answer_as_the_engine() {
             let mut world =
                 World::on_broker(&format!("faults-{short}"), partitions, &broker.bootstrap);
             world.set("USER_MONITOR__PROCESSING__GUARANTEE", guarantee);
-            world.set("USER_MONITOR__PROCESSING__TRANSACTION_TIMEOUT", "10s");
+            // The production default: a transaction open when the broker dies must outlive the
+            // outage (about 8 s here: the kill, the restart, the coordinator loading) and the
+            // retries of its commit, or the coordinator aborts it and fences its producer.
+            world.set("USER_MONITOR__PROCESSING__TRANSACTION_TIMEOUT", "30s");
             world.set("USER_MONITOR__SNAPSHOT__INTERVAL", "1s");
             world.create_topics();
             Fleet {

@@ -140,7 +140,9 @@ fn a_replayed_event_survives_a_second_crash_after_the_snapshot_interval() {
 #[test]
 fn a_processor_rides_out_broker_kill_minus_nine_during_commits() {
     let broker = Broker::start();
-    let world = World::on_broker("broker-kill9", 3, &broker.bootstrap);
+    let mut world = World::on_broker("broker-kill9", 3, &broker.bootstrap);
+    // As in production (and the fault suite): a transaction must outlive the outage.
+    world.set("USER_MONITOR__PROCESSING__TRANSACTION_TIMEOUT", "30s");
     world.create_topics();
     let lines = random_events(40_000, 1_000, 17);
     let expected = expected(&lines, &Profiles::default());
@@ -419,17 +421,16 @@ fn a_valid_event_in_the_wrong_partition_is_rejected_and_splits_no_state() {
 }
 
 /// A processor killed with kill -9 and started again with the same transactional id (the same
-/// slot) takes its partitions back at once, not after the session timeout of the dead member,
-/// here Kafka's default of 45 s. Prints the measured time (the target is 10 s); the assertion is
-/// loose on purpose.
+/// slot) answers new events within seconds (target 10 s, printed), with the group settings the processor ships with (the
+/// tests' usual 6 s session is not applied here). Its partitions come back once the dead
+/// member's session has expired (or at once with static membership), so this bounds the
+/// session timeout the product uses: the previous release's 10 s session alone took longer.
+/// Prints the measured time.
 #[test]
-fn a_kill_minus_nine_instance_is_processing_again_within_ten_seconds() {
+fn a_kill_minus_nine_instance_is_processing_again_within_seconds() {
     let partitions = 2;
     let world = World::new("restart-speed", partitions);
-    world.write_kafka_properties(&[
-        ("session.timeout.ms", "45000"),
-        ("heartbeat.interval.ms", "3000"),
-    ]);
+    world.write_kafka_properties(&[]);
     world.create_topics();
     let mut alerts = Tail::new(&world.bootstrap(), &world.alerts());
     // One user per partition.
@@ -492,9 +493,12 @@ fn a_kill_minus_nine_instance_is_processing_again_within_ten_seconds() {
             world.log(0)
         )
     });
+    // The target (10 s) is reported from this measurement, not asserted: speed is measured, and
+    // this machine is shared. The bound only catches a restart that waits for Kafka's 45 s
+    // default session (or worse).
     assert!(
-        all < Duration::from_secs(30),
-        "processing again only {all:?} after the restart (a session timeout was waited out?):\n{}",
+        all < Duration::from_secs(20),
+        "processing again only {all:?} after the restart:\n{}",
         world.log(0)
     );
 }
