@@ -48,17 +48,6 @@ pub struct Input<'a> {
     pub key: Option<&'a [u8]>,
 }
 
-impl<'a> Input<'a> {
-    /// A record without an idempotency key.
-    pub fn plain(offset: i64, payload: &'a [u8]) -> Self {
-        Input {
-            offset,
-            payload,
-            key: None,
-        }
-    }
-}
-
 /// What became of one input record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -84,15 +73,6 @@ pub enum Verdict {
     /// Already part of the user's restored state (its snapshot record covers this offset), so
     /// not applied again. Only under at-least-once, and its response was already produced.
     AlreadyApplied { user_id: UserId },
-}
-
-impl Verdict {
-    pub fn rejection(&self) -> Option<Rejection> {
-        match self {
-            Verdict::Rejected { rejection, .. } => Some(*rejection),
-            _ => None,
-        }
-    }
 }
 
 /// Everything the verdicts of one owner depend on: every user's rule state and remembered
@@ -259,10 +239,6 @@ impl PartitionState {
             ahead: FxHashMap::default(),
             answered: FxHashSet::default(),
         }
-    }
-
-    pub fn placement(&self) -> Placement {
-        self.placement
     }
 
     pub fn users(&self) -> &Users {
