@@ -5,11 +5,12 @@
 
 use std::io::{self, BufRead, Write};
 
-use crate::domain::event::{decode, DecodeError, Event};
-use crate::domain::response::write_legacy_line;
+use crate::domain::response::{write_legacy_line, Rejection};
+use crate::domain::Verdict;
+use crate::engine::{Admission, Context, Engine, Input};
+use crate::idempotency::DedupLimits;
 use crate::profiles::Profiles;
 use crate::rules::Limits;
-use crate::state::{Slot, Users};
 
 /// Counts of one run, printed to stderr at the end.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -40,12 +41,21 @@ pub fn evaluate(
     limits: &Limits,
 ) -> io::Result<Summary> {
     let mut output = io::BufWriter::with_capacity(1 << 16, output);
-    let mut users = Users::default();
+    let mut engine = Engine::default();
+    let dedup = DedupLimits::default();
+    let cx = Context {
+        placement: None,
+        limits,
+        dedup: &dedup,
+        answer_known: true,
+        ahead: None,
+    };
     let mut summary = Summary::default();
     let mut lines = LineReader::new(&mut input);
-    // Lines go in batches: decode them all and find (or create) their users' slots, touch those
-    // states back to back so the cache misses overlap, then apply and write in input order.
-    let mut batch: Vec<Result<(Event, Slot), DecodeError>> = Vec::with_capacity(BATCH);
+    // Lines go in batches: admit them all (decode, find or create their users' slots), touch
+    // those states back to back so the cache misses overlap, then decide and write in input
+    // order. The line buffer is reused, so only the decoded events are kept (no key headers).
+    let mut batch: Vec<Admission> = Vec::with_capacity(BATCH);
     loop {
         batch.clear();
         while batch.len() < BATCH {
@@ -56,42 +66,43 @@ pub fn evaluate(
             if let Some(rest) = text.strip_suffix(b"\n") {
                 text = rest.strip_suffix(b"\r").unwrap_or(rest);
             }
-            batch.push(decode(text).map(|event| (event, users.slot(event.user_id.0))));
+            let input = Input {
+                offset: 0,
+                payload: text,
+                key: None,
+            };
+            batch.push(engine.admit(input, &cx));
         }
         if batch.is_empty() {
             break;
         }
-        users.touch(
-            batch
-                .iter()
-                .filter_map(|decoded| decoded.as_ref().ok().map(|(_, slot)| *slot)),
-        );
-        for decoded in &batch {
+        engine.users.touch(batch.iter().filter_map(Admission::slot));
+        for admission in batch.drain(..) {
             summary.lines += 1;
-            match decoded {
-                Ok((event, slot)) => {
-                    let risk = profiles.risk(event.user_id.0);
-                    match users.apply_at(*slot, event, risk, limits) {
-                        Ok(codes) => {
-                            summary.accepted += 1;
-                            summary.alerts += u64::from(codes.is_alert());
-                            write_legacy_line(&mut output, event.user_id.0, &codes)?;
-                        }
-                        Err(e) => {
-                            summary.out_of_order += 1;
-                            write_error_line(&mut output, &e.to_string(), summary.lines)?;
-                        }
-                    }
+            match engine.decide(admission, &cx, |user| profiles.risk(user.0)) {
+                Verdict::Accepted { user_id, codes, .. } => {
+                    summary.accepted += 1;
+                    summary.alerts += u64::from(codes.is_alert());
+                    write_legacy_line(&mut output, user_id.0, &codes)?;
                 }
-                Err(e) => {
-                    summary.invalid += 1;
-                    write_error_line(&mut output, &e.to_string(), summary.lines)?;
+                Verdict::Rejected {
+                    rejection, error, ..
+                } => {
+                    match rejection {
+                        Rejection::OutOfOrder => summary.out_of_order += 1,
+                        _ => summary.invalid += 1,
+                    }
+                    write_error_line(&mut output, &error, summary.lines)?;
+                }
+                // Never without keys, placement or a restored state.
+                Verdict::Duplicate { .. } | Verdict::AlreadyApplied { .. } => {
+                    unreachable!("evaluate has no idempotency keys and no restored state")
                 }
             }
         }
     }
     output.flush()?;
-    summary.users = users.len();
+    summary.users = engine.users.len();
     Ok(summary)
 }
 

@@ -11,7 +11,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::event::{Event, Kind};
-use crate::rules::{Risk, TimeUnit};
+pub use crate::domain::Answer;
+use crate::rules::TimeUnit;
 
 /// Longest key, in bytes.
 pub const MAX_KEY_BYTES: usize = 128;
@@ -74,13 +75,6 @@ pub struct Remembered {
     /// without the answer (the risk it was answered with is not in the input) and fills it in
     /// from the original's response record.
     pub answer: Option<Answer>,
-}
-
-/// The alert codes and risk an event was answered with.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Answer {
-    pub codes: Vec<u32>,
-    pub risk: Risk,
 }
 
 impl Remembered {
@@ -195,7 +189,7 @@ mod tests {
             offset,
             answer: Some(Answer {
                 codes: vec![],
-                risk: Risk::Medium,
+                risk: crate::domain::Risk::Medium,
             }),
         }
     }

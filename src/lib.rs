@@ -45,6 +45,7 @@ pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod embedded;
+pub mod engine;
 pub mod evaluate;
 pub mod health;
 pub mod http;

@@ -24,168 +24,13 @@
 
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use crate::domain::event::{decode, UserId};
-use crate::domain::partitioner::partition_for_user;
-use crate::domain::response::Rejection;
-use crate::idempotency::{validate_key, Answer, DedupLimits, Keys, Remembered, Seen, HEADER};
-use crate::rules::{Limits, Risk};
-use crate::state::{AlertCodes, UserState, Users};
-
-/// Where an input partition sits: its number and the events topic's partition count (a user's
-/// records belong to exactly one partition, see [`partition_for_user`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Placement {
-    pub partition: i32,
-    pub partitions: i32,
-}
-
-/// One input record as the engine sees it: its offset, its value and its idempotency key
-/// header, if any.
-#[derive(Debug, Clone, Copy)]
-pub struct Input<'a> {
-    pub offset: i64,
-    pub payload: &'a [u8],
-    pub key: Option<&'a [u8]>,
-}
-
-/// What became of one input record.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
-    /// Evaluated: the user's state took the event.
-    Accepted {
-        user_id: UserId,
-        codes: AlertCodes,
-        risk: Risk,
-    },
-    /// A retry: the user already had this event under its idempotency key. Not applied again;
-    /// answered with the original's coordinates and answer (`None`: no longer known).
-    Duplicate {
-        user_id: UserId,
-        of: (i32, i64),
-        answer: Option<Answer>,
-    },
-    /// Not evaluated; the state is unchanged.
-    Rejected {
-        user_id: Option<UserId>,
-        rejection: Rejection,
-        error: String,
-    },
-    /// Already part of the user's restored state (its snapshot record covers this offset), so
-    /// not applied again. Only under at-least-once, and its response was already produced.
-    AlreadyApplied { user_id: UserId },
-}
-
-/// Everything the verdicts of one owner depend on: every user's rule state and remembered
-/// idempotency keys.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Engine {
-    pub users: Users,
-    pub keys: FxHashMap<u64, Keys>,
-}
-
-impl Engine {
-    /// What becomes of one input record: decoded, checked to sit in its user's partition and
-    /// for a key already used, then evaluated. Shared by live processing, replay, and the test
-    /// oracles, so all decide identically. `answer_known`: whether the answer of an accepted
-    /// keyed event is remembered now (live) or filled in later (replay).
-    pub fn judge(
-        &mut self,
-        input: Input<'_>,
-        placement: Placement,
-        risk_of: impl FnOnce(UserId) -> Risk,
-        limits: &Limits,
-        dedup: &DedupLimits,
-        answer_known: bool,
-    ) -> Verdict {
-        let rejected = |user_id, rejection, error| Verdict::Rejected {
-            user_id,
-            rejection,
-            error,
-        };
-        let event = match decode(input.payload) {
-            Ok(event) => event,
-            Err(e) => return rejected(None, Rejection::Invalid, e.to_string()),
-        };
-        let user_id = event.user_id;
-        let home = partition_for_user(user_id, placement.partitions);
-        if home != placement.partition {
-            return rejected(
-                Some(user_id),
-                Rejection::WrongPartition,
-                format!(
-                    "wrong partition: user_id {user_id} belongs to partition {home} (murmur2 of the decimal user_id over {} partitions), not {}; produce events keyed by user_id with the default partitioner",
-                    placement.partitions, placement.partition
-                ),
-            );
-        }
-        let key = match input.key.map(validate_key).transpose() {
-            Ok(key) => key,
-            Err(e) => {
-                return rejected(
-                    Some(user_id),
-                    Rejection::Invalid,
-                    format!("invalid {HEADER} header: {e}"),
-                )
-            }
-        };
-        if let Some(key) = key {
-            let latest = self.users.get(user_id.0).and_then(|s| s.last_time());
-            if let Some(keys) = self.keys.get(&user_id.0) {
-                match keys.check(key, &event, latest, dedup) {
-                    Seen::New => {}
-                    Seen::Duplicate(original) => {
-                        return Verdict::Duplicate {
-                            user_id,
-                            of: (original.partition, original.offset),
-                            answer: original.answer.clone(),
-                        }
-                    }
-                    Seen::Conflict(original) => {
-                        return rejected(
-                            Some(user_id),
-                            Rejection::IdempotencyConflict,
-                            format!(
-                                "idempotency key reused with a different event (first used by event {})",
-                                crate::domain::response::event_id(
-                                    original.partition,
-                                    original.offset
-                                )
-                            ),
-                        )
-                    }
-                }
-            }
-        }
-        let risk = risk_of(user_id);
-        match self.users.apply(&event, risk, limits) {
-            Ok(codes) => {
-                if let Some(key) = key {
-                    self.keys.entry(user_id.0).or_default().remember(
-                        Remembered {
-                            key: key.to_owned(),
-                            time: event.time,
-                            kind: event.kind,
-                            amount: event.amount.units().to_string(),
-                            partition: placement.partition,
-                            offset: input.offset,
-                            answer: answer_known.then(|| Answer {
-                                codes: codes.as_slice().to_vec(),
-                                risk,
-                            }),
-                        },
-                        dedup,
-                    );
-                }
-                Verdict::Accepted {
-                    user_id,
-                    codes,
-                    risk,
-                }
-            }
-            Err(e) => rejected(Some(user_id), Rejection::OutOfOrder, e.to_string()),
-        }
-    }
-}
+use crate::domain::event::UserId;
+use crate::domain::{Answer, Risk, Verdict};
+use crate::engine::Context;
+pub use crate::engine::{Engine, Input, Placement};
+use crate::idempotency::{DedupLimits, Keys};
+use crate::rules::Limits;
+use crate::state::{UserState, Users};
 
 /// One processed input record: its verdict, and whether its response is still to be produced.
 #[derive(Debug)]
@@ -293,29 +138,28 @@ impl PartitionState {
         risk_of: impl FnOnce(UserId) -> Risk,
         limits: &Limits,
     ) -> Verdict {
+        let cx = Context {
+            placement: Some(self.placement),
+            limits,
+            dedup: &self.dedup,
+            answer_known: true,
+            ahead: (!self.ahead.is_empty()).then_some(&self.ahead),
+        };
+        let verdict = self.engine.judge(input, &cx, risk_of);
+        match &verdict {
+            Verdict::Accepted { user_id, .. } => {
+                self.dirty.insert(user_id.0);
+            }
+            Verdict::AlreadyApplied { .. } => return verdict,
+            _ => {}
+        }
+        // Past its restored record's offset, a user's records are all new.
         if !self.ahead.is_empty() {
-            if let Some(user_id) = self.already_applied(input.offset, input.payload) {
-                return Verdict::AlreadyApplied { user_id };
+            if let Some(user_id) = verdict.user_id() {
+                self.ahead.remove(&user_id.0);
             }
         }
-        let verdict = self
-            .engine
-            .judge(input, self.placement, risk_of, limits, &self.dedup, true);
-        if let Verdict::Accepted { user_id, .. } = &verdict {
-            self.dirty.insert(user_id.0);
-        }
         verdict
-    }
-
-    /// The user of `input` when its restored record already includes `offset`.
-    fn already_applied(&mut self, offset: i64, input: &[u8]) -> Option<UserId> {
-        let user_id = decode(input).ok()?.user_id;
-        let covers = *self.ahead.get(&user_id.0)?;
-        if offset < covers {
-            return Some(user_id);
-        }
-        self.ahead.remove(&user_id.0);
-        None
     }
 
     /// Takes the changed users for a snapshot round at the current offset; they are no longer
@@ -413,23 +257,17 @@ impl Rebuild {
     /// same verdict as when it was first processed, without output. Risk never changes state.
     pub fn replay(&mut self, input: Input<'_>, limits: &Limits) {
         self.replayed += 1;
-        if let Ok(event) = decode(input.payload) {
-            if self
-                .covers
-                .get(&event.user_id.0)
-                .is_some_and(|&covers| input.offset < covers)
-            {
-                return; // already in this user's restored state
-            }
-        }
-        if let Verdict::Accepted { user_id, .. } = self.engine.judge(
-            input,
-            self.placement,
-            |_| Risk::default(),
+        let cx = Context {
+            placement: Some(self.placement),
             limits,
-            &self.dedup,
-            false,
-        ) {
+            dedup: &self.dedup,
+            answer_known: false,
+            ahead: Some(&self.covers),
+        };
+        // The risk is not known here: an answer replayed is read back from its response record.
+        if let Verdict::Accepted { user_id, .. } =
+            self.engine.judge(input, &cx, |_| Risk::default())
+        {
             self.dirty.insert(user_id.0);
         }
     }

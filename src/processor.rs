@@ -41,23 +41,17 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Guarantee, Settings};
-use crate::domain::response::AlertRecord;
+use crate::domain::response::{truncate_text, AlertRecord, MAX_ERROR_BYTES};
+use crate::domain::{Coord, Verdict};
 use crate::health::Readiness;
 use crate::kafka::profiles::ProfilesFollower;
 use crate::kafka::{
     classify, group_member_config, processor_producer_config, ErrorClass, KafkaLayerError,
 };
 use crate::metrics::{CodeLabels, Metrics, PartitionLabels};
-use crate::partition::{Input, PartitionState, Placement, Verdict};
+use crate::partition::{Input, PartitionState, Placement};
 use crate::rules::Limits;
 use crate::snapshot::{self, Restored, SnapshotError};
-
-/// Inputs larger than this are not embedded in their response record (the DLQ keeps them, whole
-/// up to the dead-letter size limit).
-pub const MAX_EMBEDDED_EVENT_BYTES: usize = 16 * 1024;
-
-/// An error message is cut to this many bytes in a response record and a DLQ header.
-const MAX_ERROR_BYTES: usize = 1024;
 
 /// Room kept in a dead-letter record for its key, headers and record overhead.
 const DLQ_HEADROOM_BYTES: usize = 16 * 1024;
@@ -768,7 +762,9 @@ impl Processor {
         }
         // An offset a crashed owner already answered is not answered again.
         if processed.answer {
-            if let Some(record) = response_record(partition, offset, &verdict, input) {
+            if let Some(record) =
+                AlertRecord::answer(Coord::new(partition, offset), &verdict, input)
+            {
                 let value = record.to_json();
                 // Co-partitioned: the response to input partition p goes to alerts partition p
                 // (what the key's murmur2 partition is anyway), so a restore finds it there.
@@ -790,7 +786,7 @@ impl Processor {
             let error = truncate_text(error, MAX_ERROR_BYTES);
             let partition_text = partition.to_string();
             let offset_text = offset.to_string();
-            let event_id = crate::domain::response::event_id(partition, offset);
+            let event_id = Coord::new(partition, offset).event_id();
             let mut headers = OwnedHeaders::new()
                 .insert(Header {
                     key: "error",
@@ -1146,93 +1142,6 @@ where
             Err((e, _)) => return Err(e),
         }
     }
-}
-
-/// The response record of a verdict, or `None` for an offset already in its user's restored
-/// state (whose response a previous owner produced).
-fn response_record(
-    partition: i32,
-    offset: i64,
-    verdict: &Verdict,
-    input: &[u8],
-) -> Option<AlertRecord> {
-    let embedded = if input.len() <= MAX_EMBEDDED_EVENT_BYTES {
-        input
-    } else {
-        b""
-    };
-    let mut record = match verdict {
-        Verdict::Accepted {
-            user_id,
-            codes,
-            risk,
-        } => AlertRecord::accepted(partition, offset, user_id.0, codes, *risk, embedded),
-        Verdict::Rejected {
-            user_id,
-            rejection,
-            error,
-        } => AlertRecord::rejected(
-            partition,
-            offset,
-            user_id.map(|u| u.0),
-            *rejection,
-            truncate_text(error, MAX_ERROR_BYTES).to_owned(),
-            embedded,
-        ),
-        Verdict::Duplicate {
-            user_id,
-            of,
-            answer: Some(answer),
-        } => AlertRecord::duplicate(
-            partition,
-            offset,
-            user_id.0,
-            *of,
-            &answer.codes,
-            answer.risk,
-            embedded,
-        ),
-        Verdict::Duplicate {
-            user_id,
-            of,
-            answer: None,
-        } => {
-            let mut record = AlertRecord::rejected(
-                partition,
-                offset,
-                Some(user_id.0),
-                crate::domain::response::Rejection::IdempotencyConflict,
-                format!(
-                    "a retry of event {} whose answer is no longer retained; it was not applied again",
-                    crate::domain::response::event_id(of.0, of.1)
-                ),
-                embedded,
-            );
-            record.duplicate_of = Some(crate::domain::response::event_id(of.0, of.1));
-            record
-        }
-        Verdict::AlreadyApplied { .. } => return None,
-    };
-    if input.len() > MAX_EMBEDDED_EVENT_BYTES {
-        record.event = None;
-        record.event_text = Some(format!(
-            "<{} bytes, not embedded; see the dead-letter topic>",
-            input.len()
-        ));
-    }
-    Some(record)
-}
-
-/// `text` cut to at most `max` bytes, at a character boundary.
-fn truncate_text(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }
 
 /// The largest dead-letter value: `processing.dlq_max_record_bytes`, or what both the DLQ topic

@@ -21,41 +21,9 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::event::{Event, Kind};
-use crate::rules::{Limits, Risk};
-
-/// The codes raised by one event, ascending.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct AlertCodes {
-    codes: [u32; 5],
-    len: u8,
-}
-
-impl AlertCodes {
-    fn push(&mut self, code: u32) {
-        self.codes[self.len as usize] = code;
-        self.len += 1;
-    }
-
-    pub fn as_slice(&self) -> &[u32] {
-        &self.codes[..self.len as usize]
-    }
-
-    pub fn is_alert(&self) -> bool {
-        self.len > 0
-    }
-
-    fn sort(&mut self) {
-        self.codes[..self.len as usize].sort_unstable();
-    }
-}
-
-/// An event older than the user's last accepted event: rejected, state unchanged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("out of order: time {time} is before user's last accepted time {last_time}")]
-pub struct OutOfOrder {
-    pub time: u64,
-    pub last_time: u64,
-}
+use crate::domain::verdict::{AlertCodes, OutOfOrder};
+use crate::domain::Risk;
+use crate::rules::Limits;
 
 /// A time bucket of a window: events (or deposit amounts) at one time, merged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -365,6 +333,11 @@ impl Users {
         let (user_id, state) = &mut self.states[slot.0 as usize];
         debug_assert_eq!(*user_id, event.user_id.0);
         state.apply(event, risk, limits)
+    }
+
+    /// The state at `slot` (from [`Users::slot`] of this `Users`).
+    pub fn at(&self, slot: Slot) -> &UserState {
+        &self.states[slot.0 as usize].1
     }
 
     pub fn get(&self, user_id: u64) -> Option<&UserState> {

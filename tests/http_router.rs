@@ -17,13 +17,14 @@ use tower::ServiceExt;
 use user_monitor::audit::{AuditEntry, AuditPage};
 use user_monitor::domain::decode;
 use user_monitor::domain::response::AlertRecord;
+use user_monitor::domain::Coord;
+use user_monitor::engine::{Context, Input, Placement};
 use user_monitor::health::Readiness;
 use user_monitor::http::auth::{sha256_hex, Scope, TokenConfig, Tokens};
 use user_monitor::http::backend::{Delivered, Found, LookupError, ProduceError};
 use user_monitor::http::{router, server, Backend, Hub, Shared};
 use user_monitor::idempotency::DedupLimits;
 use user_monitor::metrics::Metrics;
-use user_monitor::partition::{Input, Placement, Verdict};
 use user_monitor::profiles::Profiles;
 use user_monitor::rules::{Limits, Risk};
 
@@ -98,51 +99,20 @@ impl Backend for MemoryBackend {
                     payload: &payload,
                     key: idempotency_key.as_deref().map(str::as_bytes),
                 },
-                Placement {
-                    partition: 0,
-                    partitions: 1,
+                &Context {
+                    placement: Some(Placement {
+                        partition: 0,
+                        partitions: 1,
+                    }),
+                    limits: &Limits::default(),
+                    dedup: &DedupLimits::default(),
+                    answer_known: true,
+                    ahead: None,
                 },
                 |user| profiles.risk(user.0),
-                &Limits::default(),
-                &DedupLimits::default(),
-                true,
             );
-            let record = match verdict {
-                Verdict::Accepted {
-                    user_id,
-                    codes,
-                    risk,
-                } => AlertRecord::accepted(0, offset, user_id.0, &codes, risk, &payload),
-                Verdict::Duplicate {
-                    user_id,
-                    of,
-                    answer,
-                } => {
-                    let answer = answer.expect("answers are known when nothing was replayed");
-                    AlertRecord::duplicate(
-                        0,
-                        offset,
-                        user_id.0,
-                        of,
-                        &answer.codes,
-                        answer.risk,
-                        &payload,
-                    )
-                }
-                Verdict::Rejected {
-                    user_id,
-                    rejection,
-                    error,
-                } => AlertRecord::rejected(
-                    0,
-                    offset,
-                    user_id.map(|u| u.0),
-                    rejection,
-                    error,
-                    &payload,
-                ),
-                Verdict::AlreadyApplied { .. } => unreachable!("nothing is restored here"),
-            };
+            let record = AlertRecord::answer(Coord::new(0, offset), &verdict, &payload)
+                .expect("nothing is restored here");
             let answered = (mode == Mode::Answer).then(|| record.clone());
             engine.log.push((payload, answered));
             (offset, record)
@@ -175,18 +145,13 @@ impl Backend for MemoryBackend {
         })
     }
 
-    fn lookup(
-        &self,
-        partition: i32,
-        offset: i64,
-    ) -> BoxFuture<'static, Result<Option<Found>, LookupError>> {
+    fn lookup(&self, at: Coord) -> BoxFuture<'static, Result<Option<Found>, LookupError>> {
         let engine = self.inner.lock().unwrap();
-        let found = (partition == 0 && offset >= 0)
-            .then(|| engine.log.get(offset as usize))
+        let found = (at.partition == 0 && at.offset >= 0)
+            .then(|| engine.log.get(at.offset as usize))
             .flatten()
             .map(|(payload, response)| Found {
-                partition,
-                offset,
+                at,
                 key: None,
                 payload: payload.clone(),
                 response: response.clone(),
@@ -499,7 +464,13 @@ async fn a_response_arriving_while_waiting_completes_the_request() {
             .apply(&event, Risk::Medium, &Limits::default())
             .unwrap();
         hub.ingest(
-            AlertRecord::accepted(0, 0, 1, &codes, Risk::Medium, EXAMPLE.as_bytes()),
+            AlertRecord::accepted(
+                Coord::new(0, 0),
+                1,
+                &codes,
+                Risk::Medium,
+                EXAMPLE.as_bytes(),
+            ),
             5,
         );
     });
@@ -570,7 +541,7 @@ async fn get_event_past_the_read_model_bound_falls_back_to_kafka() {
         let body = format!(r#"{{"type": "withdraw", "amount": "500", "user_id": 2, "time": {t}}}"#);
         call(&f.app, post("/event", &body)).await;
     }
-    assert!(f.hub.event((0, 0)).is_none(), "evicted");
+    assert!(f.hub.event(Coord::new(0, 0)).is_none(), "evicted");
     let reply = call(&f.app, get("/api/v1/events/0-0")).await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.json()["status"], "processed");

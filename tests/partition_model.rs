@@ -11,8 +11,10 @@ use std::collections::{BTreeMap, HashSet};
 
 use proptest::prelude::*;
 use user_monitor::domain::UserId;
+use user_monitor::domain::Verdict;
+use user_monitor::engine::{Context, Engine, Input, Placement};
 use user_monitor::idempotency::{Answer as Remembered, DedupLimits};
-use user_monitor::partition::{Engine, Input, PartitionState, Placement, Rebuild, Verdict};
+use user_monitor::partition::{PartitionState, Rebuild};
 use user_monitor::rules::{Limits, Risk};
 use user_monitor::snapshot::{encode, encode_marker, load_record, MARKER_KEY};
 
@@ -85,7 +87,9 @@ fn answer(verdict: &Verdict) -> Option<Answer> {
         Verdict::Accepted { codes, risk, .. } => {
             Some(Answer::Codes(codes.as_slice().to_vec(), *risk))
         }
-        Verdict::Duplicate { of, answer, .. } => Some(Answer::Duplicate(*of, answer.clone())),
+        Verdict::Duplicate { of, answer, .. } => {
+            Some(Answer::Duplicate((of.partition, of.offset), answer.clone()))
+        }
         Verdict::Rejected { rejection, .. } => Some(Answer::Rejected(rejection.as_str().into())),
         Verdict::AlreadyApplied { .. } => None,
     }
@@ -321,18 +325,22 @@ impl Model {
     }
 }
 
+/// How a live owner judges: in place, answers known, nothing restored.
+fn live(limits: &Limits) -> Context<'_> {
+    Context {
+        placement: Some(PLACEMENT),
+        limits,
+        dedup: &DEDUP,
+        answer_known: true,
+        ahead: None,
+    }
+}
+
 /// The engine after processing `input` without interruption.
 fn uninterrupted(input: &[Record], limits: &Limits) -> Engine {
     let mut engine = Engine::default();
     for offset in 0..input.len() as i64 {
-        engine.judge(
-            input_at(input, offset),
-            PLACEMENT,
-            risk_of,
-            limits,
-            &DEDUP,
-            true,
-        );
+        engine.judge(input_at(input, offset), &live(limits), risk_of);
     }
     engine
 }
@@ -342,14 +350,7 @@ fn expected_answers(input: &[Record], limits: &Limits) -> Vec<Answer> {
     let mut engine = Engine::default();
     (0..input.len() as i64)
         .map(|offset| {
-            let verdict = engine.judge(
-                input_at(input, offset),
-                PLACEMENT,
-                risk_of,
-                limits,
-                &DEDUP,
-                true,
-            );
+            let verdict = engine.judge(input_at(input, offset), &live(limits), risk_of);
             answer(&verdict).unwrap()
         })
         .collect()

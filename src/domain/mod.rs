@@ -1,8 +1,14 @@
-//! Wire types and the validated domain types they decode into.
+//! The vocabulary every layer speaks, at the ground: wire bytes and the validated event they
+//! decode into, a user's risk, the verdict on one input and its coordinates, the responses.
+//! Imports nothing above it.
 
 pub mod event;
 pub mod partitioner;
 pub mod response;
+pub mod risk;
+pub mod verdict;
 
 pub use event::{decode, Amount, DecodeError, Event, Kind, UserId};
 pub use response::{AlertRecord, LegacyResponse, Outcome, Rejection};
+pub use risk::{Risk, UnknownRisk};
+pub use verdict::{AlertCodes, Answer, Coord, OutOfOrder, Verdict};

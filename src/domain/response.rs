@@ -5,8 +5,15 @@ use std::io::{self, Write};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::rules::Risk;
-use crate::state::AlertCodes;
+use super::risk::Risk;
+use super::verdict::{AlertCodes, Coord, Verdict};
+
+/// Inputs larger than this are not embedded in their response record (the DLQ keeps them, whole
+/// up to the dead-letter size limit).
+pub const MAX_EMBEDDED_EVENT_BYTES: usize = 16 * 1024;
+
+/// An error message is cut to this many bytes in a response record and a DLQ header.
+pub const MAX_ERROR_BYTES: usize = 1024;
 
 /// The original API's response, exactly: `{"alert": true, "alert_codes": [30, 123], "user_id": 1}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -196,30 +203,6 @@ impl Serialize for AlertRecord {
     }
 }
 
-/// The event id of an input coordinate.
-pub fn event_id(partition: i32, offset: i64) -> String {
-    format!("{partition}-{offset}")
-}
-
-/// The deterministic alert id of an input coordinate.
-pub fn alert_id(partition: i32, offset: i64) -> String {
-    format!("alert-{partition}-{offset}")
-}
-
-/// Parses `"<partition>-<offset>"` (as produced by [`event_id`]).
-pub fn parse_event_id(text: &str) -> Option<(i32, i64)> {
-    let (partition, offset) = text.split_once('-')?;
-    let partition: i32 = partition.parse().ok()?;
-    let offset: i64 = offset.parse().ok()?;
-    (partition >= 0 && offset >= 0 && event_id(partition, offset) == text)
-        .then_some((partition, offset))
-}
-
-/// Parses `"alert-<partition>-<offset>"` (as produced by [`alert_id`]).
-pub fn parse_alert_id(text: &str) -> Option<(i32, i64)> {
-    parse_event_id(text.strip_prefix("alert-")?)
-}
-
 fn raw_event(input: &[u8]) -> (Option<Box<RawValue>>, Option<String>) {
     match std::str::from_utf8(input)
         .ok()
@@ -230,24 +213,29 @@ fn raw_event(input: &[u8]) -> (Option<Box<RawValue>>, Option<String>) {
     }
 }
 
+/// `text` cut to at most `max` bytes, at a character boundary.
+pub fn truncate_text(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 impl AlertRecord {
     /// The response to an accepted event.
-    pub fn accepted(
-        partition: i32,
-        offset: i64,
-        user_id: u64,
-        codes: &AlertCodes,
-        risk: Risk,
-        input: &[u8],
-    ) -> Self {
+    pub fn accepted(at: Coord, user_id: u64, codes: &AlertCodes, risk: Risk, input: &[u8]) -> Self {
         let (event, event_text) = raw_event(input);
         AlertRecord {
-            event_id: event_id(partition, offset),
+            event_id: at.event_id(),
             duplicate_of: None,
             user_id: Some(user_id),
             outcome: Outcome::Accepted {
                 alert_codes: codes.as_slice().to_vec(),
-                alert_id: codes.is_alert().then(|| alert_id(partition, offset)),
+                alert_id: codes.is_alert().then(|| at.alert_id()),
                 risk,
             },
             event,
@@ -258,22 +246,21 @@ impl AlertRecord {
     /// The response to a retry of the event `of` under the same idempotency key: the
     /// original's answer, marked as such.
     pub fn duplicate(
-        partition: i32,
-        offset: i64,
+        at: Coord,
         user_id: u64,
-        of: (i32, i64),
+        of: Coord,
         codes: &[u32],
         risk: Risk,
         input: &[u8],
     ) -> Self {
         let (event, event_text) = raw_event(input);
         AlertRecord {
-            event_id: event_id(partition, offset),
-            duplicate_of: Some(event_id(of.0, of.1)),
+            event_id: at.event_id(),
+            duplicate_of: Some(of.event_id()),
             user_id: Some(user_id),
             outcome: Outcome::Accepted {
                 alert_codes: codes.to_vec(),
-                alert_id: (!codes.is_empty()).then(|| alert_id(of.0, of.1)),
+                alert_id: (!codes.is_empty()).then(|| of.alert_id()),
                 risk,
             },
             event,
@@ -283,8 +270,7 @@ impl AlertRecord {
 
     /// The response to a rejected input.
     pub fn rejected(
-        partition: i32,
-        offset: i64,
+        at: Coord,
         user_id: Option<u64>,
         rejection: Rejection,
         error: String,
@@ -292,13 +278,74 @@ impl AlertRecord {
     ) -> Self {
         let (event, event_text) = raw_event(input);
         AlertRecord {
-            event_id: event_id(partition, offset),
+            event_id: at.event_id(),
             duplicate_of: None,
             user_id,
             outcome: Outcome::Rejected { rejection, error },
             event,
             event_text,
         }
+    }
+
+    /// The response to the record at `at` with `input` as its value, as the engine judged it;
+    /// `None` for an offset already in its user's restored state (whose response a previous
+    /// owner produced). An input over [`MAX_EMBEDDED_EVENT_BYTES`] is not embedded (the
+    /// dead-letter copy carries it) and an error message is cut to [`MAX_ERROR_BYTES`].
+    pub fn answer(at: Coord, verdict: &Verdict, input: &[u8]) -> Option<AlertRecord> {
+        let embedded = if input.len() <= MAX_EMBEDDED_EVENT_BYTES {
+            input
+        } else {
+            b""
+        };
+        let mut record = match verdict {
+            Verdict::Accepted {
+                user_id,
+                codes,
+                risk,
+            } => AlertRecord::accepted(at, user_id.0, codes, *risk, embedded),
+            Verdict::Rejected {
+                user_id,
+                rejection,
+                error,
+            } => AlertRecord::rejected(
+                at,
+                user_id.map(|u| u.0),
+                *rejection,
+                truncate_text(error, MAX_ERROR_BYTES).to_owned(),
+                embedded,
+            ),
+            Verdict::Duplicate {
+                user_id,
+                of,
+                answer: Some(answer),
+            } => AlertRecord::duplicate(at, user_id.0, *of, &answer.codes, answer.risk, embedded),
+            Verdict::Duplicate {
+                user_id,
+                of,
+                answer: None,
+            } => {
+                let mut record = AlertRecord::rejected(
+                    at,
+                    Some(user_id.0),
+                    Rejection::IdempotencyConflict,
+                    format!(
+                        "a retry of event {of} whose answer is no longer retained; it was not applied again"
+                    ),
+                    embedded,
+                );
+                record.duplicate_of = Some(of.event_id());
+                record
+            }
+            Verdict::AlreadyApplied { .. } => return None,
+        };
+        if input.len() > MAX_EMBEDDED_EVENT_BYTES {
+            record.event = None;
+            record.event_text = Some(format!(
+                "<{} bytes, not embedded; see the dead-letter topic>",
+                input.len()
+            ));
+        }
+        Some(record)
     }
 
     /// Reads a record of the alerts topic.
@@ -395,7 +442,8 @@ mod tests {
     #[test]
     fn accepted_record_carries_ids_risk_and_the_original_event() {
         let input = br#"{"type":"withdraw","amount":"200","user_id":3,"time":0,"extra":1}"#;
-        let record = AlertRecord::accepted(2, 41, 3, &codes_for(input), Risk::High, input);
+        let record =
+            AlertRecord::accepted(Coord::new(2, 41), 3, &codes_for(input), Risk::High, input);
         let json: serde_json::Value = serde_json::from_slice(&record.to_json()).unwrap();
         assert_eq!(json["event_id"], "2-41");
         assert_eq!(json["alert_id"], "alert-2-41");
@@ -409,12 +457,12 @@ mod tests {
     #[test]
     fn no_alert_has_a_null_alert_id_and_errors_have_none() {
         let input = br#"{"type":"deposit","amount":"1","user_id":3,"time":0}"#;
-        let record = AlertRecord::accepted(0, 0, 3, &codes_for(input), Risk::Medium, input);
+        let record =
+            AlertRecord::accepted(Coord::new(0, 0), 3, &codes_for(input), Risk::Medium, input);
         let json: serde_json::Value = serde_json::from_slice(&record.to_json()).unwrap();
         assert!(json.get("alert_id").unwrap().is_null());
         let error = AlertRecord::rejected(
-            0,
-            1,
+            Coord::new(0, 1),
             None,
             Rejection::Invalid,
             "invalid JSON".into(),
@@ -431,10 +479,14 @@ mod tests {
 
     #[test]
     fn event_ids_round_trip_and_reject_lookalikes() {
-        assert_eq!(parse_event_id(&event_id(3, 12)), Some((3, 12)));
-        assert_eq!(parse_alert_id(&alert_id(0, 7)), Some((0, 7)));
+        let coord = Coord::new(3, 12);
+        assert_eq!(Coord::parse_event_id(&coord.event_id()), Some(coord));
+        assert_eq!(
+            Coord::parse_alert_id(&Coord::new(0, 7).alert_id()),
+            Some(Coord::new(0, 7))
+        );
         for bad in ["", "3", "-1-2", "1--2", "01-2", "1-2-3", "a-b", "1-+2"] {
-            assert_eq!(parse_event_id(bad), None, "{bad}");
+            assert_eq!(Coord::parse_event_id(bad), None, "{bad}");
         }
     }
 }

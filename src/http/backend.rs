@@ -18,7 +18,8 @@ use tokio::sync::Semaphore;
 
 use crate::audit::{AuditEntry, AuditPage};
 use crate::config::Settings;
-use crate::domain::response::{event_id, AlertRecord};
+use crate::domain::response::AlertRecord;
+use crate::domain::Coord;
 use crate::kafka::profiles::ProfilesFollower;
 use crate::kafka::{producer_config, reader_config, KafkaLayerError};
 use crate::kafka::{Reader, ReaderContext};
@@ -49,8 +50,7 @@ pub struct Delivered {
 /// An input record found at its coordinates, with its response when one was found.
 #[derive(Debug, Clone)]
 pub struct Found {
-    pub partition: i32,
-    pub offset: i64,
+    pub at: Coord,
     pub key: Option<String>,
     pub payload: Vec<u8>,
     pub response: Option<AlertRecord>,
@@ -76,11 +76,7 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Reads the input record at `(partition, offset)` of the events topic and searches the alerts
     /// topic for its response. `Ok(None)` when no such record is retained.
-    fn lookup(
-        &self,
-        partition: i32,
-        offset: i64,
-    ) -> BoxFuture<'static, Result<Option<Found>, LookupError>>;
+    fn lookup(&self, at: Coord) -> BoxFuture<'static, Result<Option<Found>, LookupError>>;
 
     /// Whether the backend's own clients are connected and the topics exist.
     fn ready(&self) -> bool;
@@ -257,12 +253,8 @@ impl Backend for KafkaBackend {
         )
     }
 
-    fn lookup(
-        &self,
-        partition: i32,
-        offset: i64,
-    ) -> BoxFuture<'static, Result<Option<Found>, LookupError>> {
-        self.read_blocking(move |settings| lookup_blocking(settings, partition, offset))
+    fn lookup(&self, at: Coord) -> BoxFuture<'static, Result<Option<Found>, LookupError>> {
+        self.read_blocking(move |settings| lookup_blocking(settings, at))
     }
 
     fn ready(&self) -> bool {
@@ -361,11 +353,8 @@ impl KafkaBackend {
 /// Reads the input record at its coordinates, then searches every alerts partition from the
 /// input's timestamp on for the record whose `event_id` names it (the processor writes the
 /// response after reading the input, so never before that timestamp).
-fn lookup_blocking(
-    settings: &Settings,
-    partition: i32,
-    offset: i64,
-) -> Result<Option<Found>, KafkaError> {
+fn lookup_blocking(settings: &Settings, at: Coord) -> Result<Option<Found>, KafkaError> {
+    let Coord { partition, offset } = at;
     let deadline = Instant::now() + LOOKUP_TIMEOUT;
     let consumer: Reader = reader_config(settings, "shim-lookup")
         .map_err(|e| match e {
@@ -413,8 +402,7 @@ fn lookup_blocking(
     };
     let response = find_response(settings, &consumer, partition, offset, timestamp, deadline)?;
     Ok(Some(Found {
-        partition,
-        offset,
+        at,
         key,
         payload,
         response,
@@ -430,7 +418,7 @@ fn find_response(
     deadline: Instant,
 ) -> Result<Option<AlertRecord>, KafkaError> {
     let alerts = &settings.topics.alerts;
-    let wanted = event_id(partition, offset);
+    let wanted = Coord::new(partition, offset).event_id();
     let metadata = consumer.fetch_metadata(Some(alerts), LOOKUP_TIMEOUT)?;
     let partitions: Vec<i32> = metadata
         .topics()

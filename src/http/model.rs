@@ -23,10 +23,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::oneshot;
 
-use crate::domain::response::{parse_event_id, AlertRecord, Outcome};
+use crate::domain::response::{AlertRecord, Outcome};
+use crate::domain::Coord;
 
 /// Input coordinates of an event: `(partition, offset)`.
-pub type EventKey = (i32, i64);
 
 /// The order of the read model: the alerts record's timestamp (ms), then the input coordinates.
 /// Stable across shim instances and restarts, so cursors are too.
@@ -71,8 +71,8 @@ pub struct Stored {
 }
 
 impl Stored {
-    pub fn event_key(&self) -> EventKey {
-        (self.order.partition, self.order.offset)
+    pub fn coord(&self) -> Coord {
+        Coord::new(self.order.partition, self.order.offset)
     }
 
     pub fn alert_codes(&self) -> &[u32] {
@@ -106,7 +106,7 @@ pub struct ReadModel {
     max_records: usize,
     events_per_user: usize,
     records: BTreeMap<OrderKey, Arc<Stored>>,
-    by_event: HashMap<EventKey, OrderKey>,
+    by_event: HashMap<Coord, OrderKey>,
     alerts: BTreeSet<OrderKey>,
     by_user: HashMap<u64, VecDeque<OrderKey>>,
 }
@@ -135,7 +135,7 @@ impl ReadModel {
     /// kept while full).
     pub fn insert(&mut self, stored: Arc<Stored>) -> bool {
         let order = stored.order;
-        let key = stored.event_key();
+        let key = stored.coord();
         if self.by_event.contains_key(&key) {
             return false;
         }
@@ -170,7 +170,7 @@ impl ReadModel {
         let Some((order, stored)) = self.records.pop_first() else {
             return;
         };
-        self.by_event.remove(&stored.event_key());
+        self.by_event.remove(&stored.coord());
         self.alerts.remove(&order);
         if let Some(user_id) = stored.record.user_id {
             if let Some(list) = self.by_user.get_mut(&user_id) {
@@ -183,7 +183,7 @@ impl ReadModel {
     }
 
     /// The response to the event at these input coordinates.
-    pub fn event(&self, key: EventKey) -> Option<Arc<Stored>> {
+    pub fn event(&self, key: Coord) -> Option<Arc<Stored>> {
         let order = self.by_event.get(&key)?;
         self.records.get(order).cloned()
     }
@@ -268,7 +268,7 @@ pub struct Hub {
 #[derive(Debug)]
 struct HubInner {
     model: ReadModel,
-    waiters: HashMap<EventKey, Vec<oneshot::Sender<Arc<Stored>>>>,
+    waiters: HashMap<Coord, Vec<oneshot::Sender<Arc<Stored>>>>,
 }
 
 /// What [`Hub::wait_for`] found.
@@ -301,7 +301,7 @@ impl Hub {
     /// Takes one record of the alerts topic (`timestamp` is that record's, in ms). Returns false
     /// when the record's `event_id` is not an input coordinate (it is then ignored).
     pub fn ingest(&self, record: AlertRecord, timestamp: i64) -> bool {
-        let Some((partition, offset)) = parse_event_id(&record.event_id) else {
+        let Some(Coord { partition, offset }) = Coord::parse_event_id(&record.event_id) else {
             return false;
         };
         let stored = Arc::new(Stored {
@@ -315,7 +315,7 @@ impl Hub {
         let waiters = {
             let mut inner = self.lock();
             inner.model.insert(Arc::clone(&stored));
-            inner.waiters.remove(&(partition, offset))
+            inner.waiters.remove(&Coord::new(partition, offset))
         };
         for waiter in waiters.into_iter().flatten() {
             let _ = waiter.send(Arc::clone(&stored));
@@ -326,7 +326,7 @@ impl Hub {
 
     /// Registers interest in the response to `key`, or returns it when already known. Checking and
     /// registering happen under one lock, so a response that arrives meanwhile is never missed.
-    pub fn wait_for(&self, key: EventKey) -> Wait {
+    pub fn wait_for(&self, key: Coord) -> Wait {
         let mut inner = self.lock();
         if let Some(stored) = inner.model.event(key) {
             return Wait::Ready(stored);
@@ -337,7 +337,7 @@ impl Hub {
     }
 
     /// Drops the waiters of `key` whose requests gave up.
-    pub fn forget_closed(&self, key: EventKey) {
+    pub fn forget_closed(&self, key: Coord) {
         let mut inner = self.lock();
         if let Some(list) = inner.waiters.get_mut(&key) {
             list.retain(|tx| !tx.is_closed());
@@ -351,7 +351,7 @@ impl Hub {
         self.lock().waiters.values().map(Vec::len).sum()
     }
 
-    pub fn event(&self, key: EventKey) -> Option<Arc<Stored>> {
+    pub fn event(&self, key: Coord) -> Option<Arc<Stored>> {
         self.lock().model.event(key)
     }
 
@@ -430,8 +430,8 @@ mod tests {
             assert!(model.insert(stored(i, 0, i, 7, &[30])));
         }
         assert_eq!(model.len(), 3);
-        assert!(model.event((0, 1)).is_none());
-        assert!(model.event((0, 4)).is_some());
+        assert!(model.event(Coord::new(0, 1)).is_none());
+        assert!(model.event(Coord::new(0, 4)).is_some());
         let page = model.alerts(&AlertQuery {
             limit: 10,
             ..Default::default()
@@ -493,24 +493,24 @@ mod tests {
     #[test]
     fn a_waiter_registered_before_or_after_the_response_gets_it() {
         let hub = Hub::new(10, 10);
-        let Wait::Pending(mut rx) = hub.wait_for((0, 1)) else {
+        let Wait::Pending(mut rx) = hub.wait_for(Coord::new(0, 1)) else {
             panic!("nothing arrived yet");
         };
         assert!(rx.try_recv().is_err());
         assert!(hub.ingest(record(0, 1, 5, &[]), 1));
         assert_eq!(rx.try_recv().unwrap().record.event_id, "0-1");
-        assert!(matches!(hub.wait_for((0, 1)), Wait::Ready(_)));
+        assert!(matches!(hub.wait_for(Coord::new(0, 1)), Wait::Ready(_)));
         assert_eq!(hub.pending(), 0);
     }
 
     #[test]
     fn abandoned_waiters_are_forgotten() {
         let hub = Hub::new(10, 10);
-        let Wait::Pending(rx) = hub.wait_for((2, 9)) else {
+        let Wait::Pending(rx) = hub.wait_for(Coord::new(2, 9)) else {
             panic!("nothing arrived yet");
         };
         drop(rx);
-        hub.forget_closed((2, 9));
+        hub.forget_closed(Coord::new(2, 9));
         assert_eq!(hub.pending(), 0);
     }
 
@@ -529,7 +529,7 @@ mod tests {
             event_text: None,
         };
         hub.ingest(rejected, 5);
-        assert!(hub.event((0, 3)).is_some());
+        assert!(hub.event(Coord::new(0, 3)).is_some());
         assert!(hub
             .alerts(&AlertQuery {
                 limit: 10,

@@ -17,16 +17,14 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use super::auth::{required_scope, Denied, Principal, Tokens};
 use super::backend::{Backend, Found, LookupError, ProduceError};
-use super::model::{AlertQuery, EventKey, Hub, OrderKey, Page, Stored, Wait};
+use super::model::{AlertQuery, Hub, OrderKey, Page, Stored, Wait};
 use crate::audit::AuditPage;
 use crate::domain::event::MAX_INTEGER;
-use crate::domain::response::{
-    event_id as format_event_id, parse_alert_id, parse_event_id, AlertRecord, Outcome, Rejection,
-};
-use crate::domain::{decode, DecodeError};
+use crate::domain::response::{AlertRecord, Outcome, Rejection};
+use crate::domain::Risk;
+use crate::domain::{decode, Coord, DecodeError};
 use crate::health::{Readiness, ReadinessReport};
 use crate::metrics::{HttpLabels, Metrics, RouteLabels};
-use crate::rules::Risk;
 
 /// Default and largest `limit` of the list endpoints.
 pub const DEFAULT_LIMIT: usize = 100;
@@ -280,7 +278,7 @@ impl EventView {
         let text = String::from_utf8_lossy(&found.payload);
         let event = serde_json::from_str::<Box<RawValue>>(text.trim()).ok();
         EventView {
-            event_id: format_event_id(found.partition, found.offset),
+            event_id: found.at.event_id(),
             status: "pending",
             user_id: found.key.as_deref().and_then(|k| k.parse().ok()),
             alert: None,
@@ -494,8 +492,8 @@ fn parse_cursor(cursor: Option<&str>) -> Result<Option<OrderKey>, ApiError> {
 }
 
 /// An id that cannot name any event is an unknown id: 404, saying what ids look like.
-fn parse_event_key(text: &str) -> Result<EventKey, ApiError> {
-    parse_event_id(text).ok_or_else(|| {
+fn parse_event_key(text: &str) -> Result<Coord, ApiError> {
+    Coord::parse_event_id(text).ok_or_else(|| {
         ApiError::NotFound(format!(
             "no event {text:?}: event ids are \"<partition>-<offset>\""
         ))
@@ -513,7 +511,7 @@ enum Submitted {
 /// Forgets a waiter when its request ends, however it ends (timeout, client gone).
 struct WaiterGuard<'a> {
     hub: &'a Hub,
-    key: EventKey,
+    key: Coord,
 }
 
 impl Drop for WaiterGuard<'_> {
@@ -533,7 +531,7 @@ async fn submit(
         .backend
         .produce_event(event.user_id.to_string(), body.to_vec(), idempotency_key)
         .await?;
-    let key = (delivered.partition, delivered.offset);
+    let key = Coord::new(delivered.partition, delivered.offset);
     let _guard = WaiterGuard {
         hub: &state.hub,
         key,
@@ -546,11 +544,11 @@ async fn submit(
         Ok(Ok(stored)) => Ok(Submitted::Done(stored)),
         _ => {
             tracing::info!(
-                partition = key.0,
-                offset = key.1,
+                partition = key.partition,
+                offset = key.offset,
                 "no response in time, answering pending"
             );
-            Ok(Submitted::Pending(format_event_id(key.0, key.1)))
+            Ok(Submitted::Pending(key.event_id()))
         }
     }
 }
@@ -737,11 +735,11 @@ pub async fn create_event(
 // Reads
 
 /// The record at these coordinates: the read model first, then Kafka.
-async fn find_event(state: &Shared, key: EventKey) -> Result<Option<EventView>, ApiError> {
+async fn find_event(state: &Shared, key: Coord) -> Result<Option<EventView>, ApiError> {
     if let Some(stored) = state.hub.event(key) {
         return Ok(Some(EventView::processed(&stored.record)));
     }
-    let found = state.backend.lookup(key.0, key.1).await?;
+    let found = state.backend.lookup(key).await?;
     Ok(found.map(|found| match &found.response {
         Some(record) => EventView::processed(record),
         None => EventView::pending(&found),
@@ -841,7 +839,7 @@ pub async fn get_alert(
     alert_id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<EventView>, ApiError> {
     let alert_id = path_param(alert_id)?;
-    let key = parse_alert_id(&alert_id).ok_or_else(|| {
+    let key = Coord::parse_alert_id(&alert_id).ok_or_else(|| {
         ApiError::NotFound(format!(
             "no alert {alert_id:?}: alert ids are \"alert-<partition>-<offset>\""
         ))
