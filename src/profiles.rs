@@ -5,7 +5,8 @@ use std::io::BufRead;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
-use crate::rules::Risk;
+use crate::domain::Risk;
+use crate::domain::UserId;
 
 /// One line of a profiles file: `{"user_id": 1, "risk": "high"}`. Unknown fields are ignored,
 /// as in events (so a profiles export with extra columns loads as is).
@@ -69,7 +70,7 @@ impl Profiles {
                 line: i + 1,
                 reason: format!("expected {{\"user_id\": <integer>, \"risk\": \"low\"|\"medium\"|\"high\"}}: {e}"),
             })?;
-            if parsed.user_id > crate::domain::event::MAX_INTEGER {
+            if UserId::new(parsed.user_id).is_none() {
                 return Err(ProfilesError::Line {
                     line: i + 1,
                     reason: "user_id above 2^63-1".to_owned(),

@@ -40,6 +40,7 @@ use rustc_hash::FxHashSet;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Guarantee, Settings};
+use crate::domain::UserId;
 use crate::idempotency::{Answer, DedupLimits, Keys, HEADER};
 use crate::kafka::{reader, KafkaLayerError, Reader};
 use crate::partition::{Input, PartitionState, Placement, Rebuild};
@@ -476,7 +477,7 @@ pub fn load_record(
         rebuild.load_marker(decode_marker(payload)?);
         return Ok(());
     }
-    let Some(user_id) = key.and_then(|k| k.parse::<u64>().ok()) else {
+    let Some(UserId(user_id)) = key.and_then(UserId::parse) else {
         return Err("record without a numeric user_id key".to_owned());
     };
     let record = decode_record(payload)?;
@@ -537,7 +538,7 @@ fn read_partition(
 mod tests {
     use super::*;
     use crate::domain::event::decode;
-    use crate::rules::Risk;
+    use crate::domain::Risk;
 
     #[test]
     fn snapshot_records_round_trip_and_reject_other_versions() {

@@ -38,6 +38,28 @@ impl Kind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct UserId(pub u64);
 
+impl UserId {
+    /// The largest user id: `2^63 - 1`, what every JSON producer can write exactly as an integer.
+    pub const MAX: UserId = UserId(MAX_INTEGER);
+
+    /// The user id written as decimal text (a record key, a path segment, a query parameter):
+    /// digits only, in range. The one place the range is checked outside event decoding.
+    pub fn parse(text: &str) -> Option<UserId> {
+        if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        text.parse::<u64>()
+            .ok()
+            .filter(|&n| n <= MAX_INTEGER)
+            .map(UserId)
+    }
+
+    /// A user id read from elsewhere (a profiles file): `None` above [`UserId::MAX`].
+    pub fn new(value: u64) -> Option<UserId> {
+        (value <= MAX_INTEGER).then_some(UserId(value))
+    }
+}
+
 impl fmt::Display for UserId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
@@ -521,6 +543,16 @@ mod tests {
             Err(e) => e.fields(),
             Ok(event) => panic!("{json} decoded to {event:?}"),
         }
+    }
+
+    #[test]
+    fn a_user_id_in_text_is_digits_only_and_in_range() {
+        assert_eq!(UserId::parse("0"), Some(UserId(0)));
+        assert_eq!(UserId::parse("9223372036854775807"), Some(UserId::MAX));
+        for bad in ["", "+1", "-1", " 1", "1.0", "9223372036854775808", "abc"] {
+            assert_eq!(UserId::parse(bad), None, "{bad}");
+        }
+        assert_eq!(UserId::new(u64::MAX), None);
     }
 
     #[test]

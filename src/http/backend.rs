@@ -20,11 +20,11 @@ use crate::audit::{AuditEntry, AuditPage};
 use crate::config::Settings;
 use crate::domain::response::AlertRecord;
 use crate::domain::Coord;
+use crate::domain::Risk;
 use crate::kafka::profiles::ProfilesFollower;
 use crate::kafka::{producer_config, reader_config, KafkaLayerError};
 use crate::kafka::{Reader, ReaderContext};
 use crate::profiles::ProfileValue;
-use crate::rules::Risk;
 
 /// Kafka did not acknowledge a record.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -395,7 +395,7 @@ impl Hub {
 mod tests {
     use super::*;
     use crate::domain::response::Rejection;
-    use crate::rules::Risk;
+    use crate::domain::Risk;
 
     fn record(partition: i32, offset: i64, user_id: u64, codes: &[u32]) -> AlertRecord {
         AlertRecord {

@@ -19,10 +19,9 @@ use super::auth::{required_scope, Denied, Principal, Tokens};
 use super::backend::{Backend, Found, LookupError, ProduceError};
 use super::model::{AlertQuery, Hub, OrderKey, Page, Stored, Wait};
 use crate::audit::AuditPage;
-use crate::domain::event::MAX_INTEGER;
 use crate::domain::response::{AlertRecord, Outcome, Rejection};
 use crate::domain::Risk;
-use crate::domain::{decode, Coord, DecodeError};
+use crate::domain::{decode, Coord, DecodeError, UserId};
 use crate::health::{Readiness, ReadinessReport};
 use crate::metrics::{HttpLabels, Metrics, RouteLabels};
 
@@ -457,17 +456,12 @@ fn body_timed_out(rejection: &BytesRejection) -> bool {
     false
 }
 
-fn parse_integer(name: &str, text: &str) -> Result<u64, ApiError> {
-    match text.parse::<u64>() {
-        Ok(n) if n <= MAX_INTEGER && !text.starts_with('+') => Ok(n),
-        _ => Err(ApiError::Invalid(format!(
-            "invalid {name}: {text:?} is not an integer in 0..=2^63-1"
-        ))),
-    }
-}
-
 fn parse_user_id(text: &str) -> Result<u64, ApiError> {
-    parse_integer("user_id", text)
+    UserId::parse(text).map(|user| user.0).ok_or_else(|| {
+        ApiError::Invalid(format!(
+            "invalid user_id: {text:?} is not an integer in 0..=2^63-1"
+        ))
+    })
 }
 
 fn parse_limit(limit: Option<&str>) -> Result<usize, ApiError> {
@@ -924,7 +918,7 @@ pub async fn put_risk(
     let risk: Risk = parsed
         .risk
         .parse()
-        .map_err(|e: crate::rules::UnknownRisk| ApiError::Invalid(e.to_string()))?;
+        .map_err(|e: crate::domain::UnknownRisk| ApiError::Invalid(e.to_string()))?;
     let actor = principal.map_or_else(Principal::anonymous, |p| p.0).name;
     state.backend.change_risk(actor, user_id, risk).await?;
     Ok(Json(UserRiskBody { user_id, risk }))

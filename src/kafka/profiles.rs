@@ -9,6 +9,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::{reader, KafkaLayerError, Reader};
 use crate::config::Settings;
+use crate::domain::UserId;
 use crate::profiles::{ProfileLine, ProfileValue, Profiles};
 
 /// A reader of the whole profiles topic, from the beginning, applying every record.
@@ -100,7 +101,8 @@ impl ProfilesFollower {
                 let user_id = message
                     .key()
                     .and_then(|k| std::str::from_utf8(k).ok())
-                    .and_then(|k| k.trim().parse::<u64>().ok());
+                    .and_then(|k| UserId::parse(k.trim()))
+                    .map(|user| user.0);
                 let Some(user_id) = user_id else {
                     tracing::warn!(
                         offset = message.offset(),
