@@ -26,8 +26,6 @@ use tokio::sync::oneshot;
 use crate::domain::response::{AlertRecord, Outcome};
 use crate::domain::Coord;
 
-/// Input coordinates of an event: `(partition, offset)`.
-
 /// The order of the read model: the alerts record's timestamp (ms), then the input coordinates.
 /// Stable across shim instances and restarts, so cursors are too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

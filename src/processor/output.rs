@@ -1,0 +1,463 @@
+//! The output side of the processor: what one input record becomes (a response record, and a
+//! dead-letter record when rejected), snapshot rounds, and the producer's transactions (or
+//! at-least-once flushes) as the client's contract says.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage, ToBytes};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientContext;
+use tokio_util::sync::CancellationToken;
+
+use super::partitions::{Partition, Ready};
+use super::{Processor, ProcessorError};
+use crate::config::Settings;
+use crate::domain::response::{truncate_text, AlertRecord, MAX_ERROR_BYTES};
+use crate::domain::{Coord, Rejection, Verdict};
+use crate::kafka::{classify, ErrorClass};
+use crate::metrics::CodeLabels;
+use crate::partition::Input;
+use crate::snapshot;
+
+/// Room kept in a dead-letter record for its key, headers and record overhead.
+pub(super) const DLQ_HEADROOM_BYTES: usize = 16 * 1024;
+
+/// Keys longer than this are not copied to the response and dead-letter records (a user id is
+/// at most 19 digits; an abusive key must not make those records too large for the broker).
+pub(super) const MAX_KEY_BYTES: usize = 4 * 1024;
+
+/// librdkafka's default `message.max.bytes`, and the broker's default `max.message.bytes`.
+pub(super) const PRODUCER_DEFAULT_MAX_BYTES: usize = 1_000_000;
+
+pub(super) const BROKER_DEFAULT_MAX_BYTES: usize = 1_048_588;
+
+/// The dead-letter copy of a rejected input: its value (cut to the DLQ's size limit, saying so)
+/// and headers naming the error, the rejection and where the input came from.
+pub(super) struct DeadLetter<'a> {
+    message: &'a OwnedMessage,
+    payload: &'a [u8],
+    error: &'a str,
+    rejection: Rejection,
+    event_id: String,
+    partition: String,
+    offset: String,
+    /// The input's size when the value was cut.
+    original_size: Option<String>,
+}
+
+impl<'a> DeadLetter<'a> {
+    pub(super) fn new(
+        message: &'a OwnedMessage,
+        rejection: Rejection,
+        error: &'a str,
+        limit: usize,
+    ) -> Self {
+        let input = message.payload().unwrap_or_default();
+        // A poison record never stalls its partition: a copy too large for the DLQ goes there
+        // truncated.
+        let (payload, original_size) = if input.len() > limit {
+            (&input[..limit], Some(input.len().to_string()))
+        } else {
+            (input, None)
+        };
+        DeadLetter {
+            message,
+            payload,
+            error: truncate_text(error, MAX_ERROR_BYTES),
+            rejection,
+            event_id: Coord::new(message.partition(), message.offset()).event_id(),
+            partition: message.partition().to_string(),
+            offset: message.offset().to_string(),
+            original_size,
+        }
+    }
+
+    pub(super) fn record<'t>(&'t self, topic: &'t str) -> BaseRecord<'t, [u8], [u8]> {
+        let header = |key, value| Header {
+            key,
+            value: Some(value),
+        };
+        let mut headers = OwnedHeaders::new()
+            .insert(header("error", self.error))
+            .insert(header("rejection", self.rejection.as_str()))
+            .insert(header("source.topic", self.message.topic()))
+            .insert(header("source.partition", &self.partition))
+            .insert(header("source.offset", &self.offset))
+            .insert(header("event_id", &self.event_id));
+        if let Some(size) = &self.original_size {
+            headers = headers
+                .insert(header("truncated", "true"))
+                .insert(header("original.size", size));
+        }
+        let mut record = BaseRecord::to(topic).payload(self.payload).headers(headers);
+        if let Some(key) = self.message.key().filter(|k| k.len() <= MAX_KEY_BYTES) {
+            record = record.key(key);
+        }
+        record
+    }
+}
+
+/// The producer side: transactions (or at-least-once flushes) as the client's contract says.
+pub(super) struct Output {
+    pub(super) settings: Arc<Settings>,
+    /// Threaded: delivery reports are served in the background, which `abort_transaction`
+    /// needs while it waits for outstanding records.
+    pub(super) producer: ThreadedProducer<DeliveryContext>,
+    pub(super) exactly_once: bool,
+    pub(super) shutdown: CancellationToken,
+}
+
+/// Counts delivery failures (only at-least-once needs them; transactions report them at commit).
+#[derive(Default)]
+pub(super) struct DeliveryContext {
+    pub(super) failures: AtomicU64,
+}
+
+impl ClientContext for DeliveryContext {}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            tracing::warn!(error = %e, "delivery failed");
+            self.failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Output {
+    /// Snapshots the changed users of revoked partitions in a transaction of their own (no
+    /// transaction is open while polling), before the partitions are handed over, so their next
+    /// owner replays less and nothing of this owner lands after that owner's restore. A failure
+    /// only costs replay time: the next owner restores from the previous round (under
+    /// at-least-once, once nothing of this attempt is still in flight).
+    pub(super) fn flush_revoked(
+        &self,
+        mut revoked: Vec<(i32, Box<Ready>)>,
+    ) -> Result<(), ProcessorError> {
+        revoked.retain(|(_, ready)| ready.state.has_changes());
+        if revoked.is_empty() {
+            return Ok(());
+        }
+        let timeout = self.settings.processing.transaction_timeout;
+        let topic = &self.settings.topics.state;
+        let result = (|| {
+            self.producer.context().failures.store(0, Ordering::Relaxed);
+            if self.exactly_once {
+                self.producer.begin_transaction()?;
+            }
+            let mut rounds = Vec::with_capacity(revoked.len());
+            for (partition, ready) in &mut revoked {
+                rounds.push((
+                    *partition,
+                    produce_round(&self.producer, topic, *partition, ready)?,
+                ));
+            }
+            if !self.exactly_once {
+                self.flush_delivered(timeout)?;
+            }
+            for (partition, covers) in rounds {
+                produce_marker(&self.producer, topic, partition, covers)?;
+            }
+            if self.exactly_once {
+                self.commit_transaction()
+            } else {
+                self.flush_delivered(timeout)
+            }
+        })();
+        let partitions: Vec<i32> = revoked.iter().map(|(p, _)| *p).collect();
+        let e = match result {
+            Ok(()) => {
+                tracing::info!(?partitions, "revoked partitions flushed: snapshots written");
+                return Ok(());
+            }
+            Err(e) => e,
+        };
+        tracing::warn!(?partitions, error = %e, "could not flush revoked partitions; their next owner replays from the previous snapshot");
+        if classify(&e) == ErrorClass::Fatal {
+            // Fenced (or otherwise unusable): stop at the next step of the loop.
+            return Err(self.fatal_error(e));
+        }
+        if self.exactly_once {
+            self.abort().inspect_err(|e| {
+                tracing::error!(error = %e, "abort after a failed flush of revoked partitions failed");
+            })
+        } else {
+            self.wait_nothing_in_flight();
+            Ok(())
+        }
+    }
+
+    /// At-least-once: waits until everything produced so far is acknowledged, and fails if any
+    /// record was not (the batch is then rewound and produced again).
+    pub(super) fn flush_delivered(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.producer.flush(timeout)?;
+        if self.producer.context().failures.load(Ordering::Relaxed) > 0 {
+            return Err(KafkaError::MessageProduction(
+                RDKafkaErrorCode::MessageTimedOut,
+            ));
+        }
+        Ok(())
+    }
+
+    /// At-least-once, after a failure: waits until no record is in flight any more (each was
+    /// delivered or failed for good, at the latest after the producer's `message.timeout.ms`),
+    /// so none can land after the restore that follows. Stops waiting at shutdown.
+    pub(super) fn wait_nothing_in_flight(&self) {
+        let started = Instant::now();
+        while self.producer.in_flight_count() > 0 {
+            if self.shutdown.is_cancelled()
+                && started.elapsed() > self.settings.processing.shutdown_timeout
+            {
+                tracing::warn!(
+                    in_flight = self.producer.in_flight_count(),
+                    "shutting down with records still in flight"
+                );
+                return;
+            }
+            let _ = self.producer.flush(Duration::from_secs(1));
+        }
+    }
+
+    /// The error a fatal producer error stops the instance with: fencing is named as such.
+    pub(super) fn fatal_error(&self, e: KafkaError) -> ProcessorError {
+        let fenced = matches!(
+            e.rdkafka_error_code(),
+            Some(
+                RDKafkaErrorCode::ProducerFenced
+                    | RDKafkaErrorCode::Fenced
+                    | RDKafkaErrorCode::InvalidProducerEpoch
+                    | RDKafkaErrorCode::FencedInstanceId
+            )
+        ) || matches!(&e, KafkaError::Transaction(t) if t.is_fatal());
+        if fenced {
+            ProcessorError::Fenced(self.settings.transactional_id())
+        } else {
+            ProcessorError::Fatal(e)
+        }
+    }
+
+    /// Commits the open transaction, following the client's contract: a retriable error (e.g.
+    /// the call timed out while the broker restarts: "retry call to resume") is retried with the
+    /// same call, never answered with an abort (which the client refuses while the commit is in
+    /// progress); an abortable error is returned for the caller to abort and rewind.
+    pub(super) fn commit_transaction(&self) -> Result<(), KafkaError> {
+        let timeout = self.settings.processing.transaction_timeout;
+        self.retrying("commit", |producer| producer.commit_transaction(timeout))
+    }
+
+    /// Runs a transactional call until it succeeds or fails with an error that is not
+    /// retriable. Retries go on while the brokers are away (an outage shorter than the
+    /// transaction timeout is ridden out; a longer one ends in an abortable error from the
+    /// broker), and stop `shutdown_timeout` after a shutdown was requested.
+    pub(super) fn retrying(
+        &self,
+        what: &str,
+        mut call: impl FnMut(&ThreadedProducer<DeliveryContext>) -> Result<(), KafkaError>,
+    ) -> Result<(), KafkaError> {
+        let mut attempt = 0u32;
+        let mut shutdown_seen: Option<Instant> = None;
+        loop {
+            let e = match call(&self.producer) {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            // Retriable by the client's word, or a broker still recovering (seen from
+            // `init_transactions` right after a broker restart).
+            let retriable = matches!(&e, KafkaError::Transaction(t) if t.is_retriable()
+            || (!t.is_fatal() && !t.txn_requires_abort() && matches!(
+                t.code(),
+                RDKafkaErrorCode::ConcurrentTransactions
+                    | RDKafkaErrorCode::CoordinatorLoadInProgress
+                    | RDKafkaErrorCode::CoordinatorNotAvailable
+                    | RDKafkaErrorCode::NotCoordinator
+                    | RDKafkaErrorCode::RequestTimedOut
+                    | RDKafkaErrorCode::OperationTimedOut
+                    | RDKafkaErrorCode::BrokerTransportFailure
+                    | RDKafkaErrorCode::AllBrokersDown
+            )));
+            if self.shutdown.is_cancelled() {
+                let since = *shutdown_seen.get_or_insert_with(Instant::now);
+                if since.elapsed() >= self.settings.processing.shutdown_timeout {
+                    return Err(e);
+                }
+            }
+            if !retriable {
+                return Err(e);
+            }
+            attempt += 1;
+            tracing::warn!(attempt, error = %e, "transaction {what} did not finish; retrying the same call");
+            std::thread::sleep(Duration::from_millis(100 * u64::from(attempt.min(10))));
+        }
+    }
+
+    /// Aborts the open transaction, retrying it as the client's contract says (see
+    /// [`Output::retrying`]): a transaction left open would block every later one. A fatal
+    /// error stops the instance (its restart, with the same transactional id, fences and aborts
+    /// whatever is left).
+    pub(super) fn abort(&self) -> Result<(), ProcessorError> {
+        let timeout = self.settings.processing.transaction_timeout;
+        self.retrying("abort", |producer| producer.abort_transaction(timeout))
+            .map_err(|e| match classify(&e) {
+                ErrorClass::Fatal => self.fatal_error(e),
+                _ => ProcessorError::Fatal(e),
+            })
+    }
+}
+
+/// Writes the snapshot records of a partition's changed users, all covering its next offset,
+/// and returns that offset: the round's marker (see [`produce_marker`]) follows once they are
+/// durable.
+pub(super) fn produce_round<C: ProducerContext<DeliveryOpaque = ()>>(
+    producer: &ThreadedProducer<C>,
+    topic: &str,
+    partition: i32,
+    ready: &mut Ready,
+) -> Result<i64, KafkaError> {
+    let round = ready.state.take_round();
+    let mut key = itoa::Buffer::new();
+    for user in round.users {
+        let value = snapshot::encode(round.covers, user.state, user.keys);
+        let user_id = user.user_id;
+        let record = BaseRecord::to(topic)
+            .partition(partition)
+            .key(key.format(user_id).as_bytes())
+            .payload(value.as_slice());
+        send(producer, record)?;
+    }
+    ready.last_snapshot = Instant::now();
+    Ok(round.covers)
+}
+
+/// Writes the marker of a complete snapshot round: the partition's state is its users' latest
+/// records at `covers` (see [`crate::snapshot`]).
+pub(super) fn produce_marker<C: ProducerContext<DeliveryOpaque = ()>>(
+    producer: &ThreadedProducer<C>,
+    topic: &str,
+    partition: i32,
+    covers: i64,
+) -> Result<(), KafkaError> {
+    let value = snapshot::encode_marker(covers);
+    let record = BaseRecord::to(topic)
+        .partition(partition)
+        .key(snapshot::MARKER_KEY)
+        .payload(value.as_slice());
+    send(producer, record)
+}
+
+/// Sends a record, waiting for room in the producer queue when it is full.
+pub(super) fn send<C, K, P>(
+    producer: &ThreadedProducer<C>,
+    mut record: BaseRecord<'_, K, P>,
+) -> Result<(), KafkaError>
+where
+    C: ProducerContext<DeliveryOpaque = ()>,
+    K: ToBytes + ?Sized,
+    P: ToBytes + ?Sized,
+{
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}
+
+/// The largest dead-letter value: `processing.dlq_max_record_bytes`, or what both the DLQ topic
+/// and the producer accept, less room for the key and headers.
+pub(super) fn dlq_limit(settings: &Settings, topic_max: Option<usize>) -> usize {
+    if settings.processing.dlq_max_record_bytes > 0 {
+        return settings.processing.dlq_max_record_bytes;
+    }
+    let producer_max = settings
+        .kafka
+        .properties
+        .get("message.max.bytes")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(PRODUCER_DEFAULT_MAX_BYTES);
+    let max = producer_max.min(topic_max.unwrap_or(BROKER_DEFAULT_MAX_BYTES));
+    max.saturating_sub(DLQ_HEADROOM_BYTES).max(1024)
+}
+
+impl Processor {
+    /// Evaluates one input record and produces its response (and dead-letter record).
+    pub(super) fn process(
+        &self,
+        partitions: &mut HashMap<i32, Partition>,
+        message: &OwnedMessage,
+    ) -> Result<(), KafkaError> {
+        let partition = message.partition();
+        let offset = message.offset();
+        let input = message.payload().unwrap_or_default();
+        let profiles = &self.profiles;
+        let Some(Partition::Ready(ready)) = partitions.get_mut(&partition) else {
+            return Ok(());
+        };
+        let processed = ready.state.process(
+            Input {
+                offset,
+                payload: input,
+                key: snapshot::idempotency_key(message),
+            },
+            |user| profiles.profiles().risk(user.0),
+            &self.limits,
+        );
+        let verdict = processed.verdict;
+        let metrics = &self.deps.metrics;
+        match &verdict {
+            Verdict::Accepted { codes, .. } => {
+                metrics.count_event(if codes.is_alert() { "alert" } else { "ok" });
+                for code in codes.as_slice() {
+                    metrics
+                        .alerts
+                        .get_or_create(&CodeLabels {
+                            code: code.to_string(),
+                        })
+                        .inc();
+                }
+            }
+            Verdict::Rejected { rejection, .. } => metrics.count_event(rejection.as_str()),
+            Verdict::Duplicate { .. } => metrics.count_event("duplicate"),
+            Verdict::AlreadyApplied { .. } => {}
+        }
+        // An offset a crashed owner already answered is not answered again.
+        if processed.answer {
+            if let Some(record) =
+                AlertRecord::answer(Coord::new(partition, offset), &verdict, input)
+            {
+                let value = record.to_json();
+                // Co-partitioned: the response to input partition p goes to alerts partition p
+                // (what the key's murmur2 partition is anyway), so a restore finds it there.
+                let mut alert = BaseRecord::to(&self.settings.topics.alerts)
+                    .partition(partition)
+                    .payload(value.as_slice());
+                if let Some(key) = message.key().filter(|k| k.len() <= MAX_KEY_BYTES) {
+                    alert = alert.key(key);
+                }
+                send(&self.owner.out.producer, alert)?;
+            } else {
+                tracing::error!(partition, offset, "an offset already in its user's restored state has no response yet; it cannot be answered again");
+            }
+        }
+        if let Verdict::Rejected {
+            rejection, error, ..
+        } = &verdict
+        {
+            let dead = DeadLetter::new(message, *rejection, error, self.dlq_limit);
+            send(
+                &self.owner.out.producer,
+                dead.record(&self.settings.topics.dlq),
+            )?;
+        }
+        Ok(())
+    }
+}
