@@ -10,6 +10,7 @@
 //! the `event_id` -> wait for the alerts record with that `event_id` (200 / 409, or 202 after
 //! `http.response_timeout`).
 
+pub mod api;
 pub mod auth;
 pub mod backend;
 pub mod follower;

@@ -11,23 +11,21 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
-use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa::OpenApi;
 
+use super::api::{
+    AlertsPage, AlertsParams, ApiDoc, ApiError, AuditParams, CreatedBody, ErrorBody, EventBody,
+    EventView, HealthBody, LegacyBody, PageParams, PendingBody, ReadyBody, RiskBody, ShimReadiness,
+    UserEventsPage, UserRiskBody, DEFAULT_LIMIT, MAX_LIMIT,
+};
 use super::auth::{required_scope, Denied, Principal, Tokens};
-use super::backend::{Backend, Found, LookupError, ProduceError};
+use super::backend::Backend;
 use super::model::{AlertQuery, Hub, OrderKey, Page, Stored, Wait};
 use crate::audit::AuditPage;
-use crate::domain::response::{AlertRecord, Outcome, Rejection};
-use crate::domain::Risk;
-use crate::domain::{decode, Coord, DecodeError, UserId};
-use crate::health::{Readiness, ReadinessReport};
+use crate::domain::response::{Outcome, Rejection};
+use crate::domain::{decode, Coord, DecodeError, Risk, UserId};
+use crate::health::Readiness;
 use crate::metrics::{HttpLabels, Metrics, RouteLabels};
-
-/// Default and largest `limit` of the list endpoints.
-pub const DEFAULT_LIMIT: usize = 100;
-pub const MAX_LIMIT: usize = 1000;
 
 /// Everything the handlers share.
 pub struct Shared {
@@ -72,338 +70,6 @@ pub fn router(state: AppState) -> Router {
             track,
         ))
         .with_state(state)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Errors
-
-/// Every error answer: JSON `{"error": "..."}` with the status of its variant.
-#[derive(Debug, thiserror::Error)]
-pub enum ApiError {
-    #[error("{0}")]
-    Invalid(String),
-    #[error("{0}")]
-    OutOfOrder(String),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("request body is larger than {0} bytes")]
-    TooLarge(usize),
-    #[error("content-type must be application/json")]
-    NotJson,
-    #[error("method not allowed")]
-    MethodNotAllowed,
-    #[error("the request body did not arrive within http.body_read_timeout")]
-    BodyTimeout,
-    /// The idempotency key was used for a different event (422).
-    #[error("idempotency key reused with a different event")]
-    IdempotencyConflict(String),
-    /// No valid token (401).
-    #[error("{0}")]
-    Unauthorized(Denied),
-    /// A valid token without the route's scope (403).
-    #[error("{0}")]
-    Forbidden(Denied),
-    #[error(transparent)]
-    Unavailable(#[from] ProduceError),
-    #[error(transparent)]
-    Lookup(#[from] LookupError),
-}
-
-impl ApiError {
-    pub fn status(&self) -> StatusCode {
-        match self {
-            ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
-            ApiError::OutOfOrder(_) => StatusCode::CONFLICT,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::NotJson => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            ApiError::IdempotencyConflict(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::Unavailable(_) | ApiError::Lookup(_) => StatusCode::SERVICE_UNAVAILABLE,
-        }
-    }
-}
-
-/// `{"error": "..."}`
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct ErrorBody {
-    pub error: String,
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let challenge = matches!(self, ApiError::Unauthorized(_));
-        let mut response = (
-            self.status(),
-            Json(ErrorBody {
-                error: self.to_string(),
-            }),
-        )
-            .into_response();
-        if challenge {
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"user-monitor\""),
-            );
-        }
-        response
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Wire types
-
-/// An event as sent (SPEC section 2). Unknown extra fields are ignored.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-#[schema(example = json!({"type": "deposit", "amount": "42.00", "user_id": 1, "time": 10}))]
-pub struct EventBody {
-    /// `deposit` or `withdraw`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// A decimal string `^[0-9]{1,20}(\.[0-9]{1,8})?$`, greater than 0.
-    pub amount: String,
-    /// 0 ..= 2^63-1.
-    pub user_id: u64,
-    /// 0 ..= 2^63-1; per user it never decreases.
-    pub time: u64,
-}
-
-/// The original API's response.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-#[schema(example = json!({"alert": true, "alert_codes": [30, 123], "user_id": 1}))]
-pub struct LegacyBody {
-    pub alert: bool,
-    pub alert_codes: Vec<u32>,
-    pub user_id: u64,
-}
-
-/// The response of `POST /api/v1/events`.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct CreatedBody {
-    /// `"<partition>-<offset>"` of the event in the events topic.
-    pub event_id: String,
-    /// `"alert-<partition>-<offset>"`, null without an alert.
-    #[schema(required = true)]
-    pub alert_id: Option<String>,
-    pub alert: bool,
-    pub alert_codes: Vec<u32>,
-    pub user_id: u64,
-}
-
-/// Kafka acknowledged the event but its response did not arrive in time.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct PendingBody {
-    pub event_id: String,
-    /// Always `pending`.
-    pub status: String,
-}
-
-/// An event and its result: the alerts-topic record, plus `status`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct EventView {
-    pub event_id: String,
-    /// `processed` (the response is known) or `pending`.
-    pub status: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub user_id: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub alert: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub alert_codes: Option<Vec<u32>>,
-    /// Null when the event raised no alert or was not accepted.
-    pub alert_id: Option<String>,
-    /// The risk level the rules used.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<String>, example = "medium")]
-    pub risk: Option<Risk>,
-    /// Why the event was rejected.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// `invalid`, `out_of_order`, `wrong_partition` or `idempotency_conflict`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<String>, example = "out_of_order")]
-    pub rejection: Option<Rejection>,
-    /// A retry under an idempotency key: the event it repeats (whose answer it carries).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub duplicate_of: Option<String>,
-    /// The event as sent.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    pub event: Option<Box<RawValue>>,
-    /// The input as text when it was not JSON.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub event_text: Option<String>,
-}
-
-impl EventView {
-    fn processed(record: &AlertRecord) -> Self {
-        let mut view = EventView {
-            event_id: record.event_id.clone(),
-            status: "processed",
-            user_id: record.user_id,
-            alert: None,
-            alert_codes: None,
-            alert_id: None,
-            risk: None,
-            error: None,
-            rejection: None,
-            duplicate_of: record.duplicate_of.clone(),
-            event: record.event.clone(),
-            event_text: record.event_text.clone(),
-        };
-        match &record.outcome {
-            Outcome::Accepted {
-                alert_codes,
-                alert_id,
-                risk,
-            } => {
-                view.alert = Some(!alert_codes.is_empty());
-                view.alert_codes = Some(alert_codes.clone());
-                view.alert_id = alert_id.clone();
-                view.risk = Some(*risk);
-            }
-            Outcome::Rejected { rejection, error } => {
-                view.error = Some(error.clone());
-                view.rejection = Some(*rejection);
-            }
-        }
-        view
-    }
-
-    fn pending(found: &Found) -> Self {
-        let text = String::from_utf8_lossy(&found.payload);
-        let event = serde_json::from_str::<Box<RawValue>>(text.trim()).ok();
-        EventView {
-            event_id: found.at.event_id(),
-            status: "pending",
-            user_id: found.key.as_deref().and_then(|k| k.parse().ok()),
-            alert: None,
-            alert_codes: None,
-            alert_id: None,
-            risk: None,
-            error: None,
-            rejection: None,
-            duplicate_of: None,
-            event_text: event.is_none().then(|| text.into_owned()),
-            event,
-        }
-    }
-}
-
-/// A page of alerts, newest first.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct AlertsPage {
-    pub alerts: Vec<EventView>,
-    /// Pass as `cursor` for the next page; null on the last page.
-    pub next_cursor: Option<String>,
-}
-
-/// A user's recent events, newest first.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct UserEventsPage {
-    pub user_id: u64,
-    pub events: Vec<EventView>,
-    /// Pass as `cursor` for the next page; null on the last page.
-    pub next_cursor: Option<String>,
-}
-
-/// A risk level.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-#[schema(example = json!({"risk": "high"}))]
-pub struct RiskBody {
-    /// `low`, `medium` or `high`.
-    pub risk: String,
-}
-
-/// A user's risk level as published.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct UserRiskBody {
-    pub user_id: u64,
-    /// `low`, `medium` or `high`.
-    #[schema(value_type = String, example = "high")]
-    pub risk: Risk,
-}
-
-/// Liveness.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct HealthBody {
-    /// Always `ok`.
-    pub status: &'static str,
-}
-
-/// The shim's own readiness.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ShimReadiness {
-    /// The producer found the events and profiles topics.
-    pub kafka_connected: bool,
-    /// The alerts follower assigned the alerts topic.
-    pub alerts_following: bool,
-    /// The read model has read every alerts partition to its end once.
-    pub read_model_caught_up: bool,
-    pub read_model_records: usize,
-    pub pending_requests: usize,
-}
-
-/// The processor's readiness (when it runs in this process).
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ProcessorReadiness {
-    pub ready: bool,
-    pub connected: bool,
-    /// The consumer group's first assignment arrived (possibly empty).
-    pub joined_group: bool,
-    pub assigned_partitions: usize,
-    pub restoring_partitions: usize,
-    pub stopped: bool,
-}
-
-impl From<ReadinessReport> for ProcessorReadiness {
-    fn from(r: ReadinessReport) -> Self {
-        ProcessorReadiness {
-            ready: r.ready,
-            connected: r.connected,
-            joined_group: r.joined,
-            assigned_partitions: r.assigned_partitions,
-            restoring_partitions: r.restoring_partitions,
-            stopped: r.stopped,
-        }
-    }
-}
-
-/// Readiness: the shim's, and the processor's when it runs in this process.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ReadyBody {
-    pub ready: bool,
-    pub shim: ShimReadiness,
-    pub processor: Option<ProcessorReadiness>,
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct AlertsParams {
-    /// Only this user's alerts.
-    #[param(value_type = Option<u64>)]
-    pub user_id: Option<String>,
-    /// Only alerts that raised this code.
-    #[param(value_type = Option<u32>)]
-    pub code: Option<String>,
-    /// Page size, 1 to 1000 (default 100).
-    #[param(value_type = Option<u32>)]
-    pub limit: Option<String>,
-    /// `next_cursor` of the previous page.
-    pub cursor: Option<String>,
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct PageParams {
-    /// Page size, 1 to 1000 (default 100).
-    #[param(value_type = Option<u32>)]
-    pub limit: Option<String>,
-    /// `next_cursor` of the previous page.
-    pub cursor: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -839,7 +505,7 @@ pub async fn get_alert(
         ))
     })?;
     match find_event(&state, key).await? {
-        Some(view) if view.alert_id.as_deref() == Some(alert_id.as_str()) => Ok(Json(view)),
+        Some(view) if view.alert_id() == Some(alert_id.as_str()) => Ok(Json(view)),
         _ => Err(ApiError::NotFound(format!("no alert {alert_id}"))),
     }
 }
@@ -922,15 +588,6 @@ pub async fn put_risk(
     let actor = principal.map_or_else(Principal::anonymous, |p| p.0).name;
     state.backend.change_risk(actor, user_id, risk).await?;
     Ok(Json(UserRiskBody { user_id, risk }))
-}
-
-/// Query parameters of `GET /api/v1/audit`.
-#[derive(Debug, Deserialize, IntoParams)]
-pub struct AuditParams {
-    /// Entries per page, 1..=1000 (default 100).
-    pub limit: Option<String>,
-    /// `next_cursor` of the previous page.
-    pub cursor: Option<String>,
 }
 
 /// The audit trail: every accepted change of a risk level, newest first.
@@ -1118,62 +775,11 @@ async fn track(State(state): State<AppState>, request: Request<Body>, next: Next
     response
 }
 
-/// The OpenAPI 3 document, generated from the handlers above.
-#[derive(OpenApi)]
-#[openapi(
-    info(
-        title = "user-monitor",
-        description = "Alerts on user money movements: submit events, read alerts, set risk levels."
-    ),
-    paths(
-        post_event,
-        create_event,
-        get_event,
-        list_alerts,
-        get_alert,
-        user_events,
-        put_risk,
-        list_audit,
-        healthz,
-        readyz,
-        metrics,
-        openapi
-    ),
-    tags(
-        (name = "events", description = "submit events and read their results"),
-        (name = "alerts", description = "alerts raised"),
-        (name = "users", description = "per-user views and risk levels"),
-        (name = "audit", description = "who changed what"),
-        (name = "operations", description = "health, readiness, metrics")
-    ),
-    modifiers(&BearerScheme)
-)]
-pub struct ApiDoc;
-
-/// Declares the bearer scheme that `http.auth.mode = "tokens"` checks.
-struct BearerScheme;
-
-impl utoipa::Modify for BearerScheme {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .description(Some(
-                        "With http.auth.mode = \"tokens\": a token's secret; each route names the scope it needs",
-                    ))
-                    .build(),
-            ),
-        );
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::api::ApiDoc;
+    use utoipa::OpenApi;
 
     #[test]
     fn recognises_json_content_types() {
