@@ -3,6 +3,7 @@
 //! Imports nothing above it.
 
 pub mod event;
+mod json;
 pub mod partitioner;
 pub mod response;
 pub mod risk;
