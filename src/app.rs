@@ -17,7 +17,10 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
     let settings = load_settings(&cli.global)?;
     match cli.command.unwrap_or(Command::Run) {
         Command::Evaluate(args) => evaluate(&settings, &args),
-        Command::Process => process(settings),
+        Command::Process => {
+            crate::service::process(settings)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Run => {
             crate::service::run(settings)?;
             Ok(ExitCode::SUCCESS)
@@ -58,13 +61,7 @@ fn evaluate(settings: &Settings, args: &EvaluateArgs) -> anyhow::Result<ExitCode
         None => settings.limits(),
     };
     let profiles = match &args.profiles {
-        Some(path) => {
-            let file =
-                File::open(path).with_context(|| format!("opening profiles {}", path.display()))?;
-            let lines = Profiles::read_jsonl(BufReader::new(file))
-                .with_context(|| format!("reading profiles {}", path.display()))?;
-            Profiles::from_lines(&lines)
-        }
+        Some(path) => Profiles::from_lines(&Profiles::read_file(path)?),
         None => Profiles::default(),
     };
     let stdout = io::stdout().lock();
@@ -95,40 +92,10 @@ fn evaluate(settings: &Settings, args: &EvaluateArgs) -> anyhow::Result<ExitCode
     }
 }
 
-/// `user-monitor process`: the stream processor until SIGINT/SIGTERM.
-fn process(settings: Settings) -> anyhow::Result<ExitCode> {
-    crate::telemetry::init(&settings.log);
-    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    let deps = crate::processor::Deps {
-        metrics: crate::metrics::Metrics::new(),
-        readiness: std::sync::Arc::new(crate::health::Readiness::default()),
-        shutdown: tokio_util::sync::CancellationToken::new(),
-        embedded: false,
-    };
-    let deadline = settings.processing.shutdown_timeout;
-    let shutdown = deps.shutdown.clone();
-    runtime.block_on(async move {
-        crate::shutdown::spawn_signal_handler(shutdown.clone());
-        let worker = tokio::task::spawn_blocking(move || crate::processor::run(settings, deps));
-        tokio::pin!(worker);
-        let result = tokio::select! {
-            joined = &mut worker => joined,
-            () = async { shutdown.cancelled().await; tokio::time::sleep(deadline).await } => {
-                anyhow::bail!("graceful shutdown did not finish within {deadline:?}");
-            }
-        };
-        result.context("processor thread panicked")??;
-        tracing::info!("processor stopped");
-        Ok(ExitCode::SUCCESS)
-    })
-}
-
 /// `user-monitor profiles load FILE`: publishes each line to the profiles topic and waits for acks.
 fn load_profiles(settings: &Settings, path: &std::path::Path) -> anyhow::Result<ExitCode> {
     crate::telemetry::init(&settings.log);
-    let file = File::open(path).with_context(|| format!("opening profiles {}", path.display()))?;
-    let lines = Profiles::read_jsonl(BufReader::new(file))
-        .with_context(|| format!("reading profiles {}", path.display()))?;
+    let lines = Profiles::read_file(path)?;
     // The levels they replace, for the audit trail.
     let mut current = crate::kafka::profiles::ProfilesFollower::new(settings, "cli-profiles")?;
     current.catch_up(std::time::Duration::from_secs(30))?;

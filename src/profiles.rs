@@ -28,6 +28,11 @@ pub enum ProfilesError {
     Line { line: usize, reason: String },
     #[error("reading profiles: {0}")]
     Io(#[from] std::io::Error),
+    #[error("profiles file {path}: {error}")]
+    File {
+        path: String,
+        error: Box<ProfilesError>,
+    },
 }
 
 /// Known risk levels; users without one are [`Risk::Medium`].
@@ -37,6 +42,17 @@ pub struct Profiles {
 }
 
 impl Profiles {
+    /// Reads a JSONL profiles file; an error names the file (and the line).
+    pub fn read_file(path: impl AsRef<std::path::Path>) -> Result<Vec<ProfileLine>, ProfilesError> {
+        let path = path.as_ref();
+        let named = |error| ProfilesError::File {
+            path: path.display().to_string(),
+            error: Box::new(error),
+        };
+        let file = std::fs::File::open(path).map_err(|e| named(e.into()))?;
+        Profiles::read_jsonl(std::io::BufReader::new(file)).map_err(named)
+    }
+
     pub fn risk(&self, user_id: u64) -> Risk {
         self.risks.get(&user_id).copied().unwrap_or_default()
     }

@@ -1,5 +1,6 @@
-//! `user-monitor run` (processor + shim in one process, on an embedded broker when
-//! `kafka.bootstrap_servers` is empty) and `user-monitor shim` (the HTTP shim alone).
+//! The long-running commands: `user-monitor process` (the stream processor alone), `run`
+//! (processor + shim in one process, on an embedded broker when `kafka.bootstrap_servers` is
+//! empty) and `shim` (the HTTP shim alone), on one [`lifecycle`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +31,48 @@ pub enum ServiceError {
     ShutdownTimeout(Duration),
 }
 
+/// What every long-running command shares: an async runtime, SIGINT/SIGTERM turned into one
+/// cancellation, the command's body, then a bounded shutdown of the runtime's leftover tasks.
+fn lifecycle<T, F>(body: impl FnOnce(CancellationToken) -> F) -> Result<T, ServiceError>
+where
+    F: std::future::Future<Output = Result<T, ServiceError>>,
+{
+    let runtime = tokio::runtime::Runtime::new().map_err(ServiceError::Runtime)?;
+    let shutdown = CancellationToken::new();
+    let result = runtime.block_on(async {
+        crate::shutdown::spawn_signal_handler(shutdown.clone());
+        body(shutdown).await
+    });
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+/// `user-monitor process`: the stream processor until SIGINT/SIGTERM (or until it stops by
+/// itself, e.g. fenced), its graceful shutdown bounded by `processing.shutdown_timeout`.
+pub fn process(settings: Settings) -> Result<(), ServiceError> {
+    crate::telemetry::init(&settings.log);
+    let deadline = settings.processing.shutdown_timeout;
+    lifecycle(|shutdown| async move {
+        let deps = processor::Deps {
+            metrics: Metrics::new(),
+            readiness: Arc::new(Readiness::default()),
+            shutdown: shutdown.clone(),
+            embedded: false,
+        };
+        let worker = tokio::task::spawn_blocking(move || processor::run(settings, deps));
+        tokio::pin!(worker);
+        let joined = tokio::select! {
+            joined = &mut worker => joined,
+            () = async { shutdown.cancelled().await; tokio::time::sleep(deadline).await } => {
+                return Err(ServiceError::ShutdownTimeout(deadline));
+            }
+        };
+        joined.map_err(|_| ServiceError::Panicked("processor"))??;
+        tracing::info!("processor stopped");
+        Ok(())
+    })
+}
+
 /// `user-monitor run`: the processor and the shim until SIGINT/SIGTERM (or until the processor
 /// stops by itself, e.g. fenced). Without `kafka.bootstrap_servers`, starts the embedded broker
 /// first and prints where to send events.
@@ -43,13 +86,12 @@ pub fn run(mut settings: Settings) -> Result<(), ServiceError> {
     } else {
         None
     };
-    let runtime = tokio::runtime::Runtime::new().map_err(ServiceError::Runtime)?;
     let metrics = Metrics::new();
     let readiness = Arc::new(Readiness::default());
-    let shutdown = CancellationToken::new();
     let deadline = settings.processing.shutdown_timeout;
-    let result = runtime.block_on(async {
-        crate::shutdown::spawn_signal_handler(shutdown.clone());
+    // Borrowed by the body: the broker outlives the runtime.
+    let (settings, embedded) = (&settings, broker.as_ref());
+    let result = lifecycle(|shutdown| async move {
         let shim = http::start(
             settings.clone(),
             ShimDeps {
@@ -60,7 +102,7 @@ pub fn run(mut settings: Settings) -> Result<(), ServiceError> {
             },
         )
         .await?;
-        if let Some((broker, notes)) = &broker {
+        if let Some((broker, notes)) = embedded {
             eprintln!(
                 "{}",
                 embedded::banner(&broker.bootstrap_servers(), shim.addr, notes)
@@ -73,7 +115,7 @@ pub fn run(mut settings: Settings) -> Result<(), ServiceError> {
             metrics,
             readiness,
             shutdown: stop_processor.clone(),
-            embedded: broker.is_some(),
+            embedded: embedded.is_some(),
         };
         let processor_settings = settings.clone();
         let worker = tokio::task::spawn_blocking(move || processor::run(processor_settings, deps));
@@ -107,7 +149,6 @@ pub fn run(mut settings: Settings) -> Result<(), ServiceError> {
         served?;
         Ok(())
     });
-    runtime.shutdown_timeout(Duration::from_secs(1));
     drop(broker);
     result
 }
@@ -117,10 +158,7 @@ pub fn run(mut settings: Settings) -> Result<(), ServiceError> {
 /// model has caught up.
 pub fn shim(settings: Settings) -> Result<(), ServiceError> {
     crate::telemetry::init(&settings.log);
-    let runtime = tokio::runtime::Runtime::new().map_err(ServiceError::Runtime)?;
-    let shutdown = CancellationToken::new();
-    let result = runtime.block_on(async {
-        crate::shutdown::spawn_signal_handler(shutdown.clone());
+    lifecycle(|shutdown| async move {
         let create_topics = settings.topics.create;
         let shim = http::start(
             settings,
@@ -136,7 +174,5 @@ pub fn shim(settings: Settings) -> Result<(), ServiceError> {
             Ok(served) => Ok(served?),
             Err(_) => Err(ServiceError::Panicked("http shim")),
         }
-    });
-    runtime.shutdown_timeout(Duration::from_secs(1));
-    result
+    })
 }

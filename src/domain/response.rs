@@ -33,16 +33,16 @@ impl LegacyResponse {
     }
 }
 
-/// Writes the legacy response as one JSON line without allocating, in the spacing the original
-/// Python service used (`{"alert": false, "alert_codes": [], "user_id": 1}`).
-pub fn write_legacy_line(out: &mut impl Write, user_id: u64, codes: &AlertCodes) -> io::Result<()> {
+/// Writes the legacy response without allocating, in the spacing the original Python service
+/// used (`{"alert": false, "alert_codes": [], "user_id": 1}`).
+pub fn write_legacy(out: &mut impl Write, user_id: u64, codes: &[u32]) -> io::Result<()> {
     let mut buf = itoa::Buffer::new();
-    out.write_all(if codes.is_alert() {
-        b"{\"alert\": true, \"alert_codes\": ["
-    } else {
+    out.write_all(if codes.is_empty() {
         b"{\"alert\": false, \"alert_codes\": ["
+    } else {
+        b"{\"alert\": true, \"alert_codes\": ["
     })?;
-    for (i, code) in codes.as_slice().iter().enumerate() {
+    for (i, code) in codes.iter().enumerate() {
         if i > 0 {
             out.write_all(b", ")?;
         }
@@ -50,7 +50,13 @@ pub fn write_legacy_line(out: &mut impl Write, user_id: u64, codes: &AlertCodes)
     }
     out.write_all(b"], \"user_id\": ")?;
     out.write_all(buf.format(user_id).as_bytes())?;
-    out.write_all(b"}\n")
+    out.write_all(b"}")
+}
+
+/// [`write_legacy`] as one JSON line.
+pub fn write_legacy_line(out: &mut impl Write, user_id: u64, codes: &AlertCodes) -> io::Result<()> {
+    write_legacy(out, user_id, codes.as_slice())?;
+    out.write_all(b"\n")
 }
 
 /// Why an input record got an error response instead of an evaluation.

@@ -22,7 +22,7 @@ use super::auth::{required_scope, Denied, Principal, Tokens};
 use super::backend::Backend;
 use super::model::{AlertQuery, Hub, OrderKey, Page, Stored, Wait};
 use crate::audit::AuditPage;
-use crate::domain::response::{Outcome, Rejection};
+use crate::domain::response::{write_legacy, Outcome, Rejection};
 use crate::domain::{decode, Coord, DecodeError, Risk, UserId};
 use crate::health::Readiness;
 use crate::metrics::{HttpLabels, Metrics, RouteLabels};
@@ -275,12 +275,9 @@ fn pending_response(event_id: String, location: bool) -> Response {
 
 /// The legacy body in the original service's spacing: `{"alert": false, "alert_codes": [], "user_id": 1}`.
 fn legacy_json(user_id: u64, codes: &[u32]) -> String {
-    let codes: Vec<String> = codes.iter().map(u32::to_string).collect();
-    format!(
-        "{{\"alert\": {}, \"alert_codes\": [{}], \"user_id\": {user_id}}}",
-        !codes.is_empty(),
-        codes.join(", ")
-    )
+    let mut out = Vec::with_capacity(64);
+    write_legacy(&mut out, user_id, codes).expect("writing to memory");
+    String::from_utf8(out).expect("ASCII")
 }
 
 /// What both submit routes share: check the body, submit it, wait for its response, and turn a

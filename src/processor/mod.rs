@@ -460,17 +460,10 @@ fn seed_profiles(settings: &Settings) -> Result<(), ProcessorError> {
     if path.is_empty() {
         return Ok(());
     }
-    let file = std::fs::File::open(path).map_err(|e| KafkaLayerError::Topic {
+    let lines = crate::profiles::Profiles::read_file(path).map_err(|e| KafkaLayerError::Topic {
         topic: settings.topics.profiles.clone(),
-        reason: format!("cannot open profiles.seed_file {path:?}: {e}"),
+        reason: format!("profiles.seed_file: {e}"),
     })?;
-    let lines =
-        crate::profiles::Profiles::read_jsonl(std::io::BufReader::new(file)).map_err(|e| {
-            KafkaLayerError::Topic {
-                topic: settings.topics.profiles.clone(),
-                reason: format!("profiles.seed_file {path:?}: {e}"),
-            }
-        })?;
     let published = crate::kafka::profiles::publish(settings, &lines)?;
     tracing::info!(published, file = %path, "seeded profiles");
     Ok(())
