@@ -8,10 +8,11 @@ use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
 use rdkafka::producer::DefaultProducerContext;
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::Offset;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Settings;
+use crate::kafka::read::{read_range, RangeError};
 use crate::kafka::{producer_config, reader, KafkaLayerError};
 
 /// One accepted change.
@@ -116,32 +117,29 @@ pub fn read_page(
     let start = end.saturating_sub(limit as i64).max(low);
     let mut entries = Vec::new();
     if start < end {
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, 0, Offset::Offset(start))?;
-        consumer.assign(&tpl)?;
-        let deadline = std::time::Instant::now() + timeout;
-        let mut next = start;
-        while next < end {
-            if std::time::Instant::now() > deadline {
-                return Err(KafkaLayerError::Timeout(timeout));
-            }
-            match consumer.poll(Duration::from_millis(100)) {
-                Some(Ok(m)) if m.offset() >= end => break,
-                Some(Ok(m)) => {
-                    next = m.offset() + 1;
-                    let parsed = m
-                        .payload()
-                        .and_then(|p| serde_json::from_slice::<AuditEntry>(p).ok());
-                    if let Some(mut entry) = parsed {
-                        entry.offset = Some(m.offset());
-                        entries.push(entry);
-                    }
+        read_range(
+            &consumer,
+            topic,
+            0,
+            Offset::Offset(start),
+            end,
+            timeout,
+            |m| {
+                let parsed = m
+                    .payload()
+                    .and_then(|p| serde_json::from_slice::<AuditEntry>(p).ok());
+                if let Some(mut entry) = parsed {
+                    entry.offset = Some(m.offset());
+                    entries.push(entry);
                 }
-                Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
-                Some(Err(e)) => return Err(e.into()),
-                None => {}
-            }
-        }
+                Ok::<(), KafkaLayerError>(())
+            },
+        )
+        .map_err(|e| match e {
+            RangeError::Kafka(e) => e.into(),
+            RangeError::TimedOut { .. } => KafkaLayerError::Timeout(timeout),
+            RangeError::Stopped(e) => e,
+        })?;
     }
     entries.reverse();
     Ok(AuditPage {

@@ -30,7 +30,7 @@
 //! An unreadable snapshot is reported and the partition is rebuilt from the earliest retained
 //! input offset instead of silently starting empty.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -42,6 +42,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{Guarantee, Settings};
 use crate::domain::UserId;
 use crate::idempotency::{Answer, DedupLimits, Keys, HEADER};
+use crate::kafka::read::{read_range, RangeError};
 use crate::kafka::{reader, KafkaLayerError, Reader};
 use crate::partition::{Input, PartitionState, Placement, Rebuild};
 use crate::rules::Limits;
@@ -491,8 +492,7 @@ pub fn load_record(
     Ok(())
 }
 
-/// Hands each record of `topic`/`partition` from `from` to `each`, until offset `until`
-/// (exclusive) or the partition's end (for read_committed, its last stable offset).
+/// [`read_range`] with a restore's errors.
 fn read_partition(
     consumer: &Reader,
     topic: &str,
@@ -500,38 +500,17 @@ fn read_partition(
     from: Offset,
     until: i64,
     timeout: Duration,
-    mut each: impl FnMut(&BorrowedMessage<'_>) -> Result<(), SnapshotError>,
+    each: impl FnMut(&BorrowedMessage<'_>) -> Result<(), SnapshotError>,
 ) -> Result<(), SnapshotError> {
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, partition, from)?;
-    consumer.assign(&tpl)?;
-    let deadline = Instant::now() + timeout;
-    let mut next = match from {
-        Offset::Offset(o) => o,
-        _ => 0,
-    };
-    while next < until {
-        match consumer.poll(Duration::from_millis(100)) {
-            // A reused reader may still hold a record of what it read before: not ours.
-            Some(Ok(message)) if message.topic() != topic || message.partition() != partition => {}
-            Some(Ok(message)) if message.offset() >= until => break,
-            Some(Ok(message)) => {
-                next = message.offset() + 1;
-                each(&message)?;
-            }
-            Some(Err(KafkaError::PartitionEOF(_))) => break,
-            Some(Err(e)) => return Err(e.into()),
-            None => {}
-        }
-        if Instant::now() > deadline {
-            return Err(SnapshotError::Timeout {
-                partition,
-                timeout,
-                offset: next - 1,
-            });
-        }
-    }
-    Ok(())
+    read_range(consumer, topic, partition, from, until, timeout, each).map_err(|e| match e {
+        RangeError::Kafka(e) => e.into(),
+        RangeError::TimedOut { next } => SnapshotError::Timeout {
+            partition,
+            timeout,
+            offset: next - 1,
+        },
+        RangeError::Stopped(e) => e,
+    })
 }
 
 #[cfg(test)]

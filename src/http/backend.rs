@@ -22,8 +22,9 @@ use crate::domain::response::AlertRecord;
 use crate::domain::Coord;
 use crate::domain::Risk;
 use crate::kafka::profiles::ProfilesFollower;
-use crate::kafka::{producer_config, reader_config, KafkaLayerError};
-use crate::kafka::{Reader, ReaderContext};
+use crate::kafka::read::{partitions, read_range, RangeError};
+use crate::kafka::{producer_config, KafkaLayerError};
+use crate::kafka::{reader, Reader};
 use crate::profiles::ProfileValue;
 
 /// Kafka did not acknowledge a record.
@@ -353,54 +354,43 @@ impl KafkaBackend {
 /// Reads the input record at its coordinates, then searches every alerts partition from the
 /// input's timestamp on for the record whose `event_id` names it (the processor writes the
 /// response after reading the input, so never before that timestamp).
-fn lookup_blocking(settings: &Settings, at: Coord) -> Result<Option<Found>, KafkaError> {
-    let Coord { partition, offset } = at;
+fn lookup_blocking(settings: &Settings, at: Coord) -> Result<Option<Found>, KafkaLayerError> {
     let deadline = Instant::now() + LOOKUP_TIMEOUT;
-    let consumer: Reader = reader_config(settings, "shim-lookup")
-        .map_err(|e| match e {
-            KafkaLayerError::Client(e) => e,
-            other => KafkaError::ClientCreation(other.to_string()),
-        })?
-        .create_with_context(ReaderContext)?;
+    let consumer = reader(settings, "shim-lookup")?;
     let events = &settings.topics.events;
-    let metadata = consumer.fetch_metadata(Some(events), LOOKUP_TIMEOUT)?;
-    let exists = metadata
-        .topics()
-        .iter()
-        .flat_map(|t| t.partitions())
-        .any(|p| p.id() == partition);
-    if !exists {
+    if !partitions(&consumer, events, LOOKUP_TIMEOUT)?.contains(&at.partition) {
         return Ok(None);
     }
-    let (low, high) = consumer.fetch_watermarks(events, partition, LOOKUP_TIMEOUT)?;
-    if offset < low || offset >= high {
+    let (low, high) = consumer.fetch_watermarks(events, at.partition, LOOKUP_TIMEOUT)?;
+    if at.offset < low || at.offset >= high {
         return Ok(None);
     }
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(events, partition, Offset::Offset(offset))?;
-    consumer.assign(&tpl)?;
-    let (key, payload, timestamp) = loop {
-        if Instant::now() > deadline {
-            return Err(KafkaError::MessageConsumption(
-                rdkafka::types::RDKafkaErrorCode::RequestTimedOut,
+    let mut input = None;
+    read_range(
+        &consumer,
+        events,
+        at.partition,
+        Offset::Offset(at.offset),
+        at.offset + 1,
+        LOOKUP_TIMEOUT,
+        |m| {
+            input = Some((
+                m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                m.payload().unwrap_or_default().to_vec(),
+                m.timestamp().to_millis().unwrap_or(0),
             ));
-        }
-        match consumer.poll(Duration::from_millis(100)) {
-            None => continue,
-            Some(Err(KafkaError::PartitionEOF(_))) => return Ok(None),
-            Some(Err(e)) => return Err(e),
-            Some(Ok(m)) if m.offset() == offset => {
-                break (
-                    m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-                    m.payload().unwrap_or_default().to_vec(),
-                    m.timestamp().to_millis().unwrap_or(0),
-                );
-            }
-            // A transaction marker or an aborted record sits at that offset: no event there.
-            Some(Ok(_)) => return Ok(None),
-        }
+            Ok::<(), KafkaError>(())
+        },
+    )
+    .map_err(|e| match e {
+        RangeError::Kafka(e) | RangeError::Stopped(e) => KafkaLayerError::Client(e),
+        RangeError::TimedOut { .. } => KafkaLayerError::Timeout(LOOKUP_TIMEOUT),
+    })?;
+    // Nothing there: out of range, or a transaction marker or an aborted record at that offset.
+    let Some((key, payload, timestamp)) = input else {
+        return Ok(None);
     };
-    let response = find_response(settings, &consumer, partition, offset, timestamp, deadline)?;
+    let response = find_response(settings, &consumer, at, timestamp, deadline)?;
     Ok(Some(Found {
         at,
         key,
@@ -412,19 +402,13 @@ fn lookup_blocking(settings: &Settings, at: Coord) -> Result<Option<Found>, Kafk
 fn find_response(
     settings: &Settings,
     consumer: &Reader,
-    partition: i32,
-    offset: i64,
+    at: Coord,
     timestamp: i64,
     deadline: Instant,
-) -> Result<Option<AlertRecord>, KafkaError> {
+) -> Result<Option<AlertRecord>, KafkaLayerError> {
     let alerts = &settings.topics.alerts;
-    let wanted = Coord::new(partition, offset).event_id();
-    let metadata = consumer.fetch_metadata(Some(alerts), LOOKUP_TIMEOUT)?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
+    let wanted = at.event_id();
+    let partitions = partitions(consumer, alerts, LOOKUP_TIMEOUT)?;
     let mut by_time = TopicPartitionList::new();
     for &p in &partitions {
         by_time.add_partition_offset(alerts, p, Offset::Offset(timestamp.max(0)))?;
@@ -448,7 +432,7 @@ fn find_response(
         match consumer.poll(Duration::from_millis(100)) {
             None => {}
             Some(Err(KafkaError::PartitionEOF(_))) => open -= 1,
-            Some(Err(e)) => return Err(e),
+            Some(Err(e)) => return Err(e.into()),
             Some(Ok(m)) => {
                 scanned += 1;
                 if m.topic() != alerts.as_str() {

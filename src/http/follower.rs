@@ -118,19 +118,7 @@ fn note_end_of_partition(
 }
 
 fn assign_all(consumer: &Reader, topic: &str) -> Result<Vec<i32>, KafkaLayerError> {
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    if partitions.is_empty() {
-        return Err(KafkaLayerError::Topic {
-            topic: topic.to_owned(),
-            reason: "does not exist (yet)".to_owned(),
-        });
-    }
+    let partitions = crate::kafka::read::partitions(consumer, topic, Duration::from_secs(5))?;
     let mut tpl = TopicPartitionList::new();
     for &p in &partitions {
         tpl.add_partition_offset(topic, p, Offset::Beginning)?;

@@ -4,13 +4,14 @@
 pub mod admin;
 pub mod connect;
 pub mod profiles;
+pub mod read;
+
+pub use read::{reader, Reader, ReaderContext};
 
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::ClientContext;
 
 use crate::config::{Guarantee, Settings};
 
@@ -105,29 +106,6 @@ pub fn classify(error: &KafkaError) -> ErrorClass {
         ) => ErrorClass::Retryable,
         _ => ErrorClass::Abortable,
     }
-}
-
-/// Context of group-less readers. rust-rdkafka reports every error event to the context as well
-/// as through `poll`; reaching a partition's end is how a reader learns it caught up, not an error.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ReaderContext;
-
-impl ClientContext for ReaderContext {
-    fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() != Some(RDKafkaErrorCode::PartitionEOF) {
-            tracing::error!(error = %error, reason, "kafka client error");
-        }
-    }
-}
-
-impl ConsumerContext for ReaderContext {}
-
-/// A group-less reader consumer (see [`reader_config`]).
-pub type Reader = BaseConsumer<ReaderContext>;
-
-/// Creates a [`Reader`].
-pub fn reader(settings: &Settings, role: &str) -> Result<Reader, KafkaLayerError> {
-    Ok(reader_config(settings, role)?.create_with_context(ReaderContext)?)
 }
 
 /// Settings every client shares; the raw `[kafka.properties]` table is applied last.

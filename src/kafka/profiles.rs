@@ -27,18 +27,7 @@ impl ProfilesFollower {
     pub fn new(settings: &Settings, role: &str) -> Result<Self, KafkaLayerError> {
         let consumer = reader(settings, role)?;
         let topic = settings.topics.profiles.clone();
-        let metadata = consumer.fetch_metadata(Some(&topic), Duration::from_secs(30))?;
-        let partitions: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
-        if partitions.is_empty() {
-            return Err(KafkaLayerError::Topic {
-                topic,
-                reason: "has no partitions (does it exist?)".to_owned(),
-            });
-        }
+        let partitions = super::read::partitions(&consumer, &topic, Duration::from_secs(30))?;
         let mut tpl = TopicPartitionList::new();
         for &p in &partitions {
             tpl.add_partition_offset(&topic, p, Offset::Beginning)?;
