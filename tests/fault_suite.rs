@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::*;
+use common::{events::*, kafka::*, oracle::*, process::*};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rdkafka::error::KafkaError;

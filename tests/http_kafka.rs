@@ -918,7 +918,7 @@ async fn a_retry_through_another_shim_is_answered_as_the_original_and_counted_on
 /// broker is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_broker_down_requests_fail_within_the_produce_timeout_and_readiness_follows() {
-    let broker = tokio::task::spawn_blocking(common::Broker::start)
+    let broker = tokio::task::spawn_blocking(common::kafka::Broker::start)
         .await
         .unwrap();
     let mut settings = world("brokerdown");

@@ -9,13 +9,15 @@ mod common;
 
 use std::time::Duration;
 
-use common::{event, kill9, terminate, wait_exit, Tail, World};
+use common::events::event;
+use common::kafka::{Tail, World};
+use common::process::{kill9, terminate, wait_exit};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 /// Produces one event keyed by its user, with an idempotency key; returns its coordinates.
 fn send(world: &World, user: u64, value: &[u8], key: Option<&str>) -> (i32, i64) {
-    let producer: FutureProducer = common::client(&[
+    let producer: FutureProducer = common::kafka::client(&[
         ("partitioner", "murmur2_random"),
         ("enable.idempotence", "true"),
     ])
@@ -123,7 +125,7 @@ fn at_least_once_retries_across_kill_minus_nine_and_restore_count_once() {
 fn a_replayed_original_keeps_its_answer_and_risk_for_its_retry() {
     let world = World::new("idem-risk", 1);
     world.create_topics();
-    common::produce(
+    common::kafka::produce(
         &world.profiles(),
         &[(Some("9".to_owned()), br#"{"risk": "high"}"#.to_vec())],
     );
@@ -136,7 +138,7 @@ fn a_replayed_original_keeps_its_answer_and_risk_for_its_retry() {
     assert_eq!(first["risk"], "high");
     kill9(&mut processor);
     // Back to medium: the retry must still be answered as the original was.
-    common::produce(
+    common::kafka::produce(
         &world.profiles(),
         &[(Some("9".to_owned()), br#"{"risk": "medium"}"#.to_vec())],
     );

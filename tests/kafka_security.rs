@@ -15,7 +15,9 @@ mod common;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use common::{http_json, shim_addr, terminate, wait_exit, SecureBroker, World};
+use common::http::http_json;
+use common::kafka::{shim_addr, SecureBroker, World};
+use common::process::{terminate, wait_exit};
 use serde_json::json;
 
 const WRONG_PASSWORD: &str = "not-the-password";

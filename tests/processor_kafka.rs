@@ -7,7 +7,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
+use common::{events::*, kafka::*, oracle::*, process::*};
 use rand::Rng;
 use user_monitor::profiles::Profiles;
 

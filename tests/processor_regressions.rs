@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::*;
+use common::{events::*, kafka::*, oracle::*, process::*};
 use rand::Rng;
 use user_monitor::domain::partitioner::partition_for_user;
 use user_monitor::domain::UserId;
