@@ -514,29 +514,15 @@ impl Fleet {
 
 /// Records per partition of `topic` as a reader with `isolation` sees them now, to the end.
 fn records_per_partition(bootstrap: &str, topic: &str, isolation: &str) -> BTreeMap<i32, usize> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let consumer: BaseConsumer = client_at(
+    let (consumer, partitions) = reader_from_beginning(
         bootstrap,
+        topic,
         &[
-            ("group.id", &format!("count-{}", uuid::Uuid::new_v4())),
             ("isolation.level", isolation),
             ("enable.partition.eof", "true"),
-            ("enable.auto.commit", "false"),
         ],
-    )
-    .create()
-    .unwrap();
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(30))
-        .unwrap();
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    let mut counts = BTreeMap::new();
-    for p in metadata.topics()[0].partitions() {
-        tpl.add_partition_offset(topic, p.id(), rdkafka::Offset::Beginning)
-            .unwrap();
-        counts.insert(p.id(), 0);
-    }
-    consumer.assign(&tpl).unwrap();
+    );
+    let mut counts: BTreeMap<i32, usize> = partitions.iter().map(|&p| (p, 0)).collect();
     let mut at_end = std::collections::BTreeSet::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while at_end.len() < counts.len() && Instant::now() < deadline {

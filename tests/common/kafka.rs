@@ -387,6 +387,53 @@ impl Read {
     }
 }
 
+/// A consumer of the brokers `bootstrap` assigned to every partition of `topic` from the
+/// beginning (no group membership), configured with `config`; the partitions it reads.
+pub fn reader_from_beginning(
+    bootstrap: &str,
+    topic: &str,
+    config: &[(&str, &str)],
+) -> (BaseConsumer, Vec<i32>) {
+    let group = format!("reader-{}", uuid::Uuid::new_v4());
+    let mut settings = vec![
+        ("group.id", group.as_str()),
+        ("enable.auto.commit", "false"),
+    ];
+    settings.extend_from_slice(config);
+    let consumer: BaseConsumer = client_at(bootstrap, &settings).create().unwrap();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(30))
+        .unwrap();
+    let partitions: Vec<i32> = metadata.topics()[0]
+        .partitions()
+        .iter()
+        .map(|p| p.id())
+        .collect();
+    let mut tpl = TopicPartitionList::new();
+    for &p in &partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    (consumer, partitions)
+}
+
+/// The reader of committed outputs that [`read_committed_at`] and [`Tail`] use: read_committed,
+/// from the beginning of every partition of `topic`.
+pub fn read_committed_reader(bootstrap: &str, topic: &str) -> (BaseConsumer, Vec<i32>) {
+    reader_from_beginning(
+        bootstrap,
+        topic,
+        &[
+            ("isolation.level", "read_committed"),
+            ("auto.offset.reset", "earliest"),
+            ("fetch.message.max.bytes", "2000000"),
+            // A commit marker does not complete a parked fetch: keep the wait short.
+            ("fetch.wait.max.ms", "20"),
+        ],
+    )
+}
+
 /// Reads every committed record of `topic` until `want` records arrived (or `timeout`).
 pub fn read_committed(topic: &str, want: usize, timeout: Duration) -> Vec<Read> {
     read_committed_at(&bootstrap(), topic, want, timeout)
@@ -399,27 +446,7 @@ pub fn read_committed_at(
     want: usize,
     timeout: Duration,
 ) -> Vec<Read> {
-    let consumer: BaseConsumer = client_at(
-        bootstrap,
-        &[
-            ("group.id", &format!("reader-{}", uuid::Uuid::new_v4())),
-            ("isolation.level", "read_committed"),
-            ("enable.auto.commit", "false"),
-            ("auto.offset.reset", "earliest"),
-            ("fetch.message.max.bytes", "2000000"),
-        ],
-    )
-    .create()
-    .unwrap();
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in metadata.topics()[0].partitions() {
-        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
+    let (consumer, _) = read_committed_reader(bootstrap, topic);
     let deadline = Instant::now() + timeout;
     let mut out = Vec::new();
     while out.len() < want && Instant::now() < deadline {
@@ -442,30 +469,8 @@ pub struct Tail {
 
 impl Tail {
     pub fn new(bootstrap: &str, topic: &str) -> Tail {
-        let consumer: BaseConsumer = client_at(
-            bootstrap,
-            &[
-                ("group.id", &format!("tail-{}", uuid::Uuid::new_v4())),
-                ("isolation.level", "read_committed"),
-                ("enable.auto.commit", "false"),
-                ("auto.offset.reset", "earliest"),
-                ("fetch.message.max.bytes", "2000000"),
-                // A commit marker does not complete a parked fetch: keep the wait short.
-                ("fetch.wait.max.ms", "20"),
-            ],
-        )
-        .create()
-        .unwrap();
-        let metadata = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(30))
-            .unwrap();
-        let mut tpl = TopicPartitionList::new();
-        for p in metadata.topics()[0].partitions() {
-            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
-                .unwrap();
-        }
-        assert!(tpl.count() > 0, "topic {topic} has no partitions");
-        consumer.assign(&tpl).unwrap();
+        let (consumer, partitions) = read_committed_reader(bootstrap, topic);
+        assert!(!partitions.is_empty(), "topic {topic} has no partitions");
         Tail {
             consumer,
             topic: topic.to_owned(),
