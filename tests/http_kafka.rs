@@ -6,35 +6,20 @@ mod common;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::events::scenarios_dir;
+use common::kafka::bootstrap;
+use common::oracle::Oracle;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 use user_monitor::config::{AuthMode, Settings};
-use user_monitor::domain::decode;
 use user_monitor::health::Readiness;
 use user_monitor::http::{self, RunningShim, ShimDeps};
 use user_monitor::metrics::Metrics;
-use user_monitor::rules::{Limits, Risk};
-use user_monitor::state::Users;
-
-fn bootstrap() -> String {
-    std::env::var("KAFKA_BOOTSTRAP_SERVERS").unwrap_or_else(|_| {
-        panic!(
-            "KAFKA_BOOTSTRAP_SERVERS is not set: run the suite with `make test` (it starts a local \
-             Apache Kafka), or start one with `make kafka-up` and export the printed variable"
-        )
-    })
-}
-
-fn scenarios_dir() -> PathBuf {
-    std::env::var_os("USER_MONITOR_SCENARIOS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/scenarios"))
-}
+use user_monitor::rules::Risk;
 
 /// Settings of one test's private world.
 fn world(name: &str) -> Settings {
@@ -223,14 +208,13 @@ async fn get_json(client: &reqwest::Client, url: &str) -> (StatusCode, Value) {
 
 /// The legacy responses the engine gives for a sequence of one user's events.
 fn expected_codes(events: &[String]) -> Vec<Result<Vec<u32>, ()>> {
-    let mut users = Users::default();
+    let mut oracle = Oracle::default();
     events
         .iter()
         .map(|e| {
-            let event = decode(e.as_bytes()).map_err(|_| ())?;
-            users
-                .apply(&event, Risk::Medium, &Limits::default())
-                .map(|codes| codes.as_slice().to_vec())
+            oracle
+                .answer(e.as_bytes(), |_| Risk::Medium)
+                .map(|accepted| accepted.codes)
                 .map_err(|_| ())
         })
         .collect()

@@ -3,29 +3,30 @@
 //! way the alerts follower does. The same endpoints against a real broker and the real processor:
 //! `tests/http_kafka.rs`.
 
+mod common;
+
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use axum::Router;
+use common::events::scenarios_dir;
+use common::oracle::{Oracle, ALONE};
 use futures::future::BoxFuture;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 use user_monitor::audit::{AuditEntry, AuditPage};
-use user_monitor::domain::decode;
 use user_monitor::domain::response::AlertRecord;
 use user_monitor::health::Readiness;
 use user_monitor::http::auth::{sha256_hex, Scope, TokenConfig, Tokens};
 use user_monitor::http::backend::{Delivered, Found, LookupError, ProduceError};
 use user_monitor::http::{router, server, Backend, Hub, Shared};
-use user_monitor::idempotency::DedupLimits;
 use user_monitor::metrics::Metrics;
-use user_monitor::partition::{Input, Placement, Verdict};
+use user_monitor::partition::{Input, Verdict};
 use user_monitor::profiles::Profiles;
-use user_monitor::rules::{Limits, Risk};
+use user_monitor::rules::Risk;
 
 /// How the fake Kafka behaves.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -47,7 +48,7 @@ struct MemoryBackend {
 
 #[derive(Default)]
 struct Engine {
-    engine: user_monitor::partition::Engine,
+    oracle: Oracle,
     profiles: Profiles,
     /// Every input and its response, as Kafka would retain them.
     log: Vec<(Vec<u8>, Option<AlertRecord>)>,
@@ -87,26 +88,27 @@ impl Backend for MemoryBackend {
         let (offset, record) = {
             let mut engine = self.inner.lock().unwrap();
             let offset = engine.log.len() as i64;
-            if let Ok(event) = decode(&payload) {
-                assert_eq!(key, event.user_id.to_string(), "keyed by user id");
-            }
             // The processor's own verdict, as in one partition of one.
             let profiles = engine.profiles.clone();
-            let verdict = engine.engine.judge(
+            let verdict = engine.oracle.judge(
                 Input {
                     offset,
                     payload: &payload,
                     key: idempotency_key.as_deref().map(str::as_bytes),
                 },
-                Placement {
-                    partition: 0,
-                    partitions: 1,
-                },
+                ALONE,
                 |user| profiles.risk(user.0),
-                &Limits::default(),
-                &DedupLimits::default(),
-                true,
             );
+            let user_id = match &verdict {
+                Verdict::Accepted { user_id, .. } | Verdict::Duplicate { user_id, .. } => {
+                    Some(*user_id)
+                }
+                Verdict::Rejected { user_id, .. } => *user_id,
+                Verdict::AlreadyApplied { .. } => None,
+            };
+            if let Some(user_id) = user_id {
+                assert_eq!(key, user_id.to_string(), "keyed by user id");
+            }
             let record = match verdict {
                 Verdict::Accepted {
                     user_id,
@@ -328,12 +330,6 @@ fn put(path: &str, body: &str) -> Request<Body> {
         .unwrap()
 }
 
-fn scenarios_dir() -> PathBuf {
-    std::env::var_os("USER_MONITOR_SCENARIOS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/scenarios"))
-}
-
 const EXAMPLE: &str = r#"{"type": "deposit", "amount": "42.00", "user_id": 1, "time": 10}"#;
 
 #[tokio::test]
@@ -493,11 +489,16 @@ async fn a_response_arriving_while_waiting_completes_the_request() {
     let hub = Arc::clone(&f.hub);
     let late = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let event = decode(EXAMPLE.as_bytes()).unwrap();
-        let mut users = user_monitor::state::Users::default();
-        let codes = users
-            .apply(&event, Risk::Medium, &Limits::default())
-            .unwrap();
+        let example = Input {
+            offset: 0,
+            payload: EXAMPLE.as_bytes(),
+            key: None,
+        };
+        let Verdict::Accepted { codes, .. } =
+            Oracle::default().judge(example, ALONE, |_| Risk::Medium)
+        else {
+            panic!("the example is accepted")
+        };
         hub.ingest(
             AlertRecord::accepted(0, 0, 1, &codes, Risk::Medium, EXAMPLE.as_bytes()),
             5,

@@ -1,31 +1,134 @@
 //! The test oracle: what the engine answers for each input, and checks of committed responses
 //! against it.
+//!
+//! [`Oracle::judge`] is the one place in `tests/` that runs the engine's decode → risk → apply
+//! chain; every expected answer of the suite (and the in-memory backend of `http_router.rs`)
+//! comes from it.
 
 use std::collections::HashMap;
 
-use user_monitor::domain::event::decode;
+use user_monitor::domain::partitioner::partition_for_user;
+use user_monitor::domain::response::Rejection;
+use user_monitor::domain::UserId;
+use user_monitor::idempotency::DedupLimits;
+use user_monitor::partition::{Engine, Input, Placement, Verdict};
 use user_monitor::profiles::Profiles;
-use user_monitor::rules::Limits;
-use user_monitor::state::Users;
+use user_monitor::rules::{Limits, Risk};
 
 use super::kafka::Read;
 
+/// A partition of its own: every user is at home in it.
+pub const ALONE: Placement = Placement {
+    partition: 0,
+    partitions: 1,
+};
+
+/// The engine as a reference: inputs judged one after the other, uninterrupted.
+#[derive(Debug, Clone, Default)]
+pub struct Oracle {
+    engine: Engine,
+    limits: Limits,
+    dedup: DedupLimits,
+}
+
+/// An accepted event: its user, the codes it raised and the risk it was judged at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    pub user_id: u64,
+    pub codes: Vec<u32>,
+    pub risk: Risk,
+}
+
+impl Accepted {
+    /// The legacy response `{alert, alert_codes, user_id}`.
+    pub fn legacy(&self) -> serde_json::Value {
+        serde_json::json!({
+            "alert": !self.codes.is_empty(),
+            "alert_codes": self.codes,
+            "user_id": self.user_id,
+        })
+    }
+}
+
+impl Oracle {
+    /// An oracle with these rule limits and idempotency bounds (the defaults: `Oracle::default`).
+    pub fn new(limits: Limits, dedup: DedupLimits) -> Oracle {
+        Oracle {
+            engine: Engine::default(),
+            limits,
+            dedup,
+        }
+    }
+
+    /// The engine's verdict on `input` sitting in `placement`, each user at the risk `risk_of`
+    /// gives; the answer of an accepted keyed event is remembered at once (as when live).
+    pub fn judge(
+        &mut self,
+        input: Input<'_>,
+        placement: Placement,
+        risk_of: impl FnOnce(UserId) -> Risk,
+    ) -> Verdict {
+        self.engine
+            .judge(input, placement, risk_of, &self.limits, &self.dedup, true)
+    }
+
+    /// [`Oracle::judge`] for a record without idempotency key in a partition of its own: the
+    /// accepted event, or the name of its rejection (`invalid`, `out_of_order`).
+    pub fn answer(
+        &mut self,
+        payload: &[u8],
+        risk_of: impl FnOnce(UserId) -> Risk,
+    ) -> Result<Accepted, &'static str> {
+        let input = Input {
+            offset: 0,
+            payload,
+            key: None,
+        };
+        match self.judge(input, ALONE, risk_of) {
+            Verdict::Accepted {
+                user_id,
+                codes,
+                risk,
+            } => Ok(Accepted {
+                user_id: user_id.0,
+                codes: codes.as_slice().to_vec(),
+                risk,
+            }),
+            Verdict::Rejected { rejection, .. } => Err(rejection_name(rejection)),
+            other => panic!("a record without idempotency key judged {other:?}"),
+        }
+    }
+
+    /// The engine's state after every input so far.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn into_engine(self) -> Engine {
+        self.engine
+    }
+}
+
+/// The name a response gives a rejection, as the tests spell it.
+fn rejection_name(rejection: Rejection) -> &'static str {
+    match rejection {
+        Rejection::Invalid => "invalid",
+        Rejection::OutOfOrder => "out_of_order",
+        Rejection::WrongPartition => "wrong_partition",
+        other => panic!("unexpected rejection {other:?}"),
+    }
+}
+
 /// What `evaluate` answers for each input line, in order (`Err` = rejected), using the engine.
 pub fn expected(lines: &[Vec<u8>], profiles: &Profiles) -> Vec<Result<serde_json::Value, ()>> {
-    let limits = Limits::default();
-    let mut users = Users::default();
+    let mut oracle = Oracle::default();
     lines
         .iter()
         .map(|line| {
-            let event = decode(line).map_err(|_| ())?;
-            let codes = users
-                .apply(&event, profiles.risk(event.user_id.0), &limits)
-                .map_err(|_| ())?;
-            Ok(serde_json::json!({
-                "alert": codes.is_alert(),
-                "alert_codes": codes.as_slice(),
-                "user_id": event.user_id.0,
-            }))
+            oracle
+                .answer(line, |user| profiles.risk(user.0))
+                .map(|accepted| accepted.legacy())
+                .map_err(|_| ())
         })
         .collect()
 }
@@ -121,28 +224,54 @@ pub fn expected_in_partition_order(
     inputs: &[((i32, i64), &[u8])],
     partitions: i32,
 ) -> HashMap<(i32, i64), Want> {
-    use user_monitor::domain::partitioner::partition_for_user;
     let mut sorted: Vec<_> = inputs.to_vec();
     sorted.sort_by_key(|(coordinate, _)| *coordinate);
-    let limits = Limits::default();
     let profiles = Profiles::default();
-    let mut users = Users::default();
+    let mut oracle = Oracle::default();
     sorted
         .into_iter()
         .map(|((partition, offset), line)| {
-            let want = match decode(line) {
-                Err(_) => Want::Rejected("invalid"),
-                Ok(event) if partition_for_user(event.user_id, partitions) != partition => {
-                    Want::Rejected("wrong_partition")
+            let input = Input {
+                offset,
+                payload: line,
+                key: None,
+            };
+            let placement = Placement {
+                partition,
+                partitions,
+            };
+            let at_home = |user| partition_for_user(user, partitions) == partition;
+            let want = match oracle.judge(input, placement, |user| profiles.risk(user.0)) {
+                Verdict::Accepted {
+                    user_id,
+                    codes,
+                    risk,
+                } => {
+                    // Placement is checked here too, not only taken from the engine.
+                    assert!(
+                        at_home(user_id),
+                        "{partition}-{offset}: accepted away from home"
+                    );
+                    let accepted = Accepted {
+                        user_id: user_id.0,
+                        codes: codes.as_slice().to_vec(),
+                        risk,
+                    };
+                    Want::Answer(accepted.legacy())
                 }
-                Ok(event) => match users.apply(&event, profiles.risk(event.user_id.0), &limits) {
-                    Ok(codes) => Want::Answer(serde_json::json!({
-                        "alert": codes.is_alert(),
-                        "alert_codes": codes.as_slice(),
-                        "user_id": event.user_id.0,
-                    })),
-                    Err(_) => Want::Rejected("out_of_order"),
-                },
+                Verdict::Rejected {
+                    user_id, rejection, ..
+                } => {
+                    if let Some(user_id) = user_id {
+                        assert_eq!(
+                            rejection == Rejection::WrongPartition,
+                            !at_home(user_id),
+                            "{partition}-{offset}: {rejection:?} for user {user_id}"
+                        );
+                    }
+                    Want::Rejected(rejection_name(rejection))
+                }
+                other => panic!("{partition}-{offset}: a record without key judged {other:?}"),
             };
             ((partition, offset), want)
         })
