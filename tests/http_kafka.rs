@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::events::scenarios_dir;
+use common::http::{client, get_json, post_json, put_json, wait_ready};
 use common::kafka::bootstrap;
 use common::oracle::Oracle;
 use reqwest::StatusCode;
@@ -138,18 +139,7 @@ impl Shim {
     }
 
     async fn wait_ready(&self, client: &reqwest::Client) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(r) = client.get(self.url("/readyz")).send().await {
-                if r.status() == StatusCode::OK {
-                    return;
-                }
-                if Instant::now() > deadline {
-                    panic!("not ready in time: {}", r.text().await.unwrap_or_default());
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_ready(client, &self.url("/readyz"), Duration::from_secs(60)).await;
     }
 
     async fn stop(mut self) {
@@ -167,43 +157,6 @@ impl Drop for Shim {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
-}
-
-async fn post_json(client: &reqwest::Client, url: &str, body: &str) -> (StatusCode, Value) {
-    send_json(client.post(url), body).await
-}
-
-async fn put_json(client: &reqwest::Client, url: &str, body: &str) -> (StatusCode, Value) {
-    send_json(client.put(url), body).await
-}
-
-/// Sends `body` as JSON; the status and the JSON answer.
-async fn send_json(request: reqwest::RequestBuilder, body: &str) -> (StatusCode, Value) {
-    let response = request
-        .header("content-type", "application/json")
-        .body(body.to_owned())
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    let text = response.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}")),
-    )
-}
-
-async fn get_json(client: &reqwest::Client, url: &str) -> (StatusCode, Value) {
-    let response = client.get(url).send().await.unwrap();
-    let status = response.status();
-    (status, response.json().await.unwrap())
 }
 
 /// The legacy responses the engine gives for a sequence of one user's events.

@@ -13,6 +13,7 @@ use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use axum::Router;
 use common::events::scenarios_dir;
+use common::http::read_to_close;
 use common::oracle::{Oracle, ALONE};
 use futures::future::BoxFuture;
 use serde_json::{json, Value};
@@ -1210,16 +1211,6 @@ fn limits() -> server::Limits {
         body_limit: 1024,
         max_drain_bytes: 8 * 1024 * 1024,
         shutdown_timeout: Duration::from_secs(10),
-    }
-}
-
-/// Reads what the server sends until it closes the connection (or `within` passes).
-async fn read_to_close(stream: &mut tokio::net::TcpStream, within: Duration) -> Option<String> {
-    use tokio::io::AsyncReadExt;
-    let mut out = Vec::new();
-    match tokio::time::timeout(within, stream.read_to_end(&mut out)).await {
-        Ok(_) => Some(String::from_utf8_lossy(&out).into_owned()),
-        Err(_) => None,
     }
 }
 
