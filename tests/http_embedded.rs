@@ -9,11 +9,12 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::http::{free_port, read_response, wait_ready};
+use common::process::user_monitor_command;
 
 #[test]
 fn embedded_run_answers_the_original_curl_example_and_stops_on_sigterm() {
     let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_user-monitor"))
+    let mut child = user_monitor_command()
         .arg("run")
         .current_dir(std::env::temp_dir())
         .env("USER_MONITOR__HTTP__LISTEN", format!("127.0.0.1:{port}"))

@@ -13,6 +13,7 @@ use common::events::scenarios_dir;
 use common::http::{client, get_json, post_json, put_json, wait_ready};
 use common::kafka::bootstrap;
 use common::oracle::Oracle;
+use common::process::user_monitor_command;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -723,7 +724,7 @@ async fn risk_changes_by_two_tokens_and_the_cli_are_in_the_audit_trail() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("profiles.jsonl");
     std::fs::write(&file, "{\"user_id\": 42, \"risk\": \"high\"}\n").unwrap();
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_user-monitor"))
+    let status = user_monitor_command()
         .args(["profiles", "load"])
         .arg(&file)
         .env("USER_MONITOR__KAFKA__BOOTSTRAP_SERVERS", bootstrap())

@@ -2,10 +2,22 @@
 
 use std::path::{Path, PathBuf};
 
+/// The shared scenarios (`USER_MONITOR_SCENARIOS`, or `../shared/scenarios`).
 pub fn scenarios_dir() -> PathBuf {
-    std::env::var_os("USER_MONITOR_SCENARIOS")
+    let dir = std::env::var_os("USER_MONITOR_SCENARIOS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/scenarios"))
+        .unwrap_or_else(|| super::process::repo().join("../shared/scenarios"));
+    assert!(
+        dir.join("seeds.jsonl").exists(),
+        "scenarios not found in {} (set USER_MONITOR_SCENARIOS)",
+        dir.display()
+    );
+    dir
+}
+
+/// The event id of the input at `coordinate` (`<partition>-<offset>`).
+pub fn event_id(coordinate: (i32, i64)) -> String {
+    format!("{}-{}", coordinate.0, coordinate.1)
 }
 
 /// Keys each JSONL line by its `user_id` when it has one.

@@ -1,7 +1,55 @@
-//! Processes: waiting for, stopping and killing them, and reading the times in their logs.
+//! Processes: the `user-monitor` binary and the repository it is built from, `evaluate` runs,
+//! waiting for, stopping and killing processes, and the times in their logs.
 
-use std::process::{Child, Command};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// A command running the `user-monitor` binary under test.
+pub fn user_monitor_command() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_user-monitor"))
+}
+
+/// The repository's root (the crate's manifest directory).
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A file of the repository, by its path from the root.
+pub fn repo_path(name: &str) -> PathBuf {
+    repo().join(name)
+}
+
+/// `user-monitor evaluate` with `args`, fed `stdin` (or nothing): its output lines as JSON, its
+/// stderr and its exit code.
+pub fn evaluate(args: &[&str], stdin: Option<&[u8]>) -> (Vec<serde_json::Value>, String, i32) {
+    let mut child = user_monitor_command()
+        .arg("evaluate")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("runs user-monitor");
+    {
+        use std::io::Write;
+        let mut pipe = child.stdin.take().unwrap();
+        if let Some(bytes) = stdin {
+            pipe.write_all(bytes).unwrap();
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    let lines = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    (
+        lines,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.status.code().unwrap_or(-1),
+    )
+}
 
 /// Waits until `child` exits or `timeout` passes; kills it then.
 pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
