@@ -901,7 +901,7 @@ fn seeded_random_faults_lose_nothing_and_answer_as_the_engine() {
         let mut details = Vec::new();
         let mut rejected_ids = HashMap::new();
         for (i, (coordinate, input)) in coordinates.iter().zip(inputs.iter()).enumerate() {
-            let id = format!("{}-{}", coordinate.0, coordinate.1);
+            let id = event_id(*coordinate);
             let want = &want[coordinate];
             if let Want::Rejected(kind) = want {
                 rejected_ids.insert(id.clone(), *kind);

@@ -198,7 +198,7 @@ impl World {
             .append(true)
             .open(self.dir.path().join(format!("slot{slot}.log")))
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_user-monitor"))
+        let child = super::process::user_monitor_command()
             .args(args)
             .arg("--config-dir")
             .arg(self.dir.path())
@@ -339,6 +339,28 @@ pub fn stream_in_background_at(
         }
         coordinates
     })
+}
+
+/// Creates `topic` by hand on the brokers `bootstrap`, one replica, with topic configs
+/// `configs` (none: the broker's defaults, e.g. no compaction), as an operator might.
+pub fn create_topic(bootstrap: &str, topic: &str, partitions: i32, configs: &[(&str, &str)]) {
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        client_at(bootstrap, &[]).create().unwrap();
+    let mut new = rdkafka::admin::NewTopic::new(
+        topic,
+        partitions,
+        rdkafka::admin::TopicReplication::Fixed(1),
+    );
+    for (key, value) in configs {
+        new = new.set(key, value);
+    }
+    let results = futures::executor::block_on(
+        admin.create_topics(&[new], &rdkafka::admin::AdminOptions::new()),
+    )
+    .unwrap();
+    for result in results {
+        result.unwrap_or_else(|(topic, e)| panic!("creating {topic}: {e}"));
+    }
 }
 
 /// A record read back from a topic.
@@ -509,13 +531,30 @@ impl Tail {
         }
     }
 
+    /// [`Tail::response`], or a panic naming the input, the wait and `context()` (e.g. what a
+    /// processor logged).
+    pub fn expect_response(
+        &mut self,
+        coordinate: (i32, i64),
+        timeout: Duration,
+        context: impl FnOnce() -> String,
+    ) -> serde_json::Value {
+        self.response(coordinate, timeout).unwrap_or_else(|| {
+            panic!(
+                "no committed response to {} within {timeout:?}:\n{}",
+                super::events::event_id(coordinate),
+                context()
+            )
+        })
+    }
+
     /// The response (of an alerts topic) to the input at `coordinate`, waiting up to `timeout`.
     pub fn response(
         &mut self,
         coordinate: (i32, i64),
         timeout: Duration,
     ) -> Option<serde_json::Value> {
-        let id = format!("{}-{}", coordinate.0, coordinate.1);
+        let id = super::events::event_id(coordinate);
         let mut found = None;
         self.until(timeout, |records| {
             found = records
@@ -541,20 +580,77 @@ pub struct Broker {
 /// Starting brokers one at a time keeps two first starts from fetching the shared jars at once.
 static BROKER_STARTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// Two free loopback ports `(p, p + 1)` with `p` in `range`, for a private broker.
+fn free_port_pair(range: std::ops::Range<u16>) -> (u16, u16) {
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    loop {
+        let port = rng.gen_range(range.clone());
+        let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if free(port) && free(port + 1) {
+            return (port, port + 1);
+        }
+    }
+}
+
+/// Runs `scripts/<script> <command>` for the private broker kept in `state` on `ports` (client,
+/// controller), with `env` on top, one such run at a time; panics when it fails (but `down`).
+/// The jars are `KAFKA_JARS_DIR`, else those of `KAFKA_STATE_DIR`, else the repository's.
+fn broker_script(
+    script: &str,
+    command: &str,
+    state: &Path,
+    ports: (u16, u16),
+    env: &[(&str, &str)],
+) -> std::process::Output {
+    let _one_at_a_time = BROKER_STARTS.lock().unwrap_or_else(|e| e.into_inner());
+    let repo = super::process::repo();
+    let jars = std::env::var_os("KAFKA_JARS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::var_os("KAFKA_STATE_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| repo.join(".kafka"))
+                .join("jars")
+        });
+    let out = Command::new("bash")
+        .arg(repo.join("scripts").join(script))
+        .arg(command)
+        .env_remove("KAFKA_BOOTSTRAP_SERVERS")
+        .env_remove("KAFKA_EXTRA_PROPERTIES")
+        .env("KAFKA_STATE_DIR", state)
+        .env("KAFKA_JARS_DIR", jars)
+        .env("KAFKA_PORT", ports.0.to_string())
+        .env("KAFKA_CONTROLLER_PORT", ports.1.to_string())
+        .env("KAFKA_HEAP_OPTS", "-Xms128m -Xmx512m")
+        .env("KAFKA_STOP_TIMEOUT", "10")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("runs scripts/{script}: {e}"));
+    assert!(
+        out.status.success() || command == "down",
+        "{script} {command} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The last `lines` lines of the log of the private broker kept in `state`.
+fn broker_log_tail(state: &Path, lines: usize) -> String {
+    let log = std::fs::read_to_string(state.join("kafka.log")).unwrap_or_default();
+    let all: Vec<&str> = log.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
 impl Broker {
     /// Starts a broker on two free ports and waits until it serves.
     pub fn start() -> Broker {
-        use rand::Rng;
-        let mut rng = rand::thread_rng();
         // Below the ephemeral range, so that no client connection takes a port while the
         // broker is down between a kill and its restart.
-        let (port, controller_port) = loop {
-            let port = rng.gen_range(20_000u16..30_000);
-            let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
-            if free(port) && free(port + 1) {
-                break (port, port + 1);
-            }
-        };
+        let (port, controller_port) = free_port_pair(20_000..30_000);
         let broker = Broker {
             bootstrap: format!("127.0.0.1:{port}"),
             state: tempfile::Builder::new().prefix("kafka-").tempdir().unwrap(),
@@ -566,39 +662,18 @@ impl Broker {
     }
 
     fn script(&self, command: &str) -> std::process::Output {
-        let _one_at_a_time = BROKER_STARTS.lock().unwrap_or_else(|e| e.into_inner());
-        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let jars = std::env::var_os("KAFKA_STATE_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| repo.join(".kafka"))
-            .join("jars");
-        let out = Command::new("bash")
-            .arg(repo.join("scripts/kafka-local.sh"))
-            .arg(command)
-            .env_remove("KAFKA_BOOTSTRAP_SERVERS")
-            .env("KAFKA_STATE_DIR", self.state.path())
-            .env("KAFKA_JARS_DIR", jars)
-            .env("KAFKA_PORT", self.port.to_string())
-            .env("KAFKA_CONTROLLER_PORT", self.controller_port.to_string())
-            .env("KAFKA_HEAP_OPTS", "-Xms128m -Xmx512m")
-            .env("KAFKA_STOP_TIMEOUT", "10")
+        broker_script(
+            "kafka-local.sh",
+            command,
+            self.state.path(),
+            (self.port, self.controller_port),
             // A broker restarted after a kill -9 otherwise waits 9 s for its previous
             // registration to expire before it serves.
-            .env(
+            &[(
                 "KAFKA_EXTRA_PROPERTIES",
                 "broker.session.timeout.ms=2000\nbroker.heartbeat.interval.ms=500",
-            )
-            .stdin(Stdio::null())
-            .output()
-            .expect("runs scripts/kafka-local.sh");
-        assert!(
-            out.status.success() || command == "down",
-            "kafka-local.sh {command} failed ({}):\n{}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+            )],
+        )
     }
 
     /// SIGKILL: the broker crashes, its data stays.
@@ -624,9 +699,7 @@ impl Broker {
 
     /// The broker's own log (for failure messages).
     pub fn log_tail(&self, lines: usize) -> String {
-        let log = std::fs::read_to_string(self.state.path().join("kafka.log")).unwrap_or_default();
-        let all: Vec<&str> = log.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        broker_log_tail(self.state.path(), lines)
     }
 }
 
@@ -668,15 +741,7 @@ impl SecureBroker {
 
     /// Starts a broker on two free ports and waits until it serves.
     pub fn start() -> SecureBroker {
-        use rand::Rng;
-        let mut rng = rand::thread_rng();
-        let (port, controller_port) = loop {
-            let port = rng.gen_range(30_000u16..32_000);
-            let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
-            if free(port) && free(port + 1) {
-                break (port, port + 1);
-            }
-        };
+        let (port, controller_port) = free_port_pair(30_000..32_000);
         let mut broker = SecureBroker {
             bootstrap: String::new(),
             ca_location: PathBuf::new(),
@@ -726,43 +791,21 @@ impl SecureBroker {
     }
 
     fn script(&self, command: &str) -> std::process::Output {
-        let _one_at_a_time = BROKER_STARTS.lock().unwrap_or_else(|e| e.into_inner());
-        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let jars = std::env::var_os("KAFKA_STATE_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| repo.join(".kafka"))
-            .join("jars");
-        let out = Command::new("bash")
-            .arg(repo.join("scripts/kafka-secure.sh"))
-            .arg(command)
-            .env_remove("KAFKA_BOOTSTRAP_SERVERS")
-            .env_remove("KAFKA_EXTRA_PROPERTIES")
-            .env("KAFKA_STATE_DIR", self.state.path())
-            .env("KAFKA_JARS_DIR", jars)
-            .env("KAFKA_PORT", self.port.to_string())
-            .env("KAFKA_CONTROLLER_PORT", self.controller_port.to_string())
-            .env("KAFKA_SASL_USERNAME", &self.username)
-            .env("KAFKA_SASL_PASSWORD", &self.password)
-            .env("KAFKA_HEAP_OPTS", "-Xms128m -Xmx512m")
-            .env("KAFKA_STOP_TIMEOUT", "10")
-            .stdin(Stdio::null())
-            .output()
-            .expect("runs scripts/kafka-secure.sh");
-        assert!(
-            out.status.success() || command == "down",
-            "kafka-secure.sh {command} failed ({}):\n{}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+        broker_script(
+            "kafka-secure.sh",
+            command,
+            self.state.path(),
+            (self.port, self.controller_port),
+            &[
+                ("KAFKA_SASL_USERNAME", &self.username),
+                ("KAFKA_SASL_PASSWORD", &self.password),
+            ],
+        )
     }
 
     /// The broker's own log (for failure messages).
     pub fn log_tail(&self, lines: usize) -> String {
-        let log = std::fs::read_to_string(self.state.path().join("kafka.log")).unwrap_or_default();
-        let all: Vec<&str> = log.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        broker_log_tail(self.state.path(), lines)
     }
 }
 
