@@ -3,9 +3,10 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use user_monitor::domain::event::decode;
+use user_monitor::domain::Risk;
 use user_monitor::evaluate::evaluate;
 use user_monitor::profiles::Profiles;
-use user_monitor::rules::{Limits, Risk};
+use user_monitor::rules::Limits;
 use user_monitor::state::Users;
 
 fn events(n: u64) -> Vec<String> {

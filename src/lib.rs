@@ -6,7 +6,7 @@
 //!
 //! - [`domain`]: wire bytes -> validated [`domain::Event`] (or a decode error naming every bad
 //!   field); the legacy response and the alerts-topic record.
-//! - [`rules`]: thresholds, windows and codes, scaled by [`rules::Risk`]; [`rules::Limits`] is
+//! - [`rules`]: thresholds, windows and codes, scaled by [`domain::Risk`]; [`rules::Limits`] is
 //!   their validated form.
 //! - [`state`]: the pure engine. [`state::UserState::apply`] evaluates one event against one
 //!   user's O(rules) state; [`state::Users`] is a map of them (one owner per partition).

@@ -8,7 +8,6 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::event::{Amount, UNITS_PER_ONE};
-pub use crate::domain::risk::{Risk, UnknownRisk};
 
 /// The unit of an event's `time`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -249,6 +248,7 @@ pub fn format_units(units: u128) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::Risk;
 
     #[test]
     fn scales_count_thresholds_by_risk() {

@@ -1,11 +1,14 @@
 //! `user-monitor token new`: a fresh secret, and the configuration entry holding only its hash.
 
+mod common;
+
+use common::process::user_monitor_command;
 use user_monitor::http::auth::{sha256_hex, Scope, Tokens};
 
 #[test]
 fn token_new_prints_a_secret_and_an_entry_that_authorizes_exactly_it() {
     let run = || {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_user-monitor"))
+        let output = user_monitor_command()
             .args([
                 "token",
                 "new",
@@ -53,7 +56,7 @@ fn token_new_prints_a_secret_and_an_entry_that_authorizes_exactly_it() {
     let again: Printed = toml::from_str(&run()).unwrap();
     assert_ne!(again.secret, printed.secret);
 
-    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_user-monitor"))
+    let bad = user_monitor_command()
         .args(["token", "new", "x", "--scopes", "admin"])
         .output()
         .unwrap();

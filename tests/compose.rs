@@ -1,13 +1,13 @@
 //! `docker compose` cannot run in CI here: check that docker-compose.yml and the Dockerfile are
 //! well-formed and wire the demo the way the README says.
 
-use std::path::Path;
+mod common;
 
+use common::process::repo_path;
 use serde_yaml::Value;
 
 fn read(name: &str) -> String {
-    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(name))
-        .unwrap_or_else(|e| panic!("{name}: {e}"))
+    std::fs::read_to_string(repo_path(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
 fn compose() -> Value {

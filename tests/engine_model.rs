@@ -4,7 +4,8 @@
 use proptest::prelude::*;
 use rust_decimal::Decimal;
 use user_monitor::domain::event::{Amount, Event, Kind, UserId};
-use user_monitor::rules::{Limits, Risk, RulesConfig, TimeUnit};
+use user_monitor::domain::Risk;
+use user_monitor::rules::{Limits, RulesConfig, TimeUnit};
 use user_monitor::state::Users;
 
 /// The rules exactly as SPEC section 3 words them, over the whole accepted history.

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::*;
+use common::{events::*, kafka::*, oracle::*, process::*};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rdkafka::error::KafkaError;
@@ -514,29 +514,15 @@ impl Fleet {
 
 /// Records per partition of `topic` as a reader with `isolation` sees them now, to the end.
 fn records_per_partition(bootstrap: &str, topic: &str, isolation: &str) -> BTreeMap<i32, usize> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let consumer: BaseConsumer = client_at(
+    let (consumer, partitions) = reader_from_beginning(
         bootstrap,
+        topic,
         &[
-            ("group.id", &format!("count-{}", uuid::Uuid::new_v4())),
             ("isolation.level", isolation),
             ("enable.partition.eof", "true"),
-            ("enable.auto.commit", "false"),
         ],
-    )
-    .create()
-    .unwrap();
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(30))
-        .unwrap();
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    let mut counts = BTreeMap::new();
-    for p in metadata.topics()[0].partitions() {
-        tpl.add_partition_offset(topic, p.id(), rdkafka::Offset::Beginning)
-            .unwrap();
-        counts.insert(p.id(), 0);
-    }
-    consumer.assign(&tpl).unwrap();
+    );
+    let mut counts: BTreeMap<i32, usize> = partitions.iter().map(|&p| (p, 0)).collect();
     let mut at_end = std::collections::BTreeSet::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while at_end.len() < counts.len() && Instant::now() < deadline {
@@ -915,7 +901,7 @@ fn seeded_random_faults_lose_nothing_and_answer_as_the_engine() {
         let mut details = Vec::new();
         let mut rejected_ids = HashMap::new();
         for (i, (coordinate, input)) in coordinates.iter().zip(inputs.iter()).enumerate() {
-            let id = format!("{}-{}", coordinate.0, coordinate.1);
+            let id = event_id(*coordinate);
             let want = &want[coordinate];
             if let Want::Rejected(kind) = want {
                 rejected_ids.insert(id.clone(), *kind);

@@ -1,23 +1,20 @@
 //! `user-monitor run` with no Kafka configured: the embedded broker, the processor and the shim in
 //! one real process, answering the original curl example; SIGTERM stops it cleanly.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::http::{free_port, read_response, wait_ready};
+use common::process::user_monitor_command;
 
 #[test]
 fn embedded_run_answers_the_original_curl_example_and_stops_on_sigterm() {
     let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_user-monitor"))
+    let mut child = user_monitor_command()
         .arg("run")
         .current_dir(std::env::temp_dir())
         .env("USER_MONITOR__HTTP__LISTEN", format!("127.0.0.1:{port}"))
@@ -30,20 +27,12 @@ fn embedded_run_answers_the_original_curl_example_and_stops_on_sigterm() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let body = runtime.block_on(async {
         let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let ready = client
-                .get(format!("http://127.0.0.1:{port}/readyz"))
-                .send()
-                .await
-                .map(|r| r.status().is_success())
-                .unwrap_or(false);
-            if ready {
-                break;
-            }
-            assert!(Instant::now() < deadline, "never ready");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        wait_ready(
+            &client,
+            &format!("http://127.0.0.1:{port}/readyz"),
+            Duration::from_secs(60),
+        )
+        .await;
         let response = client
             .post(format!("http://127.0.0.1:{port}/event"))
             .header("Content-Type", "application/json")
@@ -133,32 +122,4 @@ fn embedded_run_answers_the_original_curl_example_and_stops_on_sigterm() {
         stderr.contains(&format!("curl -s -XPOST 127.0.0.1:{port}/event")),
         "{stderr}"
     );
-}
-
-/// Reads one HTTP/1.1 response with a `content-length` body: (status, body).
-fn read_response(stream: &mut TcpStream) -> (u16, Vec<u8>) {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let status: u16 = head[9..12].parse().unwrap();
-            let length: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .map(|v| v.trim().parse().unwrap())
-                .unwrap_or(0);
-            if buf.len() >= end + 4 + length {
-                let body = buf[end + 4..end + 4 + length].to_vec();
-                return (status, body);
-            }
-        }
-        let n = stream.read(&mut chunk).expect("response");
-        assert!(
-            n > 0,
-            "connection closed mid-response: {:?}",
-            String::from_utf8_lossy(&buf)
-        );
-        buf.extend_from_slice(&chunk[..n]);
-    }
 }

@@ -6,35 +6,22 @@ mod common;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::events::scenarios_dir;
+use common::http::{client, get_json, post_json, put_json, wait_ready};
+use common::kafka::bootstrap;
+use common::oracle::Oracle;
+use common::process::user_monitor_command;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 use user_monitor::config::{AuthMode, Settings};
-use user_monitor::domain::decode;
+use user_monitor::domain::Risk;
 use user_monitor::health::Readiness;
 use user_monitor::http::{self, RunningShim, ShimDeps};
 use user_monitor::metrics::Metrics;
-use user_monitor::rules::{Limits, Risk};
-use user_monitor::state::Users;
-
-fn bootstrap() -> String {
-    std::env::var("KAFKA_BOOTSTRAP_SERVERS").unwrap_or_else(|_| {
-        panic!(
-            "KAFKA_BOOTSTRAP_SERVERS is not set: run the suite with `make test` (it starts a local \
-             Apache Kafka), or start one with `make kafka-up` and export the printed variable"
-        )
-    })
-}
-
-fn scenarios_dir() -> PathBuf {
-    std::env::var_os("USER_MONITOR_SCENARIOS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/scenarios"))
-}
 
 /// Settings of one test's private world.
 fn world(name: &str) -> Settings {
@@ -153,18 +140,7 @@ impl Shim {
     }
 
     async fn wait_ready(&self, client: &reqwest::Client) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(r) = client.get(self.url("/readyz")).send().await {
-                if r.status() == StatusCode::OK {
-                    return;
-                }
-                if Instant::now() > deadline {
-                    panic!("not ready in time: {}", r.text().await.unwrap_or_default());
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_ready(client, &self.url("/readyz"), Duration::from_secs(60)).await;
     }
 
     async fn stop(mut self) {
@@ -184,53 +160,15 @@ impl Drop for Shim {
     }
 }
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
-}
-
-async fn post_json(client: &reqwest::Client, url: &str, body: &str) -> (StatusCode, Value) {
-    send_json(client.post(url), body).await
-}
-
-async fn put_json(client: &reqwest::Client, url: &str, body: &str) -> (StatusCode, Value) {
-    send_json(client.put(url), body).await
-}
-
-/// Sends `body` as JSON; the status and the JSON answer.
-async fn send_json(request: reqwest::RequestBuilder, body: &str) -> (StatusCode, Value) {
-    let response = request
-        .header("content-type", "application/json")
-        .body(body.to_owned())
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    let text = response.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}")),
-    )
-}
-
-async fn get_json(client: &reqwest::Client, url: &str) -> (StatusCode, Value) {
-    let response = client.get(url).send().await.unwrap();
-    let status = response.status();
-    (status, response.json().await.unwrap())
-}
-
 /// The legacy responses the engine gives for a sequence of one user's events.
 fn expected_codes(events: &[String]) -> Vec<Result<Vec<u32>, ()>> {
-    let mut users = Users::default();
+    let mut oracle = Oracle::default();
     events
         .iter()
         .map(|e| {
-            let event = decode(e.as_bytes()).map_err(|_| ())?;
-            users
-                .apply(&event, Risk::Medium, &Limits::default())
-                .map(|codes| codes.as_slice().to_vec())
+            oracle
+                .answer(e.as_bytes(), |_| Risk::Medium)
+                .map(|accepted| accepted.codes)
                 .map_err(|_| ())
         })
         .collect()
@@ -786,7 +724,7 @@ async fn risk_changes_by_two_tokens_and_the_cli_are_in_the_audit_trail() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("profiles.jsonl");
     std::fs::write(&file, "{\"user_id\": 42, \"risk\": \"high\"}\n").unwrap();
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_user-monitor"))
+    let status = user_monitor_command()
         .args(["profiles", "load"])
         .arg(&file)
         .env("USER_MONITOR__KAFKA__BOOTSTRAP_SERVERS", bootstrap())
@@ -918,7 +856,7 @@ async fn a_retry_through_another_shim_is_answered_as_the_original_and_counted_on
 /// broker is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_broker_down_requests_fail_within_the_produce_timeout_and_readiness_follows() {
-    let broker = tokio::task::spawn_blocking(common::Broker::start)
+    let broker = tokio::task::spawn_blocking(common::kafka::Broker::start)
         .await
         .unwrap();
     let mut settings = world("brokerdown");

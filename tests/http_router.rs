@@ -3,30 +3,33 @@
 //! way the alerts follower does. The same endpoints against a real broker and the real processor:
 //! `tests/http_kafka.rs`.
 
+mod common;
+
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use axum::Router;
+use common::events::scenarios_dir;
+use common::http::read_to_close;
+use common::oracle::{Oracle, ALONE};
 use futures::future::BoxFuture;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 use user_monitor::audit::{AuditEntry, AuditPage};
-use user_monitor::domain::decode;
 use user_monitor::domain::response::AlertRecord;
 use user_monitor::domain::Coord;
-use user_monitor::engine::{Context, Input, Placement};
+use user_monitor::domain::Risk;
+use user_monitor::domain::Verdict;
+use user_monitor::engine::Input;
 use user_monitor::health::Readiness;
 use user_monitor::http::auth::{sha256_hex, Scope, TokenConfig, Tokens};
 use user_monitor::http::backend::{Delivered, Found, LookupError, ProduceError};
 use user_monitor::http::{router, server, Backend, Hub, Shared};
-use user_monitor::idempotency::DedupLimits;
 use user_monitor::metrics::Metrics;
 use user_monitor::profiles::Profiles;
-use user_monitor::rules::{Limits, Risk};
 
 /// How the fake Kafka behaves.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -48,7 +51,7 @@ struct MemoryBackend {
 
 #[derive(Default)]
 struct Engine {
-    engine: user_monitor::partition::Engine,
+    oracle: Oracle,
     profiles: Profiles,
     /// Every input and its response, as Kafka would retain them.
     log: Vec<(Vec<u8>, Option<AlertRecord>)>,
@@ -88,29 +91,27 @@ impl Backend for MemoryBackend {
         let (offset, record) = {
             let mut engine = self.inner.lock().unwrap();
             let offset = engine.log.len() as i64;
-            if let Ok(event) = decode(&payload) {
-                assert_eq!(key, event.user_id.to_string(), "keyed by user id");
-            }
             // The processor's own verdict, as in one partition of one.
             let profiles = engine.profiles.clone();
-            let verdict = engine.engine.judge(
+            let verdict = engine.oracle.judge(
                 Input {
                     offset,
                     payload: &payload,
                     key: idempotency_key.as_deref().map(str::as_bytes),
                 },
-                &Context {
-                    placement: Some(Placement {
-                        partition: 0,
-                        partitions: 1,
-                    }),
-                    limits: &Limits::default(),
-                    dedup: &DedupLimits::default(),
-                    answer_known: true,
-                    ahead: None,
-                },
+                ALONE,
                 |user| profiles.risk(user.0),
             );
+            let user_id = match &verdict {
+                Verdict::Accepted { user_id, .. } | Verdict::Duplicate { user_id, .. } => {
+                    Some(*user_id)
+                }
+                Verdict::Rejected { user_id, .. } => *user_id,
+                Verdict::AlreadyApplied { .. } => None,
+            };
+            if let Some(user_id) = user_id {
+                assert_eq!(key, user_id.to_string(), "keyed by user id");
+            }
             let record = AlertRecord::answer(Coord::new(0, offset), &verdict, &payload)
                 .expect("nothing is restored here");
             let answered = (mode == Mode::Answer).then(|| record.clone());
@@ -293,12 +294,6 @@ fn put(path: &str, body: &str) -> Request<Body> {
         .unwrap()
 }
 
-fn scenarios_dir() -> PathBuf {
-    std::env::var_os("USER_MONITOR_SCENARIOS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/scenarios"))
-}
-
 const EXAMPLE: &str = r#"{"type": "deposit", "amount": "42.00", "user_id": 1, "time": 10}"#;
 
 #[tokio::test]
@@ -458,11 +453,16 @@ async fn a_response_arriving_while_waiting_completes_the_request() {
     let hub = Arc::clone(&f.hub);
     let late = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let event = decode(EXAMPLE.as_bytes()).unwrap();
-        let mut users = user_monitor::state::Users::default();
-        let codes = users
-            .apply(&event, Risk::Medium, &Limits::default())
-            .unwrap();
+        let example = Input {
+            offset: 0,
+            payload: EXAMPLE.as_bytes(),
+            key: None,
+        };
+        let Verdict::Accepted { codes, .. } =
+            Oracle::default().judge(example, ALONE, |_| Risk::Medium)
+        else {
+            panic!("the example is accepted")
+        };
         hub.ingest(
             AlertRecord::accepted(
                 Coord::new(0, 0),
@@ -1180,16 +1180,6 @@ fn limits() -> server::Limits {
         body_limit: 1024,
         max_drain_bytes: 8 * 1024 * 1024,
         shutdown_timeout: Duration::from_secs(10),
-    }
-}
-
-/// Reads what the server sends until it closes the connection (or `within` passes).
-async fn read_to_close(stream: &mut tokio::net::TcpStream, within: Duration) -> Option<String> {
-    use tokio::io::AsyncReadExt;
-    let mut out = Vec::new();
-    match tokio::time::timeout(within, stream.read_to_end(&mut out)).await {
-        Ok(_) => Some(String::from_utf8_lossy(&out).into_owned()),
-        Err(_) => None,
     }
 }
 

@@ -9,13 +9,15 @@ mod common;
 
 use std::time::Duration;
 
-use common::{event, kill9, terminate, wait_exit, Tail, World};
+use common::events::{event, event_id};
+use common::kafka::{Tail, World};
+use common::process::{kill9, terminate, wait_exit};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 /// Produces one event keyed by its user, with an idempotency key; returns its coordinates.
 fn send(world: &World, user: u64, value: &[u8], key: Option<&str>) -> (i32, i64) {
-    let producer: FutureProducer = common::client(&[
+    let producer: FutureProducer = common::kafka::client(&[
         ("partitioner", "murmur2_random"),
         ("enable.idempotence", "true"),
     ])
@@ -37,12 +39,7 @@ fn send(world: &World, user: u64, value: &[u8], key: Option<&str>) -> (i32, i64)
 }
 
 fn answer(tail: &mut Tail, at: (i32, i64)) -> serde_json::Value {
-    tail.response(at, Duration::from_secs(60))
-        .unwrap_or_else(|| panic!("no response to {at:?}"))
-}
-
-fn id(at: (i32, i64)) -> String {
-    format!("{}-{}", at.0, at.1)
+    tail.expect_response(at, Duration::from_secs(60), String::new)
 }
 
 /// The story of one user across a kill -9 before any snapshot (the original is replayed, its
@@ -70,7 +67,7 @@ fn retries_across_crashes_count_once(guarantee: &str) {
     let mut processor = world.spawn_processor(0);
     let retry = send(&world, user, &first, Some("pay-1"));
     let repeated = answer(&mut tail, retry);
-    assert_eq!(repeated["duplicate_of"], id(original), "{repeated}");
+    assert_eq!(repeated["duplicate_of"], event_id(original), "{repeated}");
     assert_eq!(repeated["alert_codes"], serde_json::json!([]), "{repeated}");
     assert!(repeated.get("error").is_none(), "{repeated}");
 
@@ -87,7 +84,7 @@ fn retries_across_crashes_count_once(guarantee: &str) {
     let mut processor = world.spawn_processor(0);
     let again = send(&world, user, &first, Some("pay-1"));
     let repeated = answer(&mut tail, again);
-    assert_eq!(repeated["duplicate_of"], id(original), "{repeated}");
+    assert_eq!(repeated["duplicate_of"], event_id(original), "{repeated}");
 
     // Counted once: 110 + 60 = 170, no 123.
     let next = send(&world, user, &event("deposit", "60", user, 2), None);
@@ -123,7 +120,7 @@ fn at_least_once_retries_across_kill_minus_nine_and_restore_count_once() {
 fn a_replayed_original_keeps_its_answer_and_risk_for_its_retry() {
     let world = World::new("idem-risk", 1);
     world.create_topics();
-    common::produce(
+    common::kafka::produce(
         &world.profiles(),
         &[(Some("9".to_owned()), br#"{"risk": "high"}"#.to_vec())],
     );
@@ -136,14 +133,14 @@ fn a_replayed_original_keeps_its_answer_and_risk_for_its_retry() {
     assert_eq!(first["risk"], "high");
     kill9(&mut processor);
     // Back to medium: the retry must still be answered as the original was.
-    common::produce(
+    common::kafka::produce(
         &world.profiles(),
         &[(Some("9".to_owned()), br#"{"risk": "medium"}"#.to_vec())],
     );
     let mut processor = world.spawn_processor(0);
     let retry = send(&world, 9, &withdrawal, Some("w-1"));
     let repeated = answer(&mut tail, retry);
-    assert_eq!(repeated["duplicate_of"], id(original), "{repeated}");
+    assert_eq!(repeated["duplicate_of"], event_id(original), "{repeated}");
     assert_eq!(
         repeated["alert_codes"],
         serde_json::json!([1100]),
@@ -174,7 +171,7 @@ fn the_keys_remembered_per_user_are_bounded() {
     }
     // k3 and k2 are remembered, k1 was forgotten.
     let k3 = answer(&mut tail, send(&world, 5, &sent[2].1, Some("k3")));
-    assert_eq!(k3["duplicate_of"], id(sent[2].0), "{k3}");
+    assert_eq!(k3["duplicate_of"], event_id(sent[2].0), "{k3}");
     let k1 = answer(&mut tail, send(&world, 5, &sent[0].1, Some("k1")));
     assert!(k1.get("duplicate_of").is_none(), "{k1}");
     // Its time (1) is now behind the user's latest (3): out of order, as any late event.

@@ -15,7 +15,9 @@ mod common;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use common::{http_json, shim_addr, terminate, wait_exit, SecureBroker, World};
+use common::http::{free_port, http_json};
+use common::kafka::{shim_addr, SecureBroker, World};
+use common::process::{terminate, wait_exit};
 use serde_json::json;
 
 const WRONG_PASSWORD: &str = "not-the-password";
@@ -235,11 +237,7 @@ fn a_wrong_password_stops_process_shim_and_run_within_seconds() {
 /// Without a broker, `process` stops after `kafka.connect_timeout` naming the brokers.
 #[test]
 fn unreachable_brokers_stop_process_naming_them() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string();
+    let closed = format!("127.0.0.1:{}", free_port());
     let mut world = World::on_broker("unreachable", 3, &closed);
     world.set("USER_MONITOR__KAFKA__CONNECT_TIMEOUT", "2s");
     let started = Instant::now();

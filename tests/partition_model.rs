@@ -7,15 +7,20 @@
 //! one under exactly-once, at least one and all identical under at-least-once, each equal to the
 //! uninterrupted run's.
 
+mod common;
+
 use std::collections::{BTreeMap, HashSet};
 
+use common::events::event;
+use common::oracle::Oracle;
 use proptest::prelude::*;
+use user_monitor::domain::Risk;
 use user_monitor::domain::UserId;
 use user_monitor::domain::Verdict;
-use user_monitor::engine::{Context, Engine, Input, Placement};
+use user_monitor::engine::{Engine, Input, Placement};
 use user_monitor::idempotency::{Answer as Remembered, DedupLimits};
 use user_monitor::partition::{PartitionState, Rebuild};
-use user_monitor::rules::{Limits, Risk};
+use user_monitor::rules::Limits;
 use user_monitor::snapshot::{encode, encode_marker, load_record, MARKER_KEY};
 
 /// One input record: its value and its idempotency key header.
@@ -325,40 +330,30 @@ impl Model {
     }
 }
 
-/// How a live owner judges: in place, answers known, nothing restored.
-fn live(limits: &Limits) -> Context<'_> {
-    Context {
-        placement: Some(PLACEMENT),
-        limits,
-        dedup: &DEDUP,
-        answer_known: true,
-        ahead: None,
-    }
+/// The oracle after judging `input` without interruption.
+fn uninterrupted_run(input: &[Record], limits: &Limits) -> (Oracle, Vec<Verdict>) {
+    let mut oracle = Oracle::new(*limits, DEDUP);
+    let verdicts = (0..input.len() as i64)
+        .map(|offset| oracle.judge(input_at(input, offset), PLACEMENT, risk_of))
+        .collect();
+    (oracle, verdicts)
 }
 
 /// The engine after processing `input` without interruption.
 fn uninterrupted(input: &[Record], limits: &Limits) -> Engine {
-    let mut engine = Engine::default();
-    for offset in 0..input.len() as i64 {
-        engine.judge(input_at(input, offset), &live(limits), risk_of);
-    }
-    engine
+    uninterrupted_run(input, limits).0.into_engine()
 }
 
 /// The answers of an uninterrupted run.
 fn expected_answers(input: &[Record], limits: &Limits) -> Vec<Answer> {
-    let mut engine = Engine::default();
-    (0..input.len() as i64)
-        .map(|offset| {
-            let verdict = engine.judge(input_at(input, offset), &live(limits), risk_of);
-            answer(&verdict).unwrap()
-        })
-        .collect()
+    let (_, verdicts) = uninterrupted_run(input, limits);
+    verdicts.iter().map(|v| answer(v).unwrap()).collect()
 }
 
-fn event_line(user: u64, kind: bool, amount: u32, time: u64) -> String {
-    let kind = if kind { "deposit" } else { "withdraw" };
-    format!(r#"{{"type": "{kind}", "amount": "{amount}", "user_id": {user}, "time": {time}}}"#)
+/// One event line; `deposit` picks its type.
+fn event_line(user: u64, deposit: bool, amount: u32, time: u64) -> String {
+    let kind = if deposit { "deposit" } else { "withdraw" };
+    String::from_utf8(event(kind, &amount.to_string(), user, time)).unwrap()
 }
 
 fn input_strategy() -> impl Strategy<Value = Vec<Record>> {

@@ -3,10 +3,14 @@
 //! `processor_kafka.rs`; the mock does not filter aborted transactions, so this test reads
 //! responses by event id and tolerates the aborted batch's records.)
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::events::event;
+use common::oracle::Oracle;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -103,8 +107,7 @@ fn an_abortable_offset_commit_error_aborts_rewinds_and_every_event_is_still_answ
         n,
         "every event is answered after the rewind"
     );
-    let limits = user_monitor::rules::Limits::default();
-    let mut users = user_monitor::state::Users::default();
+    let mut oracle = Oracle::default();
     for i in 0..n {
         let responses = &by_event[&format!("0-{i}")];
         // Records of the aborted batch are visible on the mock; a rewind reproduces them exactly.
@@ -112,22 +115,19 @@ fn an_abortable_offset_commit_error_aborts_rewinds_and_every_event_is_still_answ
             responses.windows(2).all(|w| w[0] == w[1]),
             "0-{i}: {responses:?}"
         );
-        let event = user_monitor::domain::decode(&event_json(i)).unwrap();
-        let want = users
-            .apply(&event, user_monitor::rules::Risk::Medium, &limits)
-            .unwrap();
+        let want = oracle
+            .answer(&event_json(i), |_| user_monitor::domain::Risk::Medium)
+            .unwrap()
+            .codes;
         assert_eq!(
             responses[0]["alert_codes"],
-            serde_json::json!(want.as_slice()),
+            serde_json::json!(want),
             "0-{i}"
         );
     }
 }
 
+/// The `i`-th event of the test: user 1 withdraws 90 + i at time i.
 fn event_json(i: u64) -> Vec<u8> {
-    format!(
-        r#"{{"type": "withdraw", "amount": "{}", "user_id": 1, "time": {i}}}"#,
-        90 + i
-    )
-    .into_bytes()
+    event("withdraw", &(90 + i).to_string(), 1, i)
 }

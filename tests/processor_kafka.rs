@@ -4,17 +4,11 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
+use common::{events::*, kafka::*, oracle::*, process::*};
 use rand::Rng;
 use user_monitor::profiles::Profiles;
-
-fn event(kind: &str, amount: &str, user: u64, time: u64) -> Vec<u8> {
-    format!(r#"{{"type": "{kind}", "amount": "{amount}", "user_id": {user}, "time": {time}}}"#)
-        .into_bytes()
-}
 
 /// `user-monitor evaluate` over `lines`: the reference every processor output is held to.
 fn evaluate_binary(
@@ -24,48 +18,21 @@ fn evaluate_binary(
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("input.jsonl");
     std::fs::write(&input, lines.join(&b'\n')).unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_user-monitor"));
-    cmd.arg("evaluate");
+    let mut args = Vec::new();
     if let Some(p) = profiles {
-        cmd.arg("--profiles").arg(p);
+        args.extend(["--profiles", p.to_str().unwrap()]);
     }
-    let out = cmd.arg(&input).output().unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+    args.push(input.to_str().unwrap());
+    let (answers, stderr, code) = evaluate(&args, None);
+    assert_eq!(code, 0, "{stderr}");
+    answers
+        .into_iter()
+        .map(|v| {
             if v.get("error").is_some() {
                 Err(())
             } else {
                 Ok(v)
             }
-        })
-        .collect()
-}
-
-/// Random valid events over `users` users, times increasing per user, ~10% out of order.
-fn random_stream(n: usize, users: u64, seed: u64) -> Vec<Vec<u8>> {
-    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
-    let mut clocks = vec![0u64; users as usize];
-    (0..n)
-        .map(|_| {
-            let user = rng.gen_range(0..users);
-            let clock = &mut clocks[user as usize];
-            let time = if rng.gen_bool(0.05) && *clock > 5 {
-                *clock - 5
-            } else {
-                *clock += rng.gen_range(0..20);
-                *clock
-            };
-            let kind = if rng.gen_bool(0.5) {
-                "deposit"
-            } else {
-                "withdraw"
-            };
-            let amount = format!("{}.{:02}", rng.gen_range(1..250), rng.gen_range(0..100));
-            event(kind, &amount, 1000 + user, time)
         })
         .collect()
 }
@@ -214,7 +181,7 @@ fn poison_records_go_to_the_dead_letter_topic_and_the_partition_keeps_flowing() 
 fn kill_minus_nine_during_a_stream_loses_and_duplicates_nothing() {
     let world = World::new("kill9", 4);
     world.create_topics();
-    let lines = random_stream(200_000, 2_000, 7);
+    let lines = random_events(200_000, 2_000, 7);
     let expected = expected(&lines, &Profiles::default());
     let producer = stream_in_background(world.events(), &lines, 20_000, Duration::from_millis(700));
     let mut rng = rand::thread_rng();
@@ -254,7 +221,7 @@ fn kill_minus_nine_during_a_stream_loses_and_duplicates_nothing() {
 fn scale_out_with_one_process_killed_and_one_added_mid_stream_answers_everything_once() {
     let world = World::new("scale", 6);
     world.create_topics();
-    let lines = random_stream(90_000, 3_000, 11);
+    let lines = random_events(90_000, 3_000, 11);
     let expected = expected(&lines, &Profiles::default());
     let producer = stream_in_background(world.events(), &lines, 10_000, Duration::from_millis(800));
     let mut processors: Vec<_> = (0..3)
@@ -289,7 +256,7 @@ fn scale_out_with_one_process_killed_and_one_added_mid_stream_answers_everything
 }
 
 fn response_for(world: &World, coordinate: (i32, i64), total: usize) -> serde_json::Value {
-    let id = format!("{}-{}", coordinate.0, coordinate.1);
+    let id = event_id(coordinate);
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         for r in read_committed(&world.alerts(), total, Duration::from_secs(5)) {
@@ -394,7 +361,7 @@ fn at_least_once_answers_stay_identical_across_kill_minus_nine_and_risk_changes(
     world.set("USER_MONITOR__PROCESSING__GUARANTEE", "at_least_once");
     world.create_topics();
     let users = 1_000u64;
-    let lines = random_stream(60_000, users, 3);
+    let lines = random_events(60_000, users, 3);
     let producer = stream_in_background(world.events(), &lines, 10_000, Duration::from_millis(600));
     let mut processor = world.spawn_processor(0);
     for round in 0..3 {
@@ -456,30 +423,30 @@ fn at_least_once_answers_stay_identical_across_kill_minus_nine_and_risk_changes(
         }
     }
     // Each answer is the engine's with the risk it names (state does not depend on risk).
-    let limits = user_monitor::rules::Limits::default();
-    let mut state = user_monitor::state::Users::default();
+    let mut oracle = Oracle::default();
     let mut risks = std::collections::BTreeMap::<String, usize>::new();
     for (line, (partition, offset)) in lines.iter().zip(&coordinates) {
         let id = format!("{partition}-{offset}");
         let response = first_seen
             .get(&id)
             .unwrap_or_else(|| panic!("input {id} has no response"));
-        let event = user_monitor::domain::event::decode(line).expect("valid events only");
         let Some(risk) = response["risk"].as_str() else {
             // Out of order: rejected, and it changes no state.
             assert!(response["error"].is_string(), "{response}");
-            assert!(state
-                .apply(&event, user_monitor::rules::Risk::Medium, &limits)
-                .is_err());
+            assert_eq!(
+                oracle.answer(line, |_| user_monitor::domain::Risk::Medium),
+                Err("out_of_order")
+            );
             continue;
         };
         *risks.entry(risk.to_owned()).or_default() += 1;
-        let codes = state
-            .apply(&event, risk.parse().unwrap(), &limits)
-            .unwrap_or_else(|e| panic!("{id}: {e} but answered {response}"));
+        let codes = oracle
+            .answer(line, |_| risk.parse().unwrap())
+            .unwrap_or_else(|e| panic!("{id}: {e} but answered {response}"))
+            .codes;
         assert_eq!(
             response["alert_codes"],
-            serde_json::json!(codes.as_slice()),
+            serde_json::json!(codes),
             "{id}: {response}"
         );
     }
@@ -487,27 +454,10 @@ fn at_least_once_answers_stay_identical_across_kill_minus_nine_and_risk_changes(
     eprintln!("answers by risk: {risks:?}; repeats: {repeats}");
 }
 
-/// Creates `topic` by hand with default settings (no compaction), as an operator might.
-fn create_plain_topic(topic: &str, partitions: i32) {
-    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
-        client(&[]).create().unwrap();
-    let new = rdkafka::admin::NewTopic::new(
-        topic,
-        partitions,
-        rdkafka::admin::TopicReplication::Fixed(1),
-    );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(admin.create_topics(&[new], &rdkafka::admin::AdminOptions::new()))
-        .unwrap();
-}
-
 /// Creates `topic` by hand with `partitions` and no compaction, then checks that the processor
 /// refuses to start, naming the topic and `reason`.
 fn processor_refuses_a_hand_made_topic(world: &World, topic: &str, partitions: i32, reason: &str) {
-    create_plain_topic(topic, partitions);
+    create_topic(&world.bootstrap(), topic, partitions, &[]);
     let mut processor = world.spawn_processor(0);
     let exit = wait_exit(&mut processor, Duration::from_secs(60)).expect("exits by itself");
     assert!(!exit.success());

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::*;
+use common::{events::*, kafka::*, oracle::*, process::*};
 use rand::Rng;
 use user_monitor::domain::partitioner::partition_for_user;
 use user_monitor::domain::UserId;
@@ -16,15 +16,7 @@ use user_monitor::profiles::Profiles;
 
 /// The committed response to `coordinate`, or a panic naming what the processor logged.
 fn answer(tail: &mut Tail, world: &World, coordinate: (i32, i64)) -> serde_json::Value {
-    tail.response(coordinate, Duration::from_secs(60))
-        .unwrap_or_else(|| {
-            panic!(
-                "no committed response to {}-{} within 60 s:\n{}",
-                coordinate.0,
-                coordinate.1,
-                world.log(0)
-            )
-        })
+    tail.expect_response(coordinate, Duration::from_secs(60), || world.log(0))
 }
 
 /// The highest `covers` among the committed snapshot records (user records and round markers).
@@ -203,27 +195,6 @@ fn a_processor_rides_out_broker_kill_minus_nine_during_commits() {
     );
 }
 
-/// Creates `topic` by hand, one replica, with topic configs `configs`.
-fn create_topic(bootstrap: &str, topic: &str, partitions: i32, configs: &[(&str, &str)]) {
-    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
-        client_at(bootstrap, &[]).create().unwrap();
-    let mut new = rdkafka::admin::NewTopic::new(
-        topic,
-        partitions,
-        rdkafka::admin::TopicReplication::Fixed(1),
-    );
-    for (key, value) in configs {
-        new = new.set(key, value);
-    }
-    let results = futures::executor::block_on(
-        admin.create_topics(&[new], &rdkafka::admin::AdminOptions::new()),
-    )
-    .unwrap();
-    for result in results {
-        result.unwrap_or_else(|(topic, e)| panic!("creating {topic}: {e}"));
-    }
-}
-
 /// A 1 MiB record that is not JSON, on an events topic that accepts records that large: its
 /// dead-letter copy cannot fit the dead-letter topic (broker default limit), so it goes there
 /// truncated and says so, and the partition keeps flowing.
@@ -400,7 +371,7 @@ fn a_valid_event_in_the_wrong_partition_is_rejected_and_splits_no_state() {
     assert_exactly_one_response_each(&coordinates, &want, &responses);
 
     for (i, coordinate) in misplaced.iter().enumerate() {
-        let id = format!("{}-{}", coordinate.0, coordinate.1);
+        let id = event_id(*coordinate);
         let response = responses
             .iter()
             .map(Read::json)
@@ -464,7 +435,7 @@ fn a_kill_minus_nine_instance_is_processing_again_within_seconds() {
         answered = coordinates
             .iter()
             .filter(|c| {
-                let id = format!("{}-{}", c.0, c.1);
+                let id = event_id(**c);
                 records.iter().any(|r| r.json()["event_id"] == id.as_str())
             })
             .count();

@@ -1,49 +1,12 @@
 //! The shared scenarios through the real `user-monitor evaluate` binary, compared as JSON.
 //! Error lines must be errors at the same line; their message text is free.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+mod common;
 
-fn scenarios_dir() -> PathBuf {
-    let dir = std::env::var_os("USER_MONITOR_SCENARIOS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/scenarios"));
-    assert!(
-        dir.join("seeds.jsonl").exists(),
-        "scenarios not found in {} (set USER_MONITOR_SCENARIOS)",
-        dir.display()
-    );
-    dir
-}
+use std::path::Path;
 
-fn evaluate(args: &[&str], stdin: Option<&[u8]>) -> (Vec<serde_json::Value>, String, i32) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_user-monitor"))
-        .arg("evaluate")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("runs user-monitor");
-    {
-        use std::io::Write;
-        let mut pipe = child.stdin.take().unwrap();
-        if let Some(bytes) = stdin {
-            pipe.write_all(bytes).unwrap();
-        }
-    }
-    let out = child.wait_with_output().unwrap();
-    let lines = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
-        .collect();
-    (
-        lines,
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-        out.status.code().unwrap_or(-1),
-    )
-}
+use common::events::scenarios_dir;
+use common::process::evaluate;
 
 fn expected(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)
