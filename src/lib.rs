@@ -4,40 +4,51 @@
 //!
 //! # Layout
 //!
-//! - [`domain`]: wire bytes -> validated [`domain::Event`] (or a decode error naming every bad
-//!   field); the legacy response and the alerts-topic record.
-//! - [`rules`]: thresholds, windows and codes, scaled by [`domain::Risk`]; [`rules::Limits`] is
-//!   their validated form.
-//! - [`state`]: the pure engine. [`state::UserState::apply`] evaluates one event against one
-//!   user's O(rules) state; [`state::Users`] is a map of them (one owner per partition).
-//! - [`profiles`]: user risk levels from a file or the profiles topic.
-//! - [`evaluate`]: the offline JSONL command over the same engine.
-//! - [`config`], [`cli`], [`telemetry`], [`app`]: layered configuration, command line, logging,
-//!   and the top level that wires them.
-//! - [`kafka`]: client configuration for every role (raw `[kafka.properties]` applied last),
-//!   explicit retryable/abortable/fatal classification of Kafka errors, topic creation and
-//!   validation ([`kafka::admin`]), the live profiles-topic follower ([`kafka::profiles`]).
-//! - [`processor`]: `user-monitor process`. One thread owns the consumer, the transactional
-//!   producer and every assigned partition's [`state::Users`]: poll a batch, evaluate, commit
-//!   responses + dead letters + snapshots + input offsets in one transaction.
-//! - [`partition`]: the pure lifecycle of one input partition's state: the verdict on each
-//!   record (invalid / wrong partition / out of order / accepted), the users a snapshot round
-//!   writes, and the rebuild from snapshot records plus replay.
-//! - [`idempotency`]: per-user memory of `Idempotency-Key`s (event time, bounded, snapshotted),
-//!   so a retried event is answered with the original's answer instead of counted twice.
-//! - [`snapshot`]: per-user snapshots in the compacted state topic (offset `covers` is
-//!   exclusive) and the restore of a partition: snapshot, then replay to the committed offset.
-//! - [`metrics`], [`health`]: Prometheus metrics and readiness, written by the processor and
-//!   the shim, read by the HTTP endpoints.
-//! - [`http`]: the HTTP shim: routes, the read model fed by one alerts-topic consumer, the
-//!   producer of events and profiles; [`service`] runs it alone (`shim`) or with the processor
-//!   (`run`); [`embedded`] is the in-process broker of `run` without Kafka; [`shutdown`] turns
-//!   SIGINT/SIGTERM into one cancellation.
+//! Imports only point down this list: nothing in a layer names anything above it.
 //!
-//! Data flow: bytes -> `domain::decode` -> `Users::apply(event, risk, limits)` -> response.
-//! In Kafka: `user-events` -> [`processor`] -> `user-alerts` (+ `user-events.dlq`,
-//! `user-monitor.state`); HTTP `POST /event` -> `user-events`, and the shim waits for the
-//! matching `user-alerts` record.
+//! - [`domain`], the ground: the vocabulary every layer speaks. Wire bytes -> validated
+//!   [`domain::Event`] (or a decode error naming every bad field; the JSON field scanner in
+//!   `domain/json.rs`), [`domain::UserId`] with its one range-checked parse, [`domain::Risk`],
+//!   the [`domain::Verdict`] on one input with its [`domain::AlertCodes`], the input
+//!   [`domain::Coord`]inates that name every answer (event and alert ids), the murmur2
+//!   partitioner, and the responses (legacy line, alerts-topic record built from a verdict).
+//! - [`rules`]: thresholds, windows and codes ([`rules::Limits`], their validated form);
+//!   [`domain::Risk`] scales them.
+//! - [`state`]: the pure rules engine. [`state::UserState::apply`] evaluates one event against
+//!   one user's O(rules) state; [`state::Users`] is a slab of them with cache-friendly lookups.
+//! - [`idempotency`]: per-user memory of `Idempotency-Key`s (event time, bounded, snapshotted).
+//! - [`engine`]: **the one chain from input bytes to a [`domain::Verdict`]**: decode, placement,
+//!   already-restored, idempotency key, then the rules. Used by the processor, a restore's replay,
+//!   `evaluate` (in batches, touching users' states ahead) and every test oracle.
+//! - [`partition`]: the pure lifecycle of one input partition's state: the users a snapshot
+//!   round writes, and the rebuild from snapshot records plus replay.
+//! - [`profiles`]: user risk levels from a file or the profiles topic.
+//! - [`evaluate`]: the offline JSONL command.
+//! - [`config`], [`cli`], [`telemetry`]: layered configuration validated once, the command line,
+//!   logging.
+//! - [`kafka`]: client configuration for every role (raw `[kafka.properties]` applied last), the
+//!   explicit retryable/abortable/fatal classification of Kafka errors, topics ([`kafka::admin`]),
+//!   the startup connectivity check ([`kafka::connect`]), group-less reads of partitions and
+//!   offset ranges ([`kafka::read`]), the profiles-topic follower ([`kafka::profiles`]).
+//! - [`snapshot`]: the snapshot format (both directions) in the compacted state topic, and the
+//!   restore of a partition: snapshot, then replay to the committed offset.
+//! - [`processor`]: `user-monitor process`, split by owner: the transactional turn (`mod.rs`:
+//!   collect, catch up on profiles, process, commit), the partitions (`partitions.rs`: restoring
+//!   or live, restores in flight, rebalance hand-overs, due rounds, readiness), the output of one
+//!   record (`output.rs`: response, dead letter, transactions).
+//! - [`audit`]: the audit trail of risk changes. [`metrics`], [`health`]: Prometheus metrics and
+//!   readiness, written by the processor and the shim.
+//! - [`http`]: the HTTP shim: the API contract ([`http::api`]: bodies, parameters, errors, the
+//!   OpenAPI document), the handlers ([`http::routes`]), authentication ([`http::auth`]), the read
+//!   model fed by one alerts-topic consumer, Kafka behind the [`http::Backend`] trait, and the
+//!   connection-capped server loop.
+//! - [`service`]: one lifecycle (runtime, signals, bounded shutdown) for `process`, `run` and
+//!   `shim`; [`embedded`] is the in-process broker of `run` without Kafka; [`shutdown`] turns
+//!   SIGINT/SIGTERM into one cancellation; [`app`] wires configuration to the chosen command.
+//!
+//! Data flow: bytes -> `engine::Engine::judge` -> `domain::Verdict` -> response record. In Kafka:
+//! `user-events` -> [`processor`] -> `user-alerts` (+ `user-events.dlq`, `user-monitor.state`);
+//! HTTP `POST /event` -> `user-events`, and the shim waits for the matching `user-alerts` record.
 
 pub mod app;
 pub mod audit;

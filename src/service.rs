@@ -1,6 +1,6 @@
 //! The long-running commands: `user-monitor process` (the stream processor alone), `run`
 //! (processor + shim in one process, on an embedded broker when `kafka.bootstrap_servers` is
-//! empty) and `shim` (the HTTP shim alone), on one [`lifecycle`].
+//! empty) and `shim` (the HTTP shim alone), on one `lifecycle`.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa::{IntoParams, IntoResponses, OpenApi, ToSchema};
 
 use super::auth::Denied;
 use super::backend::{Found, LookupError, ProduceError};
@@ -145,7 +145,8 @@ pub struct PendingBody {
     pub status: String,
 }
 
-/// The documented shape of [`EventView`] (what its serialization writes).
+// The documented shape of `EventView` (what its serialization writes).
+/// An event and its result: the alerts-topic record, plus `status`.
 #[derive(ToSchema)]
 #[allow(dead_code)]
 struct EventViewSchema {
@@ -238,7 +239,7 @@ impl EventView {
     }
 }
 
-/// Documented as [`EventViewSchema`]: the view is serialized from the record, not derived.
+/// Documented as `EventViewSchema`: the view is serialized from the record, not derived.
 impl utoipa::PartialSchema for EventView {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
         EventViewSchema::schema()
@@ -362,6 +363,45 @@ pub struct PageParams {
     pub limit: Option<String>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
+}
+
+/// The refusals of a route that submits events (`events:write`), documented once.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum SubmitDenied {
+    /// no valid token (http.auth.mode = "tokens")
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// the token lacks the scope events:write
+    #[response(status = 403)]
+    Forbidden(ErrorBody),
+    /// the Idempotency-Key was already used for a different event
+    #[response(status = 422)]
+    KeyReused(ErrorBody),
+}
+
+/// The refusals of a route that reads (`read`), documented once.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum ReadDenied {
+    /// no valid token (http.auth.mode = "tokens")
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// the token lacks the scope read
+    #[response(status = 403)]
+    Forbidden(ErrorBody),
+}
+
+/// The refusals of a route that changes risk levels (`profiles:write`), documented once.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum ProfilesDenied {
+    /// no valid token (http.auth.mode = "tokens")
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// the token lacks the scope profiles:write
+    #[response(status = 403)]
+    Forbidden(ErrorBody),
 }
 
 /// Query parameters of `GET /api/v1/audit`.

@@ -15,8 +15,9 @@ use utoipa::OpenApi;
 
 use super::api::{
     AlertsPage, AlertsParams, ApiDoc, ApiError, AuditParams, CreatedBody, ErrorBody, EventBody,
-    EventView, HealthBody, LegacyBody, PageParams, PendingBody, ReadyBody, RiskBody, ShimReadiness,
-    UserEventsPage, UserRiskBody, DEFAULT_LIMIT, MAX_LIMIT,
+    EventView, HealthBody, LegacyBody, PageParams, PendingBody, ProfilesDenied, ReadDenied,
+    ReadyBody, RiskBody, ShimReadiness, SubmitDenied, UserEventsPage, UserRiskBody, DEFAULT_LIMIT,
+    MAX_LIMIT,
 };
 use super::auth::{required_scope, Denied, Principal, Tokens};
 use super::backend::Backend;
@@ -314,9 +315,7 @@ async fn accept(
         (status = 413, description = "body too large", body = ErrorBody),
         (status = 415, description = "not JSON", body = ErrorBody),
         (status = 503, description = "Kafka did not acknowledge: the event was not accepted", body = ErrorBody),
-        (status = 401, description = "no valid token (http.auth.mode = \"tokens\")", body = ErrorBody),
-        (status = 403, description = "the token lacks the scope events:write", body = ErrorBody),
-        (status = 422, description = "the Idempotency-Key was already used for a different event", body = ErrorBody),
+        SubmitDenied,
     )
 )]
 pub async fn post_event(
@@ -355,9 +354,7 @@ pub async fn post_event(
         (status = 413, description = "body too large", body = ErrorBody),
         (status = 415, description = "not JSON", body = ErrorBody),
         (status = 503, description = "Kafka did not acknowledge: the event was not accepted", body = ErrorBody),
-        (status = 401, description = "no valid token (http.auth.mode = \"tokens\")", body = ErrorBody),
-        (status = 403, description = "the token lacks the scope events:write", body = ErrorBody),
-        (status = 422, description = "the Idempotency-Key was already used for a different event", body = ErrorBody),
+        SubmitDenied,
     )
 )]
 pub async fn create_event(
@@ -414,8 +411,7 @@ async fn find_event(state: &Shared, key: Coord) -> Result<Option<EventView>, Api
         (status = 200, description = "the event and its result", body = EventView),
         (status = 404, description = "no such event retained, or not an event id", body = ErrorBody),
         (status = 503, description = "Kafka unavailable for the lookup", body = ErrorBody),
-        (status = 401, description = "no valid token (http.auth.mode = \"tokens\")", body = ErrorBody),
-        (status = 403, description = "the token lacks the scope read", body = ErrorBody),
+        ReadDenied,
     )
 )]
 pub async fn get_event(
@@ -447,8 +443,7 @@ fn views(page: &Page) -> Vec<EventView> {
     responses(
         (status = 200, description = "a page of alerts", body = AlertsPage),
         (status = 400, description = "malformed parameter", body = ErrorBody),
-        (status = 401, description = "no valid token (http.auth.mode = \"tokens\")", body = ErrorBody),
-        (status = 403, description = "the token lacks the scope read", body = ErrorBody),
+        ReadDenied,
     )
 )]
 pub async fn list_alerts(
@@ -487,8 +482,7 @@ pub async fn list_alerts(
         (status = 200, description = "the alert: its event and result", body = EventView),
         (status = 404, description = "no such alert, or not an alert id", body = ErrorBody),
         (status = 503, description = "Kafka unavailable for the lookup", body = ErrorBody),
-        (status = 401, description = "no valid token (http.auth.mode = \"tokens\")", body = ErrorBody),
-        (status = 403, description = "the token lacks the scope read", body = ErrorBody),
+        ReadDenied,
     )
 )]
 pub async fn get_alert(
@@ -518,8 +512,7 @@ pub async fn get_alert(
     responses(
         (status = 200, description = "recent events, newest first (empty for an unknown user)", body = UserEventsPage),
         (status = 400, description = "malformed user_id or parameter", body = ErrorBody),
-        (status = 401, description = "no valid token (http.auth.mode = \"tokens\")", body = ErrorBody),
-        (status = 403, description = "the token lacks the scope read", body = ErrorBody),
+        ReadDenied,
     )
 )]
 pub async fn user_events(
@@ -554,8 +547,7 @@ pub async fn user_events(
         (status = 413, description = "body too large", body = ErrorBody),
         (status = 415, description = "not JSON", body = ErrorBody),
         (status = 503, description = "Kafka did not acknowledge", body = ErrorBody),
-        (status = 401, description = "no valid token (http.auth.mode = \"tokens\")", body = ErrorBody),
-        (status = 403, description = "the token lacks the scope profiles:write", body = ErrorBody),
+        ProfilesDenied,
     )
 )]
 pub async fn put_risk(
@@ -597,8 +589,7 @@ pub async fn put_risk(
     responses(
         (status = 200, description = "a page of the trail", body = AuditPage),
         (status = 400, description = "malformed parameter", body = ErrorBody),
-        (status = 401, description = "no valid token", body = ErrorBody),
-        (status = 403, description = "the token lacks the read scope", body = ErrorBody),
+        ReadDenied,
         (status = 503, description = "Kafka unavailable", body = ErrorBody),
     )
 )]
