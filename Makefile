@@ -1,5 +1,5 @@
 # The README's commands. `make run` starts the service; `make test` runs every test.
-.PHONY: run test lint bench bench-evaluate bench-process kafka-up kafka-down fault fault-long
+.PHONY: run test lint bench bench-evaluate bench-process bench-latency kafka-up kafka-down fault fault-long
 
 run:
 	cargo run --release
@@ -23,6 +23,23 @@ bench-process:
 	cargo build --release --bin user-monitor --example bench_process
 	KAFKA_BOOTSTRAP_SERVERS=$${KAFKA_BOOTSTRAP_SERVERS:-127.0.0.1:9092} ./target/release/examples/bench_process 1000000 exactly_once 6
 	KAFKA_BOOTSTRAP_SERVERS=$${KAFKA_BOOTSTRAP_SERVERS:-127.0.0.1:9092} ./target/release/examples/bench_process 1000000 at_least_once 6
+
+# process latency through a local broker (make kafka-up first): events produced at a fixed rate,
+# each matched to its committed response; p50/p90/p99/max and a per-hop breakdown, for every
+# guarantee x rate, e.g. `make bench-latency LATENCY_RATES=200 LATENCY_GUARANTEES=at_least_once`.
+# USER_MONITOR__* variables reach the processor (see examples/bench_latency.rs).
+LATENCY_GUARANTEES ?= exactly_once at_least_once
+LATENCY_RATES ?= 200 2000
+LATENCY_SECONDS ?= 20
+LATENCY_WARMUP ?= 5
+LATENCY_PARTITIONS ?= 6
+LATENCY_USERS ?= 1000
+bench-latency:
+	cargo build --release --bin user-monitor --example bench_latency
+	@set -e; for g in $(LATENCY_GUARANTEES); do for r in $(LATENCY_RATES); do \
+		KAFKA_BOOTSTRAP_SERVERS=$${KAFKA_BOOTSTRAP_SERVERS:-127.0.0.1:9092} $${CARGO_TARGET_DIR:-target}/release/examples/bench_latency \
+			$$g $$r $(LATENCY_SECONDS) $(LATENCY_WARMUP) $(LATENCY_PARTITIONS) $(LATENCY_USERS); \
+	done; done
 
 kafka-up:
 	bash scripts/kafka-local.sh up
