@@ -73,7 +73,7 @@ pub struct Admitted {
     /// Owned: a batch of admissions outlives the buffer its records were read from. Only
     /// records with a key header (submitted through the shim) have one.
     key: Option<Box<str>>,
-    at: Coord,
+    offset: i64,
 }
 
 impl Admission {
@@ -96,6 +96,7 @@ fn rejected(user_id: Option<UserId>, rejection: Rejection, error: String) -> Ver
 
 impl Engine {
     /// What becomes of one input record: [`Engine::admit`] then [`Engine::decide`].
+    #[inline]
     pub fn judge(
         &mut self,
         input: Input<'_>,
@@ -109,29 +110,26 @@ impl Engine {
     /// Decodes the record and checks what needs no user state: its partition, whether its user's
     /// restored state already includes it, its key's syntax. An admitted event's user gets a
     /// slot (a fresh state the first time).
+    #[inline]
     pub fn admit(&mut self, input: Input<'_>, cx: &Context<'_>) -> Admission {
         let event = match decode(input.payload) {
             Ok(event) => event,
             Err(e) => return Admission::Decided(rejected(None, Rejection::Invalid, e.to_string())),
         };
         let user_id = event.user_id;
-        let partition = match cx.placement {
-            Some(placement) => {
-                let home = partition_for_user(user_id, placement.partitions);
-                if home != placement.partition {
-                    return Admission::Decided(rejected(
-                        Some(user_id),
-                        Rejection::WrongPartition,
-                        format!(
-                            "wrong partition: user_id {user_id} belongs to partition {home} (murmur2 of the decimal user_id over {} partitions), not {}; produce events keyed by user_id with the default partitioner",
-                            placement.partitions, placement.partition
-                        ),
-                    ));
-                }
-                placement.partition
+        if let Some(placement) = cx.placement {
+            let home = partition_for_user(user_id, placement.partitions);
+            if home != placement.partition {
+                return Admission::Decided(rejected(
+                    Some(user_id),
+                    Rejection::WrongPartition,
+                    format!(
+                        "wrong partition: user_id {user_id} belongs to partition {home} (murmur2 of the decimal user_id over {} partitions), not {}; produce events keyed by user_id with the default partitioner",
+                        placement.partitions, placement.partition
+                    ),
+                ));
             }
-            None => 0,
-        };
+        }
         if cx
             .ahead
             .and_then(|ahead| ahead.get(&user_id.0))
@@ -153,13 +151,14 @@ impl Engine {
             event,
             slot: self.users.slot(user_id.0),
             key: key.map(Box::from),
-            at: Coord::new(partition, input.offset),
+            offset: input.offset,
         })
     }
 
     /// Evaluates an admitted event: a retry under a key the user already used is answered as
     /// the original was (or refused when the event differs); any other event is applied to
     /// its user's state at the user's current risk.
+    #[inline]
     pub fn decide(
         &mut self,
         admission: Admission,
@@ -174,7 +173,7 @@ impl Engine {
             event,
             slot,
             key,
-            at,
+            offset,
         } = admitted;
         let user_id = event.user_id;
         if let Some(key) = key.as_deref() {
@@ -192,8 +191,8 @@ impl Engine {
                             time: event.time,
                             kind: event.kind,
                             amount: event.amount.units().to_string(),
-                            partition: at.partition,
-                            offset: at.offset,
+                            partition: cx.placement.map_or(0, |p| p.partition),
+                            offset,
                             answer: cx.answer_known.then(|| Answer {
                                 codes: codes.as_slice().to_vec(),
                                 risk,

@@ -336,6 +336,7 @@ impl Users {
     }
 
     /// The state at `slot` (from [`Users::slot`] of this `Users`).
+    #[inline]
     pub fn at(&self, slot: Slot) -> &UserState {
         &self.states[slot.0 as usize].1
     }

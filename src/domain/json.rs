@@ -50,6 +50,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for RawEvent<'a> {
 
 impl<'a> RawEvent<'a> {
     /// The known fields of the JSON object `bytes`, or why it is not JSON.
+    #[inline]
     pub(super) fn read(bytes: &'a [u8]) -> Result<RawEvent<'a>, String> {
         if let Some(raw) = scan_flat_object(bytes) {
             return Ok(raw);
@@ -65,6 +66,7 @@ impl<'a> RawEvent<'a> {
 /// The fast path: a strict scanner for the common shape, a flat JSON object of ASCII keys and
 /// scalar values without escapes. It yields exactly the raw values `serde_json` would, and gives up
 /// (`None`, so the full parser decides) on anything else: nesting, escapes, non-ASCII, bad syntax.
+#[inline]
 fn scan_flat_object(bytes: &[u8]) -> Option<RawEvent<'_>> {
     let mut raw = RawEvent::default();
     let mut i = skip_ws(bytes, 0);
@@ -101,6 +103,7 @@ fn scan_flat_object(bytes: &[u8]) -> Option<RawEvent<'_>> {
     }
 }
 
+#[inline]
 fn skip_ws(bytes: &[u8], mut i: usize) -> usize {
     while matches!(bytes.get(i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
         i += 1;
@@ -109,6 +112,7 @@ fn skip_ws(bytes: &[u8], mut i: usize) -> usize {
 }
 
 /// End (exclusive) of a plain ASCII string starting at `i`, without escapes or control bytes.
+#[inline]
 fn scan_string(bytes: &[u8], i: usize) -> Option<usize> {
     if bytes.get(i) != Some(&b'"') {
         return None;
@@ -124,6 +128,7 @@ fn scan_string(bytes: &[u8], i: usize) -> Option<usize> {
 }
 
 /// End (exclusive) of a string, a JSON number, `true`, `false` or `null` starting at `i`.
+#[inline]
 fn scan_scalar(bytes: &[u8], i: usize) -> Option<usize> {
     match bytes.get(i)? {
         b'"' => scan_string(bytes, i),
@@ -136,6 +141,7 @@ fn scan_scalar(bytes: &[u8], i: usize) -> Option<usize> {
 }
 
 /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`
+#[inline]
 fn scan_number(bytes: &[u8], mut i: usize) -> Option<usize> {
     let digits = |i: usize| i + bytes[i..].iter().take_while(|b| b.is_ascii_digit()).count();
     if bytes.get(i) == Some(&b'-') {

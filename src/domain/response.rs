@@ -36,6 +36,21 @@ impl LegacyResponse {
 /// Writes the legacy response without allocating, in the spacing the original Python service
 /// used (`{"alert": false, "alert_codes": [], "user_id": 1}`).
 pub fn write_legacy(out: &mut impl Write, user_id: u64, codes: &[u32]) -> io::Result<()> {
+    write_legacy_then(out, user_id, codes, b"}")
+}
+
+/// [`write_legacy`] as one JSON line.
+pub fn write_legacy_line(out: &mut impl Write, user_id: u64, codes: &AlertCodes) -> io::Result<()> {
+    write_legacy_then(out, user_id, codes.as_slice(), b"}\n")
+}
+
+#[inline]
+fn write_legacy_then(
+    out: &mut impl Write,
+    user_id: u64,
+    codes: &[u32],
+    end: &[u8],
+) -> io::Result<()> {
     let mut buf = itoa::Buffer::new();
     out.write_all(if codes.is_empty() {
         b"{\"alert\": false, \"alert_codes\": ["
@@ -50,13 +65,7 @@ pub fn write_legacy(out: &mut impl Write, user_id: u64, codes: &[u32]) -> io::Re
     }
     out.write_all(b"], \"user_id\": ")?;
     out.write_all(buf.format(user_id).as_bytes())?;
-    out.write_all(b"}")
-}
-
-/// [`write_legacy`] as one JSON line.
-pub fn write_legacy_line(out: &mut impl Write, user_id: u64, codes: &AlertCodes) -> io::Result<()> {
-    write_legacy(out, user_id, codes.as_slice())?;
-    out.write_all(b"\n")
+    out.write_all(end)
 }
 
 /// Why an input record got an error response instead of an evaluation.
