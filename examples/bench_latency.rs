@@ -211,7 +211,7 @@ struct Received {
     recv_us: i64,
 }
 
-/// The processor's per-batch debug line (exactly-once; at-least-once logs none).
+/// The processor's per-batch debug line.
 #[derive(Clone, Copy)]
 struct BatchLog {
     at_us: i64,

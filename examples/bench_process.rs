@@ -25,13 +25,19 @@ fn main() {
     let bootstrap = std::env::var("KAFKA_BOOTSTRAP_SERVERS")
         .expect("set KAFKA_BOOTSTRAP_SERVERS (make kafka-up)");
     let prefix = format!("bench-{}", std::process::id());
-    let bin = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("user-monitor");
+    // USER_MONITOR_BIN: another build to measure (an A/B against an older binary).
+    let bin = std::env::var("USER_MONITOR_BIN").map_or_else(
+        |_| {
+            std::env::current_exe()
+                .unwrap()
+                .parent()
+                .unwrap()
+                .parent()
+                .unwrap()
+                .join("user-monitor")
+        },
+        std::path::PathBuf::from,
+    );
     let env = [
         ("USER_MONITOR__KAFKA__BOOTSTRAP_SERVERS", bootstrap.clone()),
         ("USER_MONITOR__KAFKA__GROUP_ID", prefix.clone()),
@@ -126,6 +132,7 @@ fn main() {
         }
     }
     let done = Instant::now();
+    let cpu = cpu_seconds(processor.id());
     let _ = Command::new("kill")
         .arg("-TERM")
         .arg(processor.id().to_string())
@@ -139,4 +146,20 @@ fn main() {
         seen as f64 / steady,
         seen as f64 / total
     );
+    if let Some(cpu) = cpu {
+        println!(
+            "{guarantee}: processor CPU {cpu:.1}s = {:.1} CPU-seconds per million events",
+            cpu * 1e6 / seen.max(1) as f64
+        );
+    }
+}
+
+/// User + system CPU time of a process so far, from `/proc/<pid>/stat` (Linux).
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) start after its ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // USER_HZ is 100 on Linux.
+    Some(ticks / 100.0)
 }

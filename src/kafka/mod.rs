@@ -192,10 +192,28 @@ pub fn processor_producer_config(settings: &Settings) -> Result<ClientConfig, Ka
     config
         // No duplicates or reordering from producer retries.
         .set("enable.idempotence", "true")
-        // Batch records for throughput; a transaction commit flushes anyway.
-        .set("linger.ms", "5")
+        // Send at once: every batch is waited for right after it is produced (commit or flush),
+        // so lingering only adds its time to every answer. Under load, records still batch up
+        // behind the requests in flight.
+        .set("linger.ms", "0")
+        // Back-to-back transactions meet the coordinator still finishing the previous one
+        // (CONCURRENT_TRANSACTIONS); the default 100 ms backoff before the retry would be added
+        // to the answers of a whole batch.
+        .set("retry.backoff.ms", "5")
+        .set("retry.backoff.max.ms", "100")
         // Java's default partitioner, so keys land where Java clients put them.
-        .set("partitioner", "murmur2_random");
+        .set("partitioner", "murmur2_random")
+        // A record not delivered within the transaction timeout fails (and its batch is
+        // rewound) under both guarantees, so a failed attempt's records stop being in flight
+        // by then: at-least-once waits for that before it restores.
+        .set(
+            "message.timeout.ms",
+            settings
+                .processing
+                .transaction_timeout
+                .as_millis()
+                .to_string(),
+        );
     if settings.processing.guarantee == Guarantee::ExactlyOnce {
         config
             .set("transactional.id", settings.transactional_id())

@@ -51,9 +51,20 @@ impl ProfilesFollower {
     /// acknowledged before this call is applied when it returns (read-your-writes).
     pub fn catch_up(&mut self, timeout: Duration) -> Result<(), KafkaLayerError> {
         let deadline = Instant::now() + timeout;
+        // One ListOffsets request for every partition (timestamp -1: the latest offset, the last
+        // stable one for this read_committed client), not a round trip per partition: this runs
+        // before every batch.
+        let mut latest = TopicPartitionList::new();
+        for &p in &self.partitions {
+            latest.add_partition_offset(&self.topic, p, Offset::End)?;
+        }
+        let found = self.offsets.offsets_for_times(latest, timeout)?;
         let mut targets = Vec::with_capacity(self.partitions.len());
         for &p in &self.partitions {
-            let (_, high) = self.offsets.fetch_watermarks(&self.topic, p, timeout)?;
+            let high = match found.find_partition(&self.topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(high)) => high,
+                _ => self.offsets.fetch_watermarks(&self.topic, p, timeout)?.1,
+            };
             targets.push((p, high));
         }
         loop {

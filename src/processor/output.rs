@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::error::KafkaError;
@@ -116,6 +116,9 @@ pub(super) struct Output {
 #[derive(Default)]
 pub(super) struct DeliveryContext {
     pub(super) failures: AtomicU64,
+    /// Signalled at every delivery report, for [`Output::wait_delivered`].
+    reported: Mutex<()>,
+    report: Condvar,
 }
 
 impl ClientContext for DeliveryContext {}
@@ -127,6 +130,8 @@ impl ProducerContext for DeliveryContext {
             tracing::warn!(error = %e, "delivery failed");
             self.failures.fetch_add(1, Ordering::Relaxed);
         }
+        let _reported = self.reported.lock().unwrap_or_else(|e| e.into_inner());
+        self.report.notify_all();
     }
 }
 
@@ -196,7 +201,7 @@ impl Output {
     /// At-least-once: waits until everything produced so far is acknowledged, and fails if any
     /// record was not (the batch is then rewound and produced again).
     pub(super) fn flush_delivered(&self, timeout: Duration) -> Result<(), KafkaError> {
-        self.producer.flush(timeout)?;
+        self.wait_delivered(timeout)?;
         if self.producer.context().failures.load(Ordering::Relaxed) > 0 {
             return Err(KafkaError::MessageProduction(
                 RDKafkaErrorCode::MessageTimedOut,
@@ -205,8 +210,34 @@ impl Output {
         Ok(())
     }
 
+    /// Waits until every record produced so far has its delivery report (acknowledged or
+    /// failed). Not the client's `flush`: rust-rdkafka's flush polls in steps of 100 ms that
+    /// always run to their end, so any flush with a record in flight took at least 100 ms, the
+    /// floor of every transaction and every at-least-once batch. A zero-timeout flush sends what
+    /// lingers; the producer's own thread serves the reports, each of which wakes this wait.
+    pub(super) fn wait_delivered(&self, timeout: Duration) -> Result<(), KafkaError> {
+        let deadline = Instant::now() + timeout;
+        let _ = self.producer.flush(Duration::ZERO);
+        let context = self.producer.context();
+        let mut reported = context.reported.lock().unwrap_or_else(|e| e.into_inner());
+        while self.producer.in_flight_count() > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut));
+            }
+            // A report served between the count and the wait is caught by the short timeout.
+            reported = context
+                .report
+                .wait_timeout(reported, left.min(Duration::from_millis(1)))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        Ok(())
+    }
+
     /// At-least-once, after a failure: waits until no record is in flight any more (each was
-    /// delivered or failed for good, at the latest after the producer's `message.timeout.ms`),
+    /// delivered or failed for good, at the latest after the producer's `message.timeout.ms`, which
+    /// is `processing.transaction_timeout`),
     /// so none can land after the restore that follows. Stops waiting at shutdown.
     pub(super) fn wait_nothing_in_flight(&self) {
         let started = Instant::now();
@@ -248,6 +279,9 @@ impl Output {
     /// progress); an abortable error is returned for the caller to abort and rewind.
     pub(super) fn commit_transaction(&self) -> Result<(), KafkaError> {
         let timeout = self.settings.processing.transaction_timeout;
+        // So that the flush inside the client's commit finds nothing in flight (see
+        // `wait_delivered`); a failure here is the commit's to report.
+        let _ = self.wait_delivered(timeout);
         self.retrying("commit", |producer| producer.commit_transaction(timeout))
     }
 
