@@ -192,10 +192,10 @@ pub fn processor_producer_config(settings: &Settings) -> Result<ClientConfig, Ka
     config
         // No duplicates or reordering from producer retries.
         .set("enable.idempotence", "true")
-        // Send at once: every batch is waited for right after it is produced (commit or flush),
-        // so lingering only adds its time to every answer. Under load, records still batch up
-        // behind the requests in flight.
-        .set("linger.ms", "0")
+        // Batch records for throughput: fewer, larger requests in bulk. A batch's wait for its
+        // delivery reports (before a commit, or an at-least-once flush) sends lingering records
+        // at once, so light-load answers do not wait for it (see `Output::wait_delivered`).
+        .set("linger.ms", "5")
         // Back-to-back transactions meet the coordinator still finishing the previous one
         // (CONCURRENT_TRANSACTIONS); the default 100 ms backoff before the retry would be added
         // to the answers of a whole batch.

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::error::KafkaError;
@@ -116,9 +116,6 @@ pub(super) struct Output {
 #[derive(Default)]
 pub(super) struct DeliveryContext {
     pub(super) failures: AtomicU64,
-    /// Signalled at every delivery report, for [`Output::wait_delivered`].
-    reported: Mutex<()>,
-    report: Condvar,
 }
 
 impl ClientContext for DeliveryContext {}
@@ -130,8 +127,6 @@ impl ProducerContext for DeliveryContext {
             tracing::warn!(error = %e, "delivery failed");
             self.failures.fetch_add(1, Ordering::Relaxed);
         }
-        let _reported = self.reported.lock().unwrap_or_else(|e| e.into_inner());
-        self.report.notify_all();
     }
 }
 
@@ -211,34 +206,35 @@ impl Output {
     }
 
     /// Waits until every record produced so far has its delivery report (acknowledged or
-    /// failed). Not the client's `flush`: rust-rdkafka's flush polls in steps of 100 ms that
-    /// always run to their end, so any flush with a record in flight took at least 100 ms, the
-    /// floor of every transaction and every at-least-once batch. A zero-timeout flush sends what
-    /// lingers; the producer's own thread serves the reports, each of which wakes this wait.
+    /// failed), with lingering cut short meanwhile.
+    ///
+    /// Not the client's `flush`: rust-rdkafka 0.39 calls librdkafka's flush with a zero timeout
+    /// and then polls in steps of 100 ms that always run to their end, so any flush with a record
+    /// in flight took at least 100 ms, the floor of every transaction and every at-least-once
+    /// batch. librdkafka's own `rd_kafka_flush`, on a producer whose delivery reports are events
+    /// served by another thread (the threaded producer's), waits exactly until the last report
+    /// is served, and sends lingering records at once while it waits. So `linger.ms` keeps
+    /// batching bulk traffic (fewer, larger requests) without delaying a light-load answer.
+    #[allow(unsafe_code)]
     pub(super) fn wait_delivered(&self, timeout: Duration) -> Result<(), KafkaError> {
-        let deadline = Instant::now() + timeout;
-        let _ = self.producer.flush(Duration::ZERO);
-        let context = self.producer.context();
-        let mut reported = context.reported.lock().unwrap_or_else(|e| e.into_inner());
-        while self.producer.in_flight_count() > 0 {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut));
-            }
-            // A report served between the count and the wait is caught by the short timeout.
-            reported = context
-                .report
-                .wait_timeout(reported, left.min(Duration::from_millis(1)))
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+        let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: `native_ptr` is the live handle of `self.producer`, which outlives this call;
+        // `rd_kafka_flush` is thread-safe. In event mode (how rust-rdkafka configures delivery
+        // reports) it only waits for the message count to reach zero and serves no queue, so it
+        // cannot race the threaded producer's polling thread for events.
+        let code = unsafe {
+            rdkafka::bindings::rd_kafka_flush(self.producer.client().native_ptr(), timeout_ms)
+        };
+        match RDKafkaErrorCode::from(code) {
+            RDKafkaErrorCode::NoError => Ok(()),
+            code => Err(KafkaError::Flush(code)),
         }
-        Ok(())
     }
 
     /// At-least-once, after a failure: waits until no record is in flight any more (each was
-    /// delivered or failed for good, at the latest after the producer's `message.timeout.ms`, which
-    /// is `processing.transaction_timeout`),
-    /// so none can land after the restore that follows. Stops waiting at shutdown.
+    /// delivered or failed for good, at the latest after the producer's `message.timeout.ms`,
+    /// which is `processing.transaction_timeout`), so none can land after the restore that
+    /// follows. Stops waiting at shutdown.
     pub(super) fn wait_nothing_in_flight(&self) {
         let started = Instant::now();
         while self.producer.in_flight_count() > 0 {
