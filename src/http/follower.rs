@@ -20,7 +20,7 @@ use super::model::Hub;
 use super::ShimError;
 use crate::config::Settings;
 use crate::domain::response::AlertRecord;
-use crate::kafka::{reader_config, KafkaLayerError, Reader, ReaderContext};
+use crate::kafka::{follower_config, KafkaLayerError, Reader, ReaderContext};
 
 /// Starts the follower thread; it stops when `stop` is cancelled.
 pub fn spawn(
@@ -28,7 +28,7 @@ pub fn spawn(
     hub: Arc<Hub>,
     stop: CancellationToken,
 ) -> Result<JoinHandle<()>, ShimError> {
-    let consumer: Reader = reader_config(&settings, "shim")
+    let consumer: Reader = follower_config(&settings)
         .map_err(ShimError::Kafka)?
         .create_with_context(ReaderContext)
         .map_err(|e| ShimError::Kafka(e.into()))?;

@@ -165,6 +165,21 @@ pub fn group_consumer_config(settings: &Settings) -> Result<ClientConfig, KafkaL
 
 /// A group-less reader (assign mode): restore, replay, profiles, the shim's read model.
 pub fn reader_config(settings: &Settings, role: &str) -> Result<ClientConfig, KafkaLayerError> {
+    reader_config_waiting(settings, role, 20)
+}
+
+/// The shim's follower of the alerts topic: a [`reader_config`] whose fetches park for at most
+/// 5 ms, since every `POST /event` waits for its response to arrive through it (a commit marker
+/// does not end a parked fetch, so this is added to each answer under exactly-once).
+pub fn follower_config(settings: &Settings) -> Result<ClientConfig, KafkaLayerError> {
+    reader_config_waiting(settings, "shim", 5)
+}
+
+fn reader_config_waiting(
+    settings: &Settings,
+    role: &str,
+    fetch_wait_ms: u32,
+) -> Result<ClientConfig, KafkaLayerError> {
     let mut config = base_config(settings, role)?;
     config
         // librdkafka wants a group id even for assign-only consumers; it never joins it.
@@ -181,7 +196,7 @@ pub fn reader_config(settings: &Settings, role: &str) -> Result<ClientConfig, Ka
         // A transaction's commit marker (which makes its records visible to read_committed) does
         // not complete a parked fetch, so a reader would see each commit up to this late (500 ms
         // by default): keep it short, these readers are few.
-        .set("fetch.wait.max.ms", "20");
+        .set("fetch.wait.max.ms", fetch_wait_ms.to_string());
     apply_overrides(&mut config, settings);
     Ok(config)
 }
