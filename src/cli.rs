@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::http::auth::Scope;
+use crate::access::Scope;
 use crate::rules::TimeUnit;
 
 #[derive(Debug, Parser)]

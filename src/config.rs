@@ -195,7 +195,7 @@ pub struct AuthConfig {
     /// A TOML file of `[[tokens]]` entries shaped like `[[http.auth.tokens]]` (empty: none).
     pub tokens_file: String,
     #[serde(default)]
-    pub tokens: Vec<crate::http::auth::TokenConfig>,
+    pub tokens: Vec<crate::access::TokenConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -367,7 +367,7 @@ impl Settings {
 
     /// The transactional id of this instance.
     /// The validated token table of `[http.auth]` (inline tokens plus `tokens_file`).
-    pub fn auth_tokens(&self) -> Result<crate::http::auth::Tokens, ConfigError> {
+    pub fn auth_tokens(&self) -> Result<crate::access::Tokens, ConfigError> {
         let file = &self.http.auth.tokens_file;
         let text = if file.is_empty() {
             None
@@ -379,7 +379,7 @@ impl Settings {
                 )
             })?)
         };
-        crate::http::auth::Tokens::new(&self.http.auth.tokens, text.as_deref())
+        crate::access::Tokens::new(&self.http.auth.tokens, text.as_deref())
             .map_err(|e| invalid("http.auth.tokens", e))
     }
 

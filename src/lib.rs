@@ -24,6 +24,8 @@
 //!   round writes, and the rebuild from snapshot records plus replay.
 //! - [`profiles`]: user risk levels from a file or the profiles topic.
 //! - [`evaluate`]: the offline JSONL command.
+//! - [`access`]: who may do what, as data: scopes, configured tokens (SHA-256 of the secret) and
+//!   the token table that checks a presented secret in constant time (no HTTP).
 //! - [`config`], [`cli`], [`telemetry`]: layered configuration validated once, the command line,
 //!   logging.
 //! - [`kafka`]: client configuration for every role (raw `[kafka.properties]` applied last), the
@@ -50,6 +52,7 @@
 //! `user-events` -> [`processor`] -> `user-alerts` (+ `user-events.dlq`, `user-monitor.state`);
 //! HTTP `POST /event` -> `user-events`, and the shim waits for the matching `user-alerts` record.
 
+pub mod access;
 pub mod app;
 pub mod audit;
 pub mod cli;
