@@ -14,6 +14,12 @@ use crate::profiles::Profiles;
 use crate::rules::Limits;
 
 pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
+    if matches!(
+        cli.command,
+        None | Some(Command::Run | Command::Process | Command::Shim)
+    ) {
+        crate::shutdown::catch();
+    }
     let settings = load_settings(&cli.global)?;
     match cli.command.unwrap_or(Command::Run) {
         Command::Evaluate(args) => evaluate(&settings, &args),

@@ -1,49 +1,63 @@
 //! Process shutdown: SIGINT or SIGTERM cancels one [`CancellationToken`] that every part of the
-//! service watches; a second signal exits at once.
+//! service watches; a second signal exits at once (status 130).
+//!
+//! The signals are caught from the very start of a service command ([`catch`], called before the
+//! configuration is read), so a signal while the service is still starting is a graceful stop
+//! too, never the default disposition's kill.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 /// Exit status after a second signal (128 + SIGINT, as shells report an interrupt).
 const FORCED_EXIT: i32 = 130;
 
-/// Waits for SIGINT or SIGTERM.
-async fn signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot listen for SIGTERM, only SIGINT");
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+/// How often the watcher looks at the flag: the delay between a signal and the cancellation.
+const WATCH_EVERY: Duration = Duration::from_millis(20);
+
+/// Set by the first SIGINT or SIGTERM once [`catch`] ran.
+static SIGNALLED: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+
+/// Catches SIGINT and SIGTERM from now on (idempotent): the first sets a flag, a second one
+/// exits the process at once. Needs no runtime.
+pub fn catch() -> Arc<AtomicBool> {
+    Arc::clone(SIGNALLED.get_or_init(|| {
+        let flag = Arc::new(AtomicBool::new(false));
+        for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            // In this order: a signal finding the flag already set exits; the first one sets it.
+            let registered = signal_hook::flag::register_conditional_shutdown(
+                signal,
+                FORCED_EXIT,
+                Arc::clone(&flag),
+            )
+            .and_then(|_| signal_hook::flag::register(signal, Arc::clone(&flag)));
+            if let Err(e) = registered {
+                tracing::warn!(error = %e, signal, "cannot catch the signal");
+            }
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
+        flag
+    }))
 }
 
-/// Spawns the signal watcher: the first signal cancels `token`, a second one exits the process
-/// immediately. Must be called inside a tokio runtime.
+/// Spawns the signal watcher: the first signal (also one received before, while starting)
+/// cancels `token`; a second one exits the process (see [`catch`]). Must be called inside a
+/// tokio runtime.
 pub fn spawn_signal_handler(token: CancellationToken) -> tokio::task::JoinHandle<()> {
+    let flag = catch();
     tokio::spawn(async move {
+        let signalled = async {
+            while !flag.load(Ordering::SeqCst) {
+                tokio::time::sleep(WATCH_EVERY).await;
+            }
+        };
         tokio::select! {
-            _ = signal() => {
+            () = signalled => {
                 tracing::info!("signal received, shutting down (send it again to exit at once)");
                 token.cancel();
             }
-            _ = token.cancelled() => {}
+            () = token.cancelled() => {}
         }
-        signal().await;
-        tracing::warn!("second signal, exiting at once");
-        std::process::exit(FORCED_EXIT);
     })
 }
