@@ -71,4 +71,5 @@ pub mod service;
 pub mod shutdown;
 pub mod snapshot;
 pub mod state;
+pub mod store;
 pub mod telemetry;
