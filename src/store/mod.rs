@@ -314,7 +314,7 @@ impl Store {
                         "PRAGMA journal_mode = WAL",
                         "PRAGMA synchronous = NORMAL",
                         "PRAGMA busy_timeout = 10000",
-                        "PRAGMA cache_size = -65536",
+                        "PRAGMA cache_size = -32768",
                         "PRAGMA temp_store = MEMORY",
                     ] {
                         conn.execute(pragma).await?;
