@@ -232,6 +232,24 @@ fn assign(
     let partitions = crate::kafka::read::partitions(consumer, topic, Duration::from_secs(5))?;
     let mut tpl = TopicPartitionList::new();
     for &p in &partitions {
+        if let (Some(&next), Ok((_, high))) = (
+            stored.get(&p),
+            consumer.fetch_watermarks(topic, p, Duration::from_secs(5)),
+        ) {
+            if next > high {
+                // The topic is not the one the store was built from (recreated, or another
+                // cluster): the consumer starts over from the beginning (auto.offset.reset), and
+                // rows at coordinates already stored keep their old content.
+                tracing::error!(
+                    topic,
+                    partition = p,
+                    stored = next,
+                    end = high,
+                    "the read model is ahead of the alerts partition: was the topic recreated? \
+                     point store.data_dir or store.url at a fresh database"
+                );
+            }
+        }
         let offset = stored
             .get(&p)
             .map_or(Offset::Beginning, |&next| Offset::Offset(next));
