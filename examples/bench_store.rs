@@ -24,7 +24,6 @@ use user_monitor::store::{AlertQuery, Batch, OrderKey, Store};
 
 const PARTITIONS: i64 = 6;
 const USERS: u64 = 100_000;
-const BATCH: usize = 2_000;
 const TOPIC: &str = "bench-alerts";
 const BASE_TS: i64 = 1_767_225_600_000;
 
@@ -78,6 +77,11 @@ async fn main() {
             .unwrap_or_else(|| "target/bench-store".to_owned()),
     );
     let queries: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(2_000);
+    // Records per transaction, as store.batch_records.
+    let batch_rows: i64 = std::env::var("BENCH_STORE_BATCH")
+        .ok()
+        .and_then(|b| b.parse().ok())
+        .unwrap_or(Settings::defaults().store.batch_records as i64);
     let mut config = Settings::defaults().store;
     config.data_dir = dir.clone();
     if let Ok(url) = std::env::var("BENCH_STORE_URL") {
@@ -98,7 +102,7 @@ async fn main() {
             let mut i = have;
             while i < rows {
                 let mut batch = Batch::default();
-                let end = (i + BATCH as i64).min(rows);
+                let end = (i + batch_rows).min(rows);
                 for j in i..end {
                     // One alerts partition; its offset is j.
                     let (_, _, ts, payload) = record(j);
@@ -138,7 +142,7 @@ async fn main() {
         producer.join().unwrap();
         let elapsed = started.elapsed();
         println!(
-            "ingest: {} rows in {:.1} s = {:.0} rows/s (batches of {BATCH}, one transaction each)",
+            "ingest: {} rows in {:.1} s = {:.0} rows/s (batches of {batch_rows}, one transaction each)",
             rows - have,
             elapsed.as_secs_f64(),
             (rows - have) as f64 / elapsed.as_secs_f64()
