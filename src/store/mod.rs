@@ -39,6 +39,11 @@ static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
 /// parameters are anonymous (`?`) in SQLite: looking a numbered one up is linear in their number,
 /// which made binding quadratic.
 const ROWS_PER_STATEMENT: usize = 250;
+/// SQLite's page cache of the writer connection, in KiB: the indexes' pages that inserts touch
+/// stay in memory instead of being read again from the WAL (bounded, whatever the store's size).
+const SQLITE_WRITER_CACHE_KIB: i64 = 256 * 1024;
+/// SQLite's page cache of each reader connection, in KiB.
+const SQLITE_READER_CACHE_KIB: i64 = 16 * 1024;
 /// Rows deleted per retention transaction, so that the writer is never held up for long.
 const EXPIRE_CHUNK: i64 = 5_000;
 
@@ -266,7 +271,10 @@ pub struct Expired {
 /// The database behind the read model.
 #[derive(Debug, Clone)]
 pub struct Store {
+    /// Readers (the handlers).
     pool: AnyPool,
+    /// The one writer (projection, retention), with a page cache of its own.
+    writer: AnyPool,
     dialect: Dialect,
     /// Where it is, without credentials, for logs.
     location: String,
@@ -304,37 +312,24 @@ impl Store {
             Dialect::Postgres
         };
         let options = AnyConnectOptions::from_str(url)?;
-        let mut pool = AnyPoolOptions::new()
-            .max_connections(max_connections.max(2))
-            .acquire_timeout(Duration::from_secs(10));
-        if dialect == Dialect::Sqlite {
-            pool = pool.after_connect(|conn, _| {
-                Box::pin(async move {
-                    // WAL: readers never block the writer nor it them. NORMAL: a commit survives
-                    // a crash of the process (not always of the machine) without an fsync each.
-                    for pragma in [
-                        "PRAGMA journal_mode = WAL",
-                        "PRAGMA synchronous = NORMAL",
-                        "PRAGMA busy_timeout = 10000",
-                        "PRAGMA cache_size = -32768",
-                        // Pages read through the OS page cache without a copy per read.
-                        "PRAGMA mmap_size = 1073741824",
-                        "PRAGMA temp_store = MEMORY",
-                    ] {
-                        conn.execute(pragma).await?;
-                    }
-                    Ok(())
-                })
-            });
-        }
-        let pool = pool.connect_with(options).await?;
+        let writer = pool_options(dialect, 1, SQLITE_WRITER_CACHE_KIB)
+            .connect_with(options.clone())
+            .await?;
         match dialect {
-            Dialect::Sqlite => SQLITE_MIGRATIONS.run(&pool).await?,
-            Dialect::Postgres => POSTGRES_MIGRATIONS.run(&pool).await?,
+            Dialect::Sqlite => SQLITE_MIGRATIONS.run(&writer).await?,
+            Dialect::Postgres => POSTGRES_MIGRATIONS.run(&writer).await?,
         }
+        let pool = pool_options(
+            dialect,
+            max_connections.saturating_sub(1).max(1),
+            SQLITE_READER_CACHE_KIB,
+        )
+        .connect_with(options)
+        .await?;
         tracing::info!(store = %location, ?dialect, "read model store open");
         Ok(Store {
             pool,
+            writer,
             dialect,
             location,
         })
@@ -351,6 +346,7 @@ impl Store {
     /// Closes the pool (waits for connections in use).
     pub async fn close(&self) {
         self.pool.close().await;
+        self.writer.close().await;
     }
 
     /// The stored next offset of each partition of `topic`.
@@ -370,7 +366,7 @@ impl Store {
     /// Stores a batch of rows and the offsets it brings `topic` to, in one transaction. Rows
     /// already stored are left as they are; offsets never move backwards.
     pub async fn write(&self, topic: &str, batch: &Batch) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         for chunk in batch.rows.chunks(ROWS_PER_STATEMENT) {
             let sql = insert_sql(
                 self.dialect,
@@ -458,12 +454,18 @@ impl Store {
                 args.push(&mut sql, user as i64);
             }
             "c."
+        } else if let Some(user) = query.user_id {
+            // The user's rows, newest first, filtered: never a scan of everyone's alerts.
+            sql.push_str(match self.dialect {
+                Dialect::Sqlite => "SELECT part, off, ts, body FROM records INDEXED BY records_user",
+                Dialect::Postgres => "SELECT part, off, ts, body FROM records",
+            });
+            sql.push_str(" WHERE user_id = ");
+            args.push(&mut sql, user as i64);
+            sql.push_str(" AND is_alert = 1");
+            ""
         } else {
             sql.push_str("SELECT part, off, ts, body FROM records WHERE is_alert = 1");
-            if let Some(user) = query.user_id {
-                sql.push_str(" AND user_id = ");
-                args.push(&mut sql, user as i64);
-            }
             ""
         };
         if let Some(since) = query.since {
@@ -533,7 +535,7 @@ impl Store {
 
     /// Deletes every row and offset (the embedded broker, whose topics start empty each time).
     pub async fn reset(&self) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         for table in ["records", "alert_codes", "projection_offsets"] {
             tx.execute(format!("DELETE FROM {table}").as_str()).await?;
         }
@@ -588,7 +590,7 @@ impl Store {
             if rows.is_empty() {
                 return Ok(deleted);
             }
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.writer.begin().await?;
             for row in &rows {
                 let part: i64 = row.try_get(0)?;
                 let off: i64 = row.try_get(1)?;
@@ -616,6 +618,33 @@ impl Store {
             deleted += rows.len() as u64;
         }
     }
+}
+
+fn pool_options(dialect: Dialect, connections: u32, cache_kib: i64) -> AnyPoolOptions {
+    let pool = AnyPoolOptions::new()
+        .max_connections(connections)
+        .acquire_timeout(Duration::from_secs(10));
+    if dialect != Dialect::Sqlite {
+        return pool;
+    }
+    pool.after_connect(move |conn, _| {
+        Box::pin(async move {
+            // WAL: readers never block the writer nor it them. NORMAL: a commit survives a crash
+            // of the process (not always of the machine) without an fsync each.
+            for pragma in [
+                "PRAGMA journal_mode = WAL".to_owned(),
+                "PRAGMA synchronous = NORMAL".to_owned(),
+                "PRAGMA busy_timeout = 10000".to_owned(),
+                format!("PRAGMA cache_size = -{cache_kib}"),
+                "PRAGMA temp_store = MEMORY".to_owned(),
+                // Pages read through the OS page cache without a copy per read.
+                "PRAGMA mmap_size = 1073741824".to_owned(),
+            ] {
+                conn.execute(pragma.as_str()).await?;
+            }
+            Ok(())
+        })
+    })
 }
 
 /// Numbered parameters (`$1`, `$2`, …: both dialects read them) and their values.
