@@ -457,7 +457,9 @@ impl Store {
         } else if let Some(user) = query.user_id {
             // The user's rows, newest first, filtered: never a scan of everyone's alerts.
             sql.push_str(match self.dialect {
-                Dialect::Sqlite => "SELECT part, off, ts, body FROM records INDEXED BY records_user",
+                Dialect::Sqlite => {
+                    "SELECT part, off, ts, body FROM records INDEXED BY records_user"
+                }
                 Dialect::Postgres => "SELECT part, off, ts, body FROM records",
             });
             sql.push_str(" WHERE user_id = ");
