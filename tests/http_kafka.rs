@@ -836,14 +836,23 @@ async fn a_retry_through_another_shim_is_answered_as_the_original_and_counted_on
     .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["alert_codes"], json!([]), "{body}");
-    // The retries are visible as such.
-    let (_, events) = get_json(&client, &a.url("/api/v1/users/31/events")).await;
-    let duplicates = events["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["duplicate_of"] == first["event_id"])
-        .count();
+    // The retries are visible as such (once projected).
+    let count = |events: &Value| {
+        events["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["duplicate_of"] == first["event_id"])
+            .count()
+    };
+    let (_, events) = get_json_until(
+        &client,
+        &a.url("/api/v1/users/31/events"),
+        Duration::from_secs(10),
+        |events| count(events) == 3,
+    )
+    .await;
+    let duplicates = count(&events);
     assert_eq!(duplicates, 3, "{events}");
 
     let conflict = keyed(
