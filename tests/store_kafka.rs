@@ -14,6 +14,7 @@ use common::kafka::{bootstrap, create_topic, produce_at, shim_addr, World};
 use common::store::alert_record;
 use tokio_util::sync::CancellationToken;
 use user_monitor::config::Settings;
+use user_monitor::metrics::Metrics;
 use user_monitor::store::projection::{Projection, Status};
 use user_monitor::store::Store;
 
@@ -48,7 +49,8 @@ async fn wait_for_count(store: &Store, want: u64, within: Duration) {
 
 /// Runs the projection until `want` rows are stored; returns what it wrote.
 async fn project_until(settings: &Arc<Settings>, store: &Store, want: u64) -> u64 {
-    let status = Arc::new(Status::default());
+    let metrics = Metrics::new();
+    let status = Arc::new(Status::with_metrics(&metrics));
     let stop = CancellationToken::new();
     let projection = Projection::spawn(
         Arc::clone(settings),
@@ -62,6 +64,11 @@ async fn project_until(settings: &Arc<Settings>, store: &Store, want: u64) -> u6
     tokio::task::spawn_blocking(move || projection.join())
         .await
         .unwrap();
+    assert_eq!(metrics.store_projected.get(), status.projected());
+    assert!(metrics.encode().contains(&format!(
+        "user_monitor_store_projected_records_total {}",
+        status.projected()
+    )));
     status.projected()
 }
 

@@ -125,7 +125,7 @@ pub async fn start(settings: Settings, deps: ShimDeps) -> Result<RunningShim, Sh
         Arc::clone(&hub),
         follower_stop.clone(),
     )?;
-    let projection_status = Arc::new(ProjectionStatus::default());
+    let projection_status = Arc::new(ProjectionStatus::with_metrics(&deps.metrics));
     let projection = Projection::spawn(
         Arc::clone(&settings),
         store.clone(),

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use prometheus_client::metrics::counter::Counter;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -24,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Batch, Store, StoreError};
 use crate::config::Settings;
 use crate::kafka::{reader_config, KafkaLayerError, Reader, ReaderContext};
+use crate::metrics::Metrics;
 
 /// How the projection is doing, for readiness and metrics.
 #[derive(Debug, Default)]
@@ -32,9 +34,30 @@ pub struct Status {
     projected: AtomicU64,
     skipped: AtomicU64,
     failing: AtomicBool,
+    /// The Prometheus counters these numbers also go to.
+    counters: Option<Counters>,
+}
+
+#[derive(Debug)]
+struct Counters {
+    projected: Counter,
+    skipped: Counter,
+    write_errors: Counter,
 }
 
 impl Status {
+    /// A status whose numbers also go to the process's metrics.
+    pub fn with_metrics(metrics: &Metrics) -> Status {
+        Status {
+            counters: Some(Counters {
+                projected: metrics.store_projected.clone(),
+                skipped: metrics.store_skipped.clone(),
+                write_errors: metrics.store_write_errors.clone(),
+            }),
+            ..Status::default()
+        }
+    }
+
     /// The consumer has its partitions, seeked to the stored offsets.
     pub fn assigned(&self) -> bool {
         self.assigned.load(Ordering::Relaxed)
@@ -203,10 +226,17 @@ async fn write_batches(
                         .projected
                         .fetch_add(batch.rows.len() as u64, Ordering::Relaxed);
                     status.skipped.fetch_add(batch.skipped, Ordering::Relaxed);
+                    if let Some(counters) = &status.counters {
+                        counters.projected.inc_by(batch.rows.len() as u64);
+                        counters.skipped.inc_by(batch.skipped);
+                    }
                     break;
                 }
                 Err(e) => {
                     attempt += 1;
+                    if let Some(counters) = &status.counters {
+                        counters.write_errors.inc();
+                    }
                     if !status.failing.swap(true, Ordering::Relaxed) {
                         tracing::warn!(topic, error = %e, "projection write failed, retrying");
                     }
