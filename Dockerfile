@@ -13,6 +13,7 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src src
 COPY config config
+COPY migrations migrations
 COPY examples examples
 COPY benches benches
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
@@ -26,12 +27,16 @@ FROM debian:bookworm-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates curl \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --system --uid 10001 --no-create-home user-monitor
+ && useradd --system --uid 10001 --no-create-home user-monitor \
+ && mkdir -p /var/lib/user-monitor && chown user-monitor /var/lib/user-monitor
 COPY --from=build /out/user-monitor /out/gen_events /usr/local/bin/
 COPY config /etc/user-monitor
 USER user-monitor
+# The read model's SQLite file (store.data_dir): mount a volume to keep it across containers.
+VOLUME /var/lib/user-monitor
 ENV USER_MONITOR_CONFIG_DIR=/etc/user-monitor \
-    USER_MONITOR__HTTP__LISTEN=0.0.0.0:5000
+    USER_MONITOR__HTTP__LISTEN=0.0.0.0:5000 \
+    USER_MONITOR__STORE__DATA_DIR=/var/lib/user-monitor
 EXPOSE 5000
 ENTRYPOINT ["user-monitor"]
 CMD ["run"]

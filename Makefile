@@ -1,5 +1,5 @@
 # The README's commands. `make run` starts the service; `make test` runs every test.
-.PHONY: run test lint bench bench-evaluate bench-process bench-latency kafka-up kafka-down fault fault-long
+.PHONY: run test lint bench bench-evaluate bench-process bench-latency bench-store kafka-up kafka-down fault fault-long
 
 run:
 	cargo run --release
@@ -40,6 +40,16 @@ bench-latency:
 		KAFKA_BOOTSTRAP_SERVERS=$${KAFKA_BOOTSTRAP_SERVERS:-127.0.0.1:9092} $${CARGO_TARGET_DIR:-target}/release/examples/bench_latency \
 			$$g $$r $(LATENCY_SECONDS) $(LATENCY_WARMUP) $(LATENCY_PARTITIONS) $(LATENCY_USERS); \
 	done; done
+
+# The read model's database: ingest rate into SQLite, then list/history/lookup p50/p99 at that
+# size, e.g. `make bench-store STORE_ROWS=10000000` (the store in STORE_DIR is reused and grown).
+# BENCH_STORE_URL=postgres://... measures PostgreSQL instead.
+STORE_ROWS ?= 1000000
+STORE_DIR ?= target/bench-store
+STORE_QUERIES ?= 2000
+bench-store:
+	cargo build --release --example bench_store
+	$${CARGO_TARGET_DIR:-target}/release/examples/bench_store $(STORE_ROWS) $(STORE_DIR) $(STORE_QUERIES)
 
 kafka-up:
 	bash scripts/kafka-local.sh up

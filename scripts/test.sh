@@ -1,11 +1,29 @@
 #!/usr/bin/env bash
-# The whole test suite: unit, property, scenario, HTTP and real-Kafka integration tests.
-# Starts a local Apache Kafka broker (scripts/kafka-local.sh) unless KAFKA_BOOTSTRAP_SERVERS is
-# set, and stops it again afterwards. Extra arguments go to `cargo test`.
+# The whole test suite: unit, property, scenario, HTTP, real-Kafka and real-database integration
+# tests. Starts a local Apache Kafka broker (scripts/kafka-local.sh) unless KAFKA_BOOTSTRAP_SERVERS
+# is set, and a private PostgreSQL cluster (scripts/postgres-local.sh, installing the Debian
+# package under CI=true when missing) unless USER_MONITOR_TEST_POSTGRES_URL is set; stops both
+# afterwards. Without PostgreSQL its tests say SKIPPED and pass. Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-started=""
+cleanup=()
+stop_all() {
+  for step in "${cleanup[@]}"; do eval "$step" >/dev/null 2>&1 || true; done
+}
+trap stop_all EXIT
+
+if [[ -z "${USER_MONITOR_TEST_POSTGRES_URL:-}" ]]; then
+  export PG_STATE_DIR="${PG_STATE_DIR:-$(mktemp -d /tmp/user-monitor-pg.XXXXXX)}"
+  cleanup+=("bash scripts/postgres-local.sh down")
+  if out="$(bash scripts/postgres-local.sh up)"; then
+    export "${out##*$'\n'}"
+    echo "test: using PostgreSQL at $USER_MONITOR_TEST_POSTGRES_URL" >&2
+  else
+    echo "test: PostgreSQL unavailable: its tests will say SKIPPED" >&2
+  fi
+fi
+
 if [[ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]]; then
   if ! out="$(bash scripts/kafka-local.sh up)"; then
     echo "test: could not start the local Kafka broker (see above)." >&2
@@ -14,8 +32,7 @@ if [[ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]]; then
     exit 1
   fi
   export "${out##*$'\n'}"
-  started=yes
-  trap 'bash scripts/kafka-local.sh down >/dev/null 2>&1 || true' EXIT
+  cleanup+=("bash scripts/kafka-local.sh down")
 fi
 echo "test: using Kafka at $KAFKA_BOOTSTRAP_SERVERS" >&2
 cargo test --all-targets "$@"

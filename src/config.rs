@@ -66,6 +66,7 @@ pub struct Settings {
     pub snapshot: SnapshotConfig,
     pub profiles: ProfilesConfig,
     pub http: HttpConfig,
+    pub store: StoreConfig,
     pub log: LogConfig,
 }
 
@@ -179,11 +180,38 @@ pub struct HttpConfig {
     /// (the shim producer's `message.timeout.ms`).
     #[serde(with = "humantime_serde")]
     pub produce_timeout: Duration,
-    /// Records kept by the read model behind the GET endpoints.
-    pub read_model_max_records: usize,
-    /// Recent events kept per user for `GET /api/v1/users/{id}/events`.
-    pub read_model_events_per_user: usize,
+    /// Removed (the read model is the database of `[store]`): accepted and ignored, with a
+    /// warning, so that older configuration files still load.
+    #[serde(default)]
+    pub read_model_max_records: Option<usize>,
+    /// Removed, as `read_model_max_records`.
+    #[serde(default)]
+    pub read_model_events_per_user: Option<usize>,
     pub auth: AuthConfig,
+}
+
+/// `[store]`: the database behind the GET endpoints (a projection of the alerts topic).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `""`: SQLite in `data_dir`; `postgres://…`: PostgreSQL; `sqlite://PATH`: that SQLite file.
+    pub url: String,
+    /// Where the default SQLite file (`read-model.sqlite`) lives.
+    pub data_dir: PathBuf,
+    /// Rows older than this in event time (than the newest event stored) are deleted; 0 keeps
+    /// everything.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// How often retention runs.
+    #[serde(with = "humantime_serde")]
+    pub retention_interval: Duration,
+    /// Connections of the pool (handlers read through it; one writer).
+    pub max_connections: u32,
+    /// Alerts records per projection transaction, at most.
+    pub batch_records: usize,
+    /// How long the projection gathers a batch before writing what it has.
+    #[serde(with = "humantime_serde")]
+    pub batch_wait: Duration,
 }
 
 /// `[http.auth]`: who may do what.
@@ -345,8 +373,31 @@ impl Settings {
         if self.http.produce_timeout < Duration::from_millis(100) {
             return Err(invalid("http.produce_timeout", "must be at least 100ms"));
         }
-        if self.http.read_model_max_records == 0 {
-            return Err(invalid("http.read_model_max_records", "must be at least 1"));
+        let url = self.store.url.as_str();
+        if !(url.is_empty()
+            || url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            return Err(invalid(
+                "store.url",
+                "must be empty (SQLite in store.data_dir), sqlite:PATH or postgres://...",
+            ));
+        }
+        if url.is_empty() && self.store.data_dir.as_os_str().is_empty() {
+            return Err(invalid("store.data_dir", "must not be empty"));
+        }
+        if self.store.max_connections < 2 {
+            return Err(invalid("store.max_connections", "must be at least 2"));
+        }
+        if !(1..=100_000).contains(&self.store.batch_records) {
+            return Err(invalid("store.batch_records", "must be in 1..=100000"));
+        }
+        if self.store.retention_interval.is_zero() {
+            return Err(invalid(
+                "store.retention_interval",
+                "must be greater than 0",
+            ));
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(invalid("log.format", "must be \"text\" or \"json\""));

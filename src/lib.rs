@@ -27,7 +27,8 @@
 //! - [`access`]: who may do what, as data: scopes, configured tokens (SHA-256 of the secret) and
 //!   the token table that checks a presented secret in constant time (no HTTP).
 //! - [`config`], [`cli`], [`telemetry`]: layered configuration validated once, the command line,
-//!   logging.
+//!   logging. [`metrics`], [`health`]: Prometheus metrics and readiness (no imports), written by
+//!   the processor and the shim.
 //! - [`kafka`]: client configuration for every role (raw `[kafka.properties]` applied last), the
 //!   explicit retryable/abortable/fatal classification of Kafka errors, topics ([`kafka::admin`]),
 //!   the startup connectivity check ([`kafka::connect`]), group-less reads of partitions and
@@ -38,19 +39,23 @@
 //!   collect, catch up on profiles, process, commit), the partitions (`partitions.rs`: restoring
 //!   or live, restores in flight, rebalance hand-overs, due rounds, readiness), the output of one
 //!   record (`output.rs`: response, dead letter, transactions).
-//! - [`audit`]: the audit trail of risk changes. [`metrics`], [`health`]: Prometheus metrics and
-//!   readiness, written by the processor and the shim.
+//! - [`audit`]: the audit trail of risk changes.
+//! - [`store`]: the read model behind the GET endpoints: the alerts topic projected into SQLite
+//!   (default) or PostgreSQL, rows and Kafka offsets in one transaction, keyset-paged queries,
+//!   retention by event time ([`store::projection`]: the projecting consumer and the retention
+//!   task).
 //! - [`http`]: the HTTP shim: the API contract ([`http::api`]: bodies, parameters, errors, the
-//!   OpenAPI document), the handlers ([`http::routes`]), authentication ([`http::auth`]), the read
-//!   model fed by one alerts-topic consumer, Kafka behind the [`http::Backend`] trait, and the
-//!   connection-capped server loop.
+//!   OpenAPI document), the handlers ([`http::routes`]), authentication ([`http::auth`]), the
+//!   waiters of `POST` requests fed live by one alerts-topic consumer, the [`store`] for reads,
+//!   Kafka behind the [`http::Backend`] trait, and the connection-capped server loop.
 //! - [`service`]: one lifecycle (runtime, signals, bounded shutdown) for `process`, `run` and
 //!   `shim`; [`embedded`] is the in-process broker of `run` without Kafka; [`shutdown`] turns
 //!   SIGINT/SIGTERM into one cancellation; [`app`] wires configuration to the chosen command.
 //!
 //! Data flow: bytes -> `engine::Engine::judge` -> `domain::Verdict` -> response record. In Kafka:
 //! `user-events` -> [`processor`] -> `user-alerts` (+ `user-events.dlq`, `user-monitor.state`);
-//! HTTP `POST /event` -> `user-events`, and the shim waits for the matching `user-alerts` record.
+//! HTTP `POST /event` -> `user-events`, and the shim waits for the matching `user-alerts` record;
+//! `user-alerts` -> [`store::projection`] -> database -> HTTP GET.
 
 pub mod access;
 pub mod app;
@@ -74,4 +79,5 @@ pub mod service;
 pub mod shutdown;
 pub mod snapshot;
 pub mod state;
+pub mod store;
 pub mod telemetry;

@@ -47,6 +47,12 @@ pub struct Metrics {
     pub transactions: Family<OutcomeLabels, Counter>,
     pub http_requests: Family<HttpLabels, Counter>,
     pub http_latency: Family<RouteLabels, Histogram>,
+    /// Alerts records written to the read model's database by the shim's projection.
+    pub store_projected: Counter,
+    /// Unreadable alerts records the projection skipped.
+    pub store_skipped: Counter,
+    /// Failed writes of the projection (each retried).
+    pub store_write_errors: Counter,
 }
 
 impl Metrics {
@@ -86,6 +92,24 @@ impl Metrics {
             "HTTP response latency by route",
             http_latency.clone(),
         );
+        let store_projected = Counter::default();
+        registry.register(
+            "store_projected_records",
+            "Alerts records written to the read model's database",
+            store_projected.clone(),
+        );
+        let store_skipped = Counter::default();
+        registry.register(
+            "store_skipped_records",
+            "Unreadable alerts records skipped by the read model's projection",
+            store_skipped.clone(),
+        );
+        let store_write_errors = Counter::default();
+        registry.register(
+            "store_write_errors",
+            "Failed (and retried) writes of the read model's projection",
+            store_write_errors.clone(),
+        );
         Arc::new(Metrics {
             registry,
             events,
@@ -94,6 +118,9 @@ impl Metrics {
             transactions,
             http_requests,
             http_latency,
+            store_projected,
+            store_skipped,
+            store_write_errors,
         })
     }
 

@@ -99,6 +99,8 @@ pub fn run(mut settings: Settings) -> Result<(), ServiceError> {
                 processor: Some(Arc::clone(&readiness)),
                 shutdown: shutdown.clone(),
                 create_topics: false,
+                // The embedded broker keeps nothing, so neither does the read model on it.
+                reset_store: embedded.is_some(),
             },
         )
         .await?;
@@ -154,8 +156,8 @@ pub fn run(mut settings: Settings) -> Result<(), ServiceError> {
 }
 
 /// `user-monitor shim`: the HTTP shim alone, against `kafka.bootstrap_servers`. Creates missing
-/// topics when `topics.create` is set. Ready when its own Kafka clients are connected and its read
-/// model has caught up.
+/// topics when `topics.create` is set. Ready when its own Kafka clients are connected, its database
+/// open and its projection assigned.
 pub fn shim(settings: Settings) -> Result<(), ServiceError> {
     crate::telemetry::init(&settings.log);
     lifecycle(|shutdown| async move {
@@ -167,6 +169,7 @@ pub fn shim(settings: Settings) -> Result<(), ServiceError> {
                 processor: None,
                 shutdown: shutdown.clone(),
                 create_topics,
+                reset_store: false,
             },
         )
         .await?;

@@ -14,9 +14,11 @@ use common::process::user_monitor_command;
 #[test]
 fn embedded_run_answers_the_original_curl_example_and_stops_on_sigterm() {
     let port = free_port();
+    let store = tempfile::tempdir().unwrap();
     let mut child = user_monitor_command()
         .arg("run")
         .current_dir(std::env::temp_dir())
+        .env("USER_MONITOR__STORE__DATA_DIR", store.path())
         .env("USER_MONITOR__HTTP__LISTEN", format!("127.0.0.1:{port}"))
         .env_remove("USER_MONITOR__KAFKA__BOOTSTRAP_SERVERS")
         .env("RUST_LOG", "warn")

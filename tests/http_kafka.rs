@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::events::scenarios_dir;
-use common::http::{client, get_json, post_json, put_json, wait_ready};
+use common::http::{client, get_json, get_json_until, post_json, put_json, wait_ready};
 use common::kafka::bootstrap;
 use common::oracle::Oracle;
 use common::process::user_monitor_command;
@@ -49,6 +49,8 @@ fn world(name: &str) -> Settings {
     s.processing.max_batch_wait = Duration::from_millis(5);
     s.http.listen = "127.0.0.1:0".parse().unwrap();
     s.http.response_timeout = Duration::from_secs(10);
+    // A read model of its own (rows are keyed by input coordinates, which every world reuses).
+    s.store.data_dir = std::env::temp_dir().join(format!("user-monitor-{prefix}"));
     s
 }
 
@@ -120,6 +122,7 @@ impl Shim {
                 processor: processor.map(|p| Arc::clone(&p.readiness)),
                 shutdown: shutdown.clone(),
                 create_topics,
+                reset_store: false,
             },
         )
         .await
@@ -270,10 +273,22 @@ async fn every_endpoint_answers_over_a_real_socket() {
     .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["user_id"], 3);
-    let (status, body) = get_json(&client, &shim.url("/api/v1/alerts?user_id=3")).await;
+    let (status, body) = get_json_until(
+        &client,
+        &shim.url("/api/v1/alerts?user_id=3"),
+        Duration::from_secs(10),
+        |body| body["alerts"][0]["event_id"] == event_id.as_str(),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["alerts"][0]["event_id"], event_id.as_str());
-    let (status, body) = get_json(&client, &shim.url("/api/v1/users/3/events")).await;
+    let (status, body) = get_json_until(
+        &client,
+        &shim.url("/api/v1/users/3/events"),
+        Duration::from_secs(10),
+        |body| !body["events"].as_array().unwrap().is_empty(),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["events"].as_array().unwrap().len(), 1);
 
@@ -434,9 +449,15 @@ async fn two_shims_side_by_side_each_answer_their_own_requests() {
             Err(()) => assert_eq!(status, StatusCode::CONFLICT),
         }
     }
-    // Both read models hold every response.
+    // Both read models hold every response (once projected).
     for shim in [&a, &b] {
-        let (_, body) = get_json(&client, &shim.url("/api/v1/users/77/events")).await;
+        let (_, body) = get_json_until(
+            &client,
+            &shim.url("/api/v1/users/77/events"),
+            Duration::from_secs(10),
+            |body| body["events"].as_array().unwrap().len() == 10,
+        )
+        .await;
         assert_eq!(body["events"].as_array().unwrap().len(), 10);
     }
     a.stop().await;
@@ -533,8 +554,6 @@ async fn shim_restart_loses_no_accepted_event() {
 async fn without_a_processor_events_are_202_pending_then_answered_once_it_runs() {
     let mut settings = world("pending");
     settings.http.response_timeout = Duration::from_millis(300);
-    // One record kept: older events are answered by the fallback lookup in Kafka.
-    settings.http.read_model_max_records = 1;
     // Shim alone: it creates the topics itself.
     let shim = Shim::start(&settings, None).await;
     let client = client();
@@ -659,6 +678,7 @@ async fn the_shim_refuses_to_start_open_against_real_kafka_unless_told_to() {
             processor: None,
             shutdown: CancellationToken::new(),
             create_topics: false,
+            reset_store: false,
         },
     )
     .await
@@ -816,14 +836,23 @@ async fn a_retry_through_another_shim_is_answered_as_the_original_and_counted_on
     .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["alert_codes"], json!([]), "{body}");
-    // The retries are visible as such.
-    let (_, events) = get_json(&client, &a.url("/api/v1/users/31/events")).await;
-    let duplicates = events["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["duplicate_of"] == first["event_id"])
-        .count();
+    // The retries are visible as such (once projected).
+    let count = |events: &Value| {
+        events["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["duplicate_of"] == first["event_id"])
+            .count()
+    };
+    let (_, events) = get_json_until(
+        &client,
+        &a.url("/api/v1/users/31/events"),
+        Duration::from_secs(10),
+        |events| count(events) == 3,
+    )
+    .await;
+    let duplicates = count(&events);
     assert_eq!(duplicates, 3, "{events}");
 
     let conflict = keyed(

@@ -1,6 +1,7 @@
 //! Every endpoint and status code of the shim through the real router (`tower::ServiceExt::oneshot`),
 //! with an in-memory backend that evaluates events with the real engine and feeds the real hub the
-//! way the alerts follower does. The same endpoints against a real broker and the real processor:
+//! way the alerts follower does, and a real SQLite store (in a temporary directory) the way the
+//! projection does. The same endpoints against a real broker and the real processor:
 //! `tests/http_kafka.rs`.
 
 mod common;
@@ -19,6 +20,7 @@ use futures::future::BoxFuture;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 use user_monitor::audit::{AuditEntry, AuditPage};
+use user_monitor::config::Settings;
 use user_monitor::domain::response::AlertRecord;
 use user_monitor::domain::Coord;
 use user_monitor::domain::Risk;
@@ -30,6 +32,8 @@ use user_monitor::http::backend::{Delivered, Found, LookupError, ProduceError};
 use user_monitor::http::{router, server, Backend, Hub, Shared};
 use user_monitor::metrics::Metrics;
 use user_monitor::profiles::Profiles;
+use user_monitor::store::projection::Status as ProjectionStatus;
+use user_monitor::store::{Batch, Store};
 
 /// How the fake Kafka behaves.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -42,9 +46,12 @@ enum Mode {
     Down,
 }
 
-/// One partition; the engine runs at produce time and its response goes through the hub.
+/// One partition; the engine runs at produce time and its response goes through the hub and
+/// (for the first `project` of them: the projection's lag) into the store.
 struct MemoryBackend {
     hub: Arc<Hub>,
+    store: Store,
+    project: usize,
     mode: Mutex<Mode>,
     inner: Mutex<Engine>,
 }
@@ -60,9 +67,11 @@ struct Engine {
 }
 
 impl MemoryBackend {
-    fn new(hub: Arc<Hub>) -> Arc<Self> {
+    fn new(hub: Arc<Hub>, store: Store, project: usize) -> Arc<Self> {
         Arc::new(MemoryBackend {
             hub,
+            store,
+            project,
             mode: Mutex::new(Mode::Answer),
             inner: Mutex::new(Engine::default()),
         })
@@ -118,10 +127,18 @@ impl Backend for MemoryBackend {
             engine.log.push((payload, answered));
             (offset, record)
         };
+        let mut batch = Batch::default();
         if mode == Mode::Answer {
+            if (offset as usize) < self.project {
+                batch.push(0, offset, 1_000 + offset, Some(&record.to_json()));
+            }
             self.hub.ingest(record, 1_000 + offset);
         }
+        let store = self.store.clone();
         Box::pin(async move {
+            if !batch.is_empty() {
+                store.write(ALERTS, &batch).await.expect("stores");
+            }
             Ok(Delivered {
                 partition: 0,
                 offset,
@@ -210,28 +227,46 @@ struct Fixture {
     app: Router,
     backend: Arc<MemoryBackend>,
     hub: Arc<Hub>,
+    store: Store,
     processor: Arc<Readiness>,
+    _dir: tempfile::TempDir,
 }
 
-fn fixture_with(max_records: usize, response_timeout: Duration) -> Fixture {
-    fixture_with_auth(max_records, response_timeout, None)
+const ALERTS: &str = "alerts";
+
+/// A fresh SQLite store in its own directory.
+async fn sqlite_store() -> (Store, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Settings::defaults().store;
+    config.data_dir = dir.path().to_owned();
+    (Store::open(&config).await.expect("opens"), dir)
 }
 
-fn fixture_with_auth(
-    max_records: usize,
+/// `projected` responses reach the store (and the hub keeps that many recent ones); the rest
+/// only the hub's waiters, as when the projection lags.
+async fn fixture_with(projected: usize, response_timeout: Duration) -> Fixture {
+    fixture_with_auth(projected, response_timeout, None).await
+}
+
+async fn fixture_with_auth(
+    projected: usize,
     response_timeout: Duration,
     auth: Option<Arc<Tokens>>,
 ) -> Fixture {
-    let hub = Arc::new(Hub::new(max_records, 100));
+    let hub = Arc::new(Hub::new(projected));
     hub.set_connected(true);
-    hub.set_caught_up();
-    let backend = MemoryBackend::new(Arc::clone(&hub));
+    let (store, dir) = sqlite_store().await;
+    let projection = Arc::new(ProjectionStatus::default());
+    projection.set_assigned();
+    let backend = MemoryBackend::new(Arc::clone(&hub), store.clone(), projected);
     let processor = Arc::new(Readiness::default());
     processor.set_connected(true);
     processor.set_joined();
     let shared = Shared {
         backend: Arc::clone(&backend) as Arc<dyn Backend>,
         hub: Arc::clone(&hub),
+        store: store.clone(),
+        projection,
         metrics: Metrics::new(),
         processor: Some(Arc::clone(&processor)),
         response_timeout,
@@ -242,12 +277,14 @@ fn fixture_with_auth(
         app: router(Arc::new(shared)),
         backend,
         hub,
+        store,
         processor,
+        _dir: dir,
     }
 }
 
-fn fixture() -> Fixture {
-    fixture_with(1000, Duration::from_millis(200))
+async fn fixture() -> Fixture {
+    fixture_with(1000, Duration::from_millis(200)).await
 }
 
 struct Reply {
@@ -298,7 +335,7 @@ const EXAMPLE: &str = r#"{"type": "deposit", "amount": "42.00", "user_id": 1, "t
 
 #[tokio::test]
 async fn legacy_post_answers_the_original_response_byte_for_byte() {
-    let f = fixture();
+    let f = fixture().await;
     let reply = call(&f.app, post("/event", EXAMPLE)).await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(
@@ -310,7 +347,7 @@ async fn legacy_post_answers_the_original_response_byte_for_byte() {
 
 #[tokio::test]
 async fn seeds_scenario_gives_the_expected_bodies_400_for_invalid_and_409_for_out_of_order() {
-    let f = fixture();
+    let f = fixture().await;
     let dir = scenarios_dir();
     let inputs = std::fs::read_to_string(dir.join("seeds.jsonl")).unwrap();
     let expected = std::fs::read_to_string(dir.join("seeds.expected.jsonl")).unwrap();
@@ -334,7 +371,7 @@ async fn seeds_scenario_gives_the_expected_bodies_400_for_invalid_and_409_for_ou
 
 #[tokio::test]
 async fn invalid_event_is_400_naming_every_bad_field_and_never_produced() {
-    let f = fixture();
+    let f = fixture().await;
     let reply = call(
         &f.app,
         post(
@@ -353,7 +390,7 @@ async fn invalid_event_is_400_naming_every_bad_field_and_never_produced() {
 
 #[tokio::test]
 async fn non_json_content_type_is_415() {
-    let f = fixture();
+    let f = fixture().await;
     for content_type in [
         Some("text/plain"),
         Some("application/x-www-form-urlencoded"),
@@ -379,7 +416,7 @@ async fn non_json_content_type_is_415() {
 
 #[tokio::test]
 async fn body_over_the_limit_is_413() {
-    let f = fixture();
+    let f = fixture().await;
     let big = format!(
         r#"{{"type": "deposit", "amount": "1", "user_id": 1, "time": 1, "pad": "{}"}}"#,
         "x".repeat(2000)
@@ -393,7 +430,7 @@ async fn body_over_the_limit_is_413() {
 
 #[tokio::test]
 async fn out_of_order_is_409_on_both_forms() {
-    let f = fixture();
+    let f = fixture().await;
     let at = |t: u64| format!(r#"{{"type": "deposit", "amount": "1", "user_id": 9, "time": {t}}}"#);
     assert_eq!(
         call(&f.app, post("/event", &at(10))).await.status,
@@ -411,7 +448,7 @@ async fn out_of_order_is_409_on_both_forms() {
 
 #[tokio::test]
 async fn unacknowledged_event_is_503_never_200() {
-    let f = fixture();
+    let f = fixture().await;
     f.backend.set_mode(Mode::Down);
     for path in ["/event", "/api/v1/events"] {
         let reply = call(&f.app, post(path, EXAMPLE)).await;
@@ -427,7 +464,7 @@ async fn unacknowledged_event_is_503_never_200() {
 
 #[tokio::test]
 async fn acknowledged_event_without_a_response_in_time_is_202_pending() {
-    let f = fixture();
+    let f = fixture().await;
     f.backend.set_mode(Mode::Silent);
     let reply = call(&f.app, post("/event", EXAMPLE)).await;
     assert_eq!(reply.status, StatusCode::ACCEPTED);
@@ -448,7 +485,7 @@ async fn acknowledged_event_without_a_response_in_time_is_202_pending() {
 
 #[tokio::test]
 async fn a_response_arriving_while_waiting_completes_the_request() {
-    let f = fixture_with(1000, Duration::from_secs(5));
+    let f = fixture_with(1000, Duration::from_secs(5)).await;
     f.backend.set_mode(Mode::Silent);
     let hub = Arc::clone(&f.hub);
     let late = tokio::spawn(async move {
@@ -482,7 +519,7 @@ async fn a_response_arriving_while_waiting_completes_the_request() {
 
 #[tokio::test]
 async fn restful_create_is_201_with_location_and_ids() {
-    let f = fixture();
+    let f = fixture().await;
     let reply = call(
         &f.app,
         post(
@@ -503,7 +540,7 @@ async fn restful_create_is_201_with_location_and_ids() {
 
 #[tokio::test]
 async fn get_event_is_200_for_known_404_for_unknown_or_malformed() {
-    let f = fixture();
+    let f = fixture().await;
     call(&f.app, post("/event", EXAMPLE)).await;
     let reply = call(&f.app, get("/api/v1/events/0-0")).await;
     assert_eq!(reply.status, StatusCode::OK);
@@ -535,27 +572,31 @@ async fn get_event_is_200_for_known_404_for_unknown_or_malformed() {
 }
 
 #[tokio::test]
-async fn get_event_past_the_read_model_bound_falls_back_to_kafka() {
-    let f = fixture_with(2, Duration::from_millis(200));
+async fn get_event_not_yet_projected_falls_back_to_kafka() {
+    let f = fixture_with(2, Duration::from_millis(200)).await;
     for t in 0..5 {
         let body = format!(r#"{{"type": "withdraw", "amount": "500", "user_id": 2, "time": {t}}}"#);
         call(&f.app, post("/event", &body)).await;
     }
-    assert!(f.hub.event(Coord::new(0, 0)).is_none(), "evicted");
-    let reply = call(&f.app, get("/api/v1/events/0-0")).await;
+    assert!(
+        f.store.event(Coord::new(0, 2)).await.unwrap().is_none(),
+        "not projected"
+    );
+    assert!(f.hub.recent(Coord::new(0, 2)).is_none(), "not recent");
+    let reply = call(&f.app, get("/api/v1/events/0-2")).await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.json()["status"], "processed");
-    assert_eq!(reply.json()["alert_codes"], json!([1100]));
-    let reply = call(&f.app, get("/api/v1/alerts/alert-0-0")).await;
+    assert_eq!(reply.json()["alert_codes"], json!([30, 1100]));
+    let reply = call(&f.app, get("/api/v1/alerts/alert-0-2")).await;
     assert_eq!(reply.status, StatusCode::OK);
-    // Only what is kept is listed.
+    // Only what is projected is listed.
     let reply = call(&f.app, get("/api/v1/alerts")).await;
     assert_eq!(reply.json()["alerts"].as_array().unwrap().len(), 2);
 }
 
 #[tokio::test]
 async fn alerts_are_listed_newest_first_with_filters_and_cursor() {
-    let f = fixture();
+    let f = fixture().await;
     // user 3: 1100, then 30+1100; user 4: no alert; user 5: 123.
     for body in [
         r#"{"type": "withdraw", "amount": "200.00", "user_id": 3, "time": 0}"#,
@@ -628,7 +669,7 @@ async fn alerts_are_listed_newest_first_with_filters_and_cursor() {
 
 #[tokio::test]
 async fn get_alert_is_200_for_an_alert_404_otherwise() {
-    let f = fixture();
+    let f = fixture().await;
     call(
         &f.app,
         post(
@@ -655,7 +696,7 @@ async fn get_alert_is_200_for_an_alert_404_otherwise() {
 
 #[tokio::test]
 async fn user_events_lists_recent_events_with_results_newest_first() {
-    let f = fixture();
+    let f = fixture().await;
     for t in 0..4 {
         let body = format!(r#"{{"type": "withdraw", "amount": "1", "user_id": 7, "time": {t}}}"#);
         call(&f.app, post("/event", &body)).await;
@@ -702,7 +743,7 @@ async fn user_events_lists_recent_events_with_results_newest_first() {
 
 #[tokio::test]
 async fn put_risk_publishes_and_applies_to_later_events() {
-    let f = fixture();
+    let f = fixture().await;
     let reply = call(&f.app, put("/api/v1/users/8/risk", r#"{"risk": "high"}"#)).await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.json(), json!({"user_id": 8, "risk": "high"}));
@@ -733,7 +774,7 @@ async fn put_risk_publishes_and_applies_to_later_events() {
 
 #[tokio::test]
 async fn healthz_is_always_200_and_readyz_follows_shim_and_processor() {
-    let f = fixture();
+    let f = fixture().await;
     let reply = call(&f.app, get("/healthz")).await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.json(), json!({"status": "ok"}));
@@ -756,12 +797,16 @@ async fn healthz_is_always_200_and_readyz_follows_shim_and_processor() {
 }
 
 #[tokio::test]
-async fn readyz_waits_for_the_read_model_to_catch_up() {
-    let hub = Arc::new(Hub::new(10, 10));
-    let backend = MemoryBackend::new(Arc::clone(&hub));
+async fn readyz_waits_for_the_projection_to_be_assigned() {
+    let hub = Arc::new(Hub::new(10));
+    let (store, _dir) = sqlite_store().await;
+    let projection = Arc::new(ProjectionStatus::default());
+    let backend = MemoryBackend::new(Arc::clone(&hub), store.clone(), usize::MAX);
     let app = router(Arc::new(Shared {
         backend: backend as Arc<dyn Backend>,
         hub: Arc::clone(&hub),
+        store,
+        projection: Arc::clone(&projection),
         metrics: Metrics::new(),
         processor: None,
         response_timeout: Duration::from_millis(100),
@@ -777,7 +822,7 @@ async fn readyz_waits_for_the_read_model_to_catch_up() {
         call(&app, get("/readyz")).await.status,
         StatusCode::SERVICE_UNAVAILABLE
     );
-    hub.set_caught_up();
+    projection.set_assigned();
     let reply = call(&app, get("/readyz")).await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.json()["processor"], Value::Null);
@@ -785,7 +830,7 @@ async fn readyz_waits_for_the_read_model_to_catch_up() {
 
 #[tokio::test]
 async fn metrics_count_requests_by_route_and_status_with_latency() {
-    let f = fixture();
+    let f = fixture().await;
     call(&f.app, post("/event", EXAMPLE)).await;
     call(&f.app, get("/api/v1/events/0-0")).await;
     call(&f.app, get("/api/v1/events/9-9")).await;
@@ -806,7 +851,7 @@ async fn metrics_count_requests_by_route_and_status_with_latency() {
 
 #[tokio::test]
 async fn openapi_document_describes_every_endpoint() {
-    let f = fixture();
+    let f = fixture().await;
     let reply = call(&f.app, get("/openapi.json")).await;
     assert_eq!(reply.status, StatusCode::OK);
     let doc = reply.json();
@@ -852,7 +897,7 @@ async fn openapi_document_describes_every_endpoint() {
 
 #[tokio::test]
 async fn unknown_route_is_404_and_wrong_method_405_both_json() {
-    let f = fixture();
+    let f = fixture().await;
     let reply = call(&f.app, get("/nope")).await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
     assert!(reply.json()["error"].as_str().unwrap().contains("/nope"));
@@ -863,7 +908,7 @@ async fn unknown_route_is_404_and_wrong_method_405_both_json() {
 
 #[tokio::test]
 async fn malformed_paths_and_queries_are_400_json_naming_the_problem() {
-    let f = fixture();
+    let f = fixture().await;
     for path in [
         "/api/v1/alerts?code=30&code=123",
         "/api/v1/users/1/events?limit=1&limit=2",
@@ -887,7 +932,7 @@ async fn malformed_paths_and_queries_are_400_json_naming_the_problem() {
 
 #[tokio::test]
 async fn a_body_that_is_not_utf8_is_400_even_in_an_ignored_field() {
-    let f = fixture();
+    let f = fixture().await;
     let mut body =
         br#"{"type": "deposit", "amount": "1", "user_id": 1, "time": 1, "x": ""#.to_vec();
     body.extend_from_slice(b"\xff\xfe\"}");
@@ -927,7 +972,7 @@ async fn every_route_checks_its_scope_and_the_audit_trail_names_who_changed_what
         None,
     )
     .unwrap();
-    let fixture = fixture_with_auth(100, Duration::from_secs(1), Some(Arc::new(tokens)));
+    let fixture = fixture_with_auth(100, Duration::from_secs(1), Some(Arc::new(tokens))).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let app = fixture.app.clone();
@@ -1188,7 +1233,7 @@ fn limits() -> server::Limits {
 #[tokio::test]
 async fn slow_and_idle_connections_are_timed_out() {
     use tokio::io::AsyncWriteExt;
-    let fixture = fixture();
+    let fixture = fixture().await;
     let (addr, _shutdown, _task) = serve_with(&fixture, limits()).await;
 
     // A head that never completes.
@@ -1240,7 +1285,7 @@ async fn slow_and_idle_connections_are_timed_out() {
 /// nothing is closed at once; once connections close there is room again.
 #[tokio::test]
 async fn connections_over_the_cap_get_503_and_the_service_stays_up() {
-    let fixture = fixture();
+    let fixture = fixture().await;
     let (addr, _shutdown, _task) = serve_with(
         &fixture,
         server::Limits {
@@ -1297,7 +1342,7 @@ async fn connections_over_the_cap_get_503_and_the_service_stays_up() {
 #[tokio::test]
 async fn an_oversized_body_sent_in_full_before_reading_gets_its_413() {
     use tokio::io::AsyncWriteExt;
-    let fixture = fixture();
+    let fixture = fixture().await;
     let (addr, _shutdown, _task) = serve_with(
         &fixture,
         server::Limits {
@@ -1338,7 +1383,7 @@ async fn an_oversized_body_sent_in_full_before_reading_gets_its_413() {
 #[tokio::test]
 async fn shutdown_answers_requests_in_flight_and_503s_new_ones() {
     use tokio::io::AsyncWriteExt;
-    let fixture = fixture_with(100, Duration::from_secs(3));
+    let fixture = fixture_with(100, Duration::from_secs(3)).await;
     fixture.backend.set_mode(Mode::Silent); // in-flight POSTs wait for a response
     let (addr, shutdown, task) = serve_with(&fixture, limits()).await;
     let client = reqwest::Client::new();
@@ -1388,7 +1433,7 @@ async fn shutdown_answers_requests_in_flight_and_503s_new_ones() {
 #[tokio::test]
 async fn requests_the_http_parser_refuses_get_json_errors_too() {
     use tokio::io::AsyncWriteExt;
-    let fixture = fixture();
+    let fixture = fixture().await;
     let (addr, _shutdown, _task) = serve_with(&fixture, limits()).await;
     let mut bad_length = tokio::net::TcpStream::connect(addr).await.unwrap();
     bad_length

@@ -51,6 +51,9 @@ pub enum ApiError {
     Unavailable(#[from] ProduceError),
     #[error(transparent)]
     Lookup(#[from] LookupError),
+    /// The read model's database did not answer (503).
+    #[error("{0}")]
+    StoreUnavailable(String),
 }
 
 impl ApiError {
@@ -66,7 +69,9 @@ impl ApiError {
             ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::IdempotencyConflict(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::Unavailable(_) | ApiError::Lookup(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::Lookup(_) | ApiError::StoreUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 }
@@ -300,9 +305,15 @@ pub struct ShimReadiness {
     pub kafka_connected: bool,
     /// The alerts follower assigned the alerts topic.
     pub alerts_following: bool,
-    /// The read model has read every alerts partition to its end once.
-    pub read_model_caught_up: bool,
-    pub read_model_records: usize,
+    /// The read model's database is open and migrated and its projection consumer has the
+    /// alerts partitions, seeked to the stored offsets (not: caught up with the topic).
+    pub store_projecting: bool,
+    /// Alerts records written to the database since start.
+    pub store_projected: u64,
+    /// Unreadable alerts records skipped by the projection since start.
+    pub store_skipped: u64,
+    /// The projection's last database write failed (it retries).
+    pub store_failing: bool,
     pub pending_requests: usize,
 }
 
@@ -348,6 +359,11 @@ pub struct AlertsParams {
     /// Only alerts that raised this code.
     #[param(value_type = Option<u32>)]
     pub code: Option<String>,
+    /// Only alerts at or after this time (the alerts record's timestamp): RFC 3339
+    /// (`2026-01-31T12:00:00Z`) or milliseconds since the Unix epoch.
+    pub since: Option<String>,
+    /// Only alerts before this time (exclusive), same forms as `since`.
+    pub until: Option<String>,
     /// Page size, 1 to 1000 (default 100).
     #[param(value_type = Option<u32>)]
     pub limit: Option<String>,

@@ -1,11 +1,11 @@
 //! The single consumer of the alerts topic behind each shim instance.
 //!
-//! It reads every partition of the alerts topic from the beginning (assign mode, no group,
-//! `read_committed`) on its own thread and hands each record to [`Hub::ingest`], which feeds the
-//! read model and completes pending `POST` requests. Since every instance reads the whole topic,
-//! several shims side by side each see the responses to their own requests.
+//! It reads every partition of the alerts topic from its end at the shim's start (assign mode, no
+//! group, `read_committed`) on its own thread and hands each record to [`Hub::ingest`], which
+//! completes pending `POST` requests: their wait never depends on the database projection
+//! ([`crate::store::projection`], a consumer of its own). Since every instance reads every
+//! partition, several shims side by side each see the responses to their own requests.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -58,7 +58,6 @@ fn follow(settings: &Settings, consumer: &Reader, hub: &Hub, stop: &Cancellation
         partitions = partitions.len(),
         "following the alerts topic"
     );
-    let mut at_end: HashSet<i32> = HashSet::new();
     let mut last_error: Option<String> = None;
     while !stop.is_cancelled() {
         match consumer.poll(Duration::from_millis(100)) {
@@ -87,9 +86,7 @@ fn follow(settings: &Settings, consumer: &Reader, hub: &Hub, stop: &Cancellation
                     ),
                 }
             }
-            Some(Err(KafkaError::PartitionEOF(partition))) => {
-                note_end_of_partition(hub, &mut at_end, partition, partitions.len(), topic)
-            }
+            Some(Err(KafkaError::PartitionEOF(_))) => {}
             Some(Err(e)) => {
                 let text = e.to_string();
                 if last_error.as_deref() != Some(text.as_str()) {
@@ -102,26 +99,11 @@ fn follow(settings: &Settings, consumer: &Reader, hub: &Hub, stop: &Cancellation
     tracing::debug!(topic, "alerts follower stopped");
 }
 
-/// The read model has caught up once every partition reached its end once since start.
-fn note_end_of_partition(
-    hub: &Hub,
-    at_end: &mut HashSet<i32>,
-    partition: i32,
-    partitions: usize,
-    topic: &str,
-) {
-    if hub.caught_up() || !at_end.insert(partition) || at_end.len() < partitions {
-        return;
-    }
-    hub.set_caught_up();
-    tracing::info!(topic, records = hub.records(), "read model caught up");
-}
-
 fn assign_all(consumer: &Reader, topic: &str) -> Result<Vec<i32>, KafkaLayerError> {
     let partitions = crate::kafka::read::partitions(consumer, topic, Duration::from_secs(5))?;
     let mut tpl = TopicPartitionList::new();
     for &p in &partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+        tpl.add_partition_offset(topic, p, Offset::End)?;
     }
     consumer.assign(&tpl)?;
     Ok(partitions)

@@ -1,8 +1,10 @@
 //! The HTTP shim (SPEC section 7): plain HTTP in front of the Kafka topics.
 //!
 //! - [`routes`]: the endpoints, their wire types and the OpenAPI document;
-//! - [`model`]: the bounded read model and the pending waiters ([`model::Hub`]);
-//! - [`follower`]: the one consumer of the alerts topic that feeds the hub;
+//! - [`model`]: the pending waiters of `POST` requests ([`model::Hub`]);
+//! - [`follower`]: the consumer of the alerts topic (from its end) that feeds the hub live;
+//! - the read model behind the GET endpoints is the database of [`crate::store`], fed by its own
+//!   projection of the alerts topic;
 //! - [`backend`]: producing events and profiles, and fallback lookups in Kafka.
 //!
 //! Request flow of `POST /event`: decode (400) -> produce to the events topic keyed by user id and
@@ -29,6 +31,8 @@ use crate::config::{AuthMode, Settings};
 use crate::health::Readiness;
 use crate::kafka::KafkaLayerError;
 use crate::metrics::Metrics;
+use crate::store::projection::{Projection, Status as ProjectionStatus};
+use crate::store::Store;
 
 pub use backend::{Backend, KafkaBackend};
 pub use model::Hub;
@@ -52,6 +56,8 @@ pub enum ShimError {
     OpenRefused,
     #[error(transparent)]
     Auth(#[from] crate::config::ConfigError),
+    #[error("read model store: {0}")]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// What the shim shares with the rest of the process.
@@ -63,6 +69,8 @@ pub struct ShimDeps {
     pub shutdown: CancellationToken,
     /// Create missing topics at start (`shim` on its own, with `topics.create`).
     pub create_topics: bool,
+    /// Empty the read model's database at start (the embedded broker, which keeps nothing).
+    pub reset_store: bool,
 }
 
 /// A started shim.
@@ -73,8 +81,9 @@ pub struct RunningShim {
     pub task: JoinHandle<Result<(), ShimError>>,
 }
 
-/// Builds the Kafka clients, starts the alerts follower, binds `http.listen` and serves until
-/// `deps.shutdown` is cancelled. Must be called inside a tokio runtime.
+/// Opens and migrates the read model's database, builds the Kafka clients, starts the alerts
+/// follower, the projection and retention, binds `http.listen` and serves until `deps.shutdown`
+/// is cancelled. Must be called inside a tokio runtime.
 pub async fn start(settings: Settings, deps: ShimDeps) -> Result<RunningShim, ShimError> {
     let auth = match settings.http.auth.mode {
         AuthMode::Unset => return Err(ShimError::OpenRefused),
@@ -84,13 +93,31 @@ pub async fn start(settings: Settings, deps: ShimDeps) -> Result<RunningShim, Sh
         }
         AuthMode::Tokens => Some(Arc::new(settings.auth_tokens()?)),
     };
+    for (key, set) in [
+        (
+            "http.read_model_max_records",
+            settings.http.read_model_max_records.is_some(),
+        ),
+        (
+            "http.read_model_events_per_user",
+            settings.http.read_model_events_per_user.is_some(),
+        ),
+    ] {
+        if set {
+            tracing::warn!(
+                key,
+                "ignoring a removed key: the read model is the [store] database"
+            );
+        }
+    }
     crate::kafka::connect::before_serving(&settings).await?;
+    let store = Store::open(&settings.store).await?;
+    if deps.reset_store {
+        store.reset().await?;
+    }
     let settings = Arc::new(settings);
     let backend = Arc::new(KafkaBackend::new(Arc::clone(&settings))?);
-    let hub = Arc::new(Hub::new(
-        settings.http.read_model_max_records,
-        settings.http.read_model_events_per_user,
-    ));
+    let hub = Arc::new(Hub::new(model::RECENT));
     // The follower outlives the server's graceful shutdown: in-flight requests still get answers.
     let follower_stop = CancellationToken::new();
     let follower = follower::spawn(
@@ -98,6 +125,18 @@ pub async fn start(settings: Settings, deps: ShimDeps) -> Result<RunningShim, Sh
         Arc::clone(&hub),
         follower_stop.clone(),
     )?;
+    let projection_status = Arc::new(ProjectionStatus::with_metrics(&deps.metrics));
+    let projection = Projection::spawn(
+        Arc::clone(&settings),
+        store.clone(),
+        Arc::clone(&projection_status),
+        follower_stop.clone(),
+    )?;
+    tokio::spawn(crate::store::projection::retain(
+        Arc::clone(&settings),
+        store.clone(),
+        follower_stop.clone(),
+    ));
 
     let listener = tokio::net::TcpListener::bind(settings.http.listen)
         .await
@@ -117,6 +156,8 @@ pub async fn start(settings: Settings, deps: ShimDeps) -> Result<RunningShim, Sh
     let state: AppState = Arc::new(Shared {
         backend: Arc::clone(&backend) as Arc<dyn Backend>,
         hub,
+        store: store.clone(),
+        projection: projection_status,
         metrics: deps.metrics,
         processor: deps.processor,
         response_timeout: settings.http.response_timeout,
@@ -141,9 +182,11 @@ pub async fn start(settings: Settings, deps: ShimDeps) -> Result<RunningShim, Sh
         follower_stop.cancel();
         let _ = tokio::task::spawn_blocking(move || {
             let _ = follower.join();
+            projection.join();
             backend.flush(Duration::from_secs(5));
         })
         .await;
+        store.close().await;
         tracing::info!("http shim stopped");
         served
     });

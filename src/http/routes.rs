@@ -21,17 +21,23 @@ use super::api::{
 };
 use super::auth::{required_scope, Denied, Principal, Tokens};
 use super::backend::Backend;
-use super::model::{AlertQuery, Hub, OrderKey, Page, Stored, Wait};
+use super::model::{Hub, Wait};
 use crate::audit::AuditPage;
 use crate::domain::response::{write_legacy, Outcome, Rejection};
 use crate::domain::{decode, Coord, DecodeError, Risk, UserId};
 use crate::health::Readiness;
 use crate::metrics::{HttpLabels, Metrics, RouteLabels};
+use crate::store::projection::Status as ProjectionStatus;
+use crate::store::{AlertQuery, OrderKey, Page, Store, StoreError, Stored};
 
 /// Everything the handlers share.
 pub struct Shared {
     pub backend: Arc<dyn Backend>,
     pub hub: Arc<Hub>,
+    /// The read model behind the GET endpoints.
+    pub store: Store,
+    /// The projection feeding `store` (readiness).
+    pub projection: Arc<ProjectionStatus>,
     pub metrics: Arc<Metrics>,
     /// The processor's readiness when it runs in the same process (`user-monitor run`).
     pub processor: Option<Arc<Readiness>>,
@@ -141,6 +147,26 @@ fn parse_limit(limit: Option<&str>) -> Result<usize, ApiError> {
             ))),
         },
     }
+}
+
+/// A time bound: RFC 3339 or milliseconds since the Unix epoch.
+fn parse_time(name: &str, text: Option<&str>) -> Result<Option<i64>, ApiError> {
+    let Some(text) = text else {
+        return Ok(None);
+    };
+    if let Ok(ms) = text.parse::<i64>() {
+        return Ok(Some(ms));
+    }
+    humantime::parse_rfc3339_weak(text)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .and_then(|d| i64::try_from(d.as_millis()).ok())
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::Invalid(format!(
+                "invalid {name}: {text:?} is neither RFC 3339 nor milliseconds since the epoch"
+            ))
+        })
 }
 
 fn parse_cursor(cursor: Option<&str>) -> Result<Option<OrderKey>, ApiError> {
@@ -388,9 +414,18 @@ pub async fn create_event(
 // ---------------------------------------------------------------------------------------------
 // Reads
 
-/// The record at these coordinates: the read model first, then Kafka.
+fn store_error(error: StoreError) -> ApiError {
+    tracing::warn!(error = %error, "read model query failed");
+    ApiError::StoreUnavailable("the read model's database is unavailable".to_owned())
+}
+
+/// The record at these coordinates: the database first, then the recent responses, then Kafka
+/// (records not yet projected).
 async fn find_event(state: &Shared, key: Coord) -> Result<Option<EventView>, ApiError> {
-    if let Some(stored) = state.hub.event(key) {
+    if let Some(stored) = state.store.event(key).await.map_err(store_error)? {
+        return Ok(Some(EventView::processed(&stored.record)));
+    }
+    if let Some(stored) = state.hub.recent(key) {
         return Ok(Some(EventView::processed(&stored.record)));
     }
     let found = state.backend.lookup(key).await?;
@@ -433,7 +468,8 @@ fn views(page: &Page) -> Vec<EventView> {
         .collect()
 }
 
-/// Alerts, newest first (by the alerts record's timestamp), from the read model.
+/// Alerts, newest first (by the alerts record's timestamp), from the database; filters by user,
+/// code and a time range (`since` inclusive, `until` exclusive).
 #[utoipa::path(
     get,
     path = "/api/v1/alerts",
@@ -461,10 +497,12 @@ pub async fn list_alerts(
                     .map_err(|_| ApiError::Invalid(format!("invalid code: {c:?}")))
             })
             .transpose()?,
+        since: parse_time("since", params.since.as_deref())?,
+        until: parse_time("until", params.until.as_deref())?,
         before: parse_cursor(params.cursor.as_deref())?,
         limit: parse_limit(params.limit.as_deref())?,
     };
-    let page = state.hub.alerts(&query);
+    let page = state.store.alerts(&query).await.map_err(store_error)?;
     Ok(Json(AlertsPage {
         alerts: views(&page),
         next_cursor: page.next.map(|k| k.cursor()),
@@ -501,8 +539,7 @@ pub async fn get_alert(
     }
 }
 
-/// A user's recent events with their results, newest first (at most
-/// `http.read_model_events_per_user`).
+/// A user's events with their results, newest first, from the database (paged by cursor).
 #[utoipa::path(
     get,
     path = "/api/v1/users/{user_id}/events",
@@ -524,7 +561,11 @@ pub async fn user_events(
     let params = query_params(params)?;
     let limit = parse_limit(params.limit.as_deref())?;
     let before = parse_cursor(params.cursor.as_deref())?;
-    let page = state.hub.user_events(user_id, before, limit);
+    let page = state
+        .store
+        .user_events(user_id, before, limit)
+        .await
+        .map_err(store_error)?;
     Ok(Json(UserEventsPage {
         user_id,
         events: views(&page),
@@ -627,14 +668,16 @@ pub fn readiness(state: &Shared) -> ReadyBody {
     let shim = ShimReadiness {
         kafka_connected: state.backend.ready(),
         alerts_following: state.hub.connected(),
-        read_model_caught_up: state.hub.caught_up(),
-        read_model_records: state.hub.records(),
+        store_projecting: state.projection.assigned(),
+        store_projected: state.projection.projected(),
+        store_skipped: state.projection.skipped(),
+        store_failing: state.projection.failing(),
         pending_requests: state.hub.pending(),
     };
     let processor = state.processor.as_ref().map(|r| r.report());
     let ready = shim.kafka_connected
         && shim.alerts_following
-        && shim.read_model_caught_up
+        && shim.store_projecting
         && processor.is_none_or(|p| p.ready);
     ReadyBody {
         ready,
@@ -643,7 +686,8 @@ pub fn readiness(state: &Shared) -> ReadyBody {
     }
 }
 
-/// Readiness: the shim's Kafka clients are connected and its read model caught up, and (in
+/// Readiness: the shim's Kafka clients are connected, its database open and its projection
+/// assigned (not caught up: a restart is ready at once whatever the topic's size), and (in
 /// `user-monitor run`) the processor is connected with every assigned partition restored.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(

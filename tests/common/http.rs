@@ -44,6 +44,25 @@ pub async fn get_json(client: &reqwest::Client, url: &str) -> (StatusCode, Value
     (status, response.json().await.unwrap())
 }
 
+/// GETs `url` until `done` holds for the body (the lists of the read model show a response
+/// shortly after it was answered: once the projection wrote it), at most `within`; returns the
+/// last answer either way.
+pub async fn get_json_until(
+    client: &reqwest::Client,
+    url: &str,
+    within: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> (StatusCode, Value) {
+    let deadline = Instant::now() + within;
+    loop {
+        let (status, body) = get_json(client, url).await;
+        if (status == StatusCode::OK && done(&body)) || Instant::now() >= deadline {
+            return (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Polls `url` (a `/readyz`) until it answers 200; panics with the last answer after `within`.
 pub async fn wait_ready(client: &reqwest::Client, url: &str, within: Duration) {
     let deadline = Instant::now() + within;

@@ -172,6 +172,11 @@ impl World {
             ),
             ("USER_MONITOR__SNAPSHOT__INTERVAL", "1s".to_owned()),
             ("USER_MONITOR__LOG__FILTER", "info,rdkafka=error".to_owned()),
+            // A read model of its own, kept across restarts of the world's processes.
+            (
+                "USER_MONITOR__STORE__DATA_DIR",
+                self.dir.path().join("store").display().to_string(),
+            ),
             // Tests of the API's own access control set "tokens" (world.set overrides this).
             ("USER_MONITOR__HTTP__AUTH__MODE", "open".to_owned()),
         ]
