@@ -20,6 +20,7 @@ use super::model::Hub;
 use super::ShimError;
 use crate::config::Settings;
 use crate::domain::response::AlertRecord;
+use crate::kafka::read::LastError;
 use crate::kafka::{follower_config, KafkaLayerError, Reader, ReaderContext};
 
 /// Starts the follower thread; it stops when `stop` is cancelled.
@@ -58,12 +59,12 @@ fn follow(settings: &Settings, consumer: &Reader, hub: &Hub, stop: &Cancellation
         partitions = partitions.len(),
         "following the alerts topic"
     );
-    let mut last_error: Option<String> = None;
+    let mut last_error = LastError::default();
     while !stop.is_cancelled() {
         match consumer.poll(Duration::from_millis(100)) {
             None => {}
             Some(Ok(message)) => {
-                last_error = None;
+                last_error = LastError::default();
                 let Some(payload) = message.payload() else {
                     continue;
                 };
@@ -88,10 +89,8 @@ fn follow(settings: &Settings, consumer: &Reader, hub: &Hub, stop: &Cancellation
             }
             Some(Err(KafkaError::PartitionEOF(_))) => {}
             Some(Err(e)) => {
-                let text = e.to_string();
-                if last_error.as_deref() != Some(text.as_str()) {
+                if let Some(text) = last_error.changed(&e) {
                     tracing::warn!(topic, error = %text, "alerts follower error");
-                    last_error = Some(text);
                 }
             }
         }

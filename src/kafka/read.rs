@@ -114,3 +114,20 @@ pub fn read_range<E>(
     }
     Ok(())
 }
+
+/// A consumer error to log once until a different one comes (a broker outage repeats the same
+/// error at every poll).
+#[derive(Debug, Default)]
+pub struct LastError(Option<String>);
+
+impl LastError {
+    /// The error's text when it differs from the previous one, else `None`.
+    pub fn changed(&mut self, error: &KafkaError) -> Option<String> {
+        let text = error.to_string();
+        if self.0.as_deref() == Some(text.as_str()) {
+            return None;
+        }
+        self.0 = Some(text.clone());
+        Some(text)
+    }
+}

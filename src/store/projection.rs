@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Batch, Store, StoreError};
 use crate::config::Settings;
+use crate::kafka::read::LastError;
 use crate::kafka::{reader_config, KafkaLayerError, Reader, ReaderContext};
 use crate::metrics::Metrics;
 
@@ -162,7 +163,7 @@ fn project(
     let batch_wait = settings.store.batch_wait;
     let mut batch = Batch::default();
     let mut first: Option<Instant> = None;
-    let mut last_error: Option<String> = None;
+    let mut last_error = LastError::default();
     while !stop.is_cancelled() {
         let wait = match first {
             None => Duration::from_millis(100),
@@ -171,7 +172,7 @@ fn project(
         match consumer.poll(wait.max(Duration::from_millis(1))) {
             None => {}
             Some(Ok(message)) => {
-                last_error = None;
+                last_error = LastError::default();
                 let timestamp = message.timestamp().to_millis().unwrap_or(0);
                 batch.push(
                     message.partition(),
@@ -183,10 +184,8 @@ fn project(
             }
             Some(Err(KafkaError::PartitionEOF(_))) => {}
             Some(Err(e)) => {
-                let text = e.to_string();
-                if last_error.as_deref() != Some(text.as_str()) {
+                if let Some(text) = last_error.changed(&e) {
                     tracing::warn!(topic, error = %text, "projection consumer error");
-                    last_error = Some(text);
                 }
             }
         }
