@@ -61,3 +61,14 @@ pub fn spawn_signal_handler(token: CancellationToken) -> tokio::task::JoinHandle
         }
     })
 }
+
+/// Sleeps `duration` on a blocking thread, in 50 ms steps, returning early once `stop` is
+/// cancelled.
+pub fn sleep_unless_cancelled(stop: &CancellationToken, duration: Duration) {
+    let step = Duration::from_millis(50);
+    let mut slept = Duration::ZERO;
+    while slept < duration && !stop.is_cancelled() {
+        std::thread::sleep(step);
+        slept += step;
+    }
+}

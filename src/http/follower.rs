@@ -49,7 +49,7 @@ fn follow(settings: &Settings, consumer: &Reader, hub: &Hub, stop: &Cancellation
             Ok(partitions) => break partitions,
             Err(e) => {
                 tracing::info!(topic, error = %e, "waiting for the alerts topic");
-                sleep_unless_cancelled(stop, Duration::from_secs(1));
+                crate::shutdown::sleep_unless_cancelled(stop, Duration::from_secs(1));
             }
         }
     };
@@ -106,13 +106,4 @@ fn assign_all(consumer: &Reader, topic: &str) -> Result<Vec<i32>, KafkaLayerErro
     }
     consumer.assign(&tpl)?;
     Ok(partitions)
-}
-
-fn sleep_unless_cancelled(stop: &CancellationToken, duration: Duration) {
-    let step = Duration::from_millis(50);
-    let mut slept = Duration::ZERO;
-    while slept < duration && !stop.is_cancelled() {
-        std::thread::sleep(step);
-        slept += step;
-    }
 }

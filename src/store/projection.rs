@@ -132,7 +132,7 @@ fn project(
             Ok(offsets) => break offsets,
             Err(e) => {
                 tracing::warn!(topic, error = %e, "cannot read the projection offsets, retrying");
-                sleep_unless_cancelled(stop, Duration::from_secs(1));
+                crate::shutdown::sleep_unless_cancelled(stop, Duration::from_secs(1));
             }
         }
     };
@@ -144,7 +144,7 @@ fn project(
             Ok(partitions) => break partitions,
             Err(e) => {
                 tracing::info!(topic, error = %e, "projection waiting for the alerts topic");
-                sleep_unless_cancelled(stop, Duration::from_secs(1));
+                crate::shutdown::sleep_unless_cancelled(stop, Duration::from_secs(1));
             }
         }
     };
@@ -317,14 +317,5 @@ pub async fn retain(settings: Arc<Settings>, store: Store, stop: CancellationTok
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(settings.store.retention_interval) => {}
         }
-    }
-}
-
-fn sleep_unless_cancelled(stop: &CancellationToken, duration: Duration) {
-    let step = Duration::from_millis(50);
-    let mut slept = Duration::ZERO;
-    while slept < duration && !stop.is_cancelled() {
-        std::thread::sleep(step);
-        slept += step;
     }
 }
