@@ -314,9 +314,22 @@ struct Fleet {
 }
 
 impl Fleet {
-    /// The last `lines` lines of a slot's log, without the client's connection chatter.
-    fn log_tail(&self, slot: usize, lines: usize) -> String {
+    /// What the slot's latest instance logged (the slot's log holds every instance's lines).
+    fn instance_log(&self, slot: usize) -> String {
         let log = self.world.log(slot);
+        let from = self
+            .starts
+            .iter()
+            .rev()
+            .find(|s| s.slot == slot)
+            .map_or(0, |s| s.log_offset);
+        log.get(from..).unwrap_or(&log).to_string()
+    }
+
+    /// The last `lines` lines the slot's latest instance logged, without the client's
+    /// connection chatter.
+    fn log_tail(&self, slot: usize, lines: usize) -> String {
+        let log = self.instance_log(slot);
         let all: Vec<&str> = log
             .lines()
             .filter(|l| {
@@ -408,15 +421,12 @@ impl Fleet {
                             "{}: slot {slot} exited {status} after SIGTERM:\n{tail}",
                             self.guarantee
                         );
-                        // Not yet explained: an instance that logged the end of its graceful
-                        // stop (final snapshot committed, group left) is sometimes reported as
-                        // killed by the SIGTERM it had handled. Its work is done and checked
-                        // below like every other; the exit is reported, not hidden.
-                        let stopped_then_killed = status.signal() == Some(15)
-                            && tail
-                                .rsplit_once("signal received")
-                                .is_some_and(|(_, after)| after.contains("processor stopped"));
-                        if known_exit(&tail) || stopped_then_killed {
+                        // SIGTERM'd within its first milliseconds, before `main` had installed
+                        // the handler: it dies of the signal, as any process would, having
+                        // logged nothing, read nothing and written nothing.
+                        let before_handler = status.signal() == Some(15)
+                            && self.instance_log(slot).trim().is_empty();
+                        if known_exit(&tail) || before_handler {
                             self.known_exits.push(entry);
                         } else {
                             self.problems.push(entry);
@@ -1065,7 +1075,7 @@ fn seeded_random_faults_lose_nothing_and_answer_as_the_engine() {
             windows.join(", "),
         ));
         eprintln!(
-            "{}: {} exits of the known kind (fenced after a transaction timed out across a broker outage, a shutdown outlasting an outage, started during an outage longer than the connect timeout, or killed by a SIGTERM it had already handled to the end; restarted as a supervisor would){}",
+            "{}: {} exits of the known kind (fenced after a transaction timed out across a broker outage, a shutdown outlasting an outage, started during an outage longer than the connect timeout, or SIGTERM'd before its signal handler was installed; restarted as a supervisor would){}",
             fleet.guarantee,
             fleet.known_exits.len(),
             fleet

@@ -221,7 +221,10 @@ impl World {
     }
 
     pub fn log(&self, slot: usize) -> String {
-        std::fs::read_to_string(self.dir.path().join(format!("slot{slot}.log"))).unwrap_or_default()
+        // Lossy: a line cut by kill -9 must not make the whole log read as empty.
+        std::fs::read(self.dir.path().join(format!("slot{slot}.log")))
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+            .unwrap_or_default()
     }
 
     /// Creates the topics the way the processor would (so producers can start first).
