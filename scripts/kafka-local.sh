@@ -241,6 +241,10 @@ group.consumer.heartbeat.interval.ms=1000
 # Default 10000 ms: abort timed-out transactions (e.g. from a killed producer)
 # sooner, so read_committed consumers are not blocked for long.
 transaction.abort.timed.out.transaction.cleanup.interval.ms=5000
+# Kafka 4.0's default is 5 ms: every offset commit (and every transaction's offsets) waits that
+# long in the group coordinator before it is written. 4.1+ default to -1 (adaptive: no wait when
+# idle), which 4.0 does not accept; 0 gives the same latency here.
+group.coordinator.append.linger.ms=0
 # Default 15000 ms: the log cleaner re-checks for compactable logs every second,
 # so compaction happens soon (topics still need small segment.ms /
 # min.cleanable.dirty.ratio for their active segment to be rolled and cleaned).
