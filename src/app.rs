@@ -1,16 +1,19 @@
 //! Top level: configuration, then the chosen command. The only place `anyhow` is used.
 
 use std::fs::File;
-use std::io::{self, BufReader};
+use std::io::{self, BufRead, BufReader};
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
 
 use crate::cli::{
-    Cli, Command, EvaluateArgs, GlobalArgs, ProfilesCommand, TokenCommand, TopicsCommand,
+    BacktestArgs, Cli, Command, EvaluateArgs, GlobalArgs, ProfilesCommand, RulesCommand,
+    TokenCommand, TopicsCommand,
 };
 use crate::config::{Settings, Sources};
 use crate::profiles::Profiles;
+use crate::rule_set::{Bounds, InvalidRuleSet, RuleSet};
 use crate::rules::Limits;
 
 pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -23,6 +26,8 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
     let settings = load_settings(&cli.global)?;
     match cli.command.unwrap_or(Command::Run) {
         Command::Evaluate(args) => evaluate(&settings, &args),
+        Command::Backtest(args) => backtest(&args),
+        Command::Rules(RulesCommand::Validate { file }) => validate_rules(&file),
         Command::Process => {
             crate::service::process(settings)?;
             Ok(ExitCode::SUCCESS)
@@ -61,30 +66,138 @@ fn load_settings(global: &GlobalArgs) -> anyhow::Result<Settings> {
     })?)
 }
 
-fn evaluate(settings: &Settings, args: &EvaluateArgs) -> anyhow::Result<ExitCode> {
-    let limits = match args.time_unit {
-        Some(unit) => Limits::with_time_unit(&settings.rules, unit)?,
-        None => settings.limits(),
-    };
-    let profiles = match &args.profiles {
-        Some(path) => Profiles::from_lines(&Profiles::read_file(path)?),
-        None => Profiles::default(),
-    };
-    let stdout = io::stdout().lock();
-    let summary = match args.input.as_deref() {
-        None => crate::evaluate::evaluate(io::stdin().lock(), stdout, &profiles, &limits),
-        Some(path) if path.as_os_str() == "-" => {
-            crate::evaluate::evaluate(io::stdin().lock(), stdout, &profiles, &limits)
+/// The input of `evaluate` and `backtest`: a file, or standard input for none or `-`. An enum
+/// rather than a boxed reader: `evaluate`'s line reader is generic over it and stays inlined.
+enum InputFile {
+    Stdin(io::StdinLock<'static>),
+    File(BufReader<File>),
+}
+
+impl io::Read for InputFile {
+    #[inline]
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            InputFile::Stdin(r) => r.read(buf),
+            InputFile::File(r) => r.read(buf),
         }
-        Some(path) => {
+    }
+}
+
+impl BufRead for InputFile {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        match self {
+            InputFile::Stdin(r) => r.fill_buf(),
+            InputFile::File(r) => r.fill_buf(),
+        }
+    }
+
+    fn consume(&mut self, amount: usize) {
+        match self {
+            InputFile::Stdin(r) => r.consume(amount),
+            InputFile::File(r) => r.consume(amount),
+        }
+    }
+}
+
+fn open_input(path: Option<&Path>) -> anyhow::Result<InputFile> {
+    Ok(match path {
+        Some(path) if path.as_os_str() != "-" => {
             let file =
                 File::open(path).with_context(|| format!("opening input {}", path.display()))?;
-            crate::evaluate::evaluate(
-                BufReader::with_capacity(1 << 16, file),
-                stdout,
-                &profiles,
-                &limits,
-            )
+            InputFile::File(BufReader::with_capacity(1 << 16, file))
+        }
+        _ => InputFile::Stdin(io::stdin().lock()),
+    })
+}
+
+fn read_profiles(path: Option<&Path>) -> anyhow::Result<Profiles> {
+    Ok(match path {
+        Some(path) => Profiles::from_lines(&Profiles::read_file(path)?),
+        None => Profiles::default(),
+    })
+}
+
+/// A rule set file: JSON when its name ends in `.json`, TOML otherwise. The outer error is for
+/// a file that cannot be read; the inner one lists every problem of an invalid set.
+fn read_rule_set(path: &Path) -> anyhow::Result<Result<RuleSet, InvalidRuleSet>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading rule set {}", path.display()))?;
+    let bounds = Bounds::default();
+    Ok(if path.extension().is_some_and(|e| e == "json") {
+        RuleSet::from_json(&text, &bounds)
+    } else {
+        RuleSet::from_toml(&text, &bounds)
+    })
+}
+
+/// [`read_rule_set`] for a command that needs a valid set.
+fn valid_rule_set(path: &Path) -> anyhow::Result<RuleSet> {
+    read_rule_set(path)?.with_context(|| format!("rule set {}", path.display()))
+}
+
+/// `user-monitor rules validate FILE`.
+fn validate_rules(path: &Path) -> anyhow::Result<ExitCode> {
+    match read_rule_set(path)? {
+        Ok(set) => {
+            println!("{}", serde_json::to_string_pretty(&set.to_value())?);
+            eprintln!(
+                "{}: valid rule set {:?} with {} rules",
+                path.display(),
+                set.version,
+                set.rules.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(invalid) => {
+            eprintln!("{}: invalid rule set:", path.display());
+            for problem in &invalid.problems {
+                eprintln!("  {problem}");
+            }
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+/// `user-monitor backtest --baseline A --candidate B [--profiles F] [--diff OUT] [INPUT]`.
+fn backtest(args: &BacktestArgs) -> anyhow::Result<ExitCode> {
+    let baseline = valid_rule_set(&args.baseline)?;
+    let candidate = valid_rule_set(&args.candidate)?;
+    let profiles = read_profiles(args.profiles.as_deref())?;
+    let input = open_input(args.input.as_deref())?;
+    let mut diff = match &args.diff {
+        Some(path) => Some(io::BufWriter::new(
+            File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        )),
+        None => None,
+    };
+    let report = crate::backtest::backtest(
+        input,
+        diff.as_mut().map(|w| w as &mut dyn io::Write),
+        &profiles,
+        &baseline,
+        &candidate,
+        &Bounds::default(),
+    )
+    .context("backtesting")?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn evaluate(settings: &Settings, args: &EvaluateArgs) -> anyhow::Result<ExitCode> {
+    let profiles = read_profiles(args.profiles.as_deref())?;
+    let input = open_input(args.input.as_deref())?;
+    let stdout = io::stdout().lock();
+    let summary = match &args.rules {
+        Some(path) => {
+            let set = valid_rule_set(path)?;
+            crate::evaluate::evaluate_rule_set(input, stdout, &profiles, &set, &Bounds::default())
+        }
+        None => {
+            let limits = match args.time_unit {
+                Some(unit) => Limits::with_time_unit(&settings.rules, unit)?,
+                None => settings.limits(),
+            };
+            crate::evaluate::evaluate(input, stdout, &profiles, &limits)
         }
     };
     match summary {

@@ -46,6 +46,12 @@ pub enum Command {
     Shim,
     /// Evaluate JSONL events offline: one JSONL response line per input line.
     Evaluate(EvaluateArgs),
+    /// Run two rule sets over the same JSONL events in one pass: a JSON summary per code, and
+    /// optionally one diff line per event whose codes differ.
+    Backtest(BacktestArgs),
+    /// Rule sets (SPEC section 10).
+    #[command(subcommand)]
+    Rules(RulesCommand),
     /// Manage risk profiles.
     #[command(subcommand)]
     Profiles(ProfilesCommand),
@@ -79,8 +85,37 @@ pub enum TopicsCommand {
     Create,
 }
 
+#[derive(Debug, Subcommand)]
+pub enum RulesCommand {
+    /// Check a rule set file (TOML, or JSON when it ends in .json) offline: prints the set as
+    /// JSON when valid, every bad rule and field when not (exit status 1).
+    Validate { file: PathBuf },
+}
+
+#[derive(Debug, Args)]
+pub struct BacktestArgs {
+    /// The rule set in force (TOML, or JSON when it ends in .json).
+    #[arg(long)]
+    pub baseline: PathBuf,
+    /// The rule set to compare with it.
+    #[arg(long)]
+    pub candidate: PathBuf,
+    /// JSONL of {"user_id": 1, "risk": "high"}.
+    #[arg(long)]
+    pub profiles: Option<PathBuf>,
+    /// Write one JSONL line per event whose codes differ.
+    #[arg(long)]
+    pub diff: Option<PathBuf>,
+    /// Input file, or - for standard input (the default).
+    pub input: Option<PathBuf>,
+}
+
 #[derive(Debug, Args)]
 pub struct EvaluateArgs {
+    /// Evaluate under this rule set (TOML, or JSON when it ends in .json) instead of the
+    /// configured rules.
+    #[arg(long, conflicts_with = "time_unit")]
+    pub rules: Option<PathBuf>,
     /// JSONL of {"user_id": 1, "risk": "high"}.
     #[arg(long)]
     pub profiles: Option<PathBuf>,

@@ -14,6 +14,10 @@
 //!   partitioner, and the responses (legacy line, alerts-topic record built from a verdict).
 //! - [`rules`]: thresholds, windows and codes ([`rules::Limits`], their validated form);
 //!   [`domain::Risk`] scales them.
+//! - [`rule_set`]: rule sets as data (SPEC section 10): the TOML file or JSON body validated
+//!   whole, naming every bad rule and field; [`rule_set::reference`] evaluates any valid set
+//!   exactly over each user's bounded history, with the evidence of every code (used by
+//!   `evaluate --rules` and `backtest`; the live path still runs [`state`]).
 //! - [`state`]: the pure rules engine. [`state::UserState::apply`] evaluates one event against
 //!   one user's O(rules) state; [`state::Users`] is a slab of them with cache-friendly lookups.
 //! - [`idempotency`]: per-user memory of `Idempotency-Key`s (event time, bounded, snapshotted).
@@ -23,7 +27,8 @@
 //! - [`partition`]: the pure lifecycle of one input partition's state: the users a snapshot
 //!   round writes, and the rebuild from snapshot records plus replay.
 //! - [`profiles`]: user risk levels from a file or the profiles topic.
-//! - [`evaluate`]: the offline JSONL command.
+//! - [`evaluate`]: the offline JSONL command; [`backtest`]: two rule sets over one input, in one
+//!   pass, with a per-code summary and a diff.
 //! - [`access`]: who may do what, as data: scopes, configured tokens (SHA-256 of the secret) and
 //!   the token table that checks a presented secret in constant time (no HTTP).
 //! - [`config`], [`cli`], [`telemetry`]: layered configuration validated once, the command line,
@@ -60,6 +65,7 @@
 pub mod access;
 pub mod app;
 pub mod audit;
+pub mod backtest;
 pub mod cli;
 pub mod config;
 pub mod domain;
@@ -74,6 +80,7 @@ pub mod metrics;
 pub mod partition;
 pub mod processor;
 pub mod profiles;
+pub mod rule_set;
 pub mod rules;
 pub mod service;
 pub mod shutdown;

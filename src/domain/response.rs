@@ -41,7 +41,16 @@ pub fn write_legacy(out: &mut impl Write, user_id: u64, codes: &[u32]) -> io::Re
 
 /// [`write_legacy`] as one JSON line.
 pub fn write_legacy_line(out: &mut impl Write, user_id: u64, codes: &AlertCodes) -> io::Result<()> {
-    write_legacy_then(out, user_id, codes.as_slice(), b"}\n")
+    write_legacy_codes_line(out, user_id, codes.as_slice())
+}
+
+/// [`write_legacy_line`] for any number of codes (a rule set may have more than five rules).
+pub fn write_legacy_codes_line(
+    out: &mut impl Write,
+    user_id: u64,
+    codes: &[u32],
+) -> io::Result<()> {
+    write_legacy_then(out, user_id, codes, b"}\n")
 }
 
 #[inline]
