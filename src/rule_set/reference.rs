@@ -1,11 +1,12 @@
 //! The reference evaluator of a [`RuleSet`]: any valid set, exactly, with the evidence of every
 //! code it raises.
 //!
-//! Per user it keeps the history any valid rule can ask about: every event within
-//! `state.max_window` of the user's latest one, the types of the last 2 × `state.max_count`
-//! events and the amounts of the last 2 × `state.max_count` events of each type (a low-risk
-//! user's count thresholds are doubled). It is straightforward rather than compact: it serves
-//! `evaluate --rules` and `backtest`, and it is the model that a compact engine is checked against.
+//! Per user it keeps what any valid rule can ask about, whatever the set: every event within
+//! `state.max_window` of the user's latest one (the window rules), the length of the trailing run
+//! of events of one type (`consecutive`), and per type the last amount and the length of the
+//! strictly increasing run ending at it (`increasing`). Runs are exact at any length. It serves
+//! `evaluate --rules` and `backtest`; `tests/rule_set_model.rs` checks it against a naive
+//! evaluator that keeps every event.
 
 use std::collections::VecDeque;
 
@@ -59,10 +60,11 @@ pub struct History {
     last_time: Option<u64>,
     /// Every event within `max_window` of the latest one, oldest first.
     recent: VecDeque<Past>,
-    /// The types of the last events, oldest first.
-    kinds: VecDeque<EventKind>,
-    /// The amounts of the last events of each type (deposits, withdrawals), oldest first.
-    amounts: [VecDeque<u128>; 2],
+    /// The type of the latest event and how many events in a row, up to it, are of that type.
+    run: Option<(EventKind, u64)>,
+    /// Per type (deposits, withdrawals): the last amount and the length of the strictly
+    /// increasing run of that type's amounts ending at it.
+    increasing: [Option<(u128, u64)>; 2],
 }
 
 fn slot(kind: EventKind) -> usize {
@@ -109,7 +111,6 @@ impl History {
         }
         self.last_time = Some(now);
         let amount = event.amount.units();
-        let keep = 2 * bounds.max_count as usize;
         let max_window = window_ticks(set, bounds);
         self.recent.push_back(Past {
             time: now,
@@ -123,15 +124,15 @@ impl History {
         {
             self.recent.pop_front();
         }
-        self.kinds.push_back(event.kind);
-        if self.kinds.len() > keep {
-            self.kinds.pop_front();
-        }
-        let amounts = &mut self.amounts[slot(event.kind)];
-        amounts.push_back(amount);
-        if amounts.len() > keep {
-            amounts.pop_front();
-        }
+        self.run = Some(match self.run {
+            Some((kind, n)) if kind == event.kind => (kind, n + 1),
+            _ => (event.kind, 1),
+        });
+        let increasing = &mut self.increasing[slot(event.kind)];
+        *increasing = Some(match *increasing {
+            Some((last, n)) if amount > last => (amount, n + 1),
+            _ => (amount, 1),
+        });
 
         let mut fired = Fired::default();
         for rule in &set.rules {
@@ -159,17 +160,18 @@ impl History {
                 }
                 Kind::Consecutive { count } => {
                     let needed = risk.count_threshold(u64::from(count));
-                    let kind = of_on(rule.on);
-                    let run = self.kinds.iter().rev().take_while(|k| **k == kind).count() as u64;
+                    let run = match self.run {
+                        Some((kind, n)) if kind == of_on(rule.on) => n,
+                        _ => 0,
+                    };
                     (run >= needed).then(|| evidence(run.into(), needed.into(), None))
                 }
                 Kind::Increasing { count } => {
                     let needed = risk.count_threshold(u64::from(count));
                     let kind = of_on(rule.on);
-                    let run = if event.kind == kind {
-                        increasing_run(&self.amounts[slot(kind)])
-                    } else {
-                        0
+                    let run = match self.increasing[slot(kind)] {
+                        Some((_, n)) if event.kind == kind => n,
+                        _ => 0,
                     };
                     (run >= needed).then(|| evidence(run.into(), needed.into(), None))
                 }
@@ -222,22 +224,6 @@ impl History {
 fn window_ticks(set: &RuleSet, bounds: &Bounds) -> u64 {
     let ticks = set.time_unit.ticks_per_second();
     (bounds.max_window.as_millis() as u64).saturating_mul(ticks) / 1000
-}
-
-/// The length of the strictly increasing run ending at the last amount.
-fn increasing_run(amounts: &VecDeque<u128>) -> u64 {
-    let mut run = 0u64;
-    let mut next: Option<u128> = None;
-    for &a in amounts.iter().rev() {
-        match next {
-            Some(n) if a >= n => break,
-            _ => {
-                run += 1;
-                next = Some(a);
-            }
-        }
-    }
-    run
 }
 
 /// The amount threshold after risk scaling (SPEC section 4), in 10^-8 units; a high-risk
