@@ -26,8 +26,8 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
     let settings = load_settings(&cli.global)?;
     match cli.command.unwrap_or(Command::Run) {
         Command::Evaluate(args) => evaluate(&settings, &args),
-        Command::Backtest(args) => backtest(&args),
-        Command::Rules(RulesCommand::Validate { file }) => validate_rules(&file),
+        Command::Backtest(args) => backtest(&settings, &args),
+        Command::Rules(RulesCommand::Validate { file }) => validate_rules(&settings, &file),
         Command::Process => {
             crate::service::process(settings)?;
             Ok(ExitCode::SUCCESS)
@@ -119,25 +119,24 @@ fn read_profiles(path: Option<&Path>) -> anyhow::Result<Profiles> {
 
 /// A rule set file: JSON when its name ends in `.json`, TOML otherwise. The outer error is for
 /// a file that cannot be read; the inner one lists every problem of an invalid set.
-fn read_rule_set(path: &Path) -> anyhow::Result<Result<RuleSet, InvalidRuleSet>> {
+fn read_rule_set(path: &Path, bounds: &Bounds) -> anyhow::Result<Result<RuleSet, InvalidRuleSet>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading rule set {}", path.display()))?;
-    let bounds = Bounds::default();
     Ok(if path.extension().is_some_and(|e| e == "json") {
-        RuleSet::from_json(&text, &bounds)
+        RuleSet::from_json(&text, bounds)
     } else {
-        RuleSet::from_toml(&text, &bounds)
+        RuleSet::from_toml(&text, bounds)
     })
 }
 
 /// [`read_rule_set`] for a command that needs a valid set.
-fn valid_rule_set(path: &Path) -> anyhow::Result<RuleSet> {
-    read_rule_set(path)?.with_context(|| format!("rule set {}", path.display()))
+fn valid_rule_set(path: &Path, bounds: &Bounds) -> anyhow::Result<RuleSet> {
+    read_rule_set(path, bounds)?.with_context(|| format!("rule set {}", path.display()))
 }
 
 /// `user-monitor rules validate FILE`.
-fn validate_rules(path: &Path) -> anyhow::Result<ExitCode> {
-    match read_rule_set(path)? {
+fn validate_rules(settings: &Settings, path: &Path) -> anyhow::Result<ExitCode> {
+    match read_rule_set(path, &settings.rule_bounds())? {
         Ok(set) => {
             println!("{}", serde_json::to_string_pretty(&set.to_value())?);
             eprintln!(
@@ -159,9 +158,10 @@ fn validate_rules(path: &Path) -> anyhow::Result<ExitCode> {
 }
 
 /// `user-monitor backtest --baseline A --candidate B [--profiles F] [--diff OUT] [INPUT]`.
-fn backtest(args: &BacktestArgs) -> anyhow::Result<ExitCode> {
-    let baseline = valid_rule_set(&args.baseline)?;
-    let candidate = valid_rule_set(&args.candidate)?;
+fn backtest(settings: &Settings, args: &BacktestArgs) -> anyhow::Result<ExitCode> {
+    let bounds = settings.rule_bounds();
+    let baseline = valid_rule_set(&args.baseline, &bounds)?;
+    let candidate = valid_rule_set(&args.candidate, &bounds)?;
     let profiles = read_profiles(args.profiles.as_deref())?;
     let input = open_input(args.input.as_deref())?;
     let mut diff = match &args.diff {
@@ -176,7 +176,7 @@ fn backtest(args: &BacktestArgs) -> anyhow::Result<ExitCode> {
         &profiles,
         &baseline,
         &candidate,
-        &Bounds::default(),
+        &bounds,
     )
     .context("backtesting")?;
     println!("{}", serde_json::to_string_pretty(&report)?);
@@ -189,8 +189,9 @@ fn evaluate(settings: &Settings, args: &EvaluateArgs) -> anyhow::Result<ExitCode
     let stdout = io::stdout().lock();
     let summary = match &args.rules {
         Some(path) => {
-            let set = valid_rule_set(path)?;
-            crate::evaluate::evaluate_rule_set(input, stdout, &profiles, &set, &Bounds::default())
+            let bounds = settings.rule_bounds();
+            let set = valid_rule_set(path, &bounds)?;
+            crate::evaluate::evaluate_rule_set(input, stdout, &profiles, &set, &bounds)
         }
         None => {
             let limits = match args.time_unit {

@@ -64,6 +64,7 @@ pub struct Settings {
     pub topics: TopicsConfig,
     pub processing: ProcessingConfig,
     pub snapshot: SnapshotConfig,
+    pub state: StateConfig,
     pub profiles: ProfilesConfig,
     pub http: HttpConfig,
     pub store: StoreConfig,
@@ -148,6 +149,22 @@ pub struct SnapshotConfig {
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
 }
+
+/// How far back a rule of a rule set may look (SPEC section 10): a window of at most
+/// `max_window`, a count of at most `max_count`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    #[serde(with = "humantime_serde")]
+    pub max_window: Duration,
+    pub max_count: u32,
+}
+
+/// Longest `state.max_window`: one year.
+const MAX_STATE_WINDOW: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// Largest `state.max_count`.
+const MAX_STATE_COUNT: u32 = 1024;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -356,6 +373,18 @@ impl Settings {
         if self.snapshot.interval.is_zero() {
             return Err(invalid("snapshot.interval", "must be greater than 0"));
         }
+        if self.state.max_window.is_zero() || self.state.max_window > MAX_STATE_WINDOW {
+            return Err(invalid(
+                "state.max_window",
+                "must be greater than 0 and at most 366 days",
+            ));
+        }
+        if !(1..=MAX_STATE_COUNT).contains(&self.state.max_count) {
+            return Err(invalid(
+                "state.max_count",
+                format!("must be in 1..={MAX_STATE_COUNT}"),
+            ));
+        }
         if self.http.body_limit_bytes == 0 {
             return Err(invalid("http.body_limit_bytes", "must be at least 1"));
         }
@@ -414,6 +443,14 @@ impl Settings {
     /// The validated rules.
     pub fn limits(&self) -> Limits {
         Limits::new(&self.rules).expect("validated at load")
+    }
+
+    /// The bounds a rule set is validated and evaluated against (`[state]`).
+    pub fn rule_bounds(&self) -> crate::rule_set::Bounds {
+        crate::rule_set::Bounds {
+            max_window: self.state.max_window,
+            max_count: self.state.max_count,
+        }
     }
 
     /// The transactional id of this instance.
@@ -478,6 +515,15 @@ fn validate_topic_name(key: &str, name: &str) -> Result<(), ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rule_set_bounds_are_validated_and_reach_the_rule_sets() {
+        let err = load_with(&[("USER_MONITOR__STATE__MAX_COUNT", "0")], &[], None).unwrap_err();
+        assert!(err.to_string().contains("state.max_count"), "{err}");
+        let s = load_with(&[("USER_MONITOR__STATE__MAX_WINDOW", "2h")], &[], None).unwrap();
+        assert_eq!(s.rule_bounds().max_window, Duration::from_secs(7200));
+        assert_eq!(s.rule_bounds().max_count, 16);
+    }
 
     #[test]
     fn a_configuration_error_reads_once_in_a_report() {
