@@ -609,6 +609,22 @@ fn wall_clock() -> String {
     )
 }
 
+/// How often the broker's transaction coordinator skipped the markers of a partition it found
+/// no leader for (see the call).
+fn broker_skipped_markers(broker: &Broker) -> usize {
+    std::fs::read_dir(broker.state_dir())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("kafka.log"))
+        .filter_map(|e| std::fs::read(e.path()).ok())
+        .map(|bytes| {
+            String::from_utf8_lossy(&bytes)
+                .matches("Couldn't find leader endpoint")
+                .count()
+        })
+        .sum()
+}
+
 /// Keeps the processors' and the broker's logs of a failed run (the worlds' directories are
 /// deleted with them) and says where.
 fn keep_logs(seed: u64, fleets: &[Fleet], broker: &Broker) -> PathBuf {
@@ -1135,6 +1151,21 @@ fn seeded_random_faults_lose_nothing_and_answer_as_the_engine() {
         suite_started.elapsed().as_secs_f64(),
         reports.join("\n")
     );
+    // KAFKA-20734 (README, "Kafka versions"): a broker that drops a transaction's markers for a
+    // leaderless partition leaves it open forever; said plainly, should the broker ever be one
+    // of the releases that do.
+    let skipped = broker_skipped_markers(&broker);
+    if skipped > 0 {
+        let note = format!(
+            "broker: transaction markers skipped {skipped} times (\"Couldn't find leader endpoint\" \
+             in its log): this Kafka release drops the markers of a leaderless partition \
+             (KAFKA-20734), which leaves that partition's transaction open forever"
+        );
+        eprintln!("{note}");
+        if !failures.is_empty() {
+            failures.push(note);
+        }
+    }
     if !failures.is_empty() {
         let logs = keep_logs(seed, &fleets, &broker);
         panic!(
