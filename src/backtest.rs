@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::domain::event::decode;
 use crate::evaluate::{trim_line_end, LineReader};
 use crate::profiles::Profiles;
-use crate::rule_set::reference::Reference;
+use crate::rule_set::reference::{Fired, Reference};
 use crate::rule_set::{Bounds, RuleSet};
 
 /// Per code: how its alerts changed from the baseline to the candidate.
@@ -69,6 +69,7 @@ pub fn backtest(
     let mut affected: BTreeMap<u32, BTreeSet<u64>> = BTreeMap::new();
     let mut users_changed = BTreeSet::new();
     let mut lines = LineReader::new(&mut input);
+    let (mut before, mut after) = (Fired::default(), Fired::default());
     while let Some(line) = lines.next_line()? {
         report.lines += 1;
         let Ok(event) = decode(trim_line_end(line)) else {
@@ -76,9 +77,11 @@ pub fn backtest(
             continue;
         };
         let risk = profiles.risk(event.user_id.0);
-        let (Ok(before), Ok(after)) = (
-            under_baseline.apply(&event, risk, baseline, bounds),
-            under_candidate.apply(&event, risk, candidate, bounds),
+        let user = event.user_id.0;
+        let (a, b) = (under_baseline.slot(user), under_candidate.slot(user));
+        let (Ok(()), Ok(())) = (
+            under_baseline.apply_at(a, &event, risk, baseline, bounds, &mut before, false),
+            under_candidate.apply_at(b, &event, risk, candidate, bounds, &mut after, false),
         ) else {
             report.out_of_order += 1;
             continue;

@@ -5,13 +5,13 @@
 
 use std::io::{self, BufRead, Write};
 
-use crate::domain::event::decode;
+use crate::domain::event::{decode, Event};
 use crate::domain::response::{write_legacy_codes_line, write_legacy_line, Rejection};
 use crate::domain::Verdict;
 use crate::engine::{Admission, Context, Engine, Input};
 use crate::idempotency::DedupLimits;
 use crate::profiles::Profiles;
-use crate::rule_set::reference::Reference;
+use crate::rule_set::reference::{Fired, Reference, UserSlot};
 use crate::rule_set::{Bounds, RuleSet};
 use crate::rules::Limits;
 
@@ -118,26 +118,53 @@ pub fn evaluate_rule_set(
     let mut reference = Reference::default();
     let mut summary = Summary::default();
     let mut lines = LineReader::new(&mut input);
-    while let Some(line) = lines.next_line()? {
-        summary.lines += 1;
-        let event = match decode(trim_line_end(line)) {
-            Ok(event) => event,
-            Err(e) => {
-                summary.invalid += 1;
-                write_error_line(&mut output, &e.to_string(), summary.lines)?;
-                continue;
-            }
-        };
-        let risk = profiles.risk(event.user_id.0);
-        match reference.apply(&event, risk, set, bounds) {
-            Ok(fired) => {
-                summary.accepted += 1;
-                summary.alerts += u64::from(!fired.codes.is_empty());
-                write_legacy_codes_line(&mut output, event.user_id.0, &fired.codes)?;
-            }
-            Err(e) => {
-                summary.out_of_order += 1;
-                write_error_line(&mut output, &e.to_string(), summary.lines)?;
+    // As in `evaluate`: decode a batch, find its users, touch their histories, then apply in
+    // input order.
+    let mut batch: Vec<Result<(Event, UserSlot), String>> = Vec::with_capacity(BATCH);
+    let mut fired = Fired::default();
+    loop {
+        batch.clear();
+        while batch.len() < BATCH {
+            let Some(line) = lines.next_line()? else {
+                break;
+            };
+            batch.push(match decode(trim_line_end(line)) {
+                Ok(event) => {
+                    let slot = reference.slot(event.user_id.0);
+                    Ok((event, slot))
+                }
+                Err(e) => Err(e.to_string()),
+            });
+        }
+        if batch.is_empty() {
+            break;
+        }
+        reference.touch(
+            batch
+                .iter()
+                .filter_map(|b| b.as_ref().ok().map(|(_, s)| *s)),
+        );
+        for decoded in batch.drain(..) {
+            summary.lines += 1;
+            let (event, slot) = match decoded {
+                Ok(decoded) => decoded,
+                Err(e) => {
+                    summary.invalid += 1;
+                    write_error_line(&mut output, &e, summary.lines)?;
+                    continue;
+                }
+            };
+            let risk = profiles.risk(event.user_id.0);
+            match reference.apply_at(slot, &event, risk, set, bounds, &mut fired, false) {
+                Ok(()) => {
+                    summary.accepted += 1;
+                    summary.alerts += u64::from(!fired.codes.is_empty());
+                    write_legacy_codes_line(&mut output, event.user_id.0, &fired.codes)?;
+                }
+                Err(e) => {
+                    summary.out_of_order += 1;
+                    write_error_line(&mut output, &e.to_string(), summary.lines)?;
+                }
             }
         }
     }

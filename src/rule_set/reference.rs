@@ -47,24 +47,78 @@ pub struct Fired {
     pub evidence: Vec<Evidence>,
 }
 
+/// Amounts up to this many 10^-8 units (about 46 billion) are kept inline in 62 bits; larger
+/// ones go to a side table (never freed: this evaluator runs over one input).
+const INLINE_MAX: u128 = (1 << 62) - 1;
+/// In a packed amount: the value is an index into the side table.
+const BIG: u64 = 1 << 63;
+/// In a window entry: the event was a withdrawal.
+const WITHDRAW: u64 = 1 << 62;
+
+/// Exact amounts in 64 bits: inline, or in the side table.
+#[derive(Debug, Clone, Default)]
+struct Amounts {
+    big: Vec<u128>,
+}
+
+impl Amounts {
+    #[inline]
+    fn pack(&mut self, amount: u128) -> u64 {
+        if amount <= INLINE_MAX {
+            amount as u64
+        } else {
+            self.big.push(amount);
+            BIG | (self.big.len() - 1) as u64
+        }
+    }
+
+    #[inline]
+    fn unpack(&self, packed: u64) -> u128 {
+        let packed = packed & !WITHDRAW;
+        if packed & BIG != 0 {
+            self.big[(packed & !BIG) as usize]
+        } else {
+            u128::from(packed)
+        }
+    }
+}
+
+/// One event within the window: its time, and its packed amount with its type.
 #[derive(Debug, Clone, Copy)]
 struct Past {
     time: u64,
-    kind: EventKind,
-    amount: u128,
+    amount: u64,
 }
 
-/// One user's history (see the module documentation).
+impl Past {
+    fn kind(self) -> EventKind {
+        if self.amount & WITHDRAW != 0 {
+            EventKind::Withdraw
+        } else {
+            EventKind::Deposit
+        }
+    }
+}
+
+const SEEN: u8 = 1;
+/// The trailing run is of withdrawals.
+const RUN_WITHDRAW: u8 = 2;
+/// `last_amount[i]` holds an amount.
+const HAS_LAST: [u8; 2] = [4, 8];
+
+/// One user's history (see the module documentation): 72 bytes plus the window's entries.
 #[derive(Debug, Clone, Default)]
-pub struct History {
-    last_time: Option<u64>,
+struct History {
+    last_time: u64,
     /// Every event within `max_window` of the latest one, oldest first.
-    recent: VecDeque<Past>,
-    /// The type of the latest event and how many events in a row, up to it, are of that type.
-    run: Option<(EventKind, u64)>,
-    /// Per type (deposits, withdrawals): the last amount and the length of the strictly
-    /// increasing run of that type's amounts ending at it.
-    increasing: [Option<(u128, u64)>; 2],
+    window: VecDeque<Past>,
+    /// Per type (deposits, withdrawals): the last amount, packed.
+    last_amount: [u64; 2],
+    /// How many events in a row, up to the latest, are of its type (saturating).
+    run_len: u32,
+    /// Per type: the length of the strictly increasing run ending at the last amount.
+    increasing: [u32; 2],
+    flags: u8,
 }
 
 fn slot(kind: EventKind) -> usize {
@@ -91,99 +145,132 @@ fn of_on(on: On) -> EventKind {
 }
 
 impl History {
+    fn run(&self) -> (EventKind, u32) {
+        let kind = if self.flags & RUN_WITHDRAW != 0 {
+            EventKind::Withdraw
+        } else {
+            EventKind::Deposit
+        };
+        (kind, self.run_len)
+    }
+
     /// Appends `event` (or rejects it, history untouched, when it is out of order) and
     /// evaluates every rule of `set` on it at `risk`.
-    pub fn apply(
+    /// Fills `fired` (cleared first) with the codes, and their evidence when `explain`.
+    fn apply(
         &mut self,
+        amounts: &mut Amounts,
         event: &Event,
-        risk: Risk,
-        set: &RuleSet,
-        bounds: &Bounds,
-    ) -> Result<Fired, OutOfOrder> {
+        (risk, set, max_window): (Risk, &RuleSet, u64),
+        fired: &mut Fired,
+        explain: bool,
+    ) -> Result<(), OutOfOrder> {
         let now = event.time;
-        if let Some(last_time) = self.last_time {
-            if now < last_time {
-                return Err(OutOfOrder {
-                    time: now,
-                    last_time,
-                });
-            }
+        if self.flags & SEEN != 0 && now < self.last_time {
+            return Err(OutOfOrder {
+                time: now,
+                last_time: self.last_time,
+            });
         }
-        self.last_time = Some(now);
+        self.flags |= SEEN;
+        self.last_time = now;
         let amount = event.amount.units();
-        let max_window = window_ticks(set, bounds);
-        self.recent.push_back(Past {
-            time: now,
-            kind: event.kind,
-            amount,
-        });
+        let packed = amounts.pack(amount);
+        let withdraw = event.kind == EventKind::Withdraw;
         while self
-            .recent
+            .window
             .front()
             .is_some_and(|p| now - p.time > max_window)
         {
-            self.recent.pop_front();
+            self.window.pop_front();
         }
-        self.run = Some(match self.run {
-            Some((kind, n)) if kind == event.kind => (kind, n + 1),
-            _ => (event.kind, 1),
+        if self.window.len() == self.window.capacity() {
+            // Grow by one while small: most users have a handful of events in a window.
+            let more = if self.window.len() < 4 {
+                1
+            } else {
+                self.window.len()
+            };
+            self.window.reserve_exact(more);
+        }
+        self.window.push_back(Past {
+            time: now,
+            amount: packed | if withdraw { WITHDRAW } else { 0 },
         });
-        let increasing = &mut self.increasing[slot(event.kind)];
-        *increasing = Some(match *increasing {
-            Some((last, n)) if amount > last => (amount, n + 1),
-            _ => (amount, 1),
-        });
+        let (run_kind, run_len) = self.run();
+        if run_len > 0 && run_kind == event.kind {
+            self.run_len = run_len.saturating_add(1);
+        } else {
+            self.run_len = 1;
+            self.flags = (self.flags & !RUN_WITHDRAW) | if withdraw { RUN_WITHDRAW } else { 0 };
+        }
+        let i = slot(event.kind);
+        if self.flags & HAS_LAST[i] != 0 && amount > amounts.unpack(self.last_amount[i]) {
+            self.increasing[i] = self.increasing[i].saturating_add(1);
+        } else {
+            self.increasing[i] = 1;
+        }
+        self.last_amount[i] = packed;
+        self.flags |= HAS_LAST[i];
 
-        let mut fired = Fired::default();
+        fired.codes.clear();
+        fired.evidence.clear();
         for rule in &set.rules {
             let amount_value = |units: u128| serde_json::Value::from(format_units(units));
-            let evidence = |observed, threshold, window: Option<u64>| Evidence {
-                code: rule.code,
-                kind: rule.kind.name(),
-                on: rule.on,
-                observed,
-                threshold,
-                risk,
-                from_time: window.map(|w| now.saturating_sub(w)),
-                to_time: window.map(|_| now),
-                warming_up: false,
+            let evidence = |observed: &dyn Fn() -> serde_json::Value,
+                            threshold: &dyn Fn() -> serde_json::Value,
+                            window: Option<u64>| {
+                explain.then(|| Evidence {
+                    code: rule.code,
+                    kind: rule.kind.name(),
+                    on: rule.on,
+                    observed: observed(),
+                    threshold: threshold(),
+                    risk,
+                    from_time: window.map(|w| now.saturating_sub(w)),
+                    to_time: window.map(|_| now),
+                    warming_up: false,
+                })
             };
             let hit = match rule.kind {
                 Kind::Amount { amount: a } => {
                     (matches(rule.on, event.kind) && risk.amount_exceeded(amount, a)).then(|| {
                         evidence(
-                            amount_value(amount),
-                            amount_value(scaled_amount(risk, a)),
+                            &|| amount_value(amount),
+                            &|| amount_value(scaled_amount(risk, a)),
                             None,
                         )
                     })
                 }
                 Kind::Consecutive { count } => {
                     let needed = risk.count_threshold(u64::from(count));
-                    let run = match self.run {
-                        Some((kind, n)) if kind == of_on(rule.on) => n,
-                        _ => 0,
+                    let (kind, n) = self.run();
+                    let run = if kind == of_on(rule.on) {
+                        u64::from(n)
+                    } else {
+                        0
                     };
-                    (run >= needed).then(|| evidence(run.into(), needed.into(), None))
+                    (run >= needed).then(|| evidence(&|| run.into(), &|| needed.into(), None))
                 }
                 Kind::Increasing { count } => {
                     let needed = risk.count_threshold(u64::from(count));
                     let kind = of_on(rule.on);
-                    let run = match self.increasing[slot(kind)] {
-                        Some((_, n)) if event.kind == kind => n,
-                        _ => 0,
+                    let run = if event.kind == kind {
+                        u64::from(self.increasing[slot(kind)])
+                    } else {
+                        0
                     };
-                    (run >= needed).then(|| evidence(run.into(), needed.into(), None))
+                    (run >= needed).then(|| evidence(&|| run.into(), &|| needed.into(), None))
                 }
                 Kind::WindowSum { amount: a, window } => {
                     if matches(rule.on, event.kind) {
                         let sum = self
                             .within(now, window, rule.on)
-                            .fold(0u128, |s, p| s.saturating_add(p.amount));
+                            .fold(0u128, |s, p| s.saturating_add(amounts.unpack(p.amount)));
                         risk.amount_exceeded(sum, a).then(|| {
                             evidence(
-                                amount_value(sum),
-                                amount_value(scaled_amount(risk, a)),
+                                &|| amount_value(sum),
+                                &|| amount_value(scaled_amount(risk, a)),
                                 Some(window),
                             )
                         })
@@ -195,7 +282,8 @@ impl History {
                     if matches(rule.on, event.kind) {
                         let needed = risk.count_threshold(u64::from(count));
                         let seen = self.within(now, window, rule.on).count() as u64;
-                        (seen > needed).then(|| evidence(seen.into(), needed.into(), Some(window)))
+                        (seen > needed)
+                            .then(|| evidence(&|| seen.into(), &|| needed.into(), Some(window)))
                     } else {
                         None
                     }
@@ -203,20 +291,22 @@ impl History {
             };
             if let Some(evidence) = hit {
                 fired.codes.push(rule.code);
-                fired.evidence.push(evidence);
+                if let Some(evidence) = evidence {
+                    fired.evidence.push(evidence);
+                }
             }
         }
         fired.codes.sort_unstable();
         fired.evidence.sort_by_key(|e| e.code);
-        Ok(fired)
+        Ok(())
     }
 
     fn within(&self, now: u64, window: u64, on: On) -> impl Iterator<Item = &Past> {
-        self.recent
+        self.window
             .iter()
             .rev()
             .take_while(move |p| now - p.time <= window)
-            .filter(move |p| matches(on, p.kind))
+            .filter(move |p| matches(on, p.kind()))
     }
 }
 
@@ -236,13 +326,67 @@ fn scaled_amount(risk: Risk, amount: u128) -> u128 {
     }
 }
 
-/// Every user's history under one rule set.
+/// Every user's history under one rule set: a slab of histories and an index by user id.
 #[derive(Debug, Clone, Default)]
 pub struct Reference {
-    users: FxHashMap<u64, History>,
+    index: FxHashMap<u64, u32>,
+    users: Vec<History>,
+    amounts: Amounts,
 }
 
+/// A user's place in a [`Reference`] (see [`Reference::slot`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserSlot(u32);
+
 impl Reference {
+    /// The user's slot, with an empty history the first time.
+    pub fn slot(&mut self, user_id: u64) -> UserSlot {
+        let next = self.users.len();
+        let slot = *self
+            .index
+            .entry(user_id)
+            .or_insert_with(|| u32::try_from(next).expect("fewer than 2^32 users"));
+        if slot as usize == next {
+            self.users.push(History::default());
+        }
+        UserSlot(slot)
+    }
+
+    /// Reads the histories at `slots`, so that a batch's cache misses overlap before
+    /// [`Reference::apply_at`] needs them.
+    pub fn touch(&self, slots: impl Iterator<Item = UserSlot>) {
+        let sum = slots.fold(0u64, |sum, s| {
+            let h = &self.users[s.0 as usize];
+            sum.wrapping_add(h.last_time)
+                .wrapping_add(h.window.front().map_or(0, |p| p.time))
+        });
+        std::hint::black_box(sum);
+    }
+
+    /// Applies `event` to the history at `slot`: its codes (and their evidence when `explain`)
+    /// into `fired`, which is cleared first and can be reused from event to event.
+    #[allow(clippy::too_many_arguments)]
+    pub fn apply_at(
+        &mut self,
+        slot: UserSlot,
+        event: &Event,
+        risk: Risk,
+        set: &RuleSet,
+        bounds: &Bounds,
+        fired: &mut Fired,
+        explain: bool,
+    ) -> Result<(), OutOfOrder> {
+        let max_window = window_ticks(set, bounds);
+        self.users[slot.0 as usize].apply(
+            &mut self.amounts,
+            event,
+            (risk, set, max_window),
+            fired,
+            explain,
+        )
+    }
+
+    /// [`Reference::apply_at`] for one event, with its evidence.
     pub fn apply(
         &mut self,
         event: &Event,
@@ -250,10 +394,10 @@ impl Reference {
         set: &RuleSet,
         bounds: &Bounds,
     ) -> Result<Fired, OutOfOrder> {
-        self.users
-            .entry(event.user_id.0)
-            .or_default()
-            .apply(event, risk, set, bounds)
+        let slot = self.slot(event.user_id.0);
+        let mut fired = Fired::default();
+        self.apply_at(slot, event, risk, set, bounds, &mut fired, true)?;
+        Ok(fired)
     }
 
     pub fn users(&self) -> usize {
@@ -318,7 +462,7 @@ mod tests {
     fn evidence_names_the_observed_value_and_the_scaled_threshold() {
         let set = RuleSet::default_set();
         let bounds = Bounds::default();
-        let mut history = History::default();
+        let mut history = Reference::default();
         let e = |line: &str| decode(line.as_bytes()).unwrap();
         history
             .apply(
