@@ -106,12 +106,32 @@ const RUN_WITHDRAW: u8 = 2;
 /// `last_amount[i]` holds an amount.
 const HAS_LAST: [u8; 2] = [4, 8];
 
-/// One user's history (see the module documentation): 72 bytes plus the window's entries.
+/// A window rule's running sum and count over a long window (see [`History::cursors`]).
+#[derive(Debug, Clone, Copy, Default)]
+struct Cursor {
+    /// The number (see [`History::popped`]) of the oldest event inside the rule's window.
+    start: u64,
+    sum: u128,
+    count: u64,
+    /// The sum never overflowed (else the rule scans, and saturates as it adds).
+    exact: bool,
+}
+
+/// A window longer than this keeps running sums per window rule instead of scanning.
+const LONG_WINDOW: usize = 16;
+
+/// One user's history (see the module documentation): 88 bytes plus the window's entries.
 #[derive(Debug, Clone, Default)]
 struct History {
     last_time: u64,
     /// Every event within `max_window` of the latest one, oldest first.
     window: VecDeque<Past>,
+    /// Events dropped from the window's front so far: window entry `i` is the user's event
+    /// number `popped + i`.
+    popped: u64,
+    /// While the window is long: per rule of the set (by position; only window rules use
+    /// theirs), the running sum and count of its window, so it costs O(1) amortized.
+    cursors: Option<Box<Vec<Cursor>>>,
     /// Per type (deposits, withdrawals): the last amount, packed.
     last_amount: [u64; 2],
     /// How many events in a row, up to the latest, are of its type (saturating).
@@ -177,13 +197,6 @@ impl History {
         let amount = event.amount.units();
         let packed = amounts.pack(amount);
         let withdraw = event.kind == EventKind::Withdraw;
-        while self
-            .window
-            .front()
-            .is_some_and(|p| now - p.time > max_window)
-        {
-            self.window.pop_front();
-        }
         if self.window.len() == self.window.capacity() {
             // Grow by one while small: most users have a handful of events in a window.
             let more = if self.window.len() < 4 {
@@ -197,6 +210,7 @@ impl History {
             time: now,
             amount: packed | if withdraw { WITHDRAW } else { 0 },
         });
+        self.slide(amounts, set, now, amount, event.kind);
         let (run_kind, run_len) = self.run();
         if run_len > 0 && run_kind == event.kind {
             self.run_len = run_len.saturating_add(1);
@@ -215,7 +229,7 @@ impl History {
 
         fired.codes.clear();
         fired.evidence.clear();
-        for rule in &set.rules {
+        for (position, rule) in set.rules.iter().enumerate() {
             let amount_value = |units: u128| serde_json::Value::from(format_units(units));
             let evidence = |observed: &dyn Fn() -> serde_json::Value,
                             threshold: &dyn Fn() -> serde_json::Value,
@@ -264,9 +278,12 @@ impl History {
                 }
                 Kind::WindowSum { amount: a, window } => {
                     if matches(rule.on, event.kind) {
-                        let sum = self
-                            .within(now, window, rule.on)
-                            .fold(0u128, |s, p| s.saturating_add(amounts.unpack(p.amount)));
+                        let sum = match self.cursor(position) {
+                            Some(c) if c.exact => c.sum,
+                            _ => self
+                                .within(now, window, rule.on)
+                                .fold(0u128, |s, p| s.saturating_add(amounts.unpack(p.amount))),
+                        };
                         risk.amount_exceeded(sum, a).then(|| {
                             evidence(
                                 &|| amount_value(sum),
@@ -281,7 +298,10 @@ impl History {
                 Kind::WindowCount { count, window } => {
                     if matches(rule.on, event.kind) {
                         let needed = risk.count_threshold(u64::from(count));
-                        let seen = self.within(now, window, rule.on).count() as u64;
+                        let seen = match self.cursor(position) {
+                            Some(c) => c.count,
+                            None => self.within(now, window, rule.on).count() as u64,
+                        };
                         (seen > needed)
                             .then(|| evidence(&|| seen.into(), &|| needed.into(), Some(window)))
                     } else {
@@ -298,7 +318,83 @@ impl History {
         }
         fired.codes.sort_unstable();
         fired.evidence.sort_by_key(|e| e.code);
+        while self
+            .window
+            .front()
+            .is_some_and(|p| now - p.time > max_window)
+        {
+            self.window.pop_front();
+            self.popped += 1;
+        }
+        if self.window.len() <= LONG_WINDOW / 4 {
+            self.cursors = None;
+        }
         Ok(())
+    }
+
+    fn cursor(&self, position: usize) -> Option<&Cursor> {
+        self.cursors.as_ref().map(|c| &c[position])
+    }
+
+    /// Keeps the window rules' running sums and counts up to date with the event just pushed
+    /// (starting them once the window gets long): the new event in, the events that left each
+    /// rule's window out. Called before the window's front is pruned, so every event leaving a
+    /// rule's window is still there to subtract.
+    fn slide(&mut self, amounts: &Amounts, set: &RuleSet, now: u64, amount: u128, kind: EventKind) {
+        if self.cursors.is_none() {
+            if self.window.len() <= LONG_WINDOW {
+                return;
+            }
+            let mut cursors = vec![Cursor::default(); set.rules.len()];
+            for (cursor, rule) in cursors.iter_mut().zip(&set.rules) {
+                let (Kind::WindowSum { window, .. } | Kind::WindowCount { window, .. }) = rule.kind
+                else {
+                    continue;
+                };
+                let first = self.window.partition_point(|p| now - p.time > window);
+                cursor.start = self.popped + first as u64;
+                cursor.exact = true;
+                for p in self.window.range(first..).filter(|p| matches(rule.on, p.kind())) {
+                    cursor.count += 1;
+                    match cursor.sum.checked_add(amounts.unpack(p.amount)) {
+                        Some(sum) => cursor.sum = sum,
+                        None => cursor.exact = false,
+                    }
+                }
+            }
+            self.cursors = Some(Box::new(cursors));
+            return;
+        }
+        let cursors = self.cursors.as_mut().expect("checked above");
+        debug_assert_eq!(cursors.len(), set.rules.len(), "one rule set per evaluator");
+        for (cursor, rule) in cursors.iter_mut().zip(&set.rules) {
+            let (Kind::WindowSum { window, .. } | Kind::WindowCount { window, .. }) = rule.kind
+            else {
+                continue;
+            };
+            if matches(rule.on, kind) {
+                cursor.count += 1;
+                match cursor.sum.checked_add(amount) {
+                    Some(sum) => cursor.sum = sum,
+                    None => cursor.exact = false,
+                }
+            }
+            loop {
+                let Some(p) = self.window.get((cursor.start - self.popped) as usize) else {
+                    break;
+                };
+                if now - p.time <= window {
+                    break;
+                }
+                if matches(rule.on, p.kind()) {
+                    cursor.count -= 1;
+                    if cursor.exact {
+                        cursor.sum -= amounts.unpack(p.amount);
+                    }
+                }
+                cursor.start += 1;
+            }
+        }
     }
 
     fn within(&self, now: u64, window: u64, on: On) -> impl Iterator<Item = &Past> {
