@@ -354,7 +354,11 @@ impl History {
                 let first = self.window.partition_point(|p| now - p.time > window);
                 cursor.start = self.popped + first as u64;
                 cursor.exact = true;
-                for p in self.window.range(first..).filter(|p| matches(rule.on, p.kind())) {
+                for p in self
+                    .window
+                    .range(first..)
+                    .filter(|p| matches(rule.on, p.kind()))
+                {
                     cursor.count += 1;
                     match cursor.sum.checked_add(amounts.unpack(p.amount)) {
                         Some(sum) => cursor.sum = sum,
