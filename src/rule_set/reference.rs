@@ -385,10 +385,7 @@ impl History {
                     None => cursor.exact = false,
                 }
             }
-            loop {
-                let Some(p) = self.window.get((cursor.start - self.popped) as usize) else {
-                    break;
-                };
+            while let Some(p) = self.window.get((cursor.start - self.popped) as usize) {
                 if now - p.time <= window {
                     break;
                 }
