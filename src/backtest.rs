@@ -10,10 +10,10 @@ use std::io::{self, BufRead, Write};
 
 use serde::Serialize;
 
-use crate::domain::event::decode;
-use crate::evaluate::{trim_line_end, LineReader};
+use crate::domain::event::{decode, Event};
+use crate::evaluate::{trim_line_end, LineReader, BATCH};
 use crate::profiles::Profiles;
-use crate::rule_set::reference::{Fired, Reference};
+use crate::rule_set::reference::{Fired, Reference, UserSlot};
 use crate::rule_set::{Bounds, RuleSet};
 
 /// Per code: how its alerts changed from the baseline to the candidate.
@@ -70,57 +70,75 @@ pub fn backtest(
     let mut users_changed = BTreeSet::new();
     let mut lines = LineReader::new(&mut input);
     let (mut before, mut after) = (Fired::default(), Fired::default());
-    while let Some(line) = lines.next_line()? {
-        report.lines += 1;
-        let Ok(event) = decode(trim_line_end(line)) else {
-            report.invalid += 1;
-            continue;
-        };
-        let risk = profiles.risk(event.user_id.0);
-        let user = event.user_id.0;
-        let (a, b) = (under_baseline.slot(user), under_candidate.slot(user));
-        let (Ok(()), Ok(())) = (
-            under_baseline.apply_at(a, &event, risk, baseline, bounds, &mut before, false),
-            under_candidate.apply_at(b, &event, risk, candidate, bounds, &mut after, false),
-        ) else {
-            report.out_of_order += 1;
-            continue;
-        };
-        report.events += 1;
-        for &code in &before.codes {
-            report.codes.entry(code).or_default().baseline += 1;
+    // As in `evaluate`: decode a batch ahead, touch its users' histories under both sets, then
+    // apply in input order.
+    let mut batch: Vec<Option<(Event, UserSlot, UserSlot)>> = Vec::with_capacity(BATCH);
+    loop {
+        batch.clear();
+        while batch.len() < BATCH {
+            let Some(line) = lines.next_line()? else {
+                break;
+            };
+            batch.push(decode(trim_line_end(line)).ok().map(|event| {
+                let user = event.user_id.0;
+                (event, under_baseline.slot(user), under_candidate.slot(user))
+            }));
         }
-        for &code in &after.codes {
-            report.codes.entry(code).or_default().candidate += 1;
+        if batch.is_empty() {
+            break;
         }
-        if before.codes == after.codes {
-            continue;
-        }
-        report.events_changed += 1;
-        users_changed.insert(event.user_id.0);
-        for &code in &after.codes {
-            if !before.codes.contains(&code) {
-                report.codes.entry(code).or_default().added += 1;
-                affected.entry(code).or_default().insert(event.user_id.0);
+        under_baseline.touch(batch.iter().flatten().map(|(_, a, _)| *a));
+        under_candidate.touch(batch.iter().flatten().map(|(_, _, b)| *b));
+        for item in batch.drain(..) {
+            report.lines += 1;
+            let Some((event, a, b)) = item else {
+                report.invalid += 1;
+                continue;
+            };
+            let risk = profiles.risk(event.user_id.0);
+            let (Ok(()), Ok(())) = (
+                under_baseline.apply_at(a, &event, risk, baseline, bounds, &mut before, false),
+                under_candidate.apply_at(b, &event, risk, candidate, bounds, &mut after, false),
+            ) else {
+                report.out_of_order += 1;
+                continue;
+            };
+            report.events += 1;
+            for &code in &before.codes {
+                report.codes.entry(code).or_default().baseline += 1;
             }
-        }
-        for &code in &before.codes {
-            if !after.codes.contains(&code) {
-                report.codes.entry(code).or_default().removed += 1;
-                affected.entry(code).or_default().insert(event.user_id.0);
+            for &code in &after.codes {
+                report.codes.entry(code).or_default().candidate += 1;
             }
-        }
-        if let Some(out) = diff.as_deref_mut() {
-            serde_json::to_writer(
-                &mut *out,
-                &DiffLine {
-                    line: report.lines,
-                    user_id: event.user_id.0,
-                    baseline: &before.codes,
-                    candidate: &after.codes,
-                },
-            )?;
-            out.write_all(b"\n")?;
+            if before.codes == after.codes {
+                continue;
+            }
+            report.events_changed += 1;
+            users_changed.insert(event.user_id.0);
+            for &code in &after.codes {
+                if !before.codes.contains(&code) {
+                    report.codes.entry(code).or_default().added += 1;
+                    affected.entry(code).or_default().insert(event.user_id.0);
+                }
+            }
+            for &code in &before.codes {
+                if !after.codes.contains(&code) {
+                    report.codes.entry(code).or_default().removed += 1;
+                    affected.entry(code).or_default().insert(event.user_id.0);
+                }
+            }
+            if let Some(out) = diff.as_deref_mut() {
+                serde_json::to_writer(
+                    &mut *out,
+                    &DiffLine {
+                        line: report.lines,
+                        user_id: event.user_id.0,
+                        baseline: &before.codes,
+                        candidate: &after.codes,
+                    },
+                )?;
+                out.write_all(b"\n")?;
+            }
         }
     }
     for (code, users) in affected {

@@ -183,7 +183,7 @@ pub(crate) fn trim_line_end(line: &[u8]) -> &[u8] {
 }
 
 /// Lines decoded ahead of evaluation (see [`evaluate`]).
-const BATCH: usize = 32;
+pub(crate) const BATCH: usize = 32;
 
 /// Splits a reader into lines (each with its `\n`, the last one possibly without) from one
 /// reused buffer: big reads, `memchr` for the line ends, a line longer than the buffer grows it.
