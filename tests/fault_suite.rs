@@ -612,11 +612,9 @@ fn wall_clock() -> String {
 /// How often the broker's transaction coordinator skipped the markers of a partition it found
 /// no leader for (see the call).
 fn broker_skipped_markers(broker: &Broker) -> usize {
-    std::fs::read_dir(broker.state_dir())
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("kafka.log"))
-        .filter_map(|e| std::fs::read(e.path()).ok())
+    broker_logs(broker)
+        .iter()
+        .filter_map(|(_, path)| std::fs::read(path).ok())
         .map(|bytes| {
             String::from_utf8_lossy(&bytes)
                 .matches("Couldn't find leader endpoint")
@@ -638,13 +636,20 @@ fn keep_logs(seed: u64, fleets: &[Fleet], broker: &Broker) -> PathBuf {
             );
         }
     }
-    for entry in std::fs::read_dir(broker.state_dir()).unwrap().flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with("kafka.log") {
-            let _ = std::fs::copy(entry.path(), dir.join(format!("broker-{name}")));
-        }
+    for (name, path) in broker_logs(broker) {
+        let _ = std::fs::copy(path, dir.join(format!("broker-{name}")));
     }
     dir
+}
+
+/// The broker's log files (`kafka.log` and its rotations), by name.
+fn broker_logs(broker: &Broker) -> Vec<(String, PathBuf)> {
+    std::fs::read_dir(broker.state_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+        .filter(|(name, _)| name.starts_with("kafka.log"))
+        .collect()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]

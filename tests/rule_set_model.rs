@@ -13,14 +13,6 @@ use user_monitor::rule_set::reference::Reference;
 use user_monitor::rule_set::{Bounds, Kind, On, Rule, RuleSet};
 use user_monitor::rules::TimeUnit;
 
-fn is(on: On, kind: EventKind) -> bool {
-    match on {
-        On::Any => true,
-        On::Deposit => kind == EventKind::Deposit,
-        On::Withdraw => kind == EventKind::Withdraw,
-    }
-}
-
 fn units(d: Decimal) -> Decimal {
     d * Decimal::from(UNITS_PER_ONE as u64)
 }
@@ -58,28 +50,28 @@ impl Naive {
         history.push(e);
         let mut codes = Vec::new();
         for rule in &set.rules {
-            let of_type: Vec<&Event> = history.iter().filter(|x| is(rule.on, x.kind)).collect();
+            let of_type: Vec<&Event> = history.iter().filter(|x| rule.on.matches(x.kind)).collect();
             let fires = match rule.kind {
                 Kind::Amount { amount } => {
-                    is(rule.on, e.kind) && exceeds(e.amount.decimal(), amount, risk)
+                    rule.on.matches(e.kind) && exceeds(e.amount.decimal(), amount, risk)
                 }
                 Kind::Consecutive { count } => {
                     let n = scaled(count, risk);
                     history.len() >= n
                         && history[history.len() - n..]
                             .iter()
-                            .all(|x| is(rule.on, x.kind))
+                            .all(|x| rule.on.matches(x.kind))
                 }
                 Kind::Increasing { count } => {
                     let n = scaled(count, risk);
-                    is(rule.on, e.kind)
+                    rule.on.matches(e.kind)
                         && of_type.len() >= n
                         && of_type[of_type.len() - n..]
                             .windows(2)
                             .all(|w| w[0].amount.decimal() < w[1].amount.decimal())
                 }
                 Kind::WindowSum { amount, window } => {
-                    is(rule.on, e.kind) && {
+                    rule.on.matches(e.kind) && {
                         let sum = of_type
                             .iter()
                             .filter(|x| e.time - x.time <= window)
@@ -88,7 +80,7 @@ impl Naive {
                     }
                 }
                 Kind::WindowCount { count, window } => {
-                    is(rule.on, e.kind)
+                    rule.on.matches(e.kind)
                         && of_type.iter().filter(|x| e.time - x.time <= window).count()
                             > scaled(count, risk)
                 }

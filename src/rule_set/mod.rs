@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::domain::event::Amount;
+use crate::domain::event::{Amount, Kind as EventKind};
 use crate::rules::{format_units, TimeUnit};
 
 pub mod reference;
@@ -23,6 +23,25 @@ pub enum On {
     Deposit,
     Withdraw,
     Any,
+}
+
+impl On {
+    /// Whether an event of type `kind` is one the rule looks at.
+    pub fn matches(self, kind: EventKind) -> bool {
+        match self {
+            On::Any => true,
+            On::Deposit => kind == EventKind::Deposit,
+            On::Withdraw => kind == EventKind::Withdraw,
+        }
+    }
+
+    /// The event type of a run rule's `on` (validation refuses `any` for runs).
+    pub fn kind(self) -> EventKind {
+        match self {
+            On::Withdraw => EventKind::Withdraw,
+            On::Deposit | On::Any => EventKind::Deposit,
+        }
+    }
 }
 
 /// The five kinds of rule, each with its threshold (and window).
@@ -214,11 +233,7 @@ impl RuleSet {
                 Value::Object(m)
             })
             .collect();
-        let time_unit = match self.time_unit {
-            TimeUnit::Seconds => "seconds",
-            TimeUnit::Milliseconds => "milliseconds",
-        };
-        serde_json::json!({ "version": self.version, "time_unit": time_unit, "rule": rules })
+        serde_json::json!({ "version": self.version, "time_unit": self.time_unit, "rule": rules })
     }
 
     /// Validates the structure shared by both formats, collecting every problem.

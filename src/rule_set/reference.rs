@@ -150,22 +150,6 @@ fn slot(kind: EventKind) -> usize {
     }
 }
 
-fn matches(on: On, kind: EventKind) -> bool {
-    match on {
-        On::Any => true,
-        On::Deposit => kind == EventKind::Deposit,
-        On::Withdraw => kind == EventKind::Withdraw,
-    }
-}
-
-fn of_on(on: On) -> EventKind {
-    match on {
-        On::Withdraw => EventKind::Withdraw,
-        // Never `any`: validation refuses it for runs.
-        On::Deposit | On::Any => EventKind::Deposit,
-    }
-}
-
 impl History {
     fn run(&self) -> (EventKind, u32) {
         let kind = if self.flags & RUN_WITHDRAW != 0 {
@@ -250,7 +234,7 @@ impl History {
             };
             let hit = match rule.kind {
                 Kind::Amount { amount: a } => {
-                    (matches(rule.on, event.kind) && risk.amount_exceeded(amount, a)).then(|| {
+                    (rule.on.matches(event.kind) && risk.amount_exceeded(amount, a)).then(|| {
                         evidence(
                             &|| amount_value(amount),
                             &|| amount_value(scaled_amount(risk, a)),
@@ -261,7 +245,7 @@ impl History {
                 Kind::Consecutive { count } => {
                     let needed = risk.count_threshold(u64::from(count));
                     let (kind, n) = self.run();
-                    let run = if kind == of_on(rule.on) {
+                    let run = if kind == rule.on.kind() {
                         u64::from(n)
                     } else {
                         0
@@ -270,7 +254,7 @@ impl History {
                 }
                 Kind::Increasing { count } => {
                     let needed = risk.count_threshold(u64::from(count));
-                    let kind = of_on(rule.on);
+                    let kind = rule.on.kind();
                     let run = if event.kind == kind {
                         u64::from(self.increasing[slot(kind)])
                     } else {
@@ -279,7 +263,7 @@ impl History {
                     (run >= needed).then(|| evidence(&|| run.into(), &|| needed.into(), None))
                 }
                 Kind::WindowSum { amount: a, window } => {
-                    if matches(rule.on, event.kind) {
+                    if rule.on.matches(event.kind) {
                         let sum = match self.cursor(position) {
                             Some(c) if c.exact => c.sum,
                             _ => self
@@ -298,7 +282,7 @@ impl History {
                     }
                 }
                 Kind::WindowCount { count, window } => {
-                    if matches(rule.on, event.kind) {
+                    if rule.on.matches(event.kind) {
                         let needed = risk.count_threshold(u64::from(count));
                         let seen = match self.cursor(position) {
                             Some(c) => c.count,
@@ -359,7 +343,7 @@ impl History {
                 for p in self
                     .window
                     .range(first..)
-                    .filter(|p| matches(rule.on, p.kind()))
+                    .filter(|p| rule.on.matches(p.kind()))
                 {
                     cursor.count += 1;
                     match cursor.sum.checked_add(amounts.unpack(p.amount)) {
@@ -378,7 +362,7 @@ impl History {
             else {
                 continue;
             };
-            if matches(rule.on, kind) {
+            if rule.on.matches(kind) {
                 cursor.count += 1;
                 match cursor.sum.checked_add(amount) {
                     Some(sum) => cursor.sum = sum,
@@ -389,7 +373,7 @@ impl History {
                 if now - p.time <= window {
                     break;
                 }
-                if matches(rule.on, p.kind()) {
+                if rule.on.matches(p.kind()) {
                     cursor.count -= 1;
                     if cursor.exact {
                         cursor.sum -= amounts.unpack(p.amount);
@@ -405,7 +389,7 @@ impl History {
             .iter()
             .rev()
             .take_while(move |p| now - p.time <= window)
-            .filter(move |p| matches(on, p.kind()))
+            .filter(move |p| on.matches(p.kind()))
     }
 }
 
