@@ -13,7 +13,7 @@ use crate::cli::{
 };
 use crate::config::{Settings, Sources};
 use crate::profiles::Profiles;
-use crate::rule_set::{Bounds, InvalidRuleSet, RuleSet};
+use crate::rule_set::{RuleSetFileError, Bounds, InvalidRuleSet, RuleSet};
 use crate::rules::Limits;
 
 pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -120,13 +120,11 @@ fn read_profiles(path: Option<&Path>) -> anyhow::Result<Profiles> {
 /// A rule set file: JSON when its name ends in `.json`, TOML otherwise. The outer error is for
 /// a file that cannot be read; the inner one lists every problem of an invalid set.
 fn read_rule_set(path: &Path, bounds: &Bounds) -> anyhow::Result<Result<RuleSet, InvalidRuleSet>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading rule set {}", path.display()))?;
-    Ok(if path.extension().is_some_and(|e| e == "json") {
-        RuleSet::from_json(&text, bounds)
-    } else {
-        RuleSet::from_toml(&text, bounds)
-    })
+    match RuleSet::read_file(path, bounds) {
+        Ok(set) => Ok(Ok(set)),
+        Err(RuleSetFileError::Invalid { invalid, .. }) => Ok(Err(invalid)),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// [`read_rule_set`] for a command that needs a valid set.

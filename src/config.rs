@@ -97,6 +97,10 @@ pub struct TopicsConfig {
     pub state: String,
     /// Audit trail of risk and rule changes (never compacted).
     pub audit: String,
+    /// The active and shadow rule sets (compacted; keys `active` and `shadow`).
+    pub rules: String,
+    /// Where a shadow set's disagreements with the active set go.
+    pub shadow: String,
     /// Create missing topics at start-up.
     pub create: bool,
     pub partitions: i32,
@@ -324,6 +328,7 @@ impl Settings {
     /// Cross-field checks; every error names its key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         Limits::new(&self.rules)?;
+        self.rule_sets()?;
         let topics = [
             ("topics.events", &self.topics.events),
             ("topics.alerts", &self.topics.alerts),
@@ -331,6 +336,8 @@ impl Settings {
             ("topics.profiles", &self.topics.profiles),
             ("topics.state", &self.topics.state),
             ("topics.audit", &self.topics.audit),
+            ("topics.rules", &self.topics.rules),
+            ("topics.shadow", &self.topics.shadow),
         ];
         for (key, name) in topics {
             validate_topic_name(key, name)?;
@@ -451,6 +458,33 @@ impl Settings {
             max_window: self.state.max_window,
             max_count: self.state.max_count,
         }
+    }
+
+    /// The rule set active until one is published (`rules.file`, else the five rules of
+    /// `[rules]`) and the shadow set of `rules.shadow`, if any. A file's problems are named with
+    /// its key; its `time_unit` must be `rules.time_unit` (the unit of the events' `time`, which
+    /// the state is kept in).
+    pub fn rule_sets(&self) -> Result<(crate::rule_set::RuleSet, Option<crate::rule_set::RuleSet>), ConfigError> {
+        let bounds = self.rule_bounds();
+        let read = |key: &str, path: &str| -> Result<crate::rule_set::RuleSet, ConfigError> {
+            let set = crate::rule_set::RuleSet::read_file(Path::new(path), &bounds)
+                .map_err(|e| invalid(key, e.to_string()))?;
+            set.check_time_unit(self.rules.time_unit)
+                .map_err(|e| invalid(key, format!("{path}: {e}")))?;
+            Ok(set)
+        };
+        let active = if self.rules.file.is_empty() {
+            crate::rule_set::RuleSet::from_limits(&Limits::new(&self.rules)?, &bounds)
+                .map_err(|e| invalid("rules", e.to_string()))?
+        } else {
+            read("rules.file", &self.rules.file)?
+        };
+        let shadow = if self.rules.shadow.is_empty() {
+            None
+        } else {
+            Some(read("rules.shadow", &self.rules.shadow)?)
+        };
+        Ok((active, shadow))
     }
 
     /// The transactional id of this instance.

@@ -39,7 +39,7 @@ pub struct EmbeddedBroker {
 }
 
 impl EmbeddedBroker {
-    /// Starts a one-broker mock cluster and creates the five topics (the state topic with as many
+    /// Starts a one-broker mock cluster and creates the service's topics (the state topic with as many
     /// partitions as the events topic).
     pub fn start(settings: &Settings) -> Result<Self, EmbeddedError> {
         let cluster = MockCluster::new(1).map_err(EmbeddedError::Start)?;
@@ -50,9 +50,13 @@ impl EmbeddedBroker {
             &topics.dlq,
             &topics.profiles,
             &topics.state,
+            &topics.shadow,
+            &topics.rules,
         ] {
+            // One partition for the rule sets: their versions have one order.
+            let partitions = if topic == &topics.rules { 1 } else { topics.partitions };
             cluster
-                .create_topic(topic, topics.partitions, 1)
+                .create_topic(topic, partitions, 1)
                 .map_err(|source| EmbeddedError::Topic {
                     topic: topic.clone(),
                     source,

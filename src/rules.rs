@@ -46,6 +46,11 @@ impl FromStr for TimeUnit {
 #[serde(deny_unknown_fields, default)]
 pub struct RulesConfig {
     pub time_unit: TimeUnit,
+    /// A rule set file (TOML, SPEC section 10) active until a set is published to the rules
+    /// topic; empty: the five rules below.
+    pub file: String,
+    /// A shadow set file evaluated beside the active set; empty: none (until one is published).
+    pub shadow: String,
     pub large_withdrawal: AmountRule,
     pub consecutive_withdrawals: CountRule,
     pub increasing_deposits: CountRule,
@@ -57,6 +62,8 @@ impl Default for RulesConfig {
     fn default() -> Self {
         RulesConfig {
             time_unit: TimeUnit::Seconds,
+            file: String::new(),
+            shadow: String::new(),
             large_withdrawal: AmountRule {
                 code: 1100,
                 amount: "100".to_owned(),

@@ -200,11 +200,7 @@ fn case() -> impl Strategy<Value = (RuleSet, Bounds, Vec<Step>)> {
                     })
                     .collect();
                 (
-                    RuleSet {
-                        version: "model".into(),
-                        time_unit: unit,
-                        rules,
-                    },
+                    RuleSet::new("model".into(), unit, rules),
                     bounds,
                     steps,
                 )

@@ -12,6 +12,9 @@ use crate::config::Settings;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A created rules topic keeps superseded versions at least this long (7 days).
+const RULES_MIN_COMPACTION_LAG_MS: &str = "604800000";
+
 /// What a topic of the service is and how it must be configured.
 struct TopicSpec<'a> {
     key: &'static str,
@@ -19,7 +22,7 @@ struct TopicSpec<'a> {
     compacted: bool,
 }
 
-fn specs(settings: &Settings) -> [TopicSpec<'_>; 6] {
+fn specs(settings: &Settings) -> [TopicSpec<'_>; 8] {
     let t = &settings.topics;
     [
         TopicSpec {
@@ -50,6 +53,16 @@ fn specs(settings: &Settings) -> [TopicSpec<'_>; 6] {
         TopicSpec {
             key: "topics.audit",
             name: &t.audit,
+            compacted: false,
+        },
+        TopicSpec {
+            key: "topics.rules",
+            name: &t.rules,
+            compacted: true,
+        },
+        TopicSpec {
+            key: "topics.shadow",
+            name: &t.shadow,
             compacted: false,
         },
     ]
@@ -96,8 +109,8 @@ pub fn ensure_topics(settings: &Settings) -> Result<Topics, KafkaLayerError> {
             .map(|s| {
                 let partitions = if s.key == "topics.state" || s.key == "topics.alerts" {
                     events_partitions
-                } else if s.key == "topics.audit" {
-                    1 // one order for the whole trail
+                } else if s.key == "topics.audit" || s.key == "topics.rules" {
+                    1 // one order for the whole trail, one for the rule sets' versions
                 } else {
                     settings.topics.partitions
                 };
@@ -106,7 +119,16 @@ pub fn ensure_topics(settings: &Settings) -> Result<Topics, KafkaLayerError> {
                     partitions,
                     TopicReplication::Fixed(settings.topics.replication_factor),
                 );
-                if s.compacted {
+                if s.key == "topics.rules" {
+                    // Broker time orders a swap against the events (also LogAppendTime), and
+                    // superseded versions stay a week for replays that need them.
+                    topic
+                        .set("cleanup.policy", "compact")
+                        .set("message.timestamp.type", "LogAppendTime")
+                        .set("min.compaction.lag.ms", RULES_MIN_COMPACTION_LAG_MS)
+                } else if s.key == "topics.events" {
+                    topic.set("message.timestamp.type", "LogAppendTime")
+                } else if s.compacted {
                     topic.set("cleanup.policy", "compact")
                 } else if s.key == "topics.audit" {
                     topic.set("cleanup.policy", "delete")
@@ -151,7 +173,9 @@ pub fn ensure_topics(settings: &Settings) -> Result<Topics, KafkaLayerError> {
     // The compacted topics, and the dead-letter topic for its record size limit.
     let described: Vec<_> = specs(settings)
         .into_iter()
-        .filter(|s| s.compacted || s.key == "topics.dlq" || s.key == "topics.audit")
+        .filter(|s| {
+            s.compacted || matches!(s.key, "topics.dlq" | "topics.audit" | "topics.events")
+        })
         .collect();
     let resources: Vec<_> = described
         .iter()
@@ -177,6 +201,16 @@ pub fn ensure_topics(settings: &Settings) -> Result<Topics, KafkaLayerError> {
                     topic: spec.name.to_owned(),
                     reason: format!("topics.audit must never be compacted (it would keep only the last change per user), but its cleanup.policy is {policy:?}"),
                 });
+            }
+            continue;
+        }
+        if spec.key == "topics.events" {
+            let kind = config
+                .get("message.timestamp.type")
+                .and_then(|e| e.value.clone())
+                .unwrap_or_default();
+            if kind != "LogAppendTime" {
+                tracing::warn!(topic = spec.name, timestamp_type = %kind, "the events topic does not use LogAppendTime: a rule set swap is ordered against events by their producers' clocks (set message.timestamp.type=LogAppendTime to order it by the broker's)");
             }
             continue;
         }
@@ -212,6 +246,15 @@ pub fn ensure_topics(settings: &Settings) -> Result<Topics, KafkaLayerError> {
             topic: settings.topics.audit.clone(),
             reason: format!(
                 "has {audit} partitions: topics.audit needs exactly 1, so the trail has one order"
+            ),
+        });
+    }
+    let rules = existing[&settings.topics.rules];
+    if rules != 1 {
+        return Err(KafkaLayerError::Topic {
+            topic: settings.topics.rules.clone(),
+            reason: format!(
+                "has {rules} partitions: topics.rules needs exactly 1, so rule set versions have one order"
             ),
         });
     }

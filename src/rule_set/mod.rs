@@ -81,11 +81,42 @@ pub struct Rule {
 }
 
 /// A validated rule set: a version, a time unit and its rules (codes distinct).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct RuleSet {
     pub version: String,
     pub time_unit: TimeUnit,
     pub rules: Vec<Rule>,
+    /// Distinct for every set built (clones share it): what per-set caches in the state are
+    /// keyed by. Not part of the set's meaning.
+    serial: u64,
+}
+
+/// Equal when version, unit and rules are (whatever their serials).
+impl PartialEq for RuleSet {
+    fn eq(&self, other: &Self) -> bool {
+        self.version == other.version
+            && self.time_unit == other.time_unit
+            && self.rules == other.rules
+    }
+}
+
+impl Eq for RuleSet {}
+
+static SERIALS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// Why a rule set file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum RuleSetFileError {
+    #[error("reading rule set {path}: {error}")]
+    Io {
+        path: String,
+        error: std::io::Error,
+    },
+    #[error("rule set {path}: {invalid}")]
+    Invalid {
+        path: String,
+        invalid: InvalidRuleSet,
+    },
 }
 
 /// How far back a rule may look: `state.max_window` and `state.max_count` (SPEC section 10).
@@ -123,6 +154,83 @@ impl fmt::Display for InvalidRuleSet {
 }
 
 impl RuleSet {
+    /// A set of already validated rules.
+    pub fn new(version: String, time_unit: TimeUnit, rules: Vec<Rule>) -> RuleSet {
+        RuleSet {
+            version,
+            time_unit,
+            rules,
+            serial: SERIALS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+
+    /// See the field: distinct per set built.
+    pub fn serial(&self) -> u64 {
+        self.serial
+    }
+
+    /// Reads and validates a rule set file: TOML, or JSON when it ends in `.json`.
+    pub fn read_file(path: &std::path::Path, bounds: &Bounds) -> Result<RuleSet, RuleSetFileError> {
+        let name = || path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| RuleSetFileError::Io { path: name(), error })?;
+        let set = if path.extension().is_some_and(|e| e == "json") {
+            RuleSet::from_json(&text, bounds)
+        } else {
+            RuleSet::from_toml(&text, bounds)
+        };
+        set.map_err(|invalid| RuleSetFileError::Invalid { path: name(), invalid })
+    }
+
+    /// A live set's windows are in the unit of the events' `time` (`rules.time_unit`), which the
+    /// state is kept in: a set in another unit is refused.
+    pub fn check_time_unit(&self, unit: TimeUnit) -> Result<(), InvalidRuleSet> {
+        if self.time_unit == unit {
+            return Ok(());
+        }
+        let name = |u: TimeUnit| serde_json::to_value(u).unwrap_or_default();
+        Err(InvalidRuleSet {
+            problems: vec![format!(
+                "time_unit: {} differs from the service's rules.time_unit ({}), the unit of the events' time",
+                name(self.time_unit),
+                name(unit)
+            )],
+        })
+    }
+
+    /// The five rules of `[rules]` as a set: version "default" when they are SPEC section 3's,
+    /// "config" when the configuration changed any of them. Validated against `bounds`.
+    pub fn from_limits(
+        limits: &crate::rules::Limits,
+        bounds: &Bounds,
+    ) -> Result<RuleSet, InvalidRuleSet> {
+        let l = limits;
+        let count = |c: u64| u32::try_from(c).unwrap_or(u32::MAX);
+        let rule = |code, name: &str, on, kind| Rule {
+            code,
+            name: Some(name.to_owned()),
+            on,
+            kind,
+        };
+        let rules = vec![
+            rule(l.large_withdrawal_code, "large withdrawal", On::Withdraw, Kind::Amount { amount: l.large_withdrawal_amount }),
+            rule(l.consecutive_withdrawals_code, "consecutive withdrawals", On::Withdraw, Kind::Consecutive { count: count(l.consecutive_withdrawals_count) }),
+            rule(l.increasing_deposits_code, "increasing deposits", On::Deposit, Kind::Increasing { count: count(l.increasing_deposits_count) }),
+            rule(l.deposit_window_code, "deposit window", On::Deposit, Kind::WindowSum { amount: l.deposit_window_amount, window: l.deposit_window_ticks }),
+            rule(l.burst_code, "transaction burst", On::Any, Kind::WindowCount { count: count(l.burst_count), window: l.burst_window_ticks }),
+        ];
+        let mut set = RuleSet::new(DEFAULT_VERSION.to_owned(), l.time_unit, rules);
+        let default = RuleSet::default_set();
+        if set.rules != default.rules || set.time_unit != default.time_unit {
+            set.version = "config".to_owned();
+        }
+        // Through the validation every published set gets (codes, counts, windows).
+        RuleSet::from_value(&set.to_value(), bounds).map(|mut valid| {
+            valid.version = set.version;
+            valid
+        })
+    }
+
     /// SPEC section 3's five rules, as a set: with it every answer stays as it is.
     pub fn default_set() -> RuleSet {
         let one = crate::domain::event::UNITS_PER_ONE;
@@ -132,10 +240,10 @@ impl RuleSet {
             on,
             kind,
         };
-        RuleSet {
-            version: DEFAULT_VERSION.to_owned(),
-            time_unit: TimeUnit::Seconds,
-            rules: vec![
+        RuleSet::new(
+            DEFAULT_VERSION.to_owned(),
+            TimeUnit::Seconds,
+            vec![
                 rule(
                     1100,
                     "large withdrawal",
@@ -173,7 +281,7 @@ impl RuleSet {
                     },
                 ),
             ],
-        }
+        )
     }
 
     /// A rule set from a TOML file's text.
@@ -318,11 +426,7 @@ impl RuleSet {
             problems.extend(checker.problems);
         }
         if problems.is_empty() {
-            Ok(RuleSet {
-                version,
-                time_unit,
-                rules,
-            })
+            Ok(RuleSet::new(version, time_unit, rules))
         } else {
             Err(InvalidRuleSet { problems })
         }
