@@ -6,8 +6,8 @@ use user_monitor::domain::event::decode;
 use user_monitor::domain::Risk;
 use user_monitor::evaluate::evaluate;
 use user_monitor::profiles::Profiles;
-use user_monitor::rules::Limits;
-use user_monitor::state::Users;
+use user_monitor::rule_set::{Bounds, RuleSet};
+use user_monitor::state::{Fired, Users};
 
 fn events(n: u64) -> Vec<String> {
     (0..n)
@@ -26,7 +26,7 @@ fn events(n: u64) -> Vec<String> {
 
 fn bench(c: &mut Criterion) {
     let lines = events(100_000);
-    let limits = Limits::default();
+    let (set, bounds) = (RuleSet::default_set(), Bounds::default());
     let decoded: Vec<_> = lines
         .iter()
         .map(|l| decode(l.as_bytes()).unwrap())
@@ -45,8 +45,13 @@ fn bench(c: &mut Criterion) {
     group.bench_function("apply", |b| {
         b.iter(|| {
             let mut users = Users::default();
+            let mut fired = Fired::default();
             for event in &decoded {
-                black_box(users.apply(event, Risk::Medium, &limits).unwrap());
+                let slot = users.slot(event.user_id.0);
+                users
+                    .apply_at(slot, event, Risk::Medium, &set, &bounds, &mut fired, false)
+                    .unwrap();
+                black_box(fired.codes.len());
             }
         })
     });
@@ -55,7 +60,7 @@ fn bench(c: &mut Criterion) {
         let mut out = Vec::with_capacity(input.len());
         b.iter(|| {
             out.clear();
-            evaluate(input.as_slice(), &mut out, &profiles, &limits).unwrap();
+            evaluate(input.as_slice(), &mut out, &profiles, &set, &bounds).unwrap();
             black_box(out.len());
         })
     });

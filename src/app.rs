@@ -13,7 +13,7 @@ use crate::cli::{
 };
 use crate::config::{Settings, Sources};
 use crate::profiles::Profiles;
-use crate::rule_set::{RuleSetFileError, Bounds, InvalidRuleSet, RuleSet};
+use crate::rule_set::{Bounds, InvalidRuleSet, RuleSet, RuleSetFileError};
 use crate::rules::Limits;
 
 pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -185,20 +185,16 @@ fn evaluate(settings: &Settings, args: &EvaluateArgs) -> anyhow::Result<ExitCode
     let profiles = read_profiles(args.profiles.as_deref())?;
     let input = open_input(args.input.as_deref())?;
     let stdout = io::stdout().lock();
-    let summary = match &args.rules {
-        Some(path) => {
-            let bounds = settings.rule_bounds();
-            let set = valid_rule_set(path, &bounds)?;
-            crate::evaluate::evaluate_rule_set(input, stdout, &profiles, &set, &bounds)
+    let bounds = settings.rule_bounds();
+    let set = match (&args.rules, args.time_unit) {
+        (Some(path), _) => valid_rule_set(path, &bounds)?,
+        // The five configured rules in another unit than the configuration's.
+        (None, Some(unit)) if settings.rules.file.is_empty() => {
+            RuleSet::from_limits(&Limits::with_time_unit(&settings.rules, unit)?, &bounds)?
         }
-        None => {
-            let limits = match args.time_unit {
-                Some(unit) => Limits::with_time_unit(&settings.rules, unit)?,
-                None => settings.limits(),
-            };
-            crate::evaluate::evaluate(input, stdout, &profiles, &limits)
-        }
+        (None, _) => settings.rule_sets()?.0,
     };
+    let summary = crate::evaluate::evaluate(input, stdout, &profiles, &set, &bounds);
     match summary {
         Ok(summary) => {
             eprintln!("{summary}");

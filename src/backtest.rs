@@ -13,8 +13,8 @@ use serde::Serialize;
 use crate::domain::event::{decode, Event};
 use crate::evaluate::{trim_line_end, LineReader, BATCH};
 use crate::profiles::Profiles;
-use crate::rule_set::reference::{Fired, Reference, UserSlot};
 use crate::rule_set::{Bounds, RuleSet};
+use crate::state::{Fired, Slot, Users};
 
 /// Per code: how its alerts changed from the baseline to the candidate.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -64,15 +64,15 @@ pub fn backtest(
         candidate_version: candidate.version.clone(),
         ..Report::default()
     };
-    let mut under_baseline = Reference::default();
-    let mut under_candidate = Reference::default();
+    let mut under_baseline = Users::default();
+    let mut under_candidate = Users::default();
     let mut affected: BTreeMap<u32, BTreeSet<u64>> = BTreeMap::new();
     let mut users_changed = BTreeSet::new();
     let mut lines = LineReader::new(&mut input);
     let (mut before, mut after) = (Fired::default(), Fired::default());
     // As in `evaluate`: decode a batch ahead, touch its users' histories under both sets, then
     // apply in input order.
-    let mut batch: Vec<Option<(Event, UserSlot, UserSlot)>> = Vec::with_capacity(BATCH);
+    let mut batch: Vec<Option<(Event, Slot, Slot)>> = Vec::with_capacity(BATCH);
     loop {
         batch.clear();
         while batch.len() < BATCH {

@@ -54,7 +54,11 @@ impl EmbeddedBroker {
             &topics.rules,
         ] {
             // One partition for the rule sets: their versions have one order.
-            let partitions = if topic == &topics.rules { 1 } else { topics.partitions };
+            let partitions = if topic == &topics.rules {
+                1
+            } else {
+                topics.partitions
+            };
             cluster
                 .create_topic(topic, partitions, 1)
                 .map_err(|source| EmbeddedError::Topic {

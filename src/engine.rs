@@ -12,10 +12,11 @@ use rustc_hash::FxHashMap;
 use crate::domain::event::{decode, Event, UserId};
 use crate::domain::partitioner::partition_for_user;
 use crate::domain::response::Rejection;
+use crate::domain::AlertCodes;
 use crate::domain::{Answer, Coord, Risk, Verdict};
 use crate::idempotency::{validate_key, DedupLimits, Keys, Remembered, Seen, HEADER};
-use crate::rules::Limits;
-use crate::state::{Slot, Users};
+use crate::rule_set::{Bounds, RuleSet};
+use crate::state::{Fired, Slot, Users};
 
 /// Where an input partition sits: its number and the events topic's partition count (a user's
 /// records belong to exactly one partition, see [`partition_for_user`]).
@@ -34,13 +35,25 @@ pub struct Input<'a> {
     pub key: Option<&'a [u8]>,
 }
 
+/// The rule sets an event is judged under.
+#[derive(Debug, Clone, Copy)]
+pub struct Sets<'a> {
+    /// The set whose codes answer the event.
+    pub active: &'a RuleSet,
+    /// A set evaluated beside it, never changing the answer.
+    pub shadow: Option<&'a RuleSet>,
+    pub bounds: &'a Bounds,
+    /// Whether an alert's evidence is built (live responses; not `evaluate`'s legacy lines).
+    pub explain: bool,
+}
+
 /// Everything a verdict depends on besides the engine's own state.
 #[derive(Debug, Clone, Copy)]
 pub struct Context<'a> {
     /// The partition the records are read from; `None` for a stream with no partitions
     /// (`evaluate`), where every record is in place.
     pub placement: Option<Placement>,
-    pub limits: &'a Limits,
+    pub sets: Sets<'a>,
     pub dedup: &'a DedupLimits,
     /// Whether the answer of an accepted keyed event is remembered now (live) or filled in
     /// later from its response record (replay, which does not know the risk it was answered with).
@@ -51,11 +64,22 @@ pub struct Context<'a> {
 
 /// Everything the verdicts of one owner depend on: every user's rule state and remembered
 /// idempotency keys.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct Engine {
     pub users: Users,
     pub keys: FxHashMap<u64, Keys>,
+    /// Reused from event to event (no allocation without an alert).
+    fired: Fired,
 }
+
+/// Equal when users and keys are.
+impl PartialEq for Engine {
+    fn eq(&self, other: &Self) -> bool {
+        self.users == other.users && self.keys == other.keys
+    }
+}
+
+impl Eq for Engine {}
 
 /// The first half of a verdict: either already decided (invalid, misplaced, already applied),
 /// or a valid event whose user's state is located and which [`Engine::decide`] evaluates.
@@ -182,8 +206,20 @@ impl Engine {
             }
         }
         let risk = risk_of(user_id);
-        match self.users.apply_at(slot, &event, risk, cx.limits) {
-            Ok(codes) => {
+        let sets = &cx.sets;
+        let mut fired = std::mem::take(&mut self.fired);
+        let applied = self.users.apply_at(
+            slot,
+            &event,
+            risk,
+            sets.active,
+            sets.bounds,
+            &mut fired,
+            sets.explain,
+        );
+        let verdict = match applied {
+            Ok(()) => {
+                let codes = AlertCodes::from_sorted(&fired.codes);
                 if let Some(key) = key {
                     self.keys.entry(user_id.0).or_default().remember(
                         Remembered {
@@ -201,14 +237,28 @@ impl Engine {
                         cx.dedup,
                     );
                 }
+                let evidence = (sets.explain && codes.is_alert()).then(|| {
+                    serde_json::to_string(&fired.evidence)
+                        .expect("evidence serializes")
+                        .into_boxed_str()
+                });
+                let shadow = sets.shadow.map(|shadow| {
+                    self.users
+                        .evaluate_at(slot, &event, risk, shadow, &mut fired);
+                    AlertCodes::from_sorted(&fired.codes)
+                });
                 Verdict::Accepted {
                     user_id,
                     codes,
                     risk,
+                    evidence,
+                    shadow,
                 }
             }
             Err(e) => rejected(Some(user_id), Rejection::OutOfOrder, e.to_string()),
-        }
+        };
+        self.fired = fired;
+        verdict
     }
 
     /// The verdict on a keyed event whose key the user already used, if so.

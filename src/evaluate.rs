@@ -5,15 +5,12 @@
 
 use std::io::{self, BufRead, Write};
 
-use crate::domain::event::{decode, Event};
-use crate::domain::response::{write_legacy_codes_line, write_legacy_line, Rejection};
+use crate::domain::response::{write_legacy_line, Rejection};
 use crate::domain::Verdict;
-use crate::engine::{Admission, Context, Engine, Input};
+use crate::engine::{Admission, Context, Engine, Input, Sets};
 use crate::idempotency::DedupLimits;
 use crate::profiles::Profiles;
-use crate::rule_set::reference::{Fired, Reference, UserSlot};
 use crate::rule_set::{Bounds, RuleSet};
-use crate::rules::Limits;
 
 /// Counts of one run, printed to stderr at the end.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -36,19 +33,25 @@ impl std::fmt::Display for Summary {
     }
 }
 
-/// Evaluates every line of `input`, writing one line per input line to `output`.
+/// Evaluates every line of `input` under `set`, writing one line per input line to `output`.
 pub fn evaluate(
     mut input: impl BufRead,
     output: impl Write,
     profiles: &Profiles,
-    limits: &Limits,
+    set: &RuleSet,
+    bounds: &Bounds,
 ) -> io::Result<Summary> {
     let mut output = io::BufWriter::with_capacity(1 << 16, output);
     let mut engine = Engine::default();
     let dedup = DedupLimits::default();
     let cx = Context {
         placement: None,
-        limits,
+        sets: Sets {
+            active: set,
+            shadow: None,
+            bounds,
+            explain: false,
+        },
         dedup: &dedup,
         answer_known: true,
         ahead: None,
@@ -102,74 +105,6 @@ pub fn evaluate(
     }
     output.flush()?;
     summary.users = engine.users.len();
-    Ok(summary)
-}
-
-/// [`evaluate`] under a rule set (`evaluate --rules FILE`): the same lines, the set's codes,
-/// through the reference evaluator (exact for any valid set; slower than the built-in engine).
-pub fn evaluate_rule_set(
-    mut input: impl BufRead,
-    output: impl Write,
-    profiles: &Profiles,
-    set: &RuleSet,
-    bounds: &Bounds,
-) -> io::Result<Summary> {
-    let mut output = io::BufWriter::with_capacity(1 << 16, output);
-    let mut reference = Reference::default();
-    let mut summary = Summary::default();
-    let mut lines = LineReader::new(&mut input);
-    // As in `evaluate`: decode a batch, find its users, touch their histories, then apply in
-    // input order.
-    let mut batch: Vec<Result<(Event, UserSlot), String>> = Vec::with_capacity(BATCH);
-    let mut fired = Fired::default();
-    loop {
-        batch.clear();
-        while batch.len() < BATCH {
-            let Some(line) = lines.next_line()? else {
-                break;
-            };
-            batch.push(match decode(trim_line_end(line)) {
-                Ok(event) => {
-                    let slot = reference.slot(event.user_id.0);
-                    Ok((event, slot))
-                }
-                Err(e) => Err(e.to_string()),
-            });
-        }
-        if batch.is_empty() {
-            break;
-        }
-        reference.touch(
-            batch
-                .iter()
-                .filter_map(|b| b.as_ref().ok().map(|(_, s)| *s)),
-        );
-        for decoded in batch.drain(..) {
-            summary.lines += 1;
-            let (event, slot) = match decoded {
-                Ok(decoded) => decoded,
-                Err(e) => {
-                    summary.invalid += 1;
-                    write_error_line(&mut output, &e, summary.lines)?;
-                    continue;
-                }
-            };
-            let risk = profiles.risk(event.user_id.0);
-            match reference.apply_at(slot, &event, risk, set, bounds, &mut fired, false) {
-                Ok(()) => {
-                    summary.accepted += 1;
-                    summary.alerts += u64::from(!fired.codes.is_empty());
-                    write_legacy_codes_line(&mut output, event.user_id.0, &fired.codes)?;
-                }
-                Err(e) => {
-                    summary.out_of_order += 1;
-                    write_error_line(&mut output, &e.to_string(), summary.lines)?;
-                }
-            }
-        }
-    }
-    output.flush()?;
-    summary.users = reference.users();
     Ok(summary)
 }
 
@@ -260,7 +195,8 @@ mod tests {
             input.as_bytes(),
             &mut out,
             &Profiles::default(),
-            &Limits::default(),
+            &RuleSet::default_set(),
+            &Bounds::default(),
         )
         .unwrap();
         let lines = String::from_utf8(out)

@@ -53,6 +53,17 @@ pub struct Metrics {
     pub store_skipped: Counter,
     /// Failed writes of the projection (each retried).
     pub store_write_errors: Counter,
+    /// Events on which the shadow rule set and the active set disagree.
+    pub shadow_disagreements: Counter,
+    /// Per code, how often the shadow set added or removed it against the active set.
+    pub shadow_codes: Family<ShadowLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShadowLabels {
+    pub code: String,
+    /// "added" (the shadow set raised it, the active set did not) or "removed".
+    pub change: String,
 }
 
 impl Metrics {
@@ -110,8 +121,22 @@ impl Metrics {
             "Failed (and retried) writes of the read model's projection",
             store_write_errors.clone(),
         );
+        let shadow_disagreements = Counter::default();
+        registry.register(
+            "shadow_disagreements",
+            "Events on which the shadow rule set and the active set raised different codes",
+            shadow_disagreements.clone(),
+        );
+        let shadow_codes = Family::<ShadowLabels, Counter>::default();
+        registry.register(
+            "shadow_codes",
+            "Codes the shadow rule set added or removed against the active set",
+            shadow_codes.clone(),
+        );
         Arc::new(Metrics {
             registry,
+            shadow_disagreements,
+            shadow_codes,
             events,
             alerts,
             consumer_lag,

@@ -27,10 +27,9 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use crate::domain::event::UserId;
 use crate::domain::{Answer, Risk, Verdict};
 use crate::engine::Context;
-pub use crate::engine::{Engine, Input, Placement};
+pub use crate::engine::{Engine, Input, Placement, Sets};
 use crate::idempotency::{DedupLimits, Keys};
-use crate::rules::Limits;
-use crate::state::{UserState, Users};
+use crate::state::{StoredState, Users};
 
 /// One processed input record: its verdict, and whether its response is still to be produced.
 #[derive(Debug)]
@@ -68,7 +67,7 @@ pub struct Round<'a> {
 #[derive(Debug)]
 pub struct RoundUser<'a> {
     pub user_id: u64,
-    pub state: &'a UserState,
+    pub state: StoredState,
     pub keys: Option<&'a Keys>,
 }
 
@@ -124,9 +123,9 @@ impl PartitionState {
         &mut self,
         input: Input<'_>,
         risk_of: impl FnOnce(UserId) -> Risk,
-        limits: &Limits,
+        sets: Sets<'_>,
     ) -> Processed {
-        let verdict = self.apply(input, risk_of, limits);
+        let verdict = self.apply(input, risk_of, sets);
         self.next_offset = input.offset + 1;
         let answer = !self.answered.remove(&input.offset);
         Processed { verdict, answer }
@@ -136,11 +135,11 @@ impl PartitionState {
         &mut self,
         input: Input<'_>,
         risk_of: impl FnOnce(UserId) -> Risk,
-        limits: &Limits,
+        sets: Sets<'_>,
     ) -> Verdict {
         let cx = Context {
             placement: Some(self.placement),
-            limits,
+            sets,
             dedup: &self.dedup,
             answer_known: true,
             ahead: (!self.ahead.is_empty()).then_some(&self.ahead),
@@ -172,7 +171,7 @@ impl PartitionState {
         let users = ids
             .into_iter()
             .filter_map(|user_id| {
-                engine.users.get(user_id).map(|state| RoundUser {
+                engine.users.export(user_id).map(|state| RoundUser {
                     user_id,
                     state,
                     keys: engine.keys.get(&user_id),
@@ -219,10 +218,10 @@ impl Rebuild {
         user_id: u64,
         covers: i64,
         marked: bool,
-        state: UserState,
+        state: StoredState,
         keys: Keys,
     ) {
-        self.engine.users.insert(user_id, state);
+        self.engine.users.import(user_id, state);
         if keys.is_empty() {
             self.engine.keys.remove(&user_id);
         } else {
@@ -254,12 +253,13 @@ impl Rebuild {
     }
 
     /// Replays the input record at `offset` (from [`Rebuild::replay_from`] on, in order): the
-    /// same verdict as when it was first processed, without output. Risk never changes state.
-    pub fn replay(&mut self, input: Input<'_>, limits: &Limits) {
+    /// same verdict as when it was first processed, without output. Neither risk nor rule set
+    /// changes state: any set rebuilds it (its answers are not used).
+    pub fn replay(&mut self, input: Input<'_>, sets: Sets<'_>) {
         self.replayed += 1;
         let cx = Context {
             placement: Some(self.placement),
-            limits,
+            sets,
             dedup: &self.dedup,
             answer_known: false,
             ahead: Some(&self.covers),

@@ -2,12 +2,14 @@
 //!
 //! The state topic is co-partitioned with the events topic: the snapshot of a user of input
 //! partition `p` is written to state partition `p`, key = user id, value
-//! `{"v": 1, "covers": S, "state": {...}}`. `covers` is **exclusive**: the state includes every
+//! `{"v": 2, "covers": S, "marked": true, "state": {...}, "keys": [...]}`, the state in
+//! [`StoredState`]'s form. Version 1 records (written before rule sets, by the engine of the
+//! five fixed rules) are still restored: upgraded as [`v1`] says. `covers` is **exclusive**: the state includes every
 //! input record of the partition with offset `< S`, and none from `S` on.
 //!
 //! A snapshot round writes only the users changed since the previous round (changed by live
 //! processing *or by a restore's replay*), all with the same `covers`, then a round marker (key
-//! `~round`, value `{"v": 1, "round": true, "covers": S}`) once every user record of the round is
+//! `~round`, value `{"v": 2, "round": true, "covers": S}`) once every user record of the round is
 //! durable: under exactly-once in the same transaction as the input offsets (so `S <= committed`),
 //! under at-least-once after the round's records were acknowledged. Users left out did not
 //! change, so the latest record of every user (what compaction keeps) is the state of the whole
@@ -44,12 +46,12 @@ use crate::domain::UserId;
 use crate::idempotency::{Answer, DedupLimits, Keys, HEADER};
 use crate::kafka::read::{read_range, RangeError};
 use crate::kafka::{reader, KafkaLayerError, Reader};
-use crate::partition::{Input, PartitionState, Placement, Rebuild};
-use crate::rules::Limits;
-use crate::state::UserState;
+use crate::partition::{Input, PartitionState, Placement, Rebuild, Sets};
+use crate::rule_set::{Bounds, RuleSet};
+use crate::state::StoredState;
 
-/// Version of the snapshot value format; bumped on incompatible changes.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of the snapshot value format written; bumped on incompatible changes.
+pub const FORMAT_VERSION: u32 = 2;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct SnapshotRecord {
@@ -60,7 +62,7 @@ pub struct SnapshotRecord {
     /// rounds were only ever written whole, in one transaction).
     #[serde(default)]
     pub marked: bool,
-    pub state: UserState,
+    pub state: StoredState,
     /// The user's remembered idempotency keys (absent when none, and in older records).
     #[serde(default, skip_serializing_if = "Keys::is_empty")]
     pub keys: Keys,
@@ -82,13 +84,13 @@ pub enum SnapshotError {
     },
 }
 
-pub fn encode(covers: i64, state: &UserState, keys: Option<&Keys>) -> Vec<u8> {
+pub fn encode(covers: i64, state: &StoredState, keys: Option<&Keys>) -> Vec<u8> {
     #[derive(Serialize)]
     struct Borrowed<'a> {
         v: u32,
         covers: i64,
         marked: bool,
-        state: &'a UserState,
+        state: &'a StoredState,
         #[serde(skip_serializing_if = "Option::is_none")]
         keys: Option<&'a Keys>,
     }
@@ -111,25 +113,134 @@ pub fn encode_marker(covers: i64) -> Vec<u8> {
 }
 
 pub fn decode_record(bytes: &[u8]) -> Result<SnapshotRecord, String> {
-    check_version(bytes)?;
-    serde_json::from_slice(bytes)
-        .map_err(|e| format!("version {FORMAT_VERSION} record does not parse: {e}"))
+    match check_version(bytes)? {
+        v1::VERSION => v1::decode(bytes),
+        _ => serde_json::from_slice(bytes)
+            .map_err(|e| format!("version {FORMAT_VERSION} record does not parse: {e}")),
+    }
 }
 
-fn check_version(bytes: &[u8]) -> Result<(), String> {
+/// The record's format version, when this build reads it (1 or 2).
+fn check_version(bytes: &[u8]) -> Result<u32, String> {
     #[derive(Deserialize)]
     struct Version {
         v: u32,
     }
     let version: Version =
         serde_json::from_slice(bytes).map_err(|e| format!("not a snapshot record: {e}"))?;
-    if version.v != FORMAT_VERSION {
+    if version.v != FORMAT_VERSION && version.v != v1::VERSION {
         return Err(format!(
-            "format version {} is not supported (this build reads {FORMAT_VERSION})",
-            version.v
+            "format version {} is not supported (this build reads {} and {FORMAT_VERSION})",
+            version.v,
+            v1::VERSION
         ));
     }
-    Ok(())
+    Ok(version.v)
+}
+
+/// The first format: the state of the engine of the five fixed rules (SPEC section 3), which
+/// kept only what those rules need: the trailing withdrawals, the increasing run of deposits
+/// and the last deposit, the deposits of the deposit window summed by time and the events of the
+/// burst window counted by time.
+///
+/// Upgraded to a state that answers the rules it was kept for exactly as before: per time, the
+/// deposits' sum becomes one deposit and the rest of that time's count becomes withdrawals of
+/// amount 0. What it never kept (the kinds and amounts behind those counts, a run of deposits,
+/// withdrawals' amounts) starts from the upgrade, so the state says its history is complete only
+/// after the user's last event: a window reaching back before it is `warming_up` in the evidence.
+pub mod v1 {
+    use std::collections::BTreeMap;
+
+    use serde::Deserialize;
+
+    use super::SnapshotRecord;
+    use crate::idempotency::Keys;
+    use crate::state::{StoredKind, StoredPast, StoredState};
+
+    pub const VERSION: u32 = 1;
+
+    #[derive(Deserialize)]
+    struct Bucket {
+        time: u64,
+        total: u128,
+    }
+
+    #[derive(Deserialize)]
+    struct Window {
+        buckets: Vec<Bucket>,
+    }
+
+    #[derive(Deserialize)]
+    struct UserState {
+        last_time: Option<u64>,
+        trailing_withdrawals: u64,
+        increasing_run: u64,
+        last_deposit: Option<u128>,
+        deposits: Window,
+        events: Window,
+    }
+
+    #[derive(Deserialize)]
+    struct Record {
+        covers: i64,
+        #[serde(default)]
+        marked: bool,
+        state: UserState,
+        #[serde(default)]
+        keys: Keys,
+    }
+
+    pub(super) fn decode(bytes: &[u8]) -> Result<SnapshotRecord, String> {
+        let record: Record = serde_json::from_slice(bytes)
+            .map_err(|e| format!("version {VERSION} record does not parse: {e}"))?;
+        Ok(SnapshotRecord {
+            v: VERSION,
+            covers: record.covers,
+            marked: record.marked,
+            state: upgrade(&record.state),
+            keys: record.keys,
+        })
+    }
+
+    fn upgrade(old: &UserState) -> StoredState {
+        // Per time: (deposits' sum, events' count).
+        let mut times: BTreeMap<u64, (Option<u128>, u128)> = BTreeMap::new();
+        for b in &old.deposits.buckets {
+            times.entry(b.time).or_default().0 = Some(b.total);
+        }
+        for b in &old.events.buckets {
+            times.entry(b.time).or_default().1 = b.total;
+        }
+        let mut window = Vec::new();
+        for (&time, &(deposits, count)) in &times {
+            let mut count = count;
+            if let Some(sum) = deposits {
+                window.push(StoredPast(time, StoredKind::Deposit, sum));
+                count = count.saturating_sub(1);
+            }
+            for _ in 0..count.min(1 << 20) {
+                window.push(StoredPast(time, StoredKind::Withdraw, 0));
+            }
+        }
+        let clamp = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+        StoredState {
+            last_time: old.last_time,
+            window,
+            run: old.last_time.map(|_| {
+                if old.trailing_withdrawals > 0 {
+                    (StoredKind::Withdraw, clamp(old.trailing_withdrawals))
+                } else {
+                    (StoredKind::Deposit, 1)
+                }
+            }),
+            last: [
+                old.last_deposit
+                    .map(|amount| (amount, clamp(old.increasing_run.max(1)))),
+                None,
+            ],
+            pruned: old.last_time,
+        }
+    }
 }
 
 /// The `covers` of a round marker's value.
@@ -162,10 +273,17 @@ pub struct Restored {
 pub fn restore(
     settings: &Settings,
     placement: Placement,
-    limits: &Limits,
+    (set, bounds): (&RuleSet, &Bounds),
     dedup: DedupLimits,
     timeout: Duration,
 ) -> Result<Restored, SnapshotError> {
+    // The replay's answers are not used: any set rebuilds the same state.
+    let sets = Sets {
+        active: set,
+        shadow: None,
+        bounds,
+        explain: false,
+    };
     let partition = placement.partition;
     // One reader serves every step: each assigns the partition it reads.
     let consumer = reader(settings, "restore")?;
@@ -209,7 +327,7 @@ pub fn restore(
                         payload: message.payload().unwrap_or_default(),
                         key: idempotency_key(message),
                     },
-                    limits,
+                    sets,
                 );
                 Ok(())
             },
@@ -518,25 +636,74 @@ mod tests {
     use super::*;
     use crate::domain::event::decode;
     use crate::domain::Risk;
+    use crate::state::Users;
 
     #[test]
     fn snapshot_records_round_trip_and_reject_other_versions() {
-        let mut state = UserState::default();
-        let event =
-            decode(br#"{"type": "deposit", "amount": "150.5", "user_id": 1, "time": 7}"#).unwrap();
-        state
-            .apply(&event, Risk::Medium, &Limits::default())
-            .unwrap();
+        let (set, bounds) = (RuleSet::default_set(), Bounds::default());
+        let mut users = Users::default();
+        for line in [
+            r#"{"type": "deposit", "amount": "150.5", "user_id": 1, "time": 7}"#,
+            r#"{"type": "withdraw", "amount": "3", "user_id": 1, "time": 9}"#,
+        ] {
+            users
+                .apply(
+                    &decode(line.as_bytes()).unwrap(),
+                    Risk::Medium,
+                    &set,
+                    &bounds,
+                )
+                .unwrap();
+        }
+        let state = users.export(1).unwrap();
         let bytes = encode(42, &state, None);
         let record = decode_record(&bytes).unwrap();
+        assert_eq!(record.v, FORMAT_VERSION);
         assert_eq!(record.covers, 42);
         assert_eq!(record.state, state);
         let future = String::from_utf8(bytes)
             .unwrap()
-            .replace("\"v\":1", "\"v\":2");
+            .replace("\"v\":2", "\"v\":3");
         assert!(decode_record(future.as_bytes())
             .unwrap_err()
-            .contains("version 2"));
+            .contains("version 3"));
         assert!(decode_record(b"garbage").is_err());
+        assert_eq!(decode_marker(&encode_marker(9)).unwrap(), 9);
+        assert_eq!(
+            decode_marker(br#"{"v":1,"round":true,"covers":5}"#).unwrap(),
+            5
+        );
+    }
+
+    /// State written by the release before rule sets (`tests/fixtures/snapshot-v1`: its
+    /// snapshot records after `before.jsonl`, and its own `evaluate` answers to `after.jsonl`
+    /// following them), restored by this one: every later answer is unchanged.
+    #[test]
+    fn a_version_1_snapshot_restores_to_the_same_answers() {
+        let (set, bounds) = (RuleSet::default_set(), Bounds::default());
+        let mut users = Users::default();
+        let records = include_str!("../tests/fixtures/snapshot-v1/state-v1.jsonl");
+        for line in records.lines() {
+            let line: serde_json::Value = serde_json::from_str(line).unwrap();
+            let record = decode_record(line["value"].to_string().as_bytes()).unwrap();
+            assert_eq!(record.v, v1::VERSION);
+            assert_eq!(record.covers, 2500);
+            users.import(line["user_id"].as_u64().unwrap(), record.state);
+        }
+        let after = include_str!("../tests/fixtures/snapshot-v1/after.jsonl");
+        let expected = include_str!("../tests/fixtures/snapshot-v1/expected-after.jsonl");
+        let mut alerts = 0;
+        for (i, (line, want)) in after.lines().zip(expected.lines()).enumerate() {
+            let event = decode(line.as_bytes()).unwrap();
+            let fired = users.apply(&event, Risk::Medium, &set, &bounds).unwrap();
+            let want: serde_json::Value = serde_json::from_str(want).unwrap();
+            let want: Vec<u32> = serde_json::from_value(want["alert_codes"].clone()).unwrap();
+            assert_eq!(fired.codes, want, "line {} of after.jsonl", i + 1);
+            alerts += usize::from(!want.is_empty());
+        }
+        assert!(
+            alerts > 500,
+            "the fixture exercises the rules: {alerts} alerts"
+        );
     }
 }

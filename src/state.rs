@@ -1,375 +1,720 @@
-//! Per-user state and the evaluation of the rules against it: the pure core.
+//! Per-user state and the evaluation of a rule set against it: the pure core.
 //!
-//! [`UserState::apply`] takes an event, the user's current risk and the [`Limits`] and returns
-//! the alert codes or an [`OutOfOrder`] rejection. No clock, no I/O: `evaluate`, the Kafka
-//! processor and the benchmarks all run this same code.
-//!
-//! The state is O(what the rules need), never the whole history:
-//! - the time of the last accepted event (out-of-order check);
-//! - the number of trailing withdrawals (rule 30) and the length of the strictly increasing run
-//!   of deposits ending at the last deposit plus that deposit's amount (rule 300): unbounded
-//!   counters, so any count threshold, and so any risk, can be answered;
-//! - the deposits of the last deposit window and the events of the last burst window, each as
-//!   `(time, total)` buckets merged by equal time (rules 123 and 500), pruned as time advances.
-//!
-//! Windows are not scaled by risk, only thresholds are, so the state never depends on risk and a
-//! risk change between two events is answered exactly.
+//! Per user it keeps what any valid rule can ask about, whatever the set (SPEC section 10, "State
+//! is independent of the rule set"): every event within `state.max_window` of the user's latest
+//! one (the window rules), the length of the trailing run of events of one type
+//! (`consecutive`), and per type the last amount and the length of the strictly increasing run
+//! ending at it (`increasing`). Runs are exact at any length. So a set can be swapped between two
+//! events, a shadow set is evaluated on the same state, and a replay rebuilds the same state
+//! whatever sets were active. No clock, no I/O: `evaluate`, `backtest`, the processor and the
+//! shim's test backend all run this code; `tests/rule_set_model.rs` checks it against a naive
+//! evaluator that keeps every event.
 
 use std::collections::VecDeque;
 
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
-use crate::domain::event::{Event, Kind};
-use crate::domain::verdict::{AlertCodes, OutOfOrder};
+use crate::domain::event::{Event, Kind as EventKind};
+use crate::domain::verdict::OutOfOrder;
 use crate::domain::Risk;
-use crate::rules::Limits;
+use crate::rule_set::{Bounds, Kind, On, RuleSet};
+use crate::rules::format_units;
 
-/// A time bucket of a window: events (or deposit amounts) at one time, merged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-struct Bucket {
+/// Why one code fired (SPEC section 10, "Explained alerts").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Evidence {
+    pub code: u32,
+    pub kind: &'static str,
+    pub on: On,
+    /// A decimal string for amounts and sums, an integer for counts and runs.
+    pub observed: serde_json::Value,
+    /// After risk scaling; a decimal string or an integer like `observed`.
+    pub threshold: serde_json::Value,
+    pub risk: Risk,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from_time: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to_time: Option<u64>,
+    /// The window reaches back past the history kept (never in a run that saw the user's whole
+    /// history, as `evaluate` and `backtest` do).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub warming_up: bool,
+}
+
+/// The codes an event raised (ascending) and why each fired.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fired {
+    pub codes: Vec<u32>,
+    pub evidence: Vec<Evidence>,
+}
+
+/// Amounts up to this many 10^-8 units (about 46 billion) are kept inline in 62 bits; larger
+/// ones go to a side table of their owner's [`Users`] (never freed while it lives: 16 bytes per
+/// such event, which a real stream of money movements hardly ever has).
+const INLINE_MAX: u128 = (1 << 62) - 1;
+/// In a packed amount: the value is an index into the side table.
+const BIG: u64 = 1 << 63;
+/// In a window entry: the event was a withdrawal.
+const WITHDRAW: u64 = 1 << 62;
+
+/// Exact amounts in 64 bits: inline, or in the side table.
+#[derive(Debug, Clone, Default)]
+struct Amounts {
+    big: Vec<u128>,
+}
+
+impl Amounts {
+    #[inline]
+    fn pack(&mut self, amount: u128) -> u64 {
+        if amount <= INLINE_MAX {
+            amount as u64
+        } else {
+            self.big.push(amount);
+            BIG | (self.big.len() - 1) as u64
+        }
+    }
+
+    #[inline]
+    fn unpack(&self, packed: u64) -> u128 {
+        let packed = packed & !WITHDRAW;
+        if packed & BIG != 0 {
+            self.big[(packed & !BIG) as usize]
+        } else {
+            u128::from(packed)
+        }
+    }
+}
+
+/// One event within the window: its time, and its packed amount with its type.
+#[derive(Debug, Clone, Copy)]
+struct Past {
     time: u64,
-    /// Count of events, or the saturating sum of deposits in 10^-8 units.
-    total: u128,
+    amount: u64,
 }
 
-/// The buckets of a window, oldest first. Most users have at most two buckets in a window, so
-/// those live inline in the user's state (no pointer to chase, no allocation); more spill to the heap.
+impl Past {
+    fn kind(self) -> EventKind {
+        if self.amount & WITHDRAW != 0 {
+            EventKind::Withdraw
+        } else {
+            EventKind::Deposit
+        }
+    }
+}
+
+const SEEN: u8 = 1;
+/// Events were dropped from the window's front (or the state was upgraded from a format that
+/// kept less): the history is complete only after [`UserState::pruned`].
+const PRUNED: u8 = 16;
+/// The trailing run is of withdrawals.
+const RUN_WITHDRAW: u8 = 2;
+/// `last_amount[i]` holds an amount.
+const HAS_LAST: [u8; 2] = [4, 8];
+
+/// A window rule's running sum and count over a long window (see [`UserState::cursors`]).
+#[derive(Debug, Clone, Copy, Default)]
+struct Cursor {
+    /// The number (see [`UserState::popped`]) of the oldest event inside the rule's window.
+    start: u64,
+    sum: u128,
+    count: u64,
+    /// The sum never overflowed (else the rule scans, and saturates as it adds).
+    exact: bool,
+}
+
+/// The running sums of one rule set's window rules (by rule position).
 #[derive(Debug, Clone)]
-enum Buckets {
-    Inline { buf: [Bucket; 2], len: u8 },
-    Heap(VecDeque<Bucket>),
+struct Cursors {
+    /// [`RuleSet::serial`] of the set they belong to: another set starts its own.
+    serial: u64,
+    rules: Vec<Cursor>,
 }
 
-/// Equal when they hold the same buckets, whichever form holds them.
-impl PartialEq for Buckets {
-    fn eq(&self, other: &Self) -> bool {
-        self.iter().eq(other.iter())
-    }
-}
+/// A window longer than this keeps running sums per window rule instead of scanning.
+const LONG_WINDOW: usize = 16;
 
-impl Eq for Buckets {}
-
-impl Default for Buckets {
-    fn default() -> Self {
-        Buckets::Inline {
-            buf: [Bucket { time: 0, total: 0 }; 2],
-            len: 0,
-        }
-    }
-}
-
-impl Buckets {
-    fn front(&self) -> Option<&Bucket> {
-        match self {
-            Buckets::Inline { buf, len } => buf[..*len as usize].first(),
-            Buckets::Heap(deque) => deque.front(),
-        }
-    }
-
-    fn pop_front(&mut self) {
-        match self {
-            Buckets::Inline { buf, len } => {
-                if *len > 0 {
-                    buf[0] = buf[1];
-                    *len -= 1;
-                }
-            }
-            Buckets::Heap(deque) => {
-                deque.pop_front();
-            }
-        }
-    }
-
-    fn back_mut(&mut self) -> Option<&mut Bucket> {
-        match self {
-            Buckets::Inline { buf, len } => buf[..*len as usize].last_mut(),
-            Buckets::Heap(deque) => deque.back_mut(),
-        }
-    }
-
-    fn push_back(&mut self, bucket: Bucket) {
-        match self {
-            Buckets::Inline { buf, len } if (*len as usize) < buf.len() => {
-                buf[*len as usize] = bucket;
-                *len += 1;
-            }
-            Buckets::Inline { buf, len } => {
-                let mut deque = VecDeque::with_capacity(8);
-                deque.extend(buf[..*len as usize].iter().copied());
-                deque.push_back(bucket);
-                *self = Buckets::Heap(deque);
-            }
-            Buckets::Heap(deque) => deque.push_back(bucket),
-        }
-    }
-
-    fn iter(&self) -> impl Iterator<Item = &Bucket> {
-        let (inline, heap) = match self {
-            Buckets::Inline { buf, len } => (&buf[..*len as usize], None),
-            Buckets::Heap(deque) => (&[][..], Some(deque.iter())),
-        };
-        inline.iter().chain(heap.into_iter().flatten())
-    }
-}
-
-/// Serialized as a plain sequence of buckets, whatever the in-memory form.
-impl Serialize for Buckets {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.iter())
-    }
-}
-
-impl<'de> Deserialize<'de> for Buckets {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let all = Vec::<Bucket>::deserialize(d)?;
-        let mut buckets = Buckets::default();
-        for bucket in all {
-            buckets.push_back(bucket);
-        }
-        Ok(buckets)
-    }
-}
-
-/// A sliding window of `(time, total)` buckets with a running, saturating total.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-struct Window {
-    buckets: Buckets,
-    total: u128,
-}
-
-impl Window {
-    /// Drops buckets with `now - time > span`. Times only grow, so the front is the oldest.
-    fn prune(&mut self, now: u64, span: u64) {
-        // While below the ceiling the running total is exact; once saturated it is recomputed.
-        let saturated = self.total == u128::MAX;
-        let mut removed = false;
-        while let Some(front) = self.buckets.front() {
-            if now - front.time <= span {
-                break;
-            }
-            if !saturated {
-                self.total -= front.total;
-            }
-            self.buckets.pop_front();
-            removed = true;
-        }
-        if saturated && removed {
-            self.total = self
-                .buckets
-                .iter()
-                .fold(0u128, |sum, b| sum.saturating_add(b.total));
-        }
-    }
-
-    fn add(&mut self, time: u64, value: u128) {
-        match self.buckets.back_mut() {
-            Some(last) if last.time == time => last.total = last.total.saturating_add(value),
-            _ => self.buckets.push_back(Bucket { time, total: value }),
-        }
-        self.total = self.total.saturating_add(value);
-    }
-}
-
-/// Everything the rules need to know about one user.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// One user's state (see the module documentation): 96 bytes plus the window's entries.
+#[derive(Debug, Clone, Default)]
 pub struct UserState {
-    /// Time of the last accepted event; `None` before the first.
-    last_time: Option<u64>,
-    /// Withdrawals since the last deposit.
-    trailing_withdrawals: u64,
-    /// Length of the strictly increasing run of deposits ending at the last deposit.
-    increasing_run: u64,
-    /// Amount of the last deposit, in 10^-8 units.
-    last_deposit: Option<u128>,
-    /// Deposits within the deposit window, summed by time.
-    deposits: Window,
-    /// Events within the burst window, counted by time.
-    events: Window,
+    last_time: u64,
+    /// Every event within `max_window` of the latest one, oldest first.
+    window: VecDeque<Past>,
+    /// Events dropped from the window's front so far: window entry `i` is the user's event
+    /// number `popped + i`.
+    popped: u64,
+    /// While the window is long: per rule of the active set (by position; only window rules
+    /// use theirs), the running sum and count of its window, so it costs O(1) amortized.
+    /// A thin pointer: most users never have one.
+    cursors: Option<Box<Cursors>>,
+    /// With [`PRUNED`]: the time of the latest event dropped from the window; every event after
+    /// it is in the window.
+    pruned: u64,
+    /// Per type (deposits, withdrawals): the last amount, packed.
+    last_amount: [u64; 2],
+    /// How many events in a row, up to the latest, are of its type (saturating).
+    run_len: u32,
+    /// Per type: the length of the strictly increasing run ending at the last amount.
+    increasing: [u32; 2],
+    flags: u8,
+}
+
+fn slot(kind: EventKind) -> usize {
+    match kind {
+        EventKind::Deposit => 0,
+        EventKind::Withdraw => 1,
+    }
 }
 
 impl UserState {
-    /// Applies `event` with the user's current `risk`: appends it to the state and returns the
-    /// codes it raises, or rejects it (state untouched) when it is out of order.
-    pub fn apply(
-        &mut self,
-        event: &Event,
-        risk: Risk,
-        limits: &Limits,
-    ) -> Result<AlertCodes, OutOfOrder> {
-        let now = event.time;
-        if let Some(last_time) = self.last_time {
-            if now < last_time {
-                return Err(OutOfOrder {
-                    time: now,
-                    last_time,
-                });
-            }
-        }
-        self.last_time = Some(now);
-        let amount = event.amount.units();
-        let mut codes = AlertCodes::default();
-
-        self.events.prune(now, limits.burst_window_ticks);
-        self.events.add(now, 1);
-        self.deposits.prune(now, limits.deposit_window_ticks);
-
-        match event.kind {
-            Kind::Withdraw => {
-                self.trailing_withdrawals = self.trailing_withdrawals.saturating_add(1);
-                if risk.amount_exceeded(amount, limits.large_withdrawal_amount) {
-                    codes.push(limits.large_withdrawal_code);
-                }
-                if self.trailing_withdrawals
-                    >= risk.count_threshold(limits.consecutive_withdrawals_count)
-                {
-                    codes.push(limits.consecutive_withdrawals_code);
-                }
-            }
-            Kind::Deposit => {
-                self.trailing_withdrawals = 0;
-                self.increasing_run = match self.last_deposit {
-                    Some(previous) if amount > previous => self.increasing_run.saturating_add(1),
-                    _ => 1,
-                };
-                self.last_deposit = Some(amount);
-                if self.increasing_run >= risk.count_threshold(limits.increasing_deposits_count) {
-                    codes.push(limits.increasing_deposits_code);
-                }
-                self.deposits.add(now, amount);
-                if risk.amount_exceeded(self.deposits.total, limits.deposit_window_amount) {
-                    codes.push(limits.deposit_window_code);
-                }
-            }
-        }
-        if self.events.total > u128::from(risk.count_threshold(limits.burst_count)) {
-            codes.push(limits.burst_code);
-        }
-        codes.sort();
-        Ok(codes)
-    }
-
     /// Time of the last accepted event.
     pub fn last_time(&self) -> Option<u64> {
-        self.last_time
+        (self.flags & SEEN != 0).then_some(self.last_time)
+    }
+
+    fn run(&self) -> (EventKind, u32) {
+        let kind = if self.flags & RUN_WITHDRAW != 0 {
+            EventKind::Withdraw
+        } else {
+            EventKind::Deposit
+        };
+        (kind, self.run_len)
+    }
+
+    /// Appends `event` (or rejects it, state untouched, when it is out of order), evaluates
+    /// every rule of `set` on it at `risk`, then drops what fell out of `max_window`.
+    /// Fills `fired` (cleared first) with the codes, and their evidence when `explain`.
+    fn apply(
+        &mut self,
+        amounts: &mut Amounts,
+        event: &Event,
+        (risk, set, max_window): (Risk, &RuleSet, u64),
+        fired: &mut Fired,
+        explain: bool,
+    ) -> Result<(), OutOfOrder> {
+        let now = event.time;
+        if self.flags & SEEN != 0 && now < self.last_time {
+            return Err(OutOfOrder {
+                time: now,
+                last_time: self.last_time,
+            });
+        }
+        self.flags |= SEEN;
+        self.last_time = now;
+        let amount = event.amount.units();
+        let packed = amounts.pack(amount);
+        let withdraw = event.kind == EventKind::Withdraw;
+        if self.window.len() == self.window.capacity() {
+            // Grow by one while small: most users have a handful of events in a window.
+            let more = if self.window.len() < 4 {
+                1
+            } else {
+                self.window.len()
+            };
+            self.window.reserve_exact(more);
+        }
+        self.window.push_back(Past {
+            time: now,
+            amount: packed | if withdraw { WITHDRAW } else { 0 },
+        });
+        self.slide(amounts, set, now, amount, event.kind);
+        let (run_kind, run_len) = self.run();
+        if run_len > 0 && run_kind == event.kind {
+            self.run_len = run_len.saturating_add(1);
+        } else {
+            self.run_len = 1;
+            self.flags = (self.flags & !RUN_WITHDRAW) | if withdraw { RUN_WITHDRAW } else { 0 };
+        }
+        let i = slot(event.kind);
+        if self.flags & HAS_LAST[i] != 0 && amount > amounts.unpack(self.last_amount[i]) {
+            self.increasing[i] = self.increasing[i].saturating_add(1);
+        } else {
+            self.increasing[i] = 1;
+        }
+        self.last_amount[i] = packed;
+        self.flags |= HAS_LAST[i];
+
+        self.evaluate(amounts, event, risk, set, true, fired, explain);
+        while self
+            .window
+            .front()
+            .is_some_and(|p| now - p.time > max_window)
+        {
+            self.pruned = self.window.front().map_or(0, |p| p.time);
+            self.flags |= PRUNED;
+            self.window.pop_front();
+            self.popped += 1;
+        }
+        if self.window.len() <= LONG_WINDOW / 4 {
+            self.cursors = None;
+        }
+        Ok(())
+    }
+
+    /// Evaluates every rule of `set` on `event`, the latest event of this state, at `risk`:
+    /// the codes (and their evidence when `explain`) into `fired`, cleared first. Window rules
+    /// read their running sums when `cursors` and the state keeps them for `set`, else scan.
+    #[allow(clippy::too_many_arguments)]
+    fn evaluate(
+        &self,
+        amounts: &Amounts,
+        event: &Event,
+        risk: Risk,
+        set: &RuleSet,
+        cursors: bool,
+        fired: &mut Fired,
+        explain: bool,
+    ) {
+        let now = event.time;
+        let amount = event.amount.units();
+        let cursors = self
+            .cursors
+            .as_ref()
+            .filter(|c| cursors && c.serial == set.serial());
+        fired.codes.clear();
+        fired.evidence.clear();
+        for (position, rule) in set.rules.iter().enumerate() {
+            let amount_value = |units: u128| serde_json::Value::from(format_units(units));
+            let evidence = |observed: &dyn Fn() -> serde_json::Value,
+                            threshold: &dyn Fn() -> serde_json::Value,
+                            window: Option<u64>| {
+                explain.then(|| {
+                    let from_time = window.map(|w| now.saturating_sub(w));
+                    Evidence {
+                        code: rule.code,
+                        kind: rule.kind.name(),
+                        on: rule.on,
+                        observed: observed(),
+                        threshold: threshold(),
+                        risk,
+                        from_time,
+                        to_time: window.map(|_| now),
+                        warming_up: from_time
+                            .is_some_and(|from| self.flags & PRUNED != 0 && from <= self.pruned),
+                    }
+                })
+            };
+            let cursor = || cursors.map(|c| &c.rules[position]);
+            let hit = match rule.kind {
+                Kind::Amount { amount: a } => {
+                    (rule.on.matches(event.kind) && risk.amount_exceeded(amount, a)).then(|| {
+                        evidence(
+                            &|| amount_value(amount),
+                            &|| amount_value(scaled_amount(risk, a)),
+                            None,
+                        )
+                    })
+                }
+                Kind::Consecutive { count } => {
+                    let needed = risk.count_threshold(u64::from(count));
+                    let (kind, n) = self.run();
+                    let run = if kind == rule.on.kind() {
+                        u64::from(n)
+                    } else {
+                        0
+                    };
+                    (run >= needed).then(|| evidence(&|| run.into(), &|| needed.into(), None))
+                }
+                Kind::Increasing { count } => {
+                    let needed = risk.count_threshold(u64::from(count));
+                    let kind = rule.on.kind();
+                    let run = if event.kind == kind {
+                        u64::from(self.increasing[slot(kind)])
+                    } else {
+                        0
+                    };
+                    (run >= needed).then(|| evidence(&|| run.into(), &|| needed.into(), None))
+                }
+                Kind::WindowSum { amount: a, window } => {
+                    if rule.on.matches(event.kind) {
+                        let sum = match cursor() {
+                            Some(c) if c.exact => c.sum,
+                            _ => self
+                                .within(now, window, rule.on)
+                                .fold(0u128, |s, p| s.saturating_add(amounts.unpack(p.amount))),
+                        };
+                        risk.amount_exceeded(sum, a).then(|| {
+                            evidence(
+                                &|| amount_value(sum),
+                                &|| amount_value(scaled_amount(risk, a)),
+                                Some(window),
+                            )
+                        })
+                    } else {
+                        None
+                    }
+                }
+                Kind::WindowCount { count, window } => {
+                    if rule.on.matches(event.kind) {
+                        let needed = risk.count_threshold(u64::from(count));
+                        let seen = match cursor() {
+                            Some(c) => c.count,
+                            None => self.within(now, window, rule.on).count() as u64,
+                        };
+                        (seen > needed)
+                            .then(|| evidence(&|| seen.into(), &|| needed.into(), Some(window)))
+                    } else {
+                        None
+                    }
+                }
+            };
+            if let Some(evidence) = hit {
+                fired.codes.push(rule.code);
+                if let Some(evidence) = evidence {
+                    fired.evidence.push(evidence);
+                }
+            }
+        }
+        fired.codes.sort_unstable();
+        fired.evidence.sort_by_key(|e| e.code);
+    }
+
+    /// Keeps the window rules' running sums and counts up to date with the event just pushed
+    /// (starting them once the window gets long, or when `set` is not the set they were kept
+    /// for): the new event in, the events that left each rule's window out. Called before the
+    /// window's front is pruned, so every event leaving a rule's window is still there to
+    /// subtract.
+    fn slide(&mut self, amounts: &Amounts, set: &RuleSet, now: u64, amount: u128, kind: EventKind) {
+        if self
+            .cursors
+            .as_ref()
+            .is_some_and(|c| c.serial != set.serial())
+        {
+            self.cursors = None;
+        }
+        if self.cursors.is_none() {
+            if self.window.len() <= LONG_WINDOW {
+                return;
+            }
+            let mut cursors = vec![Cursor::default(); set.rules.len()];
+            for (cursor, rule) in cursors.iter_mut().zip(&set.rules) {
+                let (Kind::WindowSum { window, .. } | Kind::WindowCount { window, .. }) = rule.kind
+                else {
+                    continue;
+                };
+                let first = self.window.partition_point(|p| now - p.time > window);
+                cursor.start = self.popped + first as u64;
+                cursor.exact = true;
+                for p in self
+                    .window
+                    .range(first..)
+                    .filter(|p| rule.on.matches(p.kind()))
+                {
+                    cursor.count += 1;
+                    match cursor.sum.checked_add(amounts.unpack(p.amount)) {
+                        Some(sum) => cursor.sum = sum,
+                        None => cursor.exact = false,
+                    }
+                }
+            }
+            self.cursors = Some(Box::new(Cursors {
+                serial: set.serial(),
+                rules: cursors,
+            }));
+            return;
+        }
+        let cursors = &mut self.cursors.as_mut().expect("checked above").rules;
+        for (cursor, rule) in cursors.iter_mut().zip(&set.rules) {
+            let (Kind::WindowSum { window, .. } | Kind::WindowCount { window, .. }) = rule.kind
+            else {
+                continue;
+            };
+            if rule.on.matches(kind) {
+                cursor.count += 1;
+                match cursor.sum.checked_add(amount) {
+                    Some(sum) => cursor.sum = sum,
+                    None => cursor.exact = false,
+                }
+            }
+            while let Some(p) = self.window.get((cursor.start - self.popped) as usize) {
+                if now - p.time <= window {
+                    break;
+                }
+                if rule.on.matches(p.kind()) {
+                    cursor.count -= 1;
+                    if cursor.exact {
+                        cursor.sum -= amounts.unpack(p.amount);
+                    }
+                }
+                cursor.start += 1;
+            }
+        }
+    }
+
+    fn within(&self, now: u64, window: u64, on: On) -> impl Iterator<Item = &Past> {
+        self.window
+            .iter()
+            .rev()
+            .take_while(move |p| now - p.time <= window)
+            .filter(move |p| on.matches(p.kind()))
     }
 }
 
-/// The state of many users (one owner: a partition, or the whole `evaluate` run).
-///
-/// A slab of states with a small index from user id to slot: the index (16 bytes a user) stays
-/// in cache where the states would not, so a batch of events can look its users up first and
-/// touch their states together ([`Users::touch`]), overlapping the memory latency of many users
-/// instead of paying it once per event.
+/// The longest window the history must cover: `state.max_window` in the set's time unit.
+fn window_ticks(set: &RuleSet, bounds: &Bounds) -> u64 {
+    let ticks = set.time_unit.ticks_per_second();
+    (bounds.max_window.as_millis() as u64).saturating_mul(ticks) / 1000
+}
+
+/// The amount threshold after risk scaling (SPEC section 4), in 10^-8 units; a high-risk
+/// threshold of an odd number of units is shown rounded down (the comparison itself is exact).
+fn scaled_amount(risk: Risk, amount: u128) -> u128 {
+    match risk {
+        Risk::Low => amount.saturating_mul(2),
+        Risk::Medium => amount,
+        Risk::High => amount / 2,
+    }
+}
+
+/// Every user's state of one owner (a partition, or a whole `evaluate` run): a slab of states
+/// and an index by user id, so that a batch can look its users up first and touch their
+/// states together ([`Users::touch`]), overlapping the memory latency of many users.
 #[derive(Debug, Clone, Default)]
 pub struct Users {
     index: FxHashMap<u64, u32>,
-    states: Vec<(u64, UserState)>,
+    users: Vec<(u64, UserState)>,
+    amounts: Amounts,
 }
 
-/// Where a user's state lives in its [`Users`] (valid for that `Users` only).
+/// A user's place in its [`Users`] (see [`Users::slot`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Slot(u32);
 
 /// Equal when they hold the same users with the same states, whatever their slots.
 impl PartialEq for Users {
     fn eq(&self, other: &Self) -> bool {
-        self.len() == other.len() && self.iter().all(|(id, state)| other.get(id) == Some(state))
+        self.len() == other.len()
+            && self
+                .ids()
+                .all(|id| other.export(id).is_some() && other.export(id) == self.export(id))
     }
 }
 
 impl Eq for Users {}
 
-impl Users {
-    pub fn apply(
-        &mut self,
-        event: &Event,
-        risk: Risk,
-        limits: &Limits,
-    ) -> Result<AlertCodes, OutOfOrder> {
-        let slot = self.slot(event.user_id.0);
-        self.apply_at(slot, event, risk, limits)
-    }
+/// One window entry as stored: time, type, amount in 10^-8 units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredPast(pub u64, pub StoredKind, pub u128);
 
-    /// The slot of `user_id`, with a fresh state the first time the user is seen.
+/// An event's type in a stored state: `"d"` or `"w"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StoredKind {
+    #[serde(rename = "d")]
+    Deposit,
+    #[serde(rename = "w")]
+    Withdraw,
+}
+
+impl From<EventKind> for StoredKind {
+    fn from(kind: EventKind) -> Self {
+        match kind {
+            EventKind::Deposit => StoredKind::Deposit,
+            EventKind::Withdraw => StoredKind::Withdraw,
+        }
+    }
+}
+
+/// A user's state in its snapshot form (amounts unpacked, no per-set caches): what a
+/// snapshot record carries, version 2 of [`crate::snapshot`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredState {
+    /// Time of the last accepted event; absent before the first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_time: Option<u64>,
+    /// The events within `state.max_window` of the last one, oldest first.
+    #[serde(default)]
+    pub window: Vec<StoredPast>,
+    /// The trailing run: its type and length.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<(StoredKind, u32)>,
+    /// Per type (deposit, withdrawal): the last amount and the increasing run ending at it.
+    #[serde(default)]
+    pub last: [Option<(u128, u32)>; 2],
+    /// History is complete only after this time (events up to it were dropped, or the state
+    /// was upgraded from a format that kept less).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pruned: Option<u64>,
+}
+
+impl Users {
+    /// The user's slot, with an empty state the first time.
+    #[inline]
     pub fn slot(&mut self, user_id: u64) -> Slot {
-        let next = self.states.len();
+        let next = self.users.len();
         let slot = *self
             .index
             .entry(user_id)
             .or_insert_with(|| u32::try_from(next).expect("fewer than 2^32 users in one owner"));
         if slot as usize == next {
-            self.states.push((user_id, UserState::default()));
+            self.users.push((user_id, UserState::default()));
         }
         Slot(slot)
     }
 
-    /// Reads the states at `slots` so they are in cache by the time [`Users::apply_at`] needs
-    /// them: independent loads back to back, so their cache misses overlap.
+    /// Reads the states at `slots`, so that a batch's cache misses overlap before
+    /// [`Users::apply_at`] needs them.
     pub fn touch(&self, slots: impl Iterator<Item = Slot>) {
-        let mut sum = 0u64;
-        for slot in slots {
-            let state = &self.states[slot.0 as usize].1;
-            // One read in each cache line the rules use (the state is 4 lines), and the oldest
-            // bucket of each window (which prune reads first), wherever it lives.
-            let front = |w: &Window| w.buckets.front().map_or(0, |b| b.time);
-            sum = sum
-                .wrapping_add(state.last_time.unwrap_or(0))
-                .wrapping_add(state.increasing_run)
-                .wrapping_add(front(&state.deposits))
-                .wrapping_add(front(&state.events));
-        }
+        let sum = slots.fold(0u64, |sum, s| {
+            let h = &self.users[s.0 as usize].1;
+            sum.wrapping_add(h.last_time)
+                .wrapping_add(h.window.front().map_or(0, |p| p.time))
+        });
         std::hint::black_box(sum);
     }
 
-    /// [`UserState::apply`] on the state at `slot` (from [`Users::slot`] of this `Users`).
+    /// Applies `event` to the state at `slot` under `set`: its codes (and their evidence when
+    /// `explain`) into `fired`, which is cleared first and can be reused from event to event.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
     pub fn apply_at(
         &mut self,
         slot: Slot,
         event: &Event,
         risk: Risk,
-        limits: &Limits,
-    ) -> Result<AlertCodes, OutOfOrder> {
-        let (user_id, state) = &mut self.states[slot.0 as usize];
+        set: &RuleSet,
+        bounds: &Bounds,
+        fired: &mut Fired,
+        explain: bool,
+    ) -> Result<(), OutOfOrder> {
+        let max_window = window_ticks(set, bounds);
+        let (user_id, state) = &mut self.users[slot.0 as usize];
         debug_assert_eq!(*user_id, event.user_id.0);
-        state.apply(event, risk, limits)
+        state.apply(
+            &mut self.amounts,
+            event,
+            (risk, set, max_window),
+            fired,
+            explain,
+        )
+    }
+
+    /// Evaluates `set` on `event`, just applied to the state at `slot` by
+    /// [`Users::apply_at`], without changing anything: how a shadow set sees the same event.
+    pub fn evaluate_at(
+        &self,
+        slot: Slot,
+        event: &Event,
+        risk: Risk,
+        set: &RuleSet,
+        fired: &mut Fired,
+    ) {
+        let state = &self.users[slot.0 as usize].1;
+        state.evaluate(&self.amounts, event, risk, set, false, fired, false);
+    }
+
+    /// [`Users::apply_at`] for one event, with its evidence.
+    pub fn apply(
+        &mut self,
+        event: &Event,
+        risk: Risk,
+        set: &RuleSet,
+        bounds: &Bounds,
+    ) -> Result<Fired, OutOfOrder> {
+        let slot = self.slot(event.user_id.0);
+        let mut fired = Fired::default();
+        self.apply_at(slot, event, risk, set, bounds, &mut fired, true)?;
+        Ok(fired)
     }
 
     /// The state at `slot` (from [`Users::slot`] of this `Users`).
     #[inline]
     pub fn at(&self, slot: Slot) -> &UserState {
-        &self.states[slot.0 as usize].1
+        &self.users[slot.0 as usize].1
     }
 
     pub fn get(&self, user_id: u64) -> Option<&UserState> {
         let slot = *self.index.get(&user_id)?;
-        Some(&self.states[slot as usize].1)
+        Some(&self.users[slot as usize].1)
     }
 
-    pub fn insert(&mut self, user_id: u64, state: UserState) {
+    /// A user's state in its snapshot form.
+    pub fn export(&self, user_id: u64) -> Option<StoredState> {
+        let state = self.get(user_id)?;
+        let kind = |p: &Past| StoredKind::from(p.kind());
+        Some(StoredState {
+            last_time: state.last_time(),
+            window: state
+                .window
+                .iter()
+                .map(|p| StoredPast(p.time, kind(p), self.amounts.unpack(p.amount)))
+                .collect(),
+            run: (state.run_len > 0).then(|| {
+                let (kind, len) = state.run();
+                (kind.into(), len)
+            }),
+            last: [0, 1].map(|i| {
+                (state.flags & HAS_LAST[i] != 0).then(|| {
+                    (
+                        self.amounts.unpack(state.last_amount[i]),
+                        state.increasing[i],
+                    )
+                })
+            }),
+            pruned: (state.flags & PRUNED != 0).then_some(state.pruned),
+        })
+    }
+
+    /// Replaces a user's state with a stored one.
+    pub fn import(&mut self, user_id: u64, stored: StoredState) {
+        let mut state = UserState::default();
+        if let Some(time) = stored.last_time {
+            state.flags |= SEEN;
+            state.last_time = time;
+        }
+        state.window = stored
+            .window
+            .iter()
+            .map(|&StoredPast(time, kind, amount)| Past {
+                time,
+                amount: self.amounts.pack(amount)
+                    | if kind == StoredKind::Withdraw {
+                        WITHDRAW
+                    } else {
+                        0
+                    },
+            })
+            .collect();
+        if let Some((kind, len)) = stored.run {
+            state.run_len = len;
+            if kind == StoredKind::Withdraw {
+                state.flags |= RUN_WITHDRAW;
+            }
+        }
+        for (i, last) in stored.last.iter().enumerate() {
+            if let Some((amount, run)) = *last {
+                state.last_amount[i] = self.amounts.pack(amount);
+                state.increasing[i] = run;
+                state.flags |= HAS_LAST[i];
+            }
+        }
+        if let Some(time) = stored.pruned {
+            state.pruned = time;
+            state.flags |= PRUNED;
+        }
         let slot = self.slot(user_id);
-        self.states[slot.0 as usize].1 = state;
+        self.users[slot.0 as usize].1 = state;
     }
 
     pub fn len(&self) -> usize {
-        self.states.len()
+        self.users.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.states.is_empty()
+        self.users.is_empty()
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (u64, &UserState)> {
-        self.states.iter().map(|(id, state)| (*id, state))
+    /// Every user id, in slot order.
+    pub fn ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.users.iter().map(|(id, _)| *id)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::event::{Amount, UserId};
+    use crate::domain::event::{decode, Amount, UserId};
 
-    fn ev(kind: Kind, amount: &str, time: u64) -> Event {
+    fn ev(kind: EventKind, amount: &str, time: u64) -> Event {
         Event {
             kind,
             amount: Amount::parse(amount).unwrap(),
@@ -379,17 +724,17 @@ mod tests {
     }
 
     fn run(events: &[Event], risk: Risk) -> Vec<Vec<u32>> {
-        let limits = Limits::default();
-        let mut state = UserState::default();
+        let (set, bounds) = (RuleSet::default_set(), Bounds::default());
+        let mut users = Users::default();
         events
             .iter()
-            .map(|e| state.apply(e, risk, &limits).unwrap().as_slice().to_vec())
+            .map(|e| users.apply(e, risk, &set, &bounds).unwrap().codes)
             .collect()
     }
 
     #[test]
     fn consecutive_withdrawals_refire_while_they_continue() {
-        let w = |t| ev(Kind::Withdraw, "1", t);
+        let w = |t| ev(EventKind::Withdraw, "1", t);
         assert_eq!(
             run(&[w(0), w(100), w(200), w(300)], Risk::Medium),
             vec![vec![], vec![], vec![30], vec![30]]
@@ -399,40 +744,30 @@ mod tests {
 
     #[test]
     fn deposit_window_is_inclusive_at_its_edge() {
-        let d = |a, t| ev(Kind::Deposit, a, t);
+        let d = |a, t| ev(EventKind::Deposit, a, t);
         assert_eq!(
             run(&[d("150", 0), d("50.01", 30)], Risk::Medium)[1],
             vec![123]
         );
-        assert_eq!(
-            run(&[d("150", 0), d("50.01", 31)], Risk::Medium)[1],
-            Vec::<u32>::new()
-        );
-        assert_eq!(
-            run(&[d("150", 0), d("50", 30)], Risk::Medium)[1],
-            Vec::<u32>::new()
-        );
-    }
-
-    #[test]
-    fn burst_counts_every_event_in_the_inclusive_window() {
-        let events: Vec<_> = (0..6).map(|i| ev(Kind::Withdraw, "1", i * 12)).collect();
-        let codes = run(&events, Risk::Low);
-        assert!(codes.iter().all(|c| !c.contains(&500)));
-        let codes = run(&events, Risk::Medium);
-        assert!(codes[5].contains(&500), "{codes:?}");
+        assert!(run(&[d("150", 0), d("50.01", 31)], Risk::Medium)[1].is_empty());
+        assert!(run(&[d("150", 0), d("50", 30)], Risk::Medium)[1].is_empty());
     }
 
     #[test]
     fn out_of_order_events_are_rejected_without_changing_state() {
-        let limits = Limits::default();
-        let mut state = UserState::default();
-        state
-            .apply(&ev(Kind::Deposit, "1", 10), Risk::Medium, &limits)
+        let (set, bounds) = (RuleSet::default_set(), Bounds::default());
+        let mut users = Users::default();
+        users
+            .apply(
+                &ev(EventKind::Deposit, "1", 10),
+                Risk::Medium,
+                &set,
+                &bounds,
+            )
             .unwrap();
-        let before = state.clone();
-        let err = state
-            .apply(&ev(Kind::Deposit, "1", 9), Risk::Medium, &limits)
+        let before = users.export(1);
+        let err = users
+            .apply(&ev(EventKind::Deposit, "1", 9), Risk::Medium, &set, &bounds)
             .unwrap_err();
         assert_eq!(
             err,
@@ -441,94 +776,190 @@ mod tests {
                 last_time: 10
             }
         );
-        assert_eq!(state, before);
-        state
-            .apply(&ev(Kind::Deposit, "1", 10), Risk::Medium, &limits)
-            .unwrap();
-    }
-
-    #[test]
-    fn saturated_deposit_sums_stay_above_every_threshold() {
-        let limits = Limits::default();
-        let mut state = UserState::default();
-        let huge = ev(Kind::Deposit, "99999999999999999999.99999999", 0);
-        for _ in 0..100_000 {
-            state.apply(&huge, Risk::Low, &limits).unwrap();
-        }
-        state.deposits.add(0, u128::MAX);
-        assert_eq!(state.deposits.total, u128::MAX);
-        let codes = state
-            .apply(&ev(Kind::Deposit, "1", 30), Risk::Low, &limits)
-            .unwrap();
-        assert!(codes.as_slice().contains(&123));
-        // Once the saturated bucket leaves the window the sum is exact again.
-        let codes = state
-            .apply(&ev(Kind::Deposit, "1", 60), Risk::Medium, &limits)
-            .unwrap();
-        assert!(!codes.as_slice().contains(&123));
-        assert_eq!(state.deposits.total, 2 * 100_000_000);
-    }
-
-    #[test]
-    fn windows_spill_from_inline_to_heap_and_serialize_the_same() {
-        let mut window = Window::default();
-        for t in 0..5 {
-            window.add(t, 1);
-        }
-        assert!(matches!(window.buckets, Buckets::Heap(_)));
-        window.prune(5, 1);
-        assert_eq!(
-            window.buckets.iter().map(|b| b.time).collect::<Vec<_>>(),
-            vec![4]
-        );
-        assert_eq!(window.total, 1);
-        let json = serde_json::to_string(&window).unwrap();
-        let back: Window = serde_json::from_str(&json).unwrap();
-        assert!(matches!(back.buckets, Buckets::Inline { len: 1, .. }));
-        assert_eq!(back, window, "equal content, different form");
-        assert_eq!(serde_json::to_string(&back).unwrap(), json);
-    }
-
-    #[test]
-    fn state_round_trips_through_json() {
-        let limits = Limits::default();
-        let mut state = UserState::default();
-        state
+        assert_eq!(users.export(1), before);
+        users
             .apply(
-                &ev(Kind::Deposit, "99999999999999999999.99999999", 3),
+                &ev(EventKind::Deposit, "1", 10),
                 Risk::Medium,
-                &limits,
+                &set,
+                &bounds,
             )
             .unwrap();
-        let json = serde_json::to_string(&state).unwrap();
-        assert_eq!(serde_json::from_str::<UserState>(&json).unwrap(), state);
     }
 
     #[test]
-    fn users_keep_one_state_each_and_compare_whatever_the_insertion_order() {
-        let limits = Limits::default();
-        let event = |user: u64, time: u64| Event {
-            user_id: UserId(user),
-            ..ev(Kind::Withdraw, "1", time)
+    fn amounts_beyond_the_inline_range_are_summed_exactly() {
+        let huge = ev(EventKind::Deposit, "99999999999999999999.99999999", 0);
+        let codes = run(&[huge, ev(EventKind::Deposit, "1", 30)], Risk::Low);
+        assert_eq!(codes[1], vec![123]);
+    }
+
+    /// A state exported and imported answers every later event as the original does, under
+    /// any set (the snapshot's promise), and compares equal.
+    #[test]
+    fn an_exported_state_imports_to_the_same_answers() {
+        let twenty = RuleSet::from_toml(
+            include_str!("../rules/examples/twenty-rules.toml"),
+            &Bounds::default(),
+        )
+        .unwrap();
+        let bounds = Bounds::default();
+        let stream = events(4_000, 11);
+        let (head, tail) = stream.split_at(2_000);
+        let mut original = Users::default();
+        for e in head {
+            let _ = original.apply(e, Risk::Medium, &twenty, &bounds);
+        }
+        let mut copy = Users::default();
+        for id in original.ids() {
+            copy.import(id, original.export(id).unwrap());
+        }
+        assert_eq!(copy, original);
+        for e in tail {
+            let a = original.apply(e, Risk::High, &twenty, &bounds);
+            let b = copy.apply(e, Risk::High, &twenty, &bounds);
+            assert_eq!(a, b, "{e:?}");
+        }
+    }
+
+    /// Switching sets between two events (a live swap) answers each event as a run under its
+    /// own set alone would, long windows (running sums) included; a shadow evaluation changes
+    /// nothing.
+    #[test]
+    fn a_swap_between_events_answers_each_under_its_own_set() {
+        let bounds = Bounds::default();
+        let default = RuleSet::default_set();
+        let twenty =
+            RuleSet::from_toml(include_str!("../rules/examples/twenty-rules.toml"), &bounds)
+                .unwrap();
+        let stream = events(6_000, 5);
+        let mut swapped = Users::default();
+        let mut only_default = Users::default();
+        let mut only_twenty = Users::default();
+        let mut shadow = Fired::default();
+        for (i, e) in stream.iter().enumerate() {
+            let set = if (i / 500) % 2 == 0 {
+                &default
+            } else {
+                &twenty
+            };
+            let slot = swapped.slot(e.user_id.0);
+            let mut fired = Fired::default();
+            let got = swapped
+                .apply_at(slot, e, Risk::Low, set, &bounds, &mut fired, false)
+                .map(|()| fired.codes.clone());
+            let want_default = only_default
+                .apply(e, Risk::Low, &default, &bounds)
+                .map(|f| f.codes);
+            let want_twenty = only_twenty
+                .apply(e, Risk::Low, &twenty, &bounds)
+                .map(|f| f.codes);
+            let is_default = std::ptr::eq(set, &default);
+            let (want, other, other_want) = if is_default {
+                (&want_default, &twenty, &want_twenty)
+            } else {
+                (&want_twenty, &default, &want_default)
+            };
+            assert_eq!(&got, want, "event {i}");
+            if got.is_ok() {
+                let before = swapped.export(e.user_id.0);
+                swapped.evaluate_at(slot, e, Risk::Low, other, &mut shadow);
+                assert_eq!(Ok(shadow.codes.clone()), *other_want, "shadow, event {i}");
+                assert_eq!(swapped.export(e.user_id.0), before);
+            }
+        }
+    }
+
+    #[test]
+    fn a_window_reaching_before_the_kept_history_is_warming_up() {
+        let bounds = Bounds {
+            max_window: std::time::Duration::from_secs(60),
+            max_count: 16,
         };
-        let mut a = Users::default();
-        let mut b = Users::default();
-        for (user, time) in [(1, 1), (2, 1), (1, 2)] {
-            a.apply(&event(user, time), Risk::Medium, &limits).unwrap();
-        }
-        let slot = b.slot(2);
-        assert_eq!(b.slot(2), slot, "a user keeps its slot");
-        b.apply_at(slot, &event(2, 1), Risk::Medium, &limits)
+        let set = RuleSet::from_toml(
+            "version = \"w\"\n[[rule]]\ncode = 7\nkind = \"window_count\"\non = \"any\"\ncount = 1\nwindow = \"60s\"\n",
+            &bounds,
+        )
+        .unwrap();
+        let mut users = Users::default();
+        let d = |t| ev(EventKind::Deposit, "1", t);
+        // Nothing dropped yet: complete history.
+        users.apply(&d(0), Risk::Medium, &set, &bounds).unwrap();
+        let fired = users.apply(&d(10), Risk::Medium, &set, &bounds).unwrap();
+        assert!(!fired.evidence[0].warming_up);
+        // A state upgraded from a format that kept less says so while its window reaches back.
+        let mut stored = users.export(1).unwrap();
+        stored.pruned = Some(10);
+        users.import(1, stored);
+        let fired = users.apply(&d(20), Risk::Medium, &set, &bounds).unwrap();
+        assert!(fired.evidence[0].warming_up);
+        let fired = users.apply(&d(75), Risk::Medium, &set, &bounds).unwrap();
+        assert!(fired.evidence.is_empty() || !fired.evidence[0].warming_up);
+        let fired = users.apply(&d(76), Risk::Medium, &set, &bounds).unwrap();
+        assert!(!fired.evidence[0].warming_up, "{fired:?}");
+    }
+
+    /// A deterministic stream over 8 users that exercises every default rule at every risk.
+    fn events(n: usize, seed: u64) -> Vec<Event> {
+        let mut x = seed;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut times = [0u64; 8];
+        (0..n)
+            .map(|_| {
+                let user = (next() % 8) as usize;
+                times[user] += next() % 20;
+                // Now and then an event older than the user's last: rejected.
+                let late = if next() % 50 == 0 { 5 } else { 0 };
+                let kind = if next() % 2 == 0 { "deposit" } else { "withdraw" };
+                let amount = 1 + next() % 150;
+                let line = format!(
+                    r#"{{"type": "{kind}", "amount": "{amount}.{:02}", "user_id": {user}, "time": {}}}"#,
+                    next() % 100,
+                    times[user].saturating_sub(late)
+                );
+                decode(line.as_bytes()).unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn evidence_names_the_observed_value_and_the_scaled_threshold() {
+        let set = RuleSet::default_set();
+        let bounds = Bounds::default();
+        let mut users = Users::default();
+        let e = |line: &str| decode(line.as_bytes()).unwrap();
+        users
+            .apply(
+                &e(r#"{"type": "deposit", "amount": "80", "user_id": 1, "time": 10}"#),
+                Risk::High,
+                &set,
+                &bounds,
+            )
             .unwrap();
-        for time in [1, 2] {
-            b.apply(&event(1, time), Risk::Medium, &limits).unwrap();
-        }
-        b.touch([slot].into_iter());
-        assert_eq!(a.len(), 2);
-        assert_eq!(a, b);
-        assert_eq!(a.get(1).unwrap().last_time(), Some(2));
-        b.insert(2, UserState::default());
-        assert_ne!(a, b);
-        assert_eq!(b.len(), 2);
+        let fired = users
+            .apply(
+                &e(r#"{"type": "deposit", "amount": "90", "user_id": 1, "time": 25}"#),
+                Risk::High,
+                &set,
+                &bounds,
+            )
+            .unwrap();
+        // High risk: 123 above 100 (80 + 90 within 30 s), 300 after 2 increasing deposits.
+        assert_eq!(fired.codes, vec![123, 300]);
+        let window = serde_json::to_value(&fired.evidence[0]).unwrap();
+        assert_eq!(
+            window,
+            serde_json::json!({"code": 123, "kind": "window_sum", "on": "deposit",
+                "observed": "170", "threshold": "100", "risk": "high",
+                "from_time": 0, "to_time": 25})
+        );
+        let run = serde_json::to_value(&fired.evidence[1]).unwrap();
+        assert_eq!(run["observed"], 2);
+        assert_eq!(run["threshold"], 2);
     }
 }

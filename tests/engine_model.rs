@@ -5,6 +5,7 @@ use proptest::prelude::*;
 use rust_decimal::Decimal;
 use user_monitor::domain::event::{Amount, Event, Kind, UserId};
 use user_monitor::domain::Risk;
+use user_monitor::rule_set::{Bounds, RuleSet};
 use user_monitor::rules::{Limits, RulesConfig, TimeUnit};
 use user_monitor::state::Users;
 
@@ -180,7 +181,10 @@ fn small_rules() -> impl Strategy<Value = RulesConfig> {
 }
 
 fn check(config: RulesConfig, unit: TimeUnit, steps: Vec<Step>) -> Result<(), TestCaseError> {
-    let limits = Limits::with_time_unit(&config, unit).unwrap();
+    let bounds = Bounds::default();
+    // The configured five rules, as the service makes them a set.
+    let set =
+        RuleSet::from_limits(&Limits::with_time_unit(&config, unit).unwrap(), &bounds).unwrap();
     let mut engine = Users::default();
     let mut reference = Reference {
         config,
@@ -198,8 +202,8 @@ fn check(config: RulesConfig, unit: TimeUnit, steps: Vec<Step>) -> Result<(), Te
         };
         let expected = reference.apply(event, s.risk);
         let got = engine
-            .apply(&event, s.risk, &limits)
-            .map(|codes| codes.as_slice().to_vec())
+            .apply(&event, s.risk, &set, &bounds)
+            .map(|fired| fired.codes)
             .map_err(|_| ());
         prop_assert_eq!(&got, &expected, "step {} {:?} at time {}", i, s, time);
         if expected.is_ok() {

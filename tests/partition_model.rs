@@ -19,8 +19,9 @@ use user_monitor::domain::UserId;
 use user_monitor::domain::Verdict;
 use user_monitor::engine::{Engine, Input, Placement};
 use user_monitor::idempotency::{Answer as Remembered, DedupLimits};
+use user_monitor::partition::Sets;
 use user_monitor::partition::{PartitionState, Rebuild};
-use user_monitor::rules::Limits;
+use user_monitor::rule_set::{Bounds, RuleSet};
 use user_monitor::snapshot::{encode, encode_marker, load_record, MARKER_KEY};
 
 /// One input record: its value and its idempotency key header.
@@ -119,7 +120,7 @@ struct Pending {
 
 struct Model {
     guarantee: Guarantee,
-    limits: Limits,
+    set: RuleSet,
     broker: Broker,
     owner: Option<PartitionState>,
 }
@@ -135,7 +136,7 @@ impl Model {
         }
         let from = rebuild.replay_from().unwrap_or(0);
         for offset in from..committed {
-            rebuild.replay(input_at(&b.input, offset), &self.limits);
+            rebuild.replay(input_at(&b.input, offset), sets(&self.set));
         }
         // As the restore does from the alerts topic: the answers of replayed keyed events.
         for (offset, user) in rebuild.unknown_answers() {
@@ -164,20 +165,16 @@ impl Model {
         // Every user's state is an uninterrupted run's at the resume point, but for users whose
         // record reaches further (at-least-once): theirs at that record's offset.
         let resume = state.next_offset() as usize;
-        let engine_at_resume = uninterrupted(&b.input[..resume], &self.limits);
+        let engine_at_resume = uninterrupted(&b.input[..resume], &self.set);
         let at_resume = &engine_at_resume.users;
         let ahead: BTreeMap<u64, i64> = state.ahead().collect();
-        let ids: HashSet<u64> = at_resume
-            .iter()
-            .map(|(id, _)| id)
-            .chain(state.users().iter().map(|(id, _)| id))
-            .collect();
+        let ids: HashSet<u64> = at_resume.ids().chain(state.users().ids()).collect();
         for id in ids {
             let reference = match ahead.get(&id) {
-                Some(&covers) => uninterrupted(&b.input[..covers as usize], &self.limits),
+                Some(&covers) => uninterrupted(&b.input[..covers as usize], &self.set),
                 None => engine_at_resume.clone(),
             };
-            let want = reference.users.get(id).cloned();
+            let want = reference.users.export(id);
             // Remembered keys too, answers included (filled in from the responses).
             assert_eq!(
                 state.engine().keys.get(&id),
@@ -185,8 +182,8 @@ impl Model {
                 "user {id}: restored idempotency keys at offset {resume} differ"
             );
             assert_eq!(
-                state.users().get(id),
-                want.as_ref(),
+                state.users().export(id),
+                want,
                 "user {id}: restored state at offset {resume} differs from an uninterrupted run"
             );
         }
@@ -202,14 +199,14 @@ impl Model {
     }
 
     fn run_batch(&mut self, n: usize, snapshot: bool) -> Pending {
-        let limits = self.limits;
+        let set = self.set.clone();
         let end = self.broker.input.len() as i64;
         let input = self.broker.input.clone();
         let owner = self.owner();
         let mut pending = Pending::default();
         let start = owner.next_offset();
         for offset in start..(start + n as i64).min(end) {
-            let processed = owner.process(input_at(&input, offset), risk_of, &limits);
+            let processed = owner.process(input_at(&input, offset), risk_of, sets(&set));
             if processed.answer {
                 pending.responses.push((offset, answer(&processed.verdict)));
             }
@@ -219,7 +216,7 @@ impl Model {
             for u in round.users {
                 pending.round.push((
                     u.user_id.to_string().into_bytes(),
-                    encode(round.covers, u.state, u.keys),
+                    encode(round.covers, &u.state, u.keys),
                 ));
             }
             pending.marker = Some((MARKER_KEY.into(), encode_marker(round.covers)));
@@ -318,7 +315,7 @@ impl Model {
                         .map(|u| {
                             (
                                 u.user_id.to_string().into_bytes(),
-                                encode(round.covers, u.state, u.keys),
+                                encode(round.covers, &u.state, u.keys),
                             )
                         })
                         .collect();
@@ -331,8 +328,22 @@ impl Model {
 }
 
 /// The oracle after judging `input` without interruption.
-fn uninterrupted_run(input: &[Record], limits: &Limits) -> (Oracle, Vec<Verdict>) {
-    let mut oracle = Oracle::new(*limits, DEDUP);
+/// What the model's processor and restores judge under.
+fn sets(set: &RuleSet) -> Sets<'_> {
+    const BOUNDS: Bounds = Bounds {
+        max_window: std::time::Duration::from_secs(3600),
+        max_count: 16,
+    };
+    Sets {
+        active: set,
+        shadow: None,
+        bounds: &BOUNDS,
+        explain: true,
+    }
+}
+
+fn uninterrupted_run(input: &[Record], set: &RuleSet) -> (Oracle, Vec<Verdict>) {
+    let mut oracle = Oracle::new(set.clone(), DEDUP);
     let verdicts = (0..input.len() as i64)
         .map(|offset| oracle.judge(input_at(input, offset), PLACEMENT, risk_of))
         .collect();
@@ -340,13 +351,13 @@ fn uninterrupted_run(input: &[Record], limits: &Limits) -> (Oracle, Vec<Verdict>
 }
 
 /// The engine after processing `input` without interruption.
-fn uninterrupted(input: &[Record], limits: &Limits) -> Engine {
-    uninterrupted_run(input, limits).0.into_engine()
+fn uninterrupted(input: &[Record], set: &RuleSet) -> Engine {
+    uninterrupted_run(input, set).0.into_engine()
 }
 
 /// The answers of an uninterrupted run.
-fn expected_answers(input: &[Record], limits: &Limits) -> Vec<Answer> {
-    let (_, verdicts) = uninterrupted_run(input, limits);
+fn expected_answers(input: &[Record], set: &RuleSet) -> Vec<Answer> {
+    let (_, verdicts) = uninterrupted_run(input, set);
     verdicts.iter().map(|v| answer(v).unwrap()).collect()
 }
 
@@ -420,10 +431,10 @@ fn op_strategy() -> impl Strategy<Value = Op> {
 }
 
 fn run(guarantee: Guarantee, input: Vec<Record>, ops: &[Op]) {
-    let limits = Limits::default();
+    let set = RuleSet::default_set();
     let mut model = Model {
         guarantee,
-        limits,
+        set: set.clone(),
         broker: Broker {
             input,
             state: Vec::new(),
@@ -447,7 +458,7 @@ fn run(guarantee: Guarantee, input: Vec<Record>, ops: &[Op]) {
     let final_state = model.restore();
     assert_eq!(final_state.next_offset(), end);
 
-    let expected = expected_answers(&model.broker.input, &limits);
+    let expected = expected_answers(&model.broker.input, &set);
     let mut answers: BTreeMap<i64, Vec<Option<Answer>>> = BTreeMap::new();
     for (offset, answer) in &model.broker.alerts {
         answers.entry(*offset).or_default().push(answer.clone());

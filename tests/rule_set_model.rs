@@ -9,9 +9,9 @@ use proptest::prelude::*;
 use rust_decimal::Decimal;
 use user_monitor::domain::event::{Amount, Event, Kind as EventKind, UserId, UNITS_PER_ONE};
 use user_monitor::domain::Risk;
-use user_monitor::rule_set::reference::Reference;
 use user_monitor::rule_set::{Bounds, Kind, On, Rule, RuleSet};
 use user_monitor::rules::TimeUnit;
+use user_monitor::state::Users as Reference;
 
 fn units(d: Decimal) -> Decimal {
     d * Decimal::from(UNITS_PER_ONE as u64)
@@ -199,11 +199,7 @@ fn case() -> impl Strategy<Value = (RuleSet, Bounds, Vec<Step>)> {
                         kind,
                     })
                     .collect();
-                (
-                    RuleSet::new("model".into(), unit, rules),
-                    bounds,
-                    steps,
-                )
+                (RuleSet::new("model".into(), unit, rules), bounds, steps)
             })
     })
 }

@@ -117,6 +117,10 @@ pub struct AlertRecord {
     pub duplicate_of: Option<String>,
     pub user_id: Option<u64>,
     pub outcome: Outcome,
+    /// The version of the rule set the event was judged under (SPEC section 10).
+    pub rules_version: Option<String>,
+    /// Why each code fired, one entry per code (a JSON array; SPEC section 10).
+    pub evidence: Option<Box<RawValue>>,
     pub event: Option<Box<RawValue>>,
     pub event_text: Option<String>,
 }
@@ -159,6 +163,10 @@ struct WireRecord<'a> {
     error: Option<std::borrow::Cow<'a, str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     rejection: Option<Rejection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rules_version: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none", borrow)]
+    evidence: Option<&'a RawValue>,
     #[serde(default, skip_serializing_if = "Option::is_none", borrow)]
     event: Option<&'a RawValue>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -204,6 +212,8 @@ impl Serialize for AlertRecord {
             risk: None,
             error: None,
             rejection: None,
+            rules_version: self.rules_version.as_deref().map(Into::into),
+            evidence: self.evidence.as_deref(),
             event: self.event.as_deref(),
             event_text: self.event_text.as_deref().map(Into::into),
         };
@@ -262,6 +272,8 @@ impl AlertRecord {
                 alert_id: codes.is_alert().then(|| at.alert_id()),
                 risk,
             },
+            rules_version: None,
+            evidence: None,
             event,
             event_text,
         }
@@ -287,6 +299,8 @@ impl AlertRecord {
                 alert_id: (!codes.is_empty()).then(|| of.alert_id()),
                 risk,
             },
+            rules_version: None,
+            evidence: None,
             event,
             event_text,
         }
@@ -306,6 +320,8 @@ impl AlertRecord {
             duplicate_of: None,
             user_id,
             outcome: Outcome::Rejected { rejection, error },
+            rules_version: None,
+            evidence: None,
             event,
             event_text,
         }
@@ -326,7 +342,15 @@ impl AlertRecord {
                 user_id,
                 codes,
                 risk,
-            } => AlertRecord::accepted(at, user_id.0, codes, *risk, embedded),
+                evidence,
+                ..
+            } => {
+                let mut record = AlertRecord::accepted(at, user_id.0, codes, *risk, embedded);
+                record.evidence = evidence
+                    .as_deref()
+                    .and_then(|e| RawValue::from_string(e.to_owned()).ok());
+                record
+            }
             Verdict::Rejected {
                 user_id,
                 rejection,
@@ -372,6 +396,12 @@ impl AlertRecord {
         Some(record)
     }
 
+    /// Stamps the version of the rule set the record's event was judged under.
+    pub fn versioned(mut self, rules_version: &str) -> Self {
+        self.rules_version = Some(rules_version.to_owned());
+        self
+    }
+
     /// Reads a record of the alerts topic.
     pub fn from_json(bytes: &[u8]) -> Result<Self, RecordError> {
         let wire: WireRecord = serde_json::from_slice(bytes)?;
@@ -392,6 +422,8 @@ impl AlertRecord {
             duplicate_of: wire.duplicate_of.map(|d| d.into_owned()),
             user_id: wire.user_id,
             outcome,
+            rules_version: wire.rules_version.map(|v| v.into_owned()),
+            evidence: wire.evidence.map(|raw| raw.to_owned()),
             event: wire.event.map(|raw| raw.to_owned()),
             event_text: wire.event_text.map(|t| t.into_owned()),
         })
@@ -431,11 +463,7 @@ mod tests {
 
     /// The codes an event raised (what the engine would give; the domain does not evaluate).
     fn codes(list: &[u32]) -> AlertCodes {
-        let mut codes = AlertCodes::default();
-        for &code in list {
-            codes.push(code);
-        }
-        codes
+        AlertCodes::from_sorted(list)
     }
 
     #[test]

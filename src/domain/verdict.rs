@@ -9,29 +9,28 @@ use super::event::UserId;
 use super::response::Rejection;
 use super::risk::Risk;
 
-/// The codes raised by one event, ascending.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// The codes raised by one event, ascending (any number: a rule set has any number of rules;
+/// no allocation without an alert).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct AlertCodes {
-    codes: [u32; 5],
-    len: u8,
+    codes: Vec<u32>,
 }
 
 impl AlertCodes {
-    pub(crate) fn push(&mut self, code: u32) {
-        self.codes[self.len as usize] = code;
-        self.len += 1;
+    /// Codes already in ascending order.
+    pub fn from_sorted(codes: &[u32]) -> Self {
+        debug_assert!(codes.windows(2).all(|w| w[0] < w[1]));
+        AlertCodes {
+            codes: codes.to_vec(),
+        }
     }
 
     pub fn as_slice(&self) -> &[u32] {
-        &self.codes[..self.len as usize]
+        &self.codes
     }
 
     pub fn is_alert(&self) -> bool {
-        self.len > 0
-    }
-
-    pub(crate) fn sort(&mut self) {
-        self.codes[..self.len as usize].sort_unstable();
+        !self.codes.is_empty()
     }
 }
 
@@ -102,6 +101,11 @@ pub enum Verdict {
         user_id: UserId,
         codes: AlertCodes,
         risk: Risk,
+        /// Why each code fired (SPEC section 10, the text of a JSON array), when asked for and
+        /// alerting.
+        evidence: Option<Box<str>>,
+        /// The shadow set's codes for the same event, when a shadow set is evaluated.
+        shadow: Option<AlertCodes>,
     },
     /// A retry: the user already had this event under its idempotency key. Not applied again;
     /// answered with the original's coordinates and answer (`None`: no longer known).

@@ -179,6 +179,8 @@ mod tests {
                 alert_id: (!codes.is_empty()).then(|| format!("alert-{partition}-{offset}")),
                 risk: Risk::Medium,
             },
+            rules_version: None,
+            evidence: None,
             event: None,
             event_text: None,
         }

@@ -1,4 +1,5 @@
-//! Follows the compacted profiles topic: every instance keeps the whole table in memory.
+//! Follows the compacted profiles topic (every instance keeps the whole table in memory) and,
+//! for the processor, the rules topic's versions (a [`Timeline`]).
 
 use std::time::{Duration, Instant};
 
@@ -11,35 +12,78 @@ use super::{reader, KafkaLayerError, Reader};
 use crate::config::Settings;
 use crate::domain::UserId;
 use crate::profiles::{ProfileLine, ProfileValue, Profiles};
+use crate::rule_set::timeline::Timeline;
+use crate::rule_set::{Bounds, RuleSet};
+use crate::rules::TimeUnit;
 
-/// A reader of the whole profiles topic, from the beginning, applying every record.
+/// A reader of the whole profiles topic (and, with [`ProfilesFollower::with_rules`], the rules
+/// topic), from the beginning, applying every record.
 pub struct ProfilesFollower {
     consumer: Reader,
     /// Asks for end offsets. A separate client: on the fetching one, a ListOffsets request
     /// waits behind the open fetch (up to `fetch.wait.max.ms`), which would add that to every batch.
     offsets: Reader,
-    topic: String,
-    partitions: Vec<i32>,
+    /// Every followed (topic, partition).
+    followed: Vec<(String, i32)>,
+    profiles_topic: String,
     profiles: Profiles,
+    rules: Option<RulesFollowed>,
+}
+
+/// The rules topic as followed: its versions, and what a published set is checked against.
+struct RulesFollowed {
+    topic: String,
+    timeline: Timeline,
+    bounds: Bounds,
+    unit: TimeUnit,
 }
 
 impl ProfilesFollower {
     pub fn new(settings: &Settings, role: &str) -> Result<Self, KafkaLayerError> {
+        Self::following(settings, role, None)
+    }
+
+    /// Also follows the rules topic: versions published there join `timeline` (whose base is
+    /// the configured set).
+    pub fn with_rules(
+        settings: &Settings,
+        role: &str,
+        timeline: Timeline,
+    ) -> Result<Self, KafkaLayerError> {
+        let rules = RulesFollowed {
+            topic: settings.topics.rules.clone(),
+            timeline,
+            bounds: settings.rule_bounds(),
+            unit: settings.rules.time_unit,
+        };
+        Self::following(settings, role, Some(rules))
+    }
+
+    fn following(
+        settings: &Settings,
+        role: &str,
+        rules: Option<RulesFollowed>,
+    ) -> Result<Self, KafkaLayerError> {
         let consumer = reader(settings, role)?;
-        let topic = settings.topics.profiles.clone();
-        let partitions = super::read::partitions(&consumer, &topic, Duration::from_secs(30))?;
+        let mut topics = vec![settings.topics.profiles.clone()];
+        topics.extend(rules.as_ref().map(|r| r.topic.clone()));
+        let mut followed = Vec::new();
         let mut tpl = TopicPartitionList::new();
-        for &p in &partitions {
-            tpl.add_partition_offset(&topic, p, Offset::Beginning)?;
+        for topic in topics {
+            for p in super::read::partitions(&consumer, &topic, Duration::from_secs(30))? {
+                tpl.add_partition_offset(&topic, p, Offset::Beginning)?;
+                followed.push((topic.clone(), p));
+            }
         }
         consumer.assign(&tpl)?;
         let offsets = reader(settings, &format!("{role}-offsets"))?;
         Ok(ProfilesFollower {
             consumer,
             offsets,
-            topic,
-            partitions,
+            followed,
+            profiles_topic: settings.topics.profiles.clone(),
             profiles: Profiles::default(),
+            rules,
         })
     }
 
@@ -47,34 +91,39 @@ impl ProfilesFollower {
         &self.profiles
     }
 
-    /// Reads until every partition's end offset as of now: a profile change that Kafka
-    /// acknowledged before this call is applied when it returns (read-your-writes).
+    /// The rule sets' versions read so far (with [`ProfilesFollower::with_rules`]).
+    pub fn timeline(&self) -> Option<&Timeline> {
+        self.rules.as_ref().map(|r| &r.timeline)
+    }
+
+    /// Reads until every partition's end offset as of now: a profile change (or rule set) that
+    /// Kafka acknowledged before this call is applied when it returns (read-your-writes).
     pub fn catch_up(&mut self, timeout: Duration) -> Result<(), KafkaLayerError> {
         let deadline = Instant::now() + timeout;
         // One ListOffsets request for every partition (timestamp -1: the latest offset, the last
         // stable one for this read_committed client), not a round trip per partition: this runs
         // before every batch.
         let mut latest = TopicPartitionList::new();
-        for &p in &self.partitions {
-            latest.add_partition_offset(&self.topic, p, Offset::End)?;
+        for (topic, p) in &self.followed {
+            latest.add_partition_offset(topic, *p, Offset::End)?;
         }
         let found = self.offsets.offsets_for_times(latest, timeout)?;
-        let mut targets = Vec::with_capacity(self.partitions.len());
-        for &p in &self.partitions {
-            let high = match found.find_partition(&self.topic, p).map(|e| e.offset()) {
+        let mut targets = Vec::with_capacity(self.followed.len());
+        for (topic, p) in &self.followed {
+            let high = match found.find_partition(topic, *p).map(|e| e.offset()) {
                 Some(Offset::Offset(high)) => high,
-                _ => self.offsets.fetch_watermarks(&self.topic, p, timeout)?.1,
+                _ => self.offsets.fetch_watermarks(topic, *p, timeout)?.1,
             };
-            targets.push((p, high));
+            targets.push((topic.clone(), *p, high));
         }
         loop {
             let position = self.consumer.position()?;
-            let behind = targets.iter().any(|&(p, high)| {
-                let at = match position.find_partition(&self.topic, p).map(|e| e.offset()) {
+            let behind = targets.iter().any(|(topic, p, high)| {
+                let at = match position.find_partition(topic, *p).map(|e| e.offset()) {
                     Some(Offset::Offset(o)) => o,
                     _ => 0,
                 };
-                at < high
+                at < *high
             });
             if !behind {
                 return Ok(());
@@ -97,6 +146,12 @@ impl ProfilesFollower {
             None => Ok(false),
             Some(Err(KafkaError::PartitionEOF(_))) => Ok(false),
             Some(Err(e)) => Err(e.into()),
+            Some(Ok(message)) if message.topic() != self.profiles_topic => {
+                if let Some(rules) = &mut self.rules {
+                    rules.apply(&message);
+                }
+                Ok(true)
+            }
             Some(Ok(message)) => {
                 let user_id = message
                     .key()
@@ -120,6 +175,54 @@ impl ProfilesFollower {
                     },
                 }
                 Ok(true)
+            }
+        }
+    }
+}
+
+impl RulesFollowed {
+    /// Applies one record of the rules topic: a version of the active set (key `active`), of the
+    /// shadow set (key `shadow`; no value clears it). An unreadable or invalid record is logged
+    /// and skipped: the versions before it stay in force.
+    fn apply(&mut self, message: &rdkafka::message::BorrowedMessage<'_>) {
+        let offset = message.offset();
+        let timestamp = message.timestamp().to_millis().unwrap_or(0);
+        let key = message.key().and_then(|k| std::str::from_utf8(k).ok());
+        let set = message.payload().map(|value| {
+            std::str::from_utf8(value)
+                .map_err(|e| e.to_string())
+                .and_then(|text| {
+                    let set = RuleSet::from_json(text, &self.bounds).map_err(|e| e.to_string())?;
+                    set.check_time_unit(self.unit).map_err(|e| e.to_string())?;
+                    Ok(set)
+                })
+        });
+        match (key, set) {
+            (Some("active"), Some(Ok(set))) => {
+                tracing::info!(version = %set.version, offset, timestamp, "rule set published: active");
+                self.timeline
+                    .active
+                    .publish(timestamp, std::sync::Arc::new(set));
+            }
+            (Some("shadow"), Some(Ok(set))) => {
+                tracing::info!(version = %set.version, offset, timestamp, "rule set published: shadow");
+                self.timeline
+                    .shadow
+                    .publish(timestamp, Some(std::sync::Arc::new(set)));
+            }
+            (Some("shadow"), None) => {
+                tracing::info!(offset, timestamp, "shadow rule set cleared");
+                self.timeline.shadow.publish(timestamp, None);
+            }
+            (_, Some(Err(e))) => {
+                tracing::warn!(offset, key, error = %e, "skipping an unusable rule set record");
+            }
+            (key, _) => {
+                tracing::warn!(
+                    offset,
+                    key,
+                    "skipping a rules record without key \"active\" or \"shadow\""
+                );
             }
         }
     }

@@ -8,7 +8,10 @@
 //!    `poll`, when no transaction is open: they only log what changed, and the loop applies it
 //!    after `poll` returns (new partitions are paused until restored; revoked ones are dropped, and
 //!    so are their records in the batch).
-//! 2. **Catch up** on the profiles topic to its end offset (read-your-writes for risk changes).
+//! 2. **Catch up** on the profiles and rules topics to their end offsets (read-your-writes for
+//!    risk changes and rule sets). Each record is judged by the rule set whose version was
+//!    appended at or before the record itself ([`crate::rule_set::timeline`]), and the shadow
+//!    set's disagreements go to the shadow topic in the same transaction.
 //! 3. **Process** in one transaction (exactly-once): a response record per input record, a
 //!    dead-letter record per rejected one (truncated, and saying so, when it would not fit the
 //!    broker's record size limit), the snapshot rounds that are due (the changed users, then the
@@ -47,7 +50,8 @@ use crate::kafka::{
     classify, group_member_config, processor_producer_config, ErrorClass, KafkaLayerError,
 };
 use crate::metrics::{Metrics, PartitionLabels};
-use crate::rules::Limits;
+use crate::rule_set::timeline::Timeline;
+use crate::rule_set::Bounds;
 use crate::snapshot::SnapshotError;
 
 mod output;
@@ -103,7 +107,8 @@ pub fn run(settings: Settings, deps: Deps) -> Result<(), ProcessorError> {
 struct Processor {
     settings: Arc<Settings>,
     deps: Deps,
-    limits: Limits,
+    /// What a rule set may ask of the state (`[state]`).
+    bounds: Bounds,
     consumer: BaseConsumer<GroupContext>,
     /// The partitions and the producer, shared with the rebalance callbacks.
     owner: Arc<Owner>,
@@ -184,7 +189,16 @@ impl Processor {
             .create_with_context(context)
             .map_err(KafkaLayerError::from)?;
         seed_profiles(&settings)?;
-        let profiles = ProfilesFollower::new(&settings, "profiles")?;
+        let (active, shadow) = settings
+            .rule_sets()
+            .expect("rule sets are validated with the configuration");
+        tracing::info!(
+            active = %active.version,
+            shadow = shadow.as_ref().map(|s| s.version.as_str()),
+            "configured rule sets (until one is published to the rules topic)"
+        );
+        let profiles =
+            ProfilesFollower::with_rules(&settings, "profiles", Timeline::new(active, shadow))?;
         let offsets = crate::kafka::reader(&settings, "lag")?;
         consumer.subscribe(&[&settings.topics.events])?;
         deps.readiness.set_connected(true);
@@ -197,7 +211,7 @@ impl Processor {
             "processor started"
         );
         Ok(Processor {
-            limits: settings.limits(),
+            bounds: settings.rule_bounds(),
             settings,
             deps,
             consumer,

@@ -18,10 +18,12 @@ use super::partitions::{Partition, Ready};
 use super::{Processor, ProcessorError};
 use crate::config::Settings;
 use crate::domain::response::{truncate_text, AlertRecord, MAX_ERROR_BYTES};
+use crate::domain::Risk;
 use crate::domain::{Coord, Rejection, Verdict};
 use crate::kafka::{classify, ErrorClass};
 use crate::metrics::CodeLabels;
-use crate::partition::Input;
+use crate::metrics::{Metrics, ShadowLabels};
+use crate::partition::{Input, Sets};
 use crate::snapshot;
 
 /// Room kept in a dead-letter record for its key, headers and record overhead.
@@ -352,7 +354,7 @@ pub(super) fn produce_round<C: ProducerContext<DeliveryOpaque = ()>>(
     let round = ready.state.take_round();
     let mut key = itoa::Buffer::new();
     for user in round.users {
-        let value = snapshot::encode(round.covers, user.state, user.keys);
+        let value = snapshot::encode(round.covers, &user.state, user.keys);
         let user_id = user.user_id;
         let record = BaseRecord::to(topic)
             .partition(partition)
@@ -418,6 +420,68 @@ pub(super) fn dlq_limit(settings: &Settings, topic_max: Option<usize>) -> usize 
     max.saturating_sub(DLQ_HEADROOM_BYTES).max(1024)
 }
 
+/// A record of the shadow topic: an event on which the shadow set and the active set raised
+/// different codes (SPEC section 10, "Backtest and shadow").
+#[derive(Debug, serde::Serialize)]
+struct ShadowRecord<'a> {
+    event_id: String,
+    user_id: u64,
+    risk: Risk,
+    active_version: &'a str,
+    shadow_version: &'a str,
+    active: &'a [u32],
+    shadow: &'a [u32],
+    /// Codes only the shadow set raised.
+    added: Vec<u32>,
+    /// Codes only the active set raised.
+    removed: Vec<u32>,
+}
+
+impl<'a> ShadowRecord<'a> {
+    fn new(
+        at: Coord,
+        user_id: u64,
+        risk: Risk,
+        (active_version, active): (&'a str, &'a [u32]),
+        (shadow_version, shadow): (&'a str, &'a [u32]),
+    ) -> Self {
+        ShadowRecord {
+            event_id: at.event_id(),
+            user_id,
+            risk,
+            active_version,
+            shadow_version,
+            active,
+            shadow,
+            added: shadow
+                .iter()
+                .filter(|c| !active.contains(c))
+                .copied()
+                .collect(),
+            removed: active
+                .iter()
+                .filter(|c| !shadow.contains(c))
+                .copied()
+                .collect(),
+        }
+    }
+
+    fn count(&self, metrics: &Metrics) {
+        metrics.shadow_disagreements.inc();
+        for (codes, change) in [(&self.added, "added"), (&self.removed, "removed")] {
+            for code in codes {
+                metrics
+                    .shadow_codes
+                    .get_or_create(&ShadowLabels {
+                        code: code.to_string(),
+                        change: change.to_owned(),
+                    })
+                    .inc();
+            }
+        }
+    }
+}
+
 impl Processor {
     /// Evaluates one input record and produces its response (and dead-letter record).
     pub(super) fn process(
@@ -432,6 +496,14 @@ impl Processor {
         let Some(Partition::Ready(ready)) = partitions.get_mut(&partition) else {
             return Ok(());
         };
+        // The sets in force when this record was appended (SPEC section 10: exact at a swap,
+        // and on any replay of it).
+        let timeline = profiles
+            .timeline()
+            .expect("the processor follows the rules topic");
+        let appended = message.timestamp().to_millis().unwrap_or(i64::MAX);
+        let active = timeline.active.at(appended);
+        let shadow = timeline.shadow.at(appended).as_deref();
         let processed = ready.state.process(
             Input {
                 offset,
@@ -439,7 +511,12 @@ impl Processor {
                 key: snapshot::idempotency_key(message),
             },
             |user| profiles.profiles().risk(user.0),
-            &self.limits,
+            Sets {
+                active,
+                shadow,
+                bounds: &self.bounds,
+                explain: true,
+            },
         );
         let verdict = processed.verdict;
         let metrics = &self.deps.metrics;
@@ -461,9 +538,38 @@ impl Processor {
         }
         // An offset a crashed owner already answered is not answered again.
         if processed.answer {
-            if let Some(record) =
-                AlertRecord::answer(Coord::new(partition, offset), &verdict, input)
+            let at = Coord::new(partition, offset);
+            if let (
+                Verdict::Accepted {
+                    user_id,
+                    codes,
+                    risk,
+                    shadow: Some(shadow_codes),
+                    ..
+                },
+                Some(shadow_set),
+            ) = (&verdict, shadow)
             {
+                if shadow_codes != codes {
+                    let disagreement = ShadowRecord::new(
+                        at,
+                        user_id.0,
+                        *risk,
+                        (&active.version, codes.as_slice()),
+                        (&shadow_set.version, shadow_codes.as_slice()),
+                    );
+                    disagreement.count(metrics);
+                    let value = serde_json::to_vec(&disagreement).expect("serializes");
+                    let mut record =
+                        BaseRecord::to(&self.settings.topics.shadow).payload(value.as_slice());
+                    if let Some(key) = message.key().filter(|k| k.len() <= MAX_KEY_BYTES) {
+                        record = record.key(key);
+                    }
+                    send(&self.owner.out.producer, record)?;
+                }
+            }
+            if let Some(record) = AlertRecord::answer(at, &verdict, input) {
+                let record = record.versioned(&active.version);
                 let value = record.to_json();
                 // Co-partitioned: the response to input partition p goes to alerts partition p
                 // (what the key's murmur2 partition is anyway), so a restore finds it there.

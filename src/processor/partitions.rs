@@ -176,7 +176,15 @@ impl Processor {
             .partitions()
             .insert(partition, Partition::Restoring { generation });
         let settings = Arc::clone(&self.settings);
-        let limits = self.limits;
+        // Any set rebuilds the same state; the latest is at hand.
+        let set = Arc::clone(
+            self.profiles
+                .timeline()
+                .expect("the processor follows the rules topic")
+                .active
+                .latest(),
+        );
+        let bounds = self.bounds;
         let tx = self.restores_tx.clone();
         let placement = Placement {
             partition,
@@ -189,7 +197,8 @@ impl Processor {
                 std::thread::sleep(delay);
                 let started = Instant::now();
                 let dedup = settings.dedup_limits();
-                let result = snapshot::restore(&settings, placement, &limits, dedup, timeout);
+                let result =
+                    snapshot::restore(&settings, placement, (&set, &bounds), dedup, timeout);
                 if let Ok(r) = &result {
                     tracing::info!(
                         partition,

@@ -12,10 +12,10 @@ use user_monitor::domain::response::Rejection;
 use user_monitor::domain::Risk;
 use user_monitor::domain::UserId;
 use user_monitor::domain::Verdict;
-use user_monitor::engine::{Context, Engine, Input, Placement};
+use user_monitor::engine::{Context, Engine, Input, Placement, Sets};
 use user_monitor::idempotency::DedupLimits;
 use user_monitor::profiles::Profiles;
-use user_monitor::rules::Limits;
+use user_monitor::rule_set::{Bounds, RuleSet};
 
 use super::kafka::Read;
 
@@ -26,11 +26,18 @@ pub const ALONE: Placement = Placement {
 };
 
 /// The engine as a reference: inputs judged one after the other, uninterrupted.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Oracle {
     engine: Engine,
-    limits: Limits,
+    set: RuleSet,
+    bounds: Bounds,
     dedup: DedupLimits,
+}
+
+impl Default for Oracle {
+    fn default() -> Self {
+        Oracle::new(RuleSet::default_set(), DedupLimits::default())
+    }
 }
 
 /// An accepted event: its user, the codes it raised and the risk it was judged at.
@@ -53,13 +60,19 @@ impl Accepted {
 }
 
 impl Oracle {
-    /// An oracle with these rule limits and idempotency bounds (the defaults: `Oracle::default`).
-    pub fn new(limits: Limits, dedup: DedupLimits) -> Oracle {
+    /// An oracle with this rule set and idempotency bounds (the defaults: `Oracle::default`).
+    pub fn new(set: RuleSet, dedup: DedupLimits) -> Oracle {
         Oracle {
             engine: Engine::default(),
-            limits,
+            set,
+            bounds: Bounds::default(),
             dedup,
         }
+    }
+
+    /// Judges what follows under `set` (a swap: the state carries over).
+    pub fn swap(&mut self, set: RuleSet) {
+        self.set = set;
     }
 
     /// The engine's verdict on `input` sitting in `placement`, each user at the risk `risk_of`
@@ -72,7 +85,12 @@ impl Oracle {
     ) -> Verdict {
         let cx = Context {
             placement: Some(placement),
-            limits: &self.limits,
+            sets: Sets {
+                active: &self.set,
+                shadow: None,
+                bounds: &self.bounds,
+                explain: false,
+            },
             dedup: &self.dedup,
             answer_known: true,
             ahead: None,
@@ -97,6 +115,7 @@ impl Oracle {
                 user_id,
                 codes,
                 risk,
+                ..
             } => Ok(Accepted {
                 user_id: user_id.0,
                 codes: codes.as_slice().to_vec(),
@@ -254,6 +273,7 @@ pub fn expected_in_partition_order(
                     user_id,
                     codes,
                     risk,
+                    ..
                 } => {
                     // Placement is checked here too, not only taken from the engine.
                     assert!(
