@@ -173,11 +173,46 @@ struct EventViewSchema {
     pub rejection: Option<Rejection>,
     /// A retry under an idempotency key: the event it repeats (whose answer it carries).
     pub duplicate_of: Option<String>,
+    /// The version of the rule set the event was judged under.
+    #[schema(example = "2026-12-01.1")]
+    pub rules_version: Option<String>,
+    /// Why each code fired: one entry per code of `alert_codes` (absent without an alert, and
+    /// on a duplicate: the original's record has it).
+    pub evidence: Option<Vec<EvidenceSchema>>,
     /// The event as sent.
     #[schema(value_type = Option<Object>)]
     pub event: Option<Box<RawValue>>,
     /// The input as text when it was not JSON.
     pub event_text: Option<String>,
+}
+
+/// Why one code fired (SPEC section 10, "Explained alerts").
+#[derive(ToSchema)]
+#[schema(as = Evidence)]
+#[allow(dead_code)]
+struct EvidenceSchema {
+    #[schema(example = 123)]
+    pub code: u32,
+    /// `amount`, `consecutive`, `increasing`, `window_sum` or `window_count`.
+    #[schema(example = "window_sum")]
+    pub kind: String,
+    /// `deposit`, `withdraw` or `any`.
+    #[schema(example = "deposit")]
+    pub on: String,
+    /// What the rule saw: a decimal string for amounts and sums, an integer for counts and runs.
+    #[schema(value_type = Object, example = "250.5")]
+    pub observed: serde_json::Value,
+    /// The threshold after risk scaling, in the same form as `observed`.
+    #[schema(value_type = Object, example = "200")]
+    pub threshold: serde_json::Value,
+    /// The risk level the threshold was scaled for.
+    #[schema(example = "medium")]
+    pub risk: String,
+    /// Window rules: the window's first and last event time.
+    pub from_time: Option<u64>,
+    pub to_time: Option<u64>,
+    /// The window reaches back past the history kept (e.g. after `state.max_window` was raised).
+    pub warming_up: Option<bool>,
 }
 
 /// An event and its result: the alerts-topic record exactly as its own serializer writes it,
@@ -254,6 +289,16 @@ impl utoipa::PartialSchema for EventView {
 impl ToSchema for EventView {
     fn name() -> std::borrow::Cow<'static, str> {
         "EventView".into()
+    }
+
+    /// The schemas the view refers to (its evidence entries).
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        <EventViewSchema as ToSchema>::schemas(schemas);
     }
 }
 

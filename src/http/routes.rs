@@ -863,4 +863,33 @@ mod tests {
             assert!(paths.iter().any(|p| *p == path), "{path} missing");
         }
     }
+
+    #[test]
+    fn openapi_documents_evidence_and_rules_version_on_every_event_view() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let schemas = &doc["components"]["schemas"];
+        let view = &schemas["EventView"]["properties"];
+        assert!(view.get("rules_version").is_some(), "{view}");
+        assert_eq!(
+            view["evidence"]["items"]["$ref"], "#/components/schemas/Evidence",
+            "{view}"
+        );
+        let evidence = &schemas["Evidence"]["properties"];
+        for field in [
+            "code",
+            "kind",
+            "on",
+            "observed",
+            "threshold",
+            "risk",
+            "from_time",
+            "to_time",
+            "warming_up",
+        ] {
+            assert!(
+                evidence.get(field).is_some(),
+                "{field} missing in {evidence}"
+            );
+        }
+    }
 }

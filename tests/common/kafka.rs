@@ -138,6 +138,12 @@ impl World {
     pub fn state(&self) -> String {
         self.topic("state")
     }
+    pub fn rules(&self) -> String {
+        self.topic("rules")
+    }
+    pub fn shadow(&self) -> String {
+        self.topic("shadow")
+    }
     pub fn profiles(&self) -> String {
         self.topic("profiles")
     }
@@ -158,6 +164,8 @@ impl World {
             ("USER_MONITOR__TOPICS__DLQ", self.dlq()),
             ("USER_MONITOR__TOPICS__PROFILES", self.profiles()),
             ("USER_MONITOR__TOPICS__STATE", self.state()),
+            ("USER_MONITOR__TOPICS__RULES", self.rules()),
+            ("USER_MONITOR__TOPICS__SHADOW", self.shadow()),
             (
                 "USER_MONITOR__TOPICS__PARTITIONS",
                 self.partitions.to_string(),
