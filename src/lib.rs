@@ -15,11 +15,12 @@
 //! - [`rules`]: thresholds, windows and codes ([`rules::Limits`], their validated form);
 //!   [`domain::Risk`] scales them.
 //! - [`rule_set`]: rule sets as data (SPEC section 10): the TOML file or JSON body validated
-//!   whole, naming every bad rule and field; [`rule_set::reference`] evaluates any valid set
-//!   exactly over each user's bounded history, with the evidence of every code (used by
-//!   `evaluate --rules` and `backtest`; the live path still runs [`state`]).
-//! - [`state`]: the pure rules engine. [`state::UserState::apply`] evaluates one event against
-//!   one user's O(rules) state; [`state::Users`] is a slab of them with cache-friendly lookups.
+//!   whole, naming every bad rule and field (the configured five rules are a set too);
+//!   [`rule_set::timeline`]: which published version judges an event appended at a given time.
+//! - [`state`]: the pure rules engine. Per user, a state independent of the rule set (the events
+//!   within `state.max_window`, runs, last amounts), exact and bounded; [`state::Users`] is a
+//!   slab of them with cache-friendly lookups, evaluating any valid set with the evidence of every
+//!   code, a shadow set beside it, and the snapshot form of a state ([`state::StoredState`]).
 //! - [`idempotency`]: per-user memory of `Idempotency-Key`s (event time, bounded, snapshotted).
 //! - [`engine`]: **the one chain from input bytes to a [`domain::Verdict`]**: decode, placement,
 //!   already-restored, idempotency key, then the rules. Used by the processor, a restore's replay,
@@ -37,11 +38,13 @@
 //! - [`kafka`]: client configuration for every role (raw `[kafka.properties]` applied last), the
 //!   explicit retryable/abortable/fatal classification of Kafka errors, topics ([`kafka::admin`]),
 //!   the startup connectivity check ([`kafka::connect`]), group-less reads of partitions and
-//!   offset ranges ([`kafka::read`]), the profiles-topic follower ([`kafka::profiles`]).
-//! - [`snapshot`]: the snapshot format (both directions) in the compacted state topic, and the
-//!   restore of a partition: snapshot, then replay to the committed offset.
+//!   offset ranges ([`kafka::read`]), the follower of the profiles topic and of the rules
+//!   topic's versions ([`kafka::profiles`]).
+//! - [`snapshot`]: the snapshot format (both directions; version 1, from before rule sets, is
+//!   upgraded on restore) in the compacted state topic, and the restore of a partition:
+//!   snapshot, then replay to the committed offset.
 //! - [`processor`]: `user-monitor process`, split by owner: the transactional turn (`mod.rs`:
-//!   collect, catch up on profiles, process, commit), the partitions (`partitions.rs`: restoring
+//!   collect, catch up on profiles and rule sets, process, commit), the partitions (`partitions.rs`: restoring
 //!   or live, restores in flight, rebalance hand-overs, due rounds, readiness), the output of one
 //!   record (`output.rs`: response, dead letter, transactions).
 //! - [`audit`]: the audit trail of risk changes.
@@ -58,7 +61,8 @@
 //!   SIGINT/SIGTERM into one cancellation; [`app`] wires configuration to the chosen command.
 //!
 //! Data flow: bytes -> `engine::Engine::judge` -> `domain::Verdict` -> response record. In Kafka:
-//! `user-events` -> [`processor`] -> `user-alerts` (+ `user-events.dlq`, `user-monitor.state`);
+//! `user-events` -> [`processor`] -> `user-alerts` (+ `user-events.dlq`, `user-monitor.state`,
+//! `user-alerts.shadow`), judged under the versions of `user-monitor.rules`;
 //! HTTP `POST /event` -> `user-events`, and the shim waits for the matching `user-alerts` record;
 //! `user-alerts` -> [`store::projection`] -> database -> HTTP GET.
 
