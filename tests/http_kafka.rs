@@ -42,6 +42,8 @@ fn world(name: &str) -> Settings {
     s.topics.profiles = format!("{prefix}-profiles");
     s.topics.state = format!("{prefix}-state");
     s.topics.audit = format!("{prefix}-audit");
+    s.topics.rules = format!("{prefix}-rules");
+    s.topics.shadow = format!("{prefix}-shadow");
     s.topics.partitions = 3;
     // Access control has tests of its own (below and in http_router.rs).
     s.http.auth.mode = AuthMode::Open;
@@ -273,6 +275,13 @@ async fn every_endpoint_answers_over_a_real_socket() {
     .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["user_id"], 3);
+    // Explained: the rule set's version, and why 1100 fired.
+    assert_eq!(body["rules_version"], "default");
+    assert_eq!(
+        body["evidence"],
+        json!([{"code": 1100, "kind": "amount", "on": "withdraw", "observed": "200",
+                "threshold": "100", "risk": "medium"}])
+    );
     let (status, body) = get_json_until(
         &client,
         &shim.url("/api/v1/alerts?user_id=3"),
