@@ -464,7 +464,9 @@ impl Settings {
     /// `[rules]`) and the shadow set of `rules.shadow`, if any. A file's problems are named with
     /// its key; its `time_unit` must be `rules.time_unit` (the unit of the events' `time`, which
     /// the state is kept in).
-    pub fn rule_sets(&self) -> Result<(crate::rule_set::RuleSet, Option<crate::rule_set::RuleSet>), ConfigError> {
+    pub fn rule_sets(
+        &self,
+    ) -> Result<(crate::rule_set::RuleSet, Option<crate::rule_set::RuleSet>), ConfigError> {
         let bounds = self.rule_bounds();
         let read = |key: &str, path: &str| -> Result<crate::rule_set::RuleSet, ConfigError> {
             let set = crate::rule_set::RuleSet::read_file(Path::new(path), &bounds)

@@ -199,11 +199,7 @@ fn case() -> impl Strategy<Value = (RuleSet, Bounds, Vec<Step>)> {
                         kind,
                     })
                     .collect();
-                (
-                    RuleSet::new("model".into(), unit, rules),
-                    bounds,
-                    steps,
-                )
+                (RuleSet::new("model".into(), unit, rules), bounds, steps)
             })
     })
 }

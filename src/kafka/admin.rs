@@ -173,9 +173,7 @@ pub fn ensure_topics(settings: &Settings) -> Result<Topics, KafkaLayerError> {
     // The compacted topics, and the dead-letter topic for its record size limit.
     let described: Vec<_> = specs(settings)
         .into_iter()
-        .filter(|s| {
-            s.compacted || matches!(s.key, "topics.dlq" | "topics.audit" | "topics.events")
-        })
+        .filter(|s| s.compacted || matches!(s.key, "topics.dlq" | "topics.audit" | "topics.events"))
         .collect();
     let resources: Vec<_> = described
         .iter()

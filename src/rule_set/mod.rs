@@ -108,10 +108,7 @@ static SERIALS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new
 #[derive(Debug, thiserror::Error)]
 pub enum RuleSetFileError {
     #[error("reading rule set {path}: {error}")]
-    Io {
-        path: String,
-        error: std::io::Error,
-    },
+    Io { path: String, error: std::io::Error },
     #[error("rule set {path}: {invalid}")]
     Invalid {
         path: String,
@@ -172,14 +169,19 @@ impl RuleSet {
     /// Reads and validates a rule set file: TOML, or JSON when it ends in `.json`.
     pub fn read_file(path: &std::path::Path, bounds: &Bounds) -> Result<RuleSet, RuleSetFileError> {
         let name = || path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|error| RuleSetFileError::Io { path: name(), error })?;
+        let text = std::fs::read_to_string(path).map_err(|error| RuleSetFileError::Io {
+            path: name(),
+            error,
+        })?;
         let set = if path.extension().is_some_and(|e| e == "json") {
             RuleSet::from_json(&text, bounds)
         } else {
             RuleSet::from_toml(&text, bounds)
         };
-        set.map_err(|invalid| RuleSetFileError::Invalid { path: name(), invalid })
+        set.map_err(|invalid| RuleSetFileError::Invalid {
+            path: name(),
+            invalid,
+        })
     }
 
     /// A live set's windows are in the unit of the events' `time` (`rules.time_unit`), which the
@@ -213,11 +215,48 @@ impl RuleSet {
             kind,
         };
         let rules = vec![
-            rule(l.large_withdrawal_code, "large withdrawal", On::Withdraw, Kind::Amount { amount: l.large_withdrawal_amount }),
-            rule(l.consecutive_withdrawals_code, "consecutive withdrawals", On::Withdraw, Kind::Consecutive { count: count(l.consecutive_withdrawals_count) }),
-            rule(l.increasing_deposits_code, "increasing deposits", On::Deposit, Kind::Increasing { count: count(l.increasing_deposits_count) }),
-            rule(l.deposit_window_code, "deposit window", On::Deposit, Kind::WindowSum { amount: l.deposit_window_amount, window: l.deposit_window_ticks }),
-            rule(l.burst_code, "transaction burst", On::Any, Kind::WindowCount { count: count(l.burst_count), window: l.burst_window_ticks }),
+            rule(
+                l.large_withdrawal_code,
+                "large withdrawal",
+                On::Withdraw,
+                Kind::Amount {
+                    amount: l.large_withdrawal_amount,
+                },
+            ),
+            rule(
+                l.consecutive_withdrawals_code,
+                "consecutive withdrawals",
+                On::Withdraw,
+                Kind::Consecutive {
+                    count: count(l.consecutive_withdrawals_count),
+                },
+            ),
+            rule(
+                l.increasing_deposits_code,
+                "increasing deposits",
+                On::Deposit,
+                Kind::Increasing {
+                    count: count(l.increasing_deposits_count),
+                },
+            ),
+            rule(
+                l.deposit_window_code,
+                "deposit window",
+                On::Deposit,
+                Kind::WindowSum {
+                    amount: l.deposit_window_amount,
+                    window: l.deposit_window_ticks,
+                },
+            ),
+            rule(
+                l.burst_code,
+                "transaction burst",
+                On::Any,
+                Kind::WindowCount {
+                    count: count(l.burst_count),
+                    window: l.burst_window_ticks,
+                },
+            ),
         ];
         let mut set = RuleSet::new(DEFAULT_VERSION.to_owned(), l.time_unit, rules);
         let default = RuleSet::default_set();
