@@ -37,14 +37,15 @@
 //! - [`kafka`]: client configuration for every role (raw `[kafka.properties]` applied last), the
 //!   explicit retryable/abortable/fatal classification of Kafka errors, topics ([`kafka::admin`]),
 //!   the startup connectivity check ([`kafka::connect`]), group-less reads of partitions and
-//!   offset ranges ([`kafka::read`]), the profiles-topic follower ([`kafka::profiles`]).
+//!   offset ranges ([`kafka::read`]), the profiles-topic follower ([`kafka::profiles`]), the
+//!   rules topic's records, publishing and reading back ([`kafka::rules`]).
 //! - [`snapshot`]: the snapshot format (both directions) in the compacted state topic, and the
 //!   restore of a partition: snapshot, then replay to the committed offset.
 //! - [`processor`]: `user-monitor process`, split by owner: the transactional turn (`mod.rs`:
 //!   collect, catch up on profiles, process, commit), the partitions (`partitions.rs`: restoring
 //!   or live, restores in flight, rebalance hand-overs, due rounds, readiness), the output of one
 //!   record (`output.rs`: response, dead letter, transactions).
-//! - [`audit`]: the audit trail of risk changes.
+//! - [`audit`]: the audit trail of risk and rule set changes.
 //! - [`store`]: the read model behind the GET endpoints: the alerts topic projected into SQLite
 //!   (default) or PostgreSQL, rows and Kafka offsets in one transaction, keyset-paged queries,
 //!   retention by event time ([`store::projection`]: the projecting consumer and the retention
