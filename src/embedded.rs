@@ -52,9 +52,15 @@ impl EmbeddedBroker {
             &topics.state,
             &topics.shadow,
             &topics.rules,
+            &topics.audit,
         ] {
-            // One partition for the rule sets: their versions have one order.
-            let partitions = if topic == &topics.rules { 1 } else { topics.partitions };
+            // One partition for the rule sets and the audit trail: each has one order (and the
+            // trail is read from partition 0).
+            let partitions = if topic == &topics.rules || topic == &topics.audit {
+                1
+            } else {
+                topics.partitions
+            };
             cluster
                 .create_topic(topic, partitions, 1)
                 .map_err(|source| EmbeddedError::Topic {
