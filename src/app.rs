@@ -12,6 +12,7 @@ use crate::cli::{
     TokenCommand, TopicsCommand,
 };
 use crate::config::{Settings, Sources};
+use crate::kafka::rules::RulesKey;
 use crate::profiles::Profiles;
 use crate::rule_set::{Bounds, InvalidRuleSet, RuleSet, RuleSetFileError};
 use crate::rules::Limits;
@@ -28,6 +29,17 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Evaluate(args) => evaluate(&settings, &args),
         Command::Backtest(args) => backtest(&settings, &args),
         Command::Rules(RulesCommand::Validate { file }) => validate_rules(&settings, &file),
+        Command::Rules(RulesCommand::Publish { file, shadow }) => {
+            let key = if shadow {
+                RulesKey::Shadow
+            } else {
+                RulesKey::Active
+            };
+            publish_rules(&settings, &file, key)
+        }
+        Command::Rules(RulesCommand::ClearShadow) => {
+            change_rules(&settings, RulesKey::Shadow, None)
+        }
         Command::Process => {
             crate::service::process(settings)?;
             Ok(ExitCode::SUCCESS)
@@ -146,13 +158,87 @@ fn validate_rules(settings: &Settings, path: &Path) -> anyhow::Result<ExitCode> 
             Ok(ExitCode::SUCCESS)
         }
         Err(invalid) => {
-            eprintln!("{}: invalid rule set:", path.display());
-            for problem in &invalid.problems {
-                eprintln!("  {problem}");
-            }
+            print_problems(path, &invalid);
             Ok(ExitCode::from(1))
         }
     }
+}
+
+/// Prints the problems of an invalid set, one a line, under the file's name.
+fn print_problems(path: &Path, invalid: &InvalidRuleSet) {
+    eprintln!("{}: invalid rule set:", path.display());
+    for problem in &invalid.problems {
+        eprintln!("  {problem}");
+    }
+}
+
+/// `user-monitor rules publish FILE [--shadow]`: validates (bounds and rules.time_unit, as the
+/// HTTP API does), publishes, records the change in the audit trail.
+fn publish_rules(settings: &Settings, path: &Path, key: RulesKey) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading rule set {}", path.display()))?;
+    let set = match crate::kafka::rules::validate_for_publishing(
+        &text,
+        crate::kafka::rules::Format::of_path(path),
+        &settings.rule_bounds(),
+        settings.rules.time_unit,
+    ) {
+        Ok(set) => set,
+        Err(invalid) => {
+            print_problems(path, &invalid);
+            return Ok(ExitCode::from(1));
+        }
+    };
+    change_rules(settings, key, Some(&set))
+}
+
+/// Publishes the set of `key` (`None`: clears the shadow set) and its audit entry, and prints
+/// where Kafka stored it.
+fn change_rules(
+    settings: &Settings,
+    key: RulesKey,
+    set: Option<&RuleSet>,
+) -> anyhow::Result<ExitCode> {
+    crate::telemetry::init(&settings.log);
+    let rules = &settings.topics.rules;
+    // The version it replaces, for the audit trail (and a missing topic is found here, before
+    // a producer could have a broker auto-create it with the wrong settings).
+    let current = crate::kafka::rules::read_current(settings)
+        .with_context(|| format!("reading the rule sets in {rules}"))?;
+    let configured = settings
+        .rule_sets()
+        .ok()
+        .and_then(|(active, shadow)| match key {
+            RulesKey::Active => Some(active.version),
+            RulesKey::Shadow => shadow.map(|s| s.version),
+        });
+    let before = current.version_in_force(key, configured.as_deref());
+    let published = crate::kafka::rules::publish(settings, key, set)
+        .with_context(|| format!("publishing the {key} rule set to {rules}"))?;
+    let actor = crate::audit::cli_actor();
+    let after = set.map(|s| s.version.as_str());
+    let entry =
+        crate::audit::AuditEntry::rules_changed(&actor, "cli", key, before.as_deref(), after);
+    crate::audit::publish(settings, std::slice::from_ref(&entry)).with_context(|| {
+        format!(
+            "the {key} rule set was published (offset {}) but its audit record was not",
+            published.offset
+        )
+    })?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "key": key.as_str(),
+            "version": after,
+            "offset": published.offset,
+            "timestamp": published.timestamp,
+        })
+    );
+    eprintln!(
+        "{key} rule set: {} -> {} at offset {} of {rules} (recorded in {} as {actor})",
+        entry.before, entry.after, published.offset, settings.topics.audit
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `user-monitor backtest --baseline A --candidate B [--profiles F] [--diff OUT] [INPUT]`.

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Settings;
 use crate::kafka::read::{read_range, RangeError};
+use crate::kafka::rules::RulesKey;
 use crate::kafka::{producer_config, reader, KafkaLayerError};
 
 /// One accepted change.
@@ -22,14 +23,15 @@ pub struct AuditEntry {
     pub at: String,
     /// Who: the token's name (`anonymous` when authentication is off), or `cli:<os user>`.
     pub actor: String,
-    /// What: `risk.set`.
+    /// What: `risk.set`, `rules.active.set`, `rules.shadow.set` or `rules.shadow.clear`.
     pub action: String,
     /// The user whose risk level changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_id: Option<u64>,
-    /// The value before the change (`medium` for a user without a profile).
+    /// The value before the change: a risk level (`medium` for a user without a profile), or a
+    /// rule set's version (`none` for no shadow set).
     pub before: String,
-    /// The value after it.
+    /// The value after it (a version, or `none` when the shadow set was cleared).
     pub after: String,
     /// Where the change came from: `http` or `cli`.
     pub source: String,
@@ -53,14 +55,42 @@ impl AuditEntry {
         }
     }
 
-    /// The record key: what the change is about.
+    /// A change of the active or shadow rule set accepted now: `before`/`after` are versions,
+    /// `None` for no set (a shadow set published where there was none, or cleared).
+    pub fn rules_changed(
+        actor: &str,
+        source: &str,
+        key: RulesKey,
+        before: Option<&str>,
+        after: Option<&str>,
+    ) -> Self {
+        let verb = if after.is_some() { "set" } else { "clear" };
+        AuditEntry {
+            at: now_rfc3339(),
+            actor: actor.to_owned(),
+            action: format!("rules.{key}.{verb}"),
+            user_id: None,
+            before: before.unwrap_or(NO_RULE_SET).to_owned(),
+            after: after.unwrap_or(NO_RULE_SET).to_owned(),
+            source: source.to_owned(),
+            offset: None,
+        }
+    }
+
+    /// The record key: what the change is about (`user:<id>`, or `rules:active`/`rules:shadow`).
     pub fn key(&self) -> String {
         match self.user_id {
             Some(user) => format!("user:{user}"),
-            None => self.action.clone(),
+            None => match self.action.strip_prefix("rules.") {
+                Some(rest) => format!("rules:{}", rest.split('.').next().unwrap_or(rest)),
+                None => self.action.clone(),
+            },
         }
     }
 }
+
+/// `before`/`after` of a rule set change where there was, or is, no set.
+pub const NO_RULE_SET: &str = "none";
 
 /// The current time as RFC 3339 UTC with milliseconds.
 pub fn now_rfc3339() -> String {
@@ -165,5 +195,26 @@ mod tests {
         assert!(json.get("offset").is_none());
         assert_eq!(entry.key(), "user:3");
         assert!(cli_actor().starts_with("cli:"));
+    }
+
+    #[test]
+    fn a_rule_set_change_names_the_set_and_the_versions() {
+        let entry =
+            AuditEntry::rules_changed("ops", "http", RulesKey::Active, Some("v1"), Some("v2"));
+        let json = serde_json::to_value(&entry).unwrap();
+        assert_eq!(json["action"], "rules.active.set");
+        assert_eq!(json["before"], "v1");
+        assert_eq!(json["after"], "v2");
+        assert!(json.get("user_id").is_none());
+        assert_eq!(entry.key(), "rules:active");
+        let cleared = AuditEntry::rules_changed("ops", "cli", RulesKey::Shadow, Some("s1"), None);
+        assert_eq!(cleared.action, "rules.shadow.clear");
+        assert_eq!(cleared.after, "none");
+        assert_eq!(cleared.key(), "rules:shadow");
+        let first = AuditEntry::rules_changed("ops", "http", RulesKey::Shadow, None, Some("s1"));
+        assert_eq!(
+            (first.action.as_str(), first.before.as_str()),
+            ("rules.shadow.set", "none")
+        );
     }
 }

@@ -49,7 +49,8 @@ pub enum Command {
     /// Run two rule sets over the same JSONL events in one pass: a JSON summary per code, and
     /// optionally one diff line per event whose codes differ.
     Backtest(BacktestArgs),
-    /// Rule sets (SPEC section 10).
+    /// Rule sets (SPEC section 10): validate a file, publish it as the active or shadow set,
+    /// clear the shadow set.
     #[command(subcommand)]
     Rules(RulesCommand),
     /// Manage risk profiles.
@@ -90,6 +91,21 @@ pub enum RulesCommand {
     /// Check a rule set file (TOML, or JSON when it ends in .json) offline: prints the set as
     /// JSON when valid, every bad rule and field when not (exit status 1).
     Validate { file: PathBuf },
+    /// Validate a rule set file, then publish it to topics.rules as the active set (or the
+    /// shadow set) and wait for Kafka's acknowledgement. Prints {"key", "version", "offset",
+    /// "timestamp"}; an invalid file prints every bad rule and field and publishes nothing (exit
+    /// status 1). Recorded in the audit trail.
+    Publish {
+        /// TOML, or JSON when it ends in .json; its time_unit must be rules.time_unit.
+        file: PathBuf,
+        /// Publish it as the shadow set (evaluated beside the active set, never changing a
+        /// response) instead of the active set.
+        #[arg(long)]
+        shadow: bool,
+    },
+    /// Clear the shadow rule set (a tombstone under "shadow" in topics.rules; the configured
+    /// rules.shadow no longer applies either). Recorded in the audit trail.
+    ClearShadow,
 }
 
 #[derive(Debug, Args)]

@@ -52,9 +52,11 @@ impl EmbeddedBroker {
             &topics.state,
             &topics.shadow,
             &topics.rules,
+            &topics.audit,
         ] {
-            // One partition for the rule sets: their versions have one order.
-            let partitions = if topic == &topics.rules {
+            // One partition for the rule sets and the audit trail: each has one order (and the
+            // trail is read from partition 0).
+            let partitions = if topic == &topics.rules || topic == &topics.audit {
                 1
             } else {
                 topics.partitions

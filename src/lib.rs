@@ -39,7 +39,8 @@
 //!   explicit retryable/abortable/fatal classification of Kafka errors, topics ([`kafka::admin`]),
 //!   the startup connectivity check ([`kafka::connect`]), group-less reads of partitions and
 //!   offset ranges ([`kafka::read`]), the follower of the profiles topic and of the rules
-//!   topic's versions ([`kafka::profiles`]).
+//!   topic's versions ([`kafka::profiles`]), the rules topic's records, publishing and reading
+//!   back ([`kafka::rules`]).
 //! - [`snapshot`]: the snapshot format (both directions; version 1, from before rule sets, is
 //!   upgraded on restore) in the compacted state topic, and the restore of a partition:
 //!   snapshot, then replay to the committed offset.
@@ -47,7 +48,7 @@
 //!   collect, catch up on profiles and rule sets, process, commit), the partitions (`partitions.rs`: restoring
 //!   or live, restores in flight, rebalance hand-overs, due rounds, readiness), the output of one
 //!   record (`output.rs`: response, dead letter, transactions).
-//! - [`audit`]: the audit trail of risk changes.
+//! - [`audit`]: the audit trail of risk and rule set changes.
 //! - [`store`]: the read model behind the GET endpoints: the alerts topic projected into SQLite
 //!   (default) or PostgreSQL, rows and Kafka offsets in one transaction, keyset-paged queries,
 //!   retention by event time ([`store::projection`]: the projecting consumer and the retention

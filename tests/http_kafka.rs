@@ -966,3 +966,284 @@ async fn with_the_broker_down_requests_fail_within_the_produce_timeout_and_readi
     shim.stop().await;
     drop(broker);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Rule sets (SPEC section 10)
+
+const RULES_V1: &str = r#"{"version": "http-v1", "time_unit": "seconds", "rule": [
+    {"code": 1100, "name": "large withdrawal", "kind": "amount", "on": "withdraw", "amount": "250"},
+    {"code": 123, "kind": "window_sum", "on": "deposit", "window": "45s", "amount": "300"}
+]}"#;
+
+/// `user-monitor rules ...` against this world's topics: exit code, stdout, stderr.
+fn rules_cli(settings: &Settings, args: &[&str]) -> (i32, String, String) {
+    let output = user_monitor_command()
+        .arg("rules")
+        .args(args)
+        .env("USER_MONITOR__KAFKA__BOOTSTRAP_SERVERS", bootstrap())
+        .env("USER_MONITOR__TOPICS__RULES", &settings.topics.rules)
+        .env("USER_MONITOR__TOPICS__AUDIT", &settings.topics.audit)
+        .env("USER_MONITOR__LOG__FILTER", "warn,rdkafka=error")
+        .env("USER", "operator")
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// A rule set PUT over a real socket is acknowledged by the real rules topic: `GET` then shows
+/// it from the topic with the offset and timestamp the `PUT` answered, `read_current` reads the
+/// same record, an invalid set is a 400 that publishes nothing, the shadow set is published and
+/// cleared, and the audit topic holds every change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rule_sets_put_over_http_are_published_to_the_rules_topic_and_audited() {
+    let settings = world("rules");
+    let shim = Shim::start(&settings, None).await;
+    let client = client();
+    shim.wait_ready(&client).await;
+
+    let (status, before) = get_json(&client, &shim.url("/api/v1/rules")).await;
+    assert_eq!(status, StatusCode::OK, "{before}");
+    assert_eq!(before["source"], "config");
+    assert_eq!(before["set"]["version"], "default");
+
+    let (status, published) = put_json(&client, &shim.url("/api/v1/rules"), RULES_V1).await;
+    assert_eq!(status, StatusCode::OK, "{published}");
+    assert_eq!(published["version"], "http-v1");
+    let offset = published["offset"].as_i64().unwrap();
+    let timestamp = published["timestamp"].as_i64().expect("a timestamp");
+    let (status, shown) = get_json(&client, &shim.url("/api/v1/rules")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(shown["source"], "topic", "{shown}");
+    assert_eq!(shown["offset"], offset);
+    // The timestamp the PUT answered is the record's (the topic's log append time).
+    assert_eq!(shown["timestamp"], timestamp);
+    assert_eq!(shown["set"]["rule"][1]["window"], "45s");
+
+    let current = {
+        let settings = settings.clone();
+        tokio::task::spawn_blocking(move || user_monitor::kafka::rules::read_current(&settings))
+            .await
+            .unwrap()
+            .expect("reads the rules topic")
+    };
+    let active = current.active.expect("an active record");
+    assert_eq!((active.offset, active.timestamp), (offset, Some(timestamp)));
+    assert_eq!(active.set.version, "http-v1");
+    assert_eq!(active.set.rules.len(), 2);
+
+    // Invalid: 400 naming each bad rule, nothing published.
+    let bad = r#"{"version": "bad", "rule": [
+        {"code": 1, "kind": "amount", "on": "withdraw", "amount": "0"},
+        {"code": 2, "kind": "window_count", "on": "any", "window": "9h", "count": 5}
+    ]}"#;
+    let (status, error) = put_json(&client, &shim.url("/api/v1/rules"), bad).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
+    let problems: Vec<&str> = error["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert!(
+        problems[0].starts_with("rule[1] (code 1): amount: "),
+        "{problems:?}"
+    );
+    assert!(
+        problems[1].starts_with("rule[2] (code 2): window: "),
+        "{problems:?}"
+    );
+    let (_, shown) = get_json(&client, &shim.url("/api/v1/rules")).await;
+    assert_eq!(shown["offset"], offset, "still the first set");
+
+    // The shadow set: none, published, shown, cleared.
+    let (status, _) = get_json(&client, &shim.url("/api/v1/rules/shadow")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let shadow = RULES_V1.replace("http-v1", "shadow-v1");
+    let (status, body) = put_json(&client, &shim.url("/api/v1/rules/shadow"), &shadow).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, shown) = get_json(&client, &shim.url("/api/v1/rules/shadow")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (shown["source"].as_str(), shown["set"]["version"].as_str()),
+        (Some("topic"), Some("shadow-v1"))
+    );
+    let deleted = client
+        .delete(shim.url("/api/v1/rules/shadow"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), StatusCode::OK);
+    let deleted: Value = deleted.json().await.unwrap();
+    assert_eq!(deleted["cleared"], "shadow-v1");
+    let (status, gone) = get_json(&client, &shim.url("/api/v1/rules/shadow")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{gone}");
+
+    let (_, trail) = get_json(&client, &shim.url("/api/v1/audit")).await;
+    let changes: Vec<(String, String, String)> = trail["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let text = |k: &str| e[k].as_str().unwrap().to_owned();
+            (text("action"), text("before"), text("after"))
+        })
+        .collect();
+    let change = |a: &str, b: &str, c: &str| (a.into(), b.into(), c.into());
+    assert_eq!(
+        changes,
+        vec![
+            change("rules.shadow.clear", "shadow-v1", "none"),
+            change("rules.shadow.set", "none", "shadow-v1"),
+            change("rules.active.set", "default", "http-v1"),
+        ]
+    );
+    shim.stop().await;
+}
+
+/// `rules publish` validates and publishes what `read_current` then reads (active and shadow),
+/// `rules clear-shadow` clears the shadow set, each recorded in the audit trail as the command
+/// line's; an invalid file exits 1 naming every bad rule and field and publishes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_publish_from_the_cli_is_what_read_current_reads() {
+    use user_monitor::kafka::rules::{read_current, Shadow};
+    let settings = world("rules-cli");
+    // The topics, as `process` or `shim` would create them.
+    let shim = Shim::start(&settings, None).await;
+    shim.wait_ready(&client()).await;
+    let dir = tempfile::tempdir().unwrap();
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        r#"version = "cli-bad"
+time_unit = "milliseconds"
+[[rule]]
+code = 1100
+kind = "amount"
+on = "withdraw"
+amount = "1.123456789"
+[[rule]]
+code = 30
+kind = "consecutive"
+on = "withdraw"
+count = 99
+[[rule]]
+code = 30
+kind = "window_sum"
+on = "deposit"
+amount = "10"
+"#,
+    )
+    .unwrap();
+    let (code, stdout, stderr) = rules_cli(&settings, &["publish", bad.to_str().unwrap()]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    for named in [
+        "rule[1] (code 1100): amount: ",
+        "rule[2] (code 30): count: ",
+        "rule[3] (code 30): window: ",
+        "time_unit: ",
+    ] {
+        assert!(stderr.contains(named), "{named} in {stderr}");
+    }
+    // A valid file in the wrong unit is refused too.
+    let millis = dir.path().join("millis.toml");
+    std::fs::write(
+        &millis,
+        "version = \"ms\"\ntime_unit = \"milliseconds\"\n[[rule]]\ncode = 9\nkind = \"amount\"\non = \"any\"\namount = \"1\"\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = rules_cli(&settings, &["publish", millis.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("time_unit: "), "{stderr}");
+    let nothing = {
+        let settings = settings.clone();
+        tokio::task::spawn_blocking(move || read_current(&settings))
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    assert_eq!(nothing.active, None, "nothing published");
+
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        "version = \"cli-v1\"\n[[rule]]\ncode = 1100\nkind = \"amount\"\non = \"withdraw\"\namount = \"75.5\"\n",
+    )
+    .unwrap();
+    let (code, stdout, stderr) = rules_cli(&settings, &["publish", good.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    let printed: Value = serde_json::from_str(stdout.trim()).expect(&stdout);
+    assert_eq!(printed["key"], "active");
+    assert_eq!(printed["version"], "cli-v1");
+    let (code, stdout, stderr) =
+        rules_cli(&settings, &["publish", "--shadow", good.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    let shadow_printed: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(shadow_printed["key"], "shadow");
+
+    let current = {
+        let settings = settings.clone();
+        tokio::task::spawn_blocking(move || read_current(&settings))
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    let active = current.active.expect("published");
+    assert_eq!(active.set.version, "cli-v1");
+    assert_eq!(active.offset, printed["offset"].as_i64().unwrap());
+    assert_eq!(active.timestamp, printed["timestamp"].as_i64());
+    assert_eq!(active.set.to_value()["rule"][0]["amount"], "75.5");
+    match &current.shadow {
+        Shadow::Set(latest) => assert_eq!(latest.offset, shadow_printed["offset"]),
+        other => panic!("expected a shadow set, got {other:?}"),
+    }
+
+    let (code, stdout, stderr) = rules_cli(&settings, &["clear-shadow"]);
+    assert_eq!(code, 0, "{stderr}");
+    let cleared: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(cleared["version"], Value::Null);
+    let current = {
+        let settings = settings.clone();
+        tokio::task::spawn_blocking(move || read_current(&settings))
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    assert!(
+        matches!(current.shadow, Shadow::Cleared { offset, .. } if offset == cleared["offset"].as_i64().unwrap()),
+        "{:?}",
+        current.shadow
+    );
+    assert_eq!(current.active.unwrap().set.version, "cli-v1");
+
+    // The shim reads the same topic, and the trail says the command line did it.
+    let client = client();
+    let (_, shown) = get_json(&client, &shim.url("/api/v1/rules")).await;
+    assert_eq!(shown["set"]["version"], "cli-v1", "{shown}");
+    let (_, trail) = get_json(&client, &shim.url("/api/v1/audit")).await;
+    let changes: Vec<(String, String, String, String)> = trail["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let text = |k: &str| e[k].as_str().unwrap().to_owned();
+            (text("actor"), text("action"), text("before"), text("after"))
+        })
+        .collect();
+    let row = |a: &str, b: &str, c: &str, d: &str| (a.into(), b.into(), c.into(), d.into());
+    assert_eq!(
+        changes,
+        vec![
+            row("cli:operator", "rules.shadow.clear", "cli-v1", "none"),
+            row("cli:operator", "rules.shadow.set", "none", "cli-v1"),
+            row("cli:operator", "rules.active.set", "default", "cli-v1"),
+        ]
+    );
+    shim.stop().await;
+}

@@ -28,10 +28,12 @@ use user_monitor::domain::Verdict;
 use user_monitor::engine::Input;
 use user_monitor::health::Readiness;
 use user_monitor::http::auth::{sha256_hex, Scope, TokenConfig, Tokens};
-use user_monitor::http::backend::{Delivered, Found, LookupError, ProduceError};
-use user_monitor::http::{router, server, Backend, Hub, Shared};
+use user_monitor::http::backend::{Delivered, Found, LookupError, ProduceError, RulesChanged};
+use user_monitor::http::{router, server, Backend, Hub, RulesConfig, Shared};
+use user_monitor::kafka::rules::{Current, MemoryTopic, RulesKey};
 use user_monitor::metrics::Metrics;
 use user_monitor::profiles::Profiles;
+use user_monitor::rule_set::RuleSet;
 use user_monitor::store::projection::Status as ProjectionStatus;
 use user_monitor::store::{Batch, Store};
 
@@ -54,6 +56,8 @@ struct MemoryBackend {
     project: usize,
     mode: Mutex<Mode>,
     inner: Mutex<Engine>,
+    /// The rules topic.
+    rules: MemoryTopic,
 }
 
 #[derive(Default)]
@@ -74,6 +78,7 @@ impl MemoryBackend {
             project,
             mode: Mutex::new(Mode::Answer),
             inner: Mutex::new(Engine::default()),
+            rules: MemoryTopic::default(),
         })
     }
 
@@ -221,6 +226,38 @@ impl Backend for MemoryBackend {
         };
         Box::pin(async move { Ok(page) })
     }
+
+    fn rules(&self) -> BoxFuture<'static, Result<Current, LookupError>> {
+        let current = self.rules.current();
+        Box::pin(async move { Ok(current) })
+    }
+
+    fn change_rules(
+        &self,
+        actor: String,
+        key: RulesKey,
+        set: Option<RuleSet>,
+        configured: Option<String>,
+    ) -> BoxFuture<'static, Result<RulesChanged, ProduceError>> {
+        if *self.mode.lock().unwrap() == Mode::Down {
+            return Box::pin(async { Err(ProduceError::NotAcknowledged("timed out".into())) });
+        }
+        let before = self
+            .rules
+            .current()
+            .version_in_force(key, configured.as_deref());
+        let published = self
+            .rules
+            .publish(key, set.as_ref(), &Settings::defaults().rule_bounds())
+            .map_err(|e| ProduceError::NotAcknowledged(e.to_string()));
+        let changed = published.map(|published| {
+            let after = set.as_ref().map(|s| s.version.as_str());
+            let entry = AuditEntry::rules_changed(&actor, "http", key, before.as_deref(), after);
+            self.inner.lock().unwrap().audit.push(entry.clone());
+            RulesChanged { published, entry }
+        });
+        Box::pin(async move { changed })
+    }
 }
 
 struct Fixture {
@@ -253,6 +290,20 @@ async fn fixture_with_auth(
     response_timeout: Duration,
     auth: Option<Arc<Tokens>>,
 ) -> Fixture {
+    fixture_with_rules(projected, response_timeout, auth, default_rules()).await
+}
+
+/// The rule sets of the default configuration: the five rules, no shadow set.
+fn default_rules() -> RulesConfig {
+    RulesConfig::from_settings(&Settings::defaults()).unwrap()
+}
+
+async fn fixture_with_rules(
+    projected: usize,
+    response_timeout: Duration,
+    auth: Option<Arc<Tokens>>,
+    rules: RulesConfig,
+) -> Fixture {
     let hub = Arc::new(Hub::new(projected));
     hub.set_connected(true);
     let (store, dir) = sqlite_store().await;
@@ -272,6 +323,7 @@ async fn fixture_with_auth(
         response_timeout,
         body_limit: 1024,
         auth,
+        rules,
     };
     Fixture {
         app: router(Arc::new(shared)),
@@ -812,6 +864,7 @@ async fn readyz_waits_for_the_projection_to_be_assigned() {
         response_timeout: Duration::from_millis(100),
         body_limit: 1024,
         auth: None,
+        rules: default_rules(),
     }));
     assert_eq!(
         call(&app, get("/readyz")).await.status,
@@ -865,6 +918,8 @@ async fn openapi_document_describes_every_endpoint() {
         ("/api/v1/alerts/{alert_id}", &["get"][..]),
         ("/api/v1/users/{user_id}/events", &["get"][..]),
         ("/api/v1/users/{user_id}/risk", &["put"][..]),
+        ("/api/v1/rules", &["get", "put"][..]),
+        ("/api/v1/rules/shadow", &["get", "put", "delete"][..]),
         ("/healthz", &["get"][..]),
         ("/readyz", &["get"][..]),
         ("/metrics", &["get"][..]),
@@ -888,6 +943,29 @@ async fn openapi_document_describes_every_endpoint() {
             .contains(&json!("alert_id")),
         "{created}"
     );
+    for (path, method) in [("/api/v1/rules", "put"), ("/api/v1/rules/shadow", "put")] {
+        let statuses = paths[path][method]["responses"].as_object().unwrap();
+        for status in ["200", "400", "401", "403", "413", "415", "503"] {
+            assert!(statuses.contains_key(status), "{method} {path} {status}");
+        }
+        assert_eq!(
+            paths[path][method]["security"][0]["bearer"][0],
+            "rules:write"
+        );
+    }
+    let statuses = paths["/api/v1/rules/shadow"]["get"]["responses"]
+        .as_object()
+        .unwrap();
+    for status in ["200", "401", "403", "404"] {
+        assert!(statuses.contains_key(status), "GET shadow {status}");
+    }
+    // A refused rule set lists every problem; the body documents the set's structure.
+    let error = &doc["components"]["schemas"]["ErrorBody"]["properties"];
+    assert!(error["problems"].is_object(), "{error}");
+    let rule_set = &doc["components"]["schemas"]["RuleSetSchema"]["properties"];
+    for field in ["version", "time_unit", "rule"] {
+        assert!(rule_set[field].is_object(), "{field}: {rule_set}");
+    }
     let params = paths["/api/v1/alerts"]["get"]["parameters"]
         .as_array()
         .unwrap();
@@ -968,6 +1046,7 @@ async fn every_route_checks_its_scope_and_the_audit_trail_names_who_changed_what
             token("ops", &[Scope::ProfilesWrite, Scope::Read]),
             token("risk-desk", &[Scope::ProfilesWrite]),
             token("reader", &[Scope::Read]),
+            token("rules-desk", &[Scope::RulesWrite]),
         ],
         None,
     )
@@ -991,7 +1070,9 @@ async fn every_route_checks_its_scope_and_the_audit_trail_names_who_changed_what
         u16,
     );
     let event = r#"{"type": "deposit", "amount": "42.00", "user_id": 1, "time": 10}"#;
-    let routes: [Route; 9] = [
+    let rule_set =
+        r#"{"version": "r1", "rule": [{"code": 7, "kind": "amount", "on": "any", "amount": "5"}]}"#;
+    let routes: [Route; 14] = [
         (
             "POST",
             "/event",
@@ -1044,6 +1125,51 @@ async fn every_route_checks_its_scope_and_the_audit_trail_names_who_changed_what
             "read",
             "reader",
             "ingest",
+            200,
+        ),
+        (
+            "PUT",
+            "/api/v1/rules",
+            Some(rule_set),
+            "rules:write",
+            "rules-desk",
+            "ops",
+            200,
+        ),
+        (
+            "GET",
+            "/api/v1/rules",
+            None,
+            "read",
+            "reader",
+            "rules-desk",
+            200,
+        ),
+        (
+            "PUT",
+            "/api/v1/rules/shadow",
+            Some(rule_set),
+            "rules:write",
+            "rules-desk",
+            "risk-desk",
+            200,
+        ),
+        (
+            "GET",
+            "/api/v1/rules/shadow",
+            None,
+            "read",
+            "ops",
+            "rules-desk",
+            200,
+        ),
+        (
+            "DELETE",
+            "/api/v1/rules/shadow",
+            None,
+            "rules:write",
+            "rules-desk",
+            "reader",
             200,
         ),
         (
@@ -1168,6 +1294,26 @@ async fn every_route_checks_its_scope_and_the_audit_trail_names_who_changed_what
         .unwrap();
     assert_eq!(older["entries"][0]["user_id"], 2);
     assert!(older["next_cursor"].is_null());
+    // Before it, the rule set changes of rules-desk, newest first, with their versions.
+    let rules: Vec<_> = older["entries"].as_array().unwrap()[1..]
+        .iter()
+        .map(|e| {
+            (
+                e["actor"].as_str().unwrap(),
+                e["action"].as_str().unwrap(),
+                e["before"].as_str().unwrap(),
+                e["after"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rules,
+        [
+            ("rules-desk", "rules.shadow.clear", "r1", "none"),
+            ("rules-desk", "rules.shadow.set", "none", "r1"),
+            ("rules-desk", "rules.active.set", "default", "r1"),
+        ]
+    );
 
     // The OpenAPI document declares the scheme and each route's scope.
     let doc: Value = client
@@ -1194,6 +1340,370 @@ async fn every_route_checks_its_scope_and_the_audit_trail_names_who_changed_what
         doc["paths"]["/api/v1/audit"]["get"]["security"][0]["bearer"][0],
         "read"
     );
+    assert_eq!(
+        doc["paths"]["/api/v1/rules"]["put"]["security"][0]["bearer"][0],
+        "rules:write"
+    );
+    assert_eq!(
+        doc["paths"]["/api/v1/rules/shadow"]["delete"]["security"][0]["bearer"][0],
+        "rules:write"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rule sets (SPEC section 10)
+
+fn delete(path: &str) -> Request<Body> {
+    Request::delete(path).body(Body::empty()).unwrap()
+}
+
+/// A valid set in seconds: two rules.
+const RULES_V1: &str = r#"{"version": "2026-12-01.1", "time_unit": "seconds", "rule": [
+    {"code": 1100, "name": "large withdrawal", "kind": "amount", "on": "withdraw", "amount": "250"},
+    {"code": 500, "kind": "window_count", "on": "any", "window": "2m", "count": 8}
+]}"#;
+
+/// Four bad rules, each with its own problem, and a version that is too long.
+const RULES_BAD: &str = r#"{"version": "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", "rule": [
+    {"code": 1100, "kind": "amount", "on": "withdraw", "amount": "-5"},
+    {"code": 30, "kind": "consecutive", "on": "any", "count": 3},
+    {"code": 123, "kind": "window_sum", "on": "deposit", "window": "5h", "amount": "200"},
+    {"code": 500, "kind": "window_count", "on": "any", "window": "60s", "count": 0},
+    {"code": 501, "kind": "amount", "on": "withdraw", "amount": "1"}
+]}"#;
+
+fn problems(reply: &Reply) -> Vec<String> {
+    reply.json()["problems"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no problems: {}", reply.text))
+        .iter()
+        .map(|p| p.as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn an_invalid_rule_set_is_400_naming_every_bad_rule_and_field_and_publishes_nothing() {
+    let f = fixture().await;
+    for path in ["/api/v1/rules", "/api/v1/rules/shadow"] {
+        let reply = call(&f.app, put(path, RULES_BAD)).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::BAD_REQUEST,
+            "{path}: {}",
+            reply.text
+        );
+        let problems = problems(&reply);
+        let named = |prefix: &str, field: &str| {
+            problems
+                .iter()
+                .any(|p| p.starts_with(prefix) && p.contains(&format!(": {field}: ")))
+        };
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("version: at most 64")),
+            "{problems:?}"
+        );
+        assert!(named("rule[1] (code 1100)", "amount"), "{problems:?}");
+        assert!(named("rule[2] (code 30)", "on"), "{problems:?}");
+        assert!(named("rule[3] (code 123)", "window"), "{problems:?}");
+        assert!(named("rule[4] (code 500)", "count"), "{problems:?}");
+        assert!(
+            !problems.iter().any(|p| p.starts_with("rule[5]")),
+            "{problems:?}"
+        );
+        assert_eq!(problems.len(), 5, "{problems:?}");
+        // The error text names them too, in the shim's usual error body.
+        let error = reply.json()["error"].as_str().unwrap().to_owned();
+        assert!(error.starts_with("invalid rule set: "), "{error}");
+        for problem in &problems {
+            assert!(error.contains(problem.as_str()), "{error}");
+        }
+    }
+    // Not JSON at all, or not an object: 400 with the problem; not declared JSON: 415.
+    let reply = call(&f.app, put("/api/v1/rules", "{\"version\": ")).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert!(
+        problems(&reply)[0].starts_with("not JSON"),
+        "{}",
+        reply.text
+    );
+    let reply = call(&f.app, put("/api/v1/rules", "[1, 2]")).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    let plain = Request::put("/api/v1/rules")
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(Body::from(RULES_V1))
+        .unwrap();
+    assert_eq!(
+        call(&f.app, plain).await.status,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE
+    );
+    // Nothing was published and nothing audited.
+    let active = call(&f.app, get("/api/v1/rules")).await.json();
+    assert_eq!(active["source"], "config", "{active}");
+    assert_eq!(active["set"]["version"], "default");
+    assert_eq!(
+        call(&f.app, get("/api/v1/rules/shadow")).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let trail = call(&f.app, get("/api/v1/audit")).await.json();
+    assert_eq!(trail["entries"], json!([]), "{trail}");
+}
+
+#[tokio::test]
+async fn a_rule_set_in_another_time_unit_than_the_service_is_400() {
+    let f = fixture().await;
+    let millis = RULES_V1.replace("\"seconds\"", "\"milliseconds\"");
+    let reply = call(&f.app, put("/api/v1/rules", &millis)).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.text);
+    let problems = problems(&reply);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].starts_with("time_unit: "), "{problems:?}");
+    assert!(problems[0].contains("milliseconds") && problems[0].contains("seconds"));
+    // Named together with the set's other problems.
+    let both = RULES_BAD.replace(
+        "\"rule\": [",
+        "\"time_unit\": \"milliseconds\", \"rule\": [",
+    );
+    let reply = call(&f.app, put("/api/v1/rules/shadow", &both)).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    let problems = self::problems(&reply);
+    assert_eq!(problems.len(), 6, "{problems:?}");
+    assert!(
+        problems.iter().any(|p| p.starts_with("time_unit: ")),
+        "{problems:?}"
+    );
+    // A service whose events are in milliseconds takes that set and refuses the seconds one.
+    let mut settings = Settings::defaults();
+    settings.rules.time_unit = "milliseconds".parse().unwrap();
+    let f = fixture_with_rules(
+        10,
+        Duration::from_millis(200),
+        None,
+        RulesConfig::from_settings(&settings).unwrap(),
+    )
+    .await;
+    assert_eq!(
+        call(&f.app, put("/api/v1/rules", &millis)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(&f.app, put("/api/v1/rules", RULES_V1)).await.status,
+        StatusCode::BAD_REQUEST
+    );
+}
+
+#[tokio::test]
+async fn rule_set_writes_need_the_rules_write_scope() {
+    let tokens = Tokens::new(
+        &[TokenConfig {
+            name: "ops".into(),
+            sha256: sha256_hex("ops-secret"),
+            scopes: vec![Scope::Read, Scope::ProfilesWrite, Scope::EventsWrite],
+        }],
+        None,
+    )
+    .unwrap();
+    let f = fixture_with_auth(10, Duration::from_millis(200), Some(Arc::new(tokens))).await;
+    let authorized = |mut request: Request<Body>| {
+        request
+            .headers_mut()
+            .insert(header::AUTHORIZATION, "Bearer ops-secret".parse().unwrap());
+        request
+    };
+    for request in [
+        put("/api/v1/rules", RULES_V1),
+        put("/api/v1/rules/shadow", RULES_V1),
+        delete("/api/v1/rules/shadow"),
+    ] {
+        let what = format!("{} {}", request.method(), request.uri());
+        let reply = call(&f.app, authorized(request)).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::FORBIDDEN,
+            "{what}: {}",
+            reply.text
+        );
+        assert!(reply.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("rules:write"));
+    }
+    let reply = call(&f.app, put("/api/v1/rules", RULES_V1)).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    // Reading needs `read` only, and nothing was published.
+    let reply = call(&f.app, authorized(get("/api/v1/rules"))).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.json()["source"], "config");
+}
+
+#[tokio::test]
+async fn a_published_rule_set_is_what_get_shows_with_its_offset_and_the_audit_trail_records_it() {
+    let f = fixture().await;
+    let before = call(&f.app, get("/api/v1/rules")).await;
+    assert_eq!(before.status, StatusCode::OK);
+    let before = before.json();
+    assert_eq!(before["source"], "config");
+    assert_eq!(before["set"], RuleSet::default_set().to_value());
+    assert!(before.get("offset").is_none(), "{before}");
+
+    let reply = call(&f.app, put("/api/v1/rules", RULES_V1)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    let published = reply.json();
+    assert_eq!(published["version"], "2026-12-01.1");
+    assert_eq!(published["offset"], 0);
+    assert!(published["timestamp"].as_i64().unwrap() > 0, "{published}");
+    assert_eq!(published.as_object().unwrap().len(), 3, "{published}");
+
+    let shown = call(&f.app, get("/api/v1/rules")).await.json();
+    assert_eq!(shown["source"], "topic");
+    assert_eq!(shown["offset"], 0);
+    assert_eq!(shown["timestamp"], published["timestamp"]);
+    let sent: Value = serde_json::from_str(RULES_V1).unwrap();
+    assert_eq!(shown["set"]["version"], sent["version"]);
+    assert_eq!(shown["set"]["time_unit"], "seconds");
+    assert_eq!(shown["set"]["rule"][0], sent["rule"][0], "{shown}");
+    assert_eq!(shown["set"]["rule"][1]["window"], "2m");
+    assert_eq!(shown["set"]["rule"][1]["count"], 8);
+
+    // A second version replaces it; the trail has both changes, newest first.
+    let v2 = RULES_V1.replace("2026-12-01.1", "2026-12-02.1");
+    let reply = call(&f.app, put("/api/v1/rules", &v2)).await;
+    assert_eq!(reply.json()["offset"], 1);
+    assert_eq!(
+        call(&f.app, get("/api/v1/rules")).await.json()["set"]["version"],
+        "2026-12-02.1"
+    );
+    let trail = call(&f.app, get("/api/v1/audit")).await.json();
+    let changes: Vec<_> = trail["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap().to_owned(),
+                e["before"].as_str().unwrap().to_owned(),
+                e["after"].as_str().unwrap().to_owned(),
+                e["actor"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let change = |before: &str, after: &str| {
+        (
+            "rules.active.set".to_owned(),
+            before.to_owned(),
+            after.to_owned(),
+            "anonymous".to_owned(),
+        )
+    };
+    assert_eq!(
+        changes,
+        [
+            change("2026-12-01.1", "2026-12-02.1"),
+            change("default", "2026-12-01.1")
+        ]
+    );
+    // Kafka down: 503, and the set in force stays.
+    f.backend.set_mode(Mode::Down);
+    let v3 = RULES_V1.replace("2026-12-01.1", "v3");
+    let reply = call(&f.app, put("/api/v1/rules", &v3)).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    f.backend.set_mode(Mode::Answer);
+    assert_eq!(
+        call(&f.app, get("/api/v1/rules")).await.json()["set"]["version"],
+        "2026-12-02.1"
+    );
+}
+
+#[tokio::test]
+async fn the_shadow_set_is_published_shown_and_cleared() {
+    let f = fixture().await;
+    let reply = call(&f.app, get("/api/v1/rules/shadow")).await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    assert_eq!(reply.json()["error"], "no shadow rule set");
+
+    let reply = call(&f.app, put("/api/v1/rules/shadow", RULES_V1)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    assert_eq!(reply.json()["version"], "2026-12-01.1");
+    let shadow = call(&f.app, get("/api/v1/rules/shadow")).await;
+    assert_eq!(shadow.status, StatusCode::OK);
+    let shadow = shadow.json();
+    assert_eq!(shadow["source"], "topic");
+    assert_eq!(shadow["set"]["version"], "2026-12-01.1");
+    // The active set is not touched by it.
+    assert_eq!(
+        call(&f.app, get("/api/v1/rules")).await.json()["source"],
+        "config"
+    );
+
+    let reply = call(&f.app, delete("/api/v1/rules/shadow")).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    let cleared = reply.json();
+    assert_eq!(cleared["cleared"], "2026-12-01.1");
+    assert_eq!(cleared["offset"], 1);
+    let reply = call(&f.app, get("/api/v1/rules/shadow")).await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    assert!(reply.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("cleared at offset 1"));
+    // Clearing again is harmless: nothing was in force.
+    let again = call(&f.app, delete("/api/v1/rules/shadow")).await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(again.json()["cleared"], "none");
+
+    let trail = call(&f.app, get("/api/v1/audit")).await.json();
+    let actions: Vec<_> = trail["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "rules.shadow.clear",
+            "rules.shadow.clear",
+            "rules.shadow.set"
+        ]
+    );
+    // The wrong method on the shadow route is a JSON 405.
+    let post = call(&f.app, post("/api/v1/rules/shadow", RULES_V1)).await;
+    assert_eq!(post.status, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test]
+async fn a_configured_shadow_set_is_shown_until_one_is_published_or_it_is_cleared() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("shadow.toml");
+    std::fs::write(
+        &file,
+        "version = \"file-shadow\"\n[[rule]]\ncode = 9\nkind = \"amount\"\non = \"any\"\namount = \"1\"\n",
+    )
+    .unwrap();
+    let mut settings = Settings::defaults();
+    settings.rules.shadow = file.display().to_string();
+    let rules = RulesConfig::from_settings(&settings).unwrap();
+    let f = fixture_with_rules(10, Duration::from_millis(200), None, rules).await;
+    let shown = call(&f.app, get("/api/v1/rules/shadow")).await.json();
+    assert_eq!(shown["source"], "config", "{shown}");
+    assert_eq!(shown["set"]["version"], "file-shadow");
+
+    let reply = call(&f.app, put("/api/v1/rules/shadow", RULES_V1)).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(
+        call(&f.app, get("/api/v1/rules/shadow")).await.json()["source"],
+        "topic"
+    );
+    let reply = call(&f.app, delete("/api/v1/rules/shadow")).await;
+    assert_eq!(reply.json()["cleared"], "2026-12-01.1");
+    // Cleared: the configured file does not come back.
+    assert_eq!(
+        call(&f.app, get("/api/v1/rules/shadow")).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let trail = call(&f.app, get("/api/v1/audit")).await.json();
+    assert_eq!(trail["entries"][1]["before"], "file-shadow", "{trail}");
 }
 
 /// Serves a fixture's router through the real server loop on a loopback port.

@@ -13,6 +13,7 @@ use super::backend::{Found, LookupError, ProduceError};
 use super::routes;
 use crate::domain::{AlertRecord, Rejection, Risk, UserId};
 use crate::health::ReadinessReport;
+use crate::rule_set::InvalidRuleSet;
 
 /// Default and largest `limit` of the list endpoints.
 pub const DEFAULT_LIMIT: usize = 100;
@@ -54,12 +55,15 @@ pub enum ApiError {
     /// The read model's database did not answer (503).
     #[error("{0}")]
     StoreUnavailable(String),
+    /// A rule set refused whole (400): every problem is also listed in `problems`.
+    #[error(transparent)]
+    InvalidRuleSet(#[from] InvalidRuleSet),
 }
 
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
+            ApiError::Invalid(_) | ApiError::InvalidRuleSet(_) => StatusCode::BAD_REQUEST,
             ApiError::OutOfOrder(_) => StatusCode::CONFLICT,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -76,19 +80,28 @@ impl ApiError {
     }
 }
 
-/// `{"error": "..."}`
+/// `{"error": "..."}`; a refused rule set also lists every problem in `problems`.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
     pub error: String,
+    /// Only for an invalid rule set: one entry per problem, each naming its rule and field
+    /// (`rule[2] (code 123): window: ...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problems: Option<Vec<String>>,
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let challenge = matches!(self, ApiError::Unauthorized(_));
+        let problems = match &self {
+            ApiError::InvalidRuleSet(invalid) => Some(invalid.problems.clone()),
+            _ => None,
+        };
         let mut response = (
             self.status(),
             Json(ErrorBody {
                 error: self.to_string(),
+                problems,
             }),
         )
             .into_response();
@@ -465,6 +478,97 @@ pub enum ProfilesDenied {
     Forbidden(ErrorBody),
 }
 
+/// The refusals of a route that writes rule sets (`rules:write`), documented once.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum RulesDenied {
+    /// no valid token (http.auth.mode = "tokens")
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// the token lacks the scope rules:write
+    #[response(status = 403)]
+    Forbidden(ErrorBody),
+}
+
+// The documented shape of a rule set (SPEC section 10): the handlers validate the JSON
+// themselves, naming every problem, so this is for the document only.
+/// A rule set: the TOML file's structure as JSON.
+#[derive(ToSchema)]
+#[schema(example = json!({
+    "version": "2026-12-01.1",
+    "time_unit": "seconds",
+    "rule": [
+        {"code": 1100, "name": "large withdrawal", "kind": "amount", "on": "withdraw", "amount": "100"},
+        {"code": 123, "kind": "window_sum", "on": "deposit", "window": "30s", "amount": "200"}
+    ]
+}))]
+#[allow(dead_code)]
+pub struct RuleSetSchema {
+    /// Non-empty, at most 64 characters; stamped on every response record.
+    pub version: String,
+    /// `seconds` or `milliseconds`: must be the service's `rules.time_unit`.
+    pub time_unit: Option<String>,
+    pub rule: Vec<RuleSchema>,
+}
+
+/// One rule of a rule set.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct RuleSchema {
+    /// Unique within the set, 1..=2^31-1.
+    pub code: u32,
+    /// For people.
+    pub name: Option<String>,
+    /// `amount`, `consecutive`, `increasing`, `window_sum` or `window_count`.
+    pub kind: String,
+    /// `deposit`, `withdraw` or `any` (not `any` for `consecutive` and `increasing`).
+    pub on: String,
+    /// Decimal string, up to 8 fraction digits, > 0 (`amount`, `window_sum`).
+    pub amount: Option<String>,
+    /// 1..=state.max_count (`consecutive`, `increasing`, `window_count`).
+    pub count: Option<u32>,
+    /// Humantime duration, > 0, at most state.max_window (`window_sum`, `window_count`).
+    pub window: Option<String>,
+}
+
+/// A rule set in force and where it comes from.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RulesView {
+    /// `topic`: the latest record of topics.rules; `config`: nothing published, the configured
+    /// set (`rules.file` or `[rules]`; `rules.shadow` for the shadow set).
+    pub source: String,
+    /// The set, in the structure it is published in.
+    #[schema(value_type = RuleSetSchema)]
+    pub set: serde_json::Value,
+    /// The record's offset in topics.rules (source `topic` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<i64>,
+    /// The record's timestamp, ms since the Unix epoch (source `topic` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<i64>,
+}
+
+/// A rule set Kafka acknowledged: applies to every event produced after this answer.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RulesPublishedBody {
+    pub version: String,
+    /// Its offset in topics.rules.
+    pub offset: i64,
+    /// The record's timestamp as Kafka returned it, ms since the Unix epoch.
+    pub timestamp: Option<i64>,
+}
+
+/// The shadow set was cleared (a tombstone Kafka acknowledged).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ShadowClearedBody {
+    /// The version of the shadow set that was cleared.
+    pub cleared: String,
+    /// The tombstone's offset in topics.rules.
+    pub offset: i64,
+    /// The tombstone's timestamp as Kafka returned it, ms since the Unix epoch.
+    pub timestamp: Option<i64>,
+}
+
 /// Query parameters of `GET /api/v1/audit`.
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct AuditParams {
@@ -479,7 +583,7 @@ pub struct AuditParams {
 #[openapi(
     info(
         title = "user-monitor",
-        description = "Alerts on user money movements: submit events, read alerts, set risk levels."
+        description = "Alerts on user money movements: submit events, read alerts, set risk levels and rule sets."
     ),
     paths(
         routes::post_event,
@@ -489,6 +593,11 @@ pub struct AuditParams {
         routes::get_alert,
         routes::user_events,
         routes::put_risk,
+        routes::get_rules,
+        routes::put_rules,
+        routes::get_shadow_rules,
+        routes::put_shadow_rules,
+        routes::delete_shadow_rules,
         routes::list_audit,
         routes::healthz,
         routes::readyz,
@@ -499,6 +608,7 @@ pub struct AuditParams {
         (name = "events", description = "submit events and read their results"),
         (name = "alerts", description = "alerts raised"),
         (name = "users", description = "per-user views and risk levels"),
+        (name = "rules", description = "the active and shadow rule sets"),
         (name = "audit", description = "who changed what"),
         (name = "operations", description = "health, readiness, metrics")
     ),

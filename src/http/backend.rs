@@ -23,9 +23,11 @@ use crate::domain::Coord;
 use crate::domain::Risk;
 use crate::kafka::profiles::ProfilesFollower;
 use crate::kafka::read::{partitions, read_range, RangeError};
+use crate::kafka::rules::{Current, Published, RulesKey};
 use crate::kafka::{producer_config, KafkaLayerError};
 use crate::kafka::{reader, Reader};
 use crate::profiles::ProfileValue;
+use crate::rule_set::RuleSet;
 
 /// Kafka did not acknowledge a record.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -98,6 +100,27 @@ pub trait Backend: Send + Sync + 'static {
         limit: usize,
         before: Option<i64>,
     ) -> BoxFuture<'static, Result<AuditPage, LookupError>>;
+
+    /// The rules topic read to its end: the latest active and shadow sets published.
+    fn rules(&self) -> BoxFuture<'static, Result<Current, LookupError>>;
+
+    /// Publishes the set of `key` (`None`: clears the shadow set) on behalf of `actor`, then
+    /// records the change in the audit topic, each waited for. The change's "before" is the
+    /// version in force as the topic says, else `configured` (the configured set's version).
+    fn change_rules(
+        &self,
+        actor: String,
+        key: RulesKey,
+        set: Option<RuleSet>,
+        configured: Option<String>,
+    ) -> BoxFuture<'static, Result<RulesChanged, ProduceError>>;
+}
+
+/// A rule set change Kafka acknowledged, with its audit entry.
+#[derive(Debug, Clone)]
+pub struct RulesChanged {
+    pub published: Published,
+    pub entry: AuditEntry,
 }
 
 /// How long a fallback lookup may take at most.
@@ -115,6 +138,9 @@ pub struct KafkaBackend {
     ready: std::sync::atomic::AtomicBool,
     /// The profiles topic as read so far, for the "before" of a risk change (made on first use).
     profiles: Arc<std::sync::Mutex<Option<ProfilesFollower>>>,
+    /// Rule set changes of this shim one at a time, so that each audit entry's "before" is the
+    /// version the change replaced.
+    rules_writes: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl KafkaBackend {
@@ -134,6 +160,7 @@ impl KafkaBackend {
             lookups: Arc::new(Semaphore::new(LOOKUP_CONCURRENCY)),
             ready: std::sync::atomic::AtomicBool::new(false),
             profiles: Arc::default(),
+            rules_writes: Arc::default(),
         })
     }
 
@@ -287,12 +314,7 @@ impl Backend for KafkaBackend {
             profile.await?;
             let entry =
                 AuditEntry::risk_set(&actor, "http", user_id, before.as_str(), risk.as_str());
-            let value = serde_json::to_vec(&entry).expect("an audit entry serializes");
-            let key = entry.key();
-            let record = FutureRecord::to(&settings.topics.audit)
-                .key(&key)
-                .payload(&value);
-            producer.send(record, timeout).await.map_err(|(e, _)| {
+            send_audit(&producer, &settings.topics.audit, &entry, timeout).await.map_err(|e| {
                 tracing::error!(user_id, actor = %entry.actor, error = %e, "risk changed but its audit record was not acknowledged");
                 ProduceError::NotAcknowledged(format!(
                     "the risk level was published but its audit record was not acknowledged: {e}"
@@ -323,6 +345,88 @@ impl Backend for KafkaBackend {
             crate::audit::read_page(settings, limit, before, LOOKUP_TIMEOUT)
         })
     }
+
+    fn rules(&self) -> BoxFuture<'static, Result<Current, LookupError>> {
+        self.read_blocking(|settings| {
+            crate::kafka::rules::read_current_within(settings, LOOKUP_TIMEOUT)
+        })
+    }
+
+    fn change_rules(
+        &self,
+        actor: String,
+        key: RulesKey,
+        set: Option<RuleSet>,
+        configured: Option<String>,
+    ) -> BoxFuture<'static, Result<RulesChanged, ProduceError>> {
+        if !self.ready() {
+            return Box::pin(async { Err(ProduceError::NotReady("topics not found yet")) });
+        }
+        let settings = Arc::clone(&self.settings);
+        let producer = self.producer.clone();
+        let writes = Arc::clone(&self.rules_writes);
+        let bound = self.settings.http.produce_timeout;
+        let change = async move {
+            let _turn = writes.lock().await;
+            let timeout = settings.http.produce_timeout;
+            let unavailable = |e: KafkaLayerError| ProduceError::NotAcknowledged(e.to_string());
+            let current = tokio::task::spawn_blocking({
+                let settings = Arc::clone(&settings);
+                move || crate::kafka::rules::read_current_within(&settings, timeout)
+            })
+            .await
+            .map_err(|e| ProduceError::NotAcknowledged(e.to_string()))?
+            .map_err(unavailable)?;
+            let before = current.version_in_force(key, configured.as_deref());
+            let published = crate::kafka::rules::send(
+                &producer,
+                &settings.topics.rules,
+                key,
+                set.as_ref(),
+                timeout,
+            )
+            .await
+            .map_err(unavailable)?;
+            let after = set.as_ref().map(|s| s.version.as_str());
+            let entry = AuditEntry::rules_changed(&actor, "http", key, before.as_deref(), after);
+            send_audit(&producer, &settings.topics.audit, &entry, timeout).await.map_err(|e| {
+                tracing::error!(key = %key, actor = %entry.actor, error = %e, "rule set changed but its audit record was not acknowledged");
+                ProduceError::NotAcknowledged(format!(
+                    "the rule set was published but its audit record was not acknowledged: {e}"
+                ))
+            })?;
+            tracing::info!(key = %key, actor = %entry.actor, before = %entry.before, after = %entry.after, offset = published.offset, "rule set changed");
+            Ok(RulesChanged { published, entry })
+        };
+        // As for a risk change: every Kafka wait of the request together within
+        // `http.produce_timeout` (a set already published still applies; a retry is harmless).
+        Box::pin(async move {
+            tokio::time::timeout(bound, change)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(ProduceError::NotAcknowledged(format!(
+                        "kafka did not answer within http.produce_timeout ({bound:?})"
+                    )))
+                })
+        })
+    }
+}
+
+/// Produces an audit entry to the audit topic and waits for the acknowledgement.
+async fn send_audit(
+    producer: &FutureProducer,
+    topic: &str,
+    entry: &AuditEntry,
+    timeout: Duration,
+) -> Result<(), KafkaError> {
+    let value = serde_json::to_vec(entry).expect("an audit entry serializes");
+    let key = entry.key();
+    let record = FutureRecord::to(topic).key(&key).payload(&value);
+    producer
+        .send(record, timeout)
+        .await
+        .map(|_| ())
+        .map_err(|(e, _)| e)
 }
 
 impl KafkaBackend {

@@ -5,7 +5,7 @@
 //! - [`follower`]: the consumer of the alerts topic (from its end) that feeds the hub live;
 //! - the read model behind the GET endpoints is the database of [`crate::store`], fed by its own
 //!   projection of the alerts topic;
-//! - [`backend`]: producing events and profiles, and fallback lookups in Kafka.
+//! - [`backend`]: producing events, profiles and rule sets, and fallback lookups in Kafka.
 //!
 //! Request flow of `POST /event`: decode (400) -> produce to the events topic keyed by user id and
 //! wait for Kafka's acknowledgement (503 without) -> the acknowledgement's `(partition, offset)` is
@@ -36,7 +36,7 @@ use crate::store::Store;
 
 pub use backend::{Backend, KafkaBackend};
 pub use model::Hub;
-pub use routes::{router, AppState, Shared};
+pub use routes::{router, AppState, RulesConfig, Shared};
 
 /// Errors of the shim layer.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +58,8 @@ pub enum ShimError {
     Auth(#[from] crate::config::ConfigError),
     #[error("read model store: {0}")]
     Store(#[from] crate::store::StoreError),
+    #[error("configured rule sets: {0}")]
+    Rules(crate::config::ConfigError),
 }
 
 /// What the shim shares with the rest of the process.
@@ -110,6 +112,7 @@ pub async fn start(settings: Settings, deps: ShimDeps) -> Result<RunningShim, Sh
             );
         }
     }
+    let rules = routes::RulesConfig::from_settings(&settings).map_err(ShimError::Rules)?;
     crate::kafka::connect::before_serving(&settings).await?;
     let store = Store::open(&settings.store).await?;
     if deps.reset_store {
@@ -163,6 +166,7 @@ pub async fn start(settings: Settings, deps: ShimDeps) -> Result<RunningShim, Sh
         response_timeout: settings.http.response_timeout,
         body_limit: settings.http.body_limit_bytes,
         auth,
+        rules,
     });
     let app = router(state);
     let limits = server::Limits {

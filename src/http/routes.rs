@@ -16,17 +16,22 @@ use utoipa::OpenApi;
 use super::api::{
     AlertsPage, AlertsParams, ApiDoc, ApiError, AuditParams, CreatedBody, ErrorBody, EventBody,
     EventView, HealthBody, LegacyBody, PageParams, PendingBody, ProfilesDenied, ReadDenied,
-    ReadyBody, RiskBody, ShimReadiness, SubmitDenied, UserEventsPage, UserRiskBody, DEFAULT_LIMIT,
+    ReadyBody, RiskBody, RuleSetSchema, RulesDenied, RulesPublishedBody, RulesView,
+    ShadowClearedBody, ShimReadiness, SubmitDenied, UserEventsPage, UserRiskBody, DEFAULT_LIMIT,
     MAX_LIMIT,
 };
 use super::auth::{required_scope, Denied, Principal, Tokens};
 use super::backend::Backend;
 use super::model::{Hub, Wait};
 use crate::audit::AuditPage;
+use crate::config::{ConfigError, Settings};
 use crate::domain::response::{write_legacy, Outcome, Rejection};
 use crate::domain::{decode, Coord, DecodeError, Risk, UserId};
 use crate::health::Readiness;
+use crate::kafka::rules::{validate_for_publishing, Format, Latest, RulesKey, Shadow};
 use crate::metrics::{HttpLabels, Metrics, RouteLabels};
+use crate::rule_set::{Bounds, RuleSet};
+use crate::rules::TimeUnit;
 use crate::store::projection::Status as ProjectionStatus;
 use crate::store::{AlertQuery, OrderKey, Page, Store, StoreError, Stored};
 
@@ -45,6 +50,41 @@ pub struct Shared {
     pub body_limit: usize,
     /// `None`: open (no authentication).
     pub auth: Option<Arc<Tokens>>,
+    /// What rule sets are checked against, and the configured sets.
+    pub rules: RulesConfig,
+}
+
+/// What the rules routes check a set against, and the sets in force while none is published.
+#[derive(Debug, Clone)]
+pub struct RulesConfig {
+    /// `state.max_window`, `state.max_count`.
+    pub bounds: Bounds,
+    /// `rules.time_unit`: a set in another unit is refused.
+    pub time_unit: TimeUnit,
+    /// Active until a set is published: `rules.file`, else the five rules of `[rules]`.
+    pub active: RuleSet,
+    /// The shadow set of `rules.shadow`, until one is published or cleared.
+    pub shadow: Option<RuleSet>,
+}
+
+impl RulesConfig {
+    pub fn from_settings(settings: &Settings) -> Result<Self, ConfigError> {
+        let (active, shadow) = settings.rule_sets()?;
+        Ok(RulesConfig {
+            bounds: settings.rule_bounds(),
+            time_unit: settings.rules.time_unit,
+            active,
+            shadow,
+        })
+    }
+
+    /// The configured set of `key`.
+    fn configured(&self, key: RulesKey) -> Option<&RuleSet> {
+        match key {
+            RulesKey::Active => Some(&self.active),
+            RulesKey::Shadow => self.shadow.as_ref(),
+        }
+    }
 }
 
 pub type AppState = Arc<Shared>;
@@ -59,6 +99,13 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/alerts/{alert_id}", get(get_alert))
         .route("/api/v1/users/{user_id}/events", get(user_events))
         .route("/api/v1/users/{user_id}/risk", put(put_risk))
+        .route("/api/v1/rules", get(get_rules).put(put_rules))
+        .route(
+            "/api/v1/rules/shadow",
+            get(get_shadow_rules)
+                .put(put_shadow_rules)
+                .delete(delete_shadow_rules),
+        )
         .route("/api/v1/audit", get(list_audit))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -620,7 +667,202 @@ pub async fn put_risk(
     Ok(Json(UserRiskBody { user_id, risk }))
 }
 
-/// The audit trail: every accepted change of a risk level, newest first.
+// ---------------------------------------------------------------------------------------------
+// Rule sets (SPEC section 10)
+
+/// The set of `key` in a PUT body: validated whole against the configured bounds and
+/// `rules.time_unit`, or a 400 naming every problem.
+fn rule_set_body(
+    state: &Shared,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<RuleSet, ApiError> {
+    let body = json_body(headers, body, state.body_limit)?;
+    let text = std::str::from_utf8(&body)
+        .map_err(|e| ApiError::Invalid(format!("invalid body: not UTF-8: {e}")))?;
+    Ok(validate_for_publishing(
+        text,
+        Format::Json,
+        &state.rules.bounds,
+        state.rules.time_unit,
+    )?)
+}
+
+fn topic_view(latest: &Latest) -> RulesView {
+    RulesView {
+        source: "topic".to_owned(),
+        set: latest.set.to_value(),
+        offset: Some(latest.offset),
+        timestamp: latest.timestamp,
+    }
+}
+
+fn config_view(set: &RuleSet) -> RulesView {
+    RulesView {
+        source: "config".to_owned(),
+        set: set.to_value(),
+        offset: None,
+        timestamp: None,
+    }
+}
+
+/// Validates and publishes the set of `key`, then records the change in the audit trail.
+async fn publish_rules(
+    state: &Shared,
+    principal: Option<axum::Extension<Principal>>,
+    key: RulesKey,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<RulesPublishedBody>, ApiError> {
+    let set = rule_set_body(state, headers, body)?;
+    let actor = principal.map_or_else(Principal::anonymous, |p| p.0).name;
+    let configured = state.rules.configured(key).map(|s| s.version.clone());
+    let version = set.version.clone();
+    let changed = state
+        .backend
+        .change_rules(actor, key, Some(set), configured)
+        .await?;
+    Ok(Json(RulesPublishedBody {
+        version,
+        offset: changed.published.offset,
+        timestamp: changed.published.timestamp,
+    }))
+}
+
+/// The active rule set and where it comes from: the latest `active` record of topics.rules,
+/// else the configured set.
+#[utoipa::path(
+    get,
+    path = "/api/v1/rules",
+    tag = "rules",
+    security(("bearer" = ["read"])),
+    responses(
+        (status = 200, description = "the active rule set", body = RulesView),
+        (status = 503, description = "Kafka unavailable", body = ErrorBody),
+        ReadDenied,
+    )
+)]
+pub async fn get_rules(State(state): State<AppState>) -> Result<Json<RulesView>, ApiError> {
+    let current = state.backend.rules().await?;
+    Ok(Json(match &current.active {
+        Some(latest) => topic_view(latest),
+        None => config_view(&state.rules.active),
+    }))
+}
+
+/// Replace the active rule set: validated whole (every problem named), then published to
+/// topics.rules; applies to every event produced after the 200.
+#[utoipa::path(
+    put,
+    path = "/api/v1/rules",
+    tag = "rules",
+    request_body(content = RuleSetSchema, content_type = "application/json"),
+    security(("bearer" = ["rules:write"])),
+    responses(
+        (status = 200, description = "Kafka acknowledged the set", body = RulesPublishedBody),
+        (status = 400, description = "invalid rule set: every problem in `problems`", body = ErrorBody),
+        (status = 413, description = "body too large", body = ErrorBody),
+        (status = 415, description = "not JSON", body = ErrorBody),
+        (status = 503, description = "Kafka did not acknowledge", body = ErrorBody),
+        RulesDenied,
+    )
+)]
+pub async fn put_rules(
+    State(state): State<AppState>,
+    principal: Option<axum::Extension<Principal>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<RulesPublishedBody>, ApiError> {
+    publish_rules(&state, principal, RulesKey::Active, &headers, body).await
+}
+
+/// The shadow rule set and where it comes from: the latest `shadow` record of topics.rules,
+/// else the configured `rules.shadow`; 404 when there is none (or it was cleared).
+#[utoipa::path(
+    get,
+    path = "/api/v1/rules/shadow",
+    tag = "rules",
+    security(("bearer" = ["read"])),
+    responses(
+        (status = 200, description = "the shadow rule set", body = RulesView),
+        (status = 404, description = "no shadow rule set", body = ErrorBody),
+        (status = 503, description = "Kafka unavailable", body = ErrorBody),
+        ReadDenied,
+    )
+)]
+pub async fn get_shadow_rules(State(state): State<AppState>) -> Result<Json<RulesView>, ApiError> {
+    let current = state.backend.rules().await?;
+    match (&current.shadow, &state.rules.shadow) {
+        (Shadow::Set(latest), _) => Ok(Json(topic_view(latest))),
+        (Shadow::Unpublished, Some(configured)) => Ok(Json(config_view(configured))),
+        (Shadow::Unpublished, None) => Err(ApiError::NotFound("no shadow rule set".to_owned())),
+        (Shadow::Cleared { offset, .. }, _) => Err(ApiError::NotFound(format!(
+            "no shadow rule set: cleared at offset {offset} of the rules topic"
+        ))),
+    }
+}
+
+/// Replace the shadow rule set (evaluated beside the active one, never changing a response):
+/// validated whole, then published to topics.rules.
+#[utoipa::path(
+    put,
+    path = "/api/v1/rules/shadow",
+    tag = "rules",
+    request_body(content = RuleSetSchema, content_type = "application/json"),
+    security(("bearer" = ["rules:write"])),
+    responses(
+        (status = 200, description = "Kafka acknowledged the set", body = RulesPublishedBody),
+        (status = 400, description = "invalid rule set: every problem in `problems`", body = ErrorBody),
+        (status = 413, description = "body too large", body = ErrorBody),
+        (status = 415, description = "not JSON", body = ErrorBody),
+        (status = 503, description = "Kafka did not acknowledge", body = ErrorBody),
+        RulesDenied,
+    )
+)]
+pub async fn put_shadow_rules(
+    State(state): State<AppState>,
+    principal: Option<axum::Extension<Principal>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<RulesPublishedBody>, ApiError> {
+    publish_rules(&state, principal, RulesKey::Shadow, &headers, body).await
+}
+
+/// Clear the shadow rule set: a tombstone under `shadow` in topics.rules (the configured
+/// `rules.shadow` no longer applies either). Idempotent: clearing when there is no shadow set
+/// writes the tombstone again and answers `cleared: "none"`.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/rules/shadow",
+    tag = "rules",
+    security(("bearer" = ["rules:write"])),
+    responses(
+        (status = 200, description = "Kafka acknowledged the tombstone", body = ShadowClearedBody),
+        (status = 503, description = "Kafka did not acknowledge", body = ErrorBody),
+        RulesDenied,
+    )
+)]
+pub async fn delete_shadow_rules(
+    State(state): State<AppState>,
+    principal: Option<axum::Extension<Principal>>,
+) -> Result<Json<ShadowClearedBody>, ApiError> {
+    let actor = principal.map_or_else(Principal::anonymous, |p| p.0).name;
+    let configured = state
+        .rules
+        .configured(RulesKey::Shadow)
+        .map(|s| s.version.clone());
+    let changed = state
+        .backend
+        .change_rules(actor, RulesKey::Shadow, None, configured)
+        .await?;
+    Ok(Json(ShadowClearedBody {
+        cleared: changed.entry.before,
+        offset: changed.published.offset,
+        timestamp: changed.published.timestamp,
+    }))
+}
+
+/// The audit trail: every accepted change of a risk level or a rule set, newest first.
 #[utoipa::path(
     get,
     path = "/api/v1/audit",
@@ -855,6 +1097,8 @@ mod tests {
             "/api/v1/alerts/{alert_id}",
             "/api/v1/users/{user_id}/events",
             "/api/v1/users/{user_id}/risk",
+            "/api/v1/rules",
+            "/api/v1/rules/shadow",
             "/healthz",
             "/readyz",
             "/metrics",

@@ -1,10 +1,11 @@
 //! Kafka plumbing shared by the processor and the shim: client configuration, topic admin, the
-//! profiles follower, and the classification of Kafka errors.
+//! profiles follower, the rules topic, and the classification of Kafka errors.
 
 pub mod admin;
 pub mod connect;
 pub mod profiles;
 pub mod read;
+pub mod rules;
 
 pub use read::{reader, Reader, ReaderContext};
 

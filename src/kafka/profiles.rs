@@ -13,7 +13,7 @@ use crate::config::Settings;
 use crate::domain::UserId;
 use crate::profiles::{ProfileLine, ProfileValue, Profiles};
 use crate::rule_set::timeline::Timeline;
-use crate::rule_set::{Bounds, RuleSet};
+use crate::rule_set::Bounds;
 use crate::rules::TimeUnit;
 
 /// A reader of the whole profiles topic (and, with [`ProfilesFollower::with_rules`], the rules
@@ -185,43 +185,37 @@ impl RulesFollowed {
     /// shadow set (key `shadow`; no value clears it). An unreadable or invalid record is logged
     /// and skipped: the versions before it stay in force.
     fn apply(&mut self, message: &rdkafka::message::BorrowedMessage<'_>) {
+        use super::rules::{decode, RulesKey};
         let offset = message.offset();
         let timestamp = message.timestamp().to_millis().unwrap_or(0);
-        let key = message.key().and_then(|k| std::str::from_utf8(k).ok());
+        let key = message
+            .key()
+            .and_then(|k| std::str::from_utf8(k).ok())
+            .and_then(|k| k.parse::<RulesKey>().ok());
         let set = message.payload().map(|value| {
-            std::str::from_utf8(value)
-                .map_err(|e| e.to_string())
-                .and_then(|text| {
-                    let set = RuleSet::from_json(text, &self.bounds).map_err(|e| e.to_string())?;
-                    set.check_time_unit(self.unit).map_err(|e| e.to_string())?;
-                    Ok(set)
-                })
+            let set = decode(value, &self.bounds)?;
+            set.check_time_unit(self.unit)?;
+            Ok::<_, crate::rule_set::InvalidRuleSet>(std::sync::Arc::new(set))
         });
         match (key, set) {
-            (Some("active"), Some(Ok(set))) => {
-                tracing::info!(version = %set.version, offset, timestamp, "rule set published: active");
-                self.timeline
-                    .active
-                    .publish(timestamp, std::sync::Arc::new(set));
+            (Some(key), Some(Ok(set))) => {
+                tracing::info!(%key, version = %set.version, offset, timestamp, "rule set published");
+                match key {
+                    RulesKey::Active => self.timeline.active.publish(timestamp, set),
+                    RulesKey::Shadow => self.timeline.shadow.publish(timestamp, Some(set)),
+                }
             }
-            (Some("shadow"), Some(Ok(set))) => {
-                tracing::info!(version = %set.version, offset, timestamp, "rule set published: shadow");
-                self.timeline
-                    .shadow
-                    .publish(timestamp, Some(std::sync::Arc::new(set)));
-            }
-            (Some("shadow"), None) => {
+            (Some(RulesKey::Shadow), None) => {
                 tracing::info!(offset, timestamp, "shadow rule set cleared");
                 self.timeline.shadow.publish(timestamp, None);
             }
             (_, Some(Err(e))) => {
-                tracing::warn!(offset, key, error = %e, "skipping an unusable rule set record");
+                tracing::warn!(offset, error = %e, "skipping an unusable rule set record");
             }
-            (key, _) => {
+            _ => {
                 tracing::warn!(
                     offset,
-                    key,
-                    "skipping a rules record without key \"active\" or \"shadow\""
+                    "skipping a rules record without key \"active\" (with a set) or \"shadow\""
                 );
             }
         }
