@@ -1247,3 +1247,58 @@ amount = "10"
     );
     shim.stop().await;
 }
+
+/// Read-your-writes across instances: a set PUT through the shim is acknowledged by Kafka, and
+/// the next event POSTed (to the same shim, judged by a separate processor) is answered under
+/// it, explained by its evidence; the one before it was answered under the default set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_posted_after_a_put_rule_set_is_judged_by_it_with_evidence() {
+    let settings = world("rules-live");
+    let processor = Processor::start(&settings);
+    let shim = Shim::start(&settings, Some(&processor)).await;
+    let client = client();
+    shim.wait_ready(&client).await;
+    let post = |body: &'static str| {
+        let client = client.clone();
+        let url = shim.url("/api/v1/events");
+        async move {
+            let response = client
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::CREATED);
+            response.json::<Value>().await.unwrap()
+        }
+    };
+    let first = post(r#"{"type": "withdraw", "amount": "70", "user_id": 5, "time": 10}"#).await;
+    assert_eq!(first["alert_codes"], json!([]));
+    let set = r#"{"version": "live-2", "time_unit": "seconds", "rule": [
+        {"code": 1100, "kind": "amount", "on": "withdraw", "amount": "60"},
+        {"code": 901, "kind": "window_sum", "on": "withdraw", "window": "5m", "amount": "100"}
+    ]}"#;
+    let (status, published) = put_json(&client, &shim.url("/api/v1/rules"), set).await;
+    assert_eq!(status, StatusCode::OK, "{published}");
+    let second = post(r#"{"type": "withdraw", "amount": "65", "user_id": 5, "time": 40}"#).await;
+    assert_eq!(second["alert_codes"], json!([901, 1100]), "{second}");
+    let id = second["event_id"].as_str().unwrap();
+    let (status, view) = get_json(&client, &shim.url(&format!("/api/v1/events/{id}"))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(view["rules_version"], "live-2");
+    assert_eq!(
+        view["evidence"],
+        json!([
+            {"code": 901, "kind": "window_sum", "on": "withdraw", "observed": "135",
+             "threshold": "100", "risk": "medium", "from_time": 0, "to_time": 40},
+            {"code": 1100, "kind": "amount", "on": "withdraw", "observed": "65",
+             "threshold": "60", "risk": "medium"}
+        ])
+    );
+    let first_id = first["event_id"].as_str().unwrap();
+    let (_, view) = get_json(&client, &shim.url(&format!("/api/v1/events/{first_id}"))).await;
+    assert_eq!(view["rules_version"], "default");
+    shim.stop().await;
+    processor.stop().await;
+}
