@@ -116,7 +116,7 @@ const HAS_LAST: [u8; 2] = [4, 8];
 #[derive(Debug, Clone, Copy, Default)]
 struct Cursor {
     /// The number (see [`UserState::popped`]) of the oldest event inside the rule's window.
-    start: u64,
+    start: u32,
     sum: u128,
     count: u64,
     /// The sum never overflowed (else the rule scans, and saturates as it adds).
@@ -134,15 +134,15 @@ struct Cursors {
 /// A window longer than this keeps running sums per window rule instead of scanning.
 const LONG_WINDOW: usize = 16;
 
-/// One user's state (see the module documentation): 96 bytes plus the window's entries.
+/// One user's state (see the module documentation): 88 bytes plus the window's entries.
 #[derive(Debug, Clone, Default)]
 pub struct UserState {
     last_time: u64,
     /// Every event within `max_window` of the latest one, oldest first.
     window: VecDeque<Past>,
     /// Events dropped from the window's front so far: window entry `i` is the user's event
-    /// number `popped + i`.
-    popped: u64,
+    /// number `popped + i` (wrapping: only differences within the window are used).
+    popped: u32,
     /// While the window is long: per rule of the active set (by position; only window rules
     /// use theirs), the running sum and count of its window, so it costs O(1) amortized.
     /// A thin pointer: most users never have one.
@@ -154,8 +154,10 @@ pub struct UserState {
     last_amount: [u64; 2],
     /// How many events in a row, up to the latest, are of its type (saturating).
     run_len: u32,
-    /// Per type: the length of the strictly increasing run ending at the last amount.
-    increasing: [u32; 2],
+    /// Per type: the length of the strictly increasing run ending at the last amount,
+    /// saturating at 65,535: far above any count a rule may ask (`state.max_count` is at most
+    /// 1,024, doubled at low risk), so every rule is answered exactly.
+    increasing: [u16; 2],
     flags: u8,
 }
 
@@ -243,7 +245,7 @@ impl UserState {
             self.pruned = self.window.front().map_or(0, |p| p.time);
             self.flags |= PRUNED;
             self.window.pop_front();
-            self.popped += 1;
+            self.popped = self.popped.wrapping_add(1);
         }
         if self.window.len() <= LONG_WINDOW / 4 {
             self.cursors = None;
@@ -393,7 +395,7 @@ impl UserState {
                     continue;
                 };
                 let first = self.window.partition_point(|p| now - p.time > window);
-                cursor.start = self.popped + first as u64;
+                cursor.start = self.popped.wrapping_add(first as u32);
                 cursor.exact = true;
                 for p in self
                     .window
@@ -426,7 +428,10 @@ impl UserState {
                     None => cursor.exact = false,
                 }
             }
-            while let Some(p) = self.window.get((cursor.start - self.popped) as usize) {
+            while let Some(p) = self
+                .window
+                .get(cursor.start.wrapping_sub(self.popped) as usize)
+            {
                 if now - p.time <= window {
                     break;
                 }
@@ -436,7 +441,7 @@ impl UserState {
                         cursor.sum -= amounts.unpack(p.amount);
                     }
                 }
-                cursor.start += 1;
+                cursor.start = cursor.start.wrapping_add(1);
             }
         }
     }
@@ -472,7 +477,7 @@ fn scaled_amount(risk: Risk, amount: u128) -> u128 {
 #[derive(Debug, Clone, Default)]
 pub struct Users {
     index: FxHashMap<u64, u32>,
-    users: Vec<(u64, UserState)>,
+    users: Vec<UserState>,
     amounts: Amounts,
 }
 
@@ -546,7 +551,7 @@ impl Users {
             .entry(user_id)
             .or_insert_with(|| u32::try_from(next).expect("fewer than 2^32 users in one owner"));
         if slot as usize == next {
-            self.users.push((user_id, UserState::default()));
+            self.users.push(UserState::default());
         }
         Slot(slot)
     }
@@ -555,7 +560,7 @@ impl Users {
     /// [`Users::apply_at`] needs them.
     pub fn touch(&self, slots: impl Iterator<Item = Slot>) {
         let sum = slots.fold(0u64, |sum, s| {
-            let h = &self.users[s.0 as usize].1;
+            let h = &self.users[s.0 as usize];
             sum.wrapping_add(h.last_time)
                 .wrapping_add(h.window.front().map_or(0, |p| p.time))
         });
@@ -577,8 +582,7 @@ impl Users {
         explain: bool,
     ) -> Result<(), OutOfOrder> {
         let max_window = window_ticks(set, bounds);
-        let (user_id, state) = &mut self.users[slot.0 as usize];
-        debug_assert_eq!(*user_id, event.user_id.0);
+        let state = &mut self.users[slot.0 as usize];
         state.apply(
             &mut self.amounts,
             event,
@@ -598,7 +602,7 @@ impl Users {
         set: &RuleSet,
         fired: &mut Fired,
     ) {
-        let state = &self.users[slot.0 as usize].1;
+        let state = &self.users[slot.0 as usize];
         state.evaluate(&self.amounts, event, risk, set, false, fired, false);
     }
 
@@ -619,12 +623,12 @@ impl Users {
     /// The state at `slot` (from [`Users::slot`] of this `Users`).
     #[inline]
     pub fn at(&self, slot: Slot) -> &UserState {
-        &self.users[slot.0 as usize].1
+        &self.users[slot.0 as usize]
     }
 
     pub fn get(&self, user_id: u64) -> Option<&UserState> {
         let slot = *self.index.get(&user_id)?;
-        Some(&self.users[slot as usize].1)
+        Some(&self.users[slot as usize])
     }
 
     /// A user's state in its snapshot form.
@@ -646,7 +650,7 @@ impl Users {
                 (state.flags & HAS_LAST[i] != 0).then(|| {
                     (
                         self.amounts.unpack(state.last_amount[i]),
-                        state.increasing[i],
+                        u32::from(state.increasing[i]),
                     )
                 })
             }),
@@ -683,7 +687,7 @@ impl Users {
         for (i, last) in stored.last.iter().enumerate() {
             if let Some((amount, run)) = *last {
                 state.last_amount[i] = self.amounts.pack(amount);
-                state.increasing[i] = run;
+                state.increasing[i] = u16::try_from(run).unwrap_or(u16::MAX);
                 state.flags |= HAS_LAST[i];
             }
         }
@@ -692,7 +696,7 @@ impl Users {
             state.flags |= PRUNED;
         }
         let slot = self.slot(user_id);
-        self.users[slot.0 as usize].1 = state;
+        self.users[slot.0 as usize] = state;
     }
 
     pub fn len(&self) -> usize {
@@ -703,9 +707,9 @@ impl Users {
         self.users.is_empty()
     }
 
-    /// Every user id, in slot order.
+    /// Every user id (in no particular order).
     pub fn ids(&self) -> impl Iterator<Item = u64> + '_ {
-        self.users.iter().map(|(id, _)| *id)
+        self.index.keys().copied()
     }
 }
 
@@ -730,6 +734,13 @@ mod tests {
             .iter()
             .map(|e| users.apply(e, risk, &set, &bounds).unwrap().codes)
             .collect()
+    }
+
+    /// The memory budget (SPEC: about 150 bytes a user with a few events): the state itself
+    /// stays at 88 bytes, its window on the heap.
+    #[test]
+    fn a_users_state_is_88_bytes() {
+        assert_eq!(std::mem::size_of::<UserState>(), 88);
     }
 
     #[test]
