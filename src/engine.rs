@@ -232,6 +232,7 @@ impl Engine {
                             answer: cx.answer_known.then(|| Answer {
                                 codes: codes.as_slice().to_vec(),
                                 risk,
+                                rules_version: Some(sets.active.version.clone()),
                             }),
                         },
                         cx.dedup,

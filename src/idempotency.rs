@@ -190,6 +190,7 @@ mod tests {
             answer: Some(Answer {
                 codes: vec![],
                 risk: crate::domain::Risk::Medium,
+                rules_version: None,
             }),
         }
     }

@@ -404,6 +404,7 @@ fn fill_answers(
                 &Answer {
                     codes: alert_codes.clone(),
                     risk: *risk,
+                    rules_version: record.rules_version.clone(),
                 },
             );
             found.insert(offset);

@@ -141,9 +141,11 @@ impl Model {
         // As the restore does from the alerts topic: the answers of replayed keyed events.
         for (offset, user) in rebuild.unknown_answers() {
             let found = b.alerts.iter().find_map(|(o, a)| match a {
+                // As the response records say: the model judges under the default set.
                 Some(Answer::Codes(codes, risk)) if *o == offset => Some(Remembered {
                     codes: codes.clone(),
                     risk: *risk,
+                    rules_version: Some(self.set.version.clone()),
                 }),
                 _ => None,
             });

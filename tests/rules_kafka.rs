@@ -128,7 +128,7 @@ fn a_set_published_mid_stream_judges_exactly_the_events_after_it_across_a_crash(
         } else {
             "either"
         };
-        classes.extend(std::iter::repeat(class).take(coords.len()));
+        classes.extend(std::iter::repeat_n(class, coords.len()));
         coordinates.extend(coords);
     }
     let responses = world.read_committed(&world.alerts(), lines.len(), Duration::from_secs(120));

@@ -89,6 +89,9 @@ impl fmt::Display for Coord {
 pub struct Answer {
     pub codes: Vec<u32>,
     pub risk: Risk,
+    /// The version of the rule set that answered (absent in state written before rule sets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules_version: Option<String>,
 }
 
 /// What became of one input record: the engine's decision, which every entry point (the

@@ -569,7 +569,15 @@ impl Processor {
                 }
             }
             if let Some(record) = AlertRecord::answer(at, &verdict, input) {
-                let record = record.versioned(&active.version);
+                // A retry repeats its original's answer, and so the version that gave it.
+                let version = match &verdict {
+                    Verdict::Duplicate {
+                        answer: Some(answer),
+                        ..
+                    } => answer.rules_version.as_deref(),
+                    _ => None,
+                };
+                let record = record.versioned(version.unwrap_or(&active.version));
                 let value = record.to_json();
                 // Co-partitioned: the response to input partition p goes to alerts partition p
                 // (what the key's murmur2 partition is anyway), so a restore finds it there.
