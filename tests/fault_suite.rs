@@ -4,8 +4,11 @@
 //! is produced at a steady rate while three processor slots and the broker suffer random faults:
 //! kill -9 and SIGTERM of a processor, a stopped slot joining again (sometimes with injected
 //! abortable transaction errors), and kill -9 of the broker with a restart a few seconds later.
-//! Afterwards every input must have its committed response, equal to the engine's answer over the
-//! input in partition order; exactly-once: exactly one each; at-least-once: repeats byte-identical.
+//! Halfway through, a new rule set is published to each fleet's rules topic. Afterwards every
+//! input must have its committed response, equal to the engine's answer over the input in
+//! partition order under the rule set the response names, which must be the one appended at or
+//! before the input (the new set exactly for inputs appended at or after it); exactly-once:
+//! exactly one each; at-least-once: repeats byte-identical.
 //!
 //! Knobs (environment):
 //! - `FAULT_SEED`: the seed (random when unset); printed first and in every failure, so that a
@@ -165,8 +168,11 @@ fn generate(rng: &mut StdRng, n: usize, partitions: i32) -> Vec<Input> {
 /// Delivery reports of the background producer, by input index.
 struct Deliveries {
     coordinates: Mutex<Vec<(i32, i64)>>,
-    /// Each input record's timestamp (its producer's create time), in milliseconds.
+    /// Each input record's timestamp in milliseconds: the broker's append time (the events
+    /// topic is `LogAppendTime`), which orders it against a rule set's publication.
     timestamps: Mutex<Vec<i64>>,
+    /// Every delivery report carried a log append time.
+    log_append: AtomicBool,
     failed: Mutex<Vec<String>>,
     reported: AtomicUsize,
 }
@@ -183,6 +189,9 @@ impl ProducerContext for DeliveryContext {
             Ok(m) => {
                 self.0.coordinates.lock().unwrap()[index] = (m.partition(), m.offset());
                 self.0.timestamps.lock().unwrap()[index] = m.timestamp().to_millis().unwrap_or(0);
+                if !matches!(m.timestamp(), rdkafka::Timestamp::LogAppendTime(_)) {
+                    self.0.log_append.store(false, Ordering::SeqCst);
+                }
             }
             Err((e, _)) => self
                 .0
@@ -197,6 +206,29 @@ impl ProducerContext for DeliveryContext {
 
 /// Where each input landed, and its timestamp (milliseconds), by input index.
 type Produced = (Vec<(i32, i64)>, Vec<i64>);
+
+/// Publishes `set` as the active rule set of `world` (retrying through a broker outage) and
+/// returns the record's log append time.
+fn publish_rules(world: &World, set: &user_monitor::rule_set::RuleSet, seed: u64) -> i64 {
+    let producer: rdkafka::producer::FutureProducer =
+        client_at(&world.bootstrap(), &[("enable.idempotence", "true")])
+            .create()
+            .unwrap();
+    let value = serde_json::to_vec(&set.to_value()).unwrap();
+    let delivered = futures::executor::block_on(
+        producer.send(
+            rdkafka::producer::FutureRecord::to(&world.rules())
+                .key("active")
+                .payload(&value),
+            Duration::from_secs(120),
+        ),
+    )
+    .unwrap_or_else(|(e, _)| panic!("FAULT_SEED={seed}: publishing the rule set: {e}"));
+    match delivered.timestamp {
+        rdkafka::Timestamp::LogAppendTime(t) => t,
+        other => panic!("FAULT_SEED={seed}: the rules topic is not LogAppendTime: {other:?}"),
+    }
+}
 
 /// Produces `inputs` at `rate` per second in the background (one idempotent producer, so a
 /// broker restart delays records but never reorders or duplicates them); joins to their
@@ -213,6 +245,7 @@ fn stream(
         let deliveries = Arc::new(Deliveries {
             coordinates: Mutex::new(vec![(-1, -1); inputs.len()]),
             timestamps: Mutex::new(vec![0; inputs.len()]),
+            log_append: AtomicBool::new(true),
             failed: Mutex::new(Vec::new()),
             reported: AtomicUsize::new(0),
         });
@@ -267,6 +300,10 @@ fn stream(
             failed.is_empty(),
             "FAULT_SEED={seed}: inputs not acknowledged: {:?}",
             &failed[..failed.len().min(5)]
+        );
+        assert!(
+            deliveries.log_append.load(Ordering::SeqCst),
+            "FAULT_SEED={seed}: the events topic is not LogAppendTime"
         );
         let coordinates = deliveries.coordinates.lock().unwrap().clone();
         let timestamps = deliveries.timestamps.lock().unwrap().clone();
@@ -834,9 +871,28 @@ fn seeded_random_faults_lose_nothing_and_answer_as_the_engine() {
     let planned = knobs.events as f64 / knobs.rate;
     let give_up = Instant::now() + Duration::from_secs_f64(planned * 3.0 + 600.0);
     let mut schedule = Vec::new();
+    let candidate = user_monitor::rule_set::RuleSet::from_toml(
+        SWAP_CANDIDATE,
+        &user_monitor::rule_set::Bounds::default(),
+    )
+    .unwrap();
+    // Each fleet's rule set publication: its log append time, once published.
+    let mut swaps: Vec<Option<i64>> = vec![None; fleets.len()];
     loop {
         for fleet in &mut fleets {
             fleet.reap();
+        }
+        if swaps[0].is_none() && suite_started.elapsed().as_secs_f64() >= planned / 2.0 {
+            for (fleet, swap) in fleets.iter().zip(&mut swaps) {
+                let at = publish_rules(&fleet.world, &candidate, seed);
+                eprintln!(
+                    "{} {}: rule set {:?} published, appended at {at}",
+                    wall_clock(),
+                    fleet.guarantee,
+                    candidate.version
+                );
+                *swap = Some(at);
+            }
         }
         let streaming = producers
             .iter()
@@ -914,7 +970,9 @@ fn seeded_random_faults_lose_nothing_and_answer_as_the_engine() {
     }
     let mut reports = Vec::new();
     let mut failures = Vec::new();
-    for (fleet, (coordinates, timestamps)) in fleets.iter_mut().zip(&produced) {
+    for ((fleet, (coordinates, timestamps)), swap) in fleets.iter_mut().zip(&produced).zip(&swaps) {
+        let swap =
+            swap.unwrap_or_else(|| panic!("FAULT_SEED={seed}: the rule set was never published"));
         let bootstrap = fleet.world.bootstrap();
         let mut responses = Responses::new(&bootstrap, &fleet.world.alerts());
         // Until everything is answered, or nothing more is for two minutes.
@@ -937,14 +995,23 @@ fn seeded_random_faults_lose_nothing_and_answer_as_the_engine() {
             .zip(inputs.iter())
             .map(|(&c, input)| (c, input.value.as_slice()))
             .collect();
-        let want = expected_in_partition_order(&with_values, partitions);
+        let want_old = expected_in_partition_order(&with_values, partitions);
+        let want_new = expected_in_partition_order_under(&with_values, partitions, &candidate);
+        let (mut judged_old, mut judged_new) = (0, 0);
         let exactly_once = fleet.guarantee == "exactly_once";
         let (mut missing, mut duplicated, mut repeats, mut wrong) = (0, 0, 0, 0);
         let mut details = Vec::new();
         let mut rejected_ids = HashMap::new();
         for (i, (coordinate, input)) in coordinates.iter().zip(inputs.iter()).enumerate() {
             let id = event_id(*coordinate);
-            let want = &want[coordinate];
+            // The set appended at or before the input judges it.
+            let (version, want) = if timestamps[i] >= swap {
+                judged_new += 1;
+                (candidate.version.as_str(), &want_new[coordinate])
+            } else {
+                judged_old += 1;
+                ("default", &want_old[coordinate])
+            };
             if let Want::Rejected(kind) = want {
                 rejected_ids.insert(id.clone(), *kind);
             }
@@ -975,7 +1042,16 @@ fn seeded_random_faults_lose_nothing_and_answer_as_the_engine() {
                 }
             }
             let response: serde_json::Value = serde_json::from_slice(&got[0]).unwrap();
-            if let Err(why) = want.check(&response) {
+            let named = response["rules_version"].as_str();
+            let checked = if named == Some(version) {
+                want.check(&response)
+            } else {
+                Err(format!(
+                    "judged under {named:?}, want {version:?} (appended at {}, the set at {swap})",
+                    timestamps[i]
+                ))
+            };
+            if let Err(why) = checked {
                 wrong += 1;
                 if details.len() < 10 {
                     details.push(format!(
@@ -988,7 +1064,7 @@ fn seeded_random_faults_lose_nothing_and_answer_as_the_engine() {
         let unknown: Vec<_> = responses
             .by_input
             .keys()
-            .filter(|c| !want.contains_key(c))
+            .filter(|c| !want_old.contains_key(c))
             .take(5)
             .collect();
         if missing > 0 {
@@ -1046,7 +1122,7 @@ fn seeded_random_faults_lose_nothing_and_answer_as_the_engine() {
                 )
             })
             .collect();
-        // From an input's create time to its first committed response's: the waits users feel,
+        // From an input's append time to its first committed response's: the waits users feel,
         // faults included.
         let mut latencies: Vec<f64> = coordinates
             .iter()
@@ -1076,7 +1152,8 @@ fn seeded_random_faults_lose_nothing_and_answer_as_the_engine() {
         reports.push(format!(
             "FAULT_SEED={seed} {}: {} inputs {by_kind:?} over {partitions} partitions\n  \
              responses: missing {missing}, duplicated {duplicated}, wrong {wrong}, \
-             byte-identical repeats {repeats}, unknown {}, malformed {}\n  \
+             byte-identical repeats {repeats}, unknown {}, malformed {}; judged under the old \
+             rule set {judged_old}, the new one {judged_new}\n  \
              dead letters: missing {dlq_missing}, duplicated {dlq_duplicated}, wrong {dlq_wrong}, unknown {dlq_unknown}\n  \
              faults: {:?}, broker kill -9 {broker_kills}; batches failed (logged) {aborts}\n  \
              restart of a slot to its first restored partition (s): {}\n  \

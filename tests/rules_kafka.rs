@@ -9,42 +9,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{events::*, kafka::*, process::*};
+use common::{events::*, kafka::*, oracle::SWAP_CANDIDATE as CANDIDATE, process::*};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use user_monitor::rule_set::{Bounds, RuleSet};
-
-/// A set unlike the default: lower thresholds, one new rule, one rule gone.
-const CANDIDATE: &str = r#"
-version = "swap-test.2"
-time_unit = "seconds"
-
-[[rule]]
-code = 1100
-kind = "amount"
-on = "withdraw"
-amount = "60"
-
-[[rule]]
-code = 30
-kind = "consecutive"
-on = "withdraw"
-count = 2
-
-[[rule]]
-code = 777
-name = "two deposits within 10 minutes above 300"
-kind = "window_sum"
-on = "deposit"
-window = "10m"
-amount = "300"
-
-[[rule]]
-code = 500
-kind = "window_count"
-on = "any"
-window = "60s"
-count = 3
-"#;
 
 /// Publishes `set` under `key` to the rules topic as `rules publish` does, returning when
 /// Kafka acknowledged it.

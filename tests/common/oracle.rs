@@ -19,6 +19,39 @@ use user_monitor::rule_set::{Bounds, RuleSet};
 
 use super::kafka::Read;
 
+/// A rule set unlike the default (lower thresholds, a new rule, a rule gone), for swaps.
+pub const SWAP_CANDIDATE: &str = r#"
+version = "swap-test.2"
+time_unit = "seconds"
+
+[[rule]]
+code = 1100
+kind = "amount"
+on = "withdraw"
+amount = "60"
+
+[[rule]]
+code = 30
+kind = "consecutive"
+on = "withdraw"
+count = 2
+
+[[rule]]
+code = 777
+name = "deposits above 300 within 10 minutes"
+kind = "window_sum"
+on = "deposit"
+window = "10m"
+amount = "300"
+
+[[rule]]
+code = 500
+kind = "window_count"
+on = "any"
+window = "60s"
+count = 3
+"#;
+
 /// A partition of its own: every user is at home in it.
 pub const ALONE: Placement = Placement {
     partition: 0,
@@ -251,10 +284,19 @@ pub fn expected_in_partition_order(
     inputs: &[((i32, i64), &[u8])],
     partitions: i32,
 ) -> HashMap<(i32, i64), Want> {
+    expected_in_partition_order_under(inputs, partitions, &RuleSet::default_set())
+}
+
+/// [`expected_in_partition_order`] with every input judged under `set`.
+pub fn expected_in_partition_order_under(
+    inputs: &[((i32, i64), &[u8])],
+    partitions: i32,
+    set: &RuleSet,
+) -> HashMap<(i32, i64), Want> {
     let mut sorted: Vec<_> = inputs.to_vec();
     sorted.sort_by_key(|(coordinate, _)| *coordinate);
     let profiles = Profiles::default();
-    let mut oracle = Oracle::default();
+    let mut oracle = Oracle::new(set.clone(), DedupLimits::default());
     sorted
         .into_iter()
         .map(|((partition, offset), line)| {
