@@ -137,7 +137,7 @@ impl Processor {
                 &settings,
                 crate::kafka::connect::Patience::UntilConnected,
             )?;
-            let topics = crate::kafka::admin::ensure_topics(&settings)?;
+            let topics = ensure_topics_patiently(&settings)?;
             tracing::info!(partitions = topics.partitions, topic = %settings.topics.events, "topics ready");
             Some(topics)
         };
@@ -468,6 +468,32 @@ impl Processor {
                     })
                     .set((high - next).max(0));
             }
+        }
+    }
+}
+
+/// Creates and validates the topics, riding out a broker that fails between the connectivity
+/// check and the admin requests (a restart): transient errors are retried for up to
+/// `kafka.connect_timeout`; anything else (a misconfigured topic, refused access) stops at once.
+fn ensure_topics_patiently(
+    settings: &Settings,
+) -> Result<crate::kafka::admin::Topics, KafkaLayerError> {
+    let started = Instant::now();
+    loop {
+        match crate::kafka::admin::ensure_topics(settings) {
+            Err(KafkaLayerError::Client(e))
+                if classify(&e) == ErrorClass::Retryable
+                    && started.elapsed() < settings.kafka.connect_timeout =>
+            {
+                tracing::warn!(error = %e, "topics not ready yet (the broker is restarting?); retrying");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(KafkaLayerError::Timeout(_))
+                if started.elapsed() < settings.kafka.connect_timeout =>
+            {
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            other => return other,
         }
     }
 }
