@@ -83,6 +83,8 @@ pub enum ProcessorError {
     Fenced(String),
     #[error("fatal kafka error: {0}")]
     Fatal(KafkaError),
+    #[error("rule sets: {0}")]
+    Rules(crate::config::ConfigError),
     #[error("restore of partition {partition}: {source}")]
     Restore {
         partition: i32,
@@ -189,9 +191,8 @@ impl Processor {
             .create_with_context(context)
             .map_err(KafkaLayerError::from)?;
         seed_profiles(&settings)?;
-        let (active, shadow) = settings
-            .rule_sets()
-            .expect("rule sets are validated with the configuration");
+        // Validated with the configuration; read again here, where a file changed since says so.
+        let (active, shadow) = settings.rule_sets().map_err(ProcessorError::Rules)?;
         tracing::info!(
             active = %active.version,
             shadow = shadow.as_ref().map(|s| s.version.as_str()),
