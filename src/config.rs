@@ -162,6 +162,8 @@ pub struct StateConfig {
     #[serde(with = "humantime_serde")]
     pub max_window: Duration,
     pub max_count: u32,
+    /// Events of one user kept within `max_window`, at most.
+    pub max_events: u32,
 }
 
 /// Longest `state.max_window`: one year.
@@ -392,6 +394,9 @@ impl Settings {
                 format!("must be in 1..={MAX_STATE_COUNT}"),
             ));
         }
+        if !(16..=1_000_000).contains(&self.state.max_events) {
+            return Err(invalid("state.max_events", "must be in 16..=1000000"));
+        }
         if self.http.body_limit_bytes == 0 {
             return Err(invalid("http.body_limit_bytes", "must be at least 1"));
         }
@@ -457,6 +462,7 @@ impl Settings {
         crate::rule_set::Bounds {
             max_window: self.state.max_window,
             max_count: self.state.max_count,
+            max_events: self.state.max_events,
         }
     }
 

@@ -190,7 +190,7 @@ impl UserState {
         &mut self,
         amounts: &mut Amounts,
         event: &Event,
-        (risk, set, max_window): (Risk, &RuleSet, u64),
+        (risk, set, max_window, max_events): (Risk, &RuleSet, u64, u32),
         fired: &mut Fired,
         explain: bool,
     ) -> Result<(), OutOfOrder> {
@@ -236,21 +236,51 @@ impl UserState {
         self.last_amount[i] = packed;
         self.flags |= HAS_LAST[i];
 
+        // At most `max_events` kept, this one included, before any rule reads the window.
+        while self.window.len() > max_events as usize {
+            self.pop_front(amounts, set);
+        }
         self.evaluate(amounts, event, risk, set, true, fired, explain);
         while self
             .window
             .front()
             .is_some_and(|p| now - p.time > max_window)
         {
-            self.pruned = self.window.front().map_or(0, |p| p.time);
-            self.flags |= PRUNED;
-            self.window.pop_front();
-            self.popped = self.popped.wrapping_add(1);
+            self.pop_front(amounts, set);
         }
         if self.window.len() <= LONG_WINDOW / 4 {
             self.cursors = None;
         }
         Ok(())
+    }
+
+    /// Drops the oldest event of the window (past `max_window`, or beyond `max_events`). A
+    /// window rule whose running sum still counts it (only possible when `max_events` drops it
+    /// while inside the rule's window) lets it go too.
+    fn pop_front(&mut self, amounts: &Amounts, set: &RuleSet) {
+        let Some(p) = self.window.pop_front() else {
+            return;
+        };
+        if let Some(cursors) = self.cursors.as_mut() {
+            debug_assert_eq!(cursors.serial, set.serial(), "slid with this set");
+            for (cursor, rule) in cursors.rules.iter_mut().zip(&set.rules) {
+                let (Kind::WindowSum { .. } | Kind::WindowCount { .. }) = rule.kind else {
+                    continue;
+                };
+                if cursor.start == self.popped {
+                    if rule.on.matches(p.kind()) {
+                        cursor.count -= 1;
+                        if cursor.exact {
+                            cursor.sum -= amounts.unpack(p.amount);
+                        }
+                    }
+                    cursor.start = cursor.start.wrapping_add(1);
+                }
+            }
+        }
+        self.pruned = p.time;
+        self.flags |= PRUNED;
+        self.popped = self.popped.wrapping_add(1);
     }
 
     /// Evaluates every rule of `set` on `event`, the latest event of this state, at `risk`:
@@ -586,7 +616,7 @@ impl Users {
         state.apply(
             &mut self.amounts,
             event,
-            (risk, set, max_window),
+            (risk, set, max_window, bounds.max_events),
             fired,
             explain,
         )
@@ -885,7 +915,7 @@ mod tests {
     fn a_window_reaching_before_the_kept_history_is_warming_up() {
         let bounds = Bounds {
             max_window: std::time::Duration::from_secs(60),
-            max_count: 16,
+            ..Bounds::default()
         };
         let set = RuleSet::from_toml(
             "version = \"w\"\n[[rule]]\ncode = 7\nkind = \"window_count\"\non = \"any\"\ncount = 1\nwindow = \"60s\"\n",
@@ -908,6 +938,54 @@ mod tests {
         assert!(fired.evidence.is_empty() || !fired.evidence[0].warming_up);
         let fired = users.apply(&d(76), Risk::Medium, &set, &bounds).unwrap();
         assert!(!fired.evidence[0].warming_up, "{fired:?}");
+    }
+
+    /// A user sending far more than `max_events` within the window keeps only the latest
+    /// `max_events`: running sums stay equal to a scan of what is kept, the snapshot form stays
+    /// bounded, and the evidence says the window reaches past the history kept.
+    #[test]
+    fn a_flood_of_events_keeps_the_state_bounded_and_consistent() {
+        let bounds = Bounds {
+            max_events: 40,
+            ..Bounds::default()
+        };
+        let set = RuleSet::from_toml(
+            "version = \"flood\"\n\
+             [[rule]]\ncode = 1\nkind = \"window_sum\"\non = \"deposit\"\nwindow = \"10m\"\namount = \"2000\"\n\
+             [[rule]]\ncode = 2\nkind = \"window_count\"\non = \"any\"\nwindow = \"30m\"\ncount = 16\n\
+             [[rule]]\ncode = 3\nkind = \"window_count\"\non = \"withdraw\"\nwindow = \"1m\"\ncount = 8\n",
+            &bounds,
+        )
+        .unwrap();
+        let mut users = Users::default();
+        let mut scanned = Fired::default();
+        let mut x = 99u64;
+        for i in 0..5_000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let kind = if x % 3 == 0 {
+                EventKind::Withdraw
+            } else {
+                EventKind::Deposit
+            };
+            let e = ev(kind, &(1 + x % 120).to_string(), 1_000 + i / 3);
+            let slot = users.slot(1);
+            let mut fired = Fired::default();
+            users
+                .apply_at(slot, &e, Risk::Medium, &set, &bounds, &mut fired, true)
+                .unwrap();
+            // The running sums (kept while the window is long) against a scan of the window.
+            users.evaluate_at(slot, &e, Risk::Medium, &set, &mut scanned);
+            assert_eq!(fired.codes, scanned.codes, "event {i}");
+            assert!(users.at(slot).window.len() <= 40);
+            if i > 100 {
+                for evidence in fired.evidence.iter().filter(|e| e.code == 2) {
+                    assert!(evidence.warming_up, "event {i}: {evidence:?}");
+                }
+            }
+        }
+        assert_eq!(users.export(1).unwrap().window.len(), 40);
     }
 
     /// A deterministic stream over 8 users that exercises every default rule at every risk.

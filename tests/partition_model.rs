@@ -335,6 +335,7 @@ fn sets(set: &RuleSet) -> Sets<'_> {
     const BOUNDS: Bounds = Bounds {
         max_window: std::time::Duration::from_secs(3600),
         max_count: 16,
+        max_events: 10_000,
     };
     Sets {
         active: set,

@@ -182,6 +182,7 @@ fn case() -> impl Strategy<Value = (RuleSet, Bounds, Vec<Step>)> {
         let bounds = Bounds {
             max_window: Duration::from_secs(window_units),
             max_count,
+            max_events: 10_000,
         };
         let max_window = window_units * unit.ticks_per_second();
         (

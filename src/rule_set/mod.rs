@@ -121,6 +121,10 @@ pub enum RuleSetFileError {
 pub struct Bounds {
     pub max_window: Duration,
     pub max_count: u32,
+    /// At most this many events of one user are kept within `max_window` (the oldest go first,
+    /// and a window reaching back to them says `warming_up`): a user's state and snapshot record
+    /// stay bounded whatever a producer sends.
+    pub max_events: u32,
 }
 
 impl Default for Bounds {
@@ -128,6 +132,7 @@ impl Default for Bounds {
         Bounds {
             max_window: Duration::from_secs(3600),
             max_count: 16,
+            max_events: 10_000,
         }
     }
 }
