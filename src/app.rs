@@ -278,6 +278,10 @@ fn evaluate(settings: &Settings, args: &EvaluateArgs) -> anyhow::Result<ExitCode
         (None, Some(unit)) if settings.rules.file.is_empty() => {
             RuleSet::from_limits(&Limits::with_time_unit(&settings.rules, unit)?, &bounds)?
         }
+        (None, Some(_)) => anyhow::bail!(
+            "--time-unit applies to the five rules of [rules], but rules.file ({}) is configured: its own time_unit holds (or pass --rules)",
+            settings.rules.file
+        ),
         (None, _) => settings.rule_sets()?.0,
     };
     let summary = crate::evaluate::evaluate(input, stdout, &profiles, &set, &bounds);
