@@ -12,7 +12,7 @@ use rdkafka::Offset;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Settings;
-use crate::kafka::read::{read_range, RangeError};
+use crate::kafka::read::read_range;
 use crate::kafka::rules::RulesKey;
 use crate::kafka::{producer_config, reader, KafkaLayerError};
 
@@ -165,11 +165,7 @@ pub fn read_page(
                 Ok::<(), KafkaLayerError>(())
             },
         )
-        .map_err(|e| match e {
-            RangeError::Kafka(e) => e.into(),
-            RangeError::TimedOut { .. } => KafkaLayerError::Timeout(timeout),
-            RangeError::Stopped(e) => e,
-        })?;
+        .map_err(|e| e.into_layer(timeout))?;
     }
     entries.reverse();
     Ok(AuditPage {

@@ -69,6 +69,18 @@ pub enum RangeError<E> {
     Stopped(E),
 }
 
+impl RangeError<KafkaLayerError> {
+    /// The error of a read whose callback fails only with the layer's own errors; a read that
+    /// ran out of `timeout` is [`KafkaLayerError::Timeout`].
+    pub fn into_layer(self, timeout: Duration) -> KafkaLayerError {
+        match self {
+            RangeError::Kafka(e) => e.into(),
+            RangeError::TimedOut { .. } => KafkaLayerError::Timeout(timeout),
+            RangeError::Stopped(e) => e,
+        }
+    }
+}
+
 impl<E> From<KafkaError> for RangeError<E> {
     fn from(e: KafkaError) -> Self {
         RangeError::Kafka(e)

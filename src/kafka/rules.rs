@@ -29,7 +29,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Offset;
 
-use super::read::{partitions, read_range, RangeError};
+use super::read::{partitions, read_range};
 use super::{producer_config, reader, KafkaLayerError};
 use crate::config::Settings;
 use crate::rule_set::{Bounds, InvalidRuleSet, RuleSet};
@@ -393,11 +393,7 @@ pub fn read_current_within(
                 Ok::<(), KafkaLayerError>(())
             },
         )
-        .map_err(|e| match e {
-            RangeError::Kafka(e) => e.into(),
-            RangeError::TimedOut { .. } => KafkaLayerError::Timeout(timeout),
-            RangeError::Stopped(e) => e,
-        })?;
+        .map_err(|e| e.into_layer(timeout))?;
     }
     Ok(current)
 }
