@@ -314,26 +314,19 @@ impl Backend for KafkaBackend {
             profile.await?;
             let entry =
                 AuditEntry::risk_set(&actor, "http", user_id, before.as_str(), risk.as_str());
-            send_audit(&producer, &settings.topics.audit, &entry, timeout).await.map_err(|e| {
-                tracing::error!(user_id, actor = %entry.actor, error = %e, "risk changed but its audit record was not acknowledged");
-                ProduceError::NotAcknowledged(format!(
-                    "the risk level was published but its audit record was not acknowledged: {e}"
-                ))
-            })?;
+            audit_change(
+                &producer,
+                &settings.topics.audit,
+                &entry,
+                timeout,
+                "the risk level",
+            )
+            .await?;
             tracing::info!(user_id, actor = %entry.actor, before = %entry.before, after = %entry.after, "risk changed");
             Ok(entry)
         };
-        // Every Kafka wait of the request together is bounded by `http.produce_timeout` (the
-        // profile, once published, may still apply: the client sees 503 and may retry).
-        Box::pin(async move {
-            tokio::time::timeout(bound, change)
-                .await
-                .unwrap_or_else(|_| {
-                    Err(ProduceError::NotAcknowledged(format!(
-                        "kafka did not answer within http.produce_timeout ({bound:?})"
-                    )))
-                })
-        })
+        // The profile, once published, may still apply: the client sees 503 and may retry.
+        within_produce_timeout(bound, change)
     }
 
     fn audit(
@@ -389,44 +382,57 @@ impl Backend for KafkaBackend {
             .map_err(unavailable)?;
             let after = set.as_ref().map(|s| s.version.as_str());
             let entry = AuditEntry::rules_changed(&actor, "http", key, before.as_deref(), after);
-            send_audit(&producer, &settings.topics.audit, &entry, timeout).await.map_err(|e| {
-                tracing::error!(key = %key, actor = %entry.actor, error = %e, "rule set changed but its audit record was not acknowledged");
-                ProduceError::NotAcknowledged(format!(
-                    "the rule set was published but its audit record was not acknowledged: {e}"
-                ))
-            })?;
+            audit_change(
+                &producer,
+                &settings.topics.audit,
+                &entry,
+                timeout,
+                "the rule set",
+            )
+            .await?;
             tracing::info!(key = %key, actor = %entry.actor, before = %entry.before, after = %entry.after, offset = published.offset, "rule set changed");
             Ok(RulesChanged { published, entry })
         };
-        // As for a risk change: every Kafka wait of the request together within
-        // `http.produce_timeout` (a set already published still applies; a retry is harmless).
-        Box::pin(async move {
-            tokio::time::timeout(bound, change)
-                .await
-                .unwrap_or_else(|_| {
-                    Err(ProduceError::NotAcknowledged(format!(
-                        "kafka did not answer within http.produce_timeout ({bound:?})"
-                    )))
-                })
-        })
+        // A set already published still applies; a retry is harmless.
+        within_produce_timeout(bound, change)
     }
 }
 
-/// Produces an audit entry to the audit topic and waits for the acknowledgement.
-async fn send_audit(
+/// Bounds every Kafka wait of one change request together by `http.produce_timeout` (`bound`).
+fn within_produce_timeout<T: Send + 'static>(
+    bound: Duration,
+    change: impl std::future::Future<Output = Result<T, ProduceError>> + Send + 'static,
+) -> BoxFuture<'static, Result<T, ProduceError>> {
+    Box::pin(async move {
+        tokio::time::timeout(bound, change)
+            .await
+            .unwrap_or_else(|_| {
+                Err(ProduceError::NotAcknowledged(format!(
+                    "kafka did not answer within http.produce_timeout ({bound:?})"
+                )))
+            })
+    })
+}
+
+/// Records a change already published (`what`: "the risk level", "the rule set") in the audit
+/// topic and waits for the acknowledgement; a failure says the change was published without its
+/// audit record.
+async fn audit_change(
     producer: &FutureProducer,
     topic: &str,
     entry: &AuditEntry,
     timeout: Duration,
-) -> Result<(), KafkaError> {
+    what: &str,
+) -> Result<(), ProduceError> {
     let value = serde_json::to_vec(entry).expect("an audit entry serializes");
     let key = entry.key();
     let record = FutureRecord::to(topic).key(&key).payload(&value);
-    producer
-        .send(record, timeout)
-        .await
-        .map(|_| ())
-        .map_err(|(e, _)| e)
+    producer.send(record, timeout).await.map(|_| ()).map_err(|(e, _)| {
+        tracing::error!(%key, actor = %entry.actor, error = %e, "{what} changed but its audit record was not acknowledged");
+        ProduceError::NotAcknowledged(format!(
+            "{what} was published but its audit record was not acknowledged: {e}"
+        ))
+    })
 }
 
 impl KafkaBackend {
