@@ -41,6 +41,16 @@ fn evaluate_under(rules: &Path, lines: &[Vec<u8>]) -> Vec<serde_json::Value> {
     answers
 }
 
+/// The codes listed under `key` (which must be there).
+fn list(value: &serde_json::Value, key: &str) -> Vec<u64> {
+    value[key]
+        .as_array()
+        .unwrap_or_else(|| panic!("no {key} list in {value}"))
+        .iter()
+        .map(|c| c.as_u64().unwrap())
+        .collect()
+}
+
 fn codes(value: &serde_json::Value) -> Vec<u64> {
     value["alert_codes"]
         .as_array()
@@ -215,17 +225,10 @@ fn shadow_disagreements_are_exactly_backtests_diff() {
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
             let line = v["line"].as_u64().unwrap() as usize;
-            let list = |k: &str| -> Vec<u64> {
-                v[k].as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|c| c.as_u64().unwrap())
-                    .collect()
-            };
             (
                 event_id(coordinates[order[line - 1]]),
-                list("baseline"),
-                list("candidate"),
+                list(&v, "baseline"),
+                list(&v, "candidate"),
             )
         })
         .collect();
@@ -246,17 +249,10 @@ fn shadow_disagreements_are_exactly_backtests_diff() {
             let v = r.json();
             assert_eq!(v["active_version"], "default");
             assert_eq!(v["shadow_version"], "swap-test.2");
-            let list = |k: &str| -> Vec<u64> {
-                v[k].as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|c| c.as_u64().unwrap())
-                    .collect()
-            };
             (
                 v["event_id"].as_str().unwrap().to_owned(),
-                list("active"),
-                list("shadow"),
+                list(&v, "active"),
+                list(&v, "shadow"),
             )
         })
         .collect();
