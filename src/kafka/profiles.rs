@@ -185,38 +185,30 @@ impl RulesFollowed {
     /// shadow set (key `shadow`; no value clears it). An unreadable or invalid record is logged
     /// and skipped: the versions before it stay in force.
     fn apply(&mut self, message: &rdkafka::message::BorrowedMessage<'_>) {
-        use super::rules::{decode, RulesKey};
+        use super::rules::{read_record, RulesKey, RulesRecord, SkippedRecord};
         let offset = message.offset();
         let timestamp = message.timestamp().to_millis().unwrap_or(0);
-        let key = message
-            .key()
-            .and_then(|k| std::str::from_utf8(k).ok())
-            .and_then(|k| k.parse::<RulesKey>().ok());
-        let set = message.payload().map(|value| {
-            let set = decode(value, &self.bounds)?;
-            set.check_time_unit(self.unit)?;
-            Ok::<_, crate::rule_set::InvalidRuleSet>(std::sync::Arc::new(set))
+        let record = read_record(message.key(), message.payload(), &self.bounds).and_then(|r| {
+            if let RulesRecord::Set(_, set) = &r {
+                set.check_time_unit(self.unit)?;
+            }
+            Ok::<_, SkippedRecord>(r)
         });
-        match (key, set) {
-            (Some(key), Some(Ok(set))) => {
+        match record {
+            Ok(RulesRecord::Set(key, set)) => {
                 tracing::info!(%key, version = %set.version, offset, timestamp, "rule set published");
+                let set = std::sync::Arc::new(set);
                 match key {
                     RulesKey::Active => self.timeline.active.publish(timestamp, set),
                     RulesKey::Shadow => self.timeline.shadow.publish(timestamp, Some(set)),
                 }
             }
-            (Some(RulesKey::Shadow), None) => {
+            Ok(RulesRecord::ShadowCleared) => {
                 tracing::info!(offset, timestamp, "shadow rule set cleared");
                 self.timeline.shadow.publish(timestamp, None);
             }
-            (_, Some(Err(e))) => {
-                tracing::warn!(offset, error = %e, "skipping an unusable rule set record");
-            }
-            _ => {
-                tracing::warn!(
-                    offset,
-                    "skipping a rules record without key \"active\" (with a set) or \"shadow\""
-                );
+            Err(e) => {
+                tracing::warn!(offset, error = %e, "skipping an unusable rules record");
             }
         }
     }

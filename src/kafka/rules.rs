@@ -130,6 +130,34 @@ pub enum SkippedRecord {
     Invalid(#[from] InvalidRuleSet),
 }
 
+/// What one record of the rules topic says.
+#[derive(Debug)]
+pub enum RulesRecord {
+    /// A set published under its key.
+    Set(RulesKey, RuleSet),
+    /// A tombstone under `shadow`: no shadow set.
+    ShadowCleared,
+}
+
+/// Reads one record of the rules topic (its key and value), validating a set against `bounds`.
+/// What every reader of the topic applies: [`Current`] and the processor's follower.
+pub fn read_record(
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+    bounds: &Bounds,
+) -> Result<RulesRecord, SkippedRecord> {
+    let key = key.ok_or(SkippedRecord::NoKey)?;
+    let key = std::str::from_utf8(key)
+        .map_err(|_| SkippedRecord::UnknownKey("key is not UTF-8".to_owned()))?
+        .parse::<RulesKey>()
+        .map_err(SkippedRecord::UnknownKey)?;
+    match (key, value) {
+        (RulesKey::Active, None) => Err(SkippedRecord::ActiveTombstone),
+        (RulesKey::Shadow, None) => Ok(RulesRecord::ShadowCleared),
+        (key, Some(value)) => Ok(RulesRecord::Set(key, decode(value, bounds)?)),
+    }
+}
+
 impl Current {
     /// Takes the next record of the rules topic (in offset order). A record that cannot be used
     /// changes nothing and says why.
@@ -141,20 +169,11 @@ impl Current {
         timestamp: Option<i64>,
         bounds: &Bounds,
     ) -> Result<(), SkippedRecord> {
-        let key = key.ok_or(SkippedRecord::NoKey)?;
-        let key = std::str::from_utf8(key)
-            .map_err(|_| SkippedRecord::UnknownKey("key is not UTF-8".to_owned()))?
-            .parse::<RulesKey>()
-            .map_err(SkippedRecord::UnknownKey)?;
-        match (key, value) {
-            (RulesKey::Active, None) => Err(SkippedRecord::ActiveTombstone),
-            (RulesKey::Shadow, None) => {
-                self.shadow = Shadow::Cleared { offset, timestamp };
-                Ok(())
-            }
-            (key, Some(value)) => {
+        match read_record(key, value, bounds)? {
+            RulesRecord::ShadowCleared => self.shadow = Shadow::Cleared { offset, timestamp },
+            RulesRecord::Set(key, set) => {
                 let latest = Latest {
-                    set: decode(value, bounds)?,
+                    set,
                     offset,
                     timestamp,
                 };
@@ -162,9 +181,9 @@ impl Current {
                     RulesKey::Active => self.active = Some(latest),
                     RulesKey::Shadow => self.shadow = Shadow::Set(latest),
                 }
-                Ok(())
             }
         }
+        Ok(())
     }
 
     /// The version of the set of `key` in force: the topic's, else `configured` (the version of
