@@ -1,7 +1,7 @@
 //! The alert rules' configuration and their thresholds by risk level (SPEC sections 3 and 4).
 //!
-//! Pure data: no I/O. [`Limits`] is the validated, time-unit-scaled form of [`RulesConfig`]
-//! that the engine in [`crate::state`] evaluates against.
+//! Pure data: no I/O. [`Limits`] is the validated, time-unit-scaled form of [`RulesConfig`],
+//! which [`crate::rule_set::RuleSet::from_limits`] makes the configured rule set.
 
 use std::str::FromStr;
 

@@ -103,11 +103,6 @@ impl Oracle {
         }
     }
 
-    /// Judges what follows under `set` (a swap: the state carries over).
-    pub fn swap(&mut self, set: RuleSet) {
-        self.set = set;
-    }
-
     /// The engine's verdict on `input` sitting in `placement`, each user at the risk `risk_of`
     /// gives; the answer of an accepted keyed event is remembered at once (as when live).
     pub fn judge(
