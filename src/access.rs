@@ -1,4 +1,4 @@
-//! Who may do what (SPEC §7), as data: the scopes, the configured tokens (a name, the SHA-256 of
+//! Who may do what (CONTRACT §7), as data: the scopes, the configured tokens (a name, the SHA-256 of
 //! the secret, scopes) and the validated token table that checks a presented secret. No HTTP
 //! here: [`crate::config`] validates the table at load, [`crate::http::auth`] applies it to
 //! requests, the CLI creates tokens.

@@ -219,12 +219,15 @@ fn change_rules(
     let after = set.map(|s| s.version.as_str());
     let entry =
         crate::audit::AuditEntry::rules_changed(&actor, "cli", key, before.as_deref(), after);
-    crate::audit::publish(settings, std::slice::from_ref(&entry)).with_context(|| {
-        format!(
-            "the {key} rule set was published (offset {}) but its audit record was not",
-            published.offset
-        )
-    })?;
+    let audit = || crate::audit::publish(settings, std::slice::from_ref(&entry));
+    crate::kafka::retry_transient("recording the change", AUDIT_WITHIN, audit).with_context(
+        || {
+            format!(
+                "the {key} rule set was published (offset {}) but its audit record was not",
+                published.offset
+            )
+        },
+    )?;
     println!(
         "{}",
         serde_json::json!({
@@ -296,6 +299,9 @@ fn evaluate(settings: &Settings, args: &EvaluateArgs) -> anyhow::Result<ExitCode
     }
 }
 
+/// How long recording a published change in the audit trail may retry transient failures.
+const AUDIT_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// `user-monitor profiles load FILE`: publishes each line to the profiles topic and waits for acks.
 fn load_profiles(settings: &Settings, path: &std::path::Path) -> anyhow::Result<ExitCode> {
     crate::telemetry::init(&settings.log);
@@ -320,7 +326,9 @@ fn load_profiles(settings: &Settings, path: &std::path::Path) -> anyhow::Result<
         })
         .collect();
     let published = crate::kafka::profiles::publish(settings, &lines)?;
-    crate::audit::publish(settings, &entries)?;
+    crate::kafka::retry_transient("recording the changes", AUDIT_WITHIN, || {
+        crate::audit::publish(settings, &entries)
+    })?;
     eprintln!(
         "published {published} profiles to {} (recorded in {} as {actor})",
         settings.topics.profiles, settings.topics.audit

@@ -1,4 +1,4 @@
-//! `user-monitor backtest`: two rule sets over the same input in one pass (SPEC section 10).
+//! `user-monitor backtest`: two rule sets over the same input in one pass (CONTRACT §10).
 //!
 //! Every line is decoded once and applied to each set's own histories (the out-of-order check
 //! does not depend on the rules, so both sets accept the same events). The summary counts, per

@@ -49,7 +49,7 @@ pub enum Command {
     /// Run two rule sets over the same JSONL events in one pass: a JSON summary per code, and
     /// optionally one diff line per event whose codes differ.
     Backtest(BacktestArgs),
-    /// Rule sets (SPEC section 10): validate a file, publish it as the active or shadow set,
+    /// Rule sets (docs/CONTRACT.md §10): validate a file, publish it as the active or shadow set,
     /// clear the shadow set.
     #[command(subcommand)]
     Rules(RulesCommand),

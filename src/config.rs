@@ -154,7 +154,7 @@ pub struct SnapshotConfig {
     pub interval: Duration,
 }
 
-/// How far back a rule of a rule set may look (SPEC section 10): a window of at most
+/// How far back a rule of a rule set may look (CONTRACT §10): a window of at most
 /// `max_window`, a count of at most `max_count`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

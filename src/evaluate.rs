@@ -1,4 +1,4 @@
-//! `user-monitor evaluate`: the rules engine over JSONL, no Kafka (SPEC section 6).
+//! `user-monitor evaluate`: the rules engine over JSONL, no Kafka (CONTRACT §6).
 //!
 //! Exactly one output line per input line, in order: the legacy response, or
 //! `{"error": "<message>", "line": <n>}`. Streaming: one reused line buffer, O(users) state.

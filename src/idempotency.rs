@@ -1,4 +1,4 @@
-//! Retries never double-count (SPEC §7): per user, the `Idempotency-Key`s of that user's
+//! Retries never double-count (CONTRACT §7): per user, the `Idempotency-Key`s of that user's
 //! accepted events, with what each event was and what it was answered.
 //!
 //! Pure and deterministic: what is remembered and forgotten depends only on the events (their

@@ -14,7 +14,7 @@
 //!   partitioner, and the responses (legacy line, alerts-topic record built from a verdict).
 //! - [`rules`]: thresholds, windows and codes ([`rules::Limits`], their validated form);
 //!   [`domain::Risk`] scales them.
-//! - [`rule_set`]: rule sets as data (SPEC section 10): the TOML file or JSON body validated
+//! - [`rule_set`]: rule sets as data (CONTRACT §10): the TOML file or JSON body validated
 //!   whole, naming every bad rule and field (the configured five rules are a set too);
 //!   [`rule_set::timeline`]: which published version judges an event appended at a given time.
 //! - [`state`]: the pure rules engine. Per user, a state independent of the rule set (the events

@@ -57,6 +57,12 @@ pub struct Metrics {
     pub shadow_disagreements: Counter,
     /// Per code, how often the shadow set added or removed it against the active set.
     pub shadow_codes: Family<ShadowLabels, Counter>,
+    /// Time the processor spent reading the profiles and rules topics to their end before a
+    /// batch (successful or not).
+    pub sources_wait: Histogram,
+    /// Batches not judged because the profiles and rules topics could not be read to their end
+    /// (each is read again and judged later).
+    pub batches_held_back: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -133,8 +139,22 @@ impl Metrics {
             "Codes the shadow rule set added or removed against the active set",
             shadow_codes.clone(),
         );
+        let sources_wait = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        registry.register(
+            "sources_wait_seconds",
+            "Time spent reading the profiles and rules topics to their end before a batch",
+            sources_wait.clone(),
+        );
+        let batches_held_back = Counter::default();
+        registry.register(
+            "batches_held_back",
+            "Batches not judged because the profiles and rules topics could not be read to their end (read again and judged later)",
+            batches_held_back.clone(),
+        );
         Arc::new(Metrics {
             registry,
+            sources_wait,
+            batches_held_back,
             shadow_disagreements,
             shadow_codes,
             events,

@@ -36,10 +36,25 @@ pub enum ProfilesError {
 }
 
 /// Known risk levels; users without one are [`Risk::Medium`].
+///
+/// Each level has the time it took effect: the profiles-topic record's timestamp (broker time,
+/// LogAppendTime), or "always" for a level read from a file. [`Profiles::risk_at`] answers the
+/// level in force at a moment, which is how the processor judges an event: by the level in force
+/// when the event itself was appended (CONTRACT §4, read-your-writes, and the same answer on
+/// any replay of it).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Profiles {
-    risks: FxHashMap<u64, Risk>,
+    /// Each user's latest change: since when (ms), and the level (`None`: removed).
+    latest: FxHashMap<u64, (i64, Option<Risk>)>,
+    /// The earlier changes of users whose level changed more than once, oldest first.
+    earlier: FxHashMap<u64, Vec<(i64, Option<Risk>)>>,
+    /// How many users have a level now.
+    known: usize,
 }
+
+/// The time of a level that was always in force (read from a file, or a record without
+/// timestamp).
+pub const ALWAYS: i64 = i64::MIN;
 
 impl Profiles {
     /// Reads a JSONL profiles file; an error names the file (and the line).
@@ -53,25 +68,82 @@ impl Profiles {
         Profiles::read_jsonl(std::io::BufReader::new(file)).map_err(named)
     }
 
+    /// The user's level now (the latest change).
     pub fn risk(&self, user_id: u64) -> Risk {
-        self.risks.get(&user_id).copied().unwrap_or_default()
+        self.latest
+            .get(&user_id)
+            .and_then(|(_, risk)| *risk)
+            .unwrap_or_default()
     }
 
+    /// The user's level in force at `time` (ms): the latest change at or before it.
+    pub fn risk_at(&self, user_id: u64, time: i64) -> Risk {
+        let Some(&(since, risk)) = self.latest.get(&user_id) else {
+            return Risk::default();
+        };
+        if since <= time {
+            return risk.unwrap_or_default();
+        }
+        let Some(earlier) = self.earlier.get(&user_id) else {
+            return Risk::default();
+        };
+        match earlier.partition_point(|(t, _)| *t <= time) {
+            0 => Risk::default(),
+            n => earlier[n - 1].1.unwrap_or_default(),
+        }
+    }
+
+    /// Sets a user's level for all times (a profiles file).
     pub fn set(&mut self, user_id: u64, risk: Risk) {
-        self.risks.insert(user_id, risk);
+        self.earlier.remove(&user_id);
+        self.replace_latest(user_id, (ALWAYS, Some(risk)));
     }
 
-    /// Forgets a user's profile (a tombstone on the profiles topic): back to medium.
+    /// Forgets a user's profile for all times: back to medium.
     pub fn remove(&mut self, user_id: u64) {
-        self.risks.remove(&user_id);
+        self.earlier.remove(&user_id);
+        if let Some((_, Some(_))) = self.latest.remove(&user_id) {
+            self.known -= 1;
+        }
     }
 
+    /// A change of a user's level that took effect at `time` (ms; a profiles-topic record, whose
+    /// tombstone is `None`: back to medium). Records come in offset order; a time older than the
+    /// user's latest (a broker clock stepping back) still sorts by time.
+    pub fn change_at(&mut self, user_id: u64, time: i64, risk: Option<Risk>) {
+        let Some(&latest) = self.latest.get(&user_id) else {
+            if risk.is_some() {
+                self.replace_latest(user_id, (time, risk));
+            }
+            return;
+        };
+        let earlier = self.earlier.entry(user_id).or_default();
+        if time >= latest.0 {
+            earlier.push(latest);
+            self.replace_latest(user_id, (time, risk));
+        } else {
+            let at = earlier.partition_point(|(t, _)| *t <= time);
+            earlier.insert(at, (time, risk));
+        }
+    }
+
+    fn replace_latest(&mut self, user_id: u64, change: (i64, Option<Risk>)) {
+        let before = self.latest.insert(user_id, change);
+        let was = matches!(before, Some((_, Some(_))));
+        match (was, change.1.is_some()) {
+            (false, true) => self.known += 1,
+            (true, false) => self.known -= 1,
+            _ => {}
+        }
+    }
+
+    /// How many users have a level now.
     pub fn len(&self) -> usize {
-        self.risks.len()
+        self.known
     }
 
     pub fn is_empty(&self) -> bool {
-        self.risks.is_empty()
+        self.known == 0
     }
 
     /// Reads a JSONL profiles file; blank lines are skipped, a later line for a user wins.
@@ -124,6 +196,34 @@ mod tests {
         let text = "{\"user_id\": 7, \"risk\": \"high\", \"note\": \"vip\"}\n";
         let profiles = Profiles::from_lines(&Profiles::read_jsonl(text.as_bytes()).unwrap());
         assert_eq!(profiles.risk(7), Risk::High);
+    }
+
+    #[test]
+    fn an_event_gets_the_level_in_force_when_it_was_appended() {
+        let mut p = Profiles::default();
+        p.change_at(1, 100, Some(Risk::High));
+        p.change_at(1, 200, Some(Risk::Low));
+        p.change_at(1, 300, None);
+        assert_eq!(p.risk_at(1, 99), Risk::Medium);
+        assert_eq!(p.risk_at(1, 100), Risk::High);
+        assert_eq!(p.risk_at(1, 199), Risk::High);
+        assert_eq!(p.risk_at(1, 200), Risk::Low);
+        assert_eq!(p.risk_at(1, 300), Risk::Medium);
+        assert_eq!(p.risk(1), Risk::Medium);
+        assert_eq!(p.len(), 0);
+        // A clock stepping back still sorts by time; the latest record by time is "now".
+        p.change_at(1, 150, Some(Risk::Low));
+        assert_eq!(p.risk_at(1, 160), Risk::Low);
+        assert_eq!(p.risk_at(1, 120), Risk::High);
+        assert_eq!(p.risk(1), Risk::Medium);
+        // A file's level holds at every time.
+        p.set(2, Risk::High);
+        assert_eq!(p.risk_at(2, i64::MIN), Risk::High);
+        assert_eq!(p.len(), 1);
+        p.change_at(2, 500, Some(Risk::Low));
+        assert_eq!(p.risk_at(2, 499), Risk::High);
+        assert_eq!(p.risk_at(2, 500), Risk::Low);
+        assert_eq!(p.len(), 1);
     }
 
     #[test]

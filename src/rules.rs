@@ -1,4 +1,4 @@
-//! The alert rules' configuration and their thresholds by risk level (SPEC sections 3 and 4).
+//! The alert rules' configuration and their thresholds by risk level (CONTRACT §3 and §4).
 //!
 //! Pure data: no I/O. [`Limits`] is the validated, time-unit-scaled form of [`RulesConfig`],
 //! which [`crate::rule_set::RuleSet::from_limits`] makes the configured rule set.
@@ -41,12 +41,12 @@ impl FromStr for TimeUnit {
     }
 }
 
-/// `[rules]` in the configuration: every threshold, window and code (SPEC section 3).
+/// `[rules]` in the configuration: every threshold, window and code (CONTRACT §3).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RulesConfig {
     pub time_unit: TimeUnit,
-    /// A rule set file (TOML, SPEC section 10) active until a set is published to the rules
+    /// A rule set file (TOML, CONTRACT §10) active until a set is published to the rules
     /// topic; empty: the five rules below.
     pub file: String,
     /// A shadow set file evaluated beside the active set; empty: none (until one is published).

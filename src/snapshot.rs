@@ -138,7 +138,7 @@ fn check_version(bytes: &[u8]) -> Result<u32, String> {
     Ok(version.v)
 }
 
-/// The first format: the state of the engine of the five fixed rules (SPEC section 3), which
+/// The first format: the state of the engine of the five fixed rules (CONTRACT §3), which
 /// kept only what those rules need: the trailing withdrawals, the increasing run of deposits
 /// and the last deposit, the deposits of the deposit window summed by time and the events of the
 /// burst window counted by time.

@@ -1,6 +1,6 @@
 //! Per-user state and the evaluation of a rule set against it: the pure core.
 //!
-//! Per user it keeps what any valid rule can ask about, whatever the set (SPEC section 10, "State
+//! Per user it keeps what any valid rule can ask about, whatever the set (CONTRACT §10, "State
 //! is independent of the rule set"): every event within `state.max_window` of the user's latest
 //! one (the window rules), the length of the trailing run of events of one type
 //! (`consecutive`), and per type the last amount and the length of the strictly increasing run
@@ -21,7 +21,7 @@ use crate::domain::Risk;
 use crate::rule_set::{Bounds, Kind, On, RuleSet};
 use crate::rules::format_units;
 
-/// Why one code fired (SPEC section 10, "Explained alerts").
+/// Why one code fired (CONTRACT §10, "Explained alerts").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Evidence {
     pub code: u32,
@@ -491,7 +491,7 @@ fn window_ticks(set: &RuleSet, bounds: &Bounds) -> u64 {
     (bounds.max_window.as_millis() as u64).saturating_mul(ticks) / 1000
 }
 
-/// The amount threshold after risk scaling (SPEC section 4), in 10^-8 units; a high-risk
+/// The amount threshold after risk scaling (CONTRACT §4), in 10^-8 units; a high-risk
 /// threshold of an odd number of units is shown rounded down (the comparison itself is exact).
 fn scaled_amount(risk: Risk, amount: u128) -> u128 {
     match risk {
@@ -763,7 +763,7 @@ mod tests {
             .collect()
     }
 
-    /// The memory budget (SPEC: about 150 bytes a user with a few events): the state itself
+    /// The memory budget (the target: about 150 bytes a user with a few events): the state itself
     /// stays at 88 bytes, its window on the heap.
     #[test]
     fn a_users_state_is_88_bytes() {

@@ -9,7 +9,7 @@ use user_monitor::rule_set::{Bounds, RuleSet};
 use user_monitor::rules::{Limits, RulesConfig, TimeUnit};
 use user_monitor::state::Users;
 
-/// The rules exactly as SPEC section 3 words them, over the whole accepted history.
+/// The rules exactly as CONTRACT §3 words them, over the whole accepted history.
 struct Reference {
     config: RulesConfig,
     unit: TimeUnit,

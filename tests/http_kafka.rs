@@ -968,7 +968,7 @@ async fn with_the_broker_down_requests_fail_within_the_produce_timeout_and_readi
 }
 
 // ---------------------------------------------------------------------------------------------
-// Rule sets (SPEC section 10)
+// Rule sets (CONTRACT §10)
 
 const RULES_V1: &str = r#"{"version": "http-v1", "time_unit": "seconds", "rule": [
     {"code": 1100, "name": "large withdrawal", "kind": "amount", "on": "withdraw", "amount": "250"},

@@ -1351,7 +1351,7 @@ async fn every_route_checks_its_scope_and_the_audit_trail_names_who_changed_what
 }
 
 // ---------------------------------------------------------------------------------------------
-// Rule sets (SPEC section 10)
+// Rule sets (CONTRACT §10)
 
 fn delete(path: &str) -> Request<Body> {
     Request::delete(path).body(Body::empty()).unwrap()

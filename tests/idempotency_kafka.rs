@@ -1,4 +1,4 @@
-//! Retries never double-count (SPEC §7), on a real broker with real processes: an event produced
+//! Retries never double-count (CONTRACT §7), on a real broker with real processes: an event produced
 //! again with the same `idempotency-key` header (as the shim does for `Idempotency-Key`, and as
 //! producers writing to Kafka directly do) is answered with the original's answer and
 //! `duplicate_of`, and not applied again — across a kill -9 of the processor (the original then

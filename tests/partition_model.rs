@@ -2,10 +2,14 @@
 //! snapshot rounds, aborted transactions, crashes (with, under at-least-once, any part of the
 //! in-flight records landing), rebalance hand-overs and restores, over the real snapshot format
 //! and the real restore logic ([`Rebuild`]), with idempotency keys, retries and key reuse in the
-//! input and a risk level per user (so an answer remembered for a retry must be the original's). After every restore the partition's state must equal
-//! an uninterrupted run over the same input, and at the end every input has its answer: exactly
-//! one under exactly-once, at least one and all identical under at-least-once, each equal to the
-//! uninterrupted run's.
+//! input, and a log of risk-level changes interleaved in time with the input: each record is
+//! judged by its user's level in force when it was appended (so an answer remembered for a retry
+//! must be the original's, at the original's level). The owner follows the changes log: before a
+//! batch it catches up to the batch's append times; when a catch-up fails (a partial read, or
+//! none), the batch is held back, untouched, and read again on a later turn. After every restore
+//! the partition's state must equal an uninterrupted run over the same input, and at the end
+//! every input has its answer: exactly one under exactly-once, at least one and all identical
+//! under at-least-once, each equal to the uninterrupted run's.
 
 mod common;
 
@@ -21,6 +25,7 @@ use user_monitor::engine::{Engine, Input, Placement};
 use user_monitor::idempotency::{Answer as Remembered, DedupLimits};
 use user_monitor::partition::Sets;
 use user_monitor::partition::{PartitionState, Rebuild};
+use user_monitor::profiles::Profiles;
 use user_monitor::rule_set::{Bounds, RuleSet};
 use user_monitor::snapshot::{encode, encode_marker, load_record, MARKER_KEY};
 
@@ -36,9 +41,56 @@ fn input_at(input: &[Record], offset: i64) -> Input<'_> {
     }
 }
 
-/// Each user's risk level (fixed, so an uninterrupted run is well defined).
-fn risk_of(user: UserId) -> Risk {
-    Risk::ALL[(user.0 % 3) as usize]
+/// When the input record at `offset` was appended (LogAppendTime, ms).
+fn appended(offset: i64) -> i64 {
+    offset * 10
+}
+
+/// One record of the profiles topic: a user's level changed at `time` (ms, its LogAppendTime;
+/// `None`: a tombstone, back to medium). The log is in time order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Change {
+    user: u64,
+    time: i64,
+    risk: Option<Risk>,
+}
+
+/// The levels after reading the whole changes log: what an uninterrupted run judges by.
+fn all_of(changes: &[Change]) -> Profiles {
+    let mut profiles = Profiles::default();
+    for c in changes {
+        profiles.change_at(c.user, c.time, c.risk);
+    }
+    profiles
+}
+
+/// An owner's follower of the profiles topic: the levels read so far, and how many records of
+/// the changes log that is (in log order). A new owner's starts with nothing read.
+#[derive(Default)]
+struct Follower {
+    profiles: Profiles,
+    read: usize,
+}
+
+impl Follower {
+    /// Reads the log up to (excluding) record `until`.
+    fn read_to(&mut self, changes: &[Change], until: usize) {
+        for c in changes.iter().take(until).skip(self.read) {
+            self.profiles.change_at(c.user, c.time, c.risk);
+        }
+        self.read = self.read.max(until.min(changes.len()));
+    }
+
+    /// A catch-up that succeeds: reads every change appended up to `time`.
+    fn catch_up_to(&mut self, changes: &[Change], time: i64) {
+        let until = self.read + changes[self.read..].partition_point(|c| c.time <= time);
+        self.read_to(changes, until);
+    }
+
+    /// The level of `user` in force when the input record at `offset` was appended.
+    fn risk(&self, user: UserId, offset: i64) -> Risk {
+        self.profiles.risk_at(user.0, appended(offset))
+    }
 }
 
 /// A small window and bound, so forgetting is exercised too.
@@ -78,6 +130,9 @@ enum Op {
     },
     /// The partition is revoked: its changed users are flushed, then a new owner restores it.
     HandOver,
+    /// Reading the profiles topic to its end fails (a broker restarting) after up to `read` more
+    /// records: the batch of up to `n` records is held back, not judged, and read again later.
+    CatchUpFails { n: usize, read: usize },
 }
 
 /// What an answer says, for comparing with the uninterrupted run.
@@ -104,6 +159,8 @@ fn answer(verdict: &Verdict) -> Option<Answer> {
 /// The broker: the input partition, the state and alerts partitions, the committed offset.
 struct Broker {
     input: Vec<Record>,
+    /// The profiles topic.
+    changes: Vec<Change>,
     state: Vec<(Vec<u8>, Vec<u8>)>,
     alerts: Vec<(i64, Option<Answer>)>,
     committed: Option<i64>,
@@ -122,10 +179,31 @@ struct Model {
     guarantee: Guarantee,
     set: RuleSet,
     broker: Broker,
+    /// The whole changes log read: the levels an uninterrupted run judges by.
+    profiles: Profiles,
     owner: Option<PartitionState>,
+    /// The owner's (its instance's) follower of the profiles topic.
+    follower: Follower,
 }
 
 impl Model {
+    fn new(guarantee: Guarantee, input: Vec<Record>, changes: Vec<Change>) -> Model {
+        Model {
+            guarantee,
+            set: RuleSet::default_set(),
+            profiles: all_of(&changes),
+            broker: Broker {
+                input,
+                changes,
+                state: Vec::new(),
+                alerts: Vec::new(),
+                committed: None,
+            },
+            owner: None,
+            follower: Follower::default(),
+        }
+    }
+
     fn restore(&mut self) -> PartitionState {
         let b = &self.broker;
         // As the restore does: nothing committed is committed offset 0.
@@ -167,13 +245,15 @@ impl Model {
         // Every user's state is an uninterrupted run's at the resume point, but for users whose
         // record reaches further (at-least-once): theirs at that record's offset.
         let resume = state.next_offset() as usize;
-        let engine_at_resume = uninterrupted(&b.input[..resume], &self.set);
+        let engine_at_resume = uninterrupted(&b.input[..resume], &self.set, &self.profiles);
         let at_resume = &engine_at_resume.users;
         let ahead: BTreeMap<u64, i64> = state.ahead().collect();
         let ids: HashSet<u64> = at_resume.ids().chain(state.users().ids()).collect();
         for id in ids {
             let reference = match ahead.get(&id) {
-                Some(&covers) => uninterrupted(&b.input[..covers as usize], &self.set),
+                Some(&covers) => {
+                    uninterrupted(&b.input[..covers as usize], &self.set, &self.profiles)
+                }
                 None => engine_at_resume.clone(),
             };
             let want = reference.users.export(id);
@@ -192,23 +272,42 @@ impl Model {
         state
     }
 
+    /// The owner, restored by a new instance (whose follower has read nothing yet) if there is
+    /// none.
     fn owner(&mut self) -> &mut PartitionState {
         if self.owner.is_none() {
             let state = self.restore();
             self.owner = Some(state);
+            self.follower = Follower::default();
         }
         self.owner.as_mut().unwrap()
     }
 
+    /// The offsets the next batch of up to `n` records covers.
+    fn next_batch(&mut self, n: usize) -> std::ops::Range<i64> {
+        let end = self.broker.input.len() as i64;
+        let start = self.owner().next_offset();
+        start..(start + n as i64).min(end)
+    }
+
     fn run_batch(&mut self, n: usize, snapshot: bool) -> Pending {
         let set = self.set.clone();
-        let end = self.broker.input.len() as i64;
-        let input = self.broker.input.clone();
-        let owner = self.owner();
+        let batch = self.next_batch(n);
+        // Catch up first: every change appended up to the batch's last record.
+        if !batch.is_empty() {
+            self.follower
+                .catch_up_to(&self.broker.changes, appended(batch.end - 1));
+        }
+        let input = &self.broker.input;
+        let follower = &self.follower;
+        let owner = self.owner.as_mut().unwrap();
         let mut pending = Pending::default();
-        let start = owner.next_offset();
-        for offset in start..(start + n as i64).min(end) {
-            let processed = owner.process(input_at(&input, offset), risk_of, sets(&set));
+        for offset in batch {
+            let processed = owner.process(
+                input_at(input, offset),
+                |user| follower.risk(user, offset),
+                sets(&set),
+            );
             if processed.answer {
                 pending.responses.push((offset, answer(&processed.verdict)));
             }
@@ -305,6 +404,15 @@ impl Model {
                 self.land_some(pending, landed);
                 self.owner = None;
             }
+            Op::CatchUpFails { n, read } => {
+                // The batch is polled (by an owner, restored first if new), then the catch-up
+                // reads only `read` more changes and fails.
+                let _held_back = self.next_batch(n);
+                let until = self.follower.read + read;
+                self.follower.read_to(&self.broker.changes, until);
+                // Held back: nothing of the batch is judged, no state is touched, the consumer
+                // is rewound to the partition's next offset, where the next batch starts.
+            }
             Op::HandOver => {
                 let Some(mut owner) = self.owner.take() else {
                     return;
@@ -345,22 +453,32 @@ fn sets(set: &RuleSet) -> Sets<'_> {
     }
 }
 
-fn uninterrupted_run(input: &[Record], set: &RuleSet) -> (Oracle, Vec<Verdict>) {
+/// Judges each input by its user's level in force when it was appended, from the whole changes
+/// log.
+fn uninterrupted_run(
+    input: &[Record],
+    set: &RuleSet,
+    profiles: &Profiles,
+) -> (Oracle, Vec<Verdict>) {
     let mut oracle = Oracle::new(set.clone(), DEDUP);
     let verdicts = (0..input.len() as i64)
-        .map(|offset| oracle.judge(input_at(input, offset), PLACEMENT, risk_of))
+        .map(|offset| {
+            oracle.judge(input_at(input, offset), PLACEMENT, |user| {
+                profiles.risk_at(user.0, appended(offset))
+            })
+        })
         .collect();
     (oracle, verdicts)
 }
 
 /// The engine after processing `input` without interruption.
-fn uninterrupted(input: &[Record], set: &RuleSet) -> Engine {
-    uninterrupted_run(input, set).0.into_engine()
+fn uninterrupted(input: &[Record], set: &RuleSet, profiles: &Profiles) -> Engine {
+    uninterrupted_run(input, set, profiles).0.into_engine()
 }
 
 /// The answers of an uninterrupted run.
-fn expected_answers(input: &[Record], set: &RuleSet) -> Vec<Answer> {
-    let (_, verdicts) = uninterrupted_run(input, set);
+fn expected_answers(input: &[Record], set: &RuleSet, profiles: &Profiles) -> Vec<Answer> {
+    let (_, verdicts) = uninterrupted_run(input, set, profiles);
     verdicts.iter().map(|v| answer(v).unwrap()).collect()
 }
 
@@ -422,6 +540,25 @@ fn input_strategy() -> impl Strategy<Value = Vec<Record>> {
     })
 }
 
+/// The profiles topic: changes of the input's users at times spread over the input's append
+/// times (some at the very millisecond of an input), in time order.
+fn changes_strategy() -> impl Strategy<Value = Vec<Change>> {
+    let risk = prop_oneof![
+        Just(None),
+        Just(Some(Risk::Low)),
+        Just(Some(Risk::Medium)),
+        Just(Some(Risk::High)),
+    ];
+    prop::collection::vec((0u64..6, 0i64..1200, risk), 0..24).prop_map(|changes| {
+        let mut changes: Vec<Change> = changes
+            .into_iter()
+            .map(|(user, time, risk)| Change { user, time, risk })
+            .collect();
+        changes.sort_by_key(|c| c.time); // stable: same-time changes keep their log order
+        changes
+    })
+}
+
 fn op_strategy() -> impl Strategy<Value = Op> {
     prop_oneof![
         6 => (1usize..12, any::<bool>()).prop_map(|(n, snapshot)| Op::Batch { n, snapshot }),
@@ -430,22 +567,19 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         2 => (1usize..12, any::<bool>(), any::<u64>())
             .prop_map(|(n, snapshot, landed)| Op::Crash { n, snapshot, landed }),
         1 => Just(Op::HandOver),
+        2 => (1usize..12, 0usize..4).prop_map(|(n, read)| Op::CatchUpFails { n, read }),
     ]
 }
 
-fn run(guarantee: Guarantee, input: Vec<Record>, ops: &[Op]) {
-    let set = RuleSet::default_set();
-    let mut model = Model {
-        guarantee,
-        set: set.clone(),
-        broker: Broker {
-            input,
-            state: Vec::new(),
-            alerts: Vec::new(),
-            committed: None,
-        },
-        owner: None,
-    };
+/// Runs `ops`, then to the end; checks the state after every restore and every answer. Returns
+/// the responses produced.
+fn run(
+    guarantee: Guarantee,
+    input: Vec<Record>,
+    changes: Vec<Change>,
+    ops: &[Op],
+) -> Vec<(i64, Option<Answer>)> {
+    let mut model = Model::new(guarantee, input, changes);
     for op in ops {
         model.step(op);
     }
@@ -461,7 +595,7 @@ fn run(guarantee: Guarantee, input: Vec<Record>, ops: &[Op]) {
     let final_state = model.restore();
     assert_eq!(final_state.next_offset(), end);
 
-    let expected = expected_answers(&model.broker.input, &set);
+    let expected = expected_answers(&model.broker.input, &model.set, &model.profiles);
     let mut answers: BTreeMap<i64, Vec<Option<Answer>>> = BTreeMap::new();
     for (offset, answer) in &model.broker.alerts {
         answers.entry(*offset).or_default().push(answer.clone());
@@ -478,6 +612,7 @@ fn run(guarantee: Guarantee, input: Vec<Record>, ops: &[Op]) {
     }
     let unique: HashSet<_> = answers.keys().collect();
     assert!(unique.is_empty(), "responses to offsets never produced");
+    model.broker.alerts
 }
 
 proptest! {
@@ -486,17 +621,19 @@ proptest! {
     #[test]
     fn exactly_once_state_and_answers_equal_an_uninterrupted_run(
         input in input_strategy(),
+        changes in changes_strategy(),
         ops in prop::collection::vec(op_strategy(), 0..40),
     ) {
-        run(Guarantee::ExactlyOnce, input, &ops);
+        run(Guarantee::ExactlyOnce, input, changes, &ops);
     }
 
     #[test]
     fn at_least_once_state_equals_an_uninterrupted_run_and_repeats_are_identical(
         input in input_strategy(),
+        changes in changes_strategy(),
         ops in prop::collection::vec(op_strategy(), 0..40),
     ) {
-        run(Guarantee::AtLeastOnce, input, &ops);
+        run(Guarantee::AtLeastOnce, input, changes, &ops);
     }
 }
 
@@ -551,6 +688,87 @@ fn a_replayed_event_survives_a_second_crash_after_a_round_of_other_users() {
             snapshot: false,
         }, // a deposits 30: increasing 10, 20, 30
     ];
-    run(Guarantee::ExactlyOnce, input.clone(), &ops);
-    run(Guarantee::AtLeastOnce, input, &ops);
+    run(Guarantee::ExactlyOnce, input.clone(), Vec::new(), &ops);
+    run(Guarantee::AtLeastOnce, input, Vec::new(), &ops);
+}
+
+/// A batch whose catch-up of the profiles topic failed is held back, and judged on a later turn
+/// by the level in force when each record was appended, not by the levels read so far.
+#[test]
+fn a_batch_held_back_after_a_failed_catch_up_is_judged_by_the_risk_in_force_when_appended() {
+    let user = (0..100)
+        .find(|&u| {
+            user_monitor::domain::partitioner::partition_for_user(UserId(u), 2)
+                == PLACEMENT.partition
+        })
+        .unwrap();
+    // Records appended at 0, 10, 20, 30, 40 ms; the user's level is high from 15 ms, low from 25.
+    let input: Vec<Record> = (0..5)
+        .map(|t| (event_line(user, true, 10, t), None))
+        .collect();
+    let changes = vec![
+        Change {
+            user,
+            time: 15,
+            risk: Some(Risk::High),
+        },
+        Change {
+            user,
+            time: 25,
+            risk: Some(Risk::Low),
+        },
+    ];
+    let want = [Risk::Medium, Risk::Medium, Risk::High, Risk::Low, Risk::Low];
+    let risks = |alerts: &[(i64, Option<Answer>)]| -> Vec<(i64, Risk)> {
+        alerts
+            .iter()
+            .map(|(offset, answer)| match answer {
+                Some(Answer::Codes(_, risk)) => (*offset, *risk),
+                other => panic!("offset {offset}: {other:?}"),
+            })
+            .collect()
+    };
+    for guarantee in [Guarantee::ExactlyOnce, Guarantee::AtLeastOnce] {
+        let mut model = Model::new(guarantee, input.clone(), changes.clone());
+        model.step(&Op::Batch {
+            n: 1,
+            snapshot: false,
+        });
+        assert_eq!(model.follower.read, 0, "nothing appended by 0 ms");
+        // The catch-up fails having read none of the changes: the batch is held back.
+        model.step(&Op::CatchUpFails { n: 4, read: 0 });
+        assert_eq!(model.follower.read, 0);
+        // Again, having read the first change only (high, but not yet the low after it).
+        model.step(&Op::CatchUpFails { n: 4, read: 1 });
+        assert_eq!(model.follower.read, 1);
+        assert_eq!(model.owner().next_offset(), 1, "held back: nothing judged");
+        assert_eq!(model.broker.committed, Some(1));
+        assert_eq!(risks(&model.broker.alerts), [(0, Risk::Medium)]);
+        // A catch-up that succeeds: the same records, each at its append time's level.
+        model.step(&Op::Batch {
+            n: 4,
+            snapshot: true,
+        });
+        assert_eq!(model.follower.read, 2);
+        let got = risks(&model.broker.alerts);
+        let expected: Vec<(i64, Risk)> = (0..5).zip(want).collect();
+        assert_eq!(got, expected);
+        // A restore agrees, and so does the whole run's check.
+        model.step(&Op::HandOver);
+        model.restore();
+        let ops = [
+            Op::Batch {
+                n: 1,
+                snapshot: false,
+            },
+            Op::CatchUpFails { n: 4, read: 0 },
+            Op::CatchUpFails { n: 4, read: 1 },
+            Op::Batch {
+                n: 4,
+                snapshot: true,
+            },
+        ];
+        let alerts = run(guarantee, input.clone(), changes.clone(), &ops);
+        assert_eq!(risks(&alerts), expected);
+    }
 }

@@ -1,7 +1,7 @@
 //! Model-based test of the rule-set evaluator: random rule sets of every kind, random histories
 //! with out-of-order events and risk changes, both time units, and small history bounds (so the
 //! bounded history is stressed), against a naive reference that keeps every event and reads each
-//! rule as SPEC section 10 words it.
+//! rule as CONTRACT §10 words it.
 
 use std::time::Duration;
 

@@ -1,4 +1,4 @@
-//! Rule sets live, through a real Apache Kafka broker (SPEC section 10): a set published while
+//! Rule sets live, through a real Apache Kafka broker (CONTRACT §10): a set published while
 //! events stream judges exactly the events appended after it, across a kill -9 and its replay,
 //! every answer checked per offset against `evaluate` under the version the response names; and
 //! a shadow set's disagreements are exactly `backtest`'s diff over the same input.

@@ -117,9 +117,9 @@ pub struct AlertRecord {
     pub duplicate_of: Option<String>,
     pub user_id: Option<u64>,
     pub outcome: Outcome,
-    /// The version of the rule set the event was judged under (SPEC section 10).
+    /// The version of the rule set the event was judged under (CONTRACT §10).
     pub rules_version: Option<String>,
-    /// Why each code fired, one entry per code (a JSON array; SPEC section 10).
+    /// Why each code fired, one entry per code (a JSON array; CONTRACT §10).
     pub evidence: Option<Box<RawValue>>,
     pub event: Option<Box<RawValue>>,
     pub event_text: Option<String>,

@@ -1,4 +1,4 @@
-//! A user's risk level and how it scales the rules' thresholds (SPEC section 4).
+//! A user's risk level and how it scales the rules' thresholds (CONTRACT §4).
 
 use std::fmt;
 use std::str::FromStr;

@@ -104,7 +104,7 @@ pub enum Verdict {
         user_id: UserId,
         codes: AlertCodes,
         risk: Risk,
-        /// Why each code fired (SPEC section 10, the text of a JSON array), when asked for and
+        /// Why each code fired (CONTRACT §10, the text of a JSON array), when asked for and
         /// alerting.
         evidence: Option<Box<str>>,
         /// The shadow set's codes for the same event, when a shadow set is evaluated.

@@ -1,4 +1,4 @@
-//! The HTTP API's contract (SPEC section 7): request and response bodies, query parameters,
+//! The HTTP API's contract (CONTRACT §7): request and response bodies, query parameters,
 //! the error answer, and the OpenAPI document. Behaviour lives in [`super::routes`].
 
 use axum::http::{header, HeaderValue, StatusCode};
@@ -118,7 +118,7 @@ impl IntoResponse for ApiError {
 // ---------------------------------------------------------------------------------------------
 // Wire types
 
-/// An event as sent (SPEC section 2). Unknown extra fields are ignored.
+/// An event as sent (CONTRACT §2). Unknown extra fields are ignored.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[schema(example = json!({"type": "deposit", "amount": "42.00", "user_id": 1, "time": 10}))]
 pub struct EventBody {
@@ -199,7 +199,7 @@ struct EventViewSchema {
     pub event_text: Option<String>,
 }
 
-/// Why one code fired (SPEC section 10, "Explained alerts").
+/// Why one code fired (CONTRACT §10, "Explained alerts").
 #[derive(ToSchema)]
 #[schema(as = Evidence)]
 #[allow(dead_code)]
@@ -490,7 +490,7 @@ pub enum RulesDenied {
     Forbidden(ErrorBody),
 }
 
-// The documented shape of a rule set (SPEC section 10): the handlers validate the JSON
+// The documented shape of a rule set (CONTRACT §10): the handlers validate the JSON
 // themselves, naming every problem, so this is for the document only.
 /// A rule set: the TOML file's structure as JSON.
 #[derive(ToSchema)]

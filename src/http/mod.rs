@@ -1,4 +1,4 @@
-//! The HTTP shim (SPEC section 7): plain HTTP in front of the Kafka topics.
+//! The HTTP shim (CONTRACT §7): plain HTTP in front of the Kafka topics.
 //!
 //! - [`routes`]: the endpoints, their wire types and the OpenAPI document;
 //! - [`model`]: the pending waiters of `POST` requests ([`model::Hub`]);

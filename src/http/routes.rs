@@ -1,4 +1,4 @@
-//! The endpoints of SPEC section 7, their wire types and the OpenAPI document generated from them.
+//! The endpoints of CONTRACT §7, their wire types and the OpenAPI document generated from them.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -440,7 +440,7 @@ pub async fn create_event(
         Submitted::Done(stored) => {
             let record = &stored.record;
             // A retry is answered as the original was, with the original's id; nothing new was
-            // created, so 200 (SPEC section 7).
+            // created, so 200 (CONTRACT §7).
             let (event_id, status) = match &record.duplicate_of {
                 Some(original) => (original.clone(), StatusCode::OK),
                 None => (record.event_id.clone(), StatusCode::CREATED),
@@ -668,7 +668,7 @@ pub async fn put_risk(
 }
 
 // ---------------------------------------------------------------------------------------------
-// Rule sets (SPEC section 10)
+// Rule sets (CONTRACT §10)
 
 /// The set of `key` in a PUT body: validated whole against the configured bounds and
 /// `rules.time_unit`, or a 400 naming every problem.
@@ -995,7 +995,7 @@ async fn method_not_allowed() -> ApiError {
 }
 
 /// Counts requests by route, method and status, and times them by route.
-/// Checks the bearer token against the route's scope (SPEC section 7) and hands the caller's
+/// Checks the bearer token against the route's scope (CONTRACT §7) and hands the caller's
 /// name to the handlers; open mode lets everyone through as `anonymous`.
 async fn authenticate(
     State(state): State<AppState>,

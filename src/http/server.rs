@@ -1,5 +1,5 @@
 //! The shim's HTTP server: one accept loop that keeps slow, idle and excess clients from
-//! exhausting the process, and drains without dropping anyone at shutdown (SPEC §7, "a service
+//! exhausting the process, and drains without dropping anyone at shutdown (CONTRACT §7, "a service
 //! that stays up for everyone").
 //!
 //! - **Connection cap** (`http.max_connections`): past it a new connection gets one request

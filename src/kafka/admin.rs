@@ -15,6 +15,10 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 /// A created rules topic keeps superseded versions at least this long (7 days).
 const RULES_MIN_COMPACTION_LAG_MS: &str = "604800000";
 
+/// How long a superseded risk level stays in the profiles topic: a replay within it judges its
+/// events by the level in force when they were appended (later, by the newest kept).
+const PROFILES_MIN_COMPACTION_LAG_MS: &str = RULES_MIN_COMPACTION_LAG_MS;
+
 /// What a topic of the service is and how it must be configured.
 struct TopicSpec<'a> {
     key: &'static str,
@@ -126,6 +130,12 @@ pub fn ensure_topics(settings: &Settings) -> Result<Topics, KafkaLayerError> {
                         .set("cleanup.policy", "compact")
                         .set("message.timestamp.type", "LogAppendTime")
                         .set("min.compaction.lag.ms", RULES_MIN_COMPACTION_LAG_MS)
+                } else if s.key == "topics.profiles" {
+                    // Broker time orders a risk change against the events, as for rule sets.
+                    topic
+                        .set("cleanup.policy", "compact")
+                        .set("message.timestamp.type", "LogAppendTime")
+                        .set("min.compaction.lag.ms", PROFILES_MIN_COMPACTION_LAG_MS)
                 } else if s.key == "topics.events" {
                     topic.set("message.timestamp.type", "LogAppendTime")
                 } else if s.compacted {
@@ -211,6 +221,15 @@ pub fn ensure_topics(settings: &Settings) -> Result<Topics, KafkaLayerError> {
                 tracing::warn!(topic = spec.name, timestamp_type = %kind, "the events topic does not use LogAppendTime: a rule set swap is ordered against events by their producers' clocks (set message.timestamp.type=LogAppendTime to order it by the broker's)");
             }
             continue;
+        }
+        if spec.key == "topics.profiles" {
+            let kind = config
+                .get("message.timestamp.type")
+                .and_then(|e| e.value.clone())
+                .unwrap_or_default();
+            if kind != "LogAppendTime" {
+                tracing::warn!(topic = spec.name, timestamp_type = %kind, "the profiles topic does not use LogAppendTime: a risk change is ordered against events by its producer's clock (set message.timestamp.type=LogAppendTime to order it by the broker's)");
+            }
         }
         if !spec.compacted {
             dlq_max_message_bytes = config

@@ -109,6 +109,42 @@ pub fn classify(error: &KafkaError) -> ErrorClass {
     }
 }
 
+impl KafkaLayerError {
+    /// Whether waiting may cure it: a broker restarting or moving leadership (transport
+    /// failures, `NotLeaderForPartition`, leader elections, a request timing out).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            KafkaLayerError::Client(e) => classify(e) == ErrorClass::Retryable,
+            KafkaLayerError::Timeout(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// Runs `op` until it succeeds, fails with an error waiting cannot cure, or `within` has
+/// passed (the last error is returned then): for the one-shot commands and the shim's changes,
+/// which a broker restart should delay, not fail. `op` must be safe to repeat (a record
+/// published twice with the same value is).
+pub fn retry_transient<T>(
+    what: &str,
+    within: Duration,
+    mut op: impl FnMut() -> Result<T, KafkaLayerError>,
+) -> Result<T, KafkaLayerError> {
+    let deadline = std::time::Instant::now() + within;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match op() {
+            Ok(value) => return Ok(value),
+            Err(e) if e.is_transient() && std::time::Instant::now() + pause < deadline => {
+                tracing::warn!(error = %e, "{what}: transient failure; retrying");
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Settings every client shares; the raw `[kafka.properties]` table is applied last.
 pub fn base_config(settings: &Settings, role: &str) -> Result<ClientConfig, KafkaLayerError> {
     if settings.kafka.bootstrap_servers.trim().is_empty() {

@@ -8,10 +8,10 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::{reader, KafkaLayerError, Reader};
+use super::{classify, reader, ErrorClass, KafkaLayerError, Reader};
 use crate::config::Settings;
 use crate::domain::UserId;
-use crate::profiles::{ProfileLine, ProfileValue, Profiles};
+use crate::profiles::{ProfileLine, ProfileValue, Profiles, ALWAYS};
 use crate::rule_set::timeline::Timeline;
 use crate::rule_set::Bounds;
 use crate::rules::TimeUnit;
@@ -70,7 +70,11 @@ impl ProfilesFollower {
         let mut followed = Vec::new();
         let mut tpl = TopicPartitionList::new();
         for topic in topics {
-            for p in super::read::partitions(&consumer, &topic, Duration::from_secs(30))? {
+            let found =
+                super::retry_transient("finding the followed topics", PUBLISH_WITHIN, || {
+                    super::read::partitions(&consumer, &topic, Duration::from_secs(10))
+                })?;
+            for p in found {
                 tpl.add_partition_offset(&topic, p, Offset::Beginning)?;
                 followed.push((topic.clone(), p));
             }
@@ -98,24 +102,14 @@ impl ProfilesFollower {
 
     /// Reads until every partition's end offset as of now: a profile change (or rule set) that
     /// Kafka acknowledged before this call is applied when it returns (read-your-writes).
+    ///
+    /// Transient failures on the way (a broker restarting: `BrokerTransportFailure`,
+    /// `FencedLeaderEpoch`, `NotLeaderForPartition`, a ListOffsets request timing out) are
+    /// retried until `timeout`; only then, or on an error no retry can help (refused access),
+    /// does it fail. It never returns `Ok` short of the end offsets it asked for.
     pub fn catch_up(&mut self, timeout: Duration) -> Result<(), KafkaLayerError> {
         let deadline = Instant::now() + timeout;
-        // One ListOffsets request for every partition (timestamp -1: the latest offset, the last
-        // stable one for this read_committed client), not a round trip per partition: this runs
-        // before every batch.
-        let mut latest = TopicPartitionList::new();
-        for (topic, p) in &self.followed {
-            latest.add_partition_offset(topic, *p, Offset::End)?;
-        }
-        let found = self.offsets.offsets_for_times(latest, timeout)?;
-        let mut targets = Vec::with_capacity(self.followed.len());
-        for (topic, p) in &self.followed {
-            let high = match found.find_partition(topic, *p).map(|e| e.offset()) {
-                Some(Offset::Offset(high)) => high,
-                _ => self.offsets.fetch_watermarks(topic, *p, timeout)?.1,
-            };
-            targets.push((topic.clone(), *p, high));
-        }
+        let targets = self.end_offsets(deadline)?;
         loop {
             let position = self.consumer.position()?;
             let behind = targets.iter().any(|(topic, p, high)| {
@@ -131,8 +125,62 @@ impl ProfilesFollower {
             if Instant::now() > deadline {
                 return Err(KafkaLayerError::Timeout(timeout));
             }
-            self.poll_once(Duration::from_millis(50))?;
+            match self.poll_once(Duration::from_millis(50)) {
+                Ok(_) => {}
+                Err(KafkaLayerError::Client(e)) if classify(&e) != ErrorClass::Fatal => {
+                    // The client recovers by itself (it refreshes metadata and fetches again).
+                    tracing::debug!(error = %e, "profiles follower: transient error; still catching up");
+                }
+                Err(e) => return Err(e),
+            }
         }
+    }
+
+    /// Every followed partition's end offset as of now, asked again after transient failures
+    /// until `deadline`.
+    fn end_offsets(&self, deadline: Instant) -> Result<Vec<(String, i32, i64)>, KafkaLayerError> {
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.end_offsets_within(left.max(Duration::from_millis(100))) {
+                Ok(targets) => return Ok(targets),
+                Err(KafkaLayerError::Client(e))
+                    if classify(&e) != ErrorClass::Fatal && Instant::now() + pause < deadline =>
+                {
+                    tracing::debug!(error = %e, "profiles follower: end offsets not known yet; asking again");
+                }
+                Err(e) => return Err(e),
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    fn end_offsets_within(
+        &self,
+        timeout: Duration,
+    ) -> Result<Vec<(String, i32, i64)>, KafkaLayerError> {
+        // One ListOffsets request for every partition (timestamp -1: the latest offset, the last
+        // stable one for this read_committed client), not a round trip per partition: this runs
+        // before every batch.
+        let mut latest = TopicPartitionList::new();
+        for (topic, p) in &self.followed {
+            latest.add_partition_offset(topic, *p, Offset::End)?;
+        }
+        let found = self.offsets.offsets_for_times(latest, timeout)?;
+        let mut targets = Vec::with_capacity(self.followed.len());
+        for (topic, p) in &self.followed {
+            let element = found.find_partition(topic, *p);
+            if let Some(e) = element.as_ref().map(|e| e.error()).and_then(Result::err) {
+                return Err(e.into());
+            }
+            let high = match element.map(|e| e.offset()) {
+                Some(Offset::Offset(high)) => high,
+                _ => self.offsets.fetch_watermarks(topic, *p, timeout)?.1,
+            };
+            targets.push((topic.clone(), *p, high));
+        }
+        Ok(targets)
     }
 
     /// Applies whatever is available now, without waiting for the end.
@@ -165,10 +213,13 @@ impl ProfilesFollower {
                     );
                     return Ok(true);
                 };
+                // Broker time (the topic is LogAppendTime): the level holds for the events
+                // appended from then on.
+                let since = message.timestamp().to_millis().unwrap_or(ALWAYS);
                 match message.payload() {
-                    None => self.profiles.remove(user_id),
+                    None => self.profiles.change_at(user_id, since, None),
                     Some(payload) => match serde_json::from_slice::<ProfileValue>(payload) {
-                        Ok(value) => self.profiles.set(user_id, value.risk),
+                        Ok(value) => self.profiles.change_at(user_id, since, Some(value.risk)),
                         Err(e) => {
                             tracing::warn!(user_id, offset = message.offset(), error = %e, "skipping unreadable profile record")
                         }
@@ -219,26 +270,34 @@ impl RulesFollowed {
 pub fn publish(settings: &Settings, lines: &[ProfileLine]) -> Result<usize, KafkaLayerError> {
     use rdkafka::producer::{FutureProducer, FutureRecord};
     let producer: FutureProducer = super::producer_config(settings, "profiles")?.create()?;
-    let futures: Vec<_> = lines
-        .iter()
-        .map(|line| {
-            let key = line.user_id.to_string();
-            let value = serde_json::to_vec(&ProfileValue { risk: line.risk }).expect("serializes");
-            producer
-                .send_result(
-                    FutureRecord::to(&settings.topics.profiles)
-                        .key(&key)
-                        .payload(&value),
-                )
-                .map_err(|(e, _)| KafkaLayerError::Client(e))
-        })
-        .collect::<Result<_, _>>()?;
-    for future in futures {
-        match futures::executor::block_on(future) {
-            Ok(Ok(_)) => {}
-            Ok(Err((e, _))) => return Err(e.into()),
-            Err(_) => return Err(KafkaLayerError::Timeout(Duration::from_secs(0))),
+    // A broker just restarted may refuse some (`NotLeaderForPartition`): publishing the same
+    // levels again changes nothing.
+    super::retry_transient("publishing profiles", PUBLISH_WITHIN, || {
+        let futures: Vec<_> = lines
+            .iter()
+            .map(|line| {
+                let key = line.user_id.to_string();
+                let value =
+                    serde_json::to_vec(&ProfileValue { risk: line.risk }).expect("serializes");
+                producer
+                    .send_result(
+                        FutureRecord::to(&settings.topics.profiles)
+                            .key(&key)
+                            .payload(&value),
+                    )
+                    .map_err(|(e, _)| KafkaLayerError::Client(e))
+            })
+            .collect::<Result<_, _>>()?;
+        for future in futures {
+            match futures::executor::block_on(future) {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => return Err(e.into()),
+                Err(_) => return Err(KafkaLayerError::Timeout(PUBLISH_WITHIN)),
+            }
         }
-    }
-    Ok(lines.len())
+        Ok(lines.len())
+    })
 }
+
+/// How long publishing profiles may retry transient failures.
+const PUBLISH_WITHIN: Duration = Duration::from_secs(30);

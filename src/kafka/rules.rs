@@ -1,4 +1,4 @@
-//! The rules topic (`topics.rules`, SPEC section 10): its record format, publishing a set, and
+//! The rules topic (`topics.rules`, CONTRACT §10): its record format, publishing a set, and
 //! reading the topic back.
 //!
 //! Record format:
@@ -347,19 +347,23 @@ pub fn publish(
     }
     let producer: FutureProducer = config.create()?;
     let value = record_value(topic, key, set)?;
-    let mut record = FutureRecord::<str, [u8]>::to(topic).key(key.as_str());
-    if let Some(value) = &value {
-        record = record.payload(value.as_slice());
-    }
-    // Enqueued at once; the delivery report comes within `message.timeout.ms` at the latest.
-    let delivery = producer
-        .send_result(record)
-        .map_err(|(e, _)| KafkaLayerError::Client(e))?;
-    match futures::executor::block_on(delivery) {
-        Ok(Ok(delivery)) => Ok(published(&delivery)),
-        Ok(Err((e, _))) => Err(e.into()),
-        Err(_) => Err(KafkaLayerError::Timeout(DEFAULT_TIMEOUT)),
-    }
+    // A broker just restarted may refuse it (`NotLeaderForPartition`): published again, the
+    // same value is the same version.
+    super::retry_transient("publishing the rule set", DEFAULT_TIMEOUT, || {
+        let mut record = FutureRecord::<str, [u8]>::to(topic).key(key.as_str());
+        if let Some(value) = &value {
+            record = record.payload(value.as_slice());
+        }
+        // Enqueued at once; the delivery report comes within `message.timeout.ms` at the latest.
+        let delivery = producer
+            .send_result(record)
+            .map_err(|(e, _)| KafkaLayerError::Client(e))?;
+        match futures::executor::block_on(delivery) {
+            Ok(Ok(delivery)) => Ok(published(&delivery)),
+            Ok(Err((e, _))) => Err(e.into()),
+            Err(_) => Err(KafkaLayerError::Timeout(DEFAULT_TIMEOUT)),
+        }
+    })
 }
 
 fn published(delivery: &rdkafka::producer::future_producer::Delivery) -> Published {
@@ -382,6 +386,12 @@ pub fn read_current_within(
     settings: &Settings,
     timeout: Duration,
 ) -> Result<Current, KafkaLayerError> {
+    super::retry_transient("reading the rules topic", timeout, || {
+        read_current_once(settings, timeout)
+    })
+}
+
+fn read_current_once(settings: &Settings, timeout: Duration) -> Result<Current, KafkaLayerError> {
     let topic = &settings.topics.rules;
     let bounds = settings.rule_bounds();
     let consumer = reader(settings, "rules")?;

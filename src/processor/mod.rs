@@ -10,8 +10,10 @@
 //!    so are their records in the batch).
 //! 2. **Catch up** on the profiles and rules topics to their end offsets (read-your-writes for
 //!    risk changes and rule sets). Each record is judged by the rule set whose version was
-//!    appended at or before the record itself ([`crate::rule_set::timeline`]), and the shadow
-//!    set's disagreements go to the shadow topic in the same transaction.
+//!    appended at or before the record itself ([`crate::rule_set::timeline`]), at the risk level
+//!    in force then, and the shadow set's disagreements go to the shadow topic in the same
+//!    transaction. A batch is never judged short of those end offsets ([`sources`]): when the
+//!    catch-up fails (a broker restarting), the batch is held back and read again.
 //! 3. **Process** in one transaction (exactly-once): a response record per input record, a
 //!    dead-letter record per rejected one (truncated, and saying so, when it would not fit the
 //!    broker's record size limit), the snapshot rounds that are due (the changed users, then the
@@ -45,7 +47,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Guarantee, Settings};
 use crate::health::Readiness;
-use crate::kafka::profiles::ProfilesFollower;
 use crate::kafka::{
     classify, group_member_config, processor_producer_config, ErrorClass, KafkaLayerError,
 };
@@ -56,9 +57,11 @@ use crate::snapshot::SnapshotError;
 
 mod output;
 mod partitions;
+mod sources;
 
 use output::{dlq_limit, produce_marker, produce_round, DeliveryContext, Output};
 use partitions::{GroupContext, Owner, Partition, RestoreDone};
+use sources::{CaughtUp, Sources};
 
 /// Test-only fault injection: with `USER_MONITOR_FAULT_ABORT_EVERY=N`, every Nth transaction
 /// fails with an abortable error after producing and before committing, as a real abortable
@@ -114,7 +117,8 @@ struct Processor {
     consumer: BaseConsumer<GroupContext>,
     /// The partitions and the producer, shared with the rebalance callbacks.
     owner: Arc<Owner>,
-    profiles: ProfilesFollower,
+    /// The profiles and the rule sets' versions, which a batch is judged by once caught up.
+    sources: Sources,
     /// End offsets for the lag gauge, on a client without an open fetch to wait behind.
     offsets: crate::kafka::Reader,
     next_generation: u64,
@@ -198,8 +202,7 @@ impl Processor {
             shadow = shadow.as_ref().map(|s| s.version.as_str()),
             "configured rule sets (until one is published to the rules topic)"
         );
-        let profiles =
-            ProfilesFollower::with_rules(&settings, "profiles", Timeline::new(active, shadow))?;
+        let sources = Sources::new(&settings, Timeline::new(active, shadow))?;
         let offsets = crate::kafka::reader(&settings, "lag")?;
         consumer.subscribe(&[&settings.topics.events])?;
         deps.readiness.set_connected(true);
@@ -217,7 +220,7 @@ impl Processor {
             deps,
             consumer,
             owner,
-            profiles,
+            sources,
             offsets,
             next_generation: 0,
             restores_tx,
@@ -296,12 +299,28 @@ impl Processor {
     }
 
     /// Processes a batch and commits it with the due snapshots; rewinds on abortable errors.
+    /// A batch whose sources cannot be caught up on is held back instead (see [`sources`]).
     fn commit_batch(&mut self, batch: &[OwnedMessage], due: &[i32]) -> Result<(), ProcessorError> {
+        let started = Instant::now();
+        let judgeable = if batch.is_empty() {
+            None
+        } else {
+            match self.sources.catch_up(&self.deps.metrics) {
+                Ok(proof) => Some(Judgeable {
+                    records: batch,
+                    proof,
+                }),
+                Err(KafkaLayerError::Client(e)) if classify(&e) == ErrorClass::Fatal => {
+                    return Err(ProcessorError::Kafka(KafkaLayerError::Client(e)));
+                }
+                Err(e) => return self.hold_back(batch, &e),
+            }
+        };
         let mut touched: Vec<i32> = batch.iter().map(|m| m.partition()).collect();
         touched.extend_from_slice(due);
         touched.sort_unstable();
         touched.dedup();
-        let attempt = self.try_commit(batch, due, &touched);
+        let attempt = self.try_commit(judgeable, due, &touched, started);
         match attempt {
             Ok(()) => {
                 self.deps.metrics.count_transaction("committed");
@@ -322,44 +341,96 @@ impl Processor {
                     self.owner.out.wait_nothing_in_flight();
                 }
                 // The batch mutated in-memory state: rebuild those partitions from Kafka.
-                let mut tpl = TopicPartitionList::new();
-                for &p in &touched {
-                    tpl.add_partition(&self.settings.topics.events, p);
-                }
-                self.consumer.pause(&tpl)?;
-                for p in touched {
-                    let owned = self.owner.partitions().contains_key(&p);
-                    if owned {
-                        self.start_restore(p);
-                    }
-                }
-                Ok(())
+                self.rewind_by_restore(&touched)
             }
         }
     }
 
-    fn try_commit(
+    /// Pauses `partitions` and rebuilds their state from Kafka (snapshot + replay to the
+    /// committed offset): the rewind after a failed transaction.
+    fn rewind_by_restore(&mut self, partitions: &[i32]) -> Result<(), ProcessorError> {
+        let mut tpl = TopicPartitionList::new();
+        for &p in partitions {
+            tpl.add_partition(&self.settings.topics.events, p);
+        }
+        self.consumer.pause(&tpl)?;
+        for &p in partitions {
+            let owned = self.owner.partitions().contains_key(&p);
+            if owned {
+                self.start_restore(p);
+            }
+        }
+        Ok(())
+    }
+
+    /// A batch whose sources could not be read to their end is not judged: nothing of it
+    /// touched any state, so its partitions are sought back to their next unanswered offset and
+    /// it is read again, and judged once the sources are caught up. Where the seek fails, the
+    /// partition is rewound by a restore instead.
+    fn hold_back(
         &mut self,
         batch: &[OwnedMessage],
+        error: &KafkaLayerError,
+    ) -> Result<(), ProcessorError> {
+        self.deps.metrics.batches_held_back.inc();
+        let mut partitions: Vec<i32> = batch.iter().map(|m| m.partition()).collect();
+        partitions.sort_unstable();
+        partitions.dedup();
+        tracing::warn!(
+            %error,
+            records = batch.len(),
+            ?partitions,
+            "profiles and rules not read to their end: holding the batch back (read again, and judged once they are)"
+        );
+        let topic = &self.settings.topics.events;
+        let mut tpl = TopicPartitionList::new();
+        for (&p, state) in self.owner.partitions().iter() {
+            if let (true, Partition::Ready(ready)) = (partitions.contains(&p), state) {
+                tpl.add_partition_offset(topic, p, Offset::Offset(ready.state.next_offset()))?;
+            }
+        }
+        let sought: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+        let failed: Vec<i32> = match self.consumer.seek_partitions(tpl, Duration::from_secs(10)) {
+            Ok(result) => result
+                .elements()
+                .iter()
+                .filter(|e| e.error().is_err())
+                .map(|e| e.partition())
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot seek back a held-back batch; restoring its partitions");
+                sought
+            }
+        };
+        if !failed.is_empty() {
+            self.rewind_by_restore(&failed)?;
+        }
+        // The next attempt comes after the next poll; not in a tight loop.
+        std::thread::sleep(Duration::from_millis(100));
+        Ok(())
+    }
+
+    fn try_commit(
+        &mut self,
+        judgeable: Option<Judgeable<'_>>,
         due: &[i32],
         touched: &[i32],
+        started: Instant,
     ) -> Result<(), KafkaError> {
         let timeout = self.settings.processing.transaction_timeout;
-        let started = Instant::now();
-        if let Err(e) = self.profiles.catch_up(timeout) {
-            tracing::warn!(error = %e, "profiles not caught up; using the profiles read so far");
-        }
         let caught_up = started.elapsed();
+        let records = judgeable.as_ref().map_or(0, |j| j.records.len());
         let owner = Arc::clone(&self.owner);
         let out = &owner.out;
         out.producer.context().failures.store(0, Ordering::Relaxed);
         if out.exactly_once {
             out.producer.begin_transaction()?;
         }
-        {
+        if let Some(Judgeable { records, proof }) = judgeable {
+            let judging = self.sources.judging(proof);
             let mut partitions = owner.partitions();
-            for message in batch {
-                self.process(&mut partitions, message)?;
+            for message in records {
+                self.process(&mut partitions, &judging, message)?;
             }
         }
         if !out.exactly_once && !due.is_empty() {
@@ -427,7 +498,7 @@ impl Processor {
             self.consumer.commit(&offsets, CommitMode::Sync)?;
         }
         tracing::debug!(
-            records = batch.len(),
+            records,
             snapshots = due.len(),
             profiles_ms = caught_up.as_secs_f64() * 1e3,
             produce_ms = (produced - caught_up).as_secs_f64() * 1e3,
@@ -471,6 +542,12 @@ impl Processor {
             }
         }
     }
+}
+
+/// The records of a batch with the proof that they may be judged.
+struct Judgeable<'a> {
+    records: &'a [OwnedMessage],
+    proof: CaughtUp,
 }
 
 /// Creates and validates the topics, riding out a broker that fails between the connectivity

@@ -15,6 +15,7 @@ use rdkafka::ClientContext;
 use tokio_util::sync::CancellationToken;
 
 use super::partitions::{Partition, Ready};
+use super::sources::Judging;
 use super::{Processor, ProcessorError};
 use crate::config::Settings;
 use crate::domain::response::{truncate_text, AlertRecord, MAX_ERROR_BYTES};
@@ -421,7 +422,7 @@ pub(super) fn dlq_limit(settings: &Settings, topic_max: Option<usize>) -> usize 
 }
 
 /// A record of the shadow topic: an event on which the shadow set and the active set raised
-/// different codes (SPEC section 10, "Backtest and shadow").
+/// different codes (CONTRACT §10, "Backtest and shadow").
 #[derive(Debug, serde::Serialize)]
 struct ShadowRecord<'a> {
     event_id: String,
@@ -487,30 +488,26 @@ impl Processor {
     pub(super) fn process(
         &self,
         partitions: &mut HashMap<i32, Partition>,
+        judging: &Judging<'_>,
         message: &OwnedMessage,
     ) -> Result<(), KafkaError> {
         let partition = message.partition();
         let offset = message.offset();
         let input = message.payload().unwrap_or_default();
-        let profiles = &self.profiles;
         let Some(Partition::Ready(ready)) = partitions.get_mut(&partition) else {
             return Ok(());
         };
-        // The sets in force when this record was appended (SPEC section 10: exact at a swap,
-        // and on any replay of it).
-        let timeline = profiles
-            .timeline()
-            .expect("the processor follows the rules topic");
+        // The sets and the risk level in force when this record was appended (CONTRACT §4
+        // and §10: exact at a swap or a risk change, and on any replay of it).
         let appended = message.timestamp().to_millis().unwrap_or(i64::MAX);
-        let active = timeline.active.at(appended);
-        let shadow = timeline.shadow.at(appended).as_deref();
+        let (active, shadow) = judging.sets_at(appended);
         let processed = ready.state.process(
             Input {
                 offset,
                 payload: input,
                 key: snapshot::idempotency_key(message),
             },
-            |user| profiles.profiles().risk(user.0),
+            |user| judging.risk_at(user.0, appended),
             Sets {
                 active,
                 shadow,

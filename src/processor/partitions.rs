@@ -177,13 +177,7 @@ impl Processor {
             .insert(partition, Partition::Restoring { generation });
         let settings = Arc::clone(&self.settings);
         // Any set rebuilds the same state; the latest is at hand.
-        let set = Arc::clone(
-            self.profiles
-                .timeline()
-                .expect("the processor follows the rules topic")
-                .active
-                .latest(),
-        );
+        let set = self.sources.latest_active();
         let bounds = self.bounds;
         let tx = self.restores_tx.clone();
         let placement = Placement {

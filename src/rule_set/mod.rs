@@ -1,4 +1,4 @@
-//! Rule sets as data (SPEC section 10): the TOML file or JSON body, checked whole.
+//! Rule sets as data (CONTRACT §10): the TOML file or JSON body, checked whole.
 //!
 //! Pure: text in, a validated [`RuleSet`] or one [`InvalidRuleSet`] naming every bad rule and
 //! field out. Both formats go through the same JSON value, so a TOML file and its JSON
@@ -116,7 +116,7 @@ pub enum RuleSetFileError {
     },
 }
 
-/// How far back a rule may look: `state.max_window` and `state.max_count` (SPEC section 10).
+/// How far back a rule may look: `state.max_window` and `state.max_count` (CONTRACT §10).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Bounds {
     pub max_window: Duration,
@@ -205,7 +205,7 @@ impl RuleSet {
         })
     }
 
-    /// The five rules of `[rules]` as a set: version "default" when they are SPEC section 3's,
+    /// The five rules of `[rules]` as a set: version "default" when they are CONTRACT §3's,
     /// "config" when the configuration changed any of them. Validated against `bounds`.
     pub fn from_limits(
         limits: &crate::rules::Limits,
@@ -275,7 +275,7 @@ impl RuleSet {
         })
     }
 
-    /// SPEC section 3's five rules, as a set: with it every answer stays as it is.
+    /// CONTRACT §3's five rules, as a set: with it every answer stays as it is.
     pub fn default_set() -> RuleSet {
         let one = crate::domain::event::UNITS_PER_ONE;
         let rule = |code, name: &str, on, kind| Rule {

@@ -1,4 +1,4 @@
-//! Which rule set judges which event (SPEC section 10, "Versioned, hot-swapped,
+//! Which rule set judges which event (CONTRACT §10, "Versioned, hot-swapped,
 //! read-your-writes"): every published version with the time Kafka appended it, so an event is
 //! judged by the set that was active when the event itself was appended. Pure: the processor
 //! feeds it the rules topic's records and asks it per event, by the event record's timestamp.

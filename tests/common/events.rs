@@ -1,12 +1,13 @@
-//! Inputs: event JSON lines, random event streams, the shared scenarios, keys by user.
+//! Inputs: event JSON lines, random event streams, the scenarios, keys by user.
 
 use std::path::{Path, PathBuf};
 
-/// The shared scenarios (`USER_MONITOR_SCENARIOS`, or `../shared/scenarios`).
+/// The scenarios: event streams with their prescribed responses (`USER_MONITOR_SCENARIOS`, or
+/// the repository's `tests/fixtures/scenarios`).
 pub fn scenarios_dir() -> PathBuf {
     let dir = std::env::var_os("USER_MONITOR_SCENARIOS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| super::process::repo().join("../shared/scenarios"));
+        .unwrap_or_else(|| super::process::repo().join("tests/fixtures/scenarios"));
     assert!(
         dir.join("seeds.jsonl").exists(),
         "scenarios not found in {} (set USER_MONITOR_SCENARIOS)",

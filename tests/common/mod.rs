@@ -10,3 +10,4 @@ pub mod oracle;
 pub mod postgres;
 pub mod process;
 pub mod store;
+pub mod streaming;

@@ -288,13 +288,59 @@ pub fn expected_in_partition_order_under(
     partitions: i32,
     set: &RuleSet,
 ) -> HashMap<(i32, i64), Want> {
-    let mut sorted: Vec<_> = inputs.to_vec();
-    sorted.sort_by_key(|(coordinate, _)| *coordinate);
+    let timed: Vec<_> = inputs
+        .iter()
+        .map(|&(coordinate, line)| (coordinate, line, 0))
+        .collect();
     let profiles = Profiles::default();
+    expected_in_partition_order_timed(&timed, partitions, set, |user, _| profiles.risk(user))
+        .into_iter()
+        .map(|(coordinate, expected)| (coordinate, expected.want))
+        .collect()
+}
+
+/// What the processor must answer for an input record, and the risk its response must name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Expected {
+    pub want: Want,
+    /// The risk an accepted input is judged at (`None`: a rejected one, whose response names none).
+    pub risk: Option<Risk>,
+}
+
+impl Expected {
+    /// Whether the response record `response` names the risk of this answer (always, for a
+    /// rejected input); `Err` says how it differs.
+    pub fn check_risk(&self, response: &serde_json::Value) -> Result<(), String> {
+        match self.risk {
+            Some(risk) if response["risk"] != risk.as_str() => {
+                Err(format!("want risk {risk}, got {}", response["risk"]))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// [`Want::check`] and [`Expected::check_risk`].
+    pub fn check(&self, response: &serde_json::Value) -> Result<(), String> {
+        self.want.check(response)?;
+        self.check_risk(response)
+    }
+}
+
+/// [`expected_in_partition_order_under`] with each input's risk: `inputs` are
+/// `(coordinate, value, append time in ms)`, and an input of user `u` appended at `t` is judged
+/// at the risk `risk_at(u, t)` (the risk does not change the engine's state, only the answer).
+pub fn expected_in_partition_order_timed(
+    inputs: &[((i32, i64), &[u8], i64)],
+    partitions: i32,
+    set: &RuleSet,
+    risk_at: impl Fn(u64, i64) -> Risk,
+) -> HashMap<(i32, i64), Expected> {
+    let mut sorted: Vec<_> = inputs.to_vec();
+    sorted.sort_by_key(|(coordinate, _, _)| *coordinate);
     let mut oracle = Oracle::new(set.clone(), DedupLimits::default());
     sorted
         .into_iter()
-        .map(|((partition, offset), line)| {
+        .map(|((partition, offset), line, appended)| {
             let input = Input {
                 offset,
                 payload: line,
@@ -305,7 +351,7 @@ pub fn expected_in_partition_order_under(
                 partitions,
             };
             let at_home = |user| partition_for_user(user, partitions) == partition;
-            let want = match oracle.judge(input, placement, |user| profiles.risk(user.0)) {
+            let expected = match oracle.judge(input, placement, |user| risk_at(user.0, appended)) {
                 Verdict::Accepted {
                     user_id,
                     codes,
@@ -322,7 +368,10 @@ pub fn expected_in_partition_order_under(
                         codes: codes.as_slice().to_vec(),
                         risk,
                     };
-                    Want::Answer(accepted.legacy())
+                    Expected {
+                        want: Want::Answer(accepted.legacy()),
+                        risk: Some(risk),
+                    }
                 }
                 Verdict::Rejected {
                     user_id, rejection, ..
@@ -334,11 +383,14 @@ pub fn expected_in_partition_order_under(
                             "{partition}-{offset}: {rejection:?} for user {user_id}"
                         );
                     }
-                    Want::Rejected(rejection_name(rejection))
+                    Expected {
+                        want: Want::Rejected(rejection_name(rejection)),
+                        risk: None,
+                    }
                 }
                 other => panic!("{partition}-{offset}: a record without key judged {other:?}"),
             };
-            ((partition, offset), want)
+            ((partition, offset), expected)
         })
         .collect()
 }
