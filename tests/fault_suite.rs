@@ -4,10 +4,12 @@
 //! is produced at a steady rate while three processor slots and the broker suffer random faults:
 //! kill -9 and SIGTERM of a processor, a stopped slot joining again (sometimes with injected
 //! abortable transaction errors), and kill -9 of the broker with a restart a few seconds later.
-//! Halfway through, a new rule set is published to each fleet's rules topic. Afterwards every
+//! Halfway through, and soon (0.2–2 s) after each broker restart, a rule set is published to each
+//! fleet's rules topic (the configured set and another in turn), and risk levels of some users
+//! change right before each broker kill and with each publication after it. Afterwards every
 //! input must have its committed response, equal to the engine's answer over the input in
 //! partition order under the rule set the response names, which must be the one appended at or
-//! before the input (the new set exactly for inputs appended at or after it); exactly-once:
+//! before the input, at the risk level in force when the input was appended; exactly-once:
 //! exactly one each; at-least-once: repeats byte-identical.
 //!
 //! Knobs (environment):
@@ -24,24 +26,24 @@ use std::collections::{BTreeMap, HashMap};
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::Child;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{events::*, kafka::*, oracle::*, process::*};
+use common::{events::*, kafka::*, oracle::*, process::*, publications::*, streaming::*};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::ClientContext;
 use user_monitor::domain::partitioner::partition_for_user;
 use user_monitor::domain::UserId;
+use user_monitor::rule_set::{Bounds, RuleSet};
 
 const SLOTS: usize = 3;
 const USERS: u64 = 1_000;
 const ABORT_EVERY: &str = "7";
+/// Users whose risk level changes right before and soon after each broker kill.
+const RISK_CHANGES: usize = 20;
 
 struct Knobs {
     seed: u64,
@@ -93,6 +95,18 @@ struct Input {
     key: Option<String>,
     value: Vec<u8>,
     kind: &'static str,
+}
+
+impl Streamed for Input {
+    fn partition(&self) -> Option<i32> {
+        self.partition
+    }
+    fn key(&self) -> Option<&str> {
+        self.key.as_deref()
+    }
+    fn value(&self) -> &[u8] {
+        &self.value
+    }
 }
 
 fn amount(rng: &mut StdRng) -> String {
@@ -165,152 +179,6 @@ fn generate(rng: &mut StdRng, n: usize, partitions: i32) -> Vec<Input> {
         .collect()
 }
 
-/// Delivery reports of the background producer, by input index.
-struct Deliveries {
-    coordinates: Mutex<Vec<(i32, i64)>>,
-    /// Each input record's timestamp in milliseconds: the broker's append time (the events
-    /// topic is `LogAppendTime`), which orders it against a rule set's publication.
-    timestamps: Mutex<Vec<i64>>,
-    /// Every delivery report carried a log append time.
-    log_append: AtomicBool,
-    failed: Mutex<Vec<String>>,
-    reported: AtomicUsize,
-}
-
-struct DeliveryContext(Arc<Deliveries>);
-
-impl ClientContext for DeliveryContext {}
-
-impl ProducerContext for DeliveryContext {
-    type DeliveryOpaque = usize;
-
-    fn delivery(&self, result: &DeliveryResult<'_>, index: usize) {
-        match result {
-            Ok(m) => {
-                self.0.coordinates.lock().unwrap()[index] = (m.partition(), m.offset());
-                self.0.timestamps.lock().unwrap()[index] = m.timestamp().to_millis().unwrap_or(0);
-                if !matches!(m.timestamp(), rdkafka::Timestamp::LogAppendTime(_)) {
-                    self.0.log_append.store(false, Ordering::SeqCst);
-                }
-            }
-            Err((e, _)) => self
-                .0
-                .failed
-                .lock()
-                .unwrap()
-                .push(format!("input {index}: {e}")),
-        }
-        self.0.reported.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-/// Where each input landed, and its timestamp (milliseconds), by input index.
-type Produced = (Vec<(i32, i64)>, Vec<i64>);
-
-/// Publishes `set` as the active rule set of `world` (retrying through a broker outage) and
-/// returns the record's log append time.
-fn publish_rules(world: &World, set: &user_monitor::rule_set::RuleSet, seed: u64) -> i64 {
-    let producer: rdkafka::producer::FutureProducer =
-        client_at(&world.bootstrap(), &[("enable.idempotence", "true")])
-            .create()
-            .unwrap();
-    let value = serde_json::to_vec(&set.to_value()).unwrap();
-    let delivered = futures::executor::block_on(
-        producer.send(
-            rdkafka::producer::FutureRecord::to(&world.rules())
-                .key("active")
-                .payload(&value),
-            Duration::from_secs(120),
-        ),
-    )
-    .unwrap_or_else(|(e, _)| panic!("FAULT_SEED={seed}: publishing the rule set: {e}"));
-    match delivered.timestamp {
-        rdkafka::Timestamp::LogAppendTime(t) => t,
-        other => panic!("FAULT_SEED={seed}: the rules topic is not LogAppendTime: {other:?}"),
-    }
-}
-
-/// Produces `inputs` at `rate` per second in the background (one idempotent producer, so a
-/// broker restart delays records but never reorders or duplicates them); joins to their
-/// coordinates and timestamps.
-fn stream(
-    bootstrap: String,
-    topic: String,
-    inputs: Arc<Vec<Input>>,
-    rate: f64,
-    seed: u64,
-    done: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<Produced> {
-    std::thread::spawn(move || {
-        let deliveries = Arc::new(Deliveries {
-            coordinates: Mutex::new(vec![(-1, -1); inputs.len()]),
-            timestamps: Mutex::new(vec![0; inputs.len()]),
-            log_append: AtomicBool::new(true),
-            failed: Mutex::new(Vec::new()),
-            reported: AtomicUsize::new(0),
-        });
-        let producer: ThreadedProducer<DeliveryContext> = client_at(
-            &bootstrap,
-            &[
-                ("partitioner", "murmur2_random"),
-                ("enable.idempotence", "true"),
-                ("linger.ms", "5"),
-            ],
-        )
-        .create_with_context(DeliveryContext(Arc::clone(&deliveries)))
-        .unwrap();
-        let started = Instant::now();
-        let mut sent = 0;
-        while sent < inputs.len() {
-            let due = ((started.elapsed().as_secs_f64() * rate) as usize).min(inputs.len());
-            while sent < due {
-                let input = &inputs[sent];
-                let mut record = BaseRecord::with_opaque_to(&topic, sent).payload(&input.value);
-                if let Some(key) = &input.key {
-                    record = record.key(key.as_str());
-                }
-                if let Some(partition) = input.partition {
-                    record = record.partition(partition);
-                }
-                loop {
-                    match producer.send(record) {
-                        Ok(()) => break,
-                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                            record = back;
-                            std::thread::sleep(Duration::from_millis(5));
-                        }
-                        Err((e, _)) => panic!("FAULT_SEED={seed}: producing input {sent}: {e}"),
-                    }
-                }
-                sent += 1;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let deadline = Instant::now() + Duration::from_secs(600);
-        while deliveries.reported.load(Ordering::SeqCst) < inputs.len() {
-            assert!(
-                Instant::now() < deadline,
-                "FAULT_SEED={seed}: inputs not acknowledged after 600 s"
-            );
-            let _ = producer.flush(Duration::from_secs(1));
-        }
-        done.store(true, Ordering::SeqCst);
-        let failed = deliveries.failed.lock().unwrap();
-        assert!(
-            failed.is_empty(),
-            "FAULT_SEED={seed}: inputs not acknowledged: {:?}",
-            &failed[..failed.len().min(5)]
-        );
-        assert!(
-            deliveries.log_append.load(Ordering::SeqCst),
-            "FAULT_SEED={seed}: the events topic is not LogAppendTime"
-        );
-        let coordinates = deliveries.coordinates.lock().unwrap().clone();
-        let timestamps = deliveries.timestamps.lock().unwrap().clone();
-        (coordinates, timestamps)
-    })
-}
-
 enum SlotState {
     Running(Child),
     /// SIGTERM sent at that instant; it must exit by itself, successfully.
@@ -348,6 +216,8 @@ struct Fleet {
     known_exits: Vec<String>,
     /// How each slot's last instance stopped.
     stopped_by: [Option<&'static str>; SLOTS],
+    /// The rule sets and risk changes published to its topics.
+    published: Publications,
 }
 
 impl Fleet {
@@ -631,21 +501,6 @@ fn missing_by_partition(
         .join("\n")
 }
 
-/// UTC wall-clock time as the processors log it, to line the schedule up with their logs.
-fn wall_clock() -> String {
-    let now = SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap();
-    let secs = now.as_secs() % 86_400;
-    format!(
-        "{:02}:{:02}:{:02}.{:03}",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60,
-        now.subsec_millis()
-    )
-}
-
 /// How often the broker's transaction coordinator skipped the markers of a partition it found
 /// no leader for (see the call).
 fn broker_skipped_markers(broker: &Broker) -> usize {
@@ -718,57 +573,6 @@ fn sleep_reaping(fleets: &mut [Fleet], time: Duration) {
     }
 }
 
-/// The committed responses of one alerts topic, by input coordinate, as they arrive.
-struct Responses {
-    tail: Tail,
-    by_input: HashMap<(i32, i64), Vec<Vec<u8>>>,
-    /// The timestamp of each input's first response.
-    first_at: HashMap<(i32, i64), i64>,
-    malformed: Vec<String>,
-}
-
-impl Responses {
-    fn new(bootstrap: &str, topic: &str) -> Responses {
-        Responses {
-            tail: Tail::new(bootstrap, topic),
-            by_input: HashMap::new(),
-            first_at: HashMap::new(),
-            malformed: Vec::new(),
-        }
-    }
-
-    fn pump(&mut self, wait: Duration) {
-        self.tail.poll(wait);
-        for r in self.tail.records.drain(..) {
-            let id = serde_json::from_slice::<serde_json::Value>(&r.value)
-                .ok()
-                .and_then(|v| v["event_id"].as_str().map(str::to_owned))
-                .and_then(|id| {
-                    let (p, o) = id.split_once('-')?;
-                    Some((p.parse().ok()?, o.parse().ok()?))
-                });
-            match id {
-                Some(coordinate) => {
-                    if let Some(t) = r.timestamp {
-                        self.first_at.entry(coordinate).or_insert(t);
-                    }
-                    self.by_input.entry(coordinate).or_default().push(r.value)
-                }
-                None => self
-                    .malformed
-                    .push(String::from_utf8_lossy(&r.value).into_owned()),
-            }
-        }
-    }
-
-    fn answered(&self, coordinates: &[(i32, i64)]) -> usize {
-        coordinates
-            .iter()
-            .filter(|c| self.by_input.contains_key(c))
-            .count()
-    }
-}
-
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -832,8 +636,10 @@ fn seeded_random_faults_lose_nothing_and_answer_as_the_engine() {
             world.set("USER_MONITOR__PROCESSING__TRANSACTION_TIMEOUT", "30s");
             world.set("USER_MONITOR__SNAPSHOT__INTERVAL", "1s");
             world.create_topics();
+            let published = Publications::new(&world, guarantee, &format!("FAULT_SEED={seed}"));
             Fleet {
                 guarantee,
+                published,
                 world,
                 slots: (0..SLOTS).map(|_| SlotState::Stopped).collect(),
                 starts: Vec::new(),
@@ -858,8 +664,9 @@ fn seeded_random_faults_lose_nothing_and_answer_as_the_engine() {
                 fleet.world.events(),
                 Arc::clone(&inputs),
                 knobs.rate,
-                seed,
+                format!("FAULT_SEED={seed}"),
                 Arc::clone(&done),
+                Arc::new(AtomicBool::new(false)),
             );
             (handle, done)
         })
@@ -871,28 +678,26 @@ fn seeded_random_faults_lose_nothing_and_answer_as_the_engine() {
     let planned = knobs.events as f64 / knobs.rate;
     let give_up = Instant::now() + Duration::from_secs_f64(planned * 3.0 + 600.0);
     let mut schedule = Vec::new();
-    let candidate = user_monitor::rule_set::RuleSet::from_toml(
-        SWAP_CANDIDATE,
-        &user_monitor::rule_set::Bounds::default(),
-    )
-    .unwrap();
-    // Each fleet's rule set publication: its log append time, once published.
-    let mut swaps: Vec<Option<i64>> = vec![None; fleets.len()];
+    // The configured set (index 0) and the swap candidate (1), published in turn.
+    let sets = [
+        RuleSet::default_set(),
+        RuleSet::from_toml(SWAP_CANDIDATE, &Bounds::default()).unwrap(),
+    ];
+    assert_ne!(sets[0].version, sets[1].version);
+    let mut halfway = false;
+    let mut next_set = 1;
     loop {
         for fleet in &mut fleets {
             fleet.reap();
         }
-        if swaps[0].is_none() && suite_started.elapsed().as_secs_f64() >= planned / 2.0 {
-            for (fleet, swap) in fleets.iter().zip(&mut swaps) {
-                let at = publish_rules(&fleet.world, &candidate, seed);
-                eprintln!(
-                    "{} {}: rule set {:?} published, appended at {at}",
-                    wall_clock(),
-                    fleet.guarantee,
-                    candidate.version
-                );
-                *swap = Some(at);
+        if !halfway && suite_started.elapsed().as_secs_f64() >= planned / 2.0 {
+            halfway = true;
+            for fleet in &mut fleets {
+                fleet
+                    .published
+                    .publish(Some((next_set, &sets[next_set])), &[]);
             }
+            next_set = 1 - next_set;
         }
         let streaming = producers
             .iter()
@@ -936,6 +741,12 @@ fn seeded_random_faults_lose_nothing_and_answer_as_the_engine() {
             // Down a few seconds; with its restart (about 5 s) the outage stays under the
             // transaction timeout (10 s) most of the time.
             let down = Duration::from_millis(rng.gen_range(1_500..3_000));
+            // Risk changes right before the kill, and a rule set with more of them soon after
+            // the broker is back (when the processors' sources are still catching up).
+            let changes = risk_changes(&mut rng, USERS, RISK_CHANGES);
+            for fleet in &mut fleets {
+                fleet.published.publish(None, &changes);
+            }
             let killed = Instant::now();
             eprintln!("{} broker: kill -9, restart in {down:?}", wall_clock());
             broker.kill9();
@@ -944,6 +755,15 @@ fn seeded_random_faults_lose_nothing_and_answer_as_the_engine() {
             eprintln!("{} broker: serving again", wall_clock());
             outages.push(killed.elapsed().as_secs_f64());
             broker_kills += 1;
+            let soon = Duration::from_millis(rng.gen_range(200..2_000));
+            sleep_reaping(&mut fleets, soon);
+            let changes = risk_changes(&mut rng, USERS, RISK_CHANGES);
+            for fleet in &mut fleets {
+                fleet
+                    .published
+                    .publish(Some((next_set, &sets[next_set])), &changes);
+            }
+            next_set = 1 - next_set;
         } else {
             for fleet in &mut fleets {
                 fleet.fault(kind, &mut rng, knobs.faults);
@@ -970,9 +790,7 @@ fn seeded_random_faults_lose_nothing_and_answer_as_the_engine() {
     }
     let mut reports = Vec::new();
     let mut failures = Vec::new();
-    for ((fleet, (coordinates, timestamps)), swap) in fleets.iter_mut().zip(&produced).zip(&swaps) {
-        let swap =
-            swap.unwrap_or_else(|| panic!("FAULT_SEED={seed}: the rule set was never published"));
+    for (fleet, (coordinates, timestamps)) in fleets.iter_mut().zip(&produced) {
         let bootstrap = fleet.world.bootstrap();
         let mut responses = Responses::new(&bootstrap, &fleet.world.alerts());
         // Until everything is answered, or nothing more is for two minutes.
@@ -990,29 +808,35 @@ fn seeded_random_faults_lose_nothing_and_answer_as_the_engine() {
         fleet.reap();
 
         // The expected answers, and what the processors answered.
-        let with_values: Vec<((i32, i64), &[u8])> = coordinates
+        // Each input under each set, at its user's risk when it was appended.
+        let timed: Vec<((i32, i64), &[u8], i64)> = coordinates
             .iter()
+            .zip(timestamps)
             .zip(inputs.iter())
-            .map(|(&c, input)| (c, input.value.as_slice()))
+            .map(|((&c, &t), input)| (c, input.value.as_slice(), t))
             .collect();
-        let want_old = expected_in_partition_order(&with_values, partitions);
-        let want_new = expected_in_partition_order_under(&with_values, partitions, &candidate);
-        let (mut judged_old, mut judged_new) = (0, 0);
+        let published = &fleet.published;
+        let expected: Vec<HashMap<(i32, i64), Expected>> = sets
+            .iter()
+            .map(|set| {
+                expected_in_partition_order_timed(&timed, partitions, set, |user, t| {
+                    published.risk_at(user, t)
+                })
+            })
+            .collect();
+        let mut judged = [0usize; 2];
         let exactly_once = fleet.guarantee == "exactly_once";
         let (mut missing, mut duplicated, mut repeats, mut wrong) = (0, 0, 0, 0);
         let mut details = Vec::new();
         let mut rejected_ids = HashMap::new();
         for (i, (coordinate, input)) in coordinates.iter().zip(inputs.iter()).enumerate() {
             let id = event_id(*coordinate);
-            // The set appended at or before the input judges it.
-            let (version, want) = if timestamps[i] >= swap {
-                judged_new += 1;
-                (candidate.version.as_str(), &want_new[coordinate])
-            } else {
-                judged_old += 1;
-                ("default", &want_old[coordinate])
-            };
-            if let Want::Rejected(kind) = want {
+            // The set appended at or before the input judges it, at the risk in force then.
+            let index = published.set_at(timestamps[i]);
+            judged[index] += 1;
+            let version = sets[index].version.as_str();
+            let want = &expected[index][coordinate];
+            if let Want::Rejected(kind) = &want.want {
                 rejected_ids.insert(id.clone(), *kind);
             }
             let value = String::from_utf8_lossy(&input.value);
@@ -1047,8 +871,8 @@ fn seeded_random_faults_lose_nothing_and_answer_as_the_engine() {
                 want.check(&response)
             } else {
                 Err(format!(
-                    "judged under {named:?}, want {version:?} (appended at {}, the set at {swap})",
-                    timestamps[i]
+                    "judged under {named:?}, want {version:?} (appended at {}; sets appended at {:?})",
+                    timestamps[i], published.rules
                 ))
             };
             if let Err(why) = checked {
@@ -1064,7 +888,7 @@ fn seeded_random_faults_lose_nothing_and_answer_as_the_engine() {
         let unknown: Vec<_> = responses
             .by_input
             .keys()
-            .filter(|c| !want_old.contains_key(c))
+            .filter(|c| !expected[0].contains_key(c))
             .take(5)
             .collect();
         if missing > 0 {
@@ -1152,8 +976,9 @@ fn seeded_random_faults_lose_nothing_and_answer_as_the_engine() {
         reports.push(format!(
             "FAULT_SEED={seed} {}: {} inputs {by_kind:?} over {partitions} partitions\n  \
              responses: missing {missing}, duplicated {duplicated}, wrong {wrong}, \
-             byte-identical repeats {repeats}, unknown {}, malformed {}; judged under the old \
-             rule set {judged_old}, the new one {judged_new}\n  \
+             byte-identical repeats {repeats}, unknown {}, malformed {}; judged under {:?} {}, \
+             under {:?} {}; rule sets published {}, risk changes {}; batches held back \
+             (sources not caught up) {}\n  \
              dead letters: missing {dlq_missing}, duplicated {dlq_duplicated}, wrong {dlq_wrong}, unknown {dlq_unknown}\n  \
              faults: {:?}, broker kill -9 {broker_kills}; batches failed (logged) {aborts}\n  \
              restart of a slot to its first restored partition (s): {}\n  \
@@ -1163,6 +988,15 @@ fn seeded_random_faults_lose_nothing_and_answer_as_the_engine() {
             inputs.len(),
             unknown.len(),
             responses.malformed.len(),
+            sets[0].version,
+            judged[0],
+            sets[1].version,
+            judged[1],
+            published.rules.len(),
+            published.risks.values().map(Vec::len).sum::<usize>(),
+            (0..SLOTS)
+                .map(|s| fleet.world.log(s).matches("holding the batch back").count())
+                .sum::<usize>(),
             fleet.counts,
             restarts.join("; "),
             percentile(&latencies, 0.5),

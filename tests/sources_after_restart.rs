@@ -17,12 +17,11 @@ use std::collections::HashMap;
 use std::process::Child;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use common::{events::*, kafka::*, oracle::*, streaming::*};
+use common::{events::*, kafka::*, oracle::*, publications::*, streaming::*};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use user_monitor::domain::Risk;
 use user_monitor::rule_set::{Bounds, RuleSet};
 
@@ -80,21 +79,15 @@ struct Side {
     guarantee: &'static str,
     world: World,
     child: Option<Child>,
-    /// Publishes rule sets and risk changes (idempotent, retrying through a broker outage).
-    producer: FutureProducer,
-    /// The active rule sets published: (append time ms, index into the sets), in publish order.
-    rules: Vec<(i64, usize)>,
-    /// Each user's risk changes: (the record's timestamp ms, level), in publish order.
-    risks: HashMap<u64, Vec<(i64, Risk)>>,
-    /// The profiles topic's record timestamps seen: (LogAppendTime, CreateTime).
-    profile_timestamps: (usize, usize),
+    /// The rule sets and risk changes published to its topics.
+    published: Publications,
     /// Exits of the processor of the known kind (restarted as a supervisor would).
     known_exits: Vec<String>,
     problems: Vec<String>,
 }
 
 impl Side {
-    fn new(guarantee: &'static str, bootstrap: &str) -> Side {
+    fn new(guarantee: &'static str, bootstrap: &str, seed: u64) -> Side {
         let short = if guarantee == "exactly_once" {
             "eos"
         } else {
@@ -105,25 +98,13 @@ impl Side {
         world.set("USER_MONITOR__PROCESSING__TRANSACTION_TIMEOUT", "30s");
         world.set("USER_MONITOR__SNAPSHOT__INTERVAL", "1s");
         world.create_topics();
-        let producer = client_at(
-            bootstrap,
-            &[
-                ("enable.idempotence", "true"),
-                ("message.timeout.ms", "120000"),
-                ("linger.ms", "0"),
-            ],
-        )
-        .create()
-        .unwrap();
+        let published = Publications::new(&world, guarantee, &format!("REGRESSION_SEED={seed}"));
         let child = Some(world.spawn_processor(0));
         Side {
             guarantee,
             world,
             child,
-            producer,
-            rules: Vec::new(),
-            risks: HashMap::new(),
-            profile_timestamps: (0, 0),
+            published,
             known_exits: Vec::new(),
             problems: Vec::new(),
         }
@@ -153,125 +134,6 @@ impl Side {
         }
         self.child = Some(self.world.spawn_processor(0));
     }
-
-    /// Publishes `set` (an index into `sets`), when given, to the rules topic and `changes` to the
-    /// profiles topic, waits until every record is acknowledged and records their timestamps.
-    fn publish(&mut self, set: Option<(usize, &RuleSet)>, changes: &[(u64, Risk)], seed: u64) {
-        let rules_value = set.map(|(_, set)| serde_json::to_vec(&set.to_value()).unwrap());
-        let rules_topic = self.world.rules();
-        let profiles_topic = self.world.profiles();
-        let rules = rules_value.as_ref().map(|value| {
-            let record = FutureRecord::to(&rules_topic).key("active").payload(value);
-            self.producer.send_result(record).unwrap_or_else(|(e, _)| {
-                panic!("REGRESSION_SEED={seed}: publishing a rule set: {e}")
-            })
-        });
-        let values: Vec<(String, Vec<u8>)> = changes
-            .iter()
-            .map(|(user, risk)| {
-                (
-                    user.to_string(),
-                    format!(r#"{{"risk":"{risk}"}}"#).into_bytes(),
-                )
-            })
-            .collect();
-        let profiles: Vec<_> = values
-            .iter()
-            .map(|(key, value)| {
-                let record = FutureRecord::to(&profiles_topic).key(key).payload(value);
-                self.producer.send_result(record).unwrap_or_else(|(e, _)| {
-                    panic!("REGRESSION_SEED={seed}: publishing a risk change: {e}")
-                })
-            })
-            .collect();
-        let acknowledged = |delivery: rdkafka::producer::DeliveryFuture, what: &str| {
-            futures::executor::block_on(delivery)
-                .expect("delivery report")
-                .unwrap_or_else(|(e, _)| {
-                    panic!("REGRESSION_SEED={seed}: {what} not acknowledged: {e}")
-                })
-                .timestamp
-        };
-        if let (Some(delivery), Some((index, set))) = (rules, set) {
-            match acknowledged(delivery, "the rule set") {
-                rdkafka::Timestamp::LogAppendTime(t) => {
-                    eprintln!(
-                        "{} {}: rule set {:?} appended at {} ({t})",
-                        wall_clock(),
-                        self.guarantee,
-                        set.version,
-                        clock_of(t)
-                    );
-                    self.rules.push((t, index));
-                }
-                other => panic!(
-                    "REGRESSION_SEED={seed}: the rules topic is not LogAppendTime: {other:?}"
-                ),
-            }
-        }
-        let mut times = Vec::new();
-        for (delivery, &(user, risk)) in profiles.into_iter().zip(changes) {
-            let t = match acknowledged(delivery, "a risk change") {
-                rdkafka::Timestamp::LogAppendTime(t) => {
-                    self.profile_timestamps.0 += 1;
-                    t
-                }
-                rdkafka::Timestamp::CreateTime(t) => {
-                    self.profile_timestamps.1 += 1;
-                    t
-                }
-                rdkafka::Timestamp::NotAvailable => {
-                    panic!("REGRESSION_SEED={seed}: a risk change without timestamp")
-                }
-            };
-            self.risks.entry(user).or_default().push((t, risk));
-            times.push(t);
-        }
-        if let (Some(first), Some(last)) = (times.iter().min(), times.iter().max()) {
-            eprintln!(
-                "{} {}: {} risk changes, timestamps {} to {}",
-                wall_clock(),
-                self.guarantee,
-                times.len(),
-                clock_of(*first),
-                clock_of(*last)
-            );
-        }
-    }
-
-    /// The index of the set that judges an input appended at `t`: the latest published at or
-    /// before it (0, the configured default, before any).
-    fn set_at(&self, t: i64) -> usize {
-        self.rules
-            .iter()
-            .enumerate()
-            .filter(|(_, (at, _))| *at <= t)
-            .max_by_key(|(order, (at, _))| (*at, *order))
-            .map_or(0, |(_, (_, set))| *set)
-    }
-
-    /// The user's risk for an input appended at `t`: the latest change at or before it.
-    fn risk_at(&self, user: u64, t: i64) -> Risk {
-        self.risks
-            .get(&user)
-            .and_then(|changes| {
-                changes
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, (at, _))| *at <= t)
-                    .max_by_key(|(order, (at, _))| (*at, *order))
-                    .map(|(_, (_, risk))| *risk)
-            })
-            .unwrap_or(Risk::Medium)
-    }
-}
-
-/// `CHANGED` distinct users, each to a random level.
-fn risk_changes(rng: &mut StdRng) -> Vec<(u64, Risk)> {
-    rand::seq::index::sample(rng, USERS as usize, CHANGED)
-        .into_iter()
-        .map(|i| (i as u64 + 1, Risk::ALL[rng.gen_range(0..3)]))
-        .collect()
 }
 
 fn sleep_reaping(sides: &mut [Side], time: Duration) {
@@ -290,25 +152,6 @@ fn known_exit(log_tail: &str) -> bool {
     log_tail.contains("fenced: another instance took over")
         || log_tail.contains("graceful shutdown did not finish")
         || log_tail.contains("could not be reached")
-}
-
-/// UTC time of day of `ms` since the epoch, as the processors log it.
-fn clock_of(ms: i64) -> String {
-    let secs = ms.div_euclid(1000) % 86_400;
-    format!(
-        "{:02}:{:02}:{:02}.{:03}",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60,
-        ms.rem_euclid(1000)
-    )
-}
-
-fn wall_clock() -> String {
-    let now = SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap();
-    clock_of(now.as_millis() as i64)
 }
 
 /// What one side's responses came to.
@@ -404,7 +247,7 @@ fn rule_sets_and_risk_changes_right_after_a_broker_restart_judge_every_later_inp
     eprintln!("REGRESSION_SEED={seed}: broker up at {}", broker.bootstrap);
     let mut sides: Vec<Side> = ["exactly_once", "at_least_once"]
         .into_iter()
-        .map(|guarantee| Side::new(guarantee, &broker.bootstrap))
+        .map(|guarantee| Side::new(guarantee, &broker.bootstrap, seed))
         .collect();
     let stop = Arc::new(AtomicBool::new(false));
     let producers: Vec<_> = sides
@@ -426,9 +269,9 @@ fn rule_sets_and_risk_changes_right_after_a_broker_restart_judge_every_later_inp
         let wait = Duration::from_millis(rng.gen_range(4_000..6_000));
         sleep_reaping(&mut sides, wait);
         // A risk change right before the kill.
-        let changes = risk_changes(&mut rng);
+        let changes = risk_changes(&mut rng, USERS, CHANGED);
         for side in &mut sides {
-            side.publish(None, &changes, seed);
+            side.published.publish(None, &changes);
         }
         let down = Duration::from_millis(rng.gen_range(1_500..3_000));
         eprintln!("{} broker: kill -9, restart in {down:?}", wall_clock());
@@ -440,9 +283,10 @@ fn rule_sets_and_risk_changes_right_after_a_broker_restart_judge_every_later_inp
         sleep_reaping(&mut sides, soon);
         // The swap set, the default set, the swap set.
         let index = if round % 2 == 0 { 1 } else { 0 };
-        let changes = risk_changes(&mut rng);
+        let changes = risk_changes(&mut rng, USERS, CHANGED);
         for side in &mut sides {
-            side.publish(Some((index, &sets[index])), &changes, seed);
+            side.published
+                .publish(Some((index, &sets[index])), &changes);
         }
     }
     // Inputs after the last publications too.
@@ -485,7 +329,7 @@ fn rule_sets_and_risk_changes_right_after_a_broker_restart_judge_every_later_inp
             .iter()
             .map(|set| {
                 expected_in_partition_order_timed(&timed, PARTITIONS, set, |user, t| {
-                    side_ref.risk_at(user, t)
+                    side_ref.published.risk_at(user, t)
                 })
             })
             .collect();
@@ -498,7 +342,7 @@ fn rule_sets_and_risk_changes_right_after_a_broker_restart_judge_every_later_inp
         let mut examples = Vec::new();
         for (i, (&coordinate, &t)) in coordinates.iter().zip(timestamps).enumerate() {
             let id = event_id(coordinate);
-            let index = side.set_at(t);
+            let index = side.published.set_at(t);
             let version = sets[index].version.as_str();
             let want = &expected[index][&coordinate];
             counts.under[index] += 1;
@@ -508,9 +352,10 @@ fn rule_sets_and_risk_changes_right_after_a_broker_restart_judge_every_later_inp
             }
             let answered_at = responses.first_at.get(&coordinate).copied();
             if let Some(at) = answered_at {
-                counts.set_sensitive += usize::from(side.set_at(at) != index);
-                counts.risk_sensitive +=
-                    usize::from(side.risk_at(user, at) != side.risk_at(user, t));
+                counts.set_sensitive += usize::from(side.published.set_at(at) != index);
+                counts.risk_sensitive += usize::from(
+                    side.published.risk_at(user, at) != side.published.risk_at(user, t),
+                );
             }
             let value = String::from_utf8_lossy(&inputs[i].value);
             let what = format!(
@@ -540,14 +385,14 @@ fn rule_sets_and_risk_changes_right_after_a_broker_restart_judge_every_later_inp
             let right_set = named == Some(version);
             if !right_set {
                 counts.wrong_set += 1;
-                let newer = answered_at.map(|at| sets[side.set_at(at)].version.as_str());
+                let newer = answered_at.map(|at| sets[side.published.set_at(at)].version.as_str());
                 counts.wrong_set_newer += usize::from(named.is_some() && named == newer);
                 problems.push(format!("judged under {named:?}"));
             }
             let right_risk = want.check_risk(&response);
             if let Err(why) = &right_risk {
                 counts.wrong_risk += 1;
-                let newer = answered_at.map(|at| side.risk_at(user, at).as_str());
+                let newer = answered_at.map(|at| side.published.risk_at(user, at).as_str());
                 counts.wrong_risk_newer += usize::from(
                     response["risk"].as_str().is_some() && response["risk"].as_str() == newer,
                 );
@@ -578,12 +423,13 @@ fn rule_sets_and_risk_changes_right_after_a_broker_restart_judge_every_later_inp
              {} LogAppendTime, {} CreateTime; processor exits of the known kind {}; batches held \
              back (sources not caught up) {}",
             counts.line(side.guarantee),
-            side.rules
+            side.published
+                .rules
                 .iter()
                 .map(|(t, set)| format!("{} {:?}", clock_of(*t), sets[*set].version))
                 .collect::<Vec<_>>(),
-            side.profile_timestamps.0,
-            side.profile_timestamps.1,
+            side.published.profile_timestamps.0,
+            side.published.profile_timestamps.1,
             side.known_exits.len(),
             side.world.log(0).matches("holding the batch back").count(),
         );

@@ -300,3 +300,51 @@ pub fn admin_config(settings: &Settings) -> Result<ClientConfig, KafkaLayerError
     apply_overrides(&mut config, settings);
     Ok(config)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn not_leader() -> KafkaLayerError {
+        KafkaLayerError::Client(KafkaError::MetadataFetch(
+            RDKafkaErrorCode::NotLeaderForPartition,
+        ))
+    }
+
+    #[test]
+    fn a_leader_election_is_waited_out_then_the_call_succeeds() {
+        let mut calls = 0;
+        let result = retry_transient("test", Duration::from_secs(5), || {
+            calls += 1;
+            if calls < 3 {
+                Err(not_leader())
+            } else {
+                Ok(calls)
+            }
+        });
+        assert_eq!(result.unwrap(), 3);
+    }
+
+    #[test]
+    fn an_error_waiting_cannot_cure_is_returned_at_once() {
+        let mut calls = 0;
+        let result: Result<(), _> = retry_transient("test", Duration::from_secs(5), || {
+            calls += 1;
+            Err(KafkaLayerError::Topic {
+                topic: "t".into(),
+                reason: "missing".into(),
+            })
+        });
+        assert!(matches!(result, Err(KafkaLayerError::Topic { .. })));
+        assert_eq!(calls, 1);
+    }
+
+    #[test]
+    fn a_transient_error_past_the_deadline_is_returned() {
+        let started = std::time::Instant::now();
+        let result: Result<(), _> =
+            retry_transient("test", Duration::from_millis(300), || Err(not_leader()));
+        assert!(result.unwrap_err().is_transient());
+        assert!(started.elapsed() < Duration::from_secs(3));
+    }
+}

@@ -9,5 +9,6 @@ pub mod kafka;
 pub mod oracle;
 pub mod postgres;
 pub mod process;
+pub mod publications;
 pub mod store;
 pub mod streaming;
