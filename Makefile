@@ -10,6 +10,7 @@ test:
 lint:
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
+	cargo clippy --all-targets --features fault-injection -- -D warnings
 
 bench:
 	cargo bench --bench engine
@@ -62,7 +63,7 @@ kafka-down:
 # FAULT_SEED=<seed> reruns a failing seed; FAULT_EVENTS, FAULT_FAULTS, FAULT_GUARANTEE size it.
 # Needs Java and the Kafka jars (as `make kafka-up`), not a running broker.
 fault:
-	cargo test --release --test fault_suite -- --nocapture
+	cargo test --release --features fault-injection --test fault_suite -- --nocapture
 
 # The long run: 1,000,000 events and at least 50 faults of each kind, exactly-once and
 # at-least-once side by side (about 20 minutes of faults, then the checks).

@@ -35,4 +35,4 @@ if [[ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]]; then
   cleanup+=("bash scripts/kafka-local.sh down")
 fi
 echo "test: using Kafka at $KAFKA_BOOTSTRAP_SERVERS" >&2
-cargo test --all-targets "$@"
+cargo test --all-targets --features fault-injection "$@"

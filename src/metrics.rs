@@ -9,6 +9,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::domain::Verdict;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
     /// `ok`, `alert`, `invalid`, `out_of_order`.
@@ -183,6 +185,56 @@ impl Metrics {
                 outcome: outcome.to_owned(),
             })
             .inc();
+    }
+
+    /// Counts a judged input record by its outcome, and an accepted one's alert codes.
+    pub fn count_verdict(&self, verdict: &Verdict) {
+        match verdict {
+            Verdict::Accepted { codes, .. } => {
+                self.count_event(if codes.is_alert() { "alert" } else { "ok" });
+                for code in codes.as_slice() {
+                    self.alerts
+                        .get_or_create(&CodeLabels {
+                            code: code.to_string(),
+                        })
+                        .inc();
+                }
+            }
+            Verdict::Rejected { rejection, .. } => self.count_event(rejection.as_str()),
+            Verdict::Duplicate { .. } => self.count_event("duplicate"),
+            Verdict::AlreadyApplied { .. } => {}
+        }
+    }
+
+    /// Counts a disagreement of the shadow set: the codes it added and removed.
+    pub fn count_shadow(&self, added: &[u32], removed: &[u32]) {
+        self.shadow_disagreements.inc();
+        for (codes, change) in [(added, "added"), (removed, "removed")] {
+            for code in codes {
+                self.shadow_codes
+                    .get_or_create(&ShadowLabels {
+                        code: code.to_string(),
+                        change: change.to_owned(),
+                    })
+                    .inc();
+            }
+        }
+    }
+
+    /// Sets an assigned partition's consumer lag.
+    pub fn set_lag(&self, partition: i32, lag: i64) {
+        self.consumer_lag
+            .get_or_create(&PartitionLabels {
+                partition: partition.to_string(),
+            })
+            .set(lag);
+    }
+
+    /// A partition no longer assigned: its lag is no longer reported.
+    pub fn forget_partition(&self, partition: i32) {
+        self.consumer_lag.remove(&PartitionLabels {
+            partition: partition.to_string(),
+        });
     }
 
     pub fn count_event(&self, outcome: &str) {

@@ -57,9 +57,11 @@ pub fn process(settings: Settings) -> Result<(), ServiceError> {
             metrics: Metrics::new(),
             readiness: Arc::new(Readiness::default()),
             shutdown: shutdown.clone(),
-            embedded: false,
         };
-        let worker = tokio::task::spawn_blocking(move || processor::run(settings, deps));
+        let worker = tokio::task::spawn_blocking(move || {
+            let startup = processor::prepare(&settings, false)?;
+            processor::run(settings, startup, deps)
+        });
         tokio::pin!(worker);
         let joined = tokio::select! {
             joined = &mut worker => joined,
@@ -117,10 +119,13 @@ pub fn run(mut settings: Settings) -> Result<(), ServiceError> {
             metrics,
             readiness,
             shutdown: stop_processor.clone(),
-            embedded: embedded.is_some(),
         };
         let processor_settings = settings.clone();
-        let worker = tokio::task::spawn_blocking(move || processor::run(processor_settings, deps));
+        let on_embedded = embedded.is_some();
+        let worker = tokio::task::spawn_blocking(move || {
+            let startup = processor::prepare(&processor_settings, on_embedded)?;
+            processor::run(processor_settings, startup, deps)
+        });
         tokio::pin!(worker);
         let shim_task = shim.task;
         tokio::pin!(shim_task);

@@ -790,40 +790,21 @@ fn seeded_random_faults_lose_nothing_and_answer_as_the_engine() {
     }
     let mut reports = Vec::new();
     let mut failures = Vec::new();
-    for (fleet, (coordinates, timestamps)) in fleets.iter_mut().zip(&produced) {
+    for (fleet, produced) in fleets.iter_mut().zip(&produced) {
+        let (coordinates, timestamps) = produced;
         let bootstrap = fleet.world.bootstrap();
         let mut responses = Responses::new(&bootstrap, &fleet.world.alerts());
         // Until everything is answered, or nothing more is for two minutes.
-        let (mut answered, mut progress) = (0, Instant::now());
-        while answered < coordinates.len() && progress.elapsed() < Duration::from_secs(120) {
-            responses.pump(Duration::from_millis(500));
-            fleet.reap();
-            let now = responses.answered(coordinates);
-            if now > answered {
-                (answered, progress) = (now, Instant::now());
-            }
-        }
-        // Late repeats would arrive now.
-        responses.pump(Duration::from_secs(3));
-        fleet.reap();
-
-        // The expected answers, and what the processors answered.
-        // Each input under each set, at its user's risk when it was appended.
-        let timed: Vec<((i32, i64), &[u8], i64)> = coordinates
-            .iter()
-            .zip(timestamps)
-            .zip(inputs.iter())
-            .map(|((&c, &t), input)| (c, input.value.as_slice(), t))
-            .collect();
+        responses.until_answered(
+            coordinates,
+            Duration::from_secs(120),
+            Duration::from_secs(3600),
+            || fleet.reap(),
+        );
+        // The expected answers: each input under each set, at its user's risk when appended.
+        let timed = timed(produced, &inputs);
         let published = &fleet.published;
-        let expected: Vec<HashMap<(i32, i64), Expected>> = sets
-            .iter()
-            .map(|set| {
-                expected_in_partition_order_timed(&timed, partitions, set, |user, t| {
-                    published.risk_at(user, t)
-                })
-            })
-            .collect();
+        let expected = published.expected(&timed, partitions, &sets);
         let mut judged = [0usize; 2];
         let exactly_once = fleet.guarantee == "exactly_once";
         let (mut missing, mut duplicated, mut repeats, mut wrong) = (0, 0, 0, 0);

@@ -71,10 +71,12 @@ impl Processor {
             metrics: Metrics::new(),
             readiness: Arc::clone(&readiness),
             shutdown: shutdown.clone(),
-            embedded: false,
         };
         let settings = settings.clone();
-        let thread = std::thread::spawn(move || user_monitor::processor::run(settings, deps));
+        let thread = std::thread::spawn(move || {
+            let startup = user_monitor::processor::prepare(&settings, false)?;
+            user_monitor::processor::run(settings, startup, deps)
+        });
         Processor {
             shutdown,
             readiness,

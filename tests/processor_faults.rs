@@ -46,11 +46,13 @@ fn an_abortable_offset_commit_error_aborts_rewinds_and_every_event_is_still_answ
         metrics: Arc::clone(&metrics),
         readiness: Arc::new(Readiness::default()),
         shutdown: CancellationToken::new(),
-        embedded: true,
     };
     let shutdown = deps.shutdown.clone();
     let processor_settings = settings.clone();
-    let worker = std::thread::spawn(move || processor::run(processor_settings, deps));
+    let worker = std::thread::spawn(move || {
+        let startup = processor::prepare(&processor_settings, true)?;
+        processor::run(processor_settings, startup, deps)
+    });
 
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)

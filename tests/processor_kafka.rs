@@ -535,6 +535,13 @@ fn profiles_seed_file_is_published_and_applied() {
     world.set("USER_MONITOR__PROFILES__SEED_FILE", seed.to_str().unwrap());
     world.create_topics();
     let mut processor = world.spawn_processor(0);
+    // The seed is published as the processor starts: a risk change like any other, for the
+    // events appended after it (CONTRACT §4).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !world.log(0).contains("seeded profiles") {
+        assert!(Instant::now() < deadline, "not seeded:\n{}", world.log(0));
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // 60 is above the high-risk large-withdrawal threshold (50), not the medium one (100).
     let coordinate = produce(&world.events(), &keyed(&[event("withdraw", "60", 5, 1)]))[0];
     let response = response_for(&world, coordinate, 1);

@@ -13,7 +13,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::process::Child;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -297,42 +296,19 @@ fn rule_sets_and_risk_changes_right_after_a_broker_restart_judge_every_later_inp
 
     let mut lines = Vec::new();
     let mut failures = Vec::new();
-    for (side, (coordinates, timestamps)) in sides.iter_mut().zip(&produced) {
+    for (side, produced) in sides.iter_mut().zip(&produced) {
+        let (coordinates, timestamps) = produced;
         let bootstrap = side.world.bootstrap();
         let mut responses = Responses::new(&bootstrap, &side.world.alerts());
-        // Until everything is answered, or nothing more is for 45 s (at most 100 s).
-        let deadline = Instant::now() + Duration::from_secs(100);
-        let (mut answered, mut progress) = (0, Instant::now());
-        while answered < coordinates.len()
-            && progress.elapsed() < Duration::from_secs(45)
-            && Instant::now() < deadline
-        {
-            responses.pump(Duration::from_millis(500));
-            side.reap();
-            let now = responses.answered(coordinates);
-            if now > answered {
-                (answered, progress) = (now, Instant::now());
-            }
-        }
-        // Late repeats would arrive now.
-        responses.pump(Duration::from_secs(2));
-
+        responses.until_answered(
+            coordinates,
+            Duration::from_secs(45),
+            Duration::from_secs(100),
+            || side.reap(),
+        );
         // The engine's answers under each set, each input at its risk.
-        let timed: Vec<((i32, i64), &[u8], i64)> = coordinates
-            .iter()
-            .zip(timestamps)
-            .zip(inputs.iter())
-            .map(|((&c, &t), input)| (c, input.value.as_slice(), t))
-            .collect();
-        let side_ref = &*side;
-        let expected: Vec<HashMap<(i32, i64), Expected>> = sets
-            .iter()
-            .map(|set| {
-                expected_in_partition_order_timed(&timed, PARTITIONS, set, |user, t| {
-                    side_ref.published.risk_at(user, t)
-                })
-            })
-            .collect();
+        let timed = timed(produced, &inputs);
+        let expected = side.published.expected(&timed, PARTITIONS, &sets);
 
         let exactly_once = side.guarantee == "exactly_once";
         let mut counts = Counts {

@@ -212,23 +212,17 @@ pub fn ensure_topics(settings: &Settings) -> Result<Topics, KafkaLayerError> {
             }
             continue;
         }
-        if spec.key == "topics.events" {
+        if spec.key == "topics.events" || spec.key == "topics.profiles" {
+            // Broker time orders rule set swaps and risk changes against the events.
             let kind = config
                 .get("message.timestamp.type")
                 .and_then(|e| e.value.clone())
                 .unwrap_or_default();
             if kind != "LogAppendTime" {
-                tracing::warn!(topic = spec.name, timestamp_type = %kind, "the events topic does not use LogAppendTime: a rule set swap is ordered against events by their producers' clocks (set message.timestamp.type=LogAppendTime to order it by the broker's)");
+                tracing::warn!(topic = spec.name, timestamp_type = %kind, "{} does not use LogAppendTime: rule set swaps and risk changes are ordered against events by their producers' clocks (set message.timestamp.type=LogAppendTime to order them by the broker's)", spec.key);
             }
-            continue;
-        }
-        if spec.key == "topics.profiles" {
-            let kind = config
-                .get("message.timestamp.type")
-                .and_then(|e| e.value.clone())
-                .unwrap_or_default();
-            if kind != "LogAppendTime" {
-                tracing::warn!(topic = spec.name, timestamp_type = %kind, "the profiles topic does not use LogAppendTime: a risk change is ordered against events by its producer's clock (set message.timestamp.type=LogAppendTime to order it by the broker's)");
+            if spec.key == "topics.events" {
+                continue;
             }
         }
         if !spec.compacted {

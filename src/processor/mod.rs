@@ -30,19 +30,22 @@
 //!
 //! Restores run on their own threads so other partitions keep flowing; the partition is resumed
 //! at the restored offset when its restore arrives.
+//!
+//! Owners: [`Processor`] here keeps only the turn of the loop (collect → process → commit);
+//! [`partitions`] owns the assigned partitions (restoring or live, rebalances, rewinds, due
+//! rounds, readiness); [`output`] the producer and its transactional contract, and what a
+//! verdict becomes; [`sources`] the profiles and rule sets a batch is judged by; [`startup`]
+//! what the host prepares before the first turn.
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{Producer, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Guarantee, Settings};
@@ -50,23 +53,22 @@ use crate::health::Readiness;
 use crate::kafka::{
     classify, group_member_config, processor_producer_config, ErrorClass, KafkaLayerError,
 };
-use crate::metrics::{Metrics, PartitionLabels};
-use crate::rule_set::timeline::Timeline;
+use crate::metrics::Metrics;
+use crate::partition::{Input, Sets};
 use crate::rule_set::Bounds;
-use crate::snapshot::SnapshotError;
+use crate::snapshot::{self, SnapshotError};
 
+mod faults;
 mod output;
 mod partitions;
 mod sources;
+mod startup;
 
-use output::{dlq_limit, produce_marker, produce_round, DeliveryContext, Output};
-use partitions::{GroupContext, Owner, Partition, RestoreDone};
-use sources::{CaughtUp, Sources};
-
-/// Test-only fault injection: with `USER_MONITOR_FAULT_ABORT_EVERY=N`, every Nth transaction
-/// fails with an abortable error after producing and before committing, as a real abortable
-/// error would (the fault suites use it to cross the abort-and-rewind path under load).
-const FAULT_ABORT_EVERY_ENV: &str = "USER_MONITOR_FAULT_ABORT_EVERY";
+use faults::Faults;
+use output::{produce_marker, produce_round, DeliveryContext, Output};
+use partitions::{GroupConsumer, Partition, Partitions};
+use sources::{CaughtUp, Judging, Sources};
+pub use startup::{prepare, Startup};
 
 /// What the processor needs from its host.
 #[derive(Clone)]
@@ -74,8 +76,6 @@ pub struct Deps {
     pub metrics: Arc<Metrics>,
     pub readiness: Arc<Readiness>,
     pub shutdown: CancellationToken,
-    /// The embedded broker's topics are pre-created and cannot be described: skip the admin step.
-    pub embedded: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,10 +102,11 @@ impl From<KafkaError> for ProcessorError {
 }
 
 /// Runs the processor until `deps.shutdown` is cancelled or a fatal error. Blocking.
-pub fn run(settings: Settings, deps: Deps) -> Result<(), ProcessorError> {
-    let mut processor = Processor::new(settings, deps)?;
-    let result = processor.run_loop();
-    processor.deps.readiness.set_stopped();
+/// `startup` is [`prepare`]'s.
+pub fn run(settings: Settings, startup: Startup, deps: Deps) -> Result<(), ProcessorError> {
+    let readiness = Arc::clone(&deps.readiness);
+    let result = Processor::new(settings, startup, deps).and_then(|mut p| p.run_loop());
+    readiness.set_stopped();
     result
 }
 
@@ -114,99 +115,47 @@ struct Processor {
     deps: Deps,
     /// What a rule set may ask of the state (`[state]`).
     bounds: Bounds,
-    consumer: BaseConsumer<GroupContext>,
-    /// The partitions and the producer, shared with the rebalance callbacks.
-    owner: Arc<Owner>,
+    consumer: GroupConsumer,
+    partitions: Partitions,
+    /// Shared with the rebalance callbacks (which flush revoked partitions).
+    out: Arc<Output>,
     /// The profiles and the rule sets' versions, which a batch is judged by once caught up.
     sources: Sources,
-    /// End offsets for the lag gauge, on a client without an open fetch to wait behind.
-    offsets: crate::kafka::Reader,
-    next_generation: u64,
-    restores_tx: mpsc::Sender<RestoreDone>,
-    restores_rx: mpsc::Receiver<RestoreDone>,
-    last_lag_update: Instant,
-    /// Partitions of the events topic: where each user's records belong.
-    partition_count: i32,
-    /// Largest dead-letter value; larger rejected inputs are truncated.
-    dlq_limit: usize,
-    /// See [`FAULT_ABORT_EVERY_ENV`].
-    fault_abort_every: Option<u64>,
-    transactions: u64,
+    lag: Lag,
+    faults: Faults,
 }
 
 impl Processor {
-    fn new(settings: Settings, deps: Deps) -> Result<Self, ProcessorError> {
-        let topics = if deps.embedded {
-            None
-        } else {
-            crate::kafka::connect::check(
-                &settings,
-                crate::kafka::connect::Patience::UntilConnected,
-            )?;
-            let topics = ensure_topics_patiently(&settings)?;
-            tracing::info!(partitions = topics.partitions, topic = %settings.topics.events, "topics ready");
-            Some(topics)
-        };
-        let partition_count = topics.map_or(settings.topics.partitions, |t| t.partitions);
-        let dlq_limit = dlq_limit(&settings, topics.and_then(|t| t.dlq_max_message_bytes));
-        let fault_abort_every = std::env::var(FAULT_ABORT_EVERY_ENV)
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok())
-            .filter(|&n| n > 0);
-        if let Some(every) = fault_abort_every {
-            tracing::warn!(
-                every,
-                "fault injection: every Nth transaction fails with an abortable error"
-            );
-        }
+    fn new(settings: Settings, startup: Startup, deps: Deps) -> Result<Self, ProcessorError> {
         let exactly_once = settings.processing.guarantee == Guarantee::ExactlyOnce;
         let producer: ThreadedProducer<DeliveryContext> = processor_producer_config(&settings)?
             .create_with_context(DeliveryContext::default())
             .map_err(KafkaLayerError::from)?;
         let settings = Arc::new(settings);
-        let out = Output {
+        let out = Arc::new(Output {
             settings: Arc::clone(&settings),
             producer,
             exactly_once,
             shutdown: deps.shutdown.clone(),
-        };
-        if exactly_once {
-            // Fences any zombie with the same transactional id and aborts its open transaction.
-            // A restarted broker may still be loading the coordinator, or finishing the
-            // predecessor's transaction: retried as any transactional call.
-            let timeout = settings.processing.transaction_timeout;
-            out.retrying("init", |producer| producer.init_transactions(timeout))
-                .map_err(|e| match classify(&e) {
-                    ErrorClass::Fatal => ProcessorError::Fenced(settings.transactional_id()),
-                    _ => ProcessorError::from(e),
-                })?;
-        }
-        let owner = Arc::new(Owner {
-            partitions: Mutex::new(HashMap::new()),
-            out,
-            log: Mutex::new(Vec::new()),
-            fatal: Mutex::new(None),
+            dlq_limit: startup.dlq_limit,
         });
-        let context = GroupContext {
-            topic: settings.topics.events.clone(),
-            owner: Arc::clone(&owner),
-        };
-        let consumer: BaseConsumer<GroupContext> = group_member_config(&settings)?
+        if exactly_once {
+            out.init()?;
+        }
+        let (partitions, context) = Partitions::new(
+            Arc::clone(&settings),
+            Arc::clone(&out),
+            Arc::clone(&deps.readiness),
+            Arc::clone(&deps.metrics),
+            startup.partition_count,
+        );
+        let consumer: GroupConsumer = group_member_config(&settings)?
             .create_with_context(context)
             .map_err(KafkaLayerError::from)?;
-        seed_profiles(&settings)?;
-        // Validated with the configuration; read again here, where a file changed since says so.
-        let (active, shadow) = settings.rule_sets().map_err(ProcessorError::Rules)?;
-        tracing::info!(
-            active = %active.version,
-            shadow = shadow.as_ref().map(|s| s.version.as_str()),
-            "configured rule sets (until one is published to the rules topic)"
-        );
-        let sources = Sources::new(&settings, Timeline::new(active, shadow))?;
-        let offsets = crate::kafka::reader(&settings, "lag")?;
+        let sources = Sources::new(&settings, startup.timeline)?;
+        let lag = Lag::new(&settings)?;
         consumer.subscribe(&[&settings.topics.events])?;
         deps.readiness.set_connected(true);
-        let (restores_tx, restores_rx) = mpsc::channel();
         tracing::info!(
             group = %settings.kafka.group_id,
             topic = %settings.topics.events,
@@ -219,42 +168,37 @@ impl Processor {
             settings,
             deps,
             consumer,
-            owner,
+            partitions,
+            out,
             sources,
-            offsets,
-            next_generation: 0,
-            restores_tx,
-            restores_rx,
-            last_lag_update: Instant::now(),
-            partition_count,
-            dlq_limit,
-            fault_abort_every,
-            transactions: 0,
+            lag,
+            faults: Faults::from_env(),
         })
     }
 
     fn run_loop(&mut self) -> Result<(), ProcessorError> {
         while !self.deps.shutdown.is_cancelled() {
             let batch = self.collect()?;
-            self.finish_restores()?;
-            let batch: Vec<OwnedMessage> = batch.into_iter().filter(|m| self.accepts(m)).collect();
-            let due = self.snapshots_due(false);
-            if batch.is_empty() && due.is_empty() {
-                self.update_lag();
-                continue;
+            self.partitions
+                .finish_restores(&self.consumer, &self.sources)?;
+            let batch: Vec<OwnedMessage> = batch
+                .into_iter()
+                .filter(|m| self.partitions.accepts(m))
+                .collect();
+            let due = self.partitions.snapshots_due(false);
+            if !batch.is_empty() || !due.is_empty() {
+                self.commit_batch(&batch, &due)?;
             }
-            self.commit_batch(&batch, &due)?;
-            self.update_lag();
+            self.lag.update(&self.partitions, &self.deps.metrics);
         }
         tracing::info!("shutting down: final snapshot, then leaving the group");
-        let due = self.snapshots_due(true);
+        let due = self.partitions.snapshots_due(true);
         if !due.is_empty() {
             if let Err(e) = self.commit_batch(&[], &due) {
                 tracing::warn!(error = %e, "final snapshot failed; the next owner replays from the last one");
             }
         }
-        self.owner
-            .out
+        self.out
             .producer
             .flush(self.settings.processing.shutdown_timeout)?;
         self.consumer.unsubscribe();
@@ -276,8 +220,8 @@ impl Processor {
                 Duration::ZERO
             };
             let polled = self.consumer.poll(timeout).map(|r| r.map(|m| m.detach()));
-            self.apply_rebalances();
-            if let Some(e) = self.owner.fatal.lock().expect("fatal poisoned").take() {
+            self.partitions.apply_rebalances(&self.sources);
+            if let Some(e) = self.partitions.take_fatal() {
                 return Err(e);
             }
             match polled {
@@ -286,7 +230,7 @@ impl Processor {
                     first_at.get_or_insert_with(Instant::now);
                 }
                 Some(Err(e)) => match classify(&e) {
-                    ErrorClass::Fatal => return Err(self.owner.out.fatal_error(e)),
+                    ErrorClass::Fatal => return Err(self.out.fatal_error(e)),
                     _ => tracing::warn!(error = %e, "consumer error"),
                 },
                 None => return Ok(batch),
@@ -320,53 +264,31 @@ impl Processor {
         touched.extend_from_slice(due);
         touched.sort_unstable();
         touched.dedup();
-        let attempt = self.try_commit(judgeable, due, &touched, started);
-        match attempt {
-            Ok(()) => {
-                self.deps.metrics.count_transaction("committed");
-                Ok(())
-            }
-            Err(e) => {
-                let class = classify(&e);
-                self.deps.metrics.count_transaction("aborted");
-                if class == ErrorClass::Fatal {
-                    return Err(self.owner.out.fatal_error(e));
-                }
-                tracing::warn!(error = %e, ?class, partitions = ?touched, "batch failed: aborting and rewinding to the last commit");
-                if self.owner.out.exactly_once {
-                    self.owner.out.abort()?;
-                } else {
-                    // Nothing of the failed batch may land after the restore below reads the
-                    // topics (a late snapshot record of this batch could replace a newer one).
-                    self.owner.out.wait_nothing_in_flight();
-                }
-                // The batch mutated in-memory state: rebuild those partitions from Kafka.
-                self.rewind_by_restore(&touched)
-            }
+        let Err(e) = self.try_commit(judgeable, due, &touched, started) else {
+            self.deps.metrics.count_transaction("committed");
+            return Ok(());
+        };
+        let class = classify(&e);
+        self.deps.metrics.count_transaction("aborted");
+        if class == ErrorClass::Fatal {
+            return Err(self.out.fatal_error(e));
         }
-    }
-
-    /// Pauses `partitions` and rebuilds their state from Kafka (snapshot + replay to the
-    /// committed offset): the rewind after a failed transaction.
-    fn rewind_by_restore(&mut self, partitions: &[i32]) -> Result<(), ProcessorError> {
-        let mut tpl = TopicPartitionList::new();
-        for &p in partitions {
-            tpl.add_partition(&self.settings.topics.events, p);
+        tracing::warn!(error = %e, ?class, partitions = ?touched, "batch failed: aborting and rewinding to the last commit");
+        if self.out.exactly_once {
+            self.out.abort()?;
+        } else {
+            // Nothing of the failed batch may land after the restore below reads the topics (a
+            // late snapshot record of this batch could replace a newer one).
+            self.out.wait_nothing_in_flight();
         }
-        self.consumer.pause(&tpl)?;
-        for &p in partitions {
-            let owned = self.owner.partitions().contains_key(&p);
-            if owned {
-                self.start_restore(p);
-            }
-        }
-        Ok(())
+        // The batch mutated in-memory state: rebuild those partitions from Kafka.
+        self.partitions
+            .rewind(&self.consumer, &touched, &self.sources)
     }
 
     /// A batch whose sources could not be read to their end is not judged: nothing of it
-    /// touched any state, so its partitions are sought back to their next unanswered offset and
-    /// it is read again, and judged once the sources are caught up. Where the seek fails, the
-    /// partition is rewound by a restore instead.
+    /// touched any state, so its partitions are read again from their next unanswered offset,
+    /// and it is judged once the sources are caught up.
     fn hold_back(
         &mut self,
         batch: &[OwnedMessage],
@@ -382,29 +304,8 @@ impl Processor {
             ?partitions,
             "profiles and rules not read to their end: holding the batch back (read again, and judged once they are)"
         );
-        let topic = &self.settings.topics.events;
-        let mut tpl = TopicPartitionList::new();
-        for (&p, state) in self.owner.partitions().iter() {
-            if let (true, Partition::Ready(ready)) = (partitions.contains(&p), state) {
-                tpl.add_partition_offset(topic, p, Offset::Offset(ready.state.next_offset()))?;
-            }
-        }
-        let sought: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
-        let failed: Vec<i32> = match self.consumer.seek_partitions(tpl, Duration::from_secs(10)) {
-            Ok(result) => result
-                .elements()
-                .iter()
-                .filter(|e| e.error().is_err())
-                .map(|e| e.partition())
-                .collect(),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot seek back a held-back batch; restoring its partitions");
-                sought
-            }
-        };
-        if !failed.is_empty() {
-            self.rewind_by_restore(&failed)?;
-        }
+        self.partitions
+            .read_again(&self.consumer, &partitions, &self.sources)?;
         // The next attempt comes after the next poll; not in a tight loop.
         std::thread::sleep(Duration::from_millis(100));
         Ok(())
@@ -420,17 +321,19 @@ impl Processor {
         let timeout = self.settings.processing.transaction_timeout;
         let caught_up = started.elapsed();
         let records = judgeable.as_ref().map_or(0, |j| j.records.len());
-        let owner = Arc::clone(&self.owner);
-        let out = &owner.out;
+        let out = Arc::clone(&self.out);
         out.producer.context().failures.store(0, Ordering::Relaxed);
         if out.exactly_once {
             out.producer.begin_transaction()?;
         }
         if let Some(Judgeable { records, proof }) = judgeable {
             let judging = self.sources.judging(proof);
-            let mut partitions = owner.partitions();
+            let mut partitions = self.partitions.lock();
             for message in records {
-                self.process(&mut partitions, &judging, message)?;
+                let Some(Partition::Ready(ready)) = partitions.get_mut(&message.partition()) else {
+                    continue;
+                };
+                self.process(ready, &judging, message)?;
             }
         }
         if !out.exactly_once && !due.is_empty() {
@@ -441,7 +344,7 @@ impl Processor {
         }
         let mut rounds = Vec::with_capacity(due.len());
         {
-            let mut partitions = owner.partitions();
+            let mut partitions = self.partitions.lock();
             for &p in due {
                 if let Some(Partition::Ready(ready)) = partitions.get_mut(&p) {
                     let covers =
@@ -457,27 +360,10 @@ impl Processor {
         for (p, covers) in rounds {
             produce_marker(&out.producer, &self.settings.topics.state, p, covers)?;
         }
-        self.transactions += 1;
-        if self
-            .fault_abort_every
-            .is_some_and(|every| self.transactions % every == 0)
-        {
-            tracing::warn!(
-                transaction = self.transactions,
-                "fault injection: failing this transaction with an abortable error"
-            );
+        if self.faults.fail_this_transaction() {
             return Err(KafkaError::MessageProduction(RDKafkaErrorCode::Application));
         }
-        let mut offsets = TopicPartitionList::new();
-        for &p in touched {
-            if let Some(Partition::Ready(r)) = owner.partitions().get(&p) {
-                offsets.add_partition_offset(
-                    &self.settings.topics.events,
-                    p,
-                    Offset::Offset(r.state.next_offset()),
-                )?;
-            }
-        }
+        let offsets = self.partitions.next_offsets(touched)?;
         // Per-batch timings (`debug`): what `make bench-latency` breaks an answer's time into.
         let produced = started.elapsed();
         if out.exactly_once {
@@ -511,36 +397,34 @@ impl Processor {
         Ok(())
     }
 
-    fn update_lag(&mut self) {
-        if self.last_lag_update.elapsed() < Duration::from_secs(5) {
-            return;
-        }
-        self.last_lag_update = Instant::now();
-        // Positions first, so no lock is held while asking the broker.
-        let positions: Vec<(i32, i64)> = self
-            .owner
-            .partitions()
-            .iter()
-            .filter_map(|(p, state)| match state {
-                Partition::Ready(ready) => Some((*p, ready.state.next_offset())),
-                Partition::Restoring { .. } => None,
-            })
-            .collect();
-        for (p, next) in positions {
-            if let Ok((_, high)) = self.offsets.fetch_watermarks(
-                &self.settings.topics.events,
-                p,
-                Duration::from_millis(500),
-            ) {
-                self.deps
-                    .metrics
-                    .consumer_lag
-                    .get_or_create(&PartitionLabels {
-                        partition: p.to_string(),
-                    })
-                    .set((high - next).max(0));
-            }
-        }
+    /// Judges one input record of a live partition by the sets and the risk level in force when
+    /// it was appended (CONTRACT §4 and §10: exact at a swap or a risk change, and on any replay
+    /// of it), and writes what it becomes.
+    fn process(
+        &self,
+        ready: &mut partitions::Ready,
+        judging: &Judging<'_>,
+        message: &OwnedMessage,
+    ) -> Result<(), KafkaError> {
+        let appended = message.timestamp().to_millis().unwrap_or(i64::MAX);
+        let (active, shadow) = judging.sets_at(appended);
+        let processed = ready.state.process(
+            Input {
+                offset: message.offset(),
+                payload: message.payload().unwrap_or_default(),
+                key: snapshot::idempotency_key(message),
+            },
+            |user| judging.risk_at(user.0, appended),
+            Sets {
+                active,
+                shadow,
+                bounds: &self.bounds,
+                explain: true,
+            },
+        );
+        self.deps.metrics.count_verdict(&processed.verdict);
+        self.out
+            .answer(message, &processed, (active, shadow), &self.deps.metrics)
     }
 }
 
@@ -550,43 +434,36 @@ struct Judgeable<'a> {
     proof: CaughtUp,
 }
 
-/// Creates and validates the topics, riding out a broker that fails between the connectivity
-/// check and the admin requests (a restart): transient errors are retried for up to
-/// `kafka.connect_timeout`; anything else (a misconfigured topic, refused access) stops at once.
-fn ensure_topics_patiently(
-    settings: &Settings,
-) -> Result<crate::kafka::admin::Topics, KafkaLayerError> {
-    let started = Instant::now();
-    loop {
-        match crate::kafka::admin::ensure_topics(settings) {
-            Err(KafkaLayerError::Client(e))
-                if classify(&e) == ErrorClass::Retryable
-                    && started.elapsed() < settings.kafka.connect_timeout =>
-            {
-                tracing::warn!(error = %e, "topics not ready yet (the broker is restarting?); retrying");
-                std::thread::sleep(Duration::from_millis(500));
-            }
-            Err(KafkaLayerError::Timeout(_))
-                if started.elapsed() < settings.kafka.connect_timeout =>
-            {
-                std::thread::sleep(Duration::from_millis(500));
-            }
-            other => return other,
-        }
-    }
+/// The consumer lag gauge, updated every 5 s from the partitions' positions.
+struct Lag {
+    /// End offsets, on a client without an open fetch to wait behind.
+    offsets: crate::kafka::Reader,
+    topic: String,
+    last_update: Instant,
 }
 
-/// Publishes `profiles.seed_file`, when set, to the profiles topic before the first batch.
-fn seed_profiles(settings: &Settings) -> Result<(), ProcessorError> {
-    let path = &settings.profiles.seed_file;
-    if path.is_empty() {
-        return Ok(());
+impl Lag {
+    fn new(settings: &Settings) -> Result<Lag, KafkaLayerError> {
+        Ok(Lag {
+            offsets: crate::kafka::reader(settings, "lag")?,
+            topic: settings.topics.events.clone(),
+            last_update: Instant::now(),
+        })
     }
-    let lines = crate::profiles::Profiles::read_file(path).map_err(|e| KafkaLayerError::Topic {
-        topic: settings.topics.profiles.clone(),
-        reason: format!("profiles.seed_file: {e}"),
-    })?;
-    let published = crate::kafka::profiles::publish(settings, &lines)?;
-    tracing::info!(published, file = %path, "seeded profiles");
-    Ok(())
+
+    fn update(&mut self, partitions: &Partitions, metrics: &Metrics) {
+        if self.last_update.elapsed() < Duration::from_secs(5) {
+            return;
+        }
+        self.last_update = Instant::now();
+        // Positions first, so no lock is held while asking the broker.
+        for (p, next) in partitions.positions() {
+            if let Ok((_, high)) =
+                self.offsets
+                    .fetch_watermarks(&self.topic, p, Duration::from_millis(500))
+            {
+                metrics.set_lag(p, (high - next).max(0));
+            }
+        }
+    }
 }

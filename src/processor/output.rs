@@ -2,7 +2,6 @@
 //! dead-letter record when rejected), snapshot rounds, and the producer's transactions (or
 //! at-least-once flushes) as the client's contract says.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,17 +13,16 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 use tokio_util::sync::CancellationToken;
 
-use super::partitions::{Partition, Ready};
-use super::sources::Judging;
-use super::{Processor, ProcessorError};
+use super::partitions::Ready;
+use super::ProcessorError;
 use crate::config::Settings;
 use crate::domain::response::{truncate_text, AlertRecord, MAX_ERROR_BYTES};
 use crate::domain::Risk;
 use crate::domain::{Coord, Rejection, Verdict};
 use crate::kafka::{classify, ErrorClass};
-use crate::metrics::CodeLabels;
-use crate::metrics::{Metrics, ShadowLabels};
-use crate::partition::{Input, Sets};
+use crate::metrics::Metrics;
+use crate::partition::Processed;
+use crate::rule_set::RuleSet;
 use crate::snapshot;
 
 /// Room kept in a dead-letter record for its key, headers and record overhead.
@@ -113,6 +111,8 @@ pub(super) struct Output {
     pub(super) producer: ThreadedProducer<DeliveryContext>,
     pub(super) exactly_once: bool,
     pub(super) shutdown: CancellationToken,
+    /// Largest dead-letter value; larger rejected inputs are truncated.
+    pub(super) dlq_limit: usize,
 }
 
 /// Counts delivery failures (only at-least-once needs them; transactions report them at commit).
@@ -134,6 +134,18 @@ impl ProducerContext for DeliveryContext {
 }
 
 impl Output {
+    /// Exactly-once, at start: fences any zombie with the same transactional id and aborts its
+    /// open transaction. A restarted broker may still be loading the coordinator, or finishing
+    /// the predecessor's transaction: retried as any transactional call.
+    pub(super) fn init(&self) -> Result<(), ProcessorError> {
+        let timeout = self.settings.processing.transaction_timeout;
+        self.retrying("init", |producer| producer.init_transactions(timeout))
+            .map_err(|e| match classify(&e) {
+                ErrorClass::Fatal => ProcessorError::Fenced(self.settings.transactional_id()),
+                _ => ProcessorError::from(e),
+            })
+    }
+
     /// Snapshots the changed users of revoked partitions in a transaction of their own (no
     /// transaction is open while polling), before the partitions are handed over, so their next
     /// owner replays less and nothing of this owner lands after that owner's restore. A failure
@@ -439,166 +451,126 @@ struct ShadowRecord<'a> {
 }
 
 impl<'a> ShadowRecord<'a> {
-    fn new(
+    /// The disagreement of the shadow set with the active set on an accepted event, if any.
+    fn of(
         at: Coord,
-        user_id: u64,
-        risk: Risk,
-        (active_version, active): (&'a str, &'a [u32]),
-        (shadow_version, shadow): (&'a str, &'a [u32]),
-    ) -> Self {
-        ShadowRecord {
+        verdict: &'a Verdict,
+        active: &'a RuleSet,
+        shadow: Option<&'a RuleSet>,
+    ) -> Option<Self> {
+        let (
+            Verdict::Accepted {
+                user_id,
+                codes,
+                risk,
+                shadow: Some(shadow_codes),
+                ..
+            },
+            Some(shadow_set),
+        ) = (verdict, shadow)
+        else {
+            return None;
+        };
+        if shadow_codes == codes {
+            return None;
+        }
+        let (active_codes, shadow_codes) = (codes.as_slice(), shadow_codes.as_slice());
+        Some(ShadowRecord {
             event_id: at.event_id(),
-            user_id,
-            risk,
-            active_version,
-            shadow_version,
-            active,
-            shadow,
-            added: shadow
+            user_id: user_id.0,
+            risk: *risk,
+            active_version: &active.version,
+            shadow_version: &shadow_set.version,
+            active: active_codes,
+            shadow: shadow_codes,
+            added: shadow_codes
                 .iter()
-                .filter(|c| !active.contains(c))
+                .filter(|c| !active_codes.contains(c))
                 .copied()
                 .collect(),
-            removed: active
+            removed: active_codes
                 .iter()
-                .filter(|c| !shadow.contains(c))
+                .filter(|c| !shadow_codes.contains(c))
                 .copied()
                 .collect(),
-        }
-    }
-
-    fn count(&self, metrics: &Metrics) {
-        metrics.shadow_disagreements.inc();
-        for (codes, change) in [(&self.added, "added"), (&self.removed, "removed")] {
-            for code in codes {
-                metrics
-                    .shadow_codes
-                    .get_or_create(&ShadowLabels {
-                        code: code.to_string(),
-                        change: change.to_owned(),
-                    })
-                    .inc();
-            }
-        }
+        })
     }
 }
 
-impl Processor {
-    /// Evaluates one input record and produces its response (and dead-letter record).
-    pub(super) fn process(
+impl Output {
+    /// Writes what one judged input record becomes: its response (unless a crashed owner
+    /// already answered its offset), the shadow set's disagreement, and for a rejected record its
+    /// dead-letter copy. `active` and `shadow` are the sets that judged it.
+    pub(super) fn answer(
         &self,
-        partitions: &mut HashMap<i32, Partition>,
-        judging: &Judging<'_>,
         message: &OwnedMessage,
+        processed: &Processed,
+        (active, shadow): (&RuleSet, Option<&RuleSet>),
+        metrics: &Metrics,
     ) -> Result<(), KafkaError> {
-        let partition = message.partition();
-        let offset = message.offset();
-        let input = message.payload().unwrap_or_default();
-        let Some(Partition::Ready(ready)) = partitions.get_mut(&partition) else {
-            return Ok(());
-        };
-        // The sets and the risk level in force when this record was appended (CONTRACT §4
-        // and §10: exact at a swap or a risk change, and on any replay of it).
-        let appended = message.timestamp().to_millis().unwrap_or(i64::MAX);
-        let (active, shadow) = judging.sets_at(appended);
-        let processed = ready.state.process(
-            Input {
-                offset,
-                payload: input,
-                key: snapshot::idempotency_key(message),
-            },
-            |user| judging.risk_at(user.0, appended),
-            Sets {
-                active,
-                shadow,
-                bounds: &self.bounds,
-                explain: true,
-            },
-        );
-        let verdict = processed.verdict;
-        let metrics = &self.deps.metrics;
-        match &verdict {
-            Verdict::Accepted { codes, .. } => {
-                metrics.count_event(if codes.is_alert() { "alert" } else { "ok" });
-                for code in codes.as_slice() {
-                    metrics
-                        .alerts
-                        .get_or_create(&CodeLabels {
-                            code: code.to_string(),
-                        })
-                        .inc();
-                }
-            }
-            Verdict::Rejected { rejection, .. } => metrics.count_event(rejection.as_str()),
-            Verdict::Duplicate { .. } => metrics.count_event("duplicate"),
-            Verdict::AlreadyApplied { .. } => {}
-        }
+        let verdict = &processed.verdict;
+        let at = Coord::new(message.partition(), message.offset());
         // An offset a crashed owner already answered is not answered again.
         if processed.answer {
-            let at = Coord::new(partition, offset);
-            if let (
-                Verdict::Accepted {
-                    user_id,
-                    codes,
-                    risk,
-                    shadow: Some(shadow_codes),
-                    ..
-                },
-                Some(shadow_set),
-            ) = (&verdict, shadow)
-            {
-                if shadow_codes != codes {
-                    let disagreement = ShadowRecord::new(
-                        at,
-                        user_id.0,
-                        *risk,
-                        (&active.version, codes.as_slice()),
-                        (&shadow_set.version, shadow_codes.as_slice()),
-                    );
-                    disagreement.count(metrics);
-                    let value = serde_json::to_vec(&disagreement).expect("serializes");
-                    let mut record =
-                        BaseRecord::to(&self.settings.topics.shadow).payload(value.as_slice());
-                    if let Some(key) = message.key().filter(|k| k.len() <= MAX_KEY_BYTES) {
-                        record = record.key(key);
-                    }
-                    send(&self.owner.out.producer, record)?;
-                }
+            if let Some(disagreement) = ShadowRecord::of(at, verdict, active, shadow) {
+                metrics.count_shadow(&disagreement.added, &disagreement.removed);
+                let value = serde_json::to_vec(&disagreement).expect("serializes");
+                let record = with_key(
+                    BaseRecord::to(&self.settings.topics.shadow).payload(value.as_slice()),
+                    message,
+                );
+                send(&self.producer, record)?;
             }
-            if let Some(record) = AlertRecord::answer(at, &verdict, input) {
-                // A retry repeats its original's answer, and so the version that gave it.
-                let version = match &verdict {
-                    Verdict::Duplicate {
-                        answer: Some(answer),
-                        ..
-                    } => answer.rules_version.as_deref(),
-                    _ => None,
-                };
-                let record = record.versioned(version.unwrap_or(&active.version));
-                let value = record.to_json();
-                // Co-partitioned: the response to input partition p goes to alerts partition p
-                // (what the key's murmur2 partition is anyway), so a restore finds it there.
-                let mut alert = BaseRecord::to(&self.settings.topics.alerts)
-                    .partition(partition)
-                    .payload(value.as_slice());
-                if let Some(key) = message.key().filter(|k| k.len() <= MAX_KEY_BYTES) {
-                    alert = alert.key(key);
-                }
-                send(&self.owner.out.producer, alert)?;
-            } else {
-                tracing::error!(partition, offset, "an offset already in its user's restored state has no response yet; it cannot be answered again");
-            }
+            self.respond(message, at, verdict, &active.version)?;
         }
         if let Verdict::Rejected {
             rejection, error, ..
-        } = &verdict
+        } = verdict
         {
             let dead = DeadLetter::new(message, *rejection, error, self.dlq_limit);
-            send(
-                &self.owner.out.producer,
-                dead.record(&self.settings.topics.dlq),
-            )?;
+            send(&self.producer, dead.record(&self.settings.topics.dlq))?;
         }
         Ok(())
+    }
+
+    /// The response record of an input.
+    fn respond(
+        &self,
+        message: &OwnedMessage,
+        at: Coord,
+        verdict: &Verdict,
+        version: &str,
+    ) -> Result<(), KafkaError> {
+        let input = message.payload().unwrap_or_default();
+        let Some(record) = AlertRecord::answer(at, verdict, input) else {
+            tracing::error!(partition = at.partition, offset = at.offset, "an offset already in its user's restored state has no response yet; it cannot be answered again");
+            return Ok(());
+        };
+        // A retry repeats its original's answer, and so the version that gave it.
+        let original = match verdict {
+            Verdict::Duplicate {
+                answer: Some(answer),
+                ..
+            } => answer.rules_version.as_deref(),
+            _ => None,
+        };
+        let value = record.versioned(original.unwrap_or(version)).to_json();
+        // Co-partitioned: the response to input partition p goes to alerts partition p (what
+        // the key's murmur2 partition is anyway), so a restore finds it there.
+        let alert = BaseRecord::to(&self.settings.topics.alerts)
+            .partition(at.partition)
+            .payload(value.as_slice());
+        send(&self.producer, with_key(alert, message))
+    }
+}
+
+/// `record` with the input's key, unless it is too long to copy (see [`MAX_KEY_BYTES`]).
+fn with_key<'a>(
+    record: BaseRecord<'a, [u8], [u8]>,
+    message: &'a OwnedMessage,
+) -> BaseRecord<'a, [u8], [u8]> {
+    match message.key().filter(|k| k.len() <= MAX_KEY_BYTES) {
+        Some(key) => record.key(key),
+        None => record,
     }
 }

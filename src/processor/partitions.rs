@@ -1,33 +1,43 @@
-//! The partitions a processor owns: each one restoring or live, the restores in flight, the
-//! rebalance callbacks that hand partitions over, due snapshot rounds and readiness.
+//! The partitions a processor owns ([`Partitions`]): each one restoring or live, the restores in
+//! flight and their generations, the rebalance callbacks that hand partitions over, rewinds, due
+//! snapshot rounds and readiness. Rebalance events go to it and it answers.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::output::Output;
-use super::{Processor, ProcessorError};
+use super::sources::Sources;
+use super::ProcessorError;
+use crate::config::Settings;
+use crate::health::Readiness;
 use crate::kafka::{classify, ErrorClass, KafkaLayerError};
-use crate::metrics::PartitionLabels;
+use crate::metrics::Metrics;
 use crate::partition::{PartitionState, Placement};
+use crate::rule_set::Bounds;
 use crate::snapshot::{self, Restored, SnapshotError};
 
-pub(super) enum RebalanceEvent {
+/// The group member's consumer, whose rebalance callbacks reach the partitions.
+pub(super) type GroupConsumer = BaseConsumer<GroupContext>;
+
+enum RebalanceEvent {
     Assigned(Vec<i32>),
     Revoked(Vec<i32>),
 }
 
+/// The consumer's context: the rebalance callbacks.
 pub(super) struct GroupContext {
-    pub(super) topic: String,
-    pub(super) owner: Arc<Owner>,
+    topic: String,
+    shared: Arc<Shared>,
 }
 
 impl GroupContext {
-    pub(super) fn partitions(&self, tpl: &TopicPartitionList) -> Vec<i32> {
+    fn partitions(&self, tpl: &TopicPartitionList) -> Vec<i32> {
         tpl.elements_for_topic(&self.topic)
             .iter()
             .map(|e| e.partition())
@@ -45,12 +55,8 @@ impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             let partitions = self.partitions(tpl);
-            self.owner.revoke(&partitions);
-            self.owner
-                .log
-                .lock()
-                .expect("rebalance log poisoned")
-                .push(RebalanceEvent::Revoked(partitions));
+            self.shared.revoke(&partitions);
+            self.shared.log(RebalanceEvent::Revoked(partitions));
         }
     }
 
@@ -61,11 +67,8 @@ impl ConsumerContext for GroupContext {
                 if let Err(e) = consumer.pause(tpl) {
                     tracing::error!(error = %e, "cannot pause newly assigned partitions");
                 }
-                self.owner
-                    .log
-                    .lock()
-                    .expect("rebalance log poisoned")
-                    .push(RebalanceEvent::Assigned(self.partitions(tpl)));
+                self.shared
+                    .log(RebalanceEvent::Assigned(self.partitions(tpl)));
             }
             Rebalance::Revoke(_) => {}
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
@@ -76,24 +79,28 @@ impl ConsumerContext for GroupContext {
 /// What the processor loop shares with the rebalance callbacks (which run inside `poll`, on the
 /// same thread, when no transaction is open): the partitions' states and the means to write
 /// their snapshots.
-pub(super) struct Owner {
-    pub(super) partitions: Mutex<HashMap<i32, Partition>>,
-    pub(super) out: Output,
-    pub(super) log: Mutex<Vec<RebalanceEvent>>,
+struct Shared {
+    map: Mutex<HashMap<i32, Partition>>,
+    out: Arc<Output>,
+    log: Mutex<Vec<RebalanceEvent>>,
     /// A fatal error met in a callback; stops the loop after `poll`.
-    pub(super) fatal: Mutex<Option<ProcessorError>>,
+    fatal: Mutex<Option<ProcessorError>>,
 }
 
-impl Owner {
-    pub(super) fn partitions(&self) -> std::sync::MutexGuard<'_, HashMap<i32, Partition>> {
-        self.partitions.lock().expect("partitions poisoned")
+impl Shared {
+    fn map(&self) -> MutexGuard<'_, HashMap<i32, Partition>> {
+        self.map.lock().expect("partitions poisoned")
+    }
+
+    fn log(&self, event: RebalanceEvent) {
+        self.log.lock().expect("rebalance log poisoned").push(event);
     }
 
     /// Drops revoked partitions' states after snapshotting their changed users (see
     /// [`GroupContext::pre_rebalance`]).
-    pub(super) fn revoke(&self, partitions: &[i32]) {
+    fn revoke(&self, partitions: &[i32]) {
         let revoked: Vec<(i32, Box<Ready>)> = {
-            let mut map = self.partitions();
+            let mut map = self.map();
             partitions
                 .iter()
                 .filter_map(|p| match map.remove(p) {
@@ -123,14 +130,14 @@ pub(super) enum Partition {
     Ready(Box<Ready>),
 }
 
-pub(super) struct RestoreDone {
-    pub(super) partition: i32,
-    pub(super) generation: u64,
-    pub(super) result: Result<Restored, SnapshotError>,
+struct RestoreDone {
+    partition: i32,
+    generation: u64,
+    result: Result<Restored, SnapshotError>,
 }
 
 /// Only an authorization or fencing problem stops the processor; anything else is retried.
-pub(super) fn restore_error_is_fatal(error: &SnapshotError) -> bool {
+fn restore_error_is_fatal(error: &SnapshotError) -> bool {
     match error {
         SnapshotError::Client(e) | SnapshotError::Kafka(KafkaLayerError::Client(e)) => {
             classify(e) == ErrorClass::Fatal
@@ -140,24 +147,81 @@ pub(super) fn restore_error_is_fatal(error: &SnapshotError) -> bool {
     }
 }
 
-impl Processor {
-    pub(super) fn apply_rebalances(&mut self) {
-        let events = std::mem::take(&mut *self.owner.log.lock().expect("rebalance log poisoned"));
+/// The partitions assigned to this instance and everything that changes them.
+pub(super) struct Partitions {
+    shared: Arc<Shared>,
+    settings: Arc<Settings>,
+    readiness: Arc<Readiness>,
+    metrics: Arc<Metrics>,
+    /// Partitions of the events topic: where each user's records belong.
+    partition_count: i32,
+    /// What a rule set may ask of the state (`[state]`).
+    bounds: Bounds,
+    next_generation: u64,
+    restores_tx: mpsc::Sender<RestoreDone>,
+    restores_rx: mpsc::Receiver<RestoreDone>,
+}
+
+impl Partitions {
+    /// No partition yet, and the consumer's context whose callbacks reach them.
+    pub(super) fn new(
+        settings: Arc<Settings>,
+        out: Arc<Output>,
+        readiness: Arc<Readiness>,
+        metrics: Arc<Metrics>,
+        partition_count: i32,
+    ) -> (Partitions, GroupContext) {
+        let shared = Arc::new(Shared {
+            map: Mutex::new(HashMap::new()),
+            out,
+            log: Mutex::new(Vec::new()),
+            fatal: Mutex::new(None),
+        });
+        let context = GroupContext {
+            topic: settings.topics.events.clone(),
+            shared: Arc::clone(&shared),
+        };
+        let (restores_tx, restores_rx) = mpsc::channel();
+        let partitions = Partitions {
+            shared,
+            bounds: settings.rule_bounds(),
+            settings,
+            readiness,
+            metrics,
+            partition_count,
+            next_generation: 0,
+            restores_tx,
+            restores_rx,
+        };
+        (partitions, context)
+    }
+
+    /// The partitions' states, for a batch (no callback runs meanwhile: they run inside `poll`).
+    pub(super) fn lock(&self) -> MutexGuard<'_, HashMap<i32, Partition>> {
+        self.shared.map()
+    }
+
+    /// A fatal error a rebalance callback met, once.
+    pub(super) fn take_fatal(&self) -> Option<ProcessorError> {
+        self.shared.fatal.lock().expect("fatal poisoned").take()
+    }
+
+    /// Applies what the rebalance callbacks logged: new partitions are restored, revoked ones
+    /// (already flushed and dropped by the callback) leave the lag gauge.
+    pub(super) fn apply_rebalances(&mut self, sources: &Sources) {
+        let events = std::mem::take(&mut *self.shared.log.lock().expect("rebalance log poisoned"));
         for event in events {
             match event {
                 RebalanceEvent::Assigned(partitions) => {
                     tracing::info!(?partitions, "partitions assigned; restoring");
-                    self.deps.readiness.set_joined();
+                    self.readiness.set_joined();
                     for partition in partitions {
-                        self.start_restore(partition);
+                        self.restore_after(partition, Duration::ZERO, sources);
                     }
                 }
                 RebalanceEvent::Revoked(partitions) => {
-                    // Already flushed and dropped by the callback (see `Owner::revoke`).
                     for partition in partitions {
-                        self.deps.metrics.consumer_lag.remove(&PartitionLabels {
-                            partition: partition.to_string(),
-                        });
+                        self.metrics.forget_partition(partition);
                     }
                 }
             }
@@ -165,19 +229,15 @@ impl Processor {
         self.publish_readiness();
     }
 
-    pub(super) fn start_restore(&mut self, partition: i32) {
-        self.start_restore_after(partition, Duration::ZERO);
-    }
-
-    pub(super) fn start_restore_after(&mut self, partition: i32, delay: Duration) {
+    /// Rebuilds a partition's state from Kafka (snapshot + replay to the committed offset) on a
+    /// thread of its own, after `delay`; its records are not processed meanwhile.
+    fn restore_after(&mut self, partition: i32, delay: Duration, sources: &Sources) {
         self.next_generation += 1;
         let generation = self.next_generation;
-        self.owner
-            .partitions()
+        self.lock()
             .insert(partition, Partition::Restoring { generation });
         let settings = Arc::clone(&self.settings);
-        // Any set rebuilds the same state; the latest is at hand.
-        let set = self.sources.latest_active();
+        let set = sources.latest_active();
         let bounds = self.bounds;
         let tx = self.restores_tx.clone();
         let placement = Placement {
@@ -217,9 +277,13 @@ impl Processor {
     }
 
     /// Installs finished restores: seek to the restored offset and resume fetching.
-    pub(super) fn finish_restores(&mut self) -> Result<(), ProcessorError> {
+    pub(super) fn finish_restores(
+        &mut self,
+        consumer: &GroupConsumer,
+        sources: &Sources,
+    ) -> Result<(), ProcessorError> {
         while let Ok(done) = self.restores_rx.try_recv() {
-            let current = matches!(self.owner.partitions().get(&done.partition), Some(Partition::Restoring { generation }) if *generation == done.generation);
+            let current = matches!(self.lock().get(&done.partition), Some(Partition::Restoring { generation }) if *generation == done.generation);
             if !current {
                 continue; // revoked (or restarted) meanwhile
             }
@@ -234,7 +298,7 @@ impl Processor {
                 Err(e) => {
                     // E.g. a dead instance's transaction still pending on this partition.
                     tracing::warn!(partition = done.partition, error = %e, "restore failed; retrying in 1s");
-                    self.start_restore_after(done.partition, Duration::from_secs(1));
+                    self.restore_after(done.partition, Duration::from_secs(1), sources);
                     continue;
                 }
             };
@@ -242,10 +306,9 @@ impl Processor {
             let offset = restored.resume_at.map_or(Offset::Beginning, Offset::Offset);
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition_offset(topic, done.partition, offset)?;
-            self.consumer
-                .seek_partitions(tpl.clone(), Duration::from_secs(10))?;
-            self.consumer.resume(&tpl)?;
-            self.owner.partitions().insert(
+            consumer.seek_partitions(tpl.clone(), Duration::from_secs(10))?;
+            consumer.resume(&tpl)?;
+            self.lock().insert(
                 done.partition,
                 Partition::Ready(Box::new(Ready {
                     state: restored.state,
@@ -257,30 +320,73 @@ impl Processor {
         Ok(())
     }
 
+    /// Rewinds `partitions` to their last commit by pausing them and rebuilding their state
+    /// from Kafka: after a failed transaction, whose batch mutated their state.
+    pub(super) fn rewind(
+        &mut self,
+        consumer: &GroupConsumer,
+        partitions: &[i32],
+        sources: &Sources,
+    ) -> Result<(), ProcessorError> {
+        let mut tpl = TopicPartitionList::new();
+        for &p in partitions {
+            tpl.add_partition(&self.settings.topics.events, p);
+        }
+        consumer.pause(&tpl)?;
+        for &p in partitions {
+            if self.lock().contains_key(&p) {
+                self.restore_after(p, Duration::ZERO, sources);
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads `partitions` again from their next unanswered offset: a held-back batch touched no
+    /// state, so seeking back is enough. A partition whose seek fails is rewound by a restore.
+    pub(super) fn read_again(
+        &mut self,
+        consumer: &GroupConsumer,
+        partitions: &[i32],
+        sources: &Sources,
+    ) -> Result<(), ProcessorError> {
+        let topic = &self.settings.topics.events;
+        let mut tpl = TopicPartitionList::new();
+        for (&p, state) in self.lock().iter() {
+            if let (true, Partition::Ready(ready)) = (partitions.contains(&p), state) {
+                tpl.add_partition_offset(topic, p, Offset::Offset(ready.state.next_offset()))?;
+            }
+        }
+        let sought: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+        let failed: Vec<i32> = match consumer.seek_partitions(tpl, Duration::from_secs(10)) {
+            Ok(result) => result
+                .elements()
+                .iter()
+                .filter(|e| e.error().is_err())
+                .map(|e| e.partition())
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot seek back a held-back batch; restoring its partitions");
+                sought
+            }
+        };
+        if failed.is_empty() {
+            return Ok(());
+        }
+        self.rewind(consumer, &failed, sources)
+    }
+
     /// Only records of restored partitions, at or after the restored position, are processed.
     pub(super) fn accepts(&self, message: &OwnedMessage) -> bool {
-        match self.owner.partitions().get(&message.partition()) {
+        match self.lock().get(&message.partition()) {
             Some(Partition::Ready(ready)) => message.offset() >= ready.state.next_offset(),
             _ => false,
         }
     }
 
-    pub(super) fn publish_readiness(&self) {
-        let partitions = self.owner.partitions();
-        let restoring = partitions
-            .values()
-            .filter(|p| matches!(p, Partition::Restoring { .. }))
-            .count();
-        self.deps
-            .readiness
-            .set_partitions(partitions.len(), restoring);
-    }
-
     /// Partitions whose changed users should be snapshotted now.
     pub(super) fn snapshots_due(&self, force: bool) -> Vec<i32> {
         let interval = self.settings.snapshot.interval;
-        self.owner
-            .partitions()
+        self.lock()
             .iter()
             .filter_map(|(p, state)| match state {
                 Partition::Ready(r)
@@ -292,5 +398,41 @@ impl Processor {
                 _ => None,
             })
             .collect()
+    }
+
+    /// The offsets to commit for `touched`: each live partition's next offset.
+    pub(super) fn next_offsets(&self, touched: &[i32]) -> Result<TopicPartitionList, KafkaError> {
+        let mut offsets = TopicPartitionList::new();
+        let map = self.lock();
+        for &p in touched {
+            if let Some(Partition::Ready(r)) = map.get(&p) {
+                offsets.add_partition_offset(
+                    &self.settings.topics.events,
+                    p,
+                    Offset::Offset(r.state.next_offset()),
+                )?;
+            }
+        }
+        Ok(offsets)
+    }
+
+    /// Each live partition's next offset (for the lag gauge).
+    pub(super) fn positions(&self) -> Vec<(i32, i64)> {
+        self.lock()
+            .iter()
+            .filter_map(|(p, state)| match state {
+                Partition::Ready(ready) => Some((*p, ready.state.next_offset())),
+                Partition::Restoring { .. } => None,
+            })
+            .collect()
+    }
+
+    fn publish_readiness(&self) {
+        let map = self.lock();
+        let restoring = map
+            .values()
+            .filter(|p| matches!(p, Partition::Restoring { .. }))
+            .count();
+        self.readiness.set_partitions(map.len(), restoring);
     }
 }

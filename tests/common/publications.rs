@@ -9,6 +9,7 @@ use user_monitor::domain::Risk;
 use user_monitor::rule_set::RuleSet;
 
 use super::kafka::{client_at, World};
+use super::oracle::{expected_in_partition_order_timed, Expected};
 
 /// What one world's rules and profiles topics received.
 pub struct Publications {
@@ -136,6 +137,24 @@ impl Publications {
                 clock_of(*last)
             );
         }
+    }
+
+    /// The engine's answers under each of `sets` (by index) for inputs `(coordinate, value,
+    /// append time)` in `partitions` partitions, each input at its user's risk when it was
+    /// appended.
+    pub fn expected(
+        &self,
+        inputs: &[((i32, i64), &[u8], i64)],
+        partitions: i32,
+        sets: &[RuleSet],
+    ) -> Vec<HashMap<(i32, i64), Expected>> {
+        sets.iter()
+            .map(|set| {
+                expected_in_partition_order_timed(inputs, partitions, set, |user, t| {
+                    self.risk_at(user, t)
+                })
+            })
+            .collect()
     }
 
     /// The index of the set that judges an input appended at `t`: the latest published at or

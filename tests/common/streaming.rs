@@ -154,6 +154,19 @@ pub fn stream<T: Streamed>(
     })
 }
 
+/// The produced inputs as the oracle takes them: `(coordinate, value, append time)`.
+pub fn timed<'a, T: Streamed>(
+    (coordinates, timestamps): &Produced,
+    inputs: &'a [T],
+) -> Vec<((i32, i64), &'a [u8], i64)> {
+    coordinates
+        .iter()
+        .zip(timestamps)
+        .zip(inputs)
+        .map(|((&c, &t), input)| (c, input.value(), t))
+        .collect()
+}
+
 /// The committed responses of one alerts topic, by input coordinate, as they arrive.
 pub struct Responses {
     tail: Tail,
@@ -196,6 +209,33 @@ impl Responses {
                     .push(String::from_utf8_lossy(&r.value).into_owned()),
             }
         }
+    }
+
+    /// Reads responses until every input at `coordinates` has one, or none came for `patience`
+    /// (or `at_most` passed), calling `meanwhile` between reads (e.g. to restart exited
+    /// processes); then a few seconds more, for late repeats.
+    pub fn until_answered(
+        &mut self,
+        coordinates: &[(i32, i64)],
+        patience: Duration,
+        at_most: Duration,
+        mut meanwhile: impl FnMut(),
+    ) {
+        let deadline = Instant::now() + at_most;
+        let (mut answered, mut progress) = (0, Instant::now());
+        while answered < coordinates.len()
+            && progress.elapsed() < patience
+            && Instant::now() < deadline
+        {
+            self.pump(Duration::from_millis(500));
+            meanwhile();
+            let now = self.answered(coordinates);
+            if now > answered {
+                (answered, progress) = (now, Instant::now());
+            }
+        }
+        self.pump(Duration::from_secs(2));
+        meanwhile();
     }
 
     /// How many of the inputs at `coordinates` have a response.

@@ -1,0 +1,90 @@
+//! What the processor needs before its first turn, prepared by its host before
+//! [`super::run`]: the brokers reached, the topics created and checked, the profiles seed
+//! published and the configured rule sets read.
+
+use std::time::{Duration, Instant};
+
+use super::output::dlq_limit;
+use super::ProcessorError;
+use crate::config::Settings;
+use crate::kafka::{classify, ErrorClass, KafkaLayerError};
+use crate::rule_set::timeline::Timeline;
+
+/// The outcome of [`prepare`].
+pub struct Startup {
+    /// Partitions of the events topic: where each user's records belong.
+    pub(super) partition_count: i32,
+    /// Largest dead-letter value; larger rejected inputs are truncated.
+    pub(super) dlq_limit: usize,
+    /// The configured rule sets, which versions published to the rules topic join.
+    pub(super) timeline: Timeline,
+}
+
+/// Reaches the brokers (waiting for them, see `kafka.connect_timeout`), creates and validates
+/// the topics, publishes `profiles.seed_file` and reads the configured rule sets. `embedded`:
+/// the embedded broker's topics are pre-created and cannot be described, so the admin step is
+/// skipped.
+pub fn prepare(settings: &Settings, embedded: bool) -> Result<Startup, ProcessorError> {
+    let topics = if embedded {
+        None
+    } else {
+        crate::kafka::connect::check(settings, crate::kafka::connect::Patience::UntilConnected)?;
+        let topics = ensure_topics_patiently(settings)?;
+        tracing::info!(partitions = topics.partitions, topic = %settings.topics.events, "topics ready");
+        Some(topics)
+    };
+    seed_profiles(settings)?;
+    // Validated with the configuration; read again here, where a file changed since says so.
+    let (active, shadow) = settings.rule_sets().map_err(ProcessorError::Rules)?;
+    tracing::info!(
+        active = %active.version,
+        shadow = shadow.as_ref().map(|s| s.version.as_str()),
+        "configured rule sets (until one is published to the rules topic)"
+    );
+    Ok(Startup {
+        partition_count: topics.map_or(settings.topics.partitions, |t| t.partitions),
+        dlq_limit: dlq_limit(settings, topics.and_then(|t| t.dlq_max_message_bytes)),
+        timeline: Timeline::new(active, shadow),
+    })
+}
+
+/// Creates and validates the topics, riding out a broker that fails between the connectivity
+/// check and the admin requests (a restart): transient errors are retried for up to
+/// `kafka.connect_timeout`; anything else (a misconfigured topic, refused access) stops at once.
+fn ensure_topics_patiently(
+    settings: &Settings,
+) -> Result<crate::kafka::admin::Topics, KafkaLayerError> {
+    let started = Instant::now();
+    loop {
+        match crate::kafka::admin::ensure_topics(settings) {
+            Err(KafkaLayerError::Client(e))
+                if classify(&e) == ErrorClass::Retryable
+                    && started.elapsed() < settings.kafka.connect_timeout =>
+            {
+                tracing::warn!(error = %e, "topics not ready yet (the broker is restarting?); retrying");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(KafkaLayerError::Timeout(_))
+                if started.elapsed() < settings.kafka.connect_timeout =>
+            {
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Publishes `profiles.seed_file`, when set, to the profiles topic before the first batch.
+fn seed_profiles(settings: &Settings) -> Result<(), ProcessorError> {
+    let path = &settings.profiles.seed_file;
+    if path.is_empty() {
+        return Ok(());
+    }
+    let lines = crate::profiles::Profiles::read_file(path).map_err(|e| KafkaLayerError::Topic {
+        topic: settings.topics.profiles.clone(),
+        reason: format!("profiles.seed_file: {e}"),
+    })?;
+    let published = crate::kafka::profiles::publish(settings, &lines)?;
+    tracing::info!(published, file = %path, "seeded profiles");
+    Ok(())
+}
