@@ -2,8 +2,9 @@
 //! before the kill) judge every input appended after them, and only those: on a Kafka broker of
 //! its own (the test kills it), under a steady stream of valid events, one exactly-once and one
 //! at-least-once processor. Three rounds of: a few seconds of streaming, a risk change, `kill -9`
-//! of the broker, its restart, and soon after, a new rule set on the rules topic and risk changes
-//! on the profiles topic. Afterwards every input must have its committed response (exactly-once:
+//! of the broker, its restart, and soon after, a new rule set on the rules topic (for the
+//! exactly-once world with `user-monitor rules publish`, which must ride out the restart) and
+//! risk changes on the profiles topic. Afterwards every input must have its committed response (exactly-once:
 //! exactly one; at-least-once: repeats byte-identical) naming the rule set whose rules-topic
 //! record has the latest append time at or before the input's, and the risk of the user's latest
 //! profiles-topic record at or before the input (medium without one), with the engine's answer
@@ -236,10 +237,14 @@ fn rule_sets_and_risk_changes_right_after_a_broker_restart_judge_every_later_inp
     let started = Instant::now();
     let mut rng = StdRng::seed_from_u64(seed);
     let inputs = Arc::new(generate(&mut rng, (RATE * MAX_STREAM_SECS) as usize));
-    let sets = [
-        RuleSet::default_set(),
-        RuleSet::from_toml(SWAP_CANDIDATE, &Bounds::default()).unwrap(),
+    let set_files = [
+        std::fs::read_to_string(common::process::repo_path("rules/default.toml")).unwrap(),
+        SWAP_CANDIDATE.to_owned(),
     ];
+    let sets = set_files
+        .each_ref()
+        .map(|text| RuleSet::from_toml(text, &Bounds::default()).unwrap());
+    assert_eq!(sets[0].version, RuleSet::default_set().version);
     assert_ne!(sets[0].version, sets[1].version);
 
     let broker = Broker::start();
@@ -284,8 +289,17 @@ fn rule_sets_and_risk_changes_right_after_a_broker_restart_judge_every_later_inp
         let index = if round % 2 == 0 { 1 } else { 0 };
         let changes = risk_changes(&mut rng, USERS, CHANGED);
         for side in &mut sides {
-            side.published
-                .publish(Some((index, &sets[index])), &changes);
+            if side.guarantee == "exactly_once" {
+                // As an operator would: `user-monitor rules publish` right after the restart.
+                let file = side.world.dir.path().join(format!("round-{round}.toml"));
+                std::fs::write(&file, &set_files[index]).unwrap();
+                side.published
+                    .publish_with_cli(&side.world, (index, &sets[index]), &file);
+                side.published.publish(None, &changes);
+            } else {
+                side.published
+                    .publish(Some((index, &sets[index])), &changes);
+            }
         }
     }
     // Inputs after the last publications too.

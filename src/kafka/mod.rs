@@ -145,6 +145,38 @@ pub fn retry_transient<T>(
     }
 }
 
+/// Whether a fatal error means this instance was fenced (a newer producer or group member with
+/// its id took over), which the processor names as such when it stops.
+pub fn is_fenced(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::Fenced
+                | RDKafkaErrorCode::InvalidProducerEpoch
+                | RDKafkaErrorCode::FencedInstanceId
+        )
+    ) || matches!(error, KafkaError::Transaction(t) if t.is_fatal())
+}
+
+/// Whether a transactional call (init, send offsets, commit, abort) is to be retried with the
+/// same call: retriable by the client's word, or a broker still recovering (seen from
+/// `init_transactions` right after a broker restart).
+pub fn transactional_call_retriable(error: &KafkaError) -> bool {
+    matches!(error, KafkaError::Transaction(t) if t.is_retriable()
+    || (!t.is_fatal() && !t.txn_requires_abort() && matches!(
+        t.code(),
+        RDKafkaErrorCode::ConcurrentTransactions
+            | RDKafkaErrorCode::CoordinatorLoadInProgress
+            | RDKafkaErrorCode::CoordinatorNotAvailable
+            | RDKafkaErrorCode::NotCoordinator
+            | RDKafkaErrorCode::RequestTimedOut
+            | RDKafkaErrorCode::OperationTimedOut
+            | RDKafkaErrorCode::BrokerTransportFailure
+            | RDKafkaErrorCode::AllBrokersDown
+    )))
+}
+
 /// Settings every client shares; the raw `[kafka.properties]` table is applied last.
 pub fn base_config(settings: &Settings, role: &str) -> Result<ClientConfig, KafkaLayerError> {
     if settings.kafka.bootstrap_servers.trim().is_empty() {

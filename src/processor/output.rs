@@ -268,15 +268,7 @@ impl Output {
 
     /// The error a fatal producer error stops the instance with: fencing is named as such.
     pub(super) fn fatal_error(&self, e: KafkaError) -> ProcessorError {
-        let fenced = matches!(
-            e.rdkafka_error_code(),
-            Some(
-                RDKafkaErrorCode::ProducerFenced
-                    | RDKafkaErrorCode::Fenced
-                    | RDKafkaErrorCode::InvalidProducerEpoch
-                    | RDKafkaErrorCode::FencedInstanceId
-            )
-        ) || matches!(&e, KafkaError::Transaction(t) if t.is_fatal());
+        let fenced = crate::kafka::is_fenced(&e);
         if fenced {
             ProcessorError::Fenced(self.settings.transactional_id())
         } else {
@@ -312,20 +304,7 @@ impl Output {
                 Ok(()) => return Ok(()),
                 Err(e) => e,
             };
-            // Retriable by the client's word, or a broker still recovering (seen from
-            // `init_transactions` right after a broker restart).
-            let retriable = matches!(&e, KafkaError::Transaction(t) if t.is_retriable()
-            || (!t.is_fatal() && !t.txn_requires_abort() && matches!(
-                t.code(),
-                RDKafkaErrorCode::ConcurrentTransactions
-                    | RDKafkaErrorCode::CoordinatorLoadInProgress
-                    | RDKafkaErrorCode::CoordinatorNotAvailable
-                    | RDKafkaErrorCode::NotCoordinator
-                    | RDKafkaErrorCode::RequestTimedOut
-                    | RDKafkaErrorCode::OperationTimedOut
-                    | RDKafkaErrorCode::BrokerTransportFailure
-                    | RDKafkaErrorCode::AllBrokersDown
-            )));
+            let retriable = crate::kafka::transactional_call_retriable(&e);
             if self.shutdown.is_cancelled() {
                 let since = *shutdown_seen.get_or_insert_with(Instant::now);
                 if since.elapsed() >= self.settings.processing.shutdown_timeout {

@@ -2,6 +2,7 @@
 //! each record: which set and which risk level must judge an input appended at a given time.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::time::SystemTime;
 
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -137,6 +138,47 @@ impl Publications {
                 clock_of(*last)
             );
         }
+    }
+
+    /// Publishes the rule set in `file` (`set`, index `index` of the test's sets) with
+    /// `user-monitor rules publish`, as an operator would: it must succeed, riding out a broker
+    /// that just restarted. Records its append time from what the command prints.
+    pub fn publish_with_cli(
+        &mut self,
+        world: &World,
+        (index, set): (usize, &RuleSet),
+        file: &Path,
+    ) {
+        let context = &self.context;
+        let out = super::process::user_monitor_command()
+            .args(["rules", "publish"])
+            .arg(file)
+            .arg("--config-dir")
+            .arg(world.dir.path())
+            .arg("--env")
+            .arg("test")
+            .envs(world.env(98))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{context}: `user-monitor rules publish` exited {}:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let printed: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{context}: rules publish printed no JSON ({e})"));
+        assert_eq!(printed["version"], set.version.as_str(), "{printed}");
+        let t = printed["timestamp"].as_i64().expect("timestamp");
+        eprintln!(
+            "{} {}: rule set {:?} published with the CLI, appended at {} ({t})",
+            wall_clock(),
+            self.label,
+            set.version,
+            clock_of(t)
+        );
+        self.rules.push((t, index));
     }
 
     /// The engine's answers under each of `sets` (by index) for inputs `(coordinate, value,
