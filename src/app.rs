@@ -7,13 +7,16 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
+use crate::changes::{Author, ChangeLog};
 use crate::cli::{
     BacktestArgs, Cli, Command, EvaluateArgs, GlobalArgs, ProfilesCommand, RulesCommand,
     TokenCommand, TopicsCommand,
 };
 use crate::config::{Settings, Sources};
+use crate::domain::Risk;
 use crate::kafka::rules::RulesKey;
-use crate::profiles::Profiles;
+use crate::kafka::KafkaLayerError;
+use crate::profiles::{ProfileLine, Profiles};
 use crate::rule_set::{Bounds, InvalidRuleSet, RuleSet, RuleSetFileError};
 use crate::rules::Limits;
 
@@ -192,8 +195,8 @@ fn publish_rules(settings: &Settings, path: &Path, key: RulesKey) -> anyhow::Res
     change_rules(settings, key, Some(&set))
 }
 
-/// Publishes the set of `key` (`None`: clears the shadow set) and its audit entry, and prints
-/// where Kafka stored it.
+/// Publishes the set of `key` (`None`: clears the shadow set) and its audit entry (see
+/// [`crate::changes::change_rule_set`]), and prints where Kafka stored it.
 fn change_rules(
     settings: &Settings,
     key: RulesKey,
@@ -201,10 +204,6 @@ fn change_rules(
 ) -> anyhow::Result<ExitCode> {
     crate::telemetry::init(&settings.log);
     let rules = &settings.topics.rules;
-    // The version it replaces, for the audit trail (and a missing topic is found here, before
-    // a producer could have a broker auto-create it with the wrong settings).
-    let current = crate::kafka::rules::read_current(settings)
-        .with_context(|| format!("reading the rule sets in {rules}"))?;
     let configured = settings
         .rule_sets()
         .ok()
@@ -212,27 +211,24 @@ fn change_rules(
             RulesKey::Active => Some(active.version),
             RulesKey::Shadow => shadow.map(|s| s.version),
         });
-    let before = current.version_in_force(key, configured.as_deref());
-    let published = crate::kafka::rules::publish(settings, key, set)
-        .with_context(|| format!("publishing the {key} rule set to {rules}"))?;
     let actor = crate::audit::cli_actor();
-    let after = set.map(|s| s.version.as_str());
-    let entry =
-        crate::audit::AuditEntry::rules_changed(&actor, "cli", key, before.as_deref(), after);
-    let audit = || crate::audit::publish(settings, std::slice::from_ref(&entry));
-    crate::kafka::retry_transient("recording the change", AUDIT_WITHIN, audit).with_context(
-        || {
-            format!(
-                "the {key} rule set was published (offset {}) but its audit record was not",
-                published.offset
-            )
-        },
-    )?;
+    let author = Author {
+        actor: &actor,
+        source: "cli",
+    };
+    let changed = run_change(crate::changes::change_rule_set(
+        &CliChanges { settings },
+        author,
+        key,
+        set,
+        configured.as_deref(),
+    ))?;
+    let (published, entry) = (changed.published, changed.entry);
     println!(
         "{}",
         serde_json::json!({
             "key": key.as_str(),
-            "version": after,
+            "version": set.map(|s| s.version.as_str()),
             "offset": published.offset,
             "timestamp": published.timestamp,
         })
@@ -242,6 +238,57 @@ fn change_rules(
         entry.before, entry.after, published.offset, settings.topics.audit
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs a change use case to its end on this thread. Not `futures::executor::block_on`: the
+/// CLI's blocking clients wait on futures of their own with it, which cannot nest.
+fn run_change<T>(
+    change: impl std::future::Future<Output = Result<T, crate::changes::ChangeError>>,
+) -> anyhow::Result<T> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the command's runtime")?;
+    Ok(runtime.block_on(change)?)
+}
+
+/// The command line's [`ChangeLog`]: short-lived clients, each step riding out a broker
+/// restarting (transient failures are retried within the step's timeout).
+struct CliChanges<'a> {
+    settings: &'a Settings,
+}
+
+impl ChangeLog for CliChanges<'_> {
+    async fn rule_sets(&self) -> Result<crate::kafka::rules::Current, KafkaLayerError> {
+        // A missing topic is found here, before a producer could have a broker auto-create it
+        // with the wrong settings.
+        crate::kafka::rules::read_current(self.settings)
+    }
+
+    async fn publish_rule_set(
+        &self,
+        key: RulesKey,
+        set: Option<&RuleSet>,
+    ) -> Result<crate::kafka::rules::Published, KafkaLayerError> {
+        crate::kafka::rules::publish(self.settings, key, set)
+    }
+
+    async fn risk_levels(&self, users: &[u64]) -> Result<Vec<Risk>, KafkaLayerError> {
+        let mut current =
+            crate::kafka::profiles::ProfilesFollower::new(self.settings, "cli-profiles")?;
+        current.catch_up(AUDIT_WITHIN)?;
+        Ok(users.iter().map(|&u| current.profiles().risk(u)).collect())
+    }
+
+    async fn publish_risks(&self, lines: &[ProfileLine]) -> Result<(), KafkaLayerError> {
+        crate::kafka::profiles::publish(self.settings, lines).map(|_| ())
+    }
+
+    async fn record(&self, entries: &[crate::audit::AuditEntry]) -> Result<(), KafkaLayerError> {
+        crate::kafka::retry_transient("recording the change", AUDIT_WITHIN, || {
+            crate::audit::publish(self.settings, entries)
+        })
+    }
 }
 
 /// `user-monitor backtest --baseline A --candidate B [--profiles F] [--diff OUT] [INPUT]`.
@@ -299,39 +346,30 @@ fn evaluate(settings: &Settings, args: &EvaluateArgs) -> anyhow::Result<ExitCode
     }
 }
 
-/// How long recording a published change in the audit trail may retry transient failures.
+/// How long reading the profiles, or recording a published change in the audit trail, may
+/// retry transient failures.
 const AUDIT_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// `user-monitor profiles load FILE`: publishes each line to the profiles topic and waits for acks.
+/// `user-monitor profiles load FILE`: publishes each line to the profiles topic and records
+/// each change (see [`crate::changes::change_risks`]).
 fn load_profiles(settings: &Settings, path: &std::path::Path) -> anyhow::Result<ExitCode> {
     crate::telemetry::init(&settings.log);
     let lines = Profiles::read_file(path)?;
-    // The levels they replace, for the audit trail.
-    let mut current = crate::kafka::profiles::ProfilesFollower::new(settings, "cli-profiles")?;
-    current.catch_up(std::time::Duration::from_secs(30))?;
     let actor = crate::audit::cli_actor();
-    let mut seen = current.profiles().clone();
-    let entries: Vec<_> = lines
-        .iter()
-        .map(|line| {
-            let before = seen.risk(line.user_id);
-            seen.set(line.user_id, line.risk);
-            crate::audit::AuditEntry::risk_set(
-                &actor,
-                "cli",
-                line.user_id,
-                before.as_str(),
-                line.risk.as_str(),
-            )
-        })
-        .collect();
-    let published = crate::kafka::profiles::publish(settings, &lines)?;
-    crate::kafka::retry_transient("recording the changes", AUDIT_WITHIN, || {
-        crate::audit::publish(settings, &entries)
-    })?;
+    let author = Author {
+        actor: &actor,
+        source: "cli",
+    };
+    run_change(crate::changes::change_risks(
+        &CliChanges { settings },
+        author,
+        &lines,
+    ))?;
     eprintln!(
-        "published {published} profiles to {} (recorded in {} as {actor})",
-        settings.topics.profiles, settings.topics.audit
+        "published {} profiles to {} (recorded in {} as {actor})",
+        lines.len(),
+        settings.topics.profiles,
+        settings.topics.audit
     );
     Ok(ExitCode::SUCCESS)
 }

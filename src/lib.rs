@@ -27,7 +27,8 @@
 //!   `evaluate` (in batches, touching users' states ahead) and every test oracle.
 //! - [`partition`]: the pure lifecycle of one input partition's state: the users a snapshot
 //!   round writes, and the rebuild from snapshot records plus replay.
-//! - [`profiles`]: user risk levels from a file or the profiles topic.
+//! - [`profiles`]: user risk levels from a file or the profiles topic, each with the time it took
+//!   effect (an event is judged at the level in force when it was appended).
 //! - [`evaluate`]: the offline JSONL command; [`backtest`]: two rule sets over one input, in one
 //!   pass, with a per-code summary and a diff.
 //! - [`access`]: who may do what, as data: scopes, configured tokens (SHA-256 of the secret) and
@@ -44,11 +45,16 @@
 //! - [`snapshot`]: the snapshot format (both directions; version 1, from before rule sets, is
 //!   upgraded on restore) in the compacted state topic, and the restore of a partition:
 //!   snapshot, then replay to the committed offset.
-//! - [`processor`]: `user-monitor process`, split by owner: the transactional turn (`mod.rs`:
-//!   collect, catch up on profiles and rule sets, process, commit), the partitions (`partitions.rs`: restoring
-//!   or live, restores in flight, rebalance hand-overs, due rounds, readiness), the output of one
-//!   record (`output.rs`: response, dead letter, transactions).
-//! - [`audit`]: the audit trail of risk and rule set changes.
+//! - [`processor`]: `user-monitor process`, one owner each: the turn of the loop (`mod.rs`:
+//!   collect, process, commit), the partitions (`partitions.rs`: restoring or live, restores in
+//!   flight, rebalance hand-overs, rewinds, due rounds, readiness), the output (`output.rs`: the
+//!   producer's transactional contract; response, shadow and dead-letter records), the sources
+//!   (`sources.rs`: profiles and rule sets, readable for a batch only with the proof that they
+//!   were caught up), what the host prepares first (`startup.rs`), and the test-only fault
+//!   injection (`faults.rs`, with the `fault-injection` feature only).
+//! - [`audit`]: the audit trail of risk and rule set changes; [`changes`]: the use cases that
+//!   make them (read what is in force, publish, record), written once for the CLI and the HTTP
+//!   API, each edge giving its own [`changes::ChangeLog`].
 //! - [`store`]: the read model behind the GET endpoints: the alerts topic projected into SQLite
 //!   (default) or PostgreSQL, rows and Kafka offsets in one transaction, keyset-paged queries,
 //!   retention by event time ([`store::projection`]: the projecting consumer and the retention
@@ -71,6 +77,7 @@ pub mod access;
 pub mod app;
 pub mod audit;
 pub mod backtest;
+pub mod changes;
 pub mod cli;
 pub mod config;
 pub mod domain;

@@ -17,6 +17,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::Semaphore;
 
 use crate::audit::{AuditEntry, AuditPage};
+use crate::changes::{change_risks, change_rule_set, Author, ChangeError, ChangeLog};
 use crate::config::Settings;
 use crate::domain::response::AlertRecord;
 use crate::domain::Coord;
@@ -26,7 +27,7 @@ use crate::kafka::read::{partitions, read_range, RangeError};
 use crate::kafka::rules::{Current, Published, RulesKey};
 use crate::kafka::{producer_config, KafkaLayerError};
 use crate::kafka::{reader, Reader};
-use crate::profiles::ProfileValue;
+use crate::profiles::{ProfileLine, ProfileValue};
 use crate::rule_set::RuleSet;
 
 /// Kafka did not acknowledge a record.
@@ -116,12 +117,7 @@ pub trait Backend: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<RulesChanged, ProduceError>>;
 }
 
-/// A rule set change Kafka acknowledged, with its audit entry.
-#[derive(Debug, Clone)]
-pub struct RulesChanged {
-    pub published: Published,
-    pub entry: AuditEntry,
-}
+pub use crate::changes::RulesChanged;
 
 /// How long a fallback lookup may take at most.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -298,35 +294,23 @@ impl Backend for KafkaBackend {
         if !self.ready() {
             return Box::pin(async { Err(ProduceError::NotReady("topics not found yet")) });
         }
-        let settings = Arc::clone(&self.settings);
-        let follower = Arc::clone(&self.profiles);
-        let profile = self.produce_profile(user_id, risk);
-        let producer = self.producer.clone();
-        let bound = self.settings.http.produce_timeout;
+        let log = self.changes();
         let change = async move {
-            let timeout = settings.http.produce_timeout;
-            let before = tokio::task::spawn_blocking({
-                let settings = Arc::clone(&settings);
-                move || current_risk(&settings, &follower, user_id, timeout)
-            })
-            .await
-            .map_err(|e| ProduceError::NotAcknowledged(e.to_string()))??;
-            profile.await?;
-            let entry =
-                AuditEntry::risk_set(&actor, "http", user_id, before.as_str(), risk.as_str());
-            audit_change(
-                &producer,
-                &settings.topics.audit,
-                &entry,
-                timeout,
-                "the risk level",
-            )
-            .await?;
+            let author = Author {
+                actor: &actor,
+                source: "http",
+            };
+            let line = ProfileLine { user_id, risk };
+            let entry = change_risks(&log, author, &[line])
+                .await
+                .map_err(not_acknowledged)?
+                .pop()
+                .expect("one change, one audit entry");
             tracing::info!(user_id, actor = %entry.actor, before = %entry.before, after = %entry.after, "risk changed");
             Ok(entry)
         };
         // The profile, once published, may still apply: the client sees 503 and may retry.
-        within_produce_timeout(bound, change)
+        within_produce_timeout(self.settings.http.produce_timeout, change)
     }
 
     fn audit(
@@ -355,46 +339,121 @@ impl Backend for KafkaBackend {
         if !self.ready() {
             return Box::pin(async { Err(ProduceError::NotReady("topics not found yet")) });
         }
-        let settings = Arc::clone(&self.settings);
-        let producer = self.producer.clone();
+        let log = self.changes();
         let writes = Arc::clone(&self.rules_writes);
-        let bound = self.settings.http.produce_timeout;
         let change = async move {
             let _turn = writes.lock().await;
-            let timeout = settings.http.produce_timeout;
-            let unavailable = |e: KafkaLayerError| ProduceError::NotAcknowledged(e.to_string());
-            let current = tokio::task::spawn_blocking({
-                let settings = Arc::clone(&settings);
-                move || crate::kafka::rules::read_current_within(&settings, timeout)
-            })
-            .await
-            .map_err(|e| ProduceError::NotAcknowledged(e.to_string()))?
-            .map_err(unavailable)?;
-            let before = current.version_in_force(key, configured.as_deref());
-            let published = crate::kafka::rules::send(
-                &producer,
-                &settings.topics.rules,
-                key,
-                set.as_ref(),
-                timeout,
-            )
-            .await
-            .map_err(unavailable)?;
-            let after = set.as_ref().map(|s| s.version.as_str());
-            let entry = AuditEntry::rules_changed(&actor, "http", key, before.as_deref(), after);
-            audit_change(
-                &producer,
-                &settings.topics.audit,
-                &entry,
-                timeout,
-                "the rule set",
-            )
-            .await?;
-            tracing::info!(key = %key, actor = %entry.actor, before = %entry.before, after = %entry.after, offset = published.offset, "rule set changed");
-            Ok(RulesChanged { published, entry })
+            let author = Author {
+                actor: &actor,
+                source: "http",
+            };
+            let changed = change_rule_set(&log, author, key, set.as_ref(), configured.as_deref())
+                .await
+                .map_err(not_acknowledged)?;
+            let entry = &changed.entry;
+            tracing::info!(key = %key, actor = %entry.actor, before = %entry.before, after = %entry.after, offset = changed.published.offset, "rule set changed");
+            Ok(changed)
         };
         // A set already published still applies; a retry is harmless.
-        within_produce_timeout(bound, change)
+        within_produce_timeout(self.settings.http.produce_timeout, change)
+    }
+}
+
+/// A change that did not complete, as the client hears it (503).
+fn not_acknowledged(e: ChangeError) -> ProduceError {
+    if let ChangeError::Unrecorded { source, .. } = &e {
+        tracing::error!(error = %source, "a change was published but its audit record was not acknowledged");
+    }
+    ProduceError::NotAcknowledged(e.to_string())
+}
+
+/// The shim's [`ChangeLog`]: its producer and profiles follower, every wait bounded by
+/// `http.produce_timeout`.
+struct ShimChanges {
+    settings: Arc<Settings>,
+    producer: FutureProducer,
+    profiles: Arc<std::sync::Mutex<Option<ProfilesFollower>>>,
+}
+
+impl ShimChanges {
+    /// Sends one record and waits for Kafka's acknowledgement.
+    async fn send(&self, topic: &str, key: &str, value: &[u8]) -> Result<(), KafkaLayerError> {
+        let timeout = self.settings.http.produce_timeout;
+        let record = FutureRecord::to(topic).key(key).payload(value);
+        self.producer
+            .send(record, timeout)
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| KafkaLayerError::Client(e))
+    }
+
+    /// Runs a blocking read of Kafka off the async runtime.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Settings) -> Result<T, KafkaLayerError> + Send + 'static,
+    ) -> Result<T, KafkaLayerError> {
+        let settings = Arc::clone(&self.settings);
+        tokio::task::spawn_blocking(move || read(&settings))
+            .await
+            .map_err(|e| KafkaLayerError::Topic {
+                topic: String::new(),
+                reason: format!("the read stopped: {e}"),
+            })?
+    }
+}
+
+impl ChangeLog for ShimChanges {
+    async fn rule_sets(&self) -> Result<Current, KafkaLayerError> {
+        let timeout = self.settings.http.produce_timeout;
+        self.blocking(move |settings| crate::kafka::rules::read_current_within(settings, timeout))
+            .await
+    }
+
+    async fn publish_rule_set(
+        &self,
+        key: RulesKey,
+        set: Option<&RuleSet>,
+    ) -> Result<Published, KafkaLayerError> {
+        let timeout = self.settings.http.produce_timeout;
+        crate::kafka::rules::send(
+            &self.producer,
+            &self.settings.topics.rules,
+            key,
+            set,
+            timeout,
+        )
+        .await
+    }
+
+    async fn risk_levels(&self, users: &[u64]) -> Result<Vec<Risk>, KafkaLayerError> {
+        let follower = Arc::clone(&self.profiles);
+        let users = users.to_vec();
+        let timeout = self.settings.http.produce_timeout;
+        self.blocking(move |settings| current_risks(settings, &follower, &users, timeout))
+            .await
+    }
+
+    async fn publish_risks(&self, lines: &[ProfileLine]) -> Result<(), KafkaLayerError> {
+        for line in lines {
+            let value = serde_json::to_vec(&ProfileValue { risk: line.risk })
+                .expect("a profile serializes");
+            self.send(
+                &self.settings.topics.profiles,
+                &line.user_id.to_string(),
+                &value,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn record(&self, entries: &[AuditEntry]) -> Result<(), KafkaLayerError> {
+        for entry in entries {
+            let value = serde_json::to_vec(entry).expect("an audit entry serializes");
+            self.send(&self.settings.topics.audit, &entry.key(), &value)
+                .await?;
+        }
+        Ok(())
     }
 }
 
@@ -414,28 +473,16 @@ fn within_produce_timeout<T: Send + 'static>(
     })
 }
 
-/// Records a change already published (`what`: "the risk level", "the rule set") in the audit
-/// topic and waits for the acknowledgement; a failure says the change was published without its
-/// audit record.
-async fn audit_change(
-    producer: &FutureProducer,
-    topic: &str,
-    entry: &AuditEntry,
-    timeout: Duration,
-    what: &str,
-) -> Result<(), ProduceError> {
-    let value = serde_json::to_vec(entry).expect("an audit entry serializes");
-    let key = entry.key();
-    let record = FutureRecord::to(topic).key(&key).payload(&value);
-    producer.send(record, timeout).await.map(|_| ()).map_err(|(e, _)| {
-        tracing::error!(%key, actor = %entry.actor, error = %e, "{what} changed but its audit record was not acknowledged");
-        ProduceError::NotAcknowledged(format!(
-            "{what} was published but its audit record was not acknowledged: {e}"
-        ))
-    })
-}
-
 impl KafkaBackend {
+    /// The change use cases' view of this backend (see [`crate::changes`]).
+    fn changes(&self) -> ShimChanges {
+        ShimChanges {
+            settings: Arc::clone(&self.settings),
+            producer: self.producer.clone(),
+            profiles: Arc::clone(&self.profiles),
+        }
+    }
+
     /// Runs a blocking read of Kafka (a short-lived reader) off the async runtime, at most
     /// [`LOOKUP_CONCURRENCY`] at a time.
     fn read_blocking<T, E>(
@@ -568,19 +615,18 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-/// The risk level a user has now: the profiles topic read to its end offsets.
-fn current_risk(
+/// The risk levels users have now: the profiles topic read to its end offsets.
+fn current_risks(
     settings: &Settings,
     follower: &std::sync::Mutex<Option<ProfilesFollower>>,
-    user_id: u64,
+    users: &[u64],
     timeout: Duration,
-) -> Result<Risk, ProduceError> {
-    let unavailable = |e: KafkaLayerError| ProduceError::NotAcknowledged(e.to_string());
+) -> Result<Vec<Risk>, KafkaLayerError> {
     let mut guard = follower.lock().expect("profiles follower poisoned");
     if guard.is_none() {
-        *guard = Some(ProfilesFollower::new(settings, "shim-profiles").map_err(unavailable)?);
+        *guard = Some(ProfilesFollower::new(settings, "shim-profiles")?);
     }
     let follower = guard.as_mut().expect("just made");
-    follower.catch_up(timeout).map_err(unavailable)?;
-    Ok(follower.profiles().risk(user_id))
+    follower.catch_up(timeout)?;
+    Ok(users.iter().map(|&u| follower.profiles().risk(u)).collect())
 }

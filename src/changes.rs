@@ -1,0 +1,265 @@
+//! The changes people make to what the engine judges by — a rule set, risk levels — each one use
+//! case written once for every edge (the CLI's `rules publish`, `rules clear-shadow` and
+//! `profiles load`, and the HTTP API): read what is in force, publish the change and wait for
+//! Kafka's acknowledgement, then record who changed what in the audit trail. The edges differ
+//! only in their [`ChangeLog`]: short-lived clients for the CLI ([`crate::app`]), the shim's
+//! producer and profiles follower for HTTP ([`crate::http::backend`]).
+
+use std::collections::HashMap;
+use std::future::Future;
+
+use crate::audit::AuditEntry;
+use crate::domain::Risk;
+use crate::kafka::rules::{Current, Published, RulesKey};
+use crate::kafka::KafkaLayerError;
+use crate::profiles::ProfileLine;
+use crate::rule_set::RuleSet;
+
+/// Where the changes are read, published and recorded.
+pub trait ChangeLog {
+    /// The rules topic read to its end: the latest active and shadow sets published.
+    fn rule_sets(&self) -> impl Future<Output = Result<Current, KafkaLayerError>> + Send;
+
+    /// Publishes the set of `key` (`None`: the shadow tombstone), acknowledged.
+    fn publish_rule_set(
+        &self,
+        key: RulesKey,
+        set: Option<&RuleSet>,
+    ) -> impl Future<Output = Result<Published, KafkaLayerError>> + Send;
+
+    /// Each user's level now (the profiles topic read to its end), in the order given.
+    fn risk_levels(
+        &self,
+        users: &[u64],
+    ) -> impl Future<Output = Result<Vec<Risk>, KafkaLayerError>> + Send;
+
+    /// Publishes the levels to the profiles topic, each acknowledged.
+    fn publish_risks(
+        &self,
+        lines: &[ProfileLine],
+    ) -> impl Future<Output = Result<(), KafkaLayerError>> + Send;
+
+    /// Writes the entries to the audit topic, acknowledged.
+    fn record(
+        &self,
+        entries: &[AuditEntry],
+    ) -> impl Future<Output = Result<(), KafkaLayerError>> + Send;
+}
+
+/// Who makes a change, and through which edge (`cli`, `http`).
+#[derive(Debug, Clone, Copy)]
+pub struct Author<'a> {
+    pub actor: &'a str,
+    pub source: &'a str,
+}
+
+/// Why a change did not complete; every message says what stands in Kafka.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    #[error("reading {what}: {source}; nothing was published")]
+    Read {
+        what: &'static str,
+        source: KafkaLayerError,
+    },
+    #[error("publishing {what}: {source}")]
+    Publish {
+        what: &'static str,
+        source: KafkaLayerError,
+    },
+    #[error("{what} was published but its audit record was not acknowledged: {source}")]
+    Unrecorded {
+        what: &'static str,
+        source: KafkaLayerError,
+    },
+}
+
+/// A rule set change Kafka acknowledged, with its audit entry.
+#[derive(Debug, Clone)]
+pub struct RulesChanged {
+    pub published: Published,
+    pub entry: AuditEntry,
+}
+
+/// Publishes the set of `key` (`None`: clears the shadow set) and records the change. Its
+/// "before" is the version in force as the rules topic says, else `configured` (the configured
+/// set's version).
+pub async fn change_rule_set(
+    log: &impl ChangeLog,
+    author: Author<'_>,
+    key: RulesKey,
+    set: Option<&RuleSet>,
+    configured: Option<&str>,
+) -> Result<RulesChanged, ChangeError> {
+    let what = "the rule set";
+    let current = log
+        .rule_sets()
+        .await
+        .map_err(|source| ChangeError::Read { what, source })?;
+    let before = current.version_in_force(key, configured);
+    let published = log
+        .publish_rule_set(key, set)
+        .await
+        .map_err(|source| ChangeError::Publish { what, source })?;
+    let after = set.map(|s| s.version.as_str());
+    let entry =
+        AuditEntry::rules_changed(author.actor, author.source, key, before.as_deref(), after);
+    log.record(std::slice::from_ref(&entry))
+        .await
+        .map_err(|source| ChangeError::Unrecorded { what, source })?;
+    Ok(RulesChanged { published, entry })
+}
+
+/// Publishes risk levels (a later line for a user wins) and records each change, its "before"
+/// the level in force when the change was asked for (or the previous line's, for a user named
+/// twice).
+pub async fn change_risks(
+    log: &impl ChangeLog,
+    author: Author<'_>,
+    lines: &[ProfileLine],
+) -> Result<Vec<AuditEntry>, ChangeError> {
+    let what = "the risk level";
+    let users: Vec<u64> = lines.iter().map(|l| l.user_id).collect();
+    let now = log
+        .risk_levels(&users)
+        .await
+        .map_err(|source| ChangeError::Read { what, source })?;
+    let mut seen: HashMap<u64, Risk> = HashMap::new();
+    let entries: Vec<AuditEntry> = lines
+        .iter()
+        .zip(now)
+        .map(|(line, current)| {
+            let before = seen.insert(line.user_id, line.risk).unwrap_or(current);
+            AuditEntry::risk_set(
+                author.actor,
+                author.source,
+                line.user_id,
+                before.as_str(),
+                line.risk.as_str(),
+            )
+        })
+        .collect();
+    log.publish_risks(lines)
+        .await
+        .map_err(|source| ChangeError::Publish { what, source })?;
+    log.record(&entries)
+        .await
+        .map_err(|source| ChangeError::Unrecorded { what, source })?;
+    Ok(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kafka::rules::MemoryTopic;
+    use crate::rule_set::Bounds;
+    use std::sync::Mutex;
+
+    /// A change log in memory, that can refuse the audit write.
+    #[derive(Default)]
+    struct Memory {
+        rules: MemoryTopic,
+        risks: Mutex<HashMap<u64, Risk>>,
+        audit: Mutex<Vec<AuditEntry>>,
+        refuse_audit: bool,
+    }
+
+    impl ChangeLog for Memory {
+        async fn rule_sets(&self) -> Result<Current, KafkaLayerError> {
+            Ok(self.rules.current())
+        }
+        async fn publish_rule_set(
+            &self,
+            key: RulesKey,
+            set: Option<&RuleSet>,
+        ) -> Result<Published, KafkaLayerError> {
+            self.rules.publish(key, set, &Bounds::default())
+        }
+        async fn risk_levels(&self, users: &[u64]) -> Result<Vec<Risk>, KafkaLayerError> {
+            let risks = self.risks.lock().unwrap();
+            Ok(users
+                .iter()
+                .map(|u| risks.get(u).copied().unwrap_or_default())
+                .collect())
+        }
+        async fn publish_risks(&self, lines: &[ProfileLine]) -> Result<(), KafkaLayerError> {
+            let mut risks = self.risks.lock().unwrap();
+            for line in lines {
+                risks.insert(line.user_id, line.risk);
+            }
+            Ok(())
+        }
+        async fn record(&self, entries: &[AuditEntry]) -> Result<(), KafkaLayerError> {
+            if self.refuse_audit {
+                return Err(KafkaLayerError::Timeout(std::time::Duration::from_secs(1)));
+            }
+            self.audit.lock().unwrap().extend_from_slice(entries);
+            Ok(())
+        }
+    }
+
+    const CLI: Author<'static> = Author {
+        actor: "cli:ana",
+        source: "cli",
+    };
+
+    #[test]
+    fn a_rule_set_change_records_the_version_it_replaced() {
+        let log = Memory::default();
+        let publish = |version: &str| {
+            let mut set = RuleSet::default_set();
+            set.version = version.to_owned();
+            let changed = change_rule_set(&log, CLI, RulesKey::Active, Some(&set), Some("default"));
+            futures::executor::block_on(changed).unwrap().entry
+        };
+        let first = publish("next");
+        assert_eq!(
+            (first.before.as_str(), first.after.as_str()),
+            ("default", "next")
+        );
+        assert_eq!(publish("after-next").before, "next");
+        assert_eq!(log.audit.lock().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_user_named_twice_is_recorded_from_the_level_before_each_line() {
+        let log = Memory::default();
+        log.risks.lock().unwrap().insert(7, Risk::High);
+        let lines = [
+            ProfileLine {
+                user_id: 7,
+                risk: Risk::Low,
+            },
+            ProfileLine {
+                user_id: 7,
+                risk: Risk::Medium,
+            },
+        ];
+        let entries = futures::executor::block_on(change_risks(&log, CLI, &lines)).unwrap();
+        let changes: Vec<(&str, &str)> = entries
+            .iter()
+            .map(|e| (e.before.as_str(), e.after.as_str()))
+            .collect();
+        assert_eq!(changes, [("high", "low"), ("low", "medium")]);
+        assert_eq!(log.risks.lock().unwrap()[&7], Risk::Medium);
+    }
+
+    #[test]
+    fn a_change_published_without_its_audit_record_says_so() {
+        let log = Memory {
+            refuse_audit: true,
+            ..Memory::default()
+        };
+        let line = ProfileLine {
+            user_id: 3,
+            risk: Risk::High,
+        };
+        let error = futures::executor::block_on(change_risks(&log, CLI, &[line])).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("the risk level was published but its audit record"),
+            "{error}"
+        );
+        assert_eq!(log.risks.lock().unwrap()[&3], Risk::High);
+    }
+}
