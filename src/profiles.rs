@@ -48,8 +48,6 @@ pub struct Profiles {
     latest: FxHashMap<u64, (i64, Option<Risk>)>,
     /// The earlier changes of users whose level changed more than once, oldest first.
     earlier: FxHashMap<u64, Vec<(i64, Option<Risk>)>>,
-    /// How many users have a level now.
-    known: usize,
 }
 
 /// The time of a level that was always in force (read from a file, or a record without
@@ -96,54 +94,38 @@ impl Profiles {
     /// Sets a user's level for all times (a profiles file).
     pub fn set(&mut self, user_id: u64, risk: Risk) {
         self.earlier.remove(&user_id);
-        self.replace_latest(user_id, (ALWAYS, Some(risk)));
-    }
-
-    /// Forgets a user's profile for all times: back to medium.
-    pub fn remove(&mut self, user_id: u64) {
-        self.earlier.remove(&user_id);
-        if let Some((_, Some(_))) = self.latest.remove(&user_id) {
-            self.known -= 1;
-        }
+        self.latest.insert(user_id, (ALWAYS, Some(risk)));
     }
 
     /// A change of a user's level that took effect at `time` (ms; a profiles-topic record, whose
     /// tombstone is `None`: back to medium). Records come in offset order; a time older than the
     /// user's latest (a broker clock stepping back) still sorts by time.
     pub fn change_at(&mut self, user_id: u64, time: i64, risk: Option<Risk>) {
-        let Some(&latest) = self.latest.get(&user_id) else {
+        let Some(latest) = self.latest.get_mut(&user_id) else {
             if risk.is_some() {
-                self.replace_latest(user_id, (time, risk));
+                self.latest.insert(user_id, (time, risk));
             }
             return;
         };
         let earlier = self.earlier.entry(user_id).or_default();
         if time >= latest.0 {
-            earlier.push(latest);
-            self.replace_latest(user_id, (time, risk));
+            earlier.push(std::mem::replace(latest, (time, risk)));
         } else {
             let at = earlier.partition_point(|(t, _)| *t <= time);
             earlier.insert(at, (time, risk));
         }
     }
 
-    fn replace_latest(&mut self, user_id: u64, change: (i64, Option<Risk>)) {
-        let before = self.latest.insert(user_id, change);
-        let was = matches!(before, Some((_, Some(_))));
-        match (was, change.1.is_some()) {
-            (false, true) => self.known += 1,
-            (true, false) => self.known -= 1,
-            _ => {}
-        }
-    }
-
     /// How many users have a level now.
     pub fn len(&self) -> usize {
-        self.known
+        self.latest
+            .values()
+            .filter(|(_, risk)| risk.is_some())
+            .count()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.known == 0
+        self.len() == 0
     }
 
     /// Reads a JSONL profiles file; blank lines are skipped, a later line for a user wins.

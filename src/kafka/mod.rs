@@ -122,12 +122,24 @@ impl KafkaLayerError {
 }
 
 /// Runs `op` until it succeeds, fails with an error waiting cannot cure, or `within` has
-/// passed (the last error is returned then): for the one-shot commands and the shim's changes,
-/// which a broker restart should delay, not fail. `op` must be safe to repeat (a record
+/// passed (the last error is returned then): for start-up, the one-shot commands and the shim's
+/// changes, which a broker restart should delay, not fail. `op` must be safe to repeat (a record
 /// published twice with the same value is).
 pub fn retry_transient<T>(
     what: &str,
     within: Duration,
+    op: impl FnMut() -> Result<T, KafkaLayerError>,
+) -> Result<T, KafkaLayerError> {
+    retry_while(what, within, KafkaLayerError::is_transient, op)
+}
+
+/// [`retry_transient`] with the caller's own test of which errors waiting may cure. Pauses
+/// grow from 100 ms to 2 s between attempts; `op` may read how long is left from its own
+/// deadline.
+pub fn retry_while<T>(
+    what: &str,
+    within: Duration,
+    curable: impl Fn(&KafkaLayerError) -> bool,
     mut op: impl FnMut() -> Result<T, KafkaLayerError>,
 ) -> Result<T, KafkaLayerError> {
     let deadline = std::time::Instant::now() + within;
@@ -135,7 +147,7 @@ pub fn retry_transient<T>(
     loop {
         match op() {
             Ok(value) => return Ok(value),
-            Err(e) if e.is_transient() && std::time::Instant::now() + pause < deadline => {
+            Err(e) if curable(&e) && std::time::Instant::now() + pause < deadline => {
                 tracing::warn!(error = %e, "{what}: transient failure; retrying");
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(Duration::from_secs(2));

@@ -70,10 +70,9 @@ impl ProfilesFollower {
         let mut followed = Vec::new();
         let mut tpl = TopicPartitionList::new();
         for topic in topics {
-            let found =
-                super::retry_transient("finding the followed topics", PUBLISH_WITHIN, || {
-                    super::read::partitions(&consumer, &topic, Duration::from_secs(10))
-                })?;
+            let found = super::retry_transient("finding the followed topics", RIDE_OUT, || {
+                super::read::partitions(&consumer, &topic, Duration::from_secs(10))
+            })?;
             for p in found {
                 tpl.add_partition_offset(&topic, p, Offset::Beginning)?;
                 followed.push((topic.clone(), p));
@@ -127,7 +126,7 @@ impl ProfilesFollower {
             }
             match self.poll_once(Duration::from_millis(50)) {
                 Ok(_) => {}
-                Err(KafkaLayerError::Client(e)) if classify(&e) != ErrorClass::Fatal => {
+                Err(e) if recovers(&e) => {
                     // The client recovers by itself (it refreshes metadata and fetches again).
                     tracing::debug!(error = %e, "profiles follower: transient error; still catching up");
                 }
@@ -136,24 +135,14 @@ impl ProfilesFollower {
         }
     }
 
-    /// Every followed partition's end offset as of now, asked again after transient failures
-    /// until `deadline`.
+    /// Every followed partition's end offset as of now, asked again after any failure short of
+    /// a fatal one (`FencedLeaderEpoch` too, which the client recovers from) until `deadline`.
     fn end_offsets(&self, deadline: Instant) -> Result<Vec<(String, i32, i64)>, KafkaLayerError> {
-        let mut pause = Duration::from_millis(20);
-        loop {
+        let within = deadline.saturating_duration_since(Instant::now());
+        super::retry_while("profiles follower: end offsets", within, recovers, || {
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.end_offsets_within(left.max(Duration::from_millis(100))) {
-                Ok(targets) => return Ok(targets),
-                Err(KafkaLayerError::Client(e))
-                    if classify(&e) != ErrorClass::Fatal && Instant::now() + pause < deadline =>
-                {
-                    tracing::debug!(error = %e, "profiles follower: end offsets not known yet; asking again");
-                }
-                Err(e) => return Err(e),
-            }
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_millis(500));
-        }
+            self.end_offsets_within(left.max(Duration::from_millis(100)))
+        })
     }
 
     fn end_offsets_within(
@@ -265,6 +254,13 @@ impl RulesFollowed {
     }
 }
 
+/// Whether the follower's client gets over `error` by itself (a broker restarting:
+/// `BrokerTransportFailure`, `FencedLeaderEpoch`, `NotLeaderForPartition`): anything short of a
+/// fatal error.
+fn recovers(error: &KafkaLayerError) -> bool {
+    matches!(error, KafkaLayerError::Client(e) if classify(e) != ErrorClass::Fatal)
+}
+
 /// Publishes profiles to the profiles topic (key = user id) and waits until Kafka acknowledged
 /// every one. Returns how many were published.
 pub fn publish(settings: &Settings, lines: &[ProfileLine]) -> Result<usize, KafkaLayerError> {
@@ -272,7 +268,7 @@ pub fn publish(settings: &Settings, lines: &[ProfileLine]) -> Result<usize, Kafk
     let producer: FutureProducer = super::producer_config(settings, "profiles")?.create()?;
     // A broker just restarted may refuse some (`NotLeaderForPartition`): publishing the same
     // levels again changes nothing.
-    super::retry_transient("publishing profiles", PUBLISH_WITHIN, || {
+    super::retry_transient("publishing profiles", RIDE_OUT, || {
         let futures: Vec<_> = lines
             .iter()
             .map(|line| {
@@ -292,12 +288,13 @@ pub fn publish(settings: &Settings, lines: &[ProfileLine]) -> Result<usize, Kafk
             match futures::executor::block_on(future) {
                 Ok(Ok(_)) => {}
                 Ok(Err((e, _))) => return Err(e.into()),
-                Err(_) => return Err(KafkaLayerError::Timeout(PUBLISH_WITHIN)),
+                Err(_) => return Err(KafkaLayerError::Timeout(RIDE_OUT)),
             }
         }
         Ok(lines.len())
     })
 }
 
-/// How long publishing profiles may retry transient failures.
-const PUBLISH_WITHIN: Duration = Duration::from_secs(30);
+/// How long a broker restart is waited out when finding the followed topics or publishing
+/// profiles.
+const RIDE_OUT: Duration = Duration::from_secs(30);

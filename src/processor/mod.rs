@@ -260,7 +260,7 @@ impl Processor {
                 Err(e) => return self.hold_back(batch, &e),
             }
         };
-        let mut touched: Vec<i32> = batch.iter().map(|m| m.partition()).collect();
+        let mut touched = partitions_of(batch);
         touched.extend_from_slice(due);
         touched.sort_unstable();
         touched.dedup();
@@ -295,9 +295,7 @@ impl Processor {
         error: &KafkaLayerError,
     ) -> Result<(), ProcessorError> {
         self.deps.metrics.batches_held_back.inc();
-        let mut partitions: Vec<i32> = batch.iter().map(|m| m.partition()).collect();
-        partitions.sort_unstable();
-        partitions.dedup();
+        let partitions = partitions_of(batch);
         tracing::warn!(
             %error,
             records = batch.len(),
@@ -426,6 +424,14 @@ impl Processor {
         self.out
             .answer(message, &processed, (active, shadow), &self.deps.metrics)
     }
+}
+
+/// The partitions a batch's records come from, each once, in order.
+fn partitions_of(batch: &[OwnedMessage]) -> Vec<i32> {
+    let mut partitions: Vec<i32> = batch.iter().map(|m| m.partition()).collect();
+    partitions.sort_unstable();
+    partitions.dedup();
+    partitions
 }
 
 /// The records of a batch with the proof that they may be judged.

@@ -2,12 +2,10 @@
 //! [`super::run`]: the brokers reached, the topics created and checked, the profiles seed
 //! published and the configured rule sets read.
 
-use std::time::{Duration, Instant};
-
 use super::output::dlq_limit;
 use super::ProcessorError;
 use crate::config::Settings;
-use crate::kafka::{classify, ErrorClass, KafkaLayerError};
+use crate::kafka::KafkaLayerError;
 use crate::rule_set::timeline::Timeline;
 
 /// The outcome of [`prepare`].
@@ -29,7 +27,13 @@ pub fn prepare(settings: &Settings, embedded: bool) -> Result<Startup, Processor
         None
     } else {
         crate::kafka::connect::check(settings, crate::kafka::connect::Patience::UntilConnected)?;
-        let topics = ensure_topics_patiently(settings)?;
+        // A broker that fails between the connectivity check and the admin requests (a
+        // restart) is waited out; a misconfigured topic or refused access stops at once.
+        let topics = crate::kafka::retry_transient(
+            "topics not ready yet (the broker is restarting?)",
+            settings.kafka.connect_timeout,
+            || crate::kafka::admin::ensure_topics(settings),
+        )?;
         tracing::info!(partitions = topics.partitions, topic = %settings.topics.events, "topics ready");
         Some(topics)
     };
@@ -46,32 +50,6 @@ pub fn prepare(settings: &Settings, embedded: bool) -> Result<Startup, Processor
         dlq_limit: dlq_limit(settings, topics.and_then(|t| t.dlq_max_message_bytes)),
         timeline: Timeline::new(active, shadow),
     })
-}
-
-/// Creates and validates the topics, riding out a broker that fails between the connectivity
-/// check and the admin requests (a restart): transient errors are retried for up to
-/// `kafka.connect_timeout`; anything else (a misconfigured topic, refused access) stops at once.
-fn ensure_topics_patiently(
-    settings: &Settings,
-) -> Result<crate::kafka::admin::Topics, KafkaLayerError> {
-    let started = Instant::now();
-    loop {
-        match crate::kafka::admin::ensure_topics(settings) {
-            Err(KafkaLayerError::Client(e))
-                if classify(&e) == ErrorClass::Retryable
-                    && started.elapsed() < settings.kafka.connect_timeout =>
-            {
-                tracing::warn!(error = %e, "topics not ready yet (the broker is restarting?); retrying");
-                std::thread::sleep(Duration::from_millis(500));
-            }
-            Err(KafkaLayerError::Timeout(_))
-                if started.elapsed() < settings.kafka.connect_timeout =>
-            {
-                std::thread::sleep(Duration::from_millis(500));
-            }
-            other => return other,
-        }
-    }
 }
 
 /// Publishes `profiles.seed_file`, when set, to the profiles topic before the first batch.
