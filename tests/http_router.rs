@@ -27,15 +27,17 @@ use user_monitor::domain::Risk;
 use user_monitor::domain::Verdict;
 use user_monitor::engine::Input;
 use user_monitor::health::Readiness;
+use user_monitor::http::api::ApiDoc;
 use user_monitor::http::auth::{sha256_hex, Scope, TokenConfig, Tokens};
 use user_monitor::http::backend::{Delivered, Found, LookupError, ProduceError, RulesChanged};
-use user_monitor::http::{router, server, Backend, Hub, RulesConfig, Shared};
+use user_monitor::http::{router, server, Backend, ConfiguredRuleSets, Hub, Shared};
 use user_monitor::kafka::rules::{Current, MemoryTopic, RulesKey};
 use user_monitor::metrics::Metrics;
 use user_monitor::profiles::Profiles;
 use user_monitor::rule_set::RuleSet;
 use user_monitor::store::projection::Status as ProjectionStatus;
 use user_monitor::store::{Batch, Store};
+use utoipa::OpenApi;
 
 /// How the fake Kafka behaves.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -294,15 +296,15 @@ async fn fixture_with_auth(
 }
 
 /// The rule sets of the default configuration: the five rules, no shadow set.
-fn default_rules() -> RulesConfig {
-    RulesConfig::from_settings(&Settings::defaults()).unwrap()
+fn default_rules() -> ConfiguredRuleSets {
+    ConfiguredRuleSets::from_settings(&Settings::defaults()).unwrap()
 }
 
 async fn fixture_with_rules(
     projected: usize,
     response_timeout: Duration,
     auth: Option<Arc<Tokens>>,
-    rules: RulesConfig,
+    rules: ConfiguredRuleSets,
 ) -> Fixture {
     let hub = Arc::new(Hub::new(projected));
     hub.set_connected(true);
@@ -1350,6 +1352,77 @@ async fn every_route_checks_its_scope_and_the_audit_trail_names_who_changed_what
     );
 }
 
+/// The OpenAPI document and the router agree on every operation: one that declares
+/// `security: bearer [scope]` answers 401 without a token, 403 to a token holding every other
+/// scope and neither to a token holding only that scope; one that declares none is open.
+#[tokio::test]
+async fn every_openapi_operation_is_enforced_with_the_scope_it_declares() {
+    let all = [
+        Scope::EventsWrite,
+        Scope::ProfilesWrite,
+        Scope::Read,
+        Scope::RulesWrite,
+    ];
+    let token = |name: String, scopes: Vec<Scope>| TokenConfig {
+        sha256: sha256_hex(&name),
+        name,
+        scopes,
+    };
+    let mut configs = Vec::new();
+    for scope in all {
+        configs.push(token(format!("only-{scope}"), vec![scope]));
+        let others = all.into_iter().filter(|s| *s != scope).collect();
+        configs.push(token(format!("all-but-{scope}"), others));
+    }
+    let tokens = Tokens::new(&configs, None).unwrap();
+    let f = fixture_with_auth(100, Duration::from_millis(50), Some(Arc::new(tokens))).await;
+    let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+    let mut checked = Vec::new();
+    for (path, operations) in doc["paths"].as_object().unwrap() {
+        let concrete = path
+            .replace("{event_id}", "0-0")
+            .replace("{alert_id}", "alert-0-0")
+            .replace("{user_id}", "3");
+        for (method, operation) in operations.as_object().unwrap() {
+            let request = |secret: Option<String>| {
+                let mut request = Request::builder()
+                    .method(method.to_uppercase().as_str())
+                    .uri(&concrete)
+                    .header(header::CONTENT_TYPE, "application/json");
+                if let Some(secret) = secret {
+                    request = request.header(header::AUTHORIZATION, format!("Bearer {secret}"));
+                }
+                request.body(Body::from("{}")).unwrap()
+            };
+            let declared = &operation["security"][0]["bearer"];
+            let status = |reply: Reply| reply.status.as_u16();
+            match declared.as_array().map(Vec::as_slice) {
+                None => {
+                    let open = status(call(&f.app, request(None)).await);
+                    assert!(![401, 403].contains(&open), "{method} {path}: {open}");
+                }
+                Some([scope]) => {
+                    let scope: Scope = scope.as_str().unwrap().parse().unwrap();
+                    let none = status(call(&f.app, request(None)).await);
+                    assert_eq!(none, 401, "{method} {path} without a token");
+                    let others = request(Some(format!("all-but-{scope}")));
+                    let others = status(call(&f.app, others).await);
+                    assert_eq!(others, 403, "{method} {path} without {scope}");
+                    let only = status(call(&f.app, request(Some(format!("only-{scope}")))).await);
+                    assert!(
+                        ![401, 403].contains(&only),
+                        "{method} {path} with {scope}: {only}"
+                    );
+                }
+                Some(other) => panic!("{method} {path} declares {other:?}"),
+            }
+            checked.push(format!("{method} {path}"));
+        }
+    }
+    // Every route of the router is in the document (17 operations on 13 paths).
+    assert_eq!(checked.len(), 17, "{checked:?}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Rule sets (CONTRACT §10)
 
@@ -1480,7 +1553,7 @@ async fn a_rule_set_in_another_time_unit_than_the_service_is_400() {
         10,
         Duration::from_millis(200),
         None,
-        RulesConfig::from_settings(&settings).unwrap(),
+        ConfiguredRuleSets::from_settings(&settings).unwrap(),
     )
     .await;
     assert_eq!(
@@ -1683,7 +1756,7 @@ async fn a_configured_shadow_set_is_shown_until_one_is_published_or_it_is_cleare
     .unwrap();
     let mut settings = Settings::defaults();
     settings.rules.shadow = file.display().to_string();
-    let rules = RulesConfig::from_settings(&settings).unwrap();
+    let rules = ConfiguredRuleSets::from_settings(&settings).unwrap();
     let f = fixture_with_rules(10, Duration::from_millis(200), None, rules).await;
     let shown = call(&f.app, get("/api/v1/rules/shadow")).await.json();
     assert_eq!(shown["source"], "config", "{shown}");

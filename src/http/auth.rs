@@ -1,7 +1,8 @@
 //! Who may do what, applied to HTTP requests: the bearer token of a request checked against
-//! the token table of [`crate::access`], and the scope each endpoint requires.
+//! the token table of [`crate::access`] (each route group declares its scope in
+//! [`super::routes`]).
 
-use axum::http::{HeaderMap, Method};
+use axum::http::HeaderMap;
 
 pub use crate::access::{new_secret, sha256_hex, Denied, Principal, Scope, TokenConfig, Tokens};
 
@@ -19,29 +20,6 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .ok()?;
     let (scheme, token) = value.split_once(' ')?;
     (scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty()).then(|| token.trim())
-}
-
-/// The scope an endpoint requires, or `None` for the operational endpoints that stay open.
-/// Unknown paths require `read`, so they answer 401 without a token (routes are not probed).
-pub fn required_scope(method: &Method, path: &str) -> Option<Scope> {
-    match path {
-        "/healthz" | "/readyz" | "/metrics" | "/openapi.json" => return None,
-        _ => {}
-    }
-    let write = *method == Method::POST || *method == Method::PUT || *method == Method::DELETE;
-    if !write {
-        return Some(Scope::Read);
-    }
-    if path == "/event" || path == "/api/v1/events" {
-        Some(Scope::EventsWrite)
-    } else if path.starts_with("/api/v1/users/") && path.ends_with("/risk") {
-        Some(Scope::ProfilesWrite)
-    } else if path == "/api/v1/rules" || path.starts_with("/api/v1/rules/") {
-        Some(Scope::RulesWrite)
-    } else {
-        // A write to a path that has no write route: the router answers 404/405 after this.
-        Some(Scope::Read)
-    }
 }
 
 #[cfg(test)]
@@ -139,25 +117,7 @@ mod tests {
     }
 
     #[test]
-    fn operational_endpoints_stay_open_and_writes_need_their_scope() {
-        assert_eq!(required_scope(&Method::GET, "/healthz"), None);
-        assert_eq!(required_scope(&Method::GET, "/openapi.json"), None);
-        assert_eq!(
-            required_scope(&Method::POST, "/event"),
-            Some(Scope::EventsWrite)
-        );
-        assert_eq!(
-            required_scope(&Method::PUT, "/api/v1/users/3/risk"),
-            Some(Scope::ProfilesWrite)
-        );
-        assert_eq!(
-            required_scope(&Method::GET, "/api/v1/audit"),
-            Some(Scope::Read)
-        );
-        assert_eq!(
-            required_scope(&Method::PUT, "/api/v1/rules"),
-            Some(Scope::RulesWrite)
-        );
+    fn new_secrets_are_prefixed_and_unique() {
         assert!(new_secret().starts_with("umt_"));
         assert_ne!(new_secret(), new_secret());
     }

@@ -16,7 +16,7 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-use super::model::Hub;
+use super::waiters::Hub;
 use super::ShimError;
 use crate::config::Settings;
 use crate::domain::response::AlertRecord;

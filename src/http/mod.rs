@@ -1,7 +1,9 @@
 //! The HTTP shim (CONTRACT §7): plain HTTP in front of the Kafka topics.
 //!
-//! - [`routes`]: the endpoints, their wire types and the OpenAPI document;
-//! - [`model`]: the pending waiters of `POST` requests ([`model::Hub`]);
+//! - [`routes`]: the endpoints, one file per resource, each with the scope it requires;
+//! - [`api`]: their wire types, errors and the OpenAPI document;
+//! - [`auth`]: bearer tokens checked against a scope;
+//! - [`waiters`]: the pending waiters of `POST` requests ([`waiters::Hub`]);
 //! - [`follower`]: the consumer of the alerts topic (from its end) that feeds the hub live;
 //! - the read model behind the GET endpoints is the database of [`crate::store`], fed by its own
 //!   projection of the alerts topic;
@@ -16,9 +18,9 @@ pub mod api;
 pub mod auth;
 pub mod backend;
 pub mod follower;
-pub mod model;
 pub mod routes;
 pub mod server;
+pub mod waiters;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,8 +37,8 @@ use crate::store::projection::{Projection, Status as ProjectionStatus};
 use crate::store::Store;
 
 pub use backend::{Backend, KafkaBackend};
-pub use model::Hub;
-pub use routes::{router, AppState, RulesConfig, Shared};
+pub use routes::{router, AppState, ConfiguredRuleSets, Shared};
+pub use waiters::Hub;
 
 /// Errors of the shim layer.
 #[derive(Debug, thiserror::Error)]
@@ -112,7 +114,7 @@ pub async fn start(settings: Settings, deps: ShimDeps) -> Result<RunningShim, Sh
             );
         }
     }
-    let rules = routes::RulesConfig::from_settings(&settings).map_err(ShimError::Rules)?;
+    let rules = routes::ConfiguredRuleSets::from_settings(&settings).map_err(ShimError::Rules)?;
     crate::kafka::connect::before_serving(&settings).await?;
     let store = Store::open(&settings.store).await?;
     if deps.reset_store {
@@ -120,7 +122,7 @@ pub async fn start(settings: Settings, deps: ShimDeps) -> Result<RunningShim, Sh
     }
     let settings = Arc::new(settings);
     let backend = Arc::new(KafkaBackend::new(Arc::clone(&settings))?);
-    let hub = Arc::new(Hub::new(model::RECENT));
+    let hub = Arc::new(Hub::new(waiters::RECENT));
     // The follower outlives the server's graceful shutdown: in-flight requests still get answers.
     let follower_stop = CancellationToken::new();
     let follower = follower::spawn(

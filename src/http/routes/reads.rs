@@ -1,0 +1,187 @@
+//! Reading what the processor answered (CONTRACT §7): an event, the alerts, a user's events,
+//! from the read model (then the recent responses, then Kafka), behind `read`.
+
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::routing::get;
+use axum::{Json, Router};
+
+use super::super::api::{
+    AlertsPage, AlertsParams, ApiError, ErrorBody, EventView, PageParams, ReadDenied,
+    UserEventsPage,
+};
+use super::super::auth::Scope;
+use super::request::{
+    parse_cursor, parse_event_key, parse_limit, parse_time, parse_user_id, path_param, query_params,
+};
+use super::{scoped, AppState, Shared};
+use crate::domain::Coord;
+use crate::store::{AlertQuery, Page, StoreError};
+
+pub(super) fn routes(state: &AppState) -> Router<AppState> {
+    let routes = Router::new()
+        .route("/api/v1/events/{event_id}", get(get_event))
+        .route("/api/v1/alerts", get(list_alerts))
+        .route("/api/v1/alerts/{alert_id}", get(get_alert))
+        .route("/api/v1/users/{user_id}/events", get(user_events));
+    scoped(routes, Scope::Read, state)
+}
+
+fn store_error(error: StoreError) -> ApiError {
+    tracing::warn!(error = %error, "read model query failed");
+    ApiError::StoreUnavailable("the read model's database is unavailable".to_owned())
+}
+
+/// The record at these coordinates: the database first, then the recent responses, then Kafka
+/// (records not yet projected).
+async fn find_event(state: &Shared, key: Coord) -> Result<Option<EventView>, ApiError> {
+    if let Some(stored) = state.store.event(key).await.map_err(store_error)? {
+        return Ok(Some(EventView::processed(&stored.record)));
+    }
+    if let Some(stored) = state.hub.recent(key) {
+        return Ok(Some(EventView::processed(&stored.record)));
+    }
+    let found = state.backend.lookup(key).await?;
+    Ok(found.map(|found| match &found.response {
+        Some(record) => EventView::processed(record),
+        None => EventView::pending(&found),
+    }))
+}
+
+/// An event and its result: any event still retained in Kafka.
+#[utoipa::path(
+    get,
+    path = "/api/v1/events/{event_id}",
+    tag = "events",
+    params(("event_id" = String, Path, description = "\"<partition>-<offset>\"")),
+    security(("bearer" = ["read"])),
+    responses(
+        (status = 200, description = "the event and its result", body = EventView),
+        (status = 404, description = "no such event retained, or not an event id", body = ErrorBody),
+        (status = 503, description = "Kafka unavailable for the lookup", body = ErrorBody),
+        ReadDenied,
+    )
+)]
+pub async fn get_event(
+    State(state): State<AppState>,
+    event_id: Result<Path<String>, PathRejection>,
+) -> Result<Json<EventView>, ApiError> {
+    let event_id = path_param(event_id)?;
+    let key = parse_event_key(&event_id)?;
+    find_event(&state, key)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("no event {event_id}")))
+}
+
+fn views(page: &Page) -> Vec<EventView> {
+    page.items
+        .iter()
+        .map(|s| EventView::processed(&s.record))
+        .collect()
+}
+
+/// Alerts, newest first (by the alerts record's timestamp), from the database; filters by user,
+/// code and a time range (`since` inclusive, `until` exclusive).
+#[utoipa::path(
+    get,
+    path = "/api/v1/alerts",
+    tag = "alerts",
+    params(AlertsParams),
+    security(("bearer" = ["read"])),
+    responses(
+        (status = 200, description = "a page of alerts", body = AlertsPage),
+        (status = 400, description = "malformed parameter", body = ErrorBody),
+        ReadDenied,
+    )
+)]
+pub async fn list_alerts(
+    State(state): State<AppState>,
+    params: Result<Query<AlertsParams>, QueryRejection>,
+) -> Result<Json<AlertsPage>, ApiError> {
+    let params = query_params(params)?;
+    let query = AlertQuery {
+        user_id: params.user_id.as_deref().map(parse_user_id).transpose()?,
+        code: params
+            .code
+            .as_deref()
+            .map(|c| {
+                c.parse::<u32>()
+                    .map_err(|_| ApiError::Invalid(format!("invalid code: {c:?}")))
+            })
+            .transpose()?,
+        since: parse_time("since", params.since.as_deref())?,
+        until: parse_time("until", params.until.as_deref())?,
+        before: parse_cursor(params.cursor.as_deref())?,
+        limit: parse_limit(params.limit.as_deref())?,
+    };
+    let page = state.store.alerts(&query).await.map_err(store_error)?;
+    Ok(Json(AlertsPage {
+        alerts: views(&page),
+        next_cursor: page.next.map(|k| k.cursor()),
+    }))
+}
+
+/// One alert.
+#[utoipa::path(
+    get,
+    path = "/api/v1/alerts/{alert_id}",
+    tag = "alerts",
+    params(("alert_id" = String, Path, description = "\"alert-<partition>-<offset>\"")),
+    security(("bearer" = ["read"])),
+    responses(
+        (status = 200, description = "the alert: its event and result", body = EventView),
+        (status = 404, description = "no such alert, or not an alert id", body = ErrorBody),
+        (status = 503, description = "Kafka unavailable for the lookup", body = ErrorBody),
+        ReadDenied,
+    )
+)]
+pub async fn get_alert(
+    State(state): State<AppState>,
+    alert_id: Result<Path<String>, PathRejection>,
+) -> Result<Json<EventView>, ApiError> {
+    let alert_id = path_param(alert_id)?;
+    let key = Coord::parse_alert_id(&alert_id).ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "no alert {alert_id:?}: alert ids are \"alert-<partition>-<offset>\""
+        ))
+    })?;
+    match find_event(&state, key).await? {
+        Some(view) if view.alert_id() == Some(alert_id.as_str()) => Ok(Json(view)),
+        _ => Err(ApiError::NotFound(format!("no alert {alert_id}"))),
+    }
+}
+
+/// A user's events with their results, newest first, from the database (paged by cursor).
+#[utoipa::path(
+    get,
+    path = "/api/v1/users/{user_id}/events",
+    tag = "users",
+    params(("user_id" = u64, Path, description = "0..=2^63-1"), PageParams),
+    security(("bearer" = ["read"])),
+    responses(
+        (status = 200, description = "recent events, newest first (empty for an unknown user)", body = UserEventsPage),
+        (status = 400, description = "malformed user_id or parameter", body = ErrorBody),
+        ReadDenied,
+    )
+)]
+pub async fn user_events(
+    State(state): State<AppState>,
+    user_id: Result<Path<String>, PathRejection>,
+    params: Result<Query<PageParams>, QueryRejection>,
+) -> Result<Json<UserEventsPage>, ApiError> {
+    let user_id = parse_user_id(&path_param(user_id)?)?;
+    let params = query_params(params)?;
+    let limit = parse_limit(params.limit.as_deref())?;
+    let before = parse_cursor(params.cursor.as_deref())?;
+    let page = state
+        .store
+        .user_events(user_id, before, limit)
+        .await
+        .map_err(store_error)?;
+    Ok(Json(UserEventsPage {
+        user_id,
+        events: views(&page),
+        next_cursor: page.next.map(|k| k.cursor()),
+    }))
+}
