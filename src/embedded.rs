@@ -43,28 +43,13 @@ impl EmbeddedBroker {
     /// partitions as the events topic).
     pub fn start(settings: &Settings) -> Result<Self, EmbeddedError> {
         let cluster = MockCluster::new(1).map_err(EmbeddedError::Start)?;
-        let topics = &settings.topics;
-        for topic in [
-            &topics.events,
-            &topics.alerts,
-            &topics.dlq,
-            &topics.profiles,
-            &topics.state,
-            &topics.shadow,
-            &topics.rules,
-            &topics.audit,
-        ] {
-            // One partition for the rule sets and the audit trail: each has one order (and the
-            // trail is read from partition 0).
-            let partitions = if topic == &topics.rules || topic == &topics.audit {
-                1
-            } else {
-                topics.partitions
-            };
+        // With the partitions a real broker's topics get (one for the rule sets and the audit
+        // trail, whose partition 0 is read), but not their configs: the mock has no compaction.
+        for (topic, partitions) in crate::kafka::admin::created_on_an_empty_cluster(settings) {
             cluster
                 .create_topic(topic, partitions, 1)
                 .map_err(|source| EmbeddedError::Topic {
-                    topic: topic.clone(),
+                    topic: topic.to_owned(),
                     source,
                 })?;
         }

@@ -74,14 +74,18 @@ pub enum SnapshotError {
     Unreadable { offset: i64, reason: String },
     #[error(transparent)]
     Kafka(#[from] KafkaLayerError),
-    #[error("restore: {0}")]
-    Client(#[from] KafkaError),
     #[error("restore of partition {partition} timed out after {timeout:?} at offset {offset}")]
     Timeout {
         partition: i32,
         timeout: Duration,
         offset: i64,
     },
+}
+
+impl From<KafkaError> for SnapshotError {
+    fn from(e: KafkaError) -> Self {
+        SnapshotError::Kafka(KafkaLayerError::Client(e))
+    }
 }
 
 pub fn encode(covers: i64, state: &StoredState, keys: Option<&Keys>) -> Vec<u8> {
@@ -533,7 +537,7 @@ fn committed_offset(
 ) -> Result<Option<i64>, SnapshotError> {
     let mut config = crate::kafka::group_consumer_config(settings)?;
     config.set("client.id", format!("{}-restore", settings.kafka.client_id));
-    let consumer: BaseConsumer = config.create().map_err(KafkaLayerError::from)?;
+    let consumer: BaseConsumer = config.create()?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition(&settings.topics.events, partition);
     let committed = consumer.committed_offsets(tpl, timeout)?;

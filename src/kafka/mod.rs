@@ -189,6 +189,39 @@ pub fn transactional_call_retriable(error: &KafkaError) -> bool {
     )))
 }
 
+/// Whether a send failed only because the producer's queue is full (waiting makes room).
+pub fn is_queue_full(error: &KafkaError) -> bool {
+    matches!(
+        error,
+        KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
+    )
+}
+
+/// What librdkafka's `rd_kafka_flush` returned: done, or the code it failed with.
+pub fn flush_result(code: rdkafka::types::RDKafkaRespErr) -> Result<(), KafkaError> {
+    match RDKafkaErrorCode::from(code) {
+        RDKafkaErrorCode::NoError => Ok(()),
+        code => Err(KafkaError::Flush(code)),
+    }
+}
+
+/// The error of an at-least-once batch some record of which was not delivered: retryable (the
+/// batch is rewound and produced again).
+pub fn undelivered() -> KafkaError {
+    KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut)
+}
+
+/// The error of a transaction failed on purpose (fault injection): abortable.
+pub fn injected_failure() -> KafkaError {
+    KafkaError::MessageProduction(RDKafkaErrorCode::Application)
+}
+
+/// The error when the consumer has no group metadata to send a transaction's offsets with:
+/// abortable.
+pub fn no_group_metadata() -> KafkaError {
+    KafkaError::ConsumerCommit(RDKafkaErrorCode::State)
+}
+
 /// Settings every client shares; the raw `[kafka.properties]` table is applied last.
 pub fn base_config(settings: &Settings, role: &str) -> Result<ClientConfig, KafkaLayerError> {
     if settings.kafka.bootstrap_servers.trim().is_empty() {
@@ -353,6 +386,17 @@ mod tests {
         KafkaLayerError::Client(KafkaError::MetadataFetch(
             RDKafkaErrorCode::NotLeaderForPartition,
         ))
+    }
+
+    #[test]
+    fn the_processors_own_errors_have_the_class_it_expects() {
+        assert_eq!(classify(&undelivered()), ErrorClass::Retryable);
+        assert_eq!(classify(&injected_failure()), ErrorClass::Abortable);
+        assert_eq!(classify(&no_group_metadata()), ErrorClass::Abortable);
+        assert!(is_queue_full(&KafkaError::MessageProduction(
+            RDKafkaErrorCode::QueueFull
+        )));
+        assert!(!is_queue_full(&undelivered()));
     }
 
     #[test]

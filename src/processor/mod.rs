@@ -45,7 +45,6 @@ use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{Producer, ThreadedProducer};
-use rdkafka::types::RDKafkaErrorCode;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Guarantee, Settings};
@@ -359,7 +358,7 @@ impl Processor {
             produce_marker(&out.producer, &self.settings.topics.state, p, covers)?;
         }
         if self.faults.fail_this_transaction() {
-            return Err(KafkaError::MessageProduction(RDKafkaErrorCode::Application));
+            return Err(crate::kafka::injected_failure());
         }
         let offsets = self.partitions.next_offsets(touched)?;
         // Per-batch timings (`debug`): what `make bench-latency` breaks an answer's time into.
@@ -368,7 +367,7 @@ impl Processor {
             let metadata = self
                 .consumer
                 .group_metadata()
-                .ok_or(KafkaError::ConsumerCommit(RDKafkaErrorCode::State))?;
+                .ok_or_else(crate::kafka::no_group_metadata)?;
             out.retrying("send offsets to the transaction", |producer| {
                 producer.send_offsets_to_transaction(&offsets, &metadata, timeout)
             })?;

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage, ToBytes};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 use tokio_util::sync::CancellationToken;
 
@@ -213,9 +212,7 @@ impl Output {
     pub(super) fn flush_delivered(&self, timeout: Duration) -> Result<(), KafkaError> {
         self.wait_delivered(timeout)?;
         if self.producer.context().failures.load(Ordering::Relaxed) > 0 {
-            return Err(KafkaError::MessageProduction(
-                RDKafkaErrorCode::MessageTimedOut,
-            ));
+            return Err(crate::kafka::undelivered());
         }
         Ok(())
     }
@@ -240,10 +237,7 @@ impl Output {
         let code = unsafe {
             rdkafka::bindings::rd_kafka_flush(self.producer.client().native_ptr(), timeout_ms)
         };
-        match RDKafkaErrorCode::from(code) {
-            RDKafkaErrorCode::NoError => Ok(()),
-            code => Err(KafkaError::Flush(code)),
-        }
+        crate::kafka::flush_result(code)
     }
 
     /// At-least-once, after a failure: waits until no record is in flight any more (each was
@@ -387,7 +381,7 @@ where
     loop {
         match producer.send(record) {
             Ok(()) => return Ok(()),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+            Err((e, back)) if crate::kafka::is_queue_full(&e) => {
                 record = back;
                 std::thread::sleep(Duration::from_millis(5));
             }

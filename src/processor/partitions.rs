@@ -139,9 +139,7 @@ struct RestoreDone {
 /// Only an authorization or fencing problem stops the processor; anything else is retried.
 fn restore_error_is_fatal(error: &SnapshotError) -> bool {
     match error {
-        SnapshotError::Client(e) | SnapshotError::Kafka(KafkaLayerError::Client(e)) => {
-            classify(e) == ErrorClass::Fatal
-        }
+        SnapshotError::Kafka(KafkaLayerError::Client(e)) => classify(e) == ErrorClass::Fatal,
         SnapshotError::Kafka(KafkaLayerError::NoBootstrapServers) => true,
         _ => false,
     }
