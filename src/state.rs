@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::domain::event::{Event, Kind as EventKind};
 use crate::domain::verdict::OutOfOrder;
 use crate::domain::Risk;
-use crate::rule_set::{Bounds, Kind, On, RuleSet};
+use crate::rule_set::{Bounds, On, RuleKind, RuleSet};
 use crate::rules::format_units;
 
 /// Why one code fired (CONTRACT §10, "Explained alerts").
@@ -264,7 +264,7 @@ impl UserState {
         if let Some(cursors) = self.cursors.as_mut() {
             debug_assert_eq!(cursors.serial, set.serial(), "slid with this set");
             for (cursor, rule) in cursors.rules.iter_mut().zip(&set.rules) {
-                let (Kind::WindowSum { .. } | Kind::WindowCount { .. }) = rule.kind else {
+                let (RuleKind::WindowSum { .. } | RuleKind::WindowCount { .. }) = rule.kind else {
                     continue;
                 };
                 if cursor.start == self.popped {
@@ -328,7 +328,7 @@ impl UserState {
             };
             let cursor = || cursors.map(|c| &c.rules[position]);
             let hit = match rule.kind {
-                Kind::Amount { amount: a } => {
+                RuleKind::Amount { amount: a } => {
                     (rule.on.matches(event.kind) && risk.amount_exceeded(amount, a)).then(|| {
                         evidence(
                             &|| amount_value(amount),
@@ -337,7 +337,7 @@ impl UserState {
                         )
                     })
                 }
-                Kind::Consecutive { count } => {
+                RuleKind::Consecutive { count } => {
                     let needed = risk.count_threshold(u64::from(count));
                     let (kind, n) = self.run();
                     let run = if kind == rule.on.kind() {
@@ -347,7 +347,7 @@ impl UserState {
                     };
                     (run >= needed).then(|| evidence(&|| run.into(), &|| needed.into(), None))
                 }
-                Kind::Increasing { count } => {
+                RuleKind::Increasing { count } => {
                     let needed = risk.count_threshold(u64::from(count));
                     let kind = rule.on.kind();
                     let run = if event.kind == kind {
@@ -357,7 +357,7 @@ impl UserState {
                     };
                     (run >= needed).then(|| evidence(&|| run.into(), &|| needed.into(), None))
                 }
-                Kind::WindowSum { amount: a, window } => {
+                RuleKind::WindowSum { amount: a, window } => {
                     if rule.on.matches(event.kind) {
                         let sum = match cursor() {
                             Some(c) if c.exact => c.sum,
@@ -376,7 +376,7 @@ impl UserState {
                         None
                     }
                 }
-                Kind::WindowCount { count, window } => {
+                RuleKind::WindowCount { count, window } => {
                     if rule.on.matches(event.kind) {
                         let needed = risk.count_threshold(u64::from(count));
                         let seen = match cursor() {
@@ -420,7 +420,8 @@ impl UserState {
             }
             let mut cursors = vec![Cursor::default(); set.rules.len()];
             for (cursor, rule) in cursors.iter_mut().zip(&set.rules) {
-                let (Kind::WindowSum { window, .. } | Kind::WindowCount { window, .. }) = rule.kind
+                let (RuleKind::WindowSum { window, .. } | RuleKind::WindowCount { window, .. }) =
+                    rule.kind
                 else {
                     continue;
                 };
@@ -447,7 +448,8 @@ impl UserState {
         }
         let cursors = &mut self.cursors.as_mut().expect("checked above").rules;
         for (cursor, rule) in cursors.iter_mut().zip(&set.rules) {
-            let (Kind::WindowSum { window, .. } | Kind::WindowCount { window, .. }) = rule.kind
+            let (RuleKind::WindowSum { window, .. } | RuleKind::WindowCount { window, .. }) =
+                rule.kind
             else {
                 continue;
             };

@@ -46,7 +46,7 @@ impl On {
 
 /// The five kinds of rule, each with its threshold (and window).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub enum RuleKind {
     /// `e.amount > amount` (10^-8 units).
     Amount { amount: u128 },
     /// The last `count` events are all of type `on`.
@@ -59,14 +59,14 @@ pub enum Kind {
     WindowCount { count: u32, window: u64 },
 }
 
-impl Kind {
+impl RuleKind {
     pub fn name(&self) -> &'static str {
         match self {
-            Kind::Amount { .. } => "amount",
-            Kind::Consecutive { .. } => "consecutive",
-            Kind::Increasing { .. } => "increasing",
-            Kind::WindowSum { .. } => "window_sum",
-            Kind::WindowCount { .. } => "window_count",
+            RuleKind::Amount { .. } => "amount",
+            RuleKind::Consecutive { .. } => "consecutive",
+            RuleKind::Increasing { .. } => "increasing",
+            RuleKind::WindowSum { .. } => "window_sum",
+            RuleKind::WindowCount { .. } => "window_count",
         }
     }
 }
@@ -77,7 +77,7 @@ pub struct Rule {
     pub code: u32,
     pub name: Option<String>,
     pub on: On,
-    pub kind: Kind,
+    pub kind: RuleKind,
 }
 
 /// A validated rule set: a version, a time unit and its rules (codes distinct).
@@ -208,7 +208,7 @@ impl RuleSet {
     /// The five rules of `[rules]` as a set: version "default" when they are CONTRACT §3's,
     /// "config" when the configuration changed any of them. Validated against `bounds`.
     pub fn from_limits(
-        limits: &crate::rules::Limits,
+        limits: &crate::rules::FixedRules,
         bounds: &Bounds,
     ) -> Result<RuleSet, InvalidRuleSet> {
         let l = limits;
@@ -224,7 +224,7 @@ impl RuleSet {
                 l.large_withdrawal_code,
                 "large withdrawal",
                 On::Withdraw,
-                Kind::Amount {
+                RuleKind::Amount {
                     amount: l.large_withdrawal_amount,
                 },
             ),
@@ -232,7 +232,7 @@ impl RuleSet {
                 l.consecutive_withdrawals_code,
                 "consecutive withdrawals",
                 On::Withdraw,
-                Kind::Consecutive {
+                RuleKind::Consecutive {
                     count: count(l.consecutive_withdrawals_count),
                 },
             ),
@@ -240,7 +240,7 @@ impl RuleSet {
                 l.increasing_deposits_code,
                 "increasing deposits",
                 On::Deposit,
-                Kind::Increasing {
+                RuleKind::Increasing {
                     count: count(l.increasing_deposits_count),
                 },
             ),
@@ -248,7 +248,7 @@ impl RuleSet {
                 l.deposit_window_code,
                 "deposit window",
                 On::Deposit,
-                Kind::WindowSum {
+                RuleKind::WindowSum {
                     amount: l.deposit_window_amount,
                     window: l.deposit_window_ticks,
                 },
@@ -257,7 +257,7 @@ impl RuleSet {
                 l.burst_code,
                 "transaction burst",
                 On::Any,
-                Kind::WindowCount {
+                RuleKind::WindowCount {
                     count: count(l.burst_count),
                     window: l.burst_window_ticks,
                 },
@@ -292,25 +292,25 @@ impl RuleSet {
                     1100,
                     "large withdrawal",
                     On::Withdraw,
-                    Kind::Amount { amount: 100 * one },
+                    RuleKind::Amount { amount: 100 * one },
                 ),
                 rule(
                     30,
                     "consecutive withdrawals",
                     On::Withdraw,
-                    Kind::Consecutive { count: 3 },
+                    RuleKind::Consecutive { count: 3 },
                 ),
                 rule(
                     300,
                     "increasing deposits",
                     On::Deposit,
-                    Kind::Increasing { count: 3 },
+                    RuleKind::Increasing { count: 3 },
                 ),
                 rule(
                     123,
                     "deposit window",
                     On::Deposit,
-                    Kind::WindowSum {
+                    RuleKind::WindowSum {
                         amount: 200 * one,
                         window: 30,
                     },
@@ -319,7 +319,7 @@ impl RuleSet {
                     500,
                     "transaction burst",
                     On::Any,
-                    Kind::WindowCount {
+                    RuleKind::WindowCount {
                         count: 5,
                         window: 60,
                     },
@@ -367,17 +367,17 @@ impl RuleSet {
                 m.insert("kind".into(), r.kind.name().into());
                 m.insert("on".into(), serde_json::to_value(r.on).expect("plain enum"));
                 match r.kind {
-                    Kind::Amount { amount } => {
+                    RuleKind::Amount { amount } => {
                         m.insert("amount".into(), format_units(amount).into());
                     }
-                    Kind::Consecutive { count } | Kind::Increasing { count } => {
+                    RuleKind::Consecutive { count } | RuleKind::Increasing { count } => {
                         m.insert("count".into(), count.into());
                     }
-                    Kind::WindowSum { amount, window: w } => {
+                    RuleKind::WindowSum { amount, window: w } => {
                         m.insert("window".into(), window(w).into());
                         m.insert("amount".into(), format_units(amount).into());
                     }
-                    Kind::WindowCount { count, window: w } => {
+                    RuleKind::WindowCount { count, window: w } => {
                         m.insert("window".into(), window(w).into());
                         m.insert("count".into(), count.into());
                     }
@@ -589,14 +589,14 @@ impl<'a> RuleChecker<'a> {
         let count = uses_count.then(|| self.count(bounds)).flatten();
         let window = uses_window.then(|| self.window(unit, bounds)).flatten();
         let kind = match kind_name {
-            "amount" => Kind::Amount { amount: amount? },
-            "consecutive" => Kind::Consecutive { count: count? },
-            "increasing" => Kind::Increasing { count: count? },
-            "window_sum" => Kind::WindowSum {
+            "amount" => RuleKind::Amount { amount: amount? },
+            "consecutive" => RuleKind::Consecutive { count: count? },
+            "increasing" => RuleKind::Increasing { count: count? },
+            "window_sum" => RuleKind::WindowSum {
                 amount: amount?,
                 window: window?,
             },
-            _ => Kind::WindowCount {
+            _ => RuleKind::WindowCount {
                 count: count?,
                 window: window?,
             },
@@ -823,7 +823,7 @@ amount = "200"
         assert_eq!(set.rules.len(), 2);
         assert_eq!(
             set.rules[1].kind,
-            Kind::WindowSum {
+            RuleKind::WindowSum {
                 amount: 200 * 100_000_000,
                 window: 30
             }
@@ -858,7 +858,7 @@ amount = "200"
         let set = RuleSet::from_json(text, &Bounds::default()).unwrap();
         assert_eq!(
             set.rules[0].kind,
-            Kind::WindowCount {
+            RuleKind::WindowCount {
                 count: 2,
                 window: 1500
             }
