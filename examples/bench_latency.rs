@@ -204,7 +204,7 @@ impl ProducerContext for DeliveryLog {
 struct Received {
     partition: i32,
     offset: i64,
-    /// The `seq` field of the embedded event, a cross-check of the match by coordinates.
+    /// The `seq` field of the echoed event, a cross-check of the match by coordinates.
     seq: Option<u64>,
     /// The response record's CreateTime (set by the processor's producer), ms.
     created_ms: i64,
@@ -277,11 +277,11 @@ fn follow_log(stderr: std::process::ChildStderr, log: Arc<ChildLog>) -> JoinHand
 struct ResponseIds<'a> {
     #[serde(borrow)]
     event_id: &'a str,
-    event: Option<EmbeddedSeq>,
+    event: Option<EchoedSeq>,
 }
 
 #[derive(serde::Deserialize)]
-struct EmbeddedSeq {
+struct EchoedSeq {
     seq: Option<u64>,
 }
 

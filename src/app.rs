@@ -18,7 +18,7 @@ use crate::kafka::rules::RulesKey;
 use crate::kafka::KafkaLayerError;
 use crate::profiles::{ProfileLine, Profiles};
 use crate::rule_set::{Bounds, InvalidRuleSet, RuleSet, RuleSetFileError};
-use crate::rules::Limits;
+use crate::rules::FixedRules;
 
 pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
     if matches!(
@@ -326,7 +326,7 @@ fn evaluate(settings: &Settings, args: &EvaluateArgs) -> anyhow::Result<ExitCode
         (Some(path), _) => valid_rule_set(path, &bounds)?,
         // The five configured rules in another unit than the configuration's.
         (None, Some(unit)) if settings.rules.file.is_empty() => {
-            RuleSet::from_limits(&Limits::with_time_unit(&settings.rules, unit)?, &bounds)?
+            RuleSet::from_limits(&FixedRules::with_time_unit(&settings.rules, unit)?, &bounds)?
         }
         (None, Some(_)) => anyhow::bail!(
             "--time-unit applies to the five rules of [rules], but rules.file ({}) is configured: its own time_unit holds (or pass --rules)",

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::rules::{InvalidRule, Limits, RulesConfig};
+use crate::rules::{FixedRules, FixedRulesConfig, InvalidRule};
 
 /// The defaults, shipped inside the binary so it runs from any directory.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
@@ -59,7 +59,7 @@ fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
-    pub rules: RulesConfig,
+    pub rules: FixedRulesConfig,
     pub kafka: KafkaConfig,
     pub topics: TopicsConfig,
     pub processing: ProcessingConfig,
@@ -329,7 +329,7 @@ impl Settings {
 
     /// Cross-field checks; every error names its key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        Limits::new(&self.rules)?;
+        FixedRules::new(&self.rules)?;
         self.rule_sets()?;
         let topics = [
             ("topics.events", &self.topics.events),
@@ -453,8 +453,8 @@ impl Settings {
     }
 
     /// The validated rules.
-    pub fn limits(&self) -> Limits {
-        Limits::new(&self.rules).expect("validated at load")
+    pub fn limits(&self) -> FixedRules {
+        FixedRules::new(&self.rules).expect("validated at load")
     }
 
     /// The bounds a rule set is validated and evaluated against (`[state]`).
@@ -482,7 +482,7 @@ impl Settings {
             Ok(set)
         };
         let active = if self.rules.file.is_empty() {
-            crate::rule_set::RuleSet::from_limits(&Limits::new(&self.rules)?, &bounds)
+            crate::rule_set::RuleSet::from_limits(&FixedRules::new(&self.rules)?, &bounds)
                 .map_err(|e| invalid("rules", e.to_string()))?
         } else {
             read("rules.file", &self.rules.file)?
@@ -610,7 +610,7 @@ mod tests {
         assert_eq!(s.topics.state, "user-monitor.state");
         assert_eq!(s.kafka.group_id, "user-monitor");
         assert_eq!(s.processing.guarantee, Guarantee::ExactlyOnce);
-        assert_eq!(s.limits(), Limits::default());
+        assert_eq!(s.limits(), FixedRules::default());
         assert_eq!(s.http.listen.port(), 5000);
     }
 

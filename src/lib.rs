@@ -12,8 +12,8 @@
 //!   the [`domain::Verdict`] on one input with its [`domain::AlertCodes`], the input
 //!   [`domain::Coord`]inates that name every answer (event and alert ids), the murmur2
 //!   partitioner, and the responses (legacy line, alerts-topic record built from a verdict).
-//! - [`rules`]: thresholds, windows and codes ([`rules::Limits`], their validated form);
-//!   [`domain::Risk`] scales them.
+//! - [`rules`]: the five fixed rules' thresholds, windows and codes ([`rules::FixedRulesConfig`],
+//!   validated as [`rules::FixedRules`]); [`domain::Risk`] scales them.
 //! - [`rule_set`]: rule sets as data (CONTRACT §10): the TOML file or JSON body validated
 //!   whole, naming every bad rule and field (the configured five rules are a set too);
 //!   [`rule_set::timeline`]: which published version judges an event appended at a given time.

@@ -1,6 +1,6 @@
 //! The alert rules' configuration and their thresholds by risk level (CONTRACT §3 and §4).
 //!
-//! Pure data: no I/O. [`Limits`] is the validated, time-unit-scaled form of [`RulesConfig`],
+//! Pure data: no I/O. [`FixedRules`] is the validated, time-unit-scaled form of [`FixedRulesConfig`],
 //! which [`crate::rule_set::RuleSet::from_limits`] makes the configured rule set.
 
 use std::str::FromStr;
@@ -41,10 +41,11 @@ impl FromStr for TimeUnit {
     }
 }
 
-/// `[rules]` in the configuration: every threshold, window and code (CONTRACT §3).
+/// `[rules]` in the configuration: every threshold, window and code of the five fixed rules
+/// (CONTRACT §3), and the rule set files that replace them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct RulesConfig {
+pub struct FixedRulesConfig {
     pub time_unit: TimeUnit,
     /// A rule set file (TOML, CONTRACT §10) active until a set is published to the rules
     /// topic; empty: the five rules below.
@@ -58,9 +59,9 @@ pub struct RulesConfig {
     pub transaction_burst: CountWindowRule,
 }
 
-impl Default for RulesConfig {
+impl Default for FixedRulesConfig {
     fn default() -> Self {
-        RulesConfig {
+        FixedRulesConfig {
             time_unit: TimeUnit::Seconds,
             file: String::new(),
             shadow: String::new(),
@@ -126,9 +127,9 @@ pub struct InvalidRule {
     pub reason: String,
 }
 
-/// The validated rules, windows already in time ticks.
+/// The five fixed rules, validated, windows already in time ticks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
+pub struct FixedRules {
     pub time_unit: TimeUnit,
     pub large_withdrawal_code: u32,
     /// Threshold in 10^-8 units.
@@ -145,18 +146,18 @@ pub struct Limits {
     pub burst_window_ticks: u64,
 }
 
-impl Default for Limits {
+impl Default for FixedRules {
     fn default() -> Self {
-        Limits::new(&RulesConfig::default()).expect("the default rules are valid")
+        FixedRules::new(&FixedRulesConfig::default()).expect("the default rules are valid")
     }
 }
 
 /// Longest window accepted: one year, far beyond any sensible alerting window.
 const MAX_WINDOW_SECONDS: u64 = 366 * 24 * 3600;
 
-impl Limits {
-    /// Validates a [`RulesConfig`], naming the offending key (`rules.<rule>.<field>`) on error.
-    pub fn new(config: &RulesConfig) -> Result<Self, InvalidRule> {
+impl FixedRules {
+    /// Validates a [`FixedRulesConfig`], naming the offending key (`rules.<rule>.<field>`) on error.
+    pub fn new(config: &FixedRulesConfig) -> Result<Self, InvalidRule> {
         let ticks = config.time_unit.ticks_per_second();
         let amount = |rule: &str, text: &str| {
             Amount::parse(text)
@@ -186,7 +187,7 @@ impl Limits {
                 Ok(seconds * ticks)
             }
         };
-        let limits = Limits {
+        let limits = FixedRules {
             time_unit: config.time_unit,
             large_withdrawal_code: config.large_withdrawal.code,
             large_withdrawal_amount: amount("large_withdrawal", &config.large_withdrawal.amount)?,
@@ -233,10 +234,10 @@ impl Limits {
     }
 
     /// Same rules with another time unit (windows rescaled).
-    pub fn with_time_unit(config: &RulesConfig, unit: TimeUnit) -> Result<Self, InvalidRule> {
+    pub fn with_time_unit(config: &FixedRulesConfig, unit: TimeUnit) -> Result<Self, InvalidRule> {
         let mut config = config.clone();
         config.time_unit = unit;
-        Limits::new(&config)
+        FixedRules::new(&config)
     }
 }
 
@@ -280,32 +281,33 @@ mod tests {
 
     #[test]
     fn default_limits_match_the_spec_table() {
-        let limits = Limits::default();
+        let limits = FixedRules::default();
         assert_eq!(limits.codes(), [1100, 30, 300, 123, 500]);
         assert_eq!(limits.deposit_window_ticks, 30);
         assert_eq!(limits.burst_window_ticks, 60);
-        let ms = Limits::with_time_unit(&RulesConfig::default(), TimeUnit::Milliseconds).unwrap();
+        let ms = FixedRules::with_time_unit(&FixedRulesConfig::default(), TimeUnit::Milliseconds)
+            .unwrap();
         assert_eq!(ms.deposit_window_ticks, 30_000);
         assert_eq!(format_units(limits.deposit_window_amount), "200");
     }
 
     #[test]
     fn invalid_rules_name_their_key() {
-        let mut config = RulesConfig::default();
+        let mut config = FixedRulesConfig::default();
         config.deposit_window.amount = "-5".to_owned();
         assert_eq!(
-            Limits::new(&config).unwrap_err().key,
+            FixedRules::new(&config).unwrap_err().key,
             "rules.deposit_window.amount"
         );
-        let mut config = RulesConfig::default();
+        let mut config = FixedRulesConfig::default();
         config.transaction_burst.count = 0;
         assert_eq!(
-            Limits::new(&config).unwrap_err().key,
+            FixedRules::new(&config).unwrap_err().key,
             "rules.transaction_burst.count"
         );
-        let mut config = RulesConfig::default();
+        let mut config = FixedRulesConfig::default();
         config.increasing_deposits.code = 30;
-        assert!(Limits::new(&config)
+        assert!(FixedRules::new(&config)
             .unwrap_err()
             .reason
             .contains("distinct"));

@@ -6,12 +6,12 @@ use rust_decimal::Decimal;
 use user_monitor::domain::event::{Amount, Event, Kind, UserId};
 use user_monitor::domain::Risk;
 use user_monitor::rule_set::{Bounds, RuleSet};
-use user_monitor::rules::{Limits, RulesConfig, TimeUnit};
+use user_monitor::rules::{FixedRules, FixedRulesConfig, TimeUnit};
 use user_monitor::state::Users;
 
 /// The rules exactly as CONTRACT §3 words them, over the whole accepted history.
 struct Reference {
-    config: RulesConfig,
+    config: FixedRulesConfig,
     unit: TimeUnit,
     histories: std::collections::HashMap<u64, Vec<Event>>,
 }
@@ -163,7 +163,7 @@ fn step(unit_scale: i64) -> impl Strategy<Value = Step> {
         })
 }
 
-fn small_rules() -> impl Strategy<Value = RulesConfig> {
+fn small_rules() -> impl Strategy<Value = FixedRulesConfig> {
     (
         1u64..6,
         1u64..6,
@@ -171,7 +171,7 @@ fn small_rules() -> impl Strategy<Value = RulesConfig> {
         prop::sample::select(vec!["100", "0.00000001", "33.33333333"]),
     )
         .prop_map(|(cw, id, burst, amount)| {
-            let mut config = RulesConfig::default();
+            let mut config = FixedRulesConfig::default();
             config.consecutive_withdrawals.count = cw;
             config.increasing_deposits.count = id;
             config.transaction_burst.count = burst;
@@ -180,11 +180,11 @@ fn small_rules() -> impl Strategy<Value = RulesConfig> {
         })
 }
 
-fn check(config: RulesConfig, unit: TimeUnit, steps: Vec<Step>) -> Result<(), TestCaseError> {
+fn check(config: FixedRulesConfig, unit: TimeUnit, steps: Vec<Step>) -> Result<(), TestCaseError> {
     let bounds = Bounds::default();
     // The configured five rules, as the service makes them a set.
     let set =
-        RuleSet::from_limits(&Limits::with_time_unit(&config, unit).unwrap(), &bounds).unwrap();
+        RuleSet::from_limits(&FixedRules::with_time_unit(&config, unit).unwrap(), &bounds).unwrap();
     let mut engine = Users::default();
     let mut reference = Reference {
         config,
@@ -218,12 +218,12 @@ proptest! {
 
     #[test]
     fn engine_matches_reference_with_default_rules_in_seconds(steps in prop::collection::vec(step(1), 1..120)) {
-        check(RulesConfig::default(), TimeUnit::Seconds, steps)?;
+        check(FixedRulesConfig::default(), TimeUnit::Seconds, steps)?;
     }
 
     #[test]
     fn engine_matches_reference_in_milliseconds(steps in prop::collection::vec(step(1000), 1..120)) {
-        check(RulesConfig::default(), TimeUnit::Milliseconds, steps)?;
+        check(FixedRulesConfig::default(), TimeUnit::Milliseconds, steps)?;
     }
 
     #[test]

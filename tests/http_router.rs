@@ -1782,7 +1782,7 @@ async fn a_configured_shadow_set_is_shown_until_one_is_published_or_it_is_cleare
 /// Serves a fixture's router through the real server loop on a loopback port.
 async fn serve_with(
     fixture: &Fixture,
-    limits: server::Limits,
+    limits: server::HttpLimits,
 ) -> (
     std::net::SocketAddr,
     tokio_util::sync::CancellationToken,
@@ -1800,8 +1800,8 @@ async fn serve_with(
     (addr, shutdown, task)
 }
 
-fn limits() -> server::Limits {
-    server::Limits {
+fn limits() -> server::HttpLimits {
+    server::HttpLimits {
         max_connections: 64,
         header_read_timeout: Duration::from_millis(800),
         body_read_timeout: Duration::from_millis(800),
@@ -1871,7 +1871,7 @@ async fn connections_over_the_cap_get_503_and_the_service_stays_up() {
     let fixture = fixture().await;
     let (addr, _shutdown, _task) = serve_with(
         &fixture,
-        server::Limits {
+        server::HttpLimits {
             max_connections: 8,
             header_read_timeout: Duration::from_secs(30),
             ..limits()
@@ -1928,7 +1928,7 @@ async fn an_oversized_body_sent_in_full_before_reading_gets_its_413() {
     let fixture = fixture().await;
     let (addr, _shutdown, _task) = serve_with(
         &fixture,
-        server::Limits {
+        server::HttpLimits {
             body_read_timeout: Duration::from_secs(10),
             ..limits()
         },

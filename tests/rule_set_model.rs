@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use rust_decimal::Decimal;
 use user_monitor::domain::event::{Amount, Event, Kind as EventKind, UserId, UNITS_PER_ONE};
 use user_monitor::domain::Risk;
-use user_monitor::rule_set::{Bounds, Kind, On, Rule, RuleSet};
+use user_monitor::rule_set::{Bounds, On, Rule, RuleKind, RuleSet};
 use user_monitor::rules::TimeUnit;
 use user_monitor::state::Users as Reference;
 
@@ -52,17 +52,17 @@ impl Naive {
         for rule in &set.rules {
             let of_type: Vec<&Event> = history.iter().filter(|x| rule.on.matches(x.kind)).collect();
             let fires = match rule.kind {
-                Kind::Amount { amount } => {
+                RuleKind::Amount { amount } => {
                     rule.on.matches(e.kind) && exceeds(e.amount.decimal(), amount, risk)
                 }
-                Kind::Consecutive { count } => {
+                RuleKind::Consecutive { count } => {
                     let n = scaled(count, risk);
                     history.len() >= n
                         && history[history.len() - n..]
                             .iter()
                             .all(|x| rule.on.matches(x.kind))
                 }
-                Kind::Increasing { count } => {
+                RuleKind::Increasing { count } => {
                     let n = scaled(count, risk);
                     rule.on.matches(e.kind)
                         && of_type.len() >= n
@@ -70,7 +70,7 @@ impl Naive {
                             .windows(2)
                             .all(|w| w[0].amount.decimal() < w[1].amount.decimal())
                 }
-                Kind::WindowSum { amount, window } => {
+                RuleKind::WindowSum { amount, window } => {
                     rule.on.matches(e.kind) && {
                         let sum = of_type
                             .iter()
@@ -79,7 +79,7 @@ impl Naive {
                         exceeds(sum, amount, risk)
                     }
                 }
-                Kind::WindowCount { count, window } => {
+                RuleKind::WindowCount { count, window } => {
                     rule.on.matches(e.kind)
                         && of_type.iter().filter(|x| e.time - x.time <= window).count()
                             > scaled(count, risk)
@@ -116,7 +116,7 @@ fn on_type() -> impl Strategy<Value = On> {
 }
 
 /// A rule of any kind; windows up to `max_window` ticks, counts up to `max_count`.
-fn rule(max_window: u64, max_count: u32) -> impl Strategy<Value = (On, Kind)> {
+fn rule(max_window: u64, max_count: u32) -> impl Strategy<Value = (On, RuleKind)> {
     let amount = prop::sample::select(vec![
         1u128,
         50 * UNITS_PER_ONE,
@@ -126,13 +126,13 @@ fn rule(max_window: u64, max_count: u32) -> impl Strategy<Value = (On, Kind)> {
     let count = 1..=max_count;
     let window = 1..=max_window;
     prop_oneof![
-        (on_any(), amount.clone()).prop_map(|(on, amount)| (on, Kind::Amount { amount })),
-        (on_type(), count.clone()).prop_map(|(on, count)| (on, Kind::Consecutive { count })),
-        (on_type(), count.clone()).prop_map(|(on, count)| (on, Kind::Increasing { count })),
+        (on_any(), amount.clone()).prop_map(|(on, amount)| (on, RuleKind::Amount { amount })),
+        (on_type(), count.clone()).prop_map(|(on, count)| (on, RuleKind::Consecutive { count })),
+        (on_type(), count.clone()).prop_map(|(on, count)| (on, RuleKind::Increasing { count })),
         (on_any(), amount, window.clone())
-            .prop_map(|(on, amount, window)| (on, Kind::WindowSum { amount, window })),
+            .prop_map(|(on, amount, window)| (on, RuleKind::WindowSum { amount, window })),
         (on_any(), count, window)
-            .prop_map(|(on, count, window)| (on, Kind::WindowCount { count, window })),
+            .prop_map(|(on, count, window)| (on, RuleKind::WindowCount { count, window })),
     ]
 }
 

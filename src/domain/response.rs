@@ -8,9 +8,9 @@ use serde_json::value::RawValue;
 use super::risk::Risk;
 use super::verdict::{AlertCodes, Coord, Verdict};
 
-/// Inputs larger than this are not embedded in their response record (the DLQ keeps them, whole
+/// Inputs larger than this are not echoed in their response record (the DLQ keeps them, whole
 /// up to the dead-letter size limit).
-pub const MAX_EMBEDDED_EVENT_BYTES: usize = 16 * 1024;
+pub const MAX_ECHOED_EVENT_BYTES: usize = 16 * 1024;
 
 /// An error message is cut to this many bytes in a response record and a DLQ header.
 pub const MAX_ERROR_BYTES: usize = 1024;
@@ -329,10 +329,10 @@ impl AlertRecord {
 
     /// The response to the record at `at` with `input` as its value, as the engine judged it;
     /// `None` for an offset already in its user's restored state (whose response a previous
-    /// owner produced). An input over [`MAX_EMBEDDED_EVENT_BYTES`] is not embedded (the
+    /// owner produced). An input over [`MAX_ECHOED_EVENT_BYTES`] is not echoed (the
     /// dead-letter copy carries it) and an error message is cut to [`MAX_ERROR_BYTES`].
     pub fn answer(at: Coord, verdict: &Verdict, input: &[u8]) -> Option<AlertRecord> {
-        let embedded = if input.len() <= MAX_EMBEDDED_EVENT_BYTES {
+        let echoed = if input.len() <= MAX_ECHOED_EVENT_BYTES {
             input
         } else {
             b""
@@ -345,7 +345,7 @@ impl AlertRecord {
                 evidence,
                 ..
             } => {
-                let mut record = AlertRecord::accepted(at, user_id.0, codes, *risk, embedded);
+                let mut record = AlertRecord::accepted(at, user_id.0, codes, *risk, echoed);
                 record.evidence = evidence
                     .as_deref()
                     .and_then(|e| RawValue::from_string(e.to_owned()).ok());
@@ -360,13 +360,13 @@ impl AlertRecord {
                 user_id.map(|u| u.0),
                 *rejection,
                 truncate_text(error, MAX_ERROR_BYTES).to_owned(),
-                embedded,
+                echoed,
             ),
             Verdict::Duplicate {
                 user_id,
                 of,
                 answer: Some(answer),
-            } => AlertRecord::duplicate(at, user_id.0, *of, &answer.codes, answer.risk, embedded),
+            } => AlertRecord::duplicate(at, user_id.0, *of, &answer.codes, answer.risk, echoed),
             Verdict::Duplicate {
                 user_id,
                 of,
@@ -379,15 +379,16 @@ impl AlertRecord {
                     format!(
                         "a retry of event {of} whose answer is no longer retained; it was not applied again"
                     ),
-                    embedded,
+                    echoed,
                 );
                 record.duplicate_of = Some(of.event_id());
                 record
             }
             Verdict::AlreadyApplied { .. } => return None,
         };
-        if input.len() > MAX_EMBEDDED_EVENT_BYTES {
+        if input.len() > MAX_ECHOED_EVENT_BYTES {
             record.event = None;
+            // This text is part of the output contract: its wording stays.
             record.event_text = Some(format!(
                 "<{} bytes, not embedded; see the dead-letter topic>",
                 input.len()

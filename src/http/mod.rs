@@ -171,7 +171,7 @@ pub async fn start(settings: Settings, deps: ShimDeps) -> Result<RunningShim, Sh
         rules,
     });
     let app = router(state);
-    let limits = server::Limits {
+    let limits = server::HttpLimits {
         max_connections: settings.http.max_connections,
         header_read_timeout: settings.http.header_read_timeout,
         body_read_timeout: settings.http.body_read_timeout,

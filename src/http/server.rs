@@ -40,7 +40,7 @@ use tokio_util::task::TaskTracker;
 
 /// What the server bounds.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub struct HttpLimits {
     pub max_connections: usize,
     pub header_read_timeout: Duration,
     pub body_read_timeout: Duration,
@@ -63,7 +63,7 @@ pub struct Drain {
 pub async fn serve(
     listener: TcpListener,
     app: Router,
-    limits: Limits,
+    limits: HttpLimits,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let drain = Arc::new(Drain::default());
@@ -200,7 +200,7 @@ async fn drained(drain: &Drain) {
 async fn serve_connection(
     stream: TcpStream,
     app: Router,
-    limits: Limits,
+    limits: HttpLimits,
     close: CancellationToken,
 ) {
     let service = TowerToHyperService::new(app);
@@ -277,7 +277,7 @@ async fn refuse(mut stream: TcpStream) {
 /// Counts requests in flight, answers 503 while draining, and drains oversized bodies before
 /// their 413.
 async fn guard(
-    State((drain, limits)): State<(Arc<Drain>, Limits)>,
+    State((drain, limits)): State<(Arc<Drain>, HttpLimits)>,
     request: Request<Body>,
     next: Next,
 ) -> Response {
@@ -308,7 +308,7 @@ async fn guard(
 }
 
 /// The 413 of a body declared too large, sent after reading and discarding it (bounded).
-async fn too_large(request: Request<Body>, length: u64, limits: Limits) -> Response {
+async fn too_large(request: Request<Body>, length: u64, limits: HttpLimits) -> Response {
     let mut response = json_error(
         StatusCode::PAYLOAD_TOO_LARGE,
         &format!("request body is larger than {} bytes", limits.body_limit),

@@ -327,7 +327,7 @@ impl Processor {
             let judging = self.sources.judging(proof);
             let mut partitions = self.partitions.lock();
             for message in records {
-                let Some(Partition::Ready(ready)) = partitions.get_mut(&message.partition()) else {
+                let Some(Partition::Live(ready)) = partitions.get_mut(&message.partition()) else {
                     continue;
                 };
                 self.process(ready, &judging, message)?;
@@ -343,7 +343,7 @@ impl Processor {
         {
             let mut partitions = self.partitions.lock();
             for &p in due {
-                if let Some(Partition::Ready(ready)) = partitions.get_mut(&p) {
+                if let Some(Partition::Live(ready)) = partitions.get_mut(&p) {
                     let covers =
                         produce_round(&out.producer, &self.settings.topics.state, p, ready)?;
                     rounds.push((p, covers));
@@ -399,7 +399,7 @@ impl Processor {
     /// of it), and writes what it becomes.
     fn process(
         &self,
-        ready: &mut partitions::Ready,
+        ready: &mut partitions::LivePartition,
         judging: &Judging<'_>,
         message: &OwnedMessage,
     ) -> Result<(), KafkaError> {

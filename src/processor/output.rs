@@ -12,7 +12,7 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::ClientContext;
 use tokio_util::sync::CancellationToken;
 
-use super::partitions::Ready;
+use super::partitions::LivePartition;
 use super::ProcessorError;
 use crate::config::Settings;
 use crate::domain::response::{truncate_text, AlertRecord, MAX_ERROR_BYTES};
@@ -152,7 +152,7 @@ impl Output {
     /// at-least-once, once nothing of this attempt is still in flight).
     pub(super) fn flush_revoked(
         &self,
-        mut revoked: Vec<(i32, Box<Ready>)>,
+        mut revoked: Vec<(i32, Box<LivePartition>)>,
     ) -> Result<(), ProcessorError> {
         revoked.retain(|(_, ready)| ready.state.has_changes());
         if revoked.is_empty() {
@@ -335,7 +335,7 @@ pub(super) fn produce_round<C: ProducerContext<DeliveryOpaque = ()>>(
     producer: &ThreadedProducer<C>,
     topic: &str,
     partition: i32,
-    ready: &mut Ready,
+    ready: &mut LivePartition,
 ) -> Result<i64, KafkaError> {
     let round = ready.state.take_round();
     let mut key = itoa::Buffer::new();

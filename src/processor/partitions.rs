@@ -99,12 +99,12 @@ impl Shared {
     /// Drops revoked partitions' states after snapshotting their changed users (see
     /// [`GroupContext::pre_rebalance`]).
     fn revoke(&self, partitions: &[i32]) {
-        let revoked: Vec<(i32, Box<Ready>)> = {
+        let revoked: Vec<(i32, Box<LivePartition>)> = {
             let mut map = self.map();
             partitions
                 .iter()
                 .filter_map(|p| match map.remove(p) {
-                    Some(Partition::Ready(ready)) => Some((*p, ready)),
+                    Some(Partition::Live(ready)) => Some((*p, ready)),
                     _ => None,
                 })
                 .collect()
@@ -119,7 +119,8 @@ impl Shared {
     }
 }
 
-pub(super) struct Ready {
+/// A partition whose state is restored: its events are processed.
+pub(super) struct LivePartition {
     /// The partition's users, next offset, changed users and already-answered offsets.
     pub(super) state: PartitionState,
     pub(super) last_snapshot: Instant,
@@ -127,7 +128,7 @@ pub(super) struct Ready {
 
 pub(super) enum Partition {
     Restoring { generation: u64 },
-    Ready(Box<Ready>),
+    Live(Box<LivePartition>),
 }
 
 struct RestoreDone {
@@ -308,7 +309,7 @@ impl Partitions {
             consumer.resume(&tpl)?;
             self.lock().insert(
                 done.partition,
-                Partition::Ready(Box::new(Ready {
+                Partition::Live(Box::new(LivePartition {
                     state: restored.state,
                     last_snapshot: Instant::now(),
                 })),
@@ -350,7 +351,7 @@ impl Partitions {
         let topic = &self.settings.topics.events;
         let mut tpl = TopicPartitionList::new();
         for (&p, state) in self.lock().iter() {
-            if let (true, Partition::Ready(ready)) = (partitions.contains(&p), state) {
+            if let (true, Partition::Live(ready)) = (partitions.contains(&p), state) {
                 tpl.add_partition_offset(topic, p, Offset::Offset(ready.state.next_offset()))?;
             }
         }
@@ -376,7 +377,7 @@ impl Partitions {
     /// Only records of restored partitions, at or after the restored position, are processed.
     pub(super) fn accepts(&self, message: &OwnedMessage) -> bool {
         match self.lock().get(&message.partition()) {
-            Some(Partition::Ready(ready)) => message.offset() >= ready.state.next_offset(),
+            Some(Partition::Live(ready)) => message.offset() >= ready.state.next_offset(),
             _ => false,
         }
     }
@@ -387,7 +388,7 @@ impl Partitions {
         self.lock()
             .iter()
             .filter_map(|(p, state)| match state {
-                Partition::Ready(r)
+                Partition::Live(r)
                     if r.state.has_changes()
                         && (force || r.last_snapshot.elapsed() >= interval) =>
                 {
@@ -403,7 +404,7 @@ impl Partitions {
         let mut offsets = TopicPartitionList::new();
         let map = self.lock();
         for &p in touched {
-            if let Some(Partition::Ready(r)) = map.get(&p) {
+            if let Some(Partition::Live(r)) = map.get(&p) {
                 offsets.add_partition_offset(
                     &self.settings.topics.events,
                     p,
@@ -419,7 +420,7 @@ impl Partitions {
         self.lock()
             .iter()
             .filter_map(|(p, state)| match state {
-                Partition::Ready(ready) => Some((*p, ready.state.next_offset())),
+                Partition::Live(ready) => Some((*p, ready.state.next_offset())),
                 Partition::Restoring { .. } => None,
             })
             .collect()
