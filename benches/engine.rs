@@ -47,7 +47,7 @@ fn bench(c: &mut Criterion) {
             let mut users = Users::default();
             let mut fired = Fired::default();
             for event in &decoded {
-                let slot = users.slot(event.user_id.0);
+                let slot = users.slot(event.user_id.get());
                 users
                     .apply_at(slot, event, Risk::Medium, &set, &bounds, &mut fired, false)
                     .unwrap();

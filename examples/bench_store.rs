@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use user_monitor::config::Settings;
-use user_monitor::domain::Coord;
+use user_monitor::domain::{Coord, UserId};
 use user_monitor::store::{AlertQuery, Batch, OrderKey, Store};
 
 const PARTITIONS: i64 = 6;
@@ -208,7 +208,7 @@ async fn main() {
     measure!("alerts of a user (100)", {
         store
             .alerts(&AlertQuery {
-                user_id: Some(rng.gen_range(0..USERS)),
+                user_id: Some(UserId::new(rng.gen_range(0..USERS)).unwrap()),
                 limit: 100,
                 ..Default::default()
             })
@@ -247,7 +247,7 @@ async fn main() {
     });
     measure!("user history (100)", {
         store
-            .user_events(rng.gen_range(0..USERS), None, 100)
+            .user_events(UserId::new(rng.gen_range(0..USERS)).unwrap(), None, 100)
             .await
             .unwrap()
             .items

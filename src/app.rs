@@ -14,6 +14,7 @@ use crate::cli::{
 };
 use crate::config::{Settings, Sources};
 use crate::domain::Risk;
+use crate::domain::UserId;
 use crate::kafka::rules::RulesKey;
 use crate::kafka::KafkaLayerError;
 use crate::profiles::{ProfileLine, Profiles};
@@ -273,7 +274,7 @@ impl ChangeLog for CliChanges<'_> {
         crate::kafka::rules::publish(self.settings, key, set)
     }
 
-    async fn risk_levels(&self, users: &[u64]) -> Result<Vec<Risk>, KafkaLayerError> {
+    async fn risk_levels(&self, users: &[UserId]) -> Result<Vec<Risk>, KafkaLayerError> {
         let mut current =
             crate::kafka::profiles::ProfilesFollower::new(self.settings, "cli-profiles")?;
         current.catch_up(AUDIT_WITHIN)?;

@@ -2,6 +2,7 @@
 //! before → after — as one record of the audit topic (`topics.audit`, one partition so the trail
 //! has one order, never compacted), listed newest first by `GET /api/v1/audit`.
 
+use crate::domain::UserId;
 use std::time::{Duration, SystemTime};
 
 use rdkafka::consumer::Consumer;
@@ -42,12 +43,12 @@ pub struct AuditEntry {
 
 impl AuditEntry {
     /// A risk change accepted now.
-    pub fn risk_set(actor: &str, source: &str, user_id: u64, before: &str, after: &str) -> Self {
+    pub fn risk_set(actor: &str, source: &str, user_id: UserId, before: &str, after: &str) -> Self {
         AuditEntry {
             at: now_rfc3339(),
             actor: actor.to_owned(),
             action: "risk.set".to_owned(),
-            user_id: Some(user_id),
+            user_id: Some(user_id.get()),
             before: before.to_owned(),
             after: after.to_owned(),
             source: source.to_owned(),
@@ -180,7 +181,7 @@ mod tests {
 
     #[test]
     fn an_entry_says_who_when_what_and_before_after() {
-        let entry = AuditEntry::risk_set("ops", "http", 3, "medium", "high");
+        let entry = AuditEntry::risk_set("ops", "http", UserId::new(3).unwrap(), "medium", "high");
         let json = serde_json::to_value(&entry).unwrap();
         assert_eq!(json["actor"], "ops");
         assert_eq!(json["action"], "risk.set");

@@ -80,7 +80,7 @@ pub fn backtest(
                 break;
             };
             batch.push(decode(trim_line_end(line)).ok().map(|event| {
-                let user = event.user_id.0;
+                let user = event.user_id.get();
                 (event, under_baseline.slot(user), under_candidate.slot(user))
             }));
         }
@@ -95,7 +95,7 @@ pub fn backtest(
                 report.invalid += 1;
                 continue;
             };
-            let risk = profiles.risk(event.user_id.0);
+            let risk = profiles.risk(event.user_id);
             let (Ok(()), Ok(())) = (
                 under_baseline.apply_at(a, &event, risk, baseline, bounds, &mut before, false),
                 under_candidate.apply_at(b, &event, risk, candidate, bounds, &mut after, false),
@@ -114,17 +114,23 @@ pub fn backtest(
                 continue;
             }
             report.events_changed += 1;
-            users_changed.insert(event.user_id.0);
+            users_changed.insert(event.user_id.get());
             for &code in &after.codes {
                 if !before.codes.contains(&code) {
                     report.codes.entry(code).or_default().added += 1;
-                    affected.entry(code).or_default().insert(event.user_id.0);
+                    affected
+                        .entry(code)
+                        .or_default()
+                        .insert(event.user_id.get());
                 }
             }
             for &code in &before.codes {
                 if !after.codes.contains(&code) {
                     report.codes.entry(code).or_default().removed += 1;
-                    affected.entry(code).or_default().insert(event.user_id.0);
+                    affected
+                        .entry(code)
+                        .or_default()
+                        .insert(event.user_id.get());
                 }
             }
             if let Some(out) = diff.as_deref_mut() {
@@ -132,7 +138,7 @@ pub fn backtest(
                     &mut *out,
                     &DiffLine {
                         line: report.lines,
-                        user_id: event.user_id.0,
+                        user_id: event.user_id.get(),
                         baseline: &before.codes,
                         candidate: &after.codes,
                     },

@@ -10,6 +10,7 @@ use std::future::Future;
 
 use crate::audit::AuditEntry;
 use crate::domain::Risk;
+use crate::domain::UserId;
 use crate::kafka::rules::{Current, Published, RulesKey};
 use crate::kafka::KafkaLayerError;
 use crate::profiles::ProfileLine;
@@ -30,7 +31,7 @@ pub trait ChangeLog {
     /// Each user's level now (the profiles topic read to its end), in the order given.
     fn risk_levels(
         &self,
-        users: &[u64],
+        users: &[UserId],
     ) -> impl Future<Output = Result<Vec<Risk>, KafkaLayerError>> + Send;
 
     /// Publishes the levels to the profiles topic, each acknowledged.
@@ -118,12 +119,12 @@ pub async fn change_risks(
     lines: &[ProfileLine],
 ) -> Result<Vec<AuditEntry>, ChangeError> {
     let what = "the risk level";
-    let users: Vec<u64> = lines.iter().map(|l| l.user_id).collect();
+    let users: Vec<UserId> = lines.iter().map(|l| l.user_id).collect();
     let now = log
         .risk_levels(&users)
         .await
         .map_err(|source| ChangeError::Read { what, source })?;
-    let mut seen: HashMap<u64, Risk> = HashMap::new();
+    let mut seen: HashMap<UserId, Risk> = HashMap::new();
     let entries: Vec<AuditEntry> = lines
         .iter()
         .zip(now)
@@ -158,7 +159,7 @@ mod tests {
     #[derive(Default)]
     struct Memory {
         rules: MemoryTopic,
-        risks: Mutex<HashMap<u64, Risk>>,
+        risks: Mutex<HashMap<UserId, Risk>>,
         audit: Mutex<Vec<AuditEntry>>,
         refuse_audit: bool,
     }
@@ -174,7 +175,7 @@ mod tests {
         ) -> Result<Published, KafkaLayerError> {
             self.rules.publish(key, set, &Bounds::default())
         }
-        async fn risk_levels(&self, users: &[u64]) -> Result<Vec<Risk>, KafkaLayerError> {
+        async fn risk_levels(&self, users: &[UserId]) -> Result<Vec<Risk>, KafkaLayerError> {
             let risks = self.risks.lock().unwrap();
             Ok(users
                 .iter()
@@ -223,14 +224,17 @@ mod tests {
     #[test]
     fn a_user_named_twice_is_recorded_from_the_level_before_each_line() {
         let log = Memory::default();
-        log.risks.lock().unwrap().insert(7, Risk::High);
+        log.risks
+            .lock()
+            .unwrap()
+            .insert(UserId::new(7).unwrap(), Risk::High);
         let lines = [
             ProfileLine {
-                user_id: 7,
+                user_id: UserId::new(7).unwrap(),
                 risk: Risk::Low,
             },
             ProfileLine {
-                user_id: 7,
+                user_id: UserId::new(7).unwrap(),
                 risk: Risk::Medium,
             },
         ];
@@ -240,7 +244,10 @@ mod tests {
             .map(|e| (e.before.as_str(), e.after.as_str()))
             .collect();
         assert_eq!(changes, [("high", "low"), ("low", "medium")]);
-        assert_eq!(log.risks.lock().unwrap()[&7], Risk::Medium);
+        assert_eq!(
+            log.risks.lock().unwrap()[&UserId::new(7).unwrap()],
+            Risk::Medium
+        );
     }
 
     #[test]
@@ -250,7 +257,7 @@ mod tests {
             ..Memory::default()
         };
         let line = ProfileLine {
-            user_id: 3,
+            user_id: UserId::new(3).unwrap(),
             risk: Risk::High,
         };
         let error = futures::executor::block_on(change_risks(&log, CLI, &[line])).unwrap_err();
@@ -260,6 +267,9 @@ mod tests {
                 .starts_with("the risk level was published but its audit record"),
             "{error}"
         );
-        assert_eq!(log.risks.lock().unwrap()[&3], Risk::High);
+        assert_eq!(
+            log.risks.lock().unwrap()[&UserId::new(3).unwrap()],
+            Risk::High
+        );
     }
 }

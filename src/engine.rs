@@ -156,7 +156,7 @@ impl Engine {
         }
         if cx
             .ahead
-            .and_then(|ahead| ahead.get(&user_id.0))
+            .and_then(|ahead| ahead.get(&user_id.get()))
             .is_some_and(|&covers| input.offset < covers)
         {
             return Admission::Decided(Verdict::AlreadyApplied { user_id });
@@ -173,7 +173,7 @@ impl Engine {
         };
         Admission::Admitted(Admitted {
             event,
-            slot: self.users.slot(user_id.0),
+            slot: self.users.slot(user_id.get()),
             key: key.map(Box::from),
             offset: input.offset,
         })
@@ -221,7 +221,7 @@ impl Engine {
             Ok(()) => {
                 let codes = AlertCodes::from_sorted(&fired.codes);
                 if let Some(key) = key {
-                    self.keys.entry(user_id.0).or_default().remember(
+                    self.keys.entry(user_id.get()).or_default().remember(
                         Remembered {
                             key: key.into(),
                             time: event.time,
@@ -271,7 +271,7 @@ impl Engine {
         dedup: &DedupLimits,
     ) -> Option<Verdict> {
         let user_id = event.user_id;
-        let keys = self.keys.get(&user_id.0)?;
+        let keys = self.keys.get(&user_id.get())?;
         let latest = self.users.at(slot).last_time();
         match keys.check(key, event, latest, dedup) {
             Seen::New => None,

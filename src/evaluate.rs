@@ -81,11 +81,11 @@ pub fn evaluate(
         engine.users.touch(batch.iter().filter_map(Admission::slot));
         for admission in batch.drain(..) {
             summary.lines += 1;
-            match engine.decide(admission, &cx, |user| profiles.risk(user.0)) {
+            match engine.decide(admission, &cx, |user| profiles.risk(user)) {
                 Verdict::Accepted { user_id, codes, .. } => {
                     summary.accepted += 1;
                     summary.alerts += u64::from(codes.is_alert());
-                    write_legacy_line(&mut output, user_id.0, &codes)?;
+                    write_legacy_line(&mut output, user_id.get(), &codes)?;
                 }
                 Verdict::Rejected {
                     rejection, error, ..

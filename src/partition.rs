@@ -147,7 +147,7 @@ impl PartitionState {
         let verdict = self.engine.judge(input, &cx, risk_of);
         match &verdict {
             Verdict::Accepted { user_id, .. } => {
-                self.dirty.insert(user_id.0);
+                self.dirty.insert(user_id.get());
             }
             Verdict::AlreadyApplied { .. } => return verdict,
             _ => {}
@@ -155,7 +155,7 @@ impl PartitionState {
         // Past its restored record's offset, a user's records are all new.
         if !self.ahead.is_empty() {
             if let Some(user_id) = verdict.user_id() {
-                self.ahead.remove(&user_id.0);
+                self.ahead.remove(&user_id.get());
             }
         }
         verdict
@@ -268,7 +268,7 @@ impl Rebuild {
         if let Verdict::Accepted { user_id, .. } =
             self.engine.judge(input, &cx, |_| Risk::default())
         {
-            self.dirty.insert(user_id.0);
+            self.dirty.insert(user_id.get());
         }
     }
 

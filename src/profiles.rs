@@ -12,7 +12,7 @@ use crate::domain::UserId;
 /// as in events (so a profiles export with extra columns loads as is).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProfileLine {
-    pub user_id: u64,
+    pub user_id: UserId,
     pub risk: Risk,
 }
 
@@ -45,9 +45,9 @@ pub enum ProfilesError {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Profiles {
     /// Each user's latest change: since when (ms), and the level (`None`: removed).
-    latest: FxHashMap<u64, (i64, Option<Risk>)>,
+    latest: FxHashMap<UserId, (i64, Option<Risk>)>,
     /// The earlier changes of users whose level changed more than once, oldest first.
-    earlier: FxHashMap<u64, Vec<(i64, Option<Risk>)>>,
+    earlier: FxHashMap<UserId, Vec<(i64, Option<Risk>)>>,
 }
 
 /// The time of a level that was always in force (read from a file, or a record without
@@ -67,7 +67,7 @@ impl Profiles {
     }
 
     /// The user's level now (the latest change).
-    pub fn risk(&self, user_id: u64) -> Risk {
+    pub fn risk(&self, user_id: UserId) -> Risk {
         self.latest
             .get(&user_id)
             .and_then(|(_, risk)| *risk)
@@ -75,7 +75,7 @@ impl Profiles {
     }
 
     /// The user's level in force at `time` (ms): the latest change at or before it.
-    pub fn risk_at(&self, user_id: u64, time: i64) -> Risk {
+    pub fn risk_at(&self, user_id: UserId, time: i64) -> Risk {
         let Some(&(since, risk)) = self.latest.get(&user_id) else {
             return Risk::default();
         };
@@ -92,7 +92,7 @@ impl Profiles {
     }
 
     /// Sets a user's level for all times (a profiles file).
-    pub fn set(&mut self, user_id: u64, risk: Risk) {
+    pub fn set(&mut self, user_id: UserId, risk: Risk) {
         self.earlier.remove(&user_id);
         self.latest.insert(user_id, (ALWAYS, Some(risk)));
     }
@@ -100,7 +100,7 @@ impl Profiles {
     /// A change of a user's level that took effect at `time` (ms; a profiles-topic record, whose
     /// tombstone is `None`: back to medium). Records come in offset order; a time older than the
     /// user's latest (a broker clock stepping back) still sorts by time.
-    pub fn change_at(&mut self, user_id: u64, time: i64, risk: Option<Risk>) {
+    pub fn change_at(&mut self, user_id: UserId, time: i64, risk: Option<Risk>) {
         let Some(latest) = self.latest.get_mut(&user_id) else {
             if risk.is_some() {
                 self.latest.insert(user_id, (time, risk));
@@ -140,12 +140,6 @@ impl Profiles {
                 line: i + 1,
                 reason: format!("expected {{\"user_id\": <integer>, \"risk\": \"low\"|\"medium\"|\"high\"}}: {e}"),
             })?;
-            if UserId::new(parsed.user_id).is_none() {
-                return Err(ProfilesError::Line {
-                    line: i + 1,
-                    reason: "user_id above 2^63-1".to_owned(),
-                });
-            }
             lines.push(parsed);
         }
         Ok(lines)
@@ -164,47 +158,51 @@ impl Profiles {
 mod tests {
     use super::*;
 
+    fn user(id: u64) -> UserId {
+        UserId::new(id).unwrap()
+    }
+
     #[test]
     fn reads_profiles_and_defaults_to_medium() {
         let text = "{\"user_id\": 1, \"risk\": \"high\"}\n\n{\"user_id\": 2, \"risk\": \"low\"}\n{\"user_id\": 1, \"risk\": \"low\"}\n";
         let profiles = Profiles::from_lines(&Profiles::read_jsonl(text.as_bytes()).unwrap());
-        assert_eq!(profiles.risk(1), Risk::Low);
-        assert_eq!(profiles.risk(2), Risk::Low);
-        assert_eq!(profiles.risk(3), Risk::Medium);
+        assert_eq!(profiles.risk(user(1)), Risk::Low);
+        assert_eq!(profiles.risk(user(2)), Risk::Low);
+        assert_eq!(profiles.risk(user(3)), Risk::Medium);
     }
 
     #[test]
     fn unknown_fields_in_a_profile_line_are_ignored() {
         let text = "{\"user_id\": 7, \"risk\": \"high\", \"note\": \"vip\"}\n";
         let profiles = Profiles::from_lines(&Profiles::read_jsonl(text.as_bytes()).unwrap());
-        assert_eq!(profiles.risk(7), Risk::High);
+        assert_eq!(profiles.risk(user(7)), Risk::High);
     }
 
     #[test]
     fn an_event_gets_the_level_in_force_when_it_was_appended() {
         let mut p = Profiles::default();
-        p.change_at(1, 100, Some(Risk::High));
-        p.change_at(1, 200, Some(Risk::Low));
-        p.change_at(1, 300, None);
-        assert_eq!(p.risk_at(1, 99), Risk::Medium);
-        assert_eq!(p.risk_at(1, 100), Risk::High);
-        assert_eq!(p.risk_at(1, 199), Risk::High);
-        assert_eq!(p.risk_at(1, 200), Risk::Low);
-        assert_eq!(p.risk_at(1, 300), Risk::Medium);
-        assert_eq!(p.risk(1), Risk::Medium);
+        p.change_at(user(1), 100, Some(Risk::High));
+        p.change_at(user(1), 200, Some(Risk::Low));
+        p.change_at(user(1), 300, None);
+        assert_eq!(p.risk_at(user(1), 99), Risk::Medium);
+        assert_eq!(p.risk_at(user(1), 100), Risk::High);
+        assert_eq!(p.risk_at(user(1), 199), Risk::High);
+        assert_eq!(p.risk_at(user(1), 200), Risk::Low);
+        assert_eq!(p.risk_at(user(1), 300), Risk::Medium);
+        assert_eq!(p.risk(user(1)), Risk::Medium);
         assert_eq!(p.len(), 0);
         // A clock stepping back still sorts by time; the latest record by time is "now".
-        p.change_at(1, 150, Some(Risk::Low));
-        assert_eq!(p.risk_at(1, 160), Risk::Low);
-        assert_eq!(p.risk_at(1, 120), Risk::High);
-        assert_eq!(p.risk(1), Risk::Medium);
+        p.change_at(user(1), 150, Some(Risk::Low));
+        assert_eq!(p.risk_at(user(1), 160), Risk::Low);
+        assert_eq!(p.risk_at(user(1), 120), Risk::High);
+        assert_eq!(p.risk(user(1)), Risk::Medium);
         // A file's level holds at every time.
-        p.set(2, Risk::High);
-        assert_eq!(p.risk_at(2, i64::MIN), Risk::High);
+        p.set(user(2), Risk::High);
+        assert_eq!(p.risk_at(user(2), i64::MIN), Risk::High);
         assert_eq!(p.len(), 1);
-        p.change_at(2, 500, Some(Risk::Low));
-        assert_eq!(p.risk_at(2, 499), Risk::High);
-        assert_eq!(p.risk_at(2, 500), Risk::Low);
+        p.change_at(user(2), 500, Some(Risk::Low));
+        assert_eq!(p.risk_at(user(2), 499), Risk::High);
+        assert_eq!(p.risk_at(user(2), 500), Risk::Low);
         assert_eq!(p.len(), 1);
     }
 

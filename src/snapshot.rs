@@ -42,7 +42,7 @@ use rustc_hash::FxHashSet;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Guarantee, Settings};
-use crate::domain::UserId;
+use crate::domain::{Coord, UserId};
 use crate::idempotency::{Answer, DedupLimits, Keys, HEADER};
 use crate::kafka::read::{read_range, RangeError};
 use crate::kafka::{reader, KafkaLayerError, Reader};
@@ -382,18 +382,14 @@ fn fill_answers(
     };
     let users: std::collections::HashMap<i64, u64> = unknown.iter().copied().collect();
     let mut found = std::collections::HashSet::new();
-    let prefix = format!("{partition}-");
     scan_alerts_back(consumer, settings, partition, i64::MAX, timeout, |value| {
         let Ok(record) = AlertRecord::from_json(value) else {
             return ScanStep::Continue;
         };
-        let Some(offset) = record
-            .event_id
-            .strip_prefix(&prefix)
-            .and_then(|o| o.parse::<i64>().ok())
-        else {
+        if record.event_id.partition != partition {
             return ScanStep::Continue;
-        };
+        }
+        let offset = record.event_id.offset;
         if let (
             Some(&user),
             None,
@@ -494,7 +490,6 @@ fn answered_offsets(
     if settings.processing.guarantee != Guarantee::AtLeastOnce {
         return Ok(FxHashSet::default());
     }
-    let prefix = format!("{partition}-");
     let mut answered = FxHashSet::default();
     let limit = i64::try_from(settings.processing.max_batch_events)
         .unwrap_or(i64::MAX / 8)
@@ -506,7 +501,7 @@ fn answered_offsets(
         partition,
         limit,
         timeout,
-        |value| match response_offset(value, &prefix) {
+        |value| match response_offset(value, partition) {
             Some(offset) if offset >= from => {
                 answered.insert(offset);
                 ScanStep::Continue
@@ -518,15 +513,17 @@ fn answered_offsets(
     Ok(answered)
 }
 
-/// The input offset a response record answers, when it answers input partition `prefix`
-/// (`"<partition>-"`).
-fn response_offset(value: &[u8], prefix: &str) -> Option<i64> {
+/// The input offset a response record answers, when it answers input partition `partition`
+/// (only its `event_id` is read).
+fn response_offset(value: &[u8], partition: i32) -> Option<i64> {
     #[derive(Deserialize)]
     struct EventId {
         event_id: String,
     }
     let id = serde_json::from_slice::<EventId>(value).ok()?.event_id;
-    id.strip_prefix(prefix)?.parse().ok()
+    Coord::parse_event_id(&id)
+        .filter(|at| at.partition == partition)
+        .map(|at| at.offset)
 }
 
 /// The group's committed offset of an input partition (waits for pending transactional commits).
@@ -601,7 +598,7 @@ pub fn load_record(
         rebuild.load_marker(decode_marker(payload)?);
         return Ok(());
     }
-    let Some(UserId(user_id)) = key.and_then(UserId::parse) else {
+    let Some(user_id) = key.and_then(UserId::parse).map(UserId::get) else {
         return Err("record without a numeric user_id key".to_owned());
     };
     let record = decode_record(payload)?;

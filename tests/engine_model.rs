@@ -46,12 +46,12 @@ impl Reference {
     }
 
     fn apply(&mut self, e: Event, risk: Risk) -> Result<Vec<u32>, ()> {
-        let history = self.histories.entry(e.user_id.0).or_default();
+        let history = self.histories.entry(e.user_id.get()).or_default();
         if history.last().is_some_and(|last| e.time < last.time) {
             return Err(());
         }
         history.push(e);
-        let history = self.histories[&e.user_id.0].clone();
+        let history = self.histories[&e.user_id.get()].clone();
         let c = &self.config;
         let mut codes = Vec::new();
 
@@ -197,7 +197,7 @@ fn check(config: FixedRulesConfig, unit: TimeUnit, steps: Vec<Step>) -> Result<(
         let event = Event {
             kind: s.kind,
             amount: Amount::parse(s.amount).unwrap(),
-            user_id: UserId(s.user),
+            user_id: UserId::new(s.user).unwrap(),
             time,
         };
         let expected = reference.apply(event, s.risk);

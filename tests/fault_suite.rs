@@ -154,7 +154,7 @@ fn generate(rng: &mut StdRng, n: usize, partitions: i32) -> Vec<Input> {
                 };
             }
             if roll < 0.02 {
-                let home = partition_for_user(UserId(user), partitions);
+                let home = partition_for_user(UserId::new(user).unwrap(), partitions);
                 let elsewhere = (home + rng.gen_range(1..partitions)) % partitions;
                 return Input {
                     partition: Some(elsewhere),

@@ -24,6 +24,7 @@ use user_monitor::config::Settings;
 use user_monitor::domain::response::AlertRecord;
 use user_monitor::domain::Coord;
 use user_monitor::domain::Risk;
+use user_monitor::domain::UserId;
 use user_monitor::domain::Verdict;
 use user_monitor::engine::Input;
 use user_monitor::health::Readiness;
@@ -116,7 +117,7 @@ impl Backend for MemoryBackend {
                     key: idempotency_key.as_deref().map(str::as_bytes),
                 },
                 ALONE,
-                |user| profiles.risk(user.0),
+                |user| profiles.risk(user),
             );
             let user_id = match &verdict {
                 Verdict::Accepted { user_id, .. } | Verdict::Duplicate { user_id, .. } => {
@@ -155,7 +156,7 @@ impl Backend for MemoryBackend {
 
     fn produce_profile(
         &self,
-        user_id: u64,
+        user_id: UserId,
         risk: Risk,
     ) -> BoxFuture<'static, Result<Delivered, ProduceError>> {
         if *self.mode.lock().unwrap() == Mode::Down {
@@ -191,7 +192,7 @@ impl Backend for MemoryBackend {
     fn change_risk(
         &self,
         actor: String,
-        user_id: u64,
+        user_id: UserId,
         risk: Risk,
     ) -> BoxFuture<'static, Result<AuditEntry, ProduceError>> {
         if *self.mode.lock().unwrap() == Mode::Down {
@@ -557,7 +558,7 @@ async fn a_response_arriving_while_waiting_completes_the_request() {
         hub.ingest(
             AlertRecord::accepted(
                 Coord::new(0, 0),
-                1,
+                UserId::new(1).unwrap(),
                 &codes,
                 Risk::Medium,
                 EXAMPLE.as_bytes(),

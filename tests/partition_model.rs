@@ -59,7 +59,7 @@ struct Change {
 fn all_of(changes: &[Change]) -> Profiles {
     let mut profiles = Profiles::default();
     for c in changes {
-        profiles.change_at(c.user, c.time, c.risk);
+        profiles.change_at(UserId::new(c.user).unwrap(), c.time, c.risk);
     }
     profiles
 }
@@ -76,7 +76,8 @@ impl Follower {
     /// Reads the log up to (excluding) record `until`.
     fn read_to(&mut self, changes: &[Change], until: usize) {
         for c in changes.iter().take(until).skip(self.read) {
-            self.profiles.change_at(c.user, c.time, c.risk);
+            self.profiles
+                .change_at(UserId::new(c.user).unwrap(), c.time, c.risk);
         }
         self.read = self.read.max(until.min(changes.len()));
     }
@@ -89,7 +90,7 @@ impl Follower {
 
     /// The level of `user` in force when the input record at `offset` was appended.
     fn risk(&self, user: UserId, offset: i64) -> Risk {
-        self.profiles.risk_at(user.0, appended(offset))
+        self.profiles.risk_at(user, appended(offset))
     }
 }
 
@@ -464,7 +465,7 @@ fn uninterrupted_run(
     let verdicts = (0..input.len() as i64)
         .map(|offset| {
             oracle.judge(input_at(input, offset), PLACEMENT, |user| {
-                profiles.risk_at(user.0, appended(offset))
+                profiles.risk_at(user, appended(offset))
             })
         })
         .collect();
@@ -643,7 +644,10 @@ proptest! {
 fn a_replayed_event_survives_a_second_crash_after_a_round_of_other_users() {
     // user 2 and user 5 are both at home in partition 0 of 2 (checked below).
     let home = |u| {
-        user_monitor::domain::partitioner::partition_for_user(user_monitor::domain::UserId(u), 2)
+        user_monitor::domain::partitioner::partition_for_user(
+            user_monitor::domain::UserId::new(u).unwrap(),
+            2,
+        )
     };
     let (a, b) = (0..100)
         .filter(|&u| home(u) == 0)
@@ -698,7 +702,7 @@ fn a_replayed_event_survives_a_second_crash_after_a_round_of_other_users() {
 fn a_batch_held_back_after_a_failed_catch_up_is_judged_by_the_risk_in_force_when_appended() {
     let user = (0..100)
         .find(|&u| {
-            user_monitor::domain::partitioner::partition_for_user(UserId(u), 2)
+            user_monitor::domain::partitioner::partition_for_user(UserId::new(u).unwrap(), 2)
                 == PLACEMENT.partition
         })
         .unwrap();

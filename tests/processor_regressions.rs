@@ -297,7 +297,7 @@ fn a_valid_event_in_the_wrong_partition_is_rejected_and_splits_no_state() {
     let world = World::new("wrong-partition", partitions);
     world.create_topics();
     let user = 4242u64;
-    let home = partition_for_user(UserId(user), partitions);
+    let home = partition_for_user(UserId::new(user).unwrap(), partitions);
     let elsewhere = (home + 1) % partitions;
     let keyed_user = |line: Vec<u8>| (Some(user.to_string()), line);
     let mut processor = world.spawn_processor(0);
@@ -342,7 +342,7 @@ fn a_valid_event_in_the_wrong_partition_is_rejected_and_splits_no_state() {
     ));
     // Another user of the misplaced records' partition is answered as usual.
     let neighbour = (1..10_000u64)
-        .find(|&u| partition_for_user(UserId(u), partitions) == elsewhere)
+        .find(|&u| partition_for_user(UserId::new(u).unwrap(), partitions) == elsewhere)
         .unwrap();
     let neighbour_line = event("withdraw", "101", neighbour, 1);
     let neighbour_at = world.produce(
@@ -408,7 +408,7 @@ fn a_kill_minus_nine_instance_is_processing_again_within_seconds() {
     let users: Vec<u64> = (0..partitions)
         .map(|p| {
             (1..10_000u64)
-                .find(|&u| partition_for_user(UserId(u), partitions) == p)
+                .find(|&u| partition_for_user(UserId::new(u).unwrap(), partitions) == p)
                 .unwrap()
         })
         .collect();

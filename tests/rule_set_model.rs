@@ -43,7 +43,7 @@ struct Naive {
 
 impl Naive {
     fn apply(&mut self, e: Event, risk: Risk, set: &RuleSet) -> Result<Vec<u32>, ()> {
-        let history = self.histories.entry(e.user_id.0).or_default();
+        let history = self.histories.entry(e.user_id.get()).or_default();
         if history.last().is_some_and(|last| e.time < last.time) {
             return Err(());
         }
@@ -218,7 +218,7 @@ proptest! {
             let event = Event {
                 kind: if s.deposit { EventKind::Deposit } else { EventKind::Withdraw },
                 amount: Amount::parse(s.amount).unwrap(),
-                user_id: UserId(s.user),
+                user_id: UserId::new(s.user).unwrap(),
                 time,
             };
             let expected = naive.apply(event, s.risk, &set);

@@ -101,7 +101,7 @@ async fn replayed_batches_store_each_record_once_and_offsets_never_go_back(store
         "every other record is an alert, listed once"
     );
     let stored = store.event(Coord::new(1, 4)).await.unwrap().unwrap();
-    assert_eq!(stored.record.event_id, "1-4");
+    assert_eq!(stored.record.event_id.event_id(), "1-4");
     assert_eq!(stored.order.timestamp, 1004);
     assert!(store.event(Coord::new(0, 4)).await.unwrap().is_none());
 }
@@ -129,7 +129,7 @@ async fn alerts_filter_by_user_code_and_time_range(store: Store) {
             &store,
             AlertQuery {
                 code: Some(30),
-                user_id: Some(3),
+                user_id: Some(user(3)),
                 limit: 3,
                 ..Default::default()
             },
@@ -145,7 +145,7 @@ async fn alerts_filter_by_user_code_and_time_range(store: Store) {
         all_alerts(
             &store,
             AlertQuery {
-                user_id: Some(3),
+                user_id: Some(user(3)),
                 limit: 1000,
                 ..Default::default()
             },
@@ -184,7 +184,7 @@ async fn alerts_filter_by_user_code_and_time_range(store: Store) {
     let mut before = None;
     let mut history = Vec::new();
     loop {
-        let page = store.user_events(5, before, 4).await.unwrap();
+        let page = store.user_events(user(5), before, 4).await.unwrap();
         history.extend(page.items.iter().map(|s| s.order.offset));
         match page.next {
             Some(next) => before = Some(next),
@@ -196,7 +196,7 @@ async fn alerts_filter_by_user_code_and_time_range(store: Store) {
         (0..200).rev().filter(|i| i % 7 == 5).collect::<Vec<_>>()
     );
     assert!(store
-        .user_events(99, None, 10)
+        .user_events(user(99), None, 10)
         .await
         .unwrap()
         .items
@@ -315,4 +315,8 @@ async fn unreadable_records_are_skipped_and_counted(store: Store) {
         4,
         "past the bad ones"
     );
+}
+
+fn user(id: u64) -> user_monitor::domain::UserId {
+    user_monitor::domain::UserId::new(id).unwrap()
 }

@@ -32,9 +32,10 @@ impl Kind {
     }
 }
 
-/// A user id: a JSON integer in `0..=2^63-1`.
+/// A user id: a JSON integer in `0..=2^63-1`. Only made by [`UserId::parse`], [`UserId::new`]
+/// and event decoding, which check the range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct UserId(pub u64);
+pub struct UserId(u64);
 
 impl UserId {
     /// The largest user id: `2^63 - 1`, what every JSON producer can write exactly as an integer.
@@ -55,6 +56,26 @@ impl UserId {
     /// A user id read from elsewhere (a profiles file): `None` above [`UserId::MAX`].
     pub fn new(value: u64) -> Option<UserId> {
         (value <= MAX_INTEGER).then_some(UserId(value))
+    }
+
+    /// The id as a number (a map key, a database column, a partitioner input).
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+}
+
+/// Written as the JSON integer it is.
+impl serde::Serialize for UserId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u64(self.0)
+    }
+}
+
+/// Read from a JSON integer in range (a profiles file line, a wire record).
+impl<'de> serde::Deserialize<'de> for UserId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = u64::deserialize(deserializer)?;
+        UserId::new(value).ok_or_else(|| serde::de::Error::custom("user_id above 2^63-1"))
     }
 }
 

@@ -48,7 +48,7 @@ pub fn partition_for_key(key: &[u8], partitions: i32) -> i32 {
 /// The partition a user's records belong to: the key is the decimal user id.
 pub fn partition_for_user(user_id: UserId, partitions: i32) -> i32 {
     let mut buf = itoa::Buffer::new();
-    partition_for_key(buf.format(user_id.0).as_bytes(), partitions)
+    partition_for_key(buf.format(user_id.get()).as_bytes(), partitions)
 }
 
 #[cfg(test)]
@@ -83,10 +83,10 @@ mod tests {
     #[test]
     fn a_user_maps_to_one_partition_in_range() {
         for user in 0..1000u64 {
-            let p = partition_for_user(UserId(user), 6);
+            let p = partition_for_user(UserId::new(user).unwrap(), 6);
             assert!((0..6).contains(&p));
-            assert_eq!(p, partition_for_user(UserId(user), 6));
+            assert_eq!(p, partition_for_user(UserId::new(user).unwrap(), 6));
         }
-        assert_eq!(partition_for_user(UserId(7), 1), 0);
+        assert_eq!(partition_for_user(UserId::new(7).unwrap(), 1), 0);
     }
 }

@@ -5,6 +5,7 @@ use std::io::{self, Write};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use super::event::UserId;
 use super::risk::Risk;
 use super::verdict::{AlertCodes, Coord, Verdict};
 
@@ -110,12 +111,12 @@ impl Rejection {
 /// then `event`, the input as sent when it is JSON, else `event_text`, the input as lossy text.
 #[derive(Debug, Clone)]
 pub struct AlertRecord {
-    /// `"<partition>-<offset>"` of the input record.
-    pub event_id: String,
+    /// The input record's coordinates, written `"<partition>-<offset>"`.
+    pub event_id: Coord,
     /// A retry under an idempotency key already used: the `event_id` of the original, whose
     /// answer this record repeats (alert fields, `alert_id` and `risk` are the original's).
-    pub duplicate_of: Option<String>,
-    pub user_id: Option<u64>,
+    pub duplicate_of: Option<Coord>,
+    pub user_id: Option<UserId>,
     pub outcome: Outcome,
     /// The version of the rule set the event was judged under (CONTRACT §10).
     pub rules_version: Option<String>,
@@ -198,14 +199,18 @@ pub enum RecordError {
     Json(#[from] serde_json::Error),
     #[error("invalid alert record: neither alert fields nor error")]
     Incomplete,
+    #[error("invalid alert record: {0:?} is not an event id (\"<partition>-<offset>\")")]
+    EventId(String),
+    #[error("invalid alert record: user_id {0} above 2^63-1")]
+    UserId(u64),
 }
 
 impl Serialize for AlertRecord {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut wire = WireRecord {
-            event_id: self.event_id.as_str().into(),
-            duplicate_of: self.duplicate_of.as_deref().map(Into::into),
-            user_id: self.user_id,
+            event_id: self.event_id.event_id().into(),
+            duplicate_of: self.duplicate_of.map(|of| of.event_id().into()),
+            user_id: self.user_id.map(UserId::get),
             alert: None,
             alert_codes: None,
             alert_id: None,
@@ -261,10 +266,16 @@ pub fn truncate_text(text: &str, max: usize) -> &str {
 
 impl AlertRecord {
     /// The response to an accepted event.
-    pub fn accepted(at: Coord, user_id: u64, codes: &AlertCodes, risk: Risk, input: &[u8]) -> Self {
+    pub fn accepted(
+        at: Coord,
+        user_id: UserId,
+        codes: &AlertCodes,
+        risk: Risk,
+        input: &[u8],
+    ) -> Self {
         let (event, event_text) = raw_event(input);
         AlertRecord {
-            event_id: at.event_id(),
+            event_id: at,
             duplicate_of: None,
             user_id: Some(user_id),
             outcome: Outcome::Accepted {
@@ -283,7 +294,7 @@ impl AlertRecord {
     /// original's answer, marked as such.
     pub fn duplicate(
         at: Coord,
-        user_id: u64,
+        user_id: UserId,
         of: Coord,
         codes: &[u32],
         risk: Risk,
@@ -291,8 +302,8 @@ impl AlertRecord {
     ) -> Self {
         let (event, event_text) = raw_event(input);
         AlertRecord {
-            event_id: at.event_id(),
-            duplicate_of: Some(of.event_id()),
+            event_id: at,
+            duplicate_of: Some(of),
             user_id: Some(user_id),
             outcome: Outcome::Accepted {
                 alert_codes: codes.to_vec(),
@@ -309,14 +320,14 @@ impl AlertRecord {
     /// The response to a rejected input.
     pub fn rejected(
         at: Coord,
-        user_id: Option<u64>,
+        user_id: Option<UserId>,
         rejection: Rejection,
         error: String,
         input: &[u8],
     ) -> Self {
         let (event, event_text) = raw_event(input);
         AlertRecord {
-            event_id: at.event_id(),
+            event_id: at,
             duplicate_of: None,
             user_id,
             outcome: Outcome::Rejected { rejection, error },
@@ -345,7 +356,7 @@ impl AlertRecord {
                 evidence,
                 ..
             } => {
-                let mut record = AlertRecord::accepted(at, user_id.0, codes, *risk, echoed);
+                let mut record = AlertRecord::accepted(at, *user_id, codes, *risk, echoed);
                 record.evidence = evidence
                     .as_deref()
                     .and_then(|e| RawValue::from_string(e.to_owned()).ok());
@@ -357,7 +368,7 @@ impl AlertRecord {
                 error,
             } => AlertRecord::rejected(
                 at,
-                user_id.map(|u| u.0),
+                *user_id,
                 *rejection,
                 truncate_text(error, MAX_ERROR_BYTES).to_owned(),
                 echoed,
@@ -366,7 +377,7 @@ impl AlertRecord {
                 user_id,
                 of,
                 answer: Some(answer),
-            } => AlertRecord::duplicate(at, user_id.0, *of, &answer.codes, answer.risk, echoed),
+            } => AlertRecord::duplicate(at, *user_id, *of, &answer.codes, answer.risk, echoed),
             Verdict::Duplicate {
                 user_id,
                 of,
@@ -374,14 +385,14 @@ impl AlertRecord {
             } => {
                 let mut record = AlertRecord::rejected(
                     at,
-                    Some(user_id.0),
+                    Some(*user_id),
                     Rejection::IdempotencyConflict,
                     format!(
                         "a retry of event {of} whose answer is no longer retained; it was not applied again"
                     ),
                     echoed,
                 );
-                record.duplicate_of = Some(of.event_id());
+                record.duplicate_of = Some(*of);
                 record
             }
             Verdict::AlreadyApplied { .. } => return None,
@@ -418,10 +429,15 @@ impl AlertRecord {
             },
             _ => return Err(RecordError::Incomplete),
         };
+        let coord =
+            |id: &str| Coord::parse_event_id(id).ok_or_else(|| RecordError::EventId(id.to_owned()));
         Ok(AlertRecord {
-            event_id: wire.event_id.into_owned(),
-            duplicate_of: wire.duplicate_of.map(|d| d.into_owned()),
-            user_id: wire.user_id,
+            event_id: coord(&wire.event_id)?,
+            duplicate_of: wire.duplicate_of.as_deref().map(coord).transpose()?,
+            user_id: wire
+                .user_id
+                .map(|id| UserId::new(id).ok_or(RecordError::UserId(id)))
+                .transpose()?,
             outcome,
             rules_version: wire.rules_version.map(|v| v.into_owned()),
             evidence: wire.evidence.map(|raw| raw.to_owned()),
@@ -447,7 +463,7 @@ impl AlertRecord {
             Outcome::Accepted { alert_codes, .. } => Some(LegacyResponse {
                 alert: !alert_codes.is_empty(),
                 alert_codes: alert_codes.clone(),
-                user_id: self.user_id?,
+                user_id: self.user_id?.get(),
             }),
             Outcome::Rejected { .. } => None,
         }
@@ -489,8 +505,13 @@ mod tests {
     #[test]
     fn accepted_record_carries_ids_risk_and_the_original_event() {
         let input = br#"{"type":"withdraw","amount":"200","user_id":3,"time":0,"extra":1}"#;
-        let record =
-            AlertRecord::accepted(Coord::new(2, 41), 3, &codes(&[1100]), Risk::High, input);
+        let record = AlertRecord::accepted(
+            Coord::new(2, 41),
+            UserId::new(3).unwrap(),
+            &codes(&[1100]),
+            Risk::High,
+            input,
+        );
         let json: serde_json::Value = serde_json::from_slice(&record.to_json()).unwrap();
         assert_eq!(json["event_id"], "2-41");
         assert_eq!(json["alert_id"], "alert-2-41");
@@ -504,7 +525,13 @@ mod tests {
     #[test]
     fn no_alert_has_a_null_alert_id_and_errors_have_none() {
         let input = br#"{"type":"deposit","amount":"1","user_id":3,"time":0}"#;
-        let record = AlertRecord::accepted(Coord::new(0, 0), 3, &codes(&[]), Risk::Medium, input);
+        let record = AlertRecord::accepted(
+            Coord::new(0, 0),
+            UserId::new(3).unwrap(),
+            &codes(&[]),
+            Risk::Medium,
+            input,
+        );
         let json: serde_json::Value = serde_json::from_slice(&record.to_json()).unwrap();
         assert!(json.get("alert_id").unwrap().is_null());
         let error = AlertRecord::rejected(

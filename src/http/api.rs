@@ -274,7 +274,11 @@ impl EventView {
         EventView {
             subject: Subject::Pending(PendingEvent {
                 event_id: found.at.event_id(),
-                user_id: found.key.as_deref().and_then(UserId::parse).map(|u| u.0),
+                user_id: found
+                    .key
+                    .as_deref()
+                    .and_then(UserId::parse)
+                    .map(|u| u.get()),
                 event_text: event.is_none().then(|| text.into_owned()),
                 event,
             }),

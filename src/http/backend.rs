@@ -22,6 +22,7 @@ use crate::config::Settings;
 use crate::domain::response::AlertRecord;
 use crate::domain::Coord;
 use crate::domain::Risk;
+use crate::domain::UserId;
 use crate::kafka::profiles::ProfilesFollower;
 use crate::kafka::read::{partitions, read_range, RangeError};
 use crate::kafka::rules::{Current, Published, RulesKey};
@@ -74,7 +75,7 @@ pub trait Backend: Send + Sync + 'static {
     /// Produces `{"risk": ...}` for a user to the profiles topic and waits for the acknowledgement.
     fn produce_profile(
         &self,
-        user_id: u64,
+        user_id: UserId,
         risk: Risk,
     ) -> BoxFuture<'static, Result<Delivered, ProduceError>>;
 
@@ -91,7 +92,7 @@ pub trait Backend: Send + Sync + 'static {
     fn change_risk(
         &self,
         actor: String,
-        user_id: u64,
+        user_id: UserId,
         risk: Risk,
     ) -> BoxFuture<'static, Result<AuditEntry, ProduceError>>;
 
@@ -263,7 +264,7 @@ impl Backend for KafkaBackend {
 
     fn produce_profile(
         &self,
-        user_id: u64,
+        user_id: UserId,
         risk: Risk,
     ) -> BoxFuture<'static, Result<Delivered, ProduceError>> {
         if !self.ready() {
@@ -288,7 +289,7 @@ impl Backend for KafkaBackend {
     fn change_risk(
         &self,
         actor: String,
-        user_id: u64,
+        user_id: UserId,
         risk: Risk,
     ) -> BoxFuture<'static, Result<AuditEntry, ProduceError>> {
         if !self.ready() {
@@ -306,7 +307,7 @@ impl Backend for KafkaBackend {
                 .map_err(not_acknowledged)?
                 .pop()
                 .expect("one change, one audit entry");
-            tracing::info!(user_id, actor = %entry.actor, before = %entry.before, after = %entry.after, "risk changed");
+            tracing::info!(user_id = user_id.get(), actor = %entry.actor, before = %entry.before, after = %entry.after, "risk changed");
             Ok(entry)
         };
         // The profile, once published, may still apply: the client sees 503 and may retry.
@@ -425,7 +426,7 @@ impl ChangeLog for ShimChanges {
         .await
     }
 
-    async fn risk_levels(&self, users: &[u64]) -> Result<Vec<Risk>, KafkaLayerError> {
+    async fn risk_levels(&self, users: &[UserId]) -> Result<Vec<Risk>, KafkaLayerError> {
         let follower = Arc::clone(&self.profiles);
         let users = users.to_vec();
         let timeout = self.settings.http.produce_timeout;
@@ -601,7 +602,7 @@ fn find_response(
                     continue;
                 }
                 if let Ok(record) = AlertRecord::from_json(payload) {
-                    if record.event_id == wanted {
+                    if record.event_id == at {
                         return Ok(Some(record));
                     }
                 }
@@ -619,7 +620,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 fn current_risks(
     settings: &Settings,
     follower: &std::sync::Mutex<Option<ProfilesFollower>>,
-    users: &[u64],
+    users: &[UserId],
     timeout: Duration,
 ) -> Result<Vec<Risk>, KafkaLayerError> {
     let mut guard = follower.lock().expect("profiles follower poisoned");

@@ -70,15 +70,7 @@ fn follow(settings: &Settings, consumer: &Reader, hub: &Hub, stop: &Cancellation
                 };
                 let timestamp = message.timestamp().to_millis().unwrap_or(0);
                 match AlertRecord::from_json(payload) {
-                    Ok(record) => {
-                        if !hub.ingest(record, timestamp) {
-                            tracing::warn!(
-                                partition = message.partition(),
-                                offset = message.offset(),
-                                "skipping alerts record whose event_id is not a coordinate"
-                            );
-                        }
-                    }
+                    Ok(record) => hub.ingest(record, timestamp),
                     Err(e) => tracing::warn!(
                         partition = message.partition(),
                         offset = message.offset(),

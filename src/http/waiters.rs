@@ -90,12 +90,9 @@ impl Hub {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes one record of the alerts topic (`timestamp` is that record's, in ms). Returns false
-    /// when the record's `event_id` is not an input coordinate (it is then ignored).
-    pub fn ingest(&self, record: AlertRecord, timestamp: i64) -> bool {
-        let Some(Coord { partition, offset }) = Coord::parse_event_id(&record.event_id) else {
-            return false;
-        };
+    /// Takes one record of the alerts topic (`timestamp` is that record's, in ms).
+    pub fn ingest(&self, record: AlertRecord, timestamp: i64) {
+        let Coord { partition, offset } = record.event_id;
         let stored = Arc::new(Stored {
             order: OrderKey {
                 timestamp,
@@ -113,7 +110,6 @@ impl Hub {
             let _ = waiter.send(Arc::clone(&stored));
         }
         self.ingested.fetch_add(1, Ordering::Relaxed);
-        true
     }
 
     /// Registers interest in the response to `key`, or returns it when already known. Checking and
@@ -167,13 +163,13 @@ impl Hub {
 mod tests {
     use super::*;
     use crate::domain::response::Outcome;
-    use crate::domain::Risk;
+    use crate::domain::{Risk, UserId};
 
     fn record(partition: i32, offset: i64, user_id: u64, codes: &[u32]) -> AlertRecord {
         AlertRecord {
-            event_id: format!("{partition}-{offset}"),
+            event_id: Coord::new(partition, offset),
             duplicate_of: None,
-            user_id: Some(user_id),
+            user_id: UserId::new(user_id),
             outcome: Outcome::Accepted {
                 alert_codes: codes.to_vec(),
                 alert_id: (!codes.is_empty()).then(|| format!("alert-{partition}-{offset}")),
@@ -193,8 +189,8 @@ mod tests {
             panic!("nothing arrived yet");
         };
         assert!(rx.try_recv().is_err());
-        assert!(hub.ingest(record(0, 1, 5, &[]), 1));
-        assert_eq!(rx.try_recv().unwrap().record.event_id, "0-1");
+        hub.ingest(record(0, 1, 5, &[]), 1);
+        assert_eq!(rx.try_recv().unwrap().record.event_id, Coord::new(0, 1));
         assert!(matches!(hub.wait_for(Coord::new(0, 1)), Wait::Ready(_)));
         assert_eq!(hub.pending(), 0);
     }

@@ -193,8 +193,7 @@ impl ProfilesFollower {
                 let user_id = message
                     .key()
                     .and_then(|k| std::str::from_utf8(k).ok())
-                    .and_then(|k| UserId::parse(k.trim()))
-                    .map(|user| user.0);
+                    .and_then(|k| UserId::parse(k.trim()));
                 let Some(user_id) = user_id else {
                     tracing::warn!(
                         offset = message.offset(),
@@ -210,7 +209,7 @@ impl ProfilesFollower {
                     Some(payload) => match serde_json::from_slice::<ProfileValue>(payload) {
                         Ok(value) => self.profiles.change_at(user_id, since, Some(value.risk)),
                         Err(e) => {
-                            tracing::warn!(user_id, offset = message.offset(), error = %e, "skipping unreadable profile record")
+                            tracing::warn!(user_id = user_id.get(), offset = message.offset(), error = %e, "skipping unreadable profile record")
                         }
                     },
                 }

@@ -411,7 +411,7 @@ impl Processor {
                 payload: message.payload().unwrap_or_default(),
                 key: snapshot::idempotency_key(message),
             },
-            |user| judging.risk_at(user.0, appended),
+            |user| judging.risk_at(user, appended),
             Sets {
                 active,
                 shadow,

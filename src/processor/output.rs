@@ -450,7 +450,7 @@ impl<'a> ShadowRecord<'a> {
         let (active_codes, shadow_codes) = (codes.as_slice(), shadow_codes.as_slice());
         Some(ShadowRecord {
             event_id: at.event_id(),
-            user_id: user_id.0,
+            user_id: user_id.get(),
             risk: *risk,
             active_version: &active.version,
             shadow_version: &shadow_set.version,

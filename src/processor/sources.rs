@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::Settings;
 use crate::domain::Risk;
+use crate::domain::UserId;
 use crate::kafka::profiles::ProfilesFollower;
 use crate::kafka::KafkaLayerError;
 use crate::metrics::Metrics;
@@ -98,7 +99,7 @@ impl Judging<'_> {
     }
 
     /// The user's risk level in force for a record appended at `appended` (ms).
-    pub(super) fn risk_at(&self, user_id: u64, appended: i64) -> Risk {
+    pub(super) fn risk_at(&self, user_id: UserId, appended: i64) -> Risk {
         self.sources.follower.profiles().risk_at(user_id, appended)
     }
 }

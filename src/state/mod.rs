@@ -42,7 +42,7 @@ mod test_support {
         Event {
             kind,
             amount: Amount::parse(amount).unwrap(),
-            user_id: UserId(1),
+            user_id: UserId::new(1).unwrap(),
             time,
         }
     }

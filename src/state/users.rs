@@ -114,7 +114,7 @@ impl Users {
         set: &RuleSet,
         bounds: &Bounds,
     ) -> Result<Fired, OutOfOrder> {
-        let slot = self.slot(event.user_id.0);
+        let slot = self.slot(event.user_id.get());
         let mut fired = Fired::default();
         self.apply_at(slot, event, risk, set, bounds, &mut fired, true)?;
         Ok(fired)
@@ -173,7 +173,7 @@ mod tests {
             } else {
                 &twenty
             };
-            let slot = swapped.slot(e.user_id.0);
+            let slot = swapped.slot(e.user_id.get());
             let mut fired = Fired::default();
             let got = swapped
                 .apply_at(slot, e, Risk::Low, set, &bounds, &mut fired, false)
@@ -192,10 +192,10 @@ mod tests {
             };
             assert_eq!(&got, want, "event {i}");
             if got.is_ok() {
-                let before = swapped.export(e.user_id.0);
+                let before = swapped.export(e.user_id.get());
                 swapped.evaluate_at(slot, e, Risk::Low, other, &mut shadow);
                 assert_eq!(Ok(shadow.codes.clone()), *other_want, "shadow, event {i}");
-                assert_eq!(swapped.export(e.user_id.0), before);
+                assert_eq!(swapped.export(e.user_id.get()), before);
             }
         }
     }

@@ -10,7 +10,7 @@ use sqlx::Row as _;
 
 use super::{Dialect, Store, StoreError};
 use crate::domain::response::{AlertRecord, Outcome};
-use crate::domain::Coord;
+use crate::domain::{Coord, UserId};
 
 /// The order of every list: the alerts record's timestamp (ms), then the input coordinates.
 /// Stable across shim instances and restarts, so cursors are too.
@@ -70,7 +70,7 @@ impl Stored {
 /// The filters of `GET /api/v1/alerts`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AlertQuery {
-    pub user_id: Option<u64>,
+    pub user_id: Option<UserId>,
     pub code: Option<u32>,
     /// Only alerts whose timestamp (ms) is at least this.
     pub since: Option<i64>,
@@ -112,7 +112,7 @@ impl Store {
             args.push(&mut sql, i64::from(code));
             if let Some(user) = query.user_id {
                 sql.push_str(" AND r.user_id = ");
-                args.push(&mut sql, user as i64);
+                args.push(&mut sql, user.get() as i64);
             }
             "c."
         } else if let Some(user) = query.user_id {
@@ -124,7 +124,7 @@ impl Store {
                 Dialect::Postgres => "SELECT part, off, ts, body FROM records",
             });
             sql.push_str(" WHERE user_id = ");
-            args.push(&mut sql, user as i64);
+            args.push(&mut sql, user.get() as i64);
             sql.push_str(" AND is_alert = 1");
             ""
         } else {
@@ -146,13 +146,13 @@ impl Store {
     /// A user's events newest first, paged.
     pub async fn user_events(
         &self,
-        user_id: u64,
+        user_id: UserId,
         before: Option<OrderKey>,
         limit: usize,
     ) -> Result<Page, StoreError> {
         let mut sql = String::from("SELECT part, off, ts, body FROM records WHERE user_id = ");
         let mut args = Args::default();
-        args.push(&mut sql, user_id as i64);
+        args.push(&mut sql, user_id.get() as i64);
         self.page(sql, args, "", before, limit).await
     }
 

@@ -35,12 +35,7 @@ impl Row {
     /// The row of one alerts-topic record (`timestamp` is that record's, in ms), or why not.
     pub fn from_record(payload: &[u8], timestamp: i64) -> Result<Row, String> {
         let record = AlertRecord::from_json(payload).map_err(|e| e.to_string())?;
-        let Some(Coord { partition, offset }) = Coord::parse_event_id(&record.event_id) else {
-            return Err(format!(
-                "event_id {:?} is not an input coordinate",
-                record.event_id
-            ));
-        };
+        let Coord { partition, offset } = record.event_id;
         let body = std::str::from_utf8(payload)
             .map_err(|e| e.to_string())?
             .to_owned();
@@ -73,7 +68,7 @@ impl Row {
             .and_then(|t| i64::try_from(t).ok());
         Row {
             order,
-            user_id: record.user_id.and_then(|u| i64::try_from(u).ok()),
+            user_id: record.user_id.and_then(|u| i64::try_from(u.get()).ok()),
             // A retry's record repeats its original's alert: listed once, as the original.
             is_alert: record.alert_id().is_some() && record.duplicate_of.is_none(),
             codes,

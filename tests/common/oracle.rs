@@ -145,7 +145,7 @@ impl Oracle {
                 risk,
                 ..
             } => Ok(Accepted {
-                user_id: user_id.0,
+                user_id: user_id.get(),
                 codes: codes.as_slice().to_vec(),
                 risk,
             }),
@@ -181,7 +181,7 @@ pub fn expected(lines: &[Vec<u8>], profiles: &Profiles) -> Vec<Result<serde_json
         .iter()
         .map(|line| {
             oracle
-                .answer(line, |user| profiles.risk(user.0))
+                .answer(line, |user| profiles.risk(user))
                 .map(|accepted| accepted.legacy())
                 .map_err(|_| ())
         })
@@ -333,7 +333,7 @@ pub fn expected_in_partition_order_timed(
     inputs: &[((i32, i64), &[u8], i64)],
     partitions: i32,
     set: &RuleSet,
-    risk_at: impl Fn(u64, i64) -> Risk,
+    risk_at: impl Fn(UserId, i64) -> Risk,
 ) -> HashMap<(i32, i64), Expected> {
     let mut sorted: Vec<_> = inputs.to_vec();
     sorted.sort_by_key(|(coordinate, _, _)| *coordinate);
@@ -351,7 +351,7 @@ pub fn expected_in_partition_order_timed(
                 partitions,
             };
             let at_home = |user| partition_for_user(user, partitions) == partition;
-            let expected = match oracle.judge(input, placement, |user| risk_at(user.0, appended)) {
+            let expected = match oracle.judge(input, placement, |user| risk_at(user, appended)) {
                 Verdict::Accepted {
                     user_id,
                     codes,
@@ -364,7 +364,7 @@ pub fn expected_in_partition_order_timed(
                         "{partition}-{offset}: accepted away from home"
                     );
                     let accepted = Accepted {
-                        user_id: user_id.0,
+                        user_id: user_id.get(),
                         codes: codes.as_slice().to_vec(),
                         risk,
                     };

@@ -193,7 +193,7 @@ impl Publications {
         sets.iter()
             .map(|set| {
                 expected_in_partition_order_timed(inputs, partitions, set, |user, t| {
-                    self.risk_at(user, t)
+                    self.risk_at(user.get(), t)
                 })
             })
             .collect()

@@ -19,7 +19,7 @@ use super::super::waiters::{Hub, Wait};
 use super::request::json_body;
 use super::{scoped, AppState, Shared};
 use crate::domain::response::{write_legacy, Outcome, Rejection};
-use crate::domain::{decode, Coord, DecodeError};
+use crate::domain::{decode, Coord, DecodeError, UserId};
 use crate::store::Stored;
 
 pub(super) fn routes(state: &AppState) -> Router<AppState> {
@@ -191,7 +191,7 @@ pub async fn post_event(
     match accept(&state, &headers, body).await? {
         Submitted::Pending(event_id) => Ok(pending_response(event_id, false)),
         Submitted::Done(stored) => {
-            let user_id = stored.record.user_id.unwrap_or_default();
+            let user_id = stored.record.user_id.map_or(0, UserId::get);
             Ok((
                 StatusCode::OK,
                 [(header::CONTENT_TYPE, "application/json")],
@@ -233,9 +233,9 @@ pub async fn create_event(
             let record = &stored.record;
             // A retry is answered as the original was, with the original's id; nothing new was
             // created, so 200 (CONTRACT §7).
-            let (event_id, status) = match &record.duplicate_of {
-                Some(original) => (original.clone(), StatusCode::OK),
-                None => (record.event_id.clone(), StatusCode::CREATED),
+            let (event_id, status) = match record.duplicate_of {
+                Some(original) => (original.event_id(), StatusCode::OK),
+                None => (record.event_id.event_id(), StatusCode::CREATED),
             };
             let location = event_location(&event_id);
             let body = CreatedBody {
@@ -243,7 +243,7 @@ pub async fn create_event(
                 alert_id: record.alert_id().map(str::to_owned),
                 alert: !stored.alert_codes().is_empty(),
                 alert_codes: stored.alert_codes().to_vec(),
-                user_id: record.user_id.unwrap_or_default(),
+                user_id: record.user_id.map_or(0, UserId::get),
             };
             Ok((status, [(header::LOCATION, location)], Json(body)).into_response())
         }

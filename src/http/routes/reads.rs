@@ -180,7 +180,7 @@ pub async fn user_events(
         .await
         .map_err(store_error)?;
     Ok(Json(UserEventsPage {
-        user_id,
+        user_id: user_id.get(),
         events: views(&page),
         next_cursor: page.next.map(|k| k.cursor()),
     }))

@@ -59,8 +59,8 @@ pub(super) fn body_timed_out(rejection: &BytesRejection) -> bool {
     false
 }
 
-pub(super) fn parse_user_id(text: &str) -> Result<u64, ApiError> {
-    UserId::parse(text).map(|user| user.0).ok_or_else(|| {
+pub(super) fn parse_user_id(text: &str) -> Result<UserId, ApiError> {
+    UserId::parse(text).ok_or_else(|| {
         ApiError::Invalid(format!(
             "invalid user_id: {text:?} is not an integer in 0..=2^63-1"
         ))

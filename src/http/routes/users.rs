@@ -63,5 +63,8 @@ pub async fn put_risk(
         .map_err(|e: crate::domain::UnknownRisk| ApiError::Invalid(e.to_string()))?;
     let actor = actor(principal);
     state.backend.change_risk(actor, user_id, risk).await?;
-    Ok(Json(UserRiskBody { user_id, risk }))
+    Ok(Json(UserRiskBody {
+        user_id: user_id.get(),
+        risk,
+    }))
 }
