@@ -1,5 +1,5 @@
 # The README's commands. `make run` starts the service; `make test` runs every test.
-.PHONY: run test lint bench bench-evaluate bench-process bench-latency bench-store kafka-up kafka-down fault fault-long
+.PHONY: run test lint bench bench-evaluate bench-process bench-latency bench-store kafka-up kafka-down kafka-cluster-up kafka-cluster-down fault fault-long
 
 run:
 	cargo run --release
@@ -57,6 +57,15 @@ kafka-up:
 
 kafka-down:
 	bash scripts/kafka-local.sh down
+
+# A three-node Kafka cluster (KRaft, replication factor 3, min.insync.replicas 2) on 127.0.0.1:29092,
+# 29094 and 29096 from the same jars, for failover and rolling-restart checks: kill a node, stop it,
+# restart it, roll the cluster, find a partition's leader (see scripts/kafka-cluster.sh).
+kafka-cluster-up:
+	bash scripts/kafka-cluster.sh up
+
+kafka-cluster-down:
+	bash scripts/kafka-cluster.sh down
 
 # The seeded randomized fault suite (tests/fault_suite.rs) on a broker of its own, which it kills:
 # the CI-sized run (100,000 events, at least 10 faults of each kind, both guarantees side by side).
