@@ -1,20 +1,27 @@
 //! `user-monitor backtest`: two rule sets over the same input in one pass (CONTRACT §10).
 //!
-//! Every line is decoded once and applied to each set's own histories (the out-of-order check
-//! does not depend on the rules, so both sets accept the same events). The summary counts, per
-//! code, the alerts under each set, the events where the candidate added or removed it, and the
-//! users affected; the diff has one line per event whose codes differ.
+//! Every line is judged by the engine as a live event is, with the baseline active and the
+//! candidate as its shadow ([`Engine::decide`]): one history per user, on which the candidate is
+//! evaluated after the baseline took the event, so `backtest` and a live shadow set answer "what
+//! would the other set have said" with the same code. The histories are kept to
+//! [`history_bounds`], which covers the candidate's windows also when it reads `time` in a finer
+//! unit than the baseline, so each set answers exactly as over a history of its own (state does
+//! not depend on the rule set, CONTRACT §10). The summary counts, per code, the alerts under
+//! each set, the events where the candidate added or removed it, and the users affected; the
+//! diff has one line per event whose codes differ.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, BufRead, Write};
 
 use serde::Serialize;
 
-use crate::domain::event::{decode, Event};
+use crate::domain::response::Rejection;
+use crate::domain::Verdict;
+use crate::engine::{history_bounds, Admission, Context, Engine, Input, Sets};
 use crate::evaluate::{trim_line_end, LineReader, BATCH};
+use crate::idempotency::DedupLimits;
 use crate::profiles::Profiles;
 use crate::rule_set::{Bounds, RuleSet};
-use crate::state::{Fired, Slot, Users};
 
 /// Per code: how its alerts changed from the baseline to the candidate.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -64,73 +71,95 @@ pub fn backtest(
         candidate_version: candidate.version.clone(),
         ..Report::default()
     };
-    let mut under_baseline = Users::default();
-    let mut under_candidate = Users::default();
+    let mut engine = Engine::default();
+    let history = history_bounds(baseline, candidate, bounds);
+    let dedup = DedupLimits::default();
+    let cx = Context {
+        placement: None,
+        sets: Sets {
+            active: baseline,
+            shadow: Some(candidate),
+            bounds: &history,
+            explain: false,
+        },
+        dedup: &dedup,
+        answer_known: false,
+        ahead: None,
+    };
     let mut affected: BTreeMap<u32, BTreeSet<u64>> = BTreeMap::new();
     let mut users_changed = BTreeSet::new();
     let mut lines = LineReader::new(&mut input);
-    let (mut before, mut after) = (Fired::default(), Fired::default());
-    // As in `evaluate`: decode a batch ahead, touch its users' histories under both sets, then
-    // apply in input order.
-    let mut batch: Vec<Option<(Event, Slot, Slot)>> = Vec::with_capacity(BATCH);
+    // As in `evaluate`: admit a batch ahead (decode, find the users' slots), touch those
+    // states together, then decide in input order.
+    let mut batch: Vec<Admission> = Vec::with_capacity(BATCH);
     loop {
         batch.clear();
         while batch.len() < BATCH {
             let Some(line) = lines.next_line()? else {
                 break;
             };
-            batch.push(decode(trim_line_end(line)).ok().map(|event| {
-                let user = event.user_id.get();
-                (event, under_baseline.slot(user), under_candidate.slot(user))
-            }));
+            let input = Input {
+                offset: 0,
+                payload: trim_line_end(line),
+                key: None,
+            };
+            batch.push(engine.admit(input, &cx));
         }
         if batch.is_empty() {
             break;
         }
-        under_baseline.touch(batch.iter().flatten().map(|(_, a, _)| *a));
-        under_candidate.touch(batch.iter().flatten().map(|(_, _, b)| *b));
-        for item in batch.drain(..) {
+        engine.users.touch(batch.iter().filter_map(Admission::slot));
+        for admission in batch.drain(..) {
             report.lines += 1;
-            let Some((event, a, b)) = item else {
-                report.invalid += 1;
-                continue;
-            };
-            let risk = profiles.risk(event.user_id);
-            let (Ok(()), Ok(())) = (
-                under_baseline.apply_at(a, &event, risk, baseline, bounds, &mut before, false),
-                under_candidate.apply_at(b, &event, risk, candidate, bounds, &mut after, false),
-            ) else {
-                report.out_of_order += 1;
-                continue;
-            };
+            let (user_id, before, after) =
+                match engine.decide(admission, &cx, |user| profiles.risk(user)) {
+                    Verdict::Accepted {
+                        user_id,
+                        codes,
+                        shadow: Some(shadow),
+                        ..
+                    } => (user_id.get(), codes, shadow),
+                    Verdict::Rejected {
+                        rejection: Rejection::OutOfOrder,
+                        ..
+                    } => {
+                        report.out_of_order += 1;
+                        continue;
+                    }
+                    Verdict::Rejected { .. } => {
+                        report.invalid += 1;
+                        continue;
+                    }
+                    // Never without keys, placement or a restored state, and always a shadow.
+                    Verdict::Accepted { shadow: None, .. }
+                    | Verdict::Duplicate { .. }
+                    | Verdict::AlreadyApplied { .. } => {
+                        unreachable!("backtest has a shadow set, no keys and no restored state")
+                    }
+                };
+            let (before, after) = (before.as_slice(), after.as_slice());
             report.events += 1;
-            for &code in &before.codes {
+            for &code in before {
                 report.codes.entry(code).or_default().baseline += 1;
             }
-            for &code in &after.codes {
+            for &code in after {
                 report.codes.entry(code).or_default().candidate += 1;
             }
-            if before.codes == after.codes {
+            if before == after {
                 continue;
             }
             report.events_changed += 1;
-            users_changed.insert(event.user_id.get());
-            for &code in &after.codes {
-                if !before.codes.contains(&code) {
+            users_changed.insert(user_id);
+            for &code in after {
+                if !before.contains(&code) {
                     report.codes.entry(code).or_default().added += 1;
-                    affected
-                        .entry(code)
-                        .or_default()
-                        .insert(event.user_id.get());
+                    affected.entry(code).or_default().insert(user_id);
                 }
             }
-            for &code in &before.codes {
-                if !after.codes.contains(&code) {
+            for &code in before {
+                if !after.contains(&code) {
                     report.codes.entry(code).or_default().removed += 1;
-                    affected
-                        .entry(code)
-                        .or_default()
-                        .insert(event.user_id.get());
+                    affected.entry(code).or_default().insert(user_id);
                 }
             }
             if let Some(out) = diff.as_deref_mut() {
@@ -138,9 +167,9 @@ pub fn backtest(
                     &mut *out,
                     &DiffLine {
                         line: report.lines,
-                        user_id: event.user_id.get(),
-                        baseline: &before.codes,
-                        candidate: &after.codes,
+                        user_id,
+                        baseline: before,
+                        candidate: after,
                     },
                 )?;
                 out.write_all(b"\n")?;
@@ -218,6 +247,43 @@ amount = "{amount}"
         assert_eq!(
             String::from_utf8(diff).unwrap(),
             "{\"line\":2,\"user_id\":2,\"baseline\":[],\"candidate\":[1100]}\n"
+        );
+    }
+
+    /// The same `time` read in milliseconds by the candidate and in seconds by the baseline: the
+    /// candidate's 10 s window is 10,000 ticks, far beyond the 10 ticks the baseline's own
+    /// history would keep, and it still sees every event in it.
+    #[test]
+    fn a_candidate_in_a_finer_time_unit_sees_its_whole_window() {
+        let bounds = Bounds {
+            max_window: std::time::Duration::from_secs(10),
+            ..Bounds::default()
+        };
+        let burst = |unit: &str| {
+            let text = format!(
+                "version = \"{unit}\"\ntime_unit = \"{unit}\"\n[[rule]]\ncode = 500\nkind = \"window_count\"\non = \"any\"\ncount = 2\nwindow = \"10s\"\n"
+            );
+            RuleSet::from_toml(&text, &bounds).unwrap()
+        };
+        let input = [0, 5_000, 6_000]
+            .map(|t| {
+                format!(r#"{{"type": "deposit", "amount": "1", "user_id": 1, "time": {t}}}"#) + "\n"
+            })
+            .concat();
+        let mut diff = Vec::new();
+        let report = backtest(
+            input.as_bytes(),
+            Some(&mut diff),
+            &Profiles::default(),
+            &burst("seconds"),
+            &burst("milliseconds"),
+            &bounds,
+        )
+        .unwrap();
+        assert_eq!(report.events_changed, 1);
+        assert_eq!(
+            String::from_utf8(diff).unwrap(),
+            "{\"line\":3,\"user_id\":1,\"baseline\":[],\"candidate\":[500]}\n"
         );
     }
 

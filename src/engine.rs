@@ -7,6 +7,8 @@
 //! `evaluate` does): the processor, a restore's replay, the shim's test backend and the test
 //! oracles all decide identically. No I/O, no clock, no allocation for a valid event.
 
+use std::time::Duration;
+
 use rustc_hash::FxHashMap;
 
 use crate::domain::event::{decode, Event, UserId};
@@ -45,6 +47,30 @@ pub struct Sets<'a> {
     pub bounds: &'a Bounds,
     /// Whether an alert's evidence is built (live responses; not `evaluate`'s legacy lines).
     pub explain: bool,
+}
+
+/// The bounds to keep the users' histories to when `shadow` is evaluated beside `active`:
+/// `bounds` when the shadow's time unit is not finer than the active set's, else `bounds` with
+/// `max_window` stretched by the ratio of the units. A history is kept to `max_window` in the
+/// active set's ticks, and each set's windows are at most `max_window` in its own ticks; with
+/// these bounds every window of either set lies within the history kept, so the shadow's codes
+/// are exactly those it would give on a history of its own (keeping more never changes a code:
+/// a rule reads only its window, and `max_events` keeps the latest events either way). Live,
+/// every set is in `rules.time_unit` and these are `bounds` themselves; `backtest` may compare
+/// sets in two units.
+pub fn history_bounds(active: &RuleSet, shadow: &RuleSet, bounds: &Bounds) -> Bounds {
+    let (active_ticks, shadow_ticks) = (
+        active.time_unit.ticks_per_second(),
+        shadow.time_unit.ticks_per_second(),
+    );
+    if shadow_ticks <= active_ticks {
+        return *bounds;
+    }
+    let millis = u64::try_from(bounds.max_window.as_millis()).unwrap_or(u64::MAX);
+    Bounds {
+        max_window: Duration::from_millis(millis.saturating_mul(shadow_ticks / active_ticks)),
+        ..*bounds
+    }
 }
 
 /// Everything a verdict depends on besides the engine's own state.
