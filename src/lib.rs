@@ -30,7 +30,8 @@
 //! - [`profiles`]: user risk levels from a file or the profiles topic, each with the time it took
 //!   effect (an event is judged at the level in force when it was appended).
 //! - [`evaluate`]: the offline JSONL command; [`backtest`]: two rule sets over one input, in one
-//!   pass, with a per-code summary and a diff.
+//!   pass through the engine (the candidate as its shadow set), with a per-code summary and a
+//!   diff.
 //! - [`access`]: who may do what, as data: scopes, configured tokens (SHA-256 of the secret) and
 //!   the token table that checks a presented secret in constant time (no HTTP).
 //! - [`config`], [`cli`], [`telemetry`]: layered configuration validated once, the command line,
@@ -60,8 +61,9 @@
 //!   retention by event time ([`store::projection`]: the projecting consumer and the retention
 //!   task).
 //! - [`http`]: the HTTP shim: the API contract ([`http::api`]: bodies, parameters, errors, the
-//!   OpenAPI document), the handlers ([`http::routes`]), authentication ([`http::auth`]), the
-//!   waiters of `POST` requests fed live by one alerts-topic consumer, the [`store`] for reads,
+//!   OpenAPI document), the handlers by resource, each group behind the scope it declares
+//!   ([`http::routes`]), bearer tokens ([`http::auth`]), the waiters of `POST` requests
+//!   ([`http::waiters`]) fed live by one alerts-topic consumer, the [`store`] for reads,
 //!   Kafka behind the [`http::Backend`] trait, and the connection-capped server loop.
 //! - [`service`]: one lifecycle (runtime, signals, bounded shutdown) for `process`, `run` and
 //!   `shim`; [`embedded`] is the in-process broker of `run` without Kafka; [`shutdown`] turns
