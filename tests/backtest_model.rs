@@ -8,9 +8,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use proptest::prelude::*;
+use rule_strategies::rule;
 use serde::Serialize;
+#[path = "common/rule_strategies.rs"]
+mod rule_strategies;
+
 use user_monitor::backtest::{backtest, Report};
-use user_monitor::domain::event::{decode, UNITS_PER_ONE};
+use user_monitor::domain::event::decode;
 use user_monitor::domain::{Risk, UserId};
 use user_monitor::profiles::Profiles;
 use user_monitor::rule_set::{Bounds, On, Rule, RuleKind, RuleSet};
@@ -125,36 +129,6 @@ const AMOUNTS: &[&str] = &[
 
 /// Codes both sets draw from, so that many codes are in both.
 const CODES: [u32; 8] = [10, 11, 12, 13, 14, 15, 16, 17];
-
-fn on_any() -> impl Strategy<Value = On> {
-    prop::sample::select(vec![On::Deposit, On::Withdraw, On::Any])
-}
-
-fn on_type() -> impl Strategy<Value = On> {
-    prop::sample::select(vec![On::Deposit, On::Withdraw])
-}
-
-/// A valid rule of any kind: windows up to `max_window` ticks (the longest, often: it reaches
-/// the edge of the history kept), counts up to `max_count`.
-fn rule(max_window: u64, max_count: u32) -> impl Strategy<Value = (On, RuleKind)> {
-    let amount = prop::sample::select(vec![
-        1u128,
-        50 * UNITS_PER_ONE,
-        100 * UNITS_PER_ONE,
-        150 * UNITS_PER_ONE,
-    ]);
-    let count = 1..=max_count;
-    let window = prop_oneof![1..=max_window, Just(max_window)];
-    prop_oneof![
-        (on_any(), amount.clone()).prop_map(|(on, amount)| (on, RuleKind::Amount { amount })),
-        (on_type(), count.clone()).prop_map(|(on, count)| (on, RuleKind::Consecutive { count })),
-        (on_type(), count.clone()).prop_map(|(on, count)| (on, RuleKind::Increasing { count })),
-        (on_any(), amount, window.clone())
-            .prop_map(|(on, amount, window)| (on, RuleKind::WindowSum { amount, window })),
-        (on_any(), count, window)
-            .prop_map(|(on, count, window)| (on, RuleKind::WindowCount { count, window })),
-    ]
-}
 
 fn unit() -> impl Strategy<Value = TimeUnit> {
     prop::sample::select(vec![TimeUnit::Seconds, TimeUnit::Milliseconds])

@@ -5,11 +5,15 @@
 
 use std::time::Duration;
 
+#[path = "common/rule_strategies.rs"]
+mod rule_strategies;
+
 use proptest::prelude::*;
+use rule_strategies::rule;
 use rust_decimal::Decimal;
 use user_monitor::domain::event::{Amount, Event, Kind as EventKind, UserId, UNITS_PER_ONE};
 use user_monitor::domain::Risk;
-use user_monitor::rule_set::{Bounds, On, Rule, RuleKind, RuleSet};
+use user_monitor::rule_set::{Bounds, Rule, RuleKind, RuleSet};
 use user_monitor::rules::TimeUnit;
 use user_monitor::state::Users as Reference;
 
@@ -106,35 +110,6 @@ const AMOUNTS: &[&str] = &[
     "150",
     "200.00000001",
 ];
-
-fn on_any() -> impl Strategy<Value = On> {
-    prop::sample::select(vec![On::Deposit, On::Withdraw, On::Any])
-}
-
-fn on_type() -> impl Strategy<Value = On> {
-    prop::sample::select(vec![On::Deposit, On::Withdraw])
-}
-
-/// A rule of any kind; windows up to `max_window` ticks, counts up to `max_count`.
-fn rule(max_window: u64, max_count: u32) -> impl Strategy<Value = (On, RuleKind)> {
-    let amount = prop::sample::select(vec![
-        1u128,
-        50 * UNITS_PER_ONE,
-        100 * UNITS_PER_ONE,
-        150 * UNITS_PER_ONE,
-    ]);
-    let count = 1..=max_count;
-    let window = 1..=max_window;
-    prop_oneof![
-        (on_any(), amount.clone()).prop_map(|(on, amount)| (on, RuleKind::Amount { amount })),
-        (on_type(), count.clone()).prop_map(|(on, count)| (on, RuleKind::Consecutive { count })),
-        (on_type(), count.clone()).prop_map(|(on, count)| (on, RuleKind::Increasing { count })),
-        (on_any(), amount, window.clone())
-            .prop_map(|(on, amount, window)| (on, RuleKind::WindowSum { amount, window })),
-        (on_any(), count, window)
-            .prop_map(|(on, count, window)| (on, RuleKind::WindowCount { count, window })),
-    ]
-}
 
 #[derive(Debug, Clone)]
 struct Step {
