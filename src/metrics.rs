@@ -65,6 +65,9 @@ pub struct Metrics {
     /// Batches not judged because the profiles and rules topics could not be read to their end
     /// (each is read again and judged later).
     pub batches_held_back: Counter,
+    /// Times the processor re-initialised its producer in place after the coordinator aborted a
+    /// transaction that outlived the transaction timeout (an outage).
+    pub producer_reinits: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -153,8 +156,15 @@ impl Metrics {
             "Batches not judged because the profiles and rules topics could not be read to their end (read again and judged later)",
             batches_held_back.clone(),
         );
+        let producer_reinits = Counter::default();
+        registry.register(
+            "producer_reinits",
+            "Times the processor re-initialised in place after the coordinator aborted a transaction that outlived the transaction timeout",
+            producer_reinits.clone(),
+        );
         Arc::new(Metrics {
             registry,
+            producer_reinits,
             sources_wait,
             batches_held_back,
             shadow_disagreements,

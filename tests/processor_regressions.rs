@@ -131,10 +131,39 @@ fn a_replayed_event_survives_a_second_crash_after_the_snapshot_interval() {
 /// and every input is answered exactly once, as the engine answers it.
 #[test]
 fn a_processor_rides_out_broker_kill_minus_nine_during_commits() {
+    // As in production (and the fault suite): a transaction outlives these outages.
+    let reinits = ride_out_broker_crashes("broker-kill9", "30s", 2_000..5_000);
+    assert_eq!(
+        reinits, 0,
+        "never re-initialised: no transaction outlived its timeout"
+    );
+}
+
+/// Outages longer than the transaction timeout, one after another: the coordinator aborts the
+/// open transaction and bumps the producer's epoch, which the client reports as a fence. The
+/// processor re-initialises in place (as a restart would) instead of exiting, and every input is
+/// still answered exactly once, as the engine answers it.
+#[test]
+fn a_processor_rides_out_broker_outages_longer_than_the_transaction_timeout() {
+    let reinits = ride_out_broker_crashes("broker-long-outages", "4s", 9_000..12_000);
+    eprintln!("re-initialised in place {reinits} times");
+}
+
+/// Streams 40,000 events at 2,000/s into a 3-partition world on a broker of its own, kills the
+/// broker three times for `outage` ms each, and checks the processor never exited and every
+/// input has exactly one committed response equal to the engine's. Returns how often the
+/// processor re-initialised in place.
+fn ride_out_broker_crashes(
+    name: &str,
+    transaction_timeout: &str,
+    outage: std::ops::Range<u64>,
+) -> usize {
     let broker = Broker::start();
-    let mut world = World::on_broker("broker-kill9", 3, &broker.bootstrap);
-    // As in production (and the fault suite): a transaction must outlive the outage.
-    world.set("USER_MONITOR__PROCESSING__TRANSACTION_TIMEOUT", "30s");
+    let mut world = World::on_broker(name, 3, &broker.bootstrap);
+    world.set(
+        "USER_MONITOR__PROCESSING__TRANSACTION_TIMEOUT",
+        transaction_timeout,
+    );
     world.create_topics();
     let lines = random_events(40_000, 1_000, 17);
     let expected = expected(&lines, &Profiles::default());
@@ -169,7 +198,7 @@ fn a_processor_rides_out_broker_kill_minus_nine_during_commits() {
         broker.kill9();
         alive_for(
             &mut processor,
-            Duration::from_millis(rng.gen_range(2_000..5_000)),
+            Duration::from_millis(rng.gen_range(outage.clone())),
         );
         broker.restart();
     }
@@ -188,11 +217,13 @@ fn a_processor_rides_out_broker_kill_minus_nine_during_commits() {
     assert_eq!(again.len(), lines.len(), "committed responses, read twice");
     assert_exactly_one_response_each(&coordinates, &expected, &responses);
     let log = world.log(0);
+    let reinits = log.matches("re-initialising the producer").count();
     assert_eq!(
         log.matches("processor started").count(),
-        1,
-        "never restarted:\n{log}"
+        1 + reinits,
+        "started once, and again only for each re-initialisation:\n{log}"
     );
+    reinits
 }
 
 /// A 1 MiB record that is not JSON, on an events topic that accepts records that large: its

@@ -322,10 +322,27 @@ pub fn ensure_topics(settings: &Settings) -> Result<Topics, KafkaLayerError> {
         .iter()
         .map(|s| ResourceSpecifier::Topic(s.name))
         .collect();
-    let configs = futures::executor::block_on(admin.describe_configs(
-        &resources,
-        &AdminOptions::new().request_timeout(Some(TIMEOUT)),
-    ))?;
+    // A topic just created may be described by a broker that has not learned of it yet: it
+    // answers with no configs at all (not even the defaults), which would read as a wrong
+    // cleanup.policy. Every topic has one, so ask again until each topic's is there.
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let configs = loop {
+        let configs = futures::executor::block_on(admin.describe_configs(
+            &resources,
+            &AdminOptions::new().request_timeout(Some(TIMEOUT)),
+        ))?;
+        let propagated = configs.iter().all(|config| match config {
+            Ok(config) => config
+                .get("cleanup.policy")
+                .is_some_and(|entry| entry.value.is_some()),
+            Err(_) => true,
+        });
+        if propagated || std::time::Instant::now() > deadline {
+            break configs;
+        }
+        tracing::debug!("topic configs not propagated yet; describing again");
+        std::thread::sleep(Duration::from_millis(200));
+    };
     let mut dlq_max_message_bytes = None;
     for (spec, config) in described.iter().zip(configs) {
         let config = config.map_err(|e| spec.error(format!("cannot describe: {e}")))?;

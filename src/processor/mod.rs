@@ -26,7 +26,10 @@
 //! 4. Transactional calls follow the client's contract: a retriable error (a broker restart, a
 //!    call that timed out "retry call to resume") is retried with the same call; an abortable
 //!    one aborts, drops the batch's partitions' state and restores them (snapshot + replay to the
-//!    committed offset), which rewinds to the last commit. Fatal (fenced): stop.
+//!    committed offset), which rewinds to the last commit. A fence after nothing committed for
+//!    `processing.transaction_timeout` (the coordinator aborted a transaction that outlived an
+//!    outage) re-initialises everything in place, as a restart would ([`run`]); any other fence
+//!    is another instance with the same transactional id: stop.
 //!
 //! Restores run on their own threads so other partitions keep flowing; the partition is resumed
 //! at the restored offset when its restore arrives.
@@ -83,6 +86,13 @@ pub enum ProcessorError {
     Kafka(#[from] KafkaLayerError),
     #[error("fenced: another instance took over transactional id {0:?}; stopping")]
     Fenced(String),
+    /// The coordinator aborted a transaction that outlived `processing.transaction_timeout`
+    /// (the cluster was away): re-initialised in place by [`run`], never an exit.
+    #[error("transaction of {transactional_id:?} expired: nothing committed for {since:?}")]
+    Expired {
+        transactional_id: String,
+        since: Duration,
+    },
     #[error("fatal kafka error: {0}")]
     Fatal(KafkaError),
     #[error("rule sets: {0}")]
@@ -102,9 +112,31 @@ impl From<KafkaError> for ProcessorError {
 
 /// Runs the processor until `deps.shutdown` is cancelled or a fatal error. Blocking.
 /// `startup` is [`prepare`]'s.
+///
+/// A transaction the coordinator aborted after an outage ([`ProcessorError::Expired`]) is
+/// recovered from as a restart would: the consumer, the producer and the partitions' state are
+/// dropped and made again (a new producer epoch, restores to the last commit), in this process.
 pub fn run(settings: Settings, startup: Startup, deps: Deps) -> Result<(), ProcessorError> {
     let readiness = Arc::clone(&deps.readiness);
-    let result = Processor::new(settings, startup, deps).and_then(|mut p| p.run_loop());
+    let result = loop {
+        let turned = Processor::new(settings.clone(), startup.clone(), deps.clone())
+            .and_then(|mut p| p.run_loop());
+        match turned {
+            Err(ProcessorError::Expired {
+                transactional_id,
+                since,
+            }) if !deps.shutdown.is_cancelled() => {
+                deps.metrics.producer_reinits.inc();
+                readiness.set_connected(false);
+                tracing::warn!(
+                    %transactional_id,
+                    ?since,
+                    "the transaction coordinator aborted a transaction that outlived processing.transaction_timeout (the cluster was away): re-initialising the producer and restoring the partitions from the last commit"
+                );
+            }
+            other => break other,
+        }
+    };
     readiness.set_stopped();
     result
 }
@@ -137,6 +169,7 @@ impl Processor {
             exactly_once,
             shutdown: deps.shutdown.clone(),
             dlq_limit: startup.dlq_limit,
+            last_commit: std::sync::Mutex::new(Instant::now()),
         });
         if exactly_once {
             out.init()?;

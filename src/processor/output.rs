@@ -112,6 +112,9 @@ pub(super) struct Output {
     pub(super) shutdown: CancellationToken,
     /// Largest dead-letter value; larger rejected inputs are truncated.
     pub(super) dlq_limit: usize,
+    /// When the last transaction committed (or the producer was initialised): how a fence is
+    /// told apart (see [`Output::fatal_error`]).
+    pub(super) last_commit: std::sync::Mutex<Instant>,
 }
 
 /// Counts delivery failures (only at-least-once needs them; transactions report them at commit).
@@ -142,7 +145,13 @@ impl Output {
             .map_err(|e| match classify(&e) {
                 ErrorClass::Fatal => ProcessorError::Fenced(self.settings.transactional_id()),
                 _ => ProcessorError::from(e),
-            })
+            })?;
+        self.committed();
+        Ok(())
+    }
+
+    fn committed(&self) {
+        *self.last_commit.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
     }
 
     /// Snapshots the changed users of revoked partitions in a transaction of their own (no
@@ -260,13 +269,34 @@ impl Output {
         }
     }
 
-    /// The error a fatal producer error stops the instance with: fencing is named as such.
+    /// The error a fatal producer error stops this processor with.
+    ///
+    /// A fence has two causes, told apart by the time since the last commit (or since the
+    /// producer was initialised): the transaction coordinator aborts a transaction open longer
+    /// than `processing.transaction_timeout` and bumps the producer's epoch, which the next call
+    /// meets as a fence; that can only happen once no transaction has committed for at least
+    /// that long (an outage). Then the processor re-initialises as a restart would
+    /// ([`ProcessorError::Expired`], handled by [`super::run`]). A fence sooner than that is
+    /// another instance that initialised the same transactional id: stop
+    /// ([`ProcessorError::Fenced`]). Should both instances live, the one that re-initialised
+    /// fences the other within one transaction, and that one stops.
     pub(super) fn fatal_error(&self, e: KafkaError) -> ProcessorError {
-        let fenced = crate::kafka::is_fenced(&e);
-        if fenced {
-            ProcessorError::Fenced(self.settings.transactional_id())
+        if !crate::kafka::is_fenced(&e) {
+            return ProcessorError::Fatal(e);
+        }
+        let timeout = self.settings.processing.transaction_timeout;
+        let since = self
+            .last_commit
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed();
+        if self.exactly_once && since >= timeout {
+            ProcessorError::Expired {
+                transactional_id: self.settings.transactional_id(),
+                since,
+            }
         } else {
-            ProcessorError::Fatal(e)
+            ProcessorError::Fenced(self.settings.transactional_id())
         }
     }
 
@@ -279,7 +309,9 @@ impl Output {
         // So that the flush inside the client's commit finds nothing in flight (see
         // `wait_delivered`); a failure here is the commit's to report.
         let _ = self.wait_delivered(timeout);
-        self.retrying("commit", |producer| producer.commit_transaction(timeout))
+        self.retrying("commit", |producer| producer.commit_transaction(timeout))?;
+        self.committed();
+        Ok(())
     }
 
     /// Runs a transactional call until it succeeds or fails with an error that is not

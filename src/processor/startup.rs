@@ -8,7 +8,8 @@ use crate::config::Settings;
 use crate::kafka::KafkaLayerError;
 use crate::rule_set::timeline::Timeline;
 
-/// The outcome of [`prepare`].
+/// The outcome of [`prepare`] (kept: a processor re-initialised in place starts from it again).
+#[derive(Clone)]
 pub struct Startup {
     /// Partitions of the events topic: where each user's records belong.
     pub(super) partition_count: i32,
