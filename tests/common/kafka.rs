@@ -11,7 +11,6 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::events::keyed;
@@ -309,7 +308,7 @@ pub fn produce_placed_at(bootstrap: &str, topic: &str, records: &[Placed<'_>]) -
                 }
                 match producer.send_result(record) {
                     Ok(delivery) => break delivery,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    Err((e, _)) if user_monitor::kafka::is_queue_full(&e) => {
                         std::thread::sleep(Duration::from_millis(5))
                     }
                     Err((e, _)) => panic!("produce failed: {e}"),

@@ -8,10 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 
 use super::kafka::{client_at, Tail};
@@ -116,7 +114,7 @@ pub fn stream<T: Streamed>(
                 loop {
                     match producer.send(record) {
                         Ok(()) => break,
-                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        Err((e, back)) if user_monitor::kafka::is_queue_full(&e) => {
                             record = back;
                             std::thread::sleep(Duration::from_millis(5));
                         }
