@@ -30,7 +30,7 @@ use user_monitor::engine::Input;
 use user_monitor::health::Readiness;
 use user_monitor::http::api::ApiDoc;
 use user_monitor::http::auth::{sha256_hex, Scope, TokenConfig, Tokens};
-use user_monitor::http::backend::{Delivered, Found, LookupError, ProduceError, RulesChanged};
+use user_monitor::http::backend::{Found, LookupError, ProduceError, RulesChanged};
 use user_monitor::http::{router, server, Backend, ConfiguredRuleSets, Hub, Shared};
 use user_monitor::kafka::rules::{Current, MemoryTopic, RulesKey};
 use user_monitor::metrics::Metrics;
@@ -96,7 +96,7 @@ impl Backend for MemoryBackend {
         key: String,
         payload: Vec<u8>,
         idempotency_key: Option<String>,
-    ) -> BoxFuture<'static, Result<Delivered, ProduceError>> {
+    ) -> BoxFuture<'static, Result<Coord, ProduceError>> {
         let mode = *self.mode.lock().unwrap();
         if mode == Mode::Down {
             return Box::pin(async {
@@ -147,10 +147,7 @@ impl Backend for MemoryBackend {
             if !batch.is_empty() {
                 store.write(ALERTS, &batch).await.expect("stores");
             }
-            Ok(Delivered {
-                partition: 0,
-                offset,
-            })
+            Ok(Coord::new(0, offset))
         })
     }
 
@@ -158,17 +155,12 @@ impl Backend for MemoryBackend {
         &self,
         user_id: UserId,
         risk: Risk,
-    ) -> BoxFuture<'static, Result<Delivered, ProduceError>> {
+    ) -> BoxFuture<'static, Result<Coord, ProduceError>> {
         if *self.mode.lock().unwrap() == Mode::Down {
             return Box::pin(async { Err(ProduceError::NotAcknowledged("timed out".into())) });
         }
         self.inner.lock().unwrap().profiles.set(user_id, risk);
-        Box::pin(async {
-            Ok(Delivered {
-                partition: 0,
-                offset: 0,
-            })
-        })
+        Box::pin(async { Ok(Coord::new(0, 0)) })
     }
 
     fn lookup(&self, at: Coord) -> BoxFuture<'static, Result<Option<Found>, LookupError>> {

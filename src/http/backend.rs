@@ -45,13 +45,6 @@ pub enum ProduceError {
 #[error("kafka lookup failed: {0}")]
 pub struct LookupError(pub String);
 
-/// Where Kafka stored a produced record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Delivered {
-    pub partition: i32,
-    pub offset: i64,
-}
-
 /// An input record found at its coordinates, with its response when one was found.
 #[derive(Debug, Clone)]
 pub struct Found {
@@ -70,14 +63,14 @@ pub trait Backend: Send + Sync + 'static {
         key: String,
         payload: Vec<u8>,
         idempotency_key: Option<String>,
-    ) -> BoxFuture<'static, Result<Delivered, ProduceError>>;
+    ) -> BoxFuture<'static, Result<Coord, ProduceError>>;
 
     /// Produces `{"risk": ...}` for a user to the profiles topic and waits for the acknowledgement.
     fn produce_profile(
         &self,
         user_id: UserId,
         risk: Risk,
-    ) -> BoxFuture<'static, Result<Delivered, ProduceError>>;
+    ) -> BoxFuture<'static, Result<Coord, ProduceError>>;
 
     /// Reads the input record at `(partition, offset)` of the events topic and searches the alerts
     /// topic for its response. `Ok(None)` when no such record is retained.
@@ -204,7 +197,7 @@ impl KafkaBackend {
         topic: String,
         key: String,
         payload: Vec<u8>,
-    ) -> BoxFuture<'static, Result<Delivered, ProduceError>> {
+    ) -> BoxFuture<'static, Result<Coord, ProduceError>> {
         self.produce_with(topic, key, payload, None)
     }
 
@@ -214,7 +207,7 @@ impl KafkaBackend {
         key: String,
         payload: Vec<u8>,
         idempotency_key: Option<String>,
-    ) -> BoxFuture<'static, Result<Delivered, ProduceError>> {
+    ) -> BoxFuture<'static, Result<Coord, ProduceError>> {
         let producer = self.producer.clone();
         let timeout = self.settings.http.produce_timeout;
         Box::pin(async move {
@@ -231,10 +224,7 @@ impl KafkaBackend {
             // The whole wait, queueing included, is bounded by `http.produce_timeout`.
             let sent = tokio::time::timeout(timeout, producer.send(record, timeout)).await;
             match sent {
-                Ok(Ok(delivery)) => Ok(Delivered {
-                    partition: delivery.partition,
-                    offset: delivery.offset,
-                }),
+                Ok(Ok(delivery)) => Ok(Coord::new(delivery.partition, delivery.offset)),
                 Ok(Err((e, _))) => Err(ProduceError::NotAcknowledged(e.to_string())),
                 Err(_) => Err(ProduceError::NotAcknowledged(format!(
                     "no acknowledgement within http.produce_timeout ({timeout:?})"
@@ -250,7 +240,7 @@ impl Backend for KafkaBackend {
         key: String,
         payload: Vec<u8>,
         idempotency_key: Option<String>,
-    ) -> BoxFuture<'static, Result<Delivered, ProduceError>> {
+    ) -> BoxFuture<'static, Result<Coord, ProduceError>> {
         if !self.ready() {
             return Box::pin(async { Err(ProduceError::NotReady("topics not found yet")) });
         }
@@ -266,7 +256,7 @@ impl Backend for KafkaBackend {
         &self,
         user_id: UserId,
         risk: Risk,
-    ) -> BoxFuture<'static, Result<Delivered, ProduceError>> {
+    ) -> BoxFuture<'static, Result<Coord, ProduceError>> {
         if !self.ready() {
             return Box::pin(async { Err(ProduceError::NotReady("topics not found yet")) });
         }

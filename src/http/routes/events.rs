@@ -57,7 +57,7 @@ async fn submit(
         .backend
         .produce_event(event.user_id.to_string(), body.to_vec(), idempotency_key)
         .await?;
-    let key = Coord::new(delivered.partition, delivered.offset);
+    let key = delivered;
     let _guard = WaiterGuard {
         hub: &state.hub,
         key,
