@@ -149,6 +149,63 @@ fn a_processor_rides_out_broker_outages_longer_than_the_transaction_timeout() {
     eprintln!("re-initialised in place {reinits} times");
 }
 
+/// Exactly-once, the processor frozen (SIGSTOP) for twice the transaction timeout, three times,
+/// while events stream in: the coordinator aborts the transaction it had open and bumps its
+/// producer's epoch, so the processor meets a fence when it goes on. Nothing committed for
+/// longer than the transaction timeout: that is the coordinator, not another instance, so the
+/// processor re-initialises in place (never exits), and every input is answered exactly once,
+/// as the engine answers it.
+#[test]
+fn a_processor_frozen_past_its_transaction_timeout_re_initialises_instead_of_exiting() {
+    let broker = Broker::start();
+    let mut world = World::on_broker("frozen", 3, &broker.bootstrap);
+    world.set("USER_MONITOR__PROCESSING__TRANSACTION_TIMEOUT", "3s");
+    world.create_topics();
+    let lines = random_events(30_000, 1_000, 23);
+    let expected = expected(&lines, &Profiles::default());
+    let producer = stream_in_background_at(
+        broker.bootstrap.clone(),
+        world.events(),
+        &lines,
+        2_000,
+        Duration::from_millis(1_200),
+    );
+    let mut processor = world.spawn_processor(0);
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_secs(3));
+        freeze_for(&processor, Duration::from_secs(7));
+        if let Some(exit) = processor.try_wait().unwrap() {
+            panic!("the processor exited ({exit}):\n{}", world.log(0));
+        }
+    }
+    let coordinates = producer.join().unwrap();
+    let responses = world.read_committed(&world.alerts(), lines.len(), Duration::from_secs(240));
+    assert!(
+        processor.try_wait().unwrap().is_none(),
+        "the processor exited:\n{}",
+        world.log(0)
+    );
+    terminate(&processor);
+    let exit = wait_exit(&mut processor, Duration::from_secs(30));
+    assert!(
+        exit.is_some_and(|s| s.success()),
+        "graceful stop: {exit:?}\n{}",
+        world.log(0)
+    );
+    assert_exactly_one_response_each(&coordinates, &expected, &responses);
+    let log = world.log(0);
+    let reinits = log.matches("re-initialising the producer").count();
+    assert!(
+        reinits >= 1,
+        "the coordinator's abort was met and recovered from in place:\n{log}"
+    );
+    assert_eq!(
+        log.matches("processor started").count(),
+        1 + reinits,
+        "started once, and again only for each re-initialisation:\n{log}"
+    );
+}
+
 /// Streams 40,000 events at 2,000/s into a 3-partition world on a broker of its own, kills the
 /// broker three times for `outage` ms each, and checks the processor never exited and every
 /// input has exactly one committed response equal to the engine's. Returns how often the

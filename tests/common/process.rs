@@ -73,6 +73,20 @@ pub fn terminate(child: &Child) {
         .status();
 }
 
+/// SIGSTOP, then SIGCONT after `pause`: the process stands still as in a long GC pause or a
+/// stalled VM (its Kafka clients too), then goes on as if nothing happened.
+pub fn freeze_for(child: &Child, pause: Duration) {
+    let signal = |name: &str| {
+        let _ = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(child.id().to_string())
+            .status();
+    };
+    signal("STOP");
+    std::thread::sleep(pause);
+    signal("CONT");
+}
+
 /// SIGKILL: no chance to clean up.
 pub fn kill9(child: &mut Child) {
     let _ = Command::new("kill")
