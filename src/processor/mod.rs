@@ -170,6 +170,7 @@ impl Processor {
             shutdown: deps.shutdown.clone(),
             dlq_limit: startup.dlq_limit,
             last_commit: std::sync::Mutex::new(Instant::now()),
+            shutdown_seen: std::sync::OnceLock::new(),
         });
         if exactly_once {
             out.init()?;
@@ -227,13 +228,18 @@ impl Processor {
         let due = self.partitions.snapshots_due(true);
         if !due.is_empty() {
             if let Err(e) = self.commit_batch(&[], &due) {
-                tracing::warn!(error = %e, "final snapshot failed; the next owner replays from the last one");
+                tracing::warn!(error = %e, "final snapshot skipped; the next owner replays from the last one");
             }
         }
-        self.out
-            .producer
-            .flush(self.settings.processing.shutdown_timeout)?;
+        // What is still in flight belongs to no committed transaction (exactly-once) or is
+        // answered again by the next owner (at-least-once): waited for within the budget, never
+        // a reason to fail the shutdown.
+        let flush = self.out.call_timeout().max(Duration::from_millis(100));
+        if let Err(e) = self.out.producer.flush(flush) {
+            tracing::warn!(error = %e, in_flight = self.out.producer.in_flight_count(), "records still in flight at the shutdown deadline skipped (the cluster is away?)");
+        }
         self.consumer.unsubscribe();
+        tracing::info!("processor stopped its work; leaving the group");
         Ok(())
     }
 
@@ -307,7 +313,15 @@ impl Processor {
         }
         tracing::warn!(error = %e, ?class, partitions = ?touched, "batch failed: aborting and rewinding to the last commit");
         if self.out.exactly_once {
-            self.out.abort()?;
+            match self.out.abort() {
+                Ok(()) => {}
+                // Shutting down while the cluster is away: the coordinator aborts the transaction
+                // after its timeout; the rewind below keeps the batch out of every snapshot.
+                Err(e) if self.deps.shutdown.is_cancelled() => {
+                    tracing::warn!(error = %e, "shutting down: the abort did not finish (the coordinator aborts the transaction after its timeout)");
+                }
+                Err(e) => return Err(e),
+            }
         } else {
             // Nothing of the failed batch may land after the restore below reads the topics (a
             // late snapshot record of this batch could replace a newer one).

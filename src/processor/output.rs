@@ -115,6 +115,9 @@ pub(super) struct Output {
     /// When the last transaction committed (or the producer was initialised): how a fence is
     /// told apart (see [`Output::fatal_error`]).
     pub(super) last_commit: std::sync::Mutex<Instant>,
+    /// When this processor first saw the shutdown: the transactional work of its shutdown
+    /// shares one budget from then (see [`Output::call_timeout`]).
+    pub(super) shutdown_seen: std::sync::OnceLock<Instant>,
 }
 
 /// Counts delivery failures (only at-least-once needs them; transactions report them at commit).
@@ -148,6 +151,21 @@ impl Output {
             })?;
         self.committed();
         Ok(())
+    }
+
+    /// How long a transactional call may take: `processing.transaction_timeout`, and once a
+    /// shutdown was requested no longer than what is left of half of
+    /// `processing.shutdown_timeout` (the rest is for the final flush and leaving the group), so a
+    /// shutdown during an outage gives up on the cluster in time instead of outliving its
+    /// deadline.
+    pub(super) fn call_timeout(&self) -> Duration {
+        let timeout = self.settings.processing.transaction_timeout;
+        if !self.shutdown.is_cancelled() {
+            return timeout;
+        }
+        let seen = *self.shutdown_seen.get_or_init(Instant::now);
+        let budget = self.settings.processing.shutdown_timeout / 2;
+        timeout.min(budget.saturating_sub(seen.elapsed()))
     }
 
     fn committed(&self) {
@@ -305,11 +323,12 @@ impl Output {
     /// same call, never answered with an abort (which the client refuses while the commit is in
     /// progress); an abortable error is returned for the caller to abort and rewind.
     pub(super) fn commit_transaction(&self) -> Result<(), KafkaError> {
-        let timeout = self.settings.processing.transaction_timeout;
         // So that the flush inside the client's commit finds nothing in flight (see
         // `wait_delivered`); a failure here is the commit's to report.
-        let _ = self.wait_delivered(timeout);
-        self.retrying("commit", |producer| producer.commit_transaction(timeout))?;
+        let _ = self.wait_delivered(self.call_timeout());
+        self.retrying("commit", |producer| {
+            producer.commit_transaction(self.call_timeout())
+        })?;
         self.committed();
         Ok(())
     }
@@ -317,25 +336,21 @@ impl Output {
     /// Runs a transactional call until it succeeds or fails with an error that is not
     /// retriable. Retries go on while the brokers are away (an outage shorter than the
     /// transaction timeout is ridden out; a longer one ends in an abortable error from the
-    /// broker), and stop `shutdown_timeout` after a shutdown was requested.
+    /// broker), and stop once a shutdown has used up its budget (see [`Output::call_timeout`]).
     pub(super) fn retrying(
         &self,
         what: &str,
         mut call: impl FnMut(&ThreadedProducer<DeliveryContext>) -> Result<(), KafkaError>,
     ) -> Result<(), KafkaError> {
         let mut attempt = 0u32;
-        let mut shutdown_seen: Option<Instant> = None;
         loop {
             let e = match call(&self.producer) {
                 Ok(()) => return Ok(()),
                 Err(e) => e,
             };
             let retriable = crate::kafka::transactional_call_retriable(&e);
-            if self.shutdown.is_cancelled() {
-                let since = *shutdown_seen.get_or_insert_with(Instant::now);
-                if since.elapsed() >= self.settings.processing.shutdown_timeout {
-                    return Err(e);
-                }
+            if self.shutdown.is_cancelled() && self.call_timeout().is_zero() {
+                return Err(e);
             }
             if !retriable {
                 return Err(e);
@@ -351,12 +366,13 @@ impl Output {
     /// error stops the instance (its restart, with the same transactional id, fences and aborts
     /// whatever is left).
     pub(super) fn abort(&self) -> Result<(), ProcessorError> {
-        let timeout = self.settings.processing.transaction_timeout;
-        self.retrying("abort", |producer| producer.abort_transaction(timeout))
-            .map_err(|e| match classify(&e) {
-                ErrorClass::Fatal => self.fatal_error(e),
-                _ => ProcessorError::Fatal(e),
-            })
+        self.retrying("abort", |producer| {
+            producer.abort_transaction(self.call_timeout())
+        })
+        .map_err(|e| match classify(&e) {
+            ErrorClass::Fatal => self.fatal_error(e),
+            _ => ProcessorError::Fatal(e),
+        })
     }
 }
 
