@@ -157,8 +157,9 @@ pub fn retry_while<T>(
     }
 }
 
-/// Whether a fatal error means this instance was fenced (a newer producer or group member with
-/// its id took over), which the processor names as such when it stops.
+/// Whether a fatal error says this producer's epoch is no longer current: a newer producer with
+/// its transactional id, or the coordinator's abort of a timed-out transaction (told apart by
+/// the processor, see `Output::fatal_error`).
 pub fn is_fenced(error: &KafkaError) -> bool {
     matches!(
         error.rdkafka_error_code(),
@@ -168,7 +169,25 @@ pub fn is_fenced(error: &KafkaError) -> bool {
                 | RDKafkaErrorCode::InvalidProducerEpoch
                 | RDKafkaErrorCode::FencedInstanceId
         )
-    ) || matches!(error, KafkaError::Transaction(t) if t.is_fatal())
+    )
+}
+
+/// Whether a fatal error leaves the transactional producer unusable without naming another
+/// instance or a missing permission (e.g. the broker's `INVALID_TXN_STATE` on ending a
+/// transaction): a new producer, initialised again, can go on, as after a restart.
+pub fn is_lost_producer(error: &KafkaError) -> bool {
+    let authorization = matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::TransactionalIdAuthorizationFailed
+                | RDKafkaErrorCode::ClusterAuthorizationFailed
+                | RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::GroupAuthorizationFailed
+        )
+    );
+    let fatal = matches!(error, KafkaError::Transaction(t) if t.is_fatal())
+        || error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal);
+    fatal && !authorization && !is_fenced(error)
 }
 
 /// Whether a transactional call (init, send offsets, commit, abort) is to be retried with the

@@ -86,12 +86,14 @@ pub enum ProcessorError {
     Kafka(#[from] KafkaLayerError),
     #[error("fenced: another instance took over transactional id {0:?}; stopping")]
     Fenced(String),
-    /// The coordinator aborted a transaction that outlived `processing.transaction_timeout`
-    /// (the cluster was away): re-initialised in place by [`run`], never an exit.
-    #[error("transaction of {transactional_id:?} expired: nothing committed for {since:?}")]
-    Expired {
+    /// The producer cannot go on, but no other instance took over: the coordinator aborted a
+    /// transaction that outlived `processing.transaction_timeout` (the cluster was away), or a
+    /// fatal transactional error that names no other instance. Re-initialised in place by
+    /// [`run`], never an exit.
+    #[error("the producer of {transactional_id:?} cannot go on: {cause}")]
+    Reinitialise {
         transactional_id: String,
-        since: Duration,
+        cause: String,
     },
     #[error("fatal kafka error: {0}")]
     Fatal(KafkaError),
@@ -113,8 +115,9 @@ impl From<KafkaError> for ProcessorError {
 /// Runs the processor until `deps.shutdown` is cancelled or a fatal error. Blocking.
 /// `startup` is [`prepare`]'s.
 ///
-/// A transaction the coordinator aborted after an outage ([`ProcessorError::Expired`]) is
-/// recovered from as a restart would: the consumer, the producer and the partitions' state are
+/// A producer that cannot go on without another instance having taken over
+/// ([`ProcessorError::Reinitialise`]: a transaction the coordinator aborted after an outage, a
+/// fatal transactional error naming nobody) is recovered from as a restart would: the consumer, the producer and the partitions' state are
 /// dropped and made again (a new producer epoch, restores to the last commit), in this process.
 pub fn run(settings: Settings, startup: Startup, deps: Deps) -> Result<(), ProcessorError> {
     let readiness = Arc::clone(&deps.readiness);
@@ -122,16 +125,16 @@ pub fn run(settings: Settings, startup: Startup, deps: Deps) -> Result<(), Proce
         let turned = Processor::new(settings.clone(), startup.clone(), deps.clone())
             .and_then(|mut p| p.run_loop());
         match turned {
-            Err(ProcessorError::Expired {
+            Err(ProcessorError::Reinitialise {
                 transactional_id,
-                since,
+                cause,
             }) if !deps.shutdown.is_cancelled() => {
                 deps.metrics.producer_reinits.inc();
                 readiness.set_connected(false);
                 tracing::warn!(
                     %transactional_id,
-                    ?since,
-                    "the transaction coordinator aborted a transaction that outlived processing.transaction_timeout (the cluster was away): re-initialising the producer and restoring the partitions from the last commit"
+                    %cause,
+                    "re-initialising the producer and restoring the partitions from the last commit, as a restart would"
                 );
             }
             other => break other,

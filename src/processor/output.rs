@@ -294,11 +294,20 @@ impl Output {
     /// than `processing.transaction_timeout` and bumps the producer's epoch, which the next call
     /// meets as a fence; that can only happen once no transaction has committed for at least
     /// that long (an outage). Then the processor re-initialises as a restart would
-    /// ([`ProcessorError::Expired`], handled by [`super::run`]). A fence sooner than that is
+    /// ([`ProcessorError::Reinitialise`], handled by [`super::run`]). So does a fatal producer
+    /// error that names no other instance and no missing permission (the broker's
+    /// `INVALID_TXN_STATE`, seen right after an injected abort). A fence sooner than that is
     /// another instance that initialised the same transactional id: stop
     /// ([`ProcessorError::Fenced`]). Should both instances live, the one that re-initialised
     /// fences the other within one transaction, and that one stops.
     pub(super) fn fatal_error(&self, e: KafkaError) -> ProcessorError {
+        if self.exactly_once && crate::kafka::is_lost_producer(&e) {
+            // No other instance named: a new producer goes on, as after a restart.
+            return ProcessorError::Reinitialise {
+                transactional_id: self.settings.transactional_id(),
+                cause: e.to_string(),
+            };
+        }
         if !crate::kafka::is_fenced(&e) {
             return ProcessorError::Fatal(e);
         }
@@ -309,9 +318,9 @@ impl Output {
             .unwrap_or_else(|e| e.into_inner())
             .elapsed();
         if self.exactly_once && since >= timeout {
-            ProcessorError::Expired {
+            ProcessorError::Reinitialise {
                 transactional_id: self.settings.transactional_id(),
-                since,
+                cause: format!("{e}, with nothing committed for {since:?}: the coordinator aborted a transaction that outlived processing.transaction_timeout"),
             }
         } else {
             ProcessorError::Fenced(self.settings.transactional_id())
