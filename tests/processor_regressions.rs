@@ -157,69 +157,11 @@ fn a_processor_rides_out_broker_outages_longer_than_the_transaction_timeout() {
 /// as the engine answers it.
 #[test]
 fn a_processor_frozen_past_its_transaction_timeout_re_initialises_instead_of_exiting() {
-    let reinits = exactly_once_through("frozen", "3s", 30_000, 23, |_, processor, alive_for| {
-        for _ in 0..3 {
-            alive_for(processor, Duration::from_secs(3));
-            freeze_for(processor, Duration::from_secs(7));
-        }
-    });
-    assert!(
-        reinits >= 1,
-        "the coordinator's abort was met and recovered from in place"
-    );
-}
-
-/// Kills the broker three times for `outage` ms each (see [`exactly_once_through`]).
-fn ride_out_broker_crashes(
-    name: &str,
-    transaction_timeout: &str,
-    outage: std::ops::Range<u64>,
-) -> usize {
-    exactly_once_through(
-        name,
-        transaction_timeout,
-        40_000,
-        17,
-        |broker, processor, alive_for| {
-            let mut rng = rand::thread_rng();
-            let started = Instant::now();
-            for _ in 0..3 {
-                alive_for(
-                    processor,
-                    Duration::from_millis(rng.gen_range(2_000..4_000)),
-                );
-                broker.kill9();
-                alive_for(
-                    processor,
-                    Duration::from_millis(rng.gen_range(outage.clone())),
-                );
-                broker.restart();
-            }
-            eprintln!("three broker crashes in {:?}", started.elapsed());
-        },
-    )
-}
-
-/// Streams `count` events at 2,000/s into a 3-partition world on a broker of its own while
-/// `disturb` runs (given the broker, the processor and a wait that fails the test if the
-/// processor exits), and checks the processor never exited and every input has exactly one
-/// committed response equal to the engine's. Returns how often the processor re-initialised in
-/// place.
-fn exactly_once_through(
-    name: &str,
-    transaction_timeout: &str,
-    count: usize,
-    seed: u64,
-    disturb: impl FnOnce(&Broker, &mut std::process::Child, &dyn Fn(&mut std::process::Child, Duration)),
-) -> usize {
     let broker = Broker::start();
-    let mut world = World::on_broker(name, 3, &broker.bootstrap);
-    world.set(
-        "USER_MONITOR__PROCESSING__TRANSACTION_TIMEOUT",
-        transaction_timeout,
-    );
+    let mut world = World::on_broker("frozen", 3, &broker.bootstrap);
+    world.set("USER_MONITOR__PROCESSING__TRANSACTION_TIMEOUT", "3s");
     world.create_topics();
-    let lines = random_events(count, 1_000, seed);
+    let lines = random_events(30_000, 1_000, 23);
     let expected = expected(&lines, &Profiles::default());
     let producer = stream_in_background_at(
         broker.bootstrap.clone(),
@@ -229,12 +171,74 @@ fn exactly_once_through(
         Duration::from_millis(1_200),
     );
     let mut processor = world.spawn_processor(0);
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_secs(3));
+        freeze_for(&processor, Duration::from_secs(7));
+        if let Some(exit) = processor.try_wait().unwrap() {
+            panic!("the processor exited ({exit}):\n{}", world.log(0));
+        }
+    }
+    let coordinates = producer.join().unwrap();
+    let responses = world.read_committed(&world.alerts(), lines.len(), Duration::from_secs(240));
+    assert!(
+        processor.try_wait().unwrap().is_none(),
+        "the processor exited:\n{}",
+        world.log(0)
+    );
+    terminate(&processor);
+    let exit = wait_exit(&mut processor, Duration::from_secs(30));
+    assert!(
+        exit.is_some_and(|s| s.success()),
+        "graceful stop: {exit:?}\n{}",
+        world.log(0)
+    );
+    assert_exactly_one_response_each(&coordinates, &expected, &responses);
+    let log = world.log(0);
+    let reinits = log.matches("re-initialising the producer").count();
+    assert!(
+        reinits >= 1,
+        "the coordinator's abort was met and recovered from in place:\n{log}"
+    );
+    assert_eq!(
+        log.matches("processor started").count(),
+        1 + reinits,
+        "started once, and again only for each re-initialisation:\n{log}"
+    );
+}
+
+/// Streams 40,000 events at 2,000/s into a 3-partition world on a broker of its own, kills the
+/// broker three times for `outage` ms each, and checks the processor never exited and every
+/// input has exactly one committed response equal to the engine's. Returns how often the
+/// processor re-initialised in place.
+fn ride_out_broker_crashes(
+    name: &str,
+    transaction_timeout: &str,
+    outage: std::ops::Range<u64>,
+) -> usize {
+    let broker = Broker::start();
+    let mut world = World::on_broker(name, 3, &broker.bootstrap);
+    world.set(
+        "USER_MONITOR__PROCESSING__TRANSACTION_TIMEOUT",
+        transaction_timeout,
+    );
+    world.create_topics();
+    let lines = random_events(40_000, 1_000, 17);
+    let expected = expected(&lines, &Profiles::default());
+    let producer = stream_in_background_at(
+        broker.bootstrap.clone(),
+        world.events(),
+        &lines,
+        2_000,
+        Duration::from_millis(1_200),
+    );
+    let mut processor = world.spawn_processor(0);
+    let mut rng = rand::thread_rng();
     let alive_for = |processor: &mut std::process::Child, time: Duration| {
         let until = Instant::now() + time;
         while Instant::now() < until {
             if let Some(exit) = processor.try_wait().unwrap() {
                 panic!(
-                    "the processor exited ({exit}) while disturbed:\n{}\nbroker:\n{}",
+                    "the processor exited ({exit}) while the broker restarted:\n{}\nbroker:\n{}",
                     world.log(0),
                     broker.log_tail(30)
                 );
@@ -242,7 +246,20 @@ fn exactly_once_through(
             std::thread::sleep(Duration::from_millis(100));
         }
     };
-    disturb(&broker, &mut processor, &alive_for);
+    let started = Instant::now();
+    for _ in 0..3 {
+        alive_for(
+            &mut processor,
+            Duration::from_millis(rng.gen_range(2_000..4_000)),
+        );
+        broker.kill9();
+        alive_for(
+            &mut processor,
+            Duration::from_millis(rng.gen_range(outage.clone())),
+        );
+        broker.restart();
+    }
+    eprintln!("three broker crashes in {:?}", started.elapsed());
     let coordinates = producer.join().unwrap();
     let responses = world.read_committed(&world.alerts(), lines.len(), Duration::from_secs(240));
     alive_for(&mut processor, Duration::from_secs(2));
