@@ -82,6 +82,7 @@ pub mod backtest;
 pub mod changes;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod domain;
 pub mod embedded;
 pub mod engine;

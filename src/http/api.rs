@@ -353,6 +353,17 @@ pub struct UserRiskBody {
     pub risk: Risk,
 }
 
+/// Who the caller is (`GET /api/v1/session`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionBody {
+    /// The token's name (`anonymous` when authentication is off).
+    pub name: String,
+    /// `open` (no token checked) or `tokens`.
+    pub auth: &'static str,
+    /// What the token may do, e.g. `["read", "alerts:write"]`.
+    pub scopes: Vec<String>,
+}
+
 /// Liveness.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct HealthBody {
@@ -603,6 +614,7 @@ pub struct AuditParams {
         routes::rules::put_shadow_rules,
         routes::rules::delete_shadow_rules,
         routes::audit::list_audit,
+        routes::session::session,
         routes::operations::healthz,
         routes::operations::readyz,
         routes::operations::metrics,

@@ -3,6 +3,7 @@
 // Each test binary compiles the whole harness but uses only part of it.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod events;
 pub mod http;
 pub mod kafka;

@@ -6,6 +6,7 @@
 //! - [`users`]: a user's risk level (`profiles:write`);
 //! - [`rules`]: the active and shadow rule sets (`read` / `rules:write`);
 //! - [`audit`]: the trail of changes (`read`);
+//! - [`session`]: who the caller is and what their token may do (`read`);
 //! - [`operations`]: health, readiness, metrics and the OpenAPI document (open);
 //! - [`request`]: what every handler parses (bodies, ids, pages, times).
 //!
@@ -17,6 +18,7 @@ pub mod operations;
 pub mod reads;
 mod request;
 pub mod rules;
+pub mod session;
 pub mod users;
 
 use std::sync::Arc;
@@ -106,7 +108,9 @@ pub fn router(state: AppState) -> Router {
         .merge(users::routes(&state))
         .merge(rules::routes(&state))
         .merge(audit::routes(&state))
+        .merge(session::routes(&state))
         .merge(operations::routes())
+        .merge(crate::console::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // The extractor limit: larger bodies get 413 (mapped to JSON in `request::json_body`).

@@ -1,0 +1,256 @@
+//! The web console in a real browser (headless Chromium over the DevTools protocol), as a risk
+//! analyst, a rule author and an operator use it, against the all-in-one (`user-monitor run`, its
+//! embedded broker) and against `shim` + `process` on the real Kafka broker of the test script.
+//! Every test saves a screenshot of each page it visits under `target/console-screenshots/`.
+//! Without Chromium the tests say SKIPPED (the test script installs it under `CI=true`).
+
+mod common;
+
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use common::browser::Browser;
+use common::http::{client, free_port, get_json, post_json, wait_ready};
+use common::process::user_monitor_command;
+use serde_json::{json, Value};
+use user_monitor::http::auth::sha256_hex;
+
+/// One `user-monitor` process serving the console (and what it needs around it).
+struct Service {
+    children: Vec<Child>,
+    base: String,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl Service {
+    /// `user-monitor run` with no Kafka: the embedded broker, the processor and the shim.
+    async fn all_in_one(tokens: Option<&str>) -> Service {
+        let port = free_port();
+        let data = tempfile::tempdir().unwrap();
+        let mut command = user_monitor_command();
+        command
+            .arg("run")
+            .current_dir(std::env::temp_dir())
+            .env("USER_MONITOR__STORE__DATA_DIR", data.path())
+            .env("USER_MONITOR__HTTP__LISTEN", format!("127.0.0.1:{port}"))
+            .env_remove("USER_MONITOR__KAFKA__BOOTSTRAP_SERVERS")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut dirs = vec![data];
+        if let Some(tokens) = tokens {
+            let dir = tempfile::tempdir().unwrap();
+            let file = dir.path().join("tokens.toml");
+            std::fs::write(&file, tokens).unwrap();
+            command
+                .env("USER_MONITOR__HTTP__AUTH__MODE", "tokens")
+                .env("USER_MONITOR__HTTP__AUTH__TOKENS_FILE", &file);
+            dirs.push(dir);
+        }
+        let child = command.spawn().expect("runs user-monitor");
+        let service = Service {
+            children: vec![child],
+            base: format!("http://127.0.0.1:{port}"),
+            _dirs: dirs,
+        };
+        wait_ready(&client(), &service.url("/readyz"), Duration::from_secs(90)).await;
+        service
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A tokens file: `(name, secret, scopes)` each.
+fn tokens(entries: &[(&str, &str, &[&str])]) -> String {
+    entries
+        .iter()
+        .map(|(name, secret, scopes)| {
+            format!(
+                "[[tokens]]\nname = {name:?}\nsha256 = {:?}\nscopes = {}\n\n",
+                sha256_hex(secret),
+                json!(scopes)
+            )
+        })
+        .collect()
+}
+
+fn deposit(user: u64, amount: &str, time: u64) -> String {
+    json!({"type": "deposit", "amount": amount, "user_id": user, "time": time}).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_the_console_asks_for_one_and_a_read_only_token_is_offered_no_changes() {
+    let Some(mut browser) = Browser::launch().await else {
+        return;
+    };
+    let service = Service::all_in_one(Some(&tokens(&[
+        ("ana", "ana-secret", &["read"]),
+        (
+            "lead",
+            "lead-secret",
+            &[
+                "read",
+                "alerts:write",
+                "rules:write",
+                "profiles:write",
+                "events:write",
+            ],
+        ),
+    ])))
+    .await;
+    // Something to look at: an alert on user 5.
+    let http = client();
+    for (i, amount) in ["90", "100", "110"].iter().enumerate() {
+        let request = http
+            .post(service.url("/event"))
+            .bearer_auth("lead-secret")
+            .header("Content-Type", "application/json")
+            .body(deposit(5, amount, i as u64 + 1));
+        assert!(request.send().await.unwrap().status().is_success());
+    }
+
+    browser.open(&service.url("/#/alerts")).await;
+    browser
+        .wait_for(
+            "document.getElementById('token-dialog').open",
+            Duration::from_secs(10),
+        )
+        .await;
+    browser.screenshot("sign-in").await;
+    browser.fill("#token-input", "wrong").await;
+    browser.click("#token-form button[type=submit]").await;
+    browser
+        .wait_for(
+            "document.getElementById('token-dialog').open && document.getElementById('token-error').innerText.includes('not accepted')",
+            Duration::from_secs(10),
+        )
+        .await;
+    browser.fill("#token-input", "ana-secret").await;
+    browser.click("#token-form button[type=submit]").await;
+    browser
+        .wait_for(
+            "document.querySelector('tr[data-alert=\"alert-5-2\"], tr[data-alert]')",
+            Duration::from_secs(10),
+        )
+        .await;
+    assert!(browser.text("#who").await.starts_with("ana"));
+    // Read-only: no triage controls, no publishing, no risk change.
+    assert_eq!(
+        browser
+            .eval("document.querySelectorAll('.triage button').length")
+            .await,
+        json!(0),
+        "a read-only token is offered no triage"
+    );
+    browser.screenshot("alerts-read-only").await;
+    browser.open(&service.url("/#/rules")).await;
+    browser
+        .wait_for(
+            "document.getElementById('rule-editor')",
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(
+        browser
+            .eval("!!document.getElementById('publish-shadow')")
+            .await,
+        json!(false),
+        "a read-only token is offered no publishing"
+    );
+    browser.open(&service.url("/#/user/5")).await;
+    browser
+        .wait_for(
+            "document.getElementById('user-risk')",
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(
+        browser
+            .eval("!!document.getElementById('risk-select')")
+            .await,
+        json!(false),
+        "a read-only token is offered no risk change"
+    );
+    // And the API refuses the read-only token anyway.
+    let refused = http
+        .put(service.url("/api/v1/rules/shadow"))
+        .bearer_auth("ana-secret")
+        .header("Content-Type", "application/json")
+        .body(r#"{"version":"x","time_unit":"seconds","rule":[]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    // The token is kept for the session: another page asks for nothing.
+    browser.open(&service.url("/#/audit")).await;
+    browser
+        .wait_for(
+            "document.getElementById('audit-rows')",
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(
+        browser
+            .eval("document.getElementById('token-dialog').open")
+            .await,
+        json!(false)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_posted_alert_appears_live_with_its_evidence_in_words() {
+    let Some(mut browser) = Browser::launch().await else {
+        return;
+    };
+    let service = Service::all_in_one(None).await;
+    browser.open(&service.url("/#/alerts")).await;
+    browser
+        .wait_for(
+            "document.getElementById('live-state').classList.contains('on')",
+            Duration::from_secs(10),
+        )
+        .await;
+    let http = client();
+    let mut last = Value::Null;
+    for (i, amount) in ["90", "100", "110"].iter().enumerate() {
+        let (status, body) = post_json(
+            &http,
+            &service.url("/event"),
+            &deposit(42, amount, i as u64 + 1),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        last = body;
+    }
+    assert_eq!(last["alert_codes"], json!([123, 300]), "{last}");
+    // The alert of the third deposit, in words, within 2 s of its answer.
+    let (_, page) = get_json(&http, &service.url("/api/v1/alerts?user_id=42")).await;
+    let alert_id = page["alerts"][0]["alert_id"].as_str().unwrap().to_owned();
+    let waited = browser
+        .wait_for(
+            &format!("document.querySelector('tr[data-alert=\"{alert_id}\"]')"),
+            Duration::from_secs(2),
+        )
+        .await;
+    let row = browser
+        .text(&format!("tr[data-alert=\"{alert_id}\"]"))
+        .await;
+    assert!(
+        row.contains("deposits of 300 within 30s, over 200 at medium risk"),
+        "{row}"
+    );
+    assert!(row.contains("3 increasing deposits in a row"), "{row}");
+    eprintln!("alert shown {waited:?} after its answer");
+    browser.screenshot("alerts-live").await;
+}
