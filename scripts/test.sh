@@ -3,7 +3,8 @@
 # tests. Starts a local Apache Kafka broker (scripts/kafka-local.sh) unless KAFKA_BOOTSTRAP_SERVERS
 # is set, and a private PostgreSQL cluster (scripts/postgres-local.sh, installing the Debian
 # package under CI=true when missing) unless USER_MONITOR_TEST_POSTGRES_URL is set; stops both
-# afterwards. Without PostgreSQL its tests say SKIPPED and pass. Extra arguments go to `cargo test`.
+# afterwards. Without PostgreSQL its tests say SKIPPED and pass. Installs Chromium under CI=true
+# for the console's browser tests (SKIPPED without it). Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -35,4 +36,18 @@ if [[ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]]; then
   cleanup+=("bash scripts/kafka-local.sh down")
 fi
 echo "test: using Kafka at $KAFKA_BOOTSTRAP_SERVERS" >&2
+
+# The console's browser tests drive headless Chromium (Debian's package); without it they say
+# SKIPPED. Under CI=true it is installed when missing.
+if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null \
+  && [[ -z "${USER_MONITOR_TEST_CHROMIUM:-}" ]]; then
+  if [[ "${CI:-}" == "true" && "$(id -u)" == 0 ]]; then
+    echo "test: installing chromium for the console's browser tests" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1 \
+      || { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+      || echo "test: could not install chromium: the browser tests will say SKIPPED" >&2
+  else
+    echo "test: no chromium (apt-get install chromium): the console's browser tests will say SKIPPED" >&2
+  fi
+fi
 cargo test --all-targets --features fault-injection "$@"

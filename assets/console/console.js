@@ -849,6 +849,9 @@ function opsPage() {
     try { shadow = await api("GET", "/api/v1/rules/shadow"); } catch (_) { shadow = null; }
     let ready = null;
     try { ready = await (await fetch("/readyz")).json(); } catch (_) { ready = null; }
+    if (renders++ % 5 === 0) {
+      try { letters = (await api("GET", "/api/v1/dead-letters?limit=5")).dead_letters; } catch (e) { letters = e.message; }
+    }
     extra.replaceChildren(h("div", { class: "row" },
       h("div", { class: "panel" }, h("h2", {}, "Rule sets"),
         h("p", {}, "Active: ", h("span", { class: "mono", id: "ops-active" }, rules ? rules.set.version : "unknown")),
@@ -856,12 +859,37 @@ function opsPage() {
       h("div", { class: "panel" }, h("h2", {}, "Lag per partition"),
         partitions.length ? h("table", {}, h("tbody", {}, partitions.map(([p, val]) => h("tr", {}, h("td", {}, "partition " + p), h("td", { class: "num" }, fmt(val))))))
           : h("p", { class: "muted" }, "The processor runs in another process: its lag is on its own /metrics.")),
-      h("div", { class: "panel" }, h("h2", {}, "Readiness"),
-        ready ? h("pre", { class: "mono" }, JSON.stringify(ready, null, 1)) : h("p", { class: "muted" }, "unknown"))));
+      h("div", { class: "panel" }, h("h2", {}, "Readiness"), readinessTable(ready))),
+      h("div", { class: "panel", id: "ops-dead-letters" }, h("h2", {}, "Latest dead letters"), deadLetters(letters)));
   };
+  let renders = 0;
+  let letters = null;
   render();
   const timer = setInterval(render, SAMPLE_MS);
   return () => clearInterval(timer);
+}
+
+function readinessTable(ready) {
+  if (!ready) return h("p", { class: "muted" }, "unknown");
+  const rows = [["ready", ready.ready]];
+  for (const part of ["shim", "processor"]) {
+    if (!ready[part]) continue;
+    for (const [k, v] of Object.entries(ready[part])) rows.push([`${part}: ${k.replace(/_/g, " ")}`, v]);
+  }
+  return h("table", {}, h("tbody", {}, rows.map(([k, v]) => h("tr", {}, h("td", {}, k),
+    h("td", { class: typeof v === "boolean" ? (v === (k.includes("failing") || k.includes("stopped") ? false : true) ? "ok" : "error") : "num" }, String(v))))));
+}
+
+function deadLetters(letters) {
+  if (letters === null) return h("p", { class: "muted" }, "Loading…");
+  if (typeof letters === "string") return h("p", { class: "error" }, letters);
+  if (!letters.length) return h("p", { class: "ok" }, "None: every input was a valid event.");
+  return h("table", {}, h("thead", {}, h("tr", {}, ["Input", "When", "Why", "Value"].map((c) => h("th", { scope: "col" }, c)))),
+    h("tbody", {}, letters.map((d) => h("tr", {},
+      h("td", { class: "mono" }, d.event_id || `${d.partition}-${d.offset}`),
+      h("td", {}, d.timestamp ? new Date(d.timestamp).toLocaleTimeString() : ""),
+      h("td", {}, h("strong", {}, d.rejection || ""), " ", d.error || ""),
+      h("td", { class: "mono" }, d.value + (d.cut ? " …" : ""))))));
 }
 
 function disagreementsChart() {

@@ -593,6 +593,20 @@ pub struct AuditParams {
     pub cursor: Option<String>,
 }
 
+/// Query parameters of `GET /api/v1/dead-letters`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLettersParams {
+    /// How many, 1..=100 (default 10).
+    pub limit: Option<String>,
+}
+
+/// The latest dead letters, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeadLettersBody {
+    pub dead_letters: Vec<crate::kafka::dead_letters::DeadLetterView>,
+}
+
 /// The OpenAPI 3 document, generated from the handlers' annotations in [`super::routes`].
 #[derive(OpenApi)]
 #[openapi(
@@ -615,6 +629,7 @@ pub struct AuditParams {
         routes::rules::delete_shadow_rules,
         routes::audit::list_audit,
         routes::session::session,
+        routes::dead_letters::list_dead_letters,
         routes::operations::healthz,
         routes::operations::readyz,
         routes::operations::metrics,

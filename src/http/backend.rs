@@ -23,6 +23,7 @@ use crate::domain::response::AlertRecord;
 use crate::domain::Coord;
 use crate::domain::Risk;
 use crate::domain::UserId;
+use crate::kafka::dead_letters::DeadLetterView;
 use crate::kafka::profiles::ProfilesFollower;
 use crate::kafka::read::{partitions, read_range, RangeError};
 use crate::kafka::rules::{Current, Published, RulesKey};
@@ -109,6 +110,12 @@ pub trait Backend: Send + Sync + 'static {
         set: Option<RuleSet>,
         configured: Option<String>,
     ) -> BoxFuture<'static, Result<RulesChanged, ProduceError>>;
+
+    /// The `limit` latest records of the dead-letter topic, newest first.
+    fn dead_letters(
+        &self,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Vec<DeadLetterView>, LookupError>>;
 }
 
 pub use crate::changes::RulesChanged;
@@ -347,6 +354,15 @@ impl Backend for KafkaBackend {
         };
         // A set already published still applies; a retry is harmless.
         within_produce_timeout(self.settings.http.produce_timeout, change)
+    }
+
+    fn dead_letters(
+        &self,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Vec<DeadLetterView>, LookupError>> {
+        self.read_blocking(move |settings| {
+            crate::kafka::dead_letters::latest(settings, limit, LOOKUP_TIMEOUT)
+        })
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod connect;
+pub mod dead_letters;
 pub mod profiles;
 pub mod read;
 pub mod rules;

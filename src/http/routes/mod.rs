@@ -6,6 +6,7 @@
 //! - [`users`]: a user's risk level (`profiles:write`);
 //! - [`rules`]: the active and shadow rule sets (`read` / `rules:write`);
 //! - [`audit`]: the trail of changes (`read`);
+//! - [`dead_letters`]: the latest dead letters and their reasons (`read`);
 //! - [`session`]: who the caller is and what their token may do (`read`);
 //! - [`operations`]: health, readiness, metrics and the OpenAPI document (open);
 //! - [`request`]: what every handler parses (bodies, ids, pages, times).
@@ -13,6 +14,7 @@
 //! The wire types and the OpenAPI document are in [`super::api`].
 
 pub mod audit;
+pub mod dead_letters;
 pub mod events;
 pub mod operations;
 pub mod reads;
@@ -109,6 +111,7 @@ pub fn router(state: AppState) -> Router {
         .merge(rules::routes(&state))
         .merge(audit::routes(&state))
         .merge(session::routes(&state))
+        .merge(dead_letters::routes(&state))
         .merge(operations::routes())
         .merge(crate::console::routes())
         .fallback(not_found)
