@@ -68,6 +68,10 @@ pub struct Metrics {
     /// Times the processor re-initialised its producer in place after the coordinator aborted a
     /// transaction that outlived the transaction timeout (an outage).
     pub producer_reinits: Counter,
+    /// From an input record's timestamp to the commit of the batch that answered it: when its
+    /// response became readable (exactly-once) or was produced with the offsets committed
+    /// (at-least-once).
+    pub event_response: Histogram,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -162,9 +166,16 @@ impl Metrics {
             "Times the processor re-initialised in place after the coordinator aborted a transaction that outlived the transaction timeout",
             producer_reinits.clone(),
         );
+        let event_response = Histogram::new(exponential_buckets(0.001, 2.0, 17));
+        registry.register(
+            "event_response_seconds",
+            "Time from an input record's timestamp to the commit of its response",
+            event_response.clone(),
+        );
         Arc::new(Metrics {
             registry,
             producer_reinits,
+            event_response,
             sources_wait,
             batches_held_back,
             shadow_disagreements,

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use common::browser::Browser;
 use common::http::{client, free_port, get_json, post_json, wait_ready};
+use common::kafka::{shim_addr, World};
 use common::process::user_monitor_command;
 use serde_json::{json, Value};
 use user_monitor::http::auth::sha256_hex;
@@ -20,6 +21,8 @@ struct Service {
     children: Vec<Child>,
     base: String,
     _dirs: Vec<tempfile::TempDir>,
+    /// The topics and processes of a Kafka-backed service.
+    _world: Option<World>,
 }
 
 impl Service {
@@ -52,6 +55,40 @@ impl Service {
             children: vec![child],
             base: format!("http://127.0.0.1:{port}"),
             _dirs: dirs,
+            _world: None,
+        };
+        wait_ready(&client(), &service.url("/readyz"), Duration::from_secs(90)).await;
+        service
+    }
+
+    /// `user-monitor process` and `user-monitor shim` side by side on the real broker of the
+    /// test script (`KAFKA_BOOTSTRAP_SERVERS`), each a process of its own.
+    async fn on_kafka(name: &str, tokens: Option<&str>) -> Service {
+        let mut world = World::new(&format!("console-{name}"), 3);
+        world.set("USER_MONITOR__TOPICS__AUDIT", &world.topic("audit"));
+        world.set("USER_MONITOR__HTTP__LISTEN", "127.0.0.1:0");
+        let mut dirs = Vec::new();
+        if let Some(tokens) = tokens {
+            let dir = tempfile::tempdir().unwrap();
+            let file = dir.path().join("tokens.toml");
+            std::fs::write(&file, tokens).unwrap();
+            world.set("USER_MONITOR__HTTP__AUTH__MODE", "tokens");
+            world.set(
+                "USER_MONITOR__HTTP__AUTH__TOKENS_FILE",
+                file.to_str().unwrap(),
+            );
+            dirs.push(dir);
+        }
+        world.create_topics();
+        let processor = world.spawn_processor(0);
+        let shim = world.spawn(&["shim"], 1);
+        let addr = shim_addr(&world, 1, Duration::from_secs(60))
+            .unwrap_or_else(|| panic!("the shim did not listen:\n{}", world.log(1)));
+        let service = Service {
+            children: vec![shim, processor],
+            base: format!("http://{addr}"),
+            _dirs: dirs,
+            _world: Some(world),
         };
         wait_ready(&client(), &service.url("/readyz"), Duration::from_secs(90)).await;
         service
@@ -209,11 +246,26 @@ async fn without_a_token_the_console_asks_for_one_and_a_read_only_token_is_offer
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_posted_alert_appears_live_with_its_evidence_in_words() {
+async fn a_posted_alert_appears_live_with_its_evidence_in_words_all_in_one() {
     let Some(mut browser) = Browser::launch().await else {
         return;
     };
     let service = Service::all_in_one(None).await;
+    alert_appears_live_with_its_evidence(&mut browser, &service, "all-in-one").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_posted_alert_appears_live_with_its_evidence_in_words_on_kafka() {
+    let Some(mut browser) = Browser::launch().await else {
+        return;
+    };
+    let service = Service::on_kafka("live", None).await;
+    alert_appears_live_with_its_evidence(&mut browser, &service, "kafka").await;
+}
+
+/// Posts three deposits while the live page is open: the alert of the third is on the page
+/// within 2 s of its answer, its evidence in words.
+async fn alert_appears_live_with_its_evidence(browser: &mut Browser, service: &Service, run: &str) {
     browser.open(&service.url("/#/alerts")).await;
     browser
         .wait_for(
@@ -252,5 +304,5 @@ async fn a_posted_alert_appears_live_with_its_evidence_in_words() {
     );
     assert!(row.contains("3 increasing deposits in a row"), "{row}");
     eprintln!("alert shown {waited:?} after its answer");
-    browser.screenshot("alerts-live").await;
+    browser.screenshot(&format!("alerts-live-{run}")).await;
 }

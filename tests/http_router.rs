@@ -2106,7 +2106,12 @@ async fn dead_letters_list_the_latest_rejected_inputs_with_their_errors() {
     assert_eq!(letters[0]["value"], bad);
     for query in ["limit=0", "limit=101", "limit=x", "lmit=5"] {
         let reply = call(&f.app, get(&format!("/api/v1/dead-letters?{query}"))).await;
-        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{query}: {}", reply.text);
+        assert_eq!(
+            reply.status,
+            StatusCode::BAD_REQUEST,
+            "{query}: {}",
+            reply.text
+        );
     }
 }
 
@@ -2120,7 +2125,9 @@ async fn the_console_is_served_at_the_root_with_its_own_files_and_policy() {
         .unwrap()
         .starts_with("text/html"));
     assert!(page.text.contains("/console/console.js"), "{}", page.text);
-    let policy = page.headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+    let policy = page.headers[header::CONTENT_SECURITY_POLICY]
+        .to_str()
+        .unwrap();
     assert!(policy.contains("script-src 'self'"), "{policy}");
     let script = call(&f.app, get("/console/console.js")).await;
     assert_eq!(script.status, StatusCode::OK);
@@ -2133,5 +2140,8 @@ async fn the_console_is_served_at_the_root_with_its_own_files_and_policy() {
     let session = call(&f.app, get("/api/v1/session")).await.json();
     assert_eq!(session["auth"], "open");
     assert_eq!(session["name"], "anonymous");
-    assert!(session["scopes"].as_array().unwrap().len() >= 4, "{session}");
+    assert!(
+        session["scopes"].as_array().unwrap().len() >= 4,
+        "{session}"
+    );
 }

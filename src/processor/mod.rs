@@ -307,6 +307,7 @@ impl Processor {
         touched.dedup();
         let Err(e) = self.try_commit(judgeable, due, &touched, started) else {
             self.deps.metrics.count_transaction("committed");
+            observe_event_response(&self.deps.metrics, batch);
             return Ok(());
         };
         let class = classify(&e);
@@ -519,6 +520,20 @@ impl Lag {
             {
                 metrics.set_lag(p, (high - next).max(0));
             }
+        }
+    }
+}
+
+/// Each answered record's time from its timestamp to now (its batch just committed).
+fn observe_event_response(metrics: &crate::metrics::Metrics, batch: &[OwnedMessage]) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    for message in batch {
+        if let Some(at) = message.timestamp().to_millis() {
+            metrics
+                .event_response
+                .observe((now - at).max(0) as f64 / 1000.0);
         }
     }
 }
