@@ -22,15 +22,18 @@ pub enum Scope {
     ProfilesWrite,
     /// Every rules write (rule sets as data).
     RulesWrite,
+    /// `PATCH /api/v1/alerts/{id}`: the triage of alerts.
+    AlertsWrite,
     /// Every `GET` of the API.
     Read,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 4] = [
+    pub const ALL: [Scope; 5] = [
         Scope::EventsWrite,
         Scope::ProfilesWrite,
         Scope::RulesWrite,
+        Scope::AlertsWrite,
         Scope::Read,
     ];
 
@@ -39,6 +42,7 @@ impl Scope {
             Scope::EventsWrite => "events:write",
             Scope::ProfilesWrite => "profiles:write",
             Scope::RulesWrite => "rules:write",
+            Scope::AlertsWrite => "alerts:write",
             Scope::Read => "read",
         }
     }
@@ -58,7 +62,7 @@ impl FromStr for Scope {
             .find(|scope| scope.as_str() == s)
             .ok_or_else(|| {
                 format!(
-                    "unknown scope {s:?} (scopes: events:write, profiles:write, rules:write, read)"
+                    "unknown scope {s:?} (scopes: events:write, profiles:write, rules:write, alerts:write, read)"
                 )
             })
     }

@@ -5,6 +5,7 @@
 //! - [`reads`]: events, alerts and a user's events from the read model (`read`);
 //! - [`users`]: a user's risk level (`profiles:write`);
 //! - [`rules`]: the active and shadow rule sets (`read` / `rules:write`);
+//! - [`triage`]: the triage of an alert (`alerts:write`);
 //! - [`audit`]: the trail of changes (`read`);
 //! - [`operations`]: health, readiness, metrics and the OpenAPI document (open);
 //! - [`request`]: what every handler parses (bodies, ids, pages, times).
@@ -17,6 +18,7 @@ pub mod operations;
 pub mod reads;
 mod request;
 pub mod rules;
+pub mod triage;
 pub mod users;
 
 use std::sync::Arc;
@@ -105,6 +107,7 @@ pub fn router(state: AppState) -> Router {
         .merge(reads::routes(&state))
         .merge(users::routes(&state))
         .merge(rules::routes(&state))
+        .merge(triage::routes(&state))
         .merge(audit::routes(&state))
         .merge(operations::routes())
         .fallback(not_found)
