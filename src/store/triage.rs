@@ -141,9 +141,11 @@ impl Store {
     pub async fn triage_of(&self, alerts: &[Coord]) -> Result<HashMap<Coord, Triage>, StoreError> {
         let mut found = HashMap::new();
         for chunk in alerts.chunks(COORDS_PER_STATEMENT) {
+            // Driven by the list of alerts, each looked up by primary key (a row-value `IN`
+            // would scan the table in SQLite).
             let mut sql = String::from(
-                "SELECT part, off, status, resolution, note, triaged_by, triaged_at FROM triage \
-                 WHERE (part, off) IN (VALUES ",
+                "SELECT t.part, t.off, t.status, t.resolution, t.note, t.triaged_by, t.triaged_at \
+                 FROM (VALUES ",
             );
             for i in 0..chunk.len() {
                 if i > 0 {
@@ -156,7 +158,7 @@ impl Store {
                     }
                 }
             }
-            sql.push(')');
+            sql.push_str(") AS v JOIN triage t ON t.part = v.column1 AND t.off = v.column2");
             let mut query = sqlx::query(&sql);
             for alert in chunk {
                 query = query.bind(i64::from(alert.partition)).bind(alert.offset);

@@ -303,7 +303,7 @@ pub(super) async fn store_offsets(
 
 /// Gives the alerts just inserted the status of a triage stored before them (the triage topic
 /// has a consumer of its own, so its record may come first). One statement per input partition
-/// of the batch, over that partition's range of offsets in the (small) `triage` table.
+/// of the batch, driven by that partition's range of offsets in the (small) `triage` table.
 async fn take_triage(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     rows: &[Row],
@@ -318,10 +318,9 @@ async fn take_triage(
     }
     for (part, (first, last)) in ranges {
         sqlx::query(
-            "UPDATE records SET triage_status = t.status FROM triage t \
-             WHERE t.part = $1 AND t.off BETWEEN $2 AND $3 \
-             AND records.part = t.part AND records.off = t.off \
-             AND records.triage_status <> t.status",
+            "UPDATE records SET triage_status = (SELECT t.status FROM triage t \
+             WHERE t.part = records.part AND t.off = records.off) \
+             WHERE (part, off) IN (SELECT part, off FROM triage WHERE part = $1 AND off BETWEEN $2 AND $3)",
         )
         .bind(i64::from(part))
         .bind(first)
