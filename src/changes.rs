@@ -132,8 +132,14 @@ pub async fn change_triage(
         .publish_triage(&record)
         .await
         .map_err(|source| ChangeError::Publish { what, source })?;
-    let entry =
-        AuditEntry::triage_set(author.actor, author.source, alert, user_id, &before, &triage);
+    let entry = AuditEntry::triage_set(
+        author.actor,
+        author.source,
+        alert,
+        user_id,
+        &before,
+        &triage,
+    );
     log.record(std::slice::from_ref(&entry))
         .await
         .map_err(|source| ChangeError::Unrecorded { what, source })?;
@@ -361,8 +367,9 @@ mod tests {
             source: "http",
         };
         let acknowledged = TriageChange::new(TriageStatus::Acknowledged, None, None).unwrap();
-        let first = futures::executor::block_on(change_triage(&log, ops, alert, user, acknowledged))
-            .unwrap();
+        let first =
+            futures::executor::block_on(change_triage(&log, ops, alert, user, acknowledged))
+                .unwrap();
         assert_eq!(first.triage.triaged_by.as_deref(), Some("ops"));
         assert_eq!(first.at, Coord::new(0, 0));
         let resolved = TriageChange::new(
@@ -383,7 +390,11 @@ mod tests {
         assert_eq!(
             changes,
             [
-                ("open".into(), "acknowledged".into(), Some("alert-1-7".into())),
+                (
+                    "open".into(),
+                    "acknowledged".into(),
+                    Some("alert-1-7".into())
+                ),
                 (
                     "acknowledged".into(),
                     "resolved (legitimate): salary".into(),

@@ -10,9 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::events::scenarios_dir;
-use common::http::{
-    client, get_json, get_json_until, post_json, put_json, send_json, wait_ready,
-};
+use common::http::{client, get_json, get_json_until, post_json, put_json, send_json, wait_ready};
 use common::kafka::bootstrap;
 use common::oracle::Oracle;
 use common::process::user_monitor_command;
@@ -1362,7 +1360,8 @@ async fn a_resolved_alert_leaves_the_open_ones_on_every_shim_and_in_a_rebuilt_st
     // Two alerts (1100), of users 61 and 62.
     let mut alerts = Vec::new();
     for user in [61, 62] {
-        let event = format!(r#"{{"type": "withdraw", "amount": "500", "user_id": {user}, "time": 0}}"#);
+        let event =
+            format!(r#"{{"type": "withdraw", "amount": "500", "user_id": {user}, "time": 0}}"#);
         let (status, body) = send_as(client.post(a.url("/api/v1/events")), "ingest", &event).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         alerts.push(body["alert_id"].as_str().unwrap().to_owned());
@@ -1412,7 +1411,7 @@ async fn a_resolved_alert_leaves_the_open_ones_on_every_shim_and_in_a_rebuilt_st
         .json()
         .await
         .unwrap();
-    assert_eq!(ids(&page), [second.clone()], "read-your-writes on a");
+    assert_eq!(ids(&page), vec![second.clone()], "read-your-writes on a");
     let view: Value = read(&a, &format!("/api/v1/alerts/{first}"))
         .await
         .unwrap()
@@ -1440,7 +1439,10 @@ async fn a_resolved_alert_leaves_the_open_ones_on_every_shim_and_in_a_rebuilt_st
     .await;
     assert_eq!(status, StatusCode::OK);
     // Refusals name the problem (a note over 1000 characters fits the default body limit).
-    let long = format!(r#"{{"status": "acknowledged", "note": "{}"}}"#, "x".repeat(1001));
+    let long = format!(
+        r#"{{"status": "acknowledged", "note": "{}"}}"#,
+        "x".repeat(1001)
+    );
     let (status, body) = send_as(
         client.patch(a.url(&format!("/api/v1/alerts/{second}"))),
         "fraud-desk",
@@ -1465,7 +1467,12 @@ async fn a_resolved_alert_leaves_the_open_ones_on_every_shim_and_in_a_rebuilt_st
     listed_on(&a, "status=acknowledged", vec![second.clone()]).await;
     listed_on(&a, "status=open", vec![]).await;
 
-    let trail: Value = read(&a, "/api/v1/audit").await.unwrap().json().await.unwrap();
+    let trail: Value = read(&a, "/api/v1/audit")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let changes: Vec<(String, String, String, String)> = trail["entries"]
         .as_array()
         .unwrap()
@@ -1473,11 +1480,21 @@ async fn a_resolved_alert_leaves_the_open_ones_on_every_shim_and_in_a_rebuilt_st
         .map(|e| {
             assert_eq!(e["action"], "alert.triage", "{e}");
             let text = |k: &str| e[k].as_str().unwrap().to_owned();
-            (text("actor"), text("alert_id"), text("before"), text("after"))
+            (
+                text("actor"),
+                text("alert_id"),
+                text("before"),
+                text("after"),
+            )
         })
         .collect();
     let row = |who: &str, alert: &str, before: &str, after: &str| {
-        (who.to_owned(), alert.to_owned(), before.to_owned(), after.to_owned())
+        (
+            who.to_owned(),
+            alert.to_owned(),
+            before.to_owned(),
+            after.to_owned(),
+        )
     };
     assert_eq!(
         changes,
@@ -1489,7 +1506,12 @@ async fn a_resolved_alert_leaves_the_open_ones_on_every_shim_and_in_a_rebuilt_st
                 "resolved (fraud): card stolen",
                 "resolved (duplicate)"
             ),
-            row("fraud-desk", &first, "open", "resolved (fraud): card stolen"),
+            row(
+                "fraud-desk",
+                &first,
+                "open",
+                "resolved (fraud): card stolen"
+            ),
         ]
     );
 
@@ -1500,7 +1522,12 @@ async fn a_resolved_alert_leaves_the_open_ones_on_every_shim_and_in_a_rebuilt_st
             .as_array()
             .unwrap()
             .iter()
-            .map(|a| (a["alert_id"].as_str().unwrap().to_owned(), a["triage"].clone()))
+            .map(|a| {
+                (
+                    a["alert_id"].as_str().unwrap().to_owned(),
+                    a["triage"].clone(),
+                )
+            })
             .collect();
         views.sort_by(|x, y| x.0.cmp(&y.0));
         views
@@ -1519,4 +1546,3 @@ async fn a_resolved_alert_leaves_the_open_ones_on_every_shim_and_in_a_rebuilt_st
     a.stop().await;
     processor.stop().await;
 }
-

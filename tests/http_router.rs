@@ -299,8 +299,7 @@ impl MemoryBackend {
             Some(&record.to_json()),
         );
         topic.push(record);
-        let entry =
-            AuditEntry::triage_set(&actor, "http", alert, user_id, &before, &triage);
+        let entry = AuditEntry::triage_set(&actor, "http", alert, user_id, &before, &triage);
         self.inner.lock().unwrap().audit.push(entry.clone());
         let store = self.store.clone();
         Box::pin(async move {
@@ -2352,7 +2351,10 @@ async fn nonsense_triage_is_refused_naming_the_problem_and_changes_nothing() {
         call(&f.app, request).await.status,
         StatusCode::UNSUPPORTED_MEDIA_TYPE
     );
-    let long = format!(r#"{{"status": "acknowledged", "note": "{}"}}"#, "x".repeat(2000));
+    let long = format!(
+        r#"{{"status": "acknowledged", "note": "{}"}}"#,
+        "x".repeat(2000)
+    );
     assert_eq!(
         call(&f.app, patch("/api/v1/alerts/alert-0-0", &long))
             .await
@@ -2387,7 +2389,10 @@ async fn nonsense_triage_is_refused_naming_the_problem_and_changes_nothing() {
     f.backend.set_mode(Mode::Answer);
 
     assert!(f.backend.triage.lock().unwrap().is_empty());
-    assert_eq!(call(&f.app, get("/api/v1/audit")).await.json()["entries"], json!([]));
+    assert_eq!(
+        call(&f.app, get("/api/v1/audit")).await.json()["entries"],
+        json!([])
+    );
     assert_eq!(
         call(&f.app, get("/api/v1/alerts/alert-0-0")).await.json()["triage"],
         json!({"status": "open"})
@@ -2429,7 +2434,11 @@ async fn triage_needs_alerts_write_and_the_audit_trail_names_the_token() {
         request
     };
     let event = r#"{"type": "withdraw", "amount": "500", "user_id": 3, "time": 0}"#;
-    let reply = call(&f.app, with(post("/api/v1/events", event), Some("everything-else"))).await;
+    let reply = call(
+        &f.app,
+        with(post("/api/v1/events", event), Some("everything-else")),
+    )
+    .await;
     assert_eq!(reply.json()["alert_id"], "alert-0-0");
     let resolve = || {
         patch(

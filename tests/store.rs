@@ -336,10 +336,15 @@ type TriageLine = (
     &'static str,
 );
 
-fn triage(status: TriageStatus, resolution: Option<Resolution>, note: Option<&str>, who: &str) -> Triage {
+fn triage(
+    status: TriageStatus,
+    resolution: Option<Resolution>,
+    note: Option<&str>,
+    who: &str,
+) -> Triage {
     TriageChange::new(status, resolution, note.map(str::to_owned))
         .unwrap()
-        .made_by(who, format!("2026-12-01T10:00:00.000Z"))
+        .made_by(who, "2026-12-01T10:00:00.000Z".to_owned())
 }
 
 /// The triage topic's records as one partition, from `offset` on.
@@ -384,10 +389,34 @@ use TriageStatus::{Acknowledged, Open, Resolved};
 fn triage_lines() -> Vec<TriageLine> {
     vec![
         (alert(4), Acknowledged, None, None, "ana"),
-        (alert(8), Acknowledged, None, Some("calling the customer"), "ana"),
-        (alert(4), Resolved, Some(Resolution::Fraud), Some("card stolen"), "ops"),
-        (alert(12), Resolved, Some(Resolution::Legitimate), None, "ops"),
-        (alert(12), Open, None, Some("reopened: wrong customer"), "ana"),
+        (
+            alert(8),
+            Acknowledged,
+            None,
+            Some("calling the customer"),
+            "ana",
+        ),
+        (
+            alert(4),
+            Resolved,
+            Some(Resolution::Fraud),
+            Some("card stolen"),
+            "ops",
+        ),
+        (
+            alert(12),
+            Resolved,
+            Some(Resolution::Legitimate),
+            None,
+            "ops",
+        ),
+        (
+            alert(12),
+            Open,
+            None,
+            Some("reopened: wrong customer"),
+            "ana",
+        ),
         (alert(16), Acknowledged, None, None, "ana"),
     ]
 }
@@ -412,14 +441,29 @@ async fn triage_records_are_projected_onto_their_alerts_in_either_order(store: S
         .triage_of(&[alert(4), alert(8), alert(12), alert(16), alert(18)])
         .await
         .unwrap();
-    assert_eq!(found.len(), 3, "alert 16 was cleared, alert 18 never triaged");
+    assert_eq!(
+        found.len(),
+        3,
+        "alert 16 was cleared, alert 18 never triaged"
+    );
     assert_eq!(
         found[&alert(4)],
-        triage(Resolved, Some(Resolution::Fraud), Some("card stolen"), "ops")
+        triage(
+            Resolved,
+            Some(Resolution::Fraud),
+            Some("card stolen"),
+            "ops"
+        )
     );
-    assert_eq!(found[&alert(8)].note.as_deref(), Some("calling the customer"));
     assert_eq!(
-        (found[&alert(12)].status, found[&alert(12)].triaged_by.as_deref()),
+        found[&alert(8)].note.as_deref(),
+        Some("calling the customer")
+    );
+    assert_eq!(
+        (
+            found[&alert(12)].status,
+            found[&alert(12)].triaged_by.as_deref()
+        ),
         (Open, Some("ana"))
     );
     assert_eq!(statuses(&store, Resolved).await, [4]);
@@ -510,7 +554,12 @@ async fn the_status_filter_pages_each_status_newest_first_with_the_other_filters
 /// Every alert's triage and the lists by status, as a store shows them.
 async fn triage_state(store: &Store) -> (Vec<(Coord, Triage)>, [Vec<i64>; 3]) {
     let alerts: Vec<Coord> = (0..40).filter(|i| i % 2 == 0).map(alert).collect();
-    let mut triage: Vec<(Coord, Triage)> = store.triage_of(&alerts).await.unwrap().into_iter().collect();
+    let mut triage: Vec<(Coord, Triage)> = store
+        .triage_of(&alerts)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
     triage.sort_by_key(|(alert, _)| *alert);
     (
         triage,
@@ -528,7 +577,10 @@ async fn a_store_rebuilt_from_both_topics_in_another_order_agrees(store: Store) 
     let mut topic = triage_topic();
     store.write_triage(TRIAGE, &topic).await.unwrap();
     store.write(TOPIC, &batch(20..40)).await.unwrap();
-    let late = triage_batch(&[(alert(30), Resolved, Some(Resolution::Fraud), None, "ops")], 7);
+    let late = triage_batch(
+        &[(alert(30), Resolved, Some(Resolution::Fraud), None, "ops")],
+        7,
+    );
     store.write_triage(TRIAGE, &late).await.unwrap();
     let live = triage_state(&store).await;
     assert_eq!(live.1[2], [30, 4], "{live:?}");
@@ -537,17 +589,27 @@ async fn a_store_rebuilt_from_both_topics_in_another_order_agrees(store: Store) 
     // the alerts; also with the topic compacted (only the latest record of each alert).
     let (rebuilt, _dir) = fresh_like(&store, "rebuilt").await;
     let mut whole = triage_topic();
-    whole.push(0, 7, Some(b"alert-0-30"), Some(&TriageRecord::new(
-        alert(30),
-        triage(Resolved, Some(Resolution::Fraud), None, "ops"),
-    ).to_json()));
+    whole.push(
+        0,
+        7,
+        Some(b"alert-0-30"),
+        Some(
+            &TriageRecord::new(
+                alert(30),
+                triage(Resolved, Some(Resolution::Fraud), None, "ops"),
+            )
+            .to_json(),
+        ),
+    );
     rebuilt.write_triage(TRIAGE, &whole).await.unwrap();
     rebuilt.write(TOPIC, &batch(0..40)).await.unwrap();
     assert_eq!(triage_state(&rebuilt).await, live);
 
     let (compacted, _dir) = fresh_like(&store, "compacted").await;
     topic.triage.retain(|_, t| t.is_some());
-    topic.triage.insert(alert(30), late.triage[&alert(30)].clone());
+    topic
+        .triage
+        .insert(alert(30), late.triage[&alert(30)].clone());
     compacted.write(TOPIC, &batch(0..40)).await.unwrap();
     compacted.write_triage(TRIAGE, &topic).await.unwrap();
     assert_eq!(triage_state(&compacted).await, live);
@@ -561,7 +623,9 @@ async fn fresh_like(store: &Store, name: &str) -> (Store, Option<tempfile::TempD
             (store, Some(dir))
         }
         Dialect::Postgres => (
-            common::store::postgres(name).await.expect("the server of the first store"),
+            common::store::postgres(name)
+                .await
+                .expect("the server of the first store"),
             None,
         ),
     }
@@ -584,4 +648,3 @@ async fn retention_takes_the_triage_of_expired_alerts_with_them(store: Store) {
     assert_eq!(statuses(&store, Acknowledged).await, [90]);
     assert!(statuses(&store, Resolved).await.is_empty());
 }
-

@@ -340,8 +340,8 @@ impl TriageRecord {
     /// (checked as a change would be).
     pub fn from_record(key: &[u8], payload: &[u8]) -> Result<(Coord, Triage), TriageRecordError> {
         let alert = TriageRecord::alert_of(key)?;
-        let record: TriageRecord = serde_json::from_slice(payload)
-            .map_err(|e| TriageRecordError::Json(e.to_string()))?;
+        let record: TriageRecord =
+            serde_json::from_slice(payload).map_err(|e| TriageRecordError::Json(e.to_string()))?;
         if record.alert_id != alert.alert_id() {
             return Err(TriageRecordError::Mismatch {
                 key: alert.alert_id(),

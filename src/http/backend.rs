@@ -599,7 +599,12 @@ async fn wait_projected(
         let behind: Vec<String> = ends
             .iter()
             .filter(|(p, end)| **end > 0 && stored.get(p).copied().unwrap_or(0) < **end)
-            .map(|(p, end)| format!("partition {p} at {} of {end}", stored.get(p).copied().unwrap_or(0)))
+            .map(|(p, end)| {
+                format!(
+                    "partition {p} at {} of {end}",
+                    stored.get(p).copied().unwrap_or(0)
+                )
+            })
             .collect();
         if behind.is_empty() {
             return Ok(());

@@ -197,7 +197,9 @@ impl Projection {
         let thread = std::thread::Builder::new()
             .name(format!("{role}-projection"))
             .spawn(move || {
-                project::<B>(&settings, &topic, &consumer, &store, &status, &stop, &runtime)
+                project::<B>(
+                    &settings, &topic, &consumer, &store, &status, &stop, &runtime,
+                )
             })
             .map_err(StoreError::Thread)?;
         Ok(Projection { thread })

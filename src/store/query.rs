@@ -147,11 +147,7 @@ impl Store {
         if let Some(status) = query.status {
             // A constant of the code: the planner sees which index range it is.
             let column = if prefix.is_empty() { "" } else { "r." };
-            let _ = write!(
-                sql,
-                " AND {column}triage_status = {}",
-                status_code(status)
-            );
+            let _ = write!(sql, " AND {column}triage_status = {}", status_code(status));
         }
         if let Some(since) = query.since {
             let _ = write!(sql, " AND {prefix}ts >= ");

@@ -53,7 +53,13 @@ pub struct TriageBatch {
 impl TriageBatch {
     /// Adds the triage record at (`partition`, `offset`); an unreadable one is logged, counted
     /// and skipped, never fatal.
-    pub fn push(&mut self, partition: i32, offset: i64, key: Option<&[u8]>, payload: Option<&[u8]>) {
+    pub fn push(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+    ) {
         self.next_offsets.insert(partition, offset + 1);
         self.records += 1;
         let read = match (key, payload) {
@@ -217,7 +223,12 @@ mod tests {
             format!(r#"{{"alert_id": "alert-1-5", "status": "{status}", "triaged_by": "ops"}}"#)
         };
         let mut batch = TriageBatch::default();
-        batch.push(0, 10, Some(b"alert-1-5"), Some(record("acknowledged").as_bytes()));
+        batch.push(
+            0,
+            10,
+            Some(b"alert-1-5"),
+            Some(record("acknowledged").as_bytes()),
+        );
         batch.push(0, 11, Some(b"alert-1-5"), Some(record("open").as_bytes()));
         batch.push(2, 3, Some(b"alert-1-6"), None);
         batch.push(2, 4, Some(b"nope"), Some(record("open").as_bytes()));
@@ -229,9 +240,6 @@ mod tests {
             Some(TriageStatus::Open)
         );
         assert_eq!(batch.triage[&Coord::new(1, 6)], None);
-        assert_eq!(
-            batch.next_offsets,
-            BTreeMap::from([(0, 12), (2, 6)])
-        );
+        assert_eq!(batch.next_offsets, BTreeMap::from([(0, 12), (2, 6)]));
     }
 }

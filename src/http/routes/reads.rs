@@ -177,7 +177,9 @@ pub async fn get_alert(
     let key = parse_alert_key(&alert_id)?;
     let view = find_alert(&state, &alert_id, key).await?;
     let mut triage = state.store.triage_of(&[key]).await.map_err(store_error)?;
-    Ok(Json(view.with_triage(triage.remove(&key).unwrap_or_default())))
+    Ok(Json(
+        view.with_triage(triage.remove(&key).unwrap_or_default()),
+    ))
 }
 
 /// A user's events with their results, newest first, from the database (paged by cursor).
