@@ -237,3 +237,20 @@ pub fn new_secret() -> String {
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     format!("umt_{hex}")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_scope_is_configured_by_its_name_and_an_unknown_one_lists_them_all() {
+        for scope in Scope::ALL {
+            assert_eq!(scope.as_str().parse::<Scope>(), Ok(scope));
+        }
+        assert_eq!("alerts:write".parse::<Scope>(), Ok(Scope::AlertsWrite));
+        let error = "alerts:read".parse::<Scope>().unwrap_err();
+        for scope in Scope::ALL {
+            assert!(error.contains(scope.as_str()), "{error}");
+        }
+    }
+}
