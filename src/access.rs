@@ -22,15 +22,18 @@ pub enum Scope {
     ProfilesWrite,
     /// Every rules write (rule sets as data).
     RulesWrite,
+    /// `PATCH /api/v1/alerts/{id}`: the triage of alerts.
+    AlertsWrite,
     /// Every `GET` of the API.
     Read,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 4] = [
+    pub const ALL: [Scope; 5] = [
         Scope::EventsWrite,
         Scope::ProfilesWrite,
         Scope::RulesWrite,
+        Scope::AlertsWrite,
         Scope::Read,
     ];
 
@@ -39,6 +42,7 @@ impl Scope {
             Scope::EventsWrite => "events:write",
             Scope::ProfilesWrite => "profiles:write",
             Scope::RulesWrite => "rules:write",
+            Scope::AlertsWrite => "alerts:write",
             Scope::Read => "read",
         }
     }
@@ -58,7 +62,7 @@ impl FromStr for Scope {
             .find(|scope| scope.as_str() == s)
             .ok_or_else(|| {
                 format!(
-                    "unknown scope {s:?} (scopes: events:write, profiles:write, rules:write, read)"
+                    "unknown scope {s:?} (scopes: events:write, profiles:write, rules:write, alerts:write, read)"
                 )
             })
     }
@@ -232,4 +236,21 @@ pub fn new_secret() -> String {
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     format!("umt_{hex}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_scope_is_configured_by_its_name_and_an_unknown_one_lists_them_all() {
+        for scope in Scope::ALL {
+            assert_eq!(scope.as_str().parse::<Scope>(), Ok(scope));
+        }
+        assert_eq!("alerts:write".parse::<Scope>(), Ok(Scope::AlertsWrite));
+        let error = "alerts:read".parse::<Scope>().unwrap_err();
+        for scope in Scope::ALL {
+            assert!(error.contains(scope.as_str()), "{error}");
+        }
+    }
 }

@@ -1,8 +1,9 @@
-//! The audit trail: every accepted change of a risk level (or a rule set) — who, when, what,
+//! The audit trail: every accepted change of a risk level, a rule set or an alert's triage — who,
+//! when, what,
 //! before → after — as one record of the audit topic (`topics.audit`, one partition so the trail
 //! has one order, never compacted), listed newest first by `GET /api/v1/audit`.
 
-use crate::domain::UserId;
+use crate::domain::{Coord, Triage, UserId};
 use std::time::{Duration, SystemTime};
 
 use rdkafka::consumer::Consumer;
@@ -24,13 +25,18 @@ pub struct AuditEntry {
     pub at: String,
     /// Who: the token's name (`anonymous` when authentication is off), or `cli:<os user>`.
     pub actor: String,
-    /// What: `risk.set`, `rules.active.set`, `rules.shadow.set` or `rules.shadow.clear`.
+    /// What: `risk.set`, `rules.active.set`, `rules.shadow.set`, `rules.shadow.clear` or
+    /// `alert.triage`.
     pub action: String,
-    /// The user whose risk level changed.
+    /// The user whose risk level changed, or whose alert was triaged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_id: Option<u64>,
-    /// The value before the change: a risk level (`medium` for a user without a profile), or a
-    /// rule set's version (`none` for no shadow set).
+    /// The alert whose triage changed (`alert-<partition>-<offset>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alert_id: Option<String>,
+    /// The value before the change: a risk level (`medium` for a user without a profile), a
+    /// rule set's version (`none` for no shadow set), or a triage (`open`,
+    /// `resolved (fraud): <note>`).
     pub before: String,
     /// The value after it (a version, or `none` when the shadow set was cleared).
     pub after: String,
@@ -49,6 +55,7 @@ impl AuditEntry {
             actor: actor.to_owned(),
             action: "risk.set".to_owned(),
             user_id: Some(user_id.get()),
+            alert_id: None,
             before: before.to_owned(),
             after: after.to_owned(),
             source: source.to_owned(),
@@ -71,6 +78,7 @@ impl AuditEntry {
             actor: actor.to_owned(),
             action: format!("rules.{key}.{verb}"),
             user_id: None,
+            alert_id: None,
             before: before.unwrap_or(NO_RULE_SET).to_owned(),
             after: after.unwrap_or(NO_RULE_SET).to_owned(),
             source: source.to_owned(),
@@ -78,8 +86,35 @@ impl AuditEntry {
         }
     }
 
-    /// The record key: what the change is about (`user:<id>`, or `rules:active`/`rules:shadow`).
+    /// A change of an alert's triage accepted now: `before`/`after` are their summaries
+    /// ([`Triage::summary`]); `user_id` is the alert's user.
+    pub fn triage_set(
+        actor: &str,
+        source: &str,
+        alert: Coord,
+        user_id: Option<UserId>,
+        before: &Triage,
+        after: &Triage,
+    ) -> Self {
+        AuditEntry {
+            at: now_rfc3339(),
+            actor: actor.to_owned(),
+            action: "alert.triage".to_owned(),
+            user_id: user_id.map(UserId::get),
+            alert_id: Some(alert.alert_id()),
+            before: before.summary(),
+            after: after.summary(),
+            source: source.to_owned(),
+            offset: None,
+        }
+    }
+
+    /// The record key: what the change is about (`user:<id>`, `rules:active`/`rules:shadow`, or
+    /// `alert-<partition>-<offset>`).
     pub fn key(&self) -> String {
+        if let Some(alert_id) = &self.alert_id {
+            return alert_id.clone();
+        }
         match self.user_id {
             Some(user) => format!("user:{user}"),
             None => match self.action.strip_prefix("rules.") {
@@ -213,5 +248,32 @@ mod tests {
             (first.action.as_str(), first.before.as_str()),
             ("rules.shadow.set", "none")
         );
+    }
+
+    #[test]
+    fn a_triage_change_names_the_alert_its_user_and_both_states() {
+        use crate::domain::{Resolution, TriageChange, TriageStatus};
+        let after = TriageChange::new(
+            TriageStatus::Resolved,
+            Some(Resolution::Duplicate),
+            Some("see alert-0-3".into()),
+        )
+        .unwrap()
+        .made_by("ops", now_rfc3339());
+        let entry = AuditEntry::triage_set(
+            "ops",
+            "http",
+            Coord::new(0, 4),
+            Some(UserId::new(9).unwrap()),
+            &Triage::open(),
+            &after,
+        );
+        let json = serde_json::to_value(&entry).unwrap();
+        assert_eq!(json["action"], "alert.triage");
+        assert_eq!(json["alert_id"], "alert-0-4");
+        assert_eq!(json["user_id"], 9);
+        assert_eq!(json["before"], "open");
+        assert_eq!(json["after"], "resolved (duplicate): see alert-0-3");
+        assert_eq!(entry.key(), "alert-0-4");
     }
 }

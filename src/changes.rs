@@ -1,16 +1,18 @@
-//! The changes people make to what the engine judges by — a rule set, risk levels — each one use
-//! case written once for every edge (the CLI's `rules publish`, `rules clear-shadow` and
-//! `profiles load`, and the HTTP API): read what is in force, publish the change and wait for
-//! Kafka's acknowledgement, then record who changed what in the audit trail. The edges differ
-//! only in their [`ChangeLog`]: short-lived clients for the CLI ([`crate::app`]), the shim's
-//! producer and profiles follower for HTTP ([`crate::http::backend`]).
+//! The changes people make to what the engine judges by — a rule set, risk levels — and to the
+//! triage of an alert, each one use case written once for every edge (the CLI's `rules publish`,
+//! `rules clear-shadow` and `profiles load`, and the HTTP API): read what is in force, publish
+//! the change and wait for Kafka's acknowledgement, then record who changed what in the audit
+//! trail. The edges differ only in their [`ChangeLog`]: short-lived clients for the CLI
+//! ([`crate::app`]), the shim's producer and profiles follower for HTTP
+//! ([`crate::http::backend`]), which is also the [`TriageLog`] (triage is an HTTP change only).
 
 use std::collections::HashMap;
 use std::future::Future;
 
-use crate::audit::AuditEntry;
+use crate::audit::{now_rfc3339, AuditEntry};
 use crate::domain::Risk;
 use crate::domain::UserId;
+use crate::domain::{Coord, Triage, TriageChange, TriageRecord};
 use crate::kafka::rules::{Current, Published, RulesKey};
 use crate::kafka::KafkaLayerError;
 use crate::profiles::ProfileLine;
@@ -47,6 +49,23 @@ pub trait ChangeLog {
     ) -> impl Future<Output = Result<(), KafkaLayerError>> + Send;
 }
 
+/// Where triage changes are read and published (the audit trail is the [`ChangeLog`]'s).
+pub trait TriageLog: ChangeLog {
+    /// The alert's triage in force, as of every triage record Kafka acknowledged so far
+    /// (`None`: never triaged).
+    fn triage_of(
+        &self,
+        alert: Coord,
+    ) -> impl Future<Output = Result<Option<Triage>, KafkaLayerError>> + Send;
+
+    /// Publishes the record to the triage topic (keyed by its alert id), acknowledged; returns
+    /// where Kafka stored it.
+    fn publish_triage(
+        &self,
+        record: &TriageRecord,
+    ) -> impl Future<Output = Result<Coord, KafkaLayerError>> + Send;
+}
+
 /// Who makes a change, and through which edge (`cli`, `http`).
 #[derive(Debug, Clone, Copy)]
 pub struct Author<'a> {
@@ -79,6 +98,52 @@ pub enum ChangeError {
 pub struct RulesChanged {
     pub published: Published,
     pub entry: AuditEntry,
+}
+
+/// A triage change Kafka acknowledged: the alert's new triage, where its record is in the triage
+/// topic, and its audit entry.
+#[derive(Debug, Clone)]
+pub struct TriageChanged {
+    pub triage: Triage,
+    /// The record's partition and offset in the triage topic.
+    pub at: Coord,
+    pub entry: AuditEntry,
+}
+
+/// Sets an alert's triage (made by the author now) and records the change, its "before" the
+/// triage in force when the change was asked for (open for an alert never triaged). `user_id`
+/// is the alert's user, for the audit trail.
+pub async fn change_triage(
+    log: &impl TriageLog,
+    author: Author<'_>,
+    alert: Coord,
+    user_id: Option<UserId>,
+    change: TriageChange,
+) -> Result<TriageChanged, ChangeError> {
+    let what = "the alert's triage";
+    let before = log
+        .triage_of(alert)
+        .await
+        .map_err(|source| ChangeError::Read { what, source })?
+        .unwrap_or_else(Triage::open);
+    let triage = change.made_by(author.actor, now_rfc3339());
+    let record = TriageRecord::new(alert, triage.clone());
+    let at = log
+        .publish_triage(&record)
+        .await
+        .map_err(|source| ChangeError::Publish { what, source })?;
+    let entry = AuditEntry::triage_set(
+        author.actor,
+        author.source,
+        alert,
+        user_id,
+        &before,
+        &triage,
+    );
+    log.record(std::slice::from_ref(&entry))
+        .await
+        .map_err(|source| ChangeError::Unrecorded { what, source })?;
+    Ok(TriageChanged { triage, at, entry })
 }
 
 /// Publishes the set of `key` (`None`: clears the shadow set) and records the change. Its
@@ -160,8 +225,26 @@ mod tests {
     struct Memory {
         rules: MemoryTopic,
         risks: Mutex<HashMap<UserId, Risk>>,
+        /// The triage topic: every record, oldest first.
+        triage: Mutex<Vec<TriageRecord>>,
         audit: Mutex<Vec<AuditEntry>>,
         refuse_audit: bool,
+    }
+
+    impl TriageLog for Memory {
+        async fn triage_of(&self, alert: Coord) -> Result<Option<Triage>, KafkaLayerError> {
+            let records = self.triage.lock().unwrap();
+            Ok(records
+                .iter()
+                .rev()
+                .find(|r| r.alert_id == alert.alert_id())
+                .map(|r| r.triage.clone()))
+        }
+        async fn publish_triage(&self, record: &TriageRecord) -> Result<Coord, KafkaLayerError> {
+            let mut records = self.triage.lock().unwrap();
+            records.push(record.clone());
+            Ok(Coord::new(0, records.len() as i64 - 1))
+        }
     }
 
     impl ChangeLog for Memory {
@@ -270,6 +353,59 @@ mod tests {
         assert_eq!(
             log.risks.lock().unwrap()[&UserId::new(3).unwrap()],
             Risk::High
+        );
+    }
+
+    #[test]
+    fn a_triage_change_records_the_triage_it_replaced_and_who_made_it() {
+        use crate::domain::{Resolution, TriageStatus};
+        let log = Memory::default();
+        let alert = Coord::new(1, 7);
+        let user = UserId::new(4);
+        let ops = Author {
+            actor: "ops",
+            source: "http",
+        };
+        let acknowledged = TriageChange::new(TriageStatus::Acknowledged, None, None).unwrap();
+        let first =
+            futures::executor::block_on(change_triage(&log, ops, alert, user, acknowledged))
+                .unwrap();
+        assert_eq!(first.triage.triaged_by.as_deref(), Some("ops"));
+        assert_eq!(first.at, Coord::new(0, 0));
+        let resolved = TriageChange::new(
+            TriageStatus::Resolved,
+            Some(Resolution::Legitimate),
+            Some("salary".into()),
+        )
+        .unwrap();
+        let second =
+            futures::executor::block_on(change_triage(&log, ops, alert, user, resolved)).unwrap();
+        let changes: Vec<(String, String, Option<String>)> = log
+            .audit
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| (e.before.clone(), e.after.clone(), e.alert_id.clone()))
+            .collect();
+        assert_eq!(
+            changes,
+            [
+                (
+                    "open".into(),
+                    "acknowledged".into(),
+                    Some("alert-1-7".into())
+                ),
+                (
+                    "acknowledged".into(),
+                    "resolved (legitimate): salary".into(),
+                    Some("alert-1-7".into())
+                ),
+            ]
+        );
+        assert_eq!(second.entry.user_id, Some(4));
+        assert_eq!(
+            futures::executor::block_on(log.triage_of(alert)).unwrap(),
+            Some(second.triage)
         );
     }
 }

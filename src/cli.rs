@@ -70,7 +70,7 @@ pub enum TokenCommand {
     New {
         /// The token's name: who the audit trail says made a change.
         name: String,
-        /// Comma-separated scopes: events:write, profiles:write, rules:write, read.
+        /// Comma-separated scopes: events:write, profiles:write, rules:write, alerts:write, read.
         #[arg(long, value_delimiter = ',', required = true, value_parser = parse_scope)]
         scopes: Vec<Scope>,
     },

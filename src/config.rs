@@ -101,6 +101,8 @@ pub struct TopicsConfig {
     pub rules: String,
     /// Where a shadow set's disagreements with the active set go.
     pub shadow: String,
+    /// The triage of alerts (compacted; key the alert id, the latest record in force).
+    pub triage: String,
     /// Create missing topics at start-up.
     pub create: bool,
     pub partitions: i32,
@@ -340,6 +342,7 @@ impl Settings {
             ("topics.audit", &self.topics.audit),
             ("topics.rules", &self.topics.rules),
             ("topics.shadow", &self.topics.shadow),
+            ("topics.triage", &self.topics.triage),
         ];
         for (key, name) in topics {
             validate_topic_name(key, name)?;

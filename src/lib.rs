@@ -11,7 +11,9 @@
 //!   `domain/json.rs`), [`domain::UserId`] with its one range-checked parse, [`domain::Risk`],
 //!   the [`domain::Verdict`] on one input with its [`domain::AlertCodes`], the input
 //!   [`domain::Coord`]inates that name every answer (event and alert ids), the murmur2
-//!   partitioner, and the responses (legacy line, alerts-topic record built from a verdict).
+//!   partitioner, and the responses (legacy line, alerts-topic record built from a verdict);
+//!   the triage people give an alert ([`domain::triage`]: its status, the `PATCH` body checked
+//!   naming every problem, the triage topic's record).
 //! - [`rules`]: the five fixed rules' thresholds, windows and codes ([`rules::FixedRulesConfig`],
 //!   validated as [`rules::FixedRules`]); [`domain::Risk`] scales them.
 //! - [`rule_set`]: rule sets as data (CONTRACT §10): the TOML file or JSON body validated
@@ -53,13 +55,13 @@
 //!   (`sources.rs`: profiles and rule sets, readable for a batch only with the proof that they
 //!   were caught up), what the host prepares first (`startup.rs`), and the test-only fault
 //!   injection (`faults.rs`, with the `fault-injection` feature only).
-//! - [`audit`]: the audit trail of risk and rule set changes; [`changes`]: the use cases that
-//!   make them (read what is in force, publish, record), written once for the CLI and the HTTP
-//!   API, each edge giving its own [`changes::ChangeLog`].
+//! - [`audit`]: the audit trail of risk, rule set and triage changes; [`changes`]: the use cases
+//!   that make them (read what is in force, publish, record), written once for the CLI and the
+//!   HTTP API, each edge giving its own [`changes::ChangeLog`].
 //! - [`store`]: the read model behind the GET endpoints: the alerts topic projected into SQLite
 //!   (default) or PostgreSQL, rows and Kafka offsets in one transaction, keyset-paged queries,
-//!   retention by event time ([`store::projection`]: the projecting consumer and the retention
-//!   task).
+//!   retention by event time ([`store::projection`]: the projecting consumers and the retention
+//!   task); the triage topic projected beside it, the status filter on the alerts' rows.
 //! - [`http`]: the HTTP shim: the API contract ([`http::api`]: bodies, parameters, errors, the
 //!   OpenAPI document), the handlers by resource, each group behind the scope it declares
 //!   ([`http::routes`]), bearer tokens ([`http::auth`]), the waiters of `POST` requests
@@ -73,7 +75,8 @@
 //! `user-events` -> [`processor`] -> `user-alerts` (+ `user-events.dlq`, `user-monitor.state`,
 //! `user-alerts.shadow`), judged under the versions of `user-monitor.rules`;
 //! HTTP `POST /event` -> `user-events`, and the shim waits for the matching `user-alerts` record;
-//! `user-alerts` -> [`store::projection`] -> database -> HTTP GET.
+//! `user-alerts` -> [`store::projection`] -> database -> HTTP GET; HTTP `PATCH` of an alert ->
+//! `user-alerts.triage` (+ `user-monitor.audit`) -> [`store::projection`] -> database.
 
 pub mod access;
 pub mod app;

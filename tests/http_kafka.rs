@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::events::scenarios_dir;
-use common::http::{client, get_json, get_json_until, post_json, put_json, wait_ready};
+use common::http::{client, get_json, get_json_until, post_json, put_json, send_json, wait_ready};
 use common::kafka::bootstrap;
 use common::oracle::Oracle;
 use common::process::user_monitor_command;
@@ -44,6 +44,7 @@ fn world(name: &str) -> Settings {
     s.topics.audit = format!("{prefix}-audit");
     s.topics.rules = format!("{prefix}-rules");
     s.topics.shadow = format!("{prefix}-shadow");
+    s.topics.triage = format!("{prefix}-triage");
     s.topics.partitions = 3;
     // Access control has tests of its own (below and in http_router.rs).
     s.http.auth.mode = AuthMode::Open;
@@ -1302,5 +1303,246 @@ async fn an_event_posted_after_a_put_rule_set_is_judged_by_it_with_evidence() {
     let (_, view) = get_json(&client, &shim.url(&format!("/api/v1/events/{first_id}"))).await;
     assert_eq!(view["rules_version"], "default");
     shim.stop().await;
+    processor.stop().await;
+}
+
+/// Sends `body` as JSON with the secret of the token `who` (`<who>-secret`).
+async fn send_as(request: reqwest::RequestBuilder, who: &str, body: &str) -> (StatusCode, Value) {
+    send_json(request.bearer_auth(format!("{who}-secret")), body).await
+}
+
+/// Triage against the real broker and processor, through two shims with a read model each: an
+/// alert resolved through one leaves the open alerts there at once (read-your-writes), and on the
+/// other once it has projected the triage topic; a change through the other names the first as
+/// its "before"; the audit trail says which token did what; and a store rebuilt from the topics
+/// shows every alert's triage as the live ones do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resolved_alert_leaves_the_open_ones_on_every_shim_and_in_a_rebuilt_store() {
+    use user_monitor::http::auth::{sha256_hex, Scope, TokenConfig};
+    let mut settings = world("triage");
+    settings.http.auth.mode = AuthMode::Tokens;
+    let token = |name: &str, scopes: &[Scope]| TokenConfig {
+        name: name.into(),
+        sha256: sha256_hex(&format!("{name}-secret")),
+        scopes: scopes.to_vec(),
+    };
+    settings.http.auth.tokens = vec![
+        token("ingest", &[Scope::EventsWrite]),
+        token("fraud-desk", &[Scope::AlertsWrite, Scope::Read]),
+        token("night-shift", &[Scope::AlertsWrite]),
+    ];
+    let processor = Processor::start(&settings);
+    let a = Shim::start(&settings, Some(&processor)).await;
+    let store_of = |settings: &Settings, name: &str| {
+        let mut other = settings.clone();
+        other.store.data_dir = settings.store.data_dir.with_extension(name);
+        other
+    };
+    let b = Shim::start(&store_of(&settings, "b"), Some(&processor)).await;
+    let client = client();
+    a.wait_ready(&client).await;
+    b.wait_ready(&client).await;
+
+    let read = |shim: &Shim, path: &str| {
+        client
+            .get(shim.url(path))
+            .bearer_auth("fraud-desk-secret")
+            .send()
+    };
+    let ids = |page: &Value| -> Vec<String> {
+        page["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["alert_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    // Two alerts (1100), of users 61 and 62.
+    let mut alerts = Vec::new();
+    for user in [61, 62] {
+        let event =
+            format!(r#"{{"type": "withdraw", "amount": "500", "user_id": {user}, "time": 0}}"#);
+        let (status, body) = send_as(client.post(a.url("/api/v1/events")), "ingest", &event).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        alerts.push(body["alert_id"].as_str().unwrap().to_owned());
+    }
+    let (first, second) = (alerts[0].clone(), alerts[1].clone());
+    let listed_on = |shim: &Shim, query: &str, want: Vec<String>| {
+        let url = shim.url(&format!("/api/v1/alerts?{query}"));
+        let client = client.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let page: Value = client
+                    .get(&url)
+                    .bearer_auth("fraud-desk-secret")
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                let mut got = ids(&page);
+                got.sort();
+                if got == want || Instant::now() > deadline {
+                    assert_eq!(got, want, "{url}");
+                    return page;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let mut both = alerts.clone();
+    both.sort();
+    listed_on(&a, "status=open", both.clone()).await;
+
+    // Resolved through shim a: 200 once Kafka has it, and a's views show it at once.
+    let (status, body) = send_as(
+        client.patch(a.url(&format!("/api/v1/alerts/{first}"))),
+        "fraud-desk",
+        r#"{"status": "resolved", "resolution": "fraud", "note": "card stolen"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["triage"]["triaged_by"], "fraud-desk");
+    let page: Value = read(&a, "/api/v1/alerts?status=open")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ids(&page), vec![second.clone()], "read-your-writes on a");
+    let view: Value = read(&a, &format!("/api/v1/alerts/{first}"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(view["triage"], body["triage"]);
+    // Shim b agrees once it has projected the triage topic.
+    listed_on(&b, "status=open", vec![second.clone()]).await;
+    listed_on(&b, "status=resolved", vec![first.clone()]).await;
+
+    // Through b: its "before" is what a wrote, whoever projected it.
+    let (status, body) = send_as(
+        client.patch(b.url(&format!("/api/v1/alerts/{first}"))),
+        "night-shift",
+        r#"{"status": "resolved", "resolution": "duplicate"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _) = send_as(
+        client.patch(b.url(&format!("/api/v1/alerts/{second}"))),
+        "night-shift",
+        r#"{"status": "acknowledged"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    // Refusals name the problem (a note over 1000 characters fits the default body limit).
+    let long = format!(
+        r#"{{"status": "acknowledged", "note": "{}"}}"#,
+        "x".repeat(1001)
+    );
+    let (status, body) = send_as(
+        client.patch(a.url(&format!("/api/v1/alerts/{second}"))),
+        "fraud-desk",
+        &long,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("note is 1001 characters long: at most 1000"),
+        "{body}"
+    );
+    let (status, _) = send_as(
+        client.patch(a.url("/api/v1/alerts/alert-0-999999")),
+        "fraud-desk",
+        r#"{"status": "acknowledged"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    listed_on(&a, "status=acknowledged", vec![second.clone()]).await;
+    listed_on(&a, "status=open", vec![]).await;
+
+    let trail: Value = read(&a, "/api/v1/audit")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let changes: Vec<(String, String, String, String)> = trail["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            assert_eq!(e["action"], "alert.triage", "{e}");
+            let text = |k: &str| e[k].as_str().unwrap().to_owned();
+            (
+                text("actor"),
+                text("alert_id"),
+                text("before"),
+                text("after"),
+            )
+        })
+        .collect();
+    let row = |who: &str, alert: &str, before: &str, after: &str| {
+        (
+            who.to_owned(),
+            alert.to_owned(),
+            before.to_owned(),
+            after.to_owned(),
+        )
+    };
+    assert_eq!(
+        changes,
+        [
+            row("night-shift", &second, "open", "acknowledged"),
+            row(
+                "night-shift",
+                &first,
+                "resolved (fraud): card stolen",
+                "resolved (duplicate)"
+            ),
+            row(
+                "fraud-desk",
+                &first,
+                "open",
+                "resolved (fraud): card stolen"
+            ),
+        ]
+    );
+
+    // Every alert's view, triage included, on a; a store rebuilt from the topics (a third shim
+    // with an empty database) shows the same.
+    let views = |page: &Value| -> Vec<(String, Value)> {
+        let mut views: Vec<(String, Value)> = page["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| {
+                (
+                    a["alert_id"].as_str().unwrap().to_owned(),
+                    a["triage"].clone(),
+                )
+            })
+            .collect();
+        views.sort_by(|x, y| x.0.cmp(&y.0));
+        views
+    };
+    let live = views(&listed_on(&a, "", both.clone()).await);
+    let resolved = live.iter().find(|(id, _)| *id == first).unwrap();
+    assert_eq!(resolved.1["resolution"], "duplicate", "{live:?}");
+    b.stop().await;
+    let rebuilt = Shim::start(&store_of(&settings, "rebuilt"), Some(&processor)).await;
+    rebuilt.wait_ready(&client).await;
+    listed_on(&rebuilt, "status=acknowledged", vec![second.clone()]).await;
+    listed_on(&rebuilt, "status=resolved", vec![first.clone()]).await;
+    assert_eq!(views(&listed_on(&rebuilt, "", both).await), live);
+
+    rebuilt.stop().await;
+    a.stop().await;
     processor.stop().await;
 }

@@ -26,11 +26,12 @@ use user_monitor::domain::Coord;
 use user_monitor::domain::Risk;
 use user_monitor::domain::UserId;
 use user_monitor::domain::Verdict;
+use user_monitor::domain::{Triage, TriageChange, TriageRecord};
 use user_monitor::engine::Input;
 use user_monitor::health::Readiness;
 use user_monitor::http::api::ApiDoc;
 use user_monitor::http::auth::{sha256_hex, Scope, TokenConfig, Tokens};
-use user_monitor::http::backend::{Found, LookupError, ProduceError, RulesChanged};
+use user_monitor::http::backend::{Found, LookupError, ProduceError, RulesChanged, TriageChanged};
 use user_monitor::http::{router, server, Backend, ConfiguredRuleSets, Hub, Shared};
 use user_monitor::kafka::dead_letters::DeadLetterView;
 use user_monitor::kafka::rules::{Current, MemoryTopic, RulesKey};
@@ -38,7 +39,7 @@ use user_monitor::metrics::Metrics;
 use user_monitor::profiles::Profiles;
 use user_monitor::rule_set::RuleSet;
 use user_monitor::store::projection::Status as ProjectionStatus;
-use user_monitor::store::{Batch, Store};
+use user_monitor::store::{Batch, Store, TriageBatch};
 use utoipa::OpenApi;
 
 /// How the fake Kafka behaves.
@@ -62,6 +63,8 @@ struct MemoryBackend {
     inner: Mutex<Engine>,
     /// The rules topic.
     rules: MemoryTopic,
+    /// The triage topic (one partition), projected into the store at once.
+    triage: Mutex<Vec<TriageRecord>>,
 }
 
 #[derive(Default)]
@@ -83,6 +86,7 @@ impl MemoryBackend {
             mode: Mutex::new(Mode::Answer),
             inner: Mutex::new(Engine::default()),
             rules: MemoryTopic::default(),
+            triage: Mutex::default(),
         })
     }
 
@@ -284,6 +288,56 @@ impl Backend for MemoryBackend {
             .collect();
         Box::pin(async move { Ok(letters) })
     }
+
+    fn change_triage(
+        &self,
+        actor: String,
+        alert: Coord,
+        user_id: Option<UserId>,
+        change: TriageChange,
+    ) -> BoxFuture<'static, Result<TriageChanged, ProduceError>> {
+        self.triage_now(actor, alert, user_id, change)
+    }
+}
+
+impl MemoryBackend {
+    /// As `KafkaBackend`: the triage in force (the topic's latest record of the alert), the new
+    /// record published and projected, the change audited.
+    fn triage_now(
+        &self,
+        actor: String,
+        alert: Coord,
+        user_id: Option<UserId>,
+        change: TriageChange,
+    ) -> BoxFuture<'static, Result<TriageChanged, ProduceError>> {
+        if *self.mode.lock().unwrap() == Mode::Down {
+            return Box::pin(async { Err(ProduceError::NotAcknowledged("timed out".into())) });
+        }
+        let mut topic = self.triage.lock().unwrap();
+        let before = topic
+            .iter()
+            .rev()
+            .find(|r| r.alert_id == alert.alert_id())
+            .map_or_else(Triage::open, |r| r.triage.clone());
+        let triage = change.made_by(&actor, user_monitor::audit::now_rfc3339());
+        let record = TriageRecord::new(alert, triage.clone());
+        let at = Coord::new(0, topic.len() as i64);
+        let mut batch = TriageBatch::default();
+        batch.push(
+            at.partition,
+            at.offset,
+            Some(record.alert_id.as_bytes()),
+            Some(&record.to_json()),
+        );
+        topic.push(record);
+        let entry = AuditEntry::triage_set(&actor, "http", alert, user_id, &before, &triage);
+        self.inner.lock().unwrap().audit.push(entry.clone());
+        let store = self.store.clone();
+        Box::pin(async move {
+            store.write_triage(TRIAGE, &batch).await.expect("stores");
+            Ok(TriageChanged { triage, at, entry })
+        })
+    }
 }
 
 struct Fixture {
@@ -296,6 +350,7 @@ struct Fixture {
 }
 
 const ALERTS: &str = "alerts";
+const TRIAGE: &str = "triage";
 
 /// A fresh SQLite store in its own directory.
 async fn sqlite_store() -> (Store, tempfile::TempDir) {
@@ -1386,6 +1441,7 @@ async fn every_openapi_operation_is_enforced_with_the_scope_it_declares() {
         Scope::ProfilesWrite,
         Scope::Read,
         Scope::RulesWrite,
+        Scope::AlertsWrite,
     ];
     let token = |name: String, scopes: Vec<Scope>| TokenConfig {
         sha256: sha256_hex(&name),
@@ -1443,8 +1499,8 @@ async fn every_openapi_operation_is_enforced_with_the_scope_it_declares() {
             checked.push(format!("{method} {path}"));
         }
     }
-    // Every route of the router is in the document (19 operations on 15 paths).
-    assert_eq!(checked.len(), 19, "{checked:?}");
+    // Every route of the router is in the document (20 operations on 15 paths).
+    assert_eq!(checked.len(), 20, "{checked:?}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2144,4 +2200,422 @@ async fn the_console_is_served_at_the_root_with_its_own_files_and_policy() {
         session["scopes"].as_array().unwrap().len() >= 4,
         "{session}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Triage of alerts (CONTRACT §7)
+
+fn patch(path: &str, body: &str) -> Request<Body> {
+    Request::patch(path)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_owned()))
+        .unwrap()
+}
+
+/// Alerts alert-0-0 and alert-0-2 (user 3, code 1100) and alert-0-3 (user 5, code 123); event
+/// 0-1 raised none.
+async fn post_alerts(app: &Router) {
+    for body in [
+        r#"{"type": "withdraw", "amount": "200.00", "user_id": 3, "time": 0}"#,
+        r#"{"type": "deposit", "amount": "1", "user_id": 4, "time": 0}"#,
+        r#"{"type": "withdraw", "amount": "101", "user_id": 3, "time": 1}"#,
+        r#"{"type": "deposit", "amount": "300", "user_id": 5, "time": 0}"#,
+    ] {
+        let reply = call(app, post("/api/v1/events", body)).await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
+    }
+}
+
+/// The ids of a list of alerts, and each one's triage status.
+async fn listed(app: &Router, query: &str) -> Vec<(String, String)> {
+    let reply = call(app, get(&format!("/api/v1/alerts?{query}"))).await;
+    assert_eq!(reply.status, StatusCode::OK, "{query}: {}", reply.text);
+    reply.json()["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["alert_id"].as_str().unwrap().to_owned(),
+                a["triage"]["status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn ids(list: &[(String, String)]) -> Vec<&str> {
+    list.iter().map(|(id, _)| id.as_str()).collect()
+}
+
+#[tokio::test]
+async fn an_alert_is_acknowledged_resolved_and_reopened_and_every_view_shows_its_triage() {
+    let f = fixture().await;
+    post_alerts(&f.app).await;
+    // Never triaged: open, by id and in the list.
+    let alert = call(&f.app, get("/api/v1/alerts/alert-0-2")).await.json();
+    assert_eq!(alert["triage"], json!({"status": "open"}));
+    assert_eq!(
+        listed(&f.app, "").await,
+        [
+            ("alert-0-3".to_owned(), "open".to_owned()),
+            ("alert-0-2".to_owned(), "open".to_owned()),
+            ("alert-0-0".to_owned(), "open".to_owned()),
+        ]
+    );
+
+    let reply = call(
+        &f.app,
+        patch(
+            "/api/v1/alerts/alert-0-2",
+            r#"{"status": "acknowledged", "note": "calling the customer"}"#,
+        ),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    let answer = reply.json();
+    assert_eq!(answer["alert_id"], "alert-0-2");
+    assert_eq!(answer["alert_codes"], json!([1100]));
+    let triage = &answer["triage"];
+    assert_eq!(triage["status"], "acknowledged");
+    assert_eq!(triage["note"], "calling the customer");
+    assert_eq!(triage["triaged_by"], "anonymous");
+    assert!(triage["triaged_at"].as_str().unwrap().ends_with('Z'));
+    assert!(triage.get("resolution").is_none(), "{triage}");
+    // The view by id shows what the answer said.
+    let alert = call(&f.app, get("/api/v1/alerts/alert-0-2")).await.json();
+    assert_eq!(&alert["triage"], triage);
+
+    let reply = call(
+        &f.app,
+        patch(
+            "/api/v1/alerts/alert-0-2",
+            r#"{"status": "resolved", "resolution": "fraud", "note": "card stolen"}"#,
+        ),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    assert_eq!(reply.json()["triage"]["resolution"], "fraud");
+    // It leaves the open alerts; the filters combine.
+    assert_eq!(ids(&listed(&f.app, "status=resolved").await), ["alert-0-2"]);
+    assert_eq!(
+        ids(&listed(&f.app, "status=open").await),
+        ["alert-0-3", "alert-0-0"]
+    );
+    assert!(listed(&f.app, "status=acknowledged").await.is_empty());
+    assert_eq!(
+        ids(&listed(&f.app, "status=open&user_id=3").await),
+        ["alert-0-0"]
+    );
+    assert_eq!(
+        ids(&listed(&f.app, "status=open&code=1100&limit=1").await),
+        ["alert-0-0"]
+    );
+    assert_eq!(
+        ids(&listed(&f.app, "status=resolved&code=1100&user_id=3").await),
+        ["alert-0-2"]
+    );
+    let all = listed(&f.app, "").await;
+    assert_eq!(all[1], ("alert-0-2".to_owned(), "resolved".to_owned()));
+
+    // Reopened: open again, and still says who and why.
+    let reply = call(
+        &f.app,
+        patch(
+            "/api/v1/alerts/alert-0-2",
+            r#"{"status": "open", "note": "wrong customer"}"#,
+        ),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    let open = call(&f.app, get("/api/v1/alerts?status=open&user_id=3"))
+        .await
+        .json();
+    assert_eq!(open["alerts"][0]["alert_id"], "alert-0-2");
+    assert_eq!(open["alerts"][0]["triage"]["note"], "wrong customer");
+    assert_eq!(open["alerts"][0]["triage"]["triaged_by"], "anonymous");
+
+    // Every change is in the audit trail, newest first, before -> after.
+    let trail = call(&f.app, get("/api/v1/audit")).await.json();
+    let changes: Vec<(&str, &str, &str, &str, u64)> = trail["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap(),
+                e["alert_id"].as_str().unwrap(),
+                e["before"].as_str().unwrap(),
+                e["after"].as_str().unwrap(),
+                e["user_id"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            (
+                "alert.triage",
+                "alert-0-2",
+                "resolved (fraud): card stolen",
+                "open: wrong customer",
+                3
+            ),
+            (
+                "alert.triage",
+                "alert-0-2",
+                "acknowledged: calling the customer",
+                "resolved (fraud): card stolen",
+                3
+            ),
+            (
+                "alert.triage",
+                "alert-0-2",
+                "open",
+                "acknowledged: calling the customer",
+                3
+            ),
+        ]
+    );
+
+    let reply = call(&f.app, get("/api/v1/alerts?status=closed")).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert!(
+        reply.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("status \"closed\" is unknown"),
+        "{}",
+        reply.text
+    );
+}
+
+#[tokio::test]
+async fn nonsense_triage_is_refused_naming_the_problem_and_changes_nothing() {
+    let f = fixture().await;
+    post_alerts(&f.app).await;
+    for (body, says) in [
+        (
+            r#"{"status": "acknowledged", "resolution": "fraud"}"#,
+            "resolution \"fraud\" is only for status resolved, and status is acknowledged",
+        ),
+        (
+            r#"{"status": "resolved"}"#,
+            "status resolved needs a resolution: fraud, legitimate or duplicate",
+        ),
+        (
+            r#"{"status": "resolved", "resolution": "fraud", "owner": "ana"}"#,
+            "unknown field \"owner\"",
+        ),
+        (r#"{"status": "closed"}"#, "status \"closed\" is unknown"),
+        (
+            r#"{"status": "resolved", "resolution": "maybe"}"#,
+            "resolution \"maybe\" is unknown",
+        ),
+        (r#"{"resolution": "fraud"}"#, "status is required"),
+        (r#"{"status": 1}"#, "status must be a string"),
+        (r#"["resolved"]"#, "expected a JSON object"),
+        ("{", "invalid triage: body: "),
+    ] {
+        let reply = call(&f.app, patch("/api/v1/alerts/alert-0-0", body)).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{body}");
+        let error = reply.json()["error"].as_str().unwrap().to_owned();
+        assert!(error.contains(says), "{body}: {error}");
+    }
+    // Every problem of one body at once.
+    let reply = call(
+        &f.app,
+        patch(
+            "/api/v1/alerts/alert-0-0",
+            r#"{"status": "shelved", "note": 3, "by": "x"}"#,
+        ),
+    )
+    .await;
+    let error = reply.json()["error"].as_str().unwrap().to_owned();
+    for says in [
+        "status \"shelved\" is unknown",
+        "note must be a string",
+        "unknown field \"by\"",
+    ] {
+        assert!(error.contains(says), "{error}");
+    }
+    // Not JSON, too large.
+    let request = Request::patch("/api/v1/alerts/alert-0-0")
+        .body(Body::from(r#"{"status": "acknowledged"}"#))
+        .unwrap();
+    assert_eq!(
+        call(&f.app, request).await.status,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE
+    );
+    let long = format!(
+        r#"{{"status": "acknowledged", "note": "{}"}}"#,
+        "x".repeat(2000)
+    );
+    assert_eq!(
+        call(&f.app, patch("/api/v1/alerts/alert-0-0", &long))
+            .await
+            .status,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+    // No such alert: an event without one, unknown coordinates, ids that are not alert ids.
+    for missing in ["alert-0-1", "alert-0-99", "alert-7-0", "0-0", "alert-x"] {
+        let reply = call(
+            &f.app,
+            patch(
+                &format!("/api/v1/alerts/{missing}"),
+                r#"{"status": "acknowledged"}"#,
+            ),
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::NOT_FOUND, "{missing}");
+        assert!(
+            reply.json()["error"].as_str().unwrap().contains("no alert"),
+            "{}",
+            reply.text
+        );
+    }
+    // Kafka down: 503, nothing published.
+    f.backend.set_mode(Mode::Down);
+    let reply = call(
+        &f.app,
+        patch("/api/v1/alerts/alert-0-0", r#"{"status": "acknowledged"}"#),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    f.backend.set_mode(Mode::Answer);
+
+    assert!(f.backend.triage.lock().unwrap().is_empty());
+    assert_eq!(
+        call(&f.app, get("/api/v1/audit")).await.json()["entries"],
+        json!([])
+    );
+    assert_eq!(
+        call(&f.app, get("/api/v1/alerts/alert-0-0")).await.json()["triage"],
+        json!({"status": "open"})
+    );
+}
+
+/// `PATCH` needs `alerts:write` (401 without a token, 403 naming the scope with any other), and
+/// the audit trail names the token that triaged.
+#[tokio::test]
+async fn triage_needs_alerts_write_and_the_audit_trail_names_the_token() {
+    let token = |name: &str, scopes: &[Scope]| TokenConfig {
+        name: name.into(),
+        sha256: sha256_hex(&format!("secret-{name}")),
+        scopes: scopes.to_vec(),
+    };
+    let tokens = Tokens::new(
+        &[
+            token("fraud-desk", &[Scope::AlertsWrite, Scope::Read]),
+            token("triage-bot", &[Scope::AlertsWrite]),
+            token(
+                "everything-else",
+                &[
+                    Scope::EventsWrite,
+                    Scope::ProfilesWrite,
+                    Scope::RulesWrite,
+                    Scope::Read,
+                ],
+            ),
+        ],
+        None,
+    )
+    .unwrap();
+    let f = fixture_with_auth(100, Duration::from_secs(1), Some(Arc::new(tokens))).await;
+    let with = |mut request: Request<Body>, who: Option<&str>| {
+        if let Some(who) = who {
+            let value = format!("Bearer secret-{who}").parse().unwrap();
+            request.headers_mut().insert(header::AUTHORIZATION, value);
+        }
+        request
+    };
+    let event = r#"{"type": "withdraw", "amount": "500", "user_id": 3, "time": 0}"#;
+    let reply = call(
+        &f.app,
+        with(post("/api/v1/events", event), Some("everything-else")),
+    )
+    .await;
+    assert_eq!(reply.json()["alert_id"], "alert-0-0");
+    let resolve = || {
+        patch(
+            "/api/v1/alerts/alert-0-0",
+            r#"{"status": "resolved", "resolution": "legitimate"}"#,
+        )
+    };
+
+    let none = call(&f.app, with(resolve(), None)).await;
+    assert_eq!(none.status, StatusCode::UNAUTHORIZED);
+    assert!(none.headers.contains_key(header::WWW_AUTHENTICATE));
+    let wrong = call(&f.app, with(resolve(), Some("nobody"))).await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    let lacking = call(&f.app, with(resolve(), Some("everything-else"))).await;
+    assert_eq!(lacking.status, StatusCode::FORBIDDEN);
+    let error = lacking.json()["error"].as_str().unwrap().to_owned();
+    assert!(
+        error.contains("alerts:write") && error.contains("everything-else"),
+        "{error}"
+    );
+    // Triaging is not reading: the bot may triage but not list.
+    let bot = call(&f.app, with(resolve(), Some("triage-bot"))).await;
+    assert_eq!(bot.status, StatusCode::OK, "{}", bot.text);
+    assert_eq!(bot.json()["triage"]["triaged_by"], "triage-bot");
+    let list = call(&f.app, with(get("/api/v1/alerts"), Some("triage-bot"))).await;
+    assert_eq!(list.status, StatusCode::FORBIDDEN);
+
+    let desk = call(
+        &f.app,
+        with(
+            patch(
+                "/api/v1/alerts/alert-0-0",
+                r#"{"status": "resolved", "resolution": "fraud", "note": "confirmed by the bank"}"#,
+            ),
+            Some("fraud-desk"),
+        ),
+    )
+    .await;
+    assert_eq!(desk.status, StatusCode::OK, "{}", desk.text);
+    let trail = call(&f.app, with(get("/api/v1/audit"), Some("fraud-desk")))
+        .await
+        .json();
+    let who: Vec<(&str, &str, &str)> = trail["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["actor"].as_str().unwrap(),
+                e["before"].as_str().unwrap(),
+                e["after"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        who,
+        [
+            (
+                "fraud-desk",
+                "resolved (legitimate)",
+                "resolved (fraud): confirmed by the bank"
+            ),
+            ("triage-bot", "open", "resolved (legitimate)"),
+        ]
+    );
+    let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+    let operation = &doc["paths"]["/api/v1/alerts/{alert_id}"]["patch"];
+    assert_eq!(operation["security"][0]["bearer"][0], "alerts:write");
+    for status in ["200", "400", "401", "403", "404", "413", "415", "503"] {
+        assert!(
+            operation["responses"].get(status).is_some(),
+            "PATCH {status}"
+        );
+    }
+    assert_eq!(
+        operation["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/TriageBody"
+    );
+    let view = &doc["components"]["schemas"]["EventView"]["properties"];
+    assert!(view.get("triage").is_some(), "{view}");
+    let params = doc["paths"]["/api/v1/alerts"]["get"]["parameters"]
+        .as_array()
+        .unwrap();
+    assert!(params.iter().any(|p| p["name"] == "status"));
 }

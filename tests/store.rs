@@ -1,16 +1,18 @@
 //! The read model's database against real SQLite and a real PostgreSQL (skipped, saying so, only
 //! where `USER_MONITOR_TEST_POSTGRES_URL` is not set): idempotent replays, offsets that never go
-//! back, filters, cursors that stay stable under concurrent ingest, and retention.
+//! back, filters, cursors that stay stable under concurrent ingest, retention, and the triage of
+//! alerts (projected in either order, filtered by status, rebuilt the same).
 
 mod common;
 
 use std::collections::BTreeSet;
 
 use common::store::alert_record;
-use user_monitor::domain::Coord;
-use user_monitor::store::{AlertQuery, Batch, OrderKey, Store};
+use user_monitor::domain::{Coord, Resolution, Triage, TriageChange, TriageRecord, TriageStatus};
+use user_monitor::store::{AlertQuery, Batch, Dialect, OrderKey, Store, TriageBatch};
 
 const TOPIC: &str = "alerts";
+const TRIAGE: &str = "triage";
 
 /// Runs a test body against SQLite and against PostgreSQL.
 macro_rules! on_both {
@@ -44,6 +46,10 @@ on_both!(
     cursors_are_stable_under_concurrent_ingest,
     retention_deletes_what_it_should_and_nothing_else,
     unreadable_records_are_skipped_and_counted,
+    triage_records_are_projected_onto_their_alerts_in_either_order,
+    the_status_filter_pages_each_status_newest_first_with_the_other_filters,
+    a_store_rebuilt_from_both_topics_in_another_order_agrees,
+    retention_takes_the_triage_of_expired_alerts_with_them,
 );
 
 /// Alerts-topic record `i` of partition `alerts_partition`: answers event (i % 3, i), user
@@ -319,4 +325,326 @@ async fn unreadable_records_are_skipped_and_counted(store: Store) {
 
 fn user(id: u64) -> user_monitor::domain::UserId {
     user_monitor::domain::UserId::new(id).unwrap()
+}
+
+/// The triage topic's records, oldest first: (alert, status, resolution, note, who).
+type TriageLine = (
+    Coord,
+    TriageStatus,
+    Option<Resolution>,
+    Option<&'static str>,
+    &'static str,
+);
+
+fn triage(
+    status: TriageStatus,
+    resolution: Option<Resolution>,
+    note: Option<&str>,
+    who: &str,
+) -> Triage {
+    TriageChange::new(status, resolution, note.map(str::to_owned))
+        .unwrap()
+        .made_by(who, "2026-12-01T10:00:00.000Z".to_owned())
+}
+
+/// The triage topic's records as one partition, from `offset` on.
+fn triage_batch(lines: &[TriageLine], offset: i64) -> TriageBatch {
+    let mut batch = TriageBatch::default();
+    for (i, (alert, status, resolution, note, who)) in lines.iter().enumerate() {
+        let record = TriageRecord::new(*alert, triage(*status, *resolution, *note, who));
+        batch.push(
+            0,
+            offset + i as i64,
+            Some(alert.alert_id().as_bytes()),
+            Some(&record.to_json()),
+        );
+    }
+    batch
+}
+
+/// The alert of record `i` of [`push`] (an alert for every even `i`).
+fn alert(i: i64) -> Coord {
+    Coord::new((i % 3) as i32, i)
+}
+
+async fn statuses(store: &Store, status: TriageStatus) -> Vec<i64> {
+    all_alerts(
+        store,
+        AlertQuery {
+            status: Some(status),
+            limit: 3,
+            ..Default::default()
+        },
+    )
+    .await
+    .iter()
+    .map(|k| k.offset)
+    .collect()
+}
+
+use TriageStatus::{Acknowledged, Open, Resolved};
+
+/// Alert 4 acknowledged then resolved, alert 8 acknowledged, alert 12 resolved then reopened,
+/// alert 16 acknowledged then cleared by a tombstone.
+fn triage_lines() -> Vec<TriageLine> {
+    vec![
+        (alert(4), Acknowledged, None, None, "ana"),
+        (
+            alert(8),
+            Acknowledged,
+            None,
+            Some("calling the customer"),
+            "ana",
+        ),
+        (
+            alert(4),
+            Resolved,
+            Some(Resolution::Fraud),
+            Some("card stolen"),
+            "ops",
+        ),
+        (
+            alert(12),
+            Resolved,
+            Some(Resolution::Legitimate),
+            None,
+            "ops",
+        ),
+        (
+            alert(12),
+            Open,
+            None,
+            Some("reopened: wrong customer"),
+            "ana",
+        ),
+        (alert(16), Acknowledged, None, None, "ana"),
+    ]
+}
+
+/// [`triage_lines`], then the tombstone of alert 16, as the projection reads them.
+fn triage_topic() -> TriageBatch {
+    let lines = triage_lines();
+    let mut batch = triage_batch(&lines, 0);
+    batch.push(0, lines.len() as i64, Some(b"alert-1-16"), None);
+    batch
+}
+
+async fn triage_records_are_projected_onto_their_alerts_in_either_order(store: Store) {
+    // Alerts 0..10 first, then the triage topic, then alerts 10..20: alert 12's and 16's triage
+    // records are stored before their alerts.
+    store.write(TOPIC, &batch(0..10)).await.unwrap();
+    store.write_triage(TRIAGE, &triage_topic()).await.unwrap();
+    store.write(TOPIC, &batch(10..20)).await.unwrap();
+    assert_eq!(store.offsets(TRIAGE).await.unwrap()[&0], 7);
+
+    let found = store
+        .triage_of(&[alert(4), alert(8), alert(12), alert(16), alert(18)])
+        .await
+        .unwrap();
+    assert_eq!(
+        found.len(),
+        3,
+        "alert 16 was cleared, alert 18 never triaged"
+    );
+    assert_eq!(
+        found[&alert(4)],
+        triage(
+            Resolved,
+            Some(Resolution::Fraud),
+            Some("card stolen"),
+            "ops"
+        )
+    );
+    assert_eq!(
+        found[&alert(8)].note.as_deref(),
+        Some("calling the customer")
+    );
+    assert_eq!(
+        (
+            found[&alert(12)].status,
+            found[&alert(12)].triaged_by.as_deref()
+        ),
+        (Open, Some("ana"))
+    );
+    assert_eq!(statuses(&store, Resolved).await, [4]);
+    assert_eq!(statuses(&store, Acknowledged).await, [8]);
+    assert_eq!(statuses(&store, Open).await, [18, 16, 14, 12, 10, 6, 2, 0]);
+
+    // A replay of the triage topic (a restart before its offsets moved on) changes nothing.
+    store.write_triage(TRIAGE, &triage_topic()).await.unwrap();
+    assert_eq!(store.triage_of(&[alert(4)]).await.unwrap().len(), 1);
+    assert_eq!(statuses(&store, Resolved).await, [4]);
+    assert_eq!(store.offsets(TRIAGE).await.unwrap()[&0], 7);
+}
+
+async fn the_status_filter_pages_each_status_newest_first_with_the_other_filters(store: Store) {
+    store.write(TOPIC, &batch(0..200)).await.unwrap();
+    // Every alert whose offset is a multiple of 6 resolved, of 10 (not 6) acknowledged.
+    let lines: Vec<TriageLine> = (0..200)
+        .filter(|i| i % 2 == 0)
+        .filter_map(|i| match (i % 6, i % 10) {
+            (0, _) => Some((alert(i), Resolved, Some(Resolution::Duplicate), None, "ops")),
+            (_, 0) => Some((alert(i), Acknowledged, None, None, "ops")),
+            _ => None,
+        })
+        .collect();
+    store
+        .write_triage(TRIAGE, &triage_batch(&lines, 0))
+        .await
+        .unwrap();
+    let resolved = |i: &i64| i % 6 == 0;
+    let acknowledged = |i: &i64| i % 10 == 0 && i % 6 != 0;
+    let alerts = || (0..200i64).rev().filter(|i| i % 2 == 0);
+    assert_eq!(
+        statuses(&store, Resolved).await,
+        alerts().filter(resolved).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        statuses(&store, Acknowledged).await,
+        alerts().filter(acknowledged).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        statuses(&store, Open).await,
+        alerts()
+            .filter(|i| !resolved(i) && !acknowledged(i))
+            .collect::<Vec<_>>()
+    );
+    let offsets = |keys: Vec<OrderKey>| keys.iter().map(|k| k.offset).collect::<Vec<_>>();
+    let open_of_user_3 = offsets(
+        all_alerts(
+            &store,
+            AlertQuery {
+                status: Some(Open),
+                user_id: Some(user(3)),
+                limit: 2,
+                ..Default::default()
+            },
+        )
+        .await,
+    );
+    assert_eq!(
+        open_of_user_3,
+        alerts()
+            .filter(|i| i % 7 == 3 && !resolved(i) && !acknowledged(i))
+            .collect::<Vec<_>>()
+    );
+    let resolved_with_123_in_range = offsets(
+        all_alerts(
+            &store,
+            AlertQuery {
+                status: Some(Resolved),
+                code: Some(123),
+                since: Some(1050),
+                until: Some(1150),
+                limit: 2,
+                ..Default::default()
+            },
+        )
+        .await,
+    );
+    assert_eq!(
+        resolved_with_123_in_range,
+        (50..150)
+            .rev()
+            .filter(|i| i % 4 == 0 && resolved(i))
+            .collect::<Vec<_>>()
+    );
+}
+
+/// Every alert's triage and the lists by status, as a store shows them.
+async fn triage_state(store: &Store) -> (Vec<(Coord, Triage)>, [Vec<i64>; 3]) {
+    let alerts: Vec<Coord> = (0..40).filter(|i| i % 2 == 0).map(alert).collect();
+    let mut triage: Vec<(Coord, Triage)> = store
+        .triage_of(&alerts)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    triage.sort_by_key(|(alert, _)| *alert);
+    (
+        triage,
+        [
+            statuses(store, Open).await,
+            statuses(store, Acknowledged).await,
+            statuses(store, Resolved).await,
+        ],
+    )
+}
+
+async fn a_store_rebuilt_from_both_topics_in_another_order_agrees(store: Store) {
+    // As a shim projects them live: the alerts, and the triage records as people make them.
+    store.write(TOPIC, &batch(0..20)).await.unwrap();
+    let mut topic = triage_topic();
+    store.write_triage(TRIAGE, &topic).await.unwrap();
+    store.write(TOPIC, &batch(20..40)).await.unwrap();
+    let late = triage_batch(
+        &[(alert(30), Resolved, Some(Resolution::Fraud), None, "ops")],
+        7,
+    );
+    store.write_triage(TRIAGE, &late).await.unwrap();
+    let live = triage_state(&store).await;
+    assert_eq!(live.1[2], [30, 4], "{live:?}");
+
+    // A fresh store fed from the beginning of both topics: the whole triage topic first, then
+    // the alerts; also with the topic compacted (only the latest record of each alert).
+    let (rebuilt, _dir) = fresh_like(&store, "rebuilt").await;
+    let mut whole = triage_topic();
+    whole.push(
+        0,
+        7,
+        Some(b"alert-0-30"),
+        Some(
+            &TriageRecord::new(
+                alert(30),
+                triage(Resolved, Some(Resolution::Fraud), None, "ops"),
+            )
+            .to_json(),
+        ),
+    );
+    rebuilt.write_triage(TRIAGE, &whole).await.unwrap();
+    rebuilt.write(TOPIC, &batch(0..40)).await.unwrap();
+    assert_eq!(triage_state(&rebuilt).await, live);
+
+    let (compacted, _dir) = fresh_like(&store, "compacted").await;
+    topic.triage.retain(|_, t| t.is_some());
+    topic
+        .triage
+        .insert(alert(30), late.triage[&alert(30)].clone());
+    compacted.write(TOPIC, &batch(0..40)).await.unwrap();
+    compacted.write_triage(TRIAGE, &topic).await.unwrap();
+    assert_eq!(triage_state(&compacted).await, live);
+}
+
+/// A fresh store of the same database as `store`.
+async fn fresh_like(store: &Store, name: &str) -> (Store, Option<tempfile::TempDir>) {
+    match store.dialect() {
+        Dialect::Sqlite => {
+            let (store, dir) = common::store::sqlite().await;
+            (store, Some(dir))
+        }
+        Dialect::Postgres => (
+            common::store::postgres(name)
+                .await
+                .expect("the server of the first store"),
+            None,
+        ),
+    }
+}
+
+async fn retention_takes_the_triage_of_expired_alerts_with_them(store: Store) {
+    store.write(TOPIC, &batch(0..101)).await.unwrap();
+    let lines = [
+        (alert(40), Resolved, Some(Resolution::Fraud), None, "ops"),
+        (alert(90), Acknowledged, None, None, "ops"),
+    ];
+    store
+        .write_triage(TRIAGE, &triage_batch(&lines, 0))
+        .await
+        .unwrap();
+    // Event times 70..=100 stay.
+    store.expire(30, 86_400_000, 10_000_000_000).await.unwrap();
+    let left = store.triage_of(&[alert(40), alert(90)]).await.unwrap();
+    assert_eq!(left.keys().copied().collect::<Vec<_>>(), [alert(90)]);
+    assert_eq!(statuses(&store, Acknowledged).await, [90]);
+    assert!(statuses(&store, Resolved).await.is_empty());
 }

@@ -11,7 +11,7 @@ use utoipa::{IntoParams, IntoResponses, OpenApi, ToSchema};
 use super::auth::Denied;
 use super::backend::{Found, LookupError, ProduceError};
 use super::routes;
-use crate::domain::{AlertRecord, Rejection, Risk, UserId};
+use crate::domain::{AlertRecord, Rejection, Risk, Triage, UserId};
 use crate::health::ReadinessReport;
 use crate::rule_set::InvalidRuleSet;
 
@@ -197,6 +197,43 @@ struct EventViewSchema {
     pub event: Option<Box<RawValue>>,
     /// The input as text when it was not JSON.
     pub event_text: Option<String>,
+    /// Alert views only (`/api/v1/alerts...`): what people decided about the alert.
+    pub triage: Option<TriageSchema>,
+}
+
+// The documented shape of `Triage` (domain type, serialized as is).
+/// An alert's triage (CONTRACT §7): `open` until someone acknowledges or resolves it.
+#[derive(ToSchema)]
+#[schema(as = Triage, example = json!({"status": "resolved", "resolution": "fraud",
+    "note": "card stolen", "triaged_by": "fraud-desk", "triaged_at": "2026-12-01T10:31:02.113Z"}))]
+#[allow(dead_code)]
+pub struct TriageSchema {
+    /// `open`, `acknowledged` or `resolved`.
+    #[schema(example = "resolved")]
+    pub status: String,
+    /// Resolved only: `fraud`, `legitimate` or `duplicate`.
+    #[schema(example = "fraud")]
+    pub resolution: Option<String>,
+    /// At most 1000 characters.
+    pub note: Option<String>,
+    /// The token's name of whoever set this triage (absent while never triaged).
+    pub triaged_by: Option<String>,
+    /// When, RFC 3339 UTC with milliseconds (absent while never triaged).
+    pub triaged_at: Option<String>,
+}
+
+/// The body of `PATCH /api/v1/alerts/{alert_id}`: the alert's whole new triage. Any other field
+/// is refused.
+#[derive(ToSchema)]
+#[schema(example = json!({"status": "resolved", "resolution": "fraud", "note": "card stolen"}))]
+#[allow(dead_code)]
+pub struct TriageBody {
+    /// `open` (reopen), `acknowledged` or `resolved`.
+    pub status: String,
+    /// Required with `resolved`, refused otherwise: `fraud`, `legitimate` or `duplicate`.
+    pub resolution: Option<String>,
+    /// At most 1000 characters; replaces the previous note (absent: no note).
+    pub note: Option<String>,
 }
 
 /// Why one code fired (CONTRACT §10, "Explained alerts").
@@ -238,6 +275,9 @@ pub struct EventView {
     /// A rejected or pending event has no alert: `null`, as for an accepted one that raised none.
     #[serde(skip_serializing_if = "Option::is_none")]
     alert_id: Option<()>,
+    /// On alert views: the alert's triage.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    triage: Option<Triage>,
 }
 
 #[derive(Debug, Serialize)]
@@ -265,7 +305,14 @@ impl EventView {
             alert_id: record.is_error().then_some(()),
             subject: Subject::Processed(record.clone()),
             status: "processed",
+            triage: None,
         }
+    }
+
+    /// The view of an alert: with its triage.
+    pub fn with_triage(mut self, triage: Triage) -> Self {
+        self.triage = Some(triage);
+        self
     }
 
     pub fn pending(found: &Found) -> Self {
@@ -284,6 +331,15 @@ impl EventView {
             }),
             status: "pending",
             alert_id: Some(()),
+            triage: None,
+        }
+    }
+
+    /// The user of the event, when known.
+    pub fn user_id(&self) -> Option<UserId> {
+        match &self.subject {
+            Subject::Processed(record) => record.user_id,
+            Subject::Pending(pending) => pending.user_id.and_then(UserId::new),
         }
     }
 
@@ -432,6 +488,9 @@ pub struct AlertsParams {
     /// Only alerts that raised this code.
     #[param(value_type = Option<u32>)]
     pub code: Option<String>,
+    /// Only alerts of this triage status: `open` (never triaged, or reopened), `acknowledged`
+    /// or `resolved`.
+    pub status: Option<String>,
     /// Only alerts at or after this time (the alerts record's timestamp): RFC 3339
     /// (`2026-01-31T12:00:00Z`) or milliseconds since the Unix epoch.
     pub since: Option<String>,
@@ -489,6 +548,18 @@ pub enum ProfilesDenied {
     #[response(status = 401)]
     Unauthorized(ErrorBody),
     /// the token lacks the scope profiles:write
+    #[response(status = 403)]
+    Forbidden(ErrorBody),
+}
+
+/// The refusals of a route that triages alerts (`alerts:write`), documented once.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum AlertsDenied {
+    /// no valid token (http.auth.mode = "tokens")
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// the token lacks the scope alerts:write
     #[response(status = 403)]
     Forbidden(ErrorBody),
 }
@@ -612,7 +683,7 @@ pub struct DeadLettersBody {
 #[openapi(
     info(
         title = "user-monitor",
-        description = "Alerts on user money movements: submit events, read alerts, set risk levels and rule sets."
+        description = "Alerts on user money movements: submit events, read and triage alerts, set risk levels and rule sets."
     ),
     paths(
         routes::events::post_event,
@@ -620,6 +691,7 @@ pub struct DeadLettersBody {
         routes::reads::get_event,
         routes::reads::list_alerts,
         routes::reads::get_alert,
+        routes::triage::patch_alert,
         routes::reads::user_events,
         routes::users::put_risk,
         routes::rules::get_rules,
@@ -637,7 +709,7 @@ pub struct DeadLettersBody {
     ),
     tags(
         (name = "events", description = "submit events and read their results"),
-        (name = "alerts", description = "alerts raised"),
+        (name = "alerts", description = "alerts raised, and their triage"),
         (name = "users", description = "per-user views and risk levels"),
         (name = "rules", description = "the active and shadow rule sets"),
         (name = "audit", description = "who changed what"),

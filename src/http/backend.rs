@@ -1,10 +1,12 @@
 //! What the handlers need from Kafka, behind a trait so the router can be tested without a
-//! broker: produce an event, produce a profile, and look an event up at its coordinates.
+//! broker: produce an event, produce a profile, change a rule set or an alert's triage, and look
+//! an event up at its coordinates.
 //!
 //! [`KafkaBackend`] is the real one. Producing waits for the delivery report: an `Ok` means Kafka
 //! acknowledged the record (`acks=all`, idempotent producer, murmur2 partitioner); an `Err`
 //! after `http.produce_timeout` means it did not, as far as this client knows.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,12 +19,15 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::Semaphore;
 
 use crate::audit::{AuditEntry, AuditPage};
-use crate::changes::{change_risks, change_rule_set, Author, ChangeError, ChangeLog};
+use crate::changes::{
+    change_risks, change_rule_set, change_triage, Author, ChangeError, ChangeLog, TriageLog,
+};
 use crate::config::Settings;
 use crate::domain::response::AlertRecord;
 use crate::domain::Coord;
 use crate::domain::Risk;
 use crate::domain::UserId;
+use crate::domain::{Triage, TriageChange, TriageRecord};
 use crate::kafka::dead_letters::DeadLetterView;
 use crate::kafka::profiles::ProfilesFollower;
 use crate::kafka::read::{partitions, read_range, RangeError};
@@ -31,6 +36,7 @@ use crate::kafka::{producer_config, KafkaLayerError};
 use crate::kafka::{reader, Reader};
 use crate::profiles::{ProfileLine, ProfileValue};
 use crate::rule_set::RuleSet;
+use crate::store::Store;
 
 /// Kafka did not acknowledge a record.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -116,9 +122,20 @@ pub trait Backend: Send + Sync + 'static {
         &self,
         limit: usize,
     ) -> BoxFuture<'static, Result<Vec<DeadLetterView>, LookupError>>;
+
+    /// Sets the triage of the alert at `alert` (of the user `user_id`) on behalf of `actor`:
+    /// reads the triage it replaces, publishes the new one to the triage topic, then records the
+    /// change in the audit topic, each waited for.
+    fn change_triage(
+        &self,
+        actor: String,
+        alert: Coord,
+        user_id: Option<UserId>,
+        change: TriageChange,
+    ) -> BoxFuture<'static, Result<TriageChanged, ProduceError>>;
 }
 
-pub use crate::changes::RulesChanged;
+pub use crate::changes::{RulesChanged, TriageChanged};
 
 /// How long a fallback lookup may take at most.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -138,10 +155,15 @@ pub struct KafkaBackend {
     /// Rule set changes of this shim one at a time, so that each audit entry's "before" is the
     /// version the change replaced.
     rules_writes: Arc<tokio::sync::Mutex<()>>,
+    /// The read model, where a triage change reads the triage it replaces.
+    store: Store,
+    /// Triage changes of this shim one at a time, for the same reason as `rules_writes`.
+    triage_writes: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl KafkaBackend {
-    pub fn new(settings: Arc<Settings>) -> Result<Self, KafkaLayerError> {
+    /// The backend of a shim whose read model is `store`.
+    pub fn new(settings: Arc<Settings>, store: Store) -> Result<Self, KafkaLayerError> {
         let mut config = producer_config(&settings, "shim")?;
         if !settings.kafka.properties.contains_key("message.timeout.ms") {
             // Bound the wait for an acknowledgement: past it the client gets 503, not a hang.
@@ -158,6 +180,8 @@ impl KafkaBackend {
             ready: std::sync::atomic::AtomicBool::new(false),
             profiles: Arc::default(),
             rules_writes: Arc::default(),
+            store,
+            triage_writes: Arc::default(),
         })
     }
 
@@ -364,6 +388,48 @@ impl Backend for KafkaBackend {
             crate::kafka::dead_letters::latest(settings, limit, LOOKUP_TIMEOUT)
         })
     }
+
+    fn change_triage(
+        &self,
+        actor: String,
+        alert: Coord,
+        user_id: Option<UserId>,
+        change: TriageChange,
+    ) -> BoxFuture<'static, Result<TriageChanged, ProduceError>> {
+        if !self.ready() {
+            return Box::pin(async { Err(ProduceError::NotReady("topics not found yet")) });
+        }
+        let log = self.changes();
+        let writes = Arc::clone(&self.triage_writes);
+        let change = async move {
+            let _turn = writes.lock().await;
+            let author = Author {
+                actor: &actor,
+                source: "http",
+            };
+            let changed = change_triage(&log, author, alert, user_id, change)
+                .await
+                .map_err(not_acknowledged)?;
+            let entry = &changed.entry;
+            tracing::info!(alert_id = %alert.alert_id(), actor = %entry.actor, before = %entry.before, after = %entry.after, "alert triaged");
+            Ok(changed)
+        };
+        let changed = within_produce_timeout(self.settings.http.produce_timeout, change);
+        let store = self.store.clone();
+        let topic = self.settings.topics.triage.clone();
+        let wait = self.settings.http.response_timeout;
+        Box::pin(async move {
+            let changed = changed.await?;
+            // Read-your-writes on this shim: the views show the change once its record is
+            // projected; a slow projection only delays them (Kafka has the change).
+            let at = changed.at;
+            let projected = BTreeMap::from([(at.partition, at.offset + 1)]);
+            if let Err(e) = wait_projected(&store, &topic, &projected, wait).await {
+                tracing::info!(alert_id = %alert.alert_id(), error = %e, "triage answered before its projection");
+            }
+            Ok(changed)
+        })
+    }
 }
 
 /// A change that did not complete, as the client hears it (503).
@@ -374,12 +440,13 @@ fn not_acknowledged(e: ChangeError) -> ProduceError {
     ProduceError::NotAcknowledged(e.to_string())
 }
 
-/// The shim's [`ChangeLog`]: its producer and profiles follower, every wait bounded by
-/// `http.produce_timeout`.
+/// The shim's [`ChangeLog`] and [`TriageLog`]: its producer, profiles follower and read model,
+/// every wait bounded by `http.produce_timeout`.
 struct ShimChanges {
     settings: Arc<Settings>,
     producer: FutureProducer,
     profiles: Arc<std::sync::Mutex<Option<ProfilesFollower>>>,
+    store: Store,
 }
 
 impl ShimChanges {
@@ -464,6 +531,110 @@ impl ChangeLog for ShimChanges {
     }
 }
 
+impl TriageLog for ShimChanges {
+    /// The read model's triage of the alert, once it has projected the triage topic up to the
+    /// end offsets Kafka reports now (at most half of `http.produce_timeout`): every change
+    /// acknowledged before, through any shim, is in it.
+    async fn triage_of(&self, alert: Coord) -> Result<Option<Triage>, KafkaLayerError> {
+        let topic = self.settings.topics.triage.clone();
+        let timeout = self.settings.http.produce_timeout / 2;
+        let producer = self.producer.clone();
+        let ends = {
+            let topic = topic.clone();
+            self.blocking(move |_| end_offsets(&producer, &topic, timeout))
+                .await?
+        };
+        let read_model = |reason: String| KafkaLayerError::Topic {
+            topic: topic.clone(),
+            reason,
+        };
+        wait_projected(&self.store, &topic, &ends, timeout)
+            .await
+            .map_err(read_model)?;
+        let mut found = self
+            .store
+            .triage_of(&[alert])
+            .await
+            .map_err(|e| read_model(format!("the read model: {e}")))?;
+        Ok(found.remove(&alert))
+    }
+
+    async fn publish_triage(&self, record: &TriageRecord) -> Result<Coord, KafkaLayerError> {
+        let value = record.to_json();
+        let record = FutureRecord::to(&self.settings.topics.triage)
+            .key(&record.alert_id)
+            .payload(&value);
+        self.producer
+            .send(record, self.settings.http.produce_timeout)
+            .await
+            .map(|delivery| Coord::new(delivery.partition, delivery.offset))
+            .map_err(|(e, _)| KafkaLayerError::Client(e))
+    }
+}
+
+/// Each partition's end offset of `topic`, as the brokers report it now.
+fn end_offsets(
+    producer: &FutureProducer,
+    topic: &str,
+    timeout: Duration,
+) -> Result<BTreeMap<i32, i64>, KafkaLayerError> {
+    let client = producer.client();
+    let metadata = client.fetch_metadata(Some(topic), timeout)?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        return Err(KafkaLayerError::Topic {
+            topic: topic.to_owned(),
+            reason: "does not exist (yet)".to_owned(),
+        });
+    }
+    partitions
+        .into_iter()
+        .map(|p| Ok((p, client.fetch_watermarks(topic, p, timeout)?.1)))
+        .collect()
+}
+
+/// Waits (at most `timeout`) until the read model has projected `topic` up to `ends` (per
+/// partition, the next offset to read), or says how far behind it stayed.
+async fn wait_projected(
+    store: &Store,
+    topic: &str,
+    ends: &BTreeMap<i32, i64>,
+    timeout: Duration,
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let stored = store
+            .offsets(topic)
+            .await
+            .map_err(|e| format!("the read model: {e}"))?;
+        let behind: Vec<String> = ends
+            .iter()
+            .filter(|(p, end)| **end > 0 && stored.get(p).copied().unwrap_or(0) < **end)
+            .map(|(p, end)| {
+                format!(
+                    "partition {p} at {} of {end}",
+                    stored.get(p).copied().unwrap_or(0)
+                )
+            })
+            .collect();
+        if behind.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "the read model did not catch up within {timeout:?} ({})",
+                behind.join(", ")
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Bounds every Kafka wait of one change request together by `http.produce_timeout` (`bound`).
 fn within_produce_timeout<T: Send + 'static>(
     bound: Duration,
@@ -487,6 +658,7 @@ impl KafkaBackend {
             settings: Arc::clone(&self.settings),
             producer: self.producer.clone(),
             profiles: Arc::clone(&self.profiles),
+            store: self.store.clone(),
         }
     }
 

@@ -6,8 +6,8 @@
 //! - [`waiters`]: the pending waiters of `POST` requests ([`waiters::Hub`]);
 //! - [`follower`]: the consumer of the alerts topic (from its end) that feeds the hub live;
 //! - the read model behind the GET endpoints is the database of [`crate::store`], fed by its own
-//!   projection of the alerts topic;
-//! - [`backend`]: producing events, profiles and rule sets, and fallback lookups in Kafka.
+//!   projections of the alerts topic and of the triage topic;
+//! - [`backend`]: producing events, profiles, rule sets and triage, and fallback lookups in Kafka.
 //!
 //! Request flow of `POST /event`: decode (400) -> produce to the events topic keyed by user id and
 //! wait for Kafka's acknowledgement (503 without) -> the acknowledgement's `(partition, offset)` is
@@ -121,7 +121,7 @@ pub async fn start(settings: Settings, deps: ShimDeps) -> Result<RunningShim, Sh
         store.reset().await?;
     }
     let settings = Arc::new(settings);
-    let backend = Arc::new(KafkaBackend::new(Arc::clone(&settings))?);
+    let backend = Arc::new(KafkaBackend::new(Arc::clone(&settings), store.clone())?);
     let hub = Arc::new(Hub::new(waiters::RECENT));
     // The follower outlives the server's graceful shutdown: in-flight requests still get answers.
     let follower_stop = CancellationToken::new();
@@ -135,6 +135,14 @@ pub async fn start(settings: Settings, deps: ShimDeps) -> Result<RunningShim, Sh
         Arc::clone(&settings),
         store.clone(),
         Arc::clone(&projection_status),
+        follower_stop.clone(),
+    )?;
+    // The triage topic has a projection of its own (its records are few and must not wait
+    // behind a catch-up of the alerts); its numbers go to the same metrics.
+    let triage_projection = Projection::spawn_triage(
+        Arc::clone(&settings),
+        store.clone(),
+        Arc::new(ProjectionStatus::with_metrics(&deps.metrics)),
         follower_stop.clone(),
     )?;
     tokio::spawn(crate::store::projection::retain(
@@ -189,6 +197,7 @@ pub async fn start(settings: Settings, deps: ShimDeps) -> Result<RunningShim, Sh
         let _ = tokio::task::spawn_blocking(move || {
             let _ = follower.join();
             projection.join();
+            triage_projection.join();
             backend.flush(Duration::from_secs(5));
         })
         .await;

@@ -64,7 +64,7 @@ enum Check {
 }
 
 /// The topics of the service, in the order of their settings.
-fn specs(settings: &Settings) -> [TopicSpec<'_>; 8] {
+fn specs(settings: &Settings) -> [TopicSpec<'_>; 9] {
     let t = &settings.topics;
     [
         TopicSpec {
@@ -145,6 +145,14 @@ fn specs(settings: &Settings) -> [TopicSpec<'_>; 8] {
             partitions: Partitions::Configured,
             configs: &[],
             checks: &[],
+        },
+        TopicSpec {
+            key: "topics.triage",
+            name: &t.triage,
+            partitions: Partitions::Configured,
+            // An alert's latest triage is its state: older ones are in the audit trail.
+            configs: &[COMPACT],
+            checks: &[Check::Compacted],
         },
     ]
 }
@@ -244,8 +252,8 @@ fn is_compacted(policy: &str) -> bool {
     policy.split(',').any(|p| p.trim() == "compact")
 }
 
-/// Creates the missing topics (when `topics.create`) and validates all eight, as [`specs`]
-/// describes them: each exists; the profiles, state and rules topics are compacted and the
+/// Creates the missing topics (when `topics.create`) and validates all nine, as [`specs`]
+/// describes them: each exists; the profiles, state, rules and triage topics are compacted and the
 /// audit topic never is; the state topic has as many partitions as the events topic (it is
 /// co-partitioned with it), the alerts topic at least as many (the response to input partition
 /// p goes to alerts partition p), the audit and rules topics exactly one; an events or
@@ -421,6 +429,7 @@ mod tests {
             ("topics.audit", 1, vec![("cleanup.policy", "delete")]),
             ("topics.rules", 1, vec![compact, log_append_time, lag]),
             ("topics.shadow", 6, vec![]),
+            ("topics.triage", 6, vec![compact]),
         ];
         let specs = specs(&settings);
         for (spec, (key, partitions, configs)) in specs.iter().zip(expected) {
@@ -460,6 +469,7 @@ mod tests {
             "topics.dlq",
             "topics.profiles",
             "topics.shadow",
+            "topics.triage",
         ] {
             assert!(check(key, 7).is_ok(), "{key}");
         }
@@ -478,7 +488,12 @@ mod tests {
         };
         let delete = [("cleanup.policy", "delete")];
         let compact = [("cleanup.policy", "compact, delete")];
-        for key in ["topics.profiles", "topics.state", "topics.rules"] {
+        for key in [
+            "topics.profiles",
+            "topics.state",
+            "topics.rules",
+            "topics.triage",
+        ] {
             assert_eq!(
                 reason(check(key, &delete)),
                 format!("{key} must be compacted (cleanup.policy=compact), but its cleanup.policy is \"delete\"")
@@ -513,7 +528,8 @@ mod tests {
                 "topics.profiles",
                 "topics.state",
                 "topics.audit",
-                "topics.rules"
+                "topics.rules",
+                "topics.triage"
             ]
         );
     }

@@ -5,6 +5,8 @@
 //!   migrations of `migrations/<dialect>/` applied at [`Store::open`].
 //! - One row per alerts record, keyed by the input coordinates of its event (`ON CONFLICT DO
 //!   NOTHING`: replays are idempotent), plus one row per (alert code, alert) for the code filter.
+//! - One row per triaged alert (the triage topic's latest record of it), its status also on the
+//!   alert's row for the status filter.
 //! - The projection's Kafka offsets (`projection_offsets`, the next offset to read, exclusive of
 //!   what is stored) commit in the same transaction as the rows they cover ([`Store::write`]), so a
 //!   restarted shim resumes exactly where the database stopped ([`projection`]).
@@ -19,11 +21,14 @@
 //! - `write.rs`: the writer's side: alerts records made [`Row`]s, a [`Batch`] of them stored
 //!   with its offsets in one transaction, the offsets read back at resume, reset, retention;
 //! - `query.rs`: the readers' side: the [`OrderKey`] and its cursor, one event, the keyset-paged
-//!   lists of alerts and of a user's events;
-//! - [`projection`]: the consumer that feeds the store, and the retention task.
+//!   lists of alerts (also by triage status) and of a user's events;
+//! - `triage.rs`: the triage topic projected into the `triage` table and onto the alerts' rows
+//!   ([`TriageBatch`]), and the triage of a page of alerts ([`Store::triage_of`]);
+//! - [`projection`]: the consumers that feed the store (alerts, triage), and the retention task.
 
 pub mod projection;
 mod query;
+mod triage;
 mod write;
 
 use std::path::PathBuf;
@@ -35,6 +40,7 @@ use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Executor};
 
 pub use query::{AlertQuery, OrderKey, Page, Stored};
+pub use triage::TriageBatch;
 pub use write::{Batch, Expired, Row};
 
 use crate::config::StoreConfig;

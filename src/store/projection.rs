@@ -1,9 +1,11 @@
-//! The projection of the alerts topic into the [`Store`], and the retention task.
+//! The projections of the alerts topic and of the triage topic into the [`Store`], and the
+//! retention task.
 //!
-//! One thread reads every partition of the alerts topic (assign mode, no group,
-//! `read_committed`) from the offsets stored in the database (the beginning when none), gathers
-//! batches of up to `store.batch_records` records or `store.batch_wait`, and hands them to one
-//! writer task, which stores each batch's rows and offsets in one transaction. Reading the next
+//! For each topic, one thread reads every partition (assign mode, no group, `read_committed`)
+//! from the offsets stored in the database (the beginning when none), gathers batches of up to
+//! `store.batch_records` records or `store.batch_wait` (a [`Feed`]: [`Batch`] of alerts,
+//! [`TriageBatch`]), and hands them to one writer task, which stores each batch's rows and
+//! offsets in one transaction. Reading the next
 //! batch overlaps writing the previous one. A failed write is retried (never skipped): offsets
 //! only advance with the rows, so nothing is lost and nothing is stored twice, whatever kills the
 //! process. Unreadable records are logged, counted and skipped.
@@ -17,12 +19,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use prometheus_client::metrics::counter::Counter;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{Batch, Store, StoreError};
+use super::{Batch, Store, StoreError, TriageBatch};
 use crate::config::Settings;
 use crate::kafka::read::LastError;
 use crate::kafka::{reader_config, KafkaLayerError, Reader, ReaderContext};
@@ -84,6 +86,72 @@ impl Status {
     }
 }
 
+/// What one projection gathers from its topic and stores, with the offsets it covers, in one
+/// transaction.
+pub trait Feed: Default + Send + 'static {
+    /// Adds a record of the topic; an unreadable one is counted and skipped.
+    fn push_message(&mut self, message: &BorrowedMessage<'_>);
+    /// Records taken (stored or skipped).
+    fn len(&self) -> usize;
+    /// Nothing taken yet.
+    fn is_empty(&self) -> bool;
+    /// Rows this batch stores, and records it skipped.
+    fn counts(&self) -> (u64, u64);
+    /// Stores the batch and the offsets it brings `topic` to, in one transaction.
+    fn write(
+        &self,
+        store: &Store,
+        topic: &str,
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send;
+}
+
+impl Feed for Batch {
+    fn push_message(&mut self, message: &BorrowedMessage<'_>) {
+        let timestamp = message.timestamp().to_millis().unwrap_or(0);
+        self.push(
+            message.partition(),
+            message.offset(),
+            timestamp,
+            message.payload(),
+        );
+    }
+    fn len(&self) -> usize {
+        Batch::len(self)
+    }
+    fn is_empty(&self) -> bool {
+        Batch::is_empty(self)
+    }
+    fn counts(&self) -> (u64, u64) {
+        (self.rows.len() as u64, self.skipped)
+    }
+    async fn write(&self, store: &Store, topic: &str) -> Result<(), StoreError> {
+        store.write(topic, self).await
+    }
+}
+
+impl Feed for TriageBatch {
+    fn push_message(&mut self, message: &BorrowedMessage<'_>) {
+        self.push(
+            message.partition(),
+            message.offset(),
+            message.key(),
+            message.payload(),
+        );
+    }
+    fn len(&self) -> usize {
+        TriageBatch::len(self)
+    }
+    fn is_empty(&self) -> bool {
+        TriageBatch::is_empty(self)
+    }
+    fn counts(&self) -> (u64, u64) {
+        (self.triage.len() as u64, self.skipped)
+    }
+    async fn write(&self, store: &Store, topic: &str) -> Result<(), StoreError> {
+        store.write_triage(topic, self).await
+    }
+}
+
 /// A started projection.
 pub struct Projection {
     thread: JoinHandle<()>,
@@ -98,13 +166,41 @@ impl Projection {
         status: Arc<Status>,
         stop: CancellationToken,
     ) -> Result<Projection, StoreError> {
-        let consumer: Reader = reader_config(&settings, "store")?
+        let topic = settings.topics.alerts.clone();
+        Projection::spawn_feed::<Batch>(settings, topic, "store", store, status, stop)
+    }
+
+    /// Starts the projection of `settings.topics.triage` into `store` (see [`Projection::spawn`]):
+    /// a consumer of its own, so that triage never waits behind a catch-up of the alerts.
+    pub fn spawn_triage(
+        settings: Arc<Settings>,
+        store: Store,
+        status: Arc<Status>,
+        stop: CancellationToken,
+    ) -> Result<Projection, StoreError> {
+        let topic = settings.topics.triage.clone();
+        Projection::spawn_feed::<TriageBatch>(settings, topic, "store-triage", store, status, stop)
+    }
+
+    fn spawn_feed<B: Feed>(
+        settings: Arc<Settings>,
+        topic: String,
+        role: &'static str,
+        store: Store,
+        status: Arc<Status>,
+        stop: CancellationToken,
+    ) -> Result<Projection, StoreError> {
+        let consumer: Reader = reader_config(&settings, role)?
             .create_with_context(ReaderContext)
             .map_err(KafkaLayerError::from)?;
         let runtime = tokio::runtime::Handle::current();
         let thread = std::thread::Builder::new()
-            .name("store-projection".to_owned())
-            .spawn(move || project(&settings, &consumer, &store, &status, &stop, &runtime))
+            .name(format!("{role}-projection"))
+            .spawn(move || {
+                project::<B>(
+                    &settings, &topic, &consumer, &store, &status, &stop, &runtime,
+                )
+            })
             .map_err(StoreError::Thread)?;
         Ok(Projection { thread })
     }
@@ -115,15 +211,15 @@ impl Projection {
     }
 }
 
-fn project(
+fn project<B: Feed>(
     settings: &Settings,
+    topic: &str,
     consumer: &Reader,
     store: &Store,
     status: &Arc<Status>,
     stop: &CancellationToken,
     runtime: &tokio::runtime::Handle,
 ) {
-    let topic = settings.topics.alerts.as_str();
     let stored = loop {
         if stop.is_cancelled() {
             return;
@@ -143,15 +239,15 @@ fn project(
         match assign(consumer, topic, &stored) {
             Ok(partitions) => break partitions,
             Err(e) => {
-                tracing::info!(topic, error = %e, "projection waiting for the alerts topic");
+                tracing::info!(topic, error = %e, "projection waiting for its topic");
                 crate::shutdown::sleep_unless_cancelled(stop, Duration::from_secs(1));
             }
         }
     };
     status.set_assigned();
-    tracing::info!(topic, partitions = partitions.len(), resume = ?stored, "projecting the alerts topic");
+    tracing::info!(topic, partitions = partitions.len(), resume = ?stored, "projecting the topic into the read model");
 
-    let (batches, receiver) = mpsc::channel::<Batch>(2);
+    let (batches, receiver) = mpsc::channel::<B>(2);
     let writer = runtime.spawn(write_batches(
         store.clone(),
         topic.to_owned(),
@@ -161,7 +257,7 @@ fn project(
     ));
     let max_records = settings.store.batch_records;
     let batch_wait = settings.store.batch_wait;
-    let mut batch = Batch::default();
+    let mut batch = B::default();
     let mut first: Option<Instant> = None;
     let mut last_error = LastError::default();
     while !stop.is_cancelled() {
@@ -173,13 +269,7 @@ fn project(
             None => {}
             Some(Ok(message)) => {
                 last_error = LastError::default();
-                let timestamp = message.timestamp().to_millis().unwrap_or(0);
-                batch.push(
-                    message.partition(),
-                    message.offset(),
-                    timestamp,
-                    message.payload(),
-                );
+                batch.push_message(&message);
                 first.get_or_insert_with(Instant::now);
             }
             Some(Err(KafkaError::PartitionEOF(_))) => {}
@@ -206,28 +296,27 @@ fn project(
     tracing::debug!(topic, "projection stopped");
 }
 
-async fn write_batches(
+async fn write_batches<B: Feed>(
     store: Store,
     topic: String,
-    mut batches: mpsc::Receiver<Batch>,
+    mut batches: mpsc::Receiver<B>,
     status: Arc<Status>,
     stop: CancellationToken,
 ) {
     while let Some(batch) = batches.recv().await {
         let mut attempt = 0u32;
         loop {
-            match store.write(&topic, &batch).await {
+            match batch.write(&store, &topic).await {
                 Ok(()) => {
                     if status.failing.swap(false, Ordering::Relaxed) {
                         tracing::info!(topic, "projection writes again");
                     }
-                    status
-                        .projected
-                        .fetch_add(batch.rows.len() as u64, Ordering::Relaxed);
-                    status.skipped.fetch_add(batch.skipped, Ordering::Relaxed);
+                    let (rows, skipped) = batch.counts();
+                    status.projected.fetch_add(rows, Ordering::Relaxed);
+                    status.skipped.fetch_add(skipped, Ordering::Relaxed);
                     if let Some(counters) = &status.counters {
-                        counters.projected.inc_by(batch.rows.len() as u64);
-                        counters.skipped.inc_by(batch.skipped);
+                        counters.projected.inc_by(rows);
+                        counters.skipped.inc_by(skipped);
                     }
                     break;
                 }
@@ -274,7 +363,7 @@ fn assign(
                     partition = p,
                     stored = next,
                     end = high,
-                    "the read model is ahead of the alerts partition: was the topic recreated? \
+                    "the read model is ahead of the topic's partition: was the topic recreated? \
                      point store.data_dir or store.url at a fresh database"
                 );
             }

@@ -8,9 +8,10 @@ use std::sync::Arc;
 use sqlx::any::AnyRow;
 use sqlx::Row as _;
 
+use super::triage::status_code;
 use super::{Dialect, Store, StoreError};
 use crate::domain::response::{AlertRecord, Outcome};
-use crate::domain::{Coord, UserId};
+use crate::domain::{Coord, TriageStatus, UserId};
 
 /// The order of every list: the alerts record's timestamp (ms), then the input coordinates.
 /// Stable across shim instances and restarts, so cursors are too.
@@ -72,6 +73,8 @@ impl Stored {
 pub struct AlertQuery {
     pub user_id: Option<UserId>,
     pub code: Option<u32>,
+    /// Only alerts of this triage status (open: never triaged, or reopened).
+    pub status: Option<TriageStatus>,
     /// Only alerts whose timestamp (ms) is at least this.
     pub since: Option<i64>,
     /// Only alerts whose timestamp (ms) is before this.
@@ -127,10 +130,25 @@ impl Store {
             args.push(&mut sql, user.get() as i64);
             sql.push_str(" AND is_alert = 1");
             ""
+        } else if query.status.is_some() {
+            // The status's rows in order: one range of its index, whatever the others' share.
+            sql.push_str(match self.dialect {
+                Dialect::Sqlite => {
+                    "SELECT part, off, ts, body FROM records INDEXED BY records_triage"
+                }
+                Dialect::Postgres => "SELECT part, off, ts, body FROM records",
+            });
+            sql.push_str(" WHERE is_alert = 1");
+            ""
         } else {
             sql.push_str("SELECT part, off, ts, body FROM records WHERE is_alert = 1");
             ""
         };
+        if let Some(status) = query.status {
+            // A constant of the code: the planner sees which index range it is.
+            let column = if prefix.is_empty() { "" } else { "r." };
+            let _ = write!(sql, " AND {column}triage_status = {}", status_code(status));
+        }
         if let Some(since) = query.since {
             let _ = write!(sql, " AND {prefix}ts >= ");
             args.push(&mut sql, since);

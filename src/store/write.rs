@@ -192,19 +192,8 @@ impl Store {
             }
             tx.execute(query).await?;
         }
-        for (&part, &next) in &batch.next_offsets {
-            sqlx::query(
-                "INSERT INTO projection_offsets (topic, part, next_offset) VALUES ($1, $2, $3) \
-                 ON CONFLICT (topic, part) DO UPDATE SET next_offset = CASE \
-                 WHEN excluded.next_offset > projection_offsets.next_offset \
-                 THEN excluded.next_offset ELSE projection_offsets.next_offset END",
-            )
-            .bind(topic.to_owned())
-            .bind(i64::from(part))
-            .bind(next)
-            .execute(&mut *tx)
-            .await?;
-        }
+        take_triage(&mut tx, &batch.rows).await?;
+        store_offsets(&mut tx, topic, &batch.next_offsets).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -212,7 +201,7 @@ impl Store {
     /// Deletes every row and offset (the embedded broker, whose topics start empty each time).
     pub async fn reset(&self) -> Result<(), StoreError> {
         let mut tx = self.writer.begin().await?;
-        for table in ["records", "alert_codes", "projection_offsets"] {
+        for table in ["records", "alert_codes", "triage", "projection_offsets"] {
             tx.execute(format!("DELETE FROM {table}").as_str()).await?;
         }
         tx.commit().await?;
@@ -275,16 +264,71 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
                 }
-                sqlx::query("DELETE FROM records WHERE part = $1 AND off = $2")
-                    .bind(part)
-                    .bind(off)
-                    .execute(&mut *tx)
-                    .await?;
+                for table in ["records", "triage"] {
+                    sqlx::query(&format!("DELETE FROM {table} WHERE part = $1 AND off = $2"))
+                        .bind(part)
+                        .bind(off)
+                        .execute(&mut *tx)
+                        .await?;
+                }
             }
             tx.commit().await?;
             deleted += rows.len() as u64;
         }
     }
+}
+
+/// Moves each partition's stored next offset of `topic` forward to `next_offsets` (never back),
+/// inside the transaction that stores what they cover.
+pub(super) async fn store_offsets(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    topic: &str,
+    next_offsets: &BTreeMap<i32, i64>,
+) -> Result<(), StoreError> {
+    for (&part, &next) in next_offsets {
+        sqlx::query(
+            "INSERT INTO projection_offsets (topic, part, next_offset) VALUES ($1, $2, $3) \
+             ON CONFLICT (topic, part) DO UPDATE SET next_offset = CASE \
+             WHEN excluded.next_offset > projection_offsets.next_offset \
+             THEN excluded.next_offset ELSE projection_offsets.next_offset END",
+        )
+        .bind(topic.to_owned())
+        .bind(i64::from(part))
+        .bind(next)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Gives the alerts just inserted the status of a triage stored before them (the triage topic
+/// has a consumer of its own, so its record may come first). One statement per input partition
+/// of the batch, driven by that partition's range of offsets in the (small) `triage` table.
+async fn take_triage(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    rows: &[Row],
+) -> Result<(), StoreError> {
+    let mut ranges: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
+    for row in rows.iter().filter(|r| r.is_alert) {
+        let OrderKey {
+            partition, offset, ..
+        } = row.order;
+        let range = ranges.entry(partition).or_insert((offset, offset));
+        *range = (range.0.min(offset), range.1.max(offset));
+    }
+    for (part, (first, last)) in ranges {
+        sqlx::query(
+            "UPDATE records SET triage_status = (SELECT t.status FROM triage t \
+             WHERE t.part = records.part AND t.off = records.off) \
+             WHERE (part, off) IN (SELECT part, off FROM triage WHERE part = $1 AND off BETWEEN $2 AND $3)",
+        )
+        .bind(i64::from(part))
+        .bind(first)
+        .bind(last)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
 }
 
 fn insert_sql(dialect: Dialect, head: &str, columns: usize, rows: usize) -> String {

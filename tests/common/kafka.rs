@@ -165,6 +165,7 @@ impl World {
             ("USER_MONITOR__TOPICS__STATE", self.state()),
             ("USER_MONITOR__TOPICS__RULES", self.rules()),
             ("USER_MONITOR__TOPICS__SHADOW", self.shadow()),
+            ("USER_MONITOR__TOPICS__TRIAGE", self.topic("triage")),
             (
                 "USER_MONITOR__TOPICS__PARTITIONS",
                 self.partitions.to_string(),

@@ -5,6 +5,7 @@
 //! - [`reads`]: events, alerts and a user's events from the read model (`read`);
 //! - [`users`]: a user's risk level (`profiles:write`);
 //! - [`rules`]: the active and shadow rule sets (`read` / `rules:write`);
+//! - [`triage`]: the triage of an alert (`alerts:write`);
 //! - [`audit`]: the trail of changes (`read`);
 //! - [`dead_letters`]: the latest dead letters and their reasons (`read`);
 //! - [`session`]: who the caller is and what their token may do (`read`);
@@ -21,6 +22,7 @@ pub mod reads;
 mod request;
 pub mod rules;
 pub mod session;
+pub mod triage;
 pub mod users;
 
 use std::sync::Arc;
@@ -109,6 +111,7 @@ pub fn router(state: AppState) -> Router {
         .merge(reads::routes(&state))
         .merge(users::routes(&state))
         .merge(rules::routes(&state))
+        .merge(triage::routes(&state))
         .merge(audit::routes(&state))
         .merge(session::routes(&state))
         .merge(dead_letters::routes(&state))

@@ -1,5 +1,5 @@
-//! Reading what the processor answered (CONTRACT §7): an event, the alerts, a user's events,
-//! from the read model (then the recent responses, then Kafka), behind `read`.
+//! Reading what the processor answered (CONTRACT §7): an event, the alerts (with their triage), a
+//! user's events, from the read model (then the recent responses, then Kafka), behind `read`.
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -12,10 +12,11 @@ use super::super::api::{
 };
 use super::super::auth::Scope;
 use super::request::{
-    parse_cursor, parse_event_key, parse_limit, parse_time, parse_user_id, path_param, query_params,
+    parse_alert_key, parse_cursor, parse_event_key, parse_limit, parse_time, parse_user_id,
+    path_param, query_params,
 };
 use super::{scoped, AppState, Shared};
-use crate::domain::Coord;
+use crate::domain::{Coord, TriageStatus};
 use crate::store::{AlertQuery, Page, StoreError};
 
 pub(super) fn routes(state: &AppState) -> Router<AppState> {
@@ -27,7 +28,7 @@ pub(super) fn routes(state: &AppState) -> Router<AppState> {
     scoped(routes, Scope::Read, state)
 }
 
-fn store_error(error: StoreError) -> ApiError {
+pub(super) fn store_error(error: StoreError) -> ApiError {
     tracing::warn!(error = %error, "read model query failed");
     ApiError::StoreUnavailable("the read model's database is unavailable".to_owned())
 }
@@ -81,8 +82,35 @@ fn views(page: &Page) -> Vec<EventView> {
         .collect()
 }
 
+/// The views of a page of alerts, each with its triage (one query for the page).
+async fn alert_views(state: &Shared, page: &Page) -> Result<Vec<EventView>, ApiError> {
+    let alerts: Vec<Coord> = page.items.iter().map(|s| s.coord()).collect();
+    let mut triage = state.store.triage_of(&alerts).await.map_err(store_error)?;
+    Ok(page
+        .items
+        .iter()
+        .map(|s| {
+            let view = EventView::processed(&s.record);
+            view.with_triage(triage.remove(&s.coord()).unwrap_or_default())
+        })
+        .collect())
+}
+
+/// The alert `alert_id` (at `key`): the event there, if its record raised exactly this alert
+/// (a retry's record repeats its original's alert id), else 404. Without its triage.
+pub(super) async fn find_alert(
+    state: &Shared,
+    alert_id: &str,
+    key: Coord,
+) -> Result<EventView, ApiError> {
+    match find_event(state, key).await? {
+        Some(view) if view.alert_id() == Some(alert_id) => Ok(view),
+        _ => Err(ApiError::NotFound(format!("no alert {alert_id}"))),
+    }
+}
+
 /// Alerts, newest first (by the alerts record's timestamp), from the database; filters by user,
-/// code and a time range (`since` inclusive, `until` exclusive).
+/// code, triage status and a time range (`since` inclusive, `until` exclusive).
 #[utoipa::path(
     get,
     path = "/api/v1/alerts",
@@ -110,6 +138,11 @@ pub async fn list_alerts(
                     .map_err(|_| ApiError::Invalid(format!("invalid code: {c:?}")))
             })
             .transpose()?,
+        status: params
+            .status
+            .as_deref()
+            .map(|s| s.parse::<TriageStatus>().map_err(ApiError::Invalid))
+            .transpose()?,
         since: parse_time("since", params.since.as_deref())?,
         until: parse_time("until", params.until.as_deref())?,
         before: parse_cursor(params.cursor.as_deref())?,
@@ -117,12 +150,12 @@ pub async fn list_alerts(
     };
     let page = state.store.alerts(&query).await.map_err(store_error)?;
     Ok(Json(AlertsPage {
-        alerts: views(&page),
+        alerts: alert_views(&state, &page).await?,
         next_cursor: page.next.map(|k| k.cursor()),
     }))
 }
 
-/// One alert.
+/// One alert, with its triage.
 #[utoipa::path(
     get,
     path = "/api/v1/alerts/{alert_id}",
@@ -130,7 +163,7 @@ pub async fn list_alerts(
     params(("alert_id" = String, Path, description = "\"alert-<partition>-<offset>\"")),
     security(("bearer" = ["read"])),
     responses(
-        (status = 200, description = "the alert: its event and result", body = EventView),
+        (status = 200, description = "the alert: its event, result and triage", body = EventView),
         (status = 404, description = "no such alert, or not an alert id", body = ErrorBody),
         (status = 503, description = "Kafka unavailable for the lookup", body = ErrorBody),
         ReadDenied,
@@ -141,15 +174,12 @@ pub async fn get_alert(
     alert_id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<EventView>, ApiError> {
     let alert_id = path_param(alert_id)?;
-    let key = Coord::parse_alert_id(&alert_id).ok_or_else(|| {
-        ApiError::NotFound(format!(
-            "no alert {alert_id:?}: alert ids are \"alert-<partition>-<offset>\""
-        ))
-    })?;
-    match find_event(&state, key).await? {
-        Some(view) if view.alert_id() == Some(alert_id.as_str()) => Ok(Json(view)),
-        _ => Err(ApiError::NotFound(format!("no alert {alert_id}"))),
-    }
+    let key = parse_alert_key(&alert_id)?;
+    let view = find_alert(&state, &alert_id, key).await?;
+    let mut triage = state.store.triage_of(&[key]).await.map_err(store_error)?;
+    Ok(Json(
+        view.with_triage(triage.remove(&key).unwrap_or_default()),
+    ))
 }
 
 /// A user's events with their results, newest first, from the database (paged by cursor).

@@ -117,6 +117,15 @@ pub(super) fn parse_event_key(text: &str) -> Result<Coord, ApiError> {
     })
 }
 
+/// An id that cannot name any alert is an unknown alert: 404, saying what alert ids look like.
+pub(super) fn parse_alert_key(text: &str) -> Result<Coord, ApiError> {
+    Coord::parse_alert_id(text).ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "no alert {text:?}: alert ids are \"alert-<partition>-<offset>\""
+        ))
+    })
+}
+
 /// A path segment, or a JSON 400 naming the problem (e.g. invalid percent-encoded UTF-8).
 pub(super) fn path_param(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
     path.map(|Path(value)| value)
