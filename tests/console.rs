@@ -306,3 +306,153 @@ async fn alert_appears_live_with_its_evidence(browser: &mut Browser, service: &S
     eprintln!("alert shown {waited:?} after its answer");
     browser.screenshot(&format!("alerts-live-{run}")).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resolved_alert_leaves_the_open_filter_and_the_audit_names_who_all_in_one() {
+    let Some(mut browser) = Browser::launch().await else {
+        return;
+    };
+    let service = Service::all_in_one(Some(&lead_token())).await;
+    resolve_leaves_the_open_filter_and_the_audit_names_who(&mut browser, &service, "all-in-one")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resolved_alert_leaves_the_open_filter_and_the_audit_names_who_on_kafka() {
+    let Some(mut browser) = Browser::launch().await else {
+        return;
+    };
+    let service = Service::on_kafka("triage", Some(&lead_token())).await;
+    resolve_leaves_the_open_filter_and_the_audit_names_who(&mut browser, &service, "kafka").await;
+}
+
+fn lead_token() -> String {
+    tokens(&[(
+        "lead",
+        "lead-secret",
+        &[
+            "read",
+            "alerts:write",
+            "rules:write",
+            "profiles:write",
+            "events:write",
+        ],
+    )])
+}
+
+/// Posts events for `user` with the lead's token until its third deposit raises an alert;
+/// returns that alert's id.
+async fn raise_alert(service: &Service, user: u64) -> String {
+    let http = client();
+    let mut last = Value::Null;
+    for (i, amount) in ["90", "100", "110"].iter().enumerate() {
+        let response = http
+            .post(service.url("/api/v1/events"))
+            .bearer_auth("lead-secret")
+            .header("Content-Type", "application/json")
+            .body(deposit(user, amount, i as u64 + 1))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        last = response.json().await.unwrap();
+    }
+    last["alert_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no alert: {last}"))
+        .to_owned()
+}
+
+async fn sign_in(browser: &mut Browser, secret: &str) {
+    browser
+        .wait_for(
+            "document.getElementById('token-dialog').open",
+            Duration::from_secs(10),
+        )
+        .await;
+    browser.fill("#token-input", secret).await;
+    browser.click("#token-form button[type=submit]").await;
+}
+
+/// Resolves an alert from the open alerts page: it leaves the page in place, the API no longer
+/// lists it as open, and the audit page names the token that resolved it.
+async fn resolve_leaves_the_open_filter_and_the_audit_names_who(
+    browser: &mut Browser,
+    service: &Service,
+    run: &str,
+) {
+    let alert_id = raise_alert(service, 8).await;
+    let row = format!("tr[data-alert=\"{alert_id}\"]");
+    browser.open(&service.url("/#/alerts?status=open")).await;
+    sign_in(browser, "lead-secret").await;
+    browser
+        .wait_for(
+            &format!("document.querySelector('{row}')"),
+            Duration::from_secs(10),
+        )
+        .await;
+    browser
+        .click(&format!("{row} button[data-action=resolve]"))
+        .await;
+    browser
+        .fill(&format!("{row} form[data-form=resolve] select"), "fraud")
+        .await;
+    browser
+        .fill(
+            &format!("{row} form[data-form=resolve] input[name=note]"),
+            "card stolen",
+        )
+        .await;
+    browser.screenshot(&format!("alerts-resolving-{run}")).await;
+    browser
+        .click(&format!(
+            "{row} form[data-form=resolve] button[type=submit]"
+        ))
+        .await;
+    browser
+        .wait_for(
+            &format!("!document.querySelector('{row}')"),
+            Duration::from_secs(10),
+        )
+        .await;
+    let http = client();
+    let open = http
+        .get(service.url("/api/v1/alerts?status=open"))
+        .bearer_auth("lead-secret")
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert!(
+        !open["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["alert_id"] == alert_id.as_str()),
+        "{open}"
+    );
+    let alert = http
+        .get(service.url(&format!("/api/v1/alerts/{alert_id}")))
+        .bearer_auth("lead-secret")
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(alert["triage"]["status"], "resolved", "{alert}");
+    assert_eq!(alert["triage"]["resolution"], "fraud", "{alert}");
+    assert_eq!(alert["triage"]["triaged_by"], "lead", "{alert}");
+    browser
+        .open(&service.url("/#/audit?action=alert.triage"))
+        .await;
+    browser
+        .wait_for(
+            "[...document.querySelectorAll('#audit-rows tr')].some(r => r.innerText.includes('lead') && r.innerText.includes('resolved (fraud)'))",
+            Duration::from_secs(10),
+        )
+        .await;
+    browser.screenshot(&format!("audit-{run}")).await;
+}

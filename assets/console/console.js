@@ -176,7 +176,9 @@ function triageOf(view) {
 }
 
 function statusBadge(t) {
-  return h("span", { class: "status " + t.status }, t.status + (t.resolution ? ": " + t.resolution : ""));
+  return h("span", { class: "status-wrap" },
+    h("span", { class: "status " + t.status }, t.status + (t.resolution ? ": " + t.resolution : "")),
+    t.triaged_by ? h("span", { class: "muted" }, ` by ${t.triaged_by}`) : null);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -361,12 +363,12 @@ function alertRow(view, fresh) {
 function triageControls(view, cell) {
   const wrap = h("div", { class: "triage" });
   const t = triageOf(view);
-  const ack = h("button", { type: "button", onclick: () => patch({ status: "acknowledged" }) }, "Acknowledge");
-  const resolve = h("button", { type: "button", onclick: () => { form.hidden = !form.hidden; if (!form.hidden) sel.focus(); } }, "Resolve…");
+  const ack = h("button", { type: "button", "data-action": "acknowledge", onclick: () => patch({ status: "acknowledged" }) }, "Acknowledge");
+  const resolve = h("button", { type: "button", "data-action": "resolve", onclick: () => { form.hidden = !form.hidden; if (!form.hidden) sel.focus(); } }, "Resolve…");
   const sel = h("select", { name: "resolution", "aria-label": "Resolution" },
     ["fraud", "legitimate", "duplicate"].map((r) => h("option", { value: r }, r)));
   const note = h("input", { name: "note", "aria-label": "Note", placeholder: "note", size: 18 });
-  const form = h("form", { class: "triage", hidden: true, onsubmit: (e) => {
+  const form = h("form", { class: "triage", "data-form": "resolve", hidden: true, onsubmit: (e) => {
     e.preventDefault();
     patch({ status: "resolved", resolution: sel.value, note: note.value || undefined });
   } }, sel, note, h("button", { type: "submit", class: "primary" }, "Save"));
@@ -942,7 +944,8 @@ function auditPage(params) {
       && (!filters.user_id || String(e.user_id) === filters.user_id));
     tbody.replaceChildren(...entries.map((e) => h("tr", {},
       h("td", {}, e.at), h("td", {}, e.actor), h("td", { class: "mono" }, e.action),
-      h("td", {}, e.user_id !== undefined ? h("a", { href: "#/user/" + e.user_id }, "user " + e.user_id) : (e.alert_id || "")),
+      h("td", {}, e.alert_id ? h("span", { class: "mono" }, e.alert_id + " ") : null,
+        e.user_id !== undefined ? h("a", { href: "#/user/" + e.user_id }, "user " + e.user_id) : null),
       h("td", {}, e.before), h("td", {}, e.after), h("td", {}, e.source))));
     if (!entries.length) tbody.append(h("tr", {}, h("td", { colspan: 7, class: "muted" }, "No changes match.")));
   }).catch((e) => toast("Could not load the audit trail: " + e.message));
