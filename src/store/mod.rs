@@ -20,10 +20,13 @@
 //!   with its offsets in one transaction, the offsets read back at resume, reset, retention;
 //! - `query.rs`: the readers' side: the [`OrderKey`] and its cursor, one event, the keyset-paged
 //!   lists of alerts and of a user's events;
+//! - `replay.rs`: the stored records of a range of event time streamed in the processor's
+//!   order, for a backtest;
 //! - [`projection`]: the consumer that feeds the store, and the retention task.
 
 pub mod projection;
 mod query;
+mod replay;
 mod write;
 
 use std::path::PathBuf;
@@ -35,6 +38,7 @@ use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Executor};
 
 pub use query::{AlertQuery, OrderKey, Page, Stored};
+pub use replay::{EventTimes, REPLAY_BATCH};
 pub use write::{Batch, Expired, Row};
 
 use crate::config::StoreConfig;
