@@ -2324,7 +2324,11 @@ async fn a_backtest_over_the_stored_events_is_the_cli_replay_of_the_same_records
             "{body}: {}",
             reply.text
         );
-        assert!(error_of(&reply).contains(named), "{named} in {}", reply.text);
+        assert!(
+            error_of(&reply).contains(named),
+            "{named} in {}",
+            reply.text
+        );
     }
 }
 

@@ -713,8 +713,8 @@ pub struct BacktestResult {
     pub events: u64,
     /// Events replayed as history only (before `from_time`).
     pub warm_up: u64,
-    /// Records not replayed: rejected inputs and retries (they changed no state live), and
-    /// records outside the range.
+    /// Records read but not replayed: rejected inputs and retries (they changed no state
+    /// live). Records outside the range and its warm-up are not read at all.
     pub skipped: u64,
     pub invalid: u64,
     pub out_of_order: u64,
