@@ -74,6 +74,8 @@ pub enum StoreError {
         offset: i64,
         reason: String,
     },
+    #[error("backtest over the stored events: {0}")]
+    Backtest(String),
 }
 
 /// Which SQL the store speaks.

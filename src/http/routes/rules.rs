@@ -9,7 +9,7 @@ use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::routing::{get, post, put};
 use axum::{Extension, Json, Router};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::Semaphore;
 
 use super::super::api::{
     ApiError, BacktestBody, BacktestResult, BacktestSample, ErrorBody, InForce, PromotedBody,
@@ -19,12 +19,10 @@ use super::super::api::{
 use super::super::auth::{Principal, Scope};
 use super::request::{actor, json_body, query_params};
 use super::{scoped, AppState, Shared};
-use crate::backtest::{Outcome, Range, Replay};
+use crate::backtest::{Outcome, Range};
 use crate::changes::{Configured, Expected, Promotion, RulesRequest};
 use crate::kafka::rules::{validate_for_publishing, Current, Format, Latest, RulesKey, Shadow};
-use crate::profiles::Profiles;
 use crate::rule_set::{InvalidRuleSet, RuleSet};
-use crate::store::EventTimes;
 
 pub(super) fn routes(state: &AppState) -> Router<AppState> {
     let read = Router::new()
@@ -507,8 +505,8 @@ async fn requested_range(
     }
 }
 
-/// Replays the stored records of `range` (and its warm-up) under both sets: the database
-/// streams them in the processor's order while a blocking thread replays them.
+/// Replays the stored records of `range` (and its warm-up) under both sets, one backtest of
+/// this shim at a time.
 async fn replay_stored(
     state: &Shared,
     baseline: RuleSet,
@@ -519,34 +517,11 @@ async fn replay_stored(
         .acquire()
         .await
         .map_err(|_| ApiError::StoreUnavailable("shutting down".to_owned()))?;
-    let times = EventTimes {
-        from: range
-            .replay_from()
-            .map(|t| i64::try_from(t).unwrap_or(i64::MAX)),
-        to: range.to.map(|t| i64::try_from(t).unwrap_or(i64::MAX)),
-    };
-    let (tx, mut rx) = mpsc::channel::<Vec<String>>(4);
-    let bounds = state.rules.bounds;
-    let replay = tokio::task::spawn_blocking(move || {
-        // Each record carries the level its event was judged at: no profiles needed.
-        let profiles = Profiles::default();
-        let mut replay = Replay::new(
-            &baseline, &candidate, &bounds, &profiles, range, SAMPLES, None,
-        );
-        while let Some(batch) = rx.blocking_recv() {
-            for record in &batch {
-                replay.push_record(record.as_bytes())?;
-            }
-        }
-        replay.finish()
-    });
-    let streamed = state.store.stream_records(times, tx).await;
-    let outcome = replay
+    state
+        .store
+        .backtest(baseline, candidate, state.rules.bounds, range, SAMPLES)
         .await
-        .map_err(|e| ApiError::StoreUnavailable(format!("the backtest stopped: {e}")))?
-        .map_err(|e| ApiError::StoreUnavailable(format!("the backtest failed: {e}")))?;
-    streamed.map_err(super::reads::store_error)?;
-    Ok(outcome)
+        .map_err(super::reads::store_error)
 }
 
 /// Backtest a candidate set against the active set (or any two sets) over the events stored in
