@@ -7,7 +7,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use crate::changes::{Author, ChangeLog};
+use crate::changes::{
+    Author, ChangeError, ChangeLog, Configured, Expected, Promotion, RulesRequest,
+};
 use crate::cli::{
     BacktestArgs, Cli, Command, EvaluateArgs, GlobalArgs, ProfilesCommand, RulesCommand,
     TokenCommand, TopicsCommand,
@@ -33,16 +35,38 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Evaluate(args) => evaluate(&settings, &args),
         Command::Backtest(args) => backtest(&settings, &args),
         Command::Rules(RulesCommand::Validate { file }) => validate_rules(&settings, &file),
-        Command::Rules(RulesCommand::Publish { file, shadow }) => {
+        Command::Rules(RulesCommand::Publish {
+            file,
+            shadow,
+            allow_empty,
+            if_match,
+        }) => {
             let key = if shadow {
                 RulesKey::Shadow
             } else {
                 RulesKey::Active
             };
-            publish_rules(&settings, &file, key)
+            let expected = expected(if_match.if_match.as_deref())?;
+            publish_rules(&settings, &file, key, allow_empty, expected)
         }
-        Command::Rules(RulesCommand::ClearShadow) => {
-            change_rules(&settings, RulesKey::Shadow, None)
+        Command::Rules(RulesCommand::ClearShadow { if_match }) => {
+            let request = RulesRequest {
+                key: RulesKey::Shadow,
+                set: None,
+                allow_empty: false,
+                expected: expected(if_match.if_match.as_deref())?,
+            };
+            change_rules(&settings, &request)
+        }
+        Command::Rules(RulesCommand::Promote {
+            allow_empty,
+            if_match,
+        }) => {
+            let request = Promotion {
+                allow_empty,
+                expected: expected(if_match.as_deref())?,
+            };
+            promote(&settings, &request)
         }
         Command::Process => {
             crate::service::process(settings)?;
@@ -176,9 +200,23 @@ fn print_problems(path: &Path, invalid: &InvalidRuleSet) {
     }
 }
 
-/// `user-monitor rules publish FILE [--shadow]`: validates (bounds and rules.time_unit, as the
-/// HTTP API does), publishes, records the change in the audit trail.
-fn publish_rules(settings: &Settings, path: &Path, key: RulesKey) -> anyhow::Result<ExitCode> {
+/// `--if-match VERSION`.
+fn expected(if_match: Option<&str>) -> anyhow::Result<Option<Expected>> {
+    if_match
+        .map(|text| Expected::parse(text).map_err(anyhow::Error::msg))
+        .transpose()
+}
+
+/// `user-monitor rules publish FILE [--shadow] [--allow-empty] [--if-match V]`: validates
+/// (bounds and rules.time_unit, as the HTTP API does), publishes, records the change in the
+/// audit trail.
+fn publish_rules(
+    settings: &Settings,
+    path: &Path,
+    key: RulesKey,
+    allow_empty: bool,
+    expected: Option<Expected>,
+) -> anyhow::Result<ExitCode> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading rule set {}", path.display()))?;
     let set = match crate::kafka::rules::validate_for_publishing(
@@ -193,64 +231,126 @@ fn publish_rules(settings: &Settings, path: &Path, key: RulesKey) -> anyhow::Res
             return Ok(ExitCode::from(1));
         }
     };
-    change_rules(settings, key, Some(&set))
+    let request = RulesRequest {
+        key,
+        set: Some(set),
+        allow_empty,
+        expected,
+    };
+    change_rules(settings, &request)
 }
 
-/// Publishes the set of `key` (`None`: clears the shadow set) and its audit entry (see
+/// The configured sets, against which a version name is checked and which are in force while
+/// the topic holds none.
+fn configured(settings: &Settings) -> Configured {
+    settings
+        .rule_sets()
+        .map(|(active, shadow)| Configured {
+            active: Some(active),
+            shadow,
+        })
+        .unwrap_or_default()
+}
+
+fn cli_author(actor: &str) -> Author<'_> {
+    Author {
+        actor,
+        source: "cli",
+    }
+}
+
+/// A refused change: its reason on stderr, exit status 1 (as an invalid set); other failures
+/// are errors.
+fn refused(result: Result<ExitCode, ChangeError>) -> anyhow::Result<ExitCode> {
+    match result {
+        Err(ChangeError::Refused(refusal)) => {
+            eprintln!("refused: {refusal}");
+            Ok(ExitCode::from(1))
+        }
+        other => Ok(other?),
+    }
+}
+
+/// Publishes the set of the request (`None`: clears the shadow set) and its audit entry (see
 /// [`crate::changes::change_rule_set`]), and prints where Kafka stored it.
-fn change_rules(
-    settings: &Settings,
-    key: RulesKey,
-    set: Option<&RuleSet>,
-) -> anyhow::Result<ExitCode> {
+fn change_rules(settings: &Settings, request: &RulesRequest) -> anyhow::Result<ExitCode> {
     crate::telemetry::init(&settings.log);
     let rules = &settings.topics.rules;
-    let configured = settings
-        .rule_sets()
-        .ok()
-        .and_then(|(active, shadow)| match key {
-            RulesKey::Active => Some(active.version),
-            RulesKey::Shadow => shadow.map(|s| s.version),
-        });
     let actor = crate::audit::cli_actor();
-    let author = Author {
-        actor: &actor,
-        source: "cli",
-    };
+    let key = request.key;
     let changed = run_change(crate::changes::change_rule_set(
         &CliChanges { settings },
-        author,
-        key,
-        set,
-        configured.as_deref(),
+        cli_author(&actor),
+        request,
+        &configured(settings),
     ))?;
-    let (published, entry) = (changed.published, changed.entry);
-    println!(
-        "{}",
-        serde_json::json!({
-            "key": key.as_str(),
-            "version": set.map(|s| s.version.as_str()),
-            "offset": published.offset,
-            "timestamp": published.timestamp,
-        })
-    );
-    eprintln!(
-        "{key} rule set: {} -> {} at offset {} of {rules} (recorded in {} as {actor})",
-        entry.before, entry.after, published.offset, settings.topics.audit
-    );
-    Ok(ExitCode::SUCCESS)
+    refused(changed.map(|changed| {
+        let published = changed.published;
+        println!(
+            "{}",
+            serde_json::json!({
+                "key": key.as_str(),
+                "version": request.set.as_ref().map(|s| s.version.as_str()),
+                "offset": published.offset,
+                "timestamp": published.timestamp,
+                "unchanged": changed.entry.is_none(),
+            })
+        );
+        match &changed.entry {
+            Some(entry) => eprintln!(
+                "{key} rule set: {} -> {} at offset {} of {rules} (recorded in {} as {actor})",
+                entry.before, entry.after, published.offset, settings.topics.audit
+            ),
+            None => eprintln!(
+                "{key} rule set: {} is in force already (offset {} of {rules}); nothing published",
+                changed.before.as_deref().unwrap_or("none"),
+                published.offset
+            ),
+        }
+        ExitCode::SUCCESS
+    }))
+}
+
+/// `user-monitor rules promote [--allow-empty] [--if-match V]` (see
+/// [`crate::changes::promote_shadow`]).
+fn promote(settings: &Settings, request: &Promotion) -> anyhow::Result<ExitCode> {
+    crate::telemetry::init(&settings.log);
+    let actor = crate::audit::cli_actor();
+    let promoted = run_change(crate::changes::promote_shadow(
+        &CliChanges { settings },
+        cli_author(&actor),
+        request,
+        &configured(settings),
+    ))?;
+    refused(promoted.map(|promoted| {
+        println!(
+            "{}",
+            serde_json::json!({
+                "version": promoted.version,
+                "before": promoted.before,
+                "offset": promoted.active.offset,
+                "timestamp": promoted.active.timestamp,
+                "shadow_cleared_offset": promoted.cleared.offset,
+            })
+        );
+        eprintln!(
+            "shadow rule set {} promoted to active (was {}), shadow set cleared (recorded in {} as {actor})",
+            promoted.version,
+            promoted.before.as_deref().unwrap_or("none"),
+            settings.topics.audit
+        );
+        ExitCode::SUCCESS
+    }))
 }
 
 /// Runs a change use case to its end on this thread. Not `futures::executor::block_on`: the
 /// CLI's blocking clients wait on futures of their own with it, which cannot nest.
-fn run_change<T>(
-    change: impl std::future::Future<Output = Result<T, crate::changes::ChangeError>>,
-) -> anyhow::Result<T> {
+fn run_change<T>(change: impl std::future::Future<Output = T>) -> anyhow::Result<T> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the command's runtime")?;
-    Ok(runtime.block_on(change)?)
+    Ok(runtime.block_on(change))
 }
 
 /// The command line's [`ChangeLog`]: short-lived clients, each step riding out a broker
@@ -272,6 +372,14 @@ impl ChangeLog for CliChanges<'_> {
         set: Option<&RuleSet>,
     ) -> Result<crate::kafka::rules::Published, KafkaLayerError> {
         crate::kafka::rules::publish(self.settings, key, set)
+    }
+
+    async fn publish_version(
+        &self,
+        set: &RuleSet,
+        by: &crate::kafka::rules::Publisher,
+    ) -> Result<crate::kafka::rules::Published, KafkaLayerError> {
+        crate::kafka::rules::publish_version(self.settings, set, by)
     }
 
     async fn risk_levels(&self, users: &[UserId]) -> Result<Vec<Risk>, KafkaLayerError> {
@@ -305,16 +413,28 @@ fn backtest(settings: &Settings, args: &BacktestArgs) -> anyhow::Result<ExitCode
         )),
         None => None,
     };
-    let report = crate::backtest::backtest(
-        input,
-        diff.as_mut().map(|w| w as &mut dyn io::Write),
-        &profiles,
+    if args.warm_up.is_some() && args.from_time.is_none() {
+        anyhow::bail!("--warm-up is the history replayed before --from-time: give --from-time too");
+    }
+    let range = crate::backtest::Range::new(
+        args.from_time,
+        args.to_time,
+        args.warm_up,
         &baseline,
         &candidate,
         &bounds,
-    )
-    .context("backtesting")?;
-    println!("{}", serde_json::to_string_pretty(&report)?);
+    );
+    let replay = crate::backtest::Replay::new(
+        &baseline,
+        &candidate,
+        &bounds,
+        &profiles,
+        range,
+        0,
+        diff.as_mut().map(|w| w as &mut dyn io::Write),
+    );
+    let outcome = crate::backtest::run(input, args.input_format, replay).context("backtesting")?;
+    println!("{}", serde_json::to_string_pretty(&outcome.report)?);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -365,7 +485,7 @@ fn load_profiles(settings: &Settings, path: &std::path::Path) -> anyhow::Result<
         &CliChanges { settings },
         author,
         &lines,
-    ))?;
+    ))??;
     eprintln!(
         "published {} profiles to {} (recorded in {} as {actor})",
         lines.len(),

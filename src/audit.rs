@@ -25,8 +25,8 @@ pub struct AuditEntry {
     pub at: String,
     /// Who: the token's name (`anonymous` when authentication is off), or `cli:<os user>`.
     pub actor: String,
-    /// What: `risk.set`, `rules.active.set`, `rules.shadow.set`, `rules.shadow.clear` or
-    /// `alert.triage`.
+    /// What: `risk.set`, `rules.active.set`, `rules.active.promote` (the shadow set made
+    /// active), `rules.shadow.set`, `rules.shadow.clear` or `alert.triage`.
     pub action: String,
     /// The user whose risk level changed, or whose alert was triaged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -106,6 +106,14 @@ impl AuditEntry {
             after: after.summary(),
             source: source.to_owned(),
             offset: None,
+        }
+    }
+
+    /// The shadow set `version` made active in place of `before` (accepted now).
+    pub fn rules_promoted(actor: &str, source: &str, before: Option<&str>, version: &str) -> Self {
+        AuditEntry {
+            action: "rules.active.promote".to_owned(),
+            ..AuditEntry::rules_changed(actor, source, RulesKey::Active, before, Some(version))
         }
     }
 
@@ -243,6 +251,15 @@ mod tests {
         assert_eq!(cleared.action, "rules.shadow.clear");
         assert_eq!(cleared.after, "none");
         assert_eq!(cleared.key(), "rules:shadow");
+        let promoted = AuditEntry::rules_promoted("ops", "http", Some("v1"), "s1");
+        assert_eq!(
+            (promoted.action.as_str(), promoted.before.as_str()),
+            ("rules.active.promote", "v1")
+        );
+        assert_eq!(
+            (promoted.after.as_str(), promoted.key()),
+            ("s1", "rules:active".to_owned())
+        );
         let first = AuditEntry::rules_changed("ops", "http", RulesKey::Shadow, None, Some("s1"));
         assert_eq!(
             (first.action.as_str(), first.before.as_str()),

@@ -1,6 +1,7 @@
-//! `user-monitor backtest`: two rule sets over the same input in one pass (CONTRACT §10).
+//! `user-monitor backtest` and `POST /api/v1/rules/backtest`: two rule sets over the same
+//! events in one pass (CONTRACT §10).
 //!
-//! Every line is judged by the engine as a live event is, with the baseline active and the
+//! Every event is judged by the engine as a live event is, with the baseline active and the
 //! candidate as its shadow ([`Engine::decide`]): one history per user, on which the candidate is
 //! evaluated after the baseline took the event, so `backtest` and a live shadow set answer "what
 //! would the other set have said" with the same code. The histories are kept to
@@ -9,22 +10,32 @@
 //! not depend on the rule set, CONTRACT §10). The summary counts, per code, the alerts under
 //! each set, the events where the candidate added or removed it, and the users affected; the
 //! diff has one line per event whose codes differ.
+//!
+//! One [`Replay`] serves both edges: the command line feeds it lines (events, or records of the
+//! alerts topic), the HTTP API the records of its read model ([`replayable`] reads both the
+//! same way), so that both give the same numbers on the same events. A [`Range`] of event time
+//! says which events count; the `state.max_window` before it is replayed as history only, so
+//! that the windows of the first counted events see what they saw live.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, BufRead, Write};
+use std::time::Duration;
 
-use serde::Serialize;
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use crate::domain::response::Rejection;
-use crate::domain::Verdict;
+use crate::domain::{Coord, Risk, Verdict};
 use crate::engine::{history_bounds, Admission, Context, Engine, Input, Sets};
 use crate::evaluate::{trim_line_end, LineReader, BATCH};
 use crate::idempotency::DedupLimits;
 use crate::profiles::Profiles;
 use crate::rule_set::{Bounds, RuleSet};
+use crate::state::{Evidence, Fired};
 
 /// Per code: how its alerts changed from the baseline to the candidate.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CodeChange {
     pub baseline: u64,
     pub candidate: u64,
@@ -38,152 +49,520 @@ pub struct CodeChange {
 pub struct Report {
     pub baseline_version: String,
     pub candidate_version: String,
-    /// Input lines, and of them the events both sets evaluated.
+    /// Inputs read, and of them the events both sets evaluated and counted.
     pub lines: u64,
     pub events: u64,
     pub invalid: u64,
     pub out_of_order: u64,
+    /// Inputs replayed as history only: the warm-up before the range's start.
+    pub warm_up: u64,
+    /// Inputs not replayed: outside the range (and its warm-up), or records that changed no
+    /// state live (rejected inputs, retries).
+    pub skipped: u64,
     /// Events whose codes differ between the sets.
     pub events_changed: u64,
     pub users_affected: usize,
     pub codes: BTreeMap<u32, CodeChange>,
 }
 
-#[derive(Serialize)]
-struct DiffLine<'a> {
-    line: u64,
-    user_id: u64,
-    baseline: &'a [u32],
-    candidate: &'a [u32],
+/// What a backtest reads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum InputFormat {
+    /// JSONL events, as `evaluate` reads them.
+    #[default]
+    Events,
+    /// Records of the alerts topic (or the read model's `body`), one a line.
+    Records,
 }
 
-/// Runs both sets over `input`; a diff line per changed event goes to `diff`, if given.
-pub fn backtest(
-    mut input: impl BufRead,
-    mut diff: Option<&mut dyn Write>,
-    profiles: &Profiles,
-    baseline: &RuleSet,
-    candidate: &RuleSet,
+/// The events a backtest counts: those whose `time` lies in `from..=to`. Those of the
+/// `warm_up` ticks before `from` are replayed as history only; the others are not replayed at
+/// all. Without bounds, every input counts (an input without a valid `time` among them, as
+/// invalid); with a bound, an input without a valid `time` is outside it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Range {
+    pub from: Option<u64>,
+    pub to: Option<u64>,
+    /// In the events' time unit (ticks).
+    pub warm_up: u64,
+}
+
+/// Where an input falls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    Outside,
+    History,
+    Counted,
+}
+
+impl Range {
+    /// `from..=to` with `warm_up` (a duration) before it, in the baseline's time unit;
+    /// `None` for the warm-up: `bounds.max_window` (stretched as [`history_bounds`] does when
+    /// the candidate reads `time` in a finer unit), the longest window either set may have.
+    pub fn new(
+        from: Option<u64>,
+        to: Option<u64>,
+        warm_up: Option<Duration>,
+        baseline: &RuleSet,
+        candidate: &RuleSet,
+        bounds: &Bounds,
+    ) -> Range {
+        let warm_up =
+            warm_up.unwrap_or_else(|| history_bounds(baseline, candidate, bounds).max_window);
+        let ticks = baseline.time_unit.ticks_per_second();
+        let warm_up = u64::try_from(warm_up.as_millis())
+            .unwrap_or(u64::MAX)
+            .saturating_mul(ticks)
+            / 1000;
+        Range { from, to, warm_up }
+    }
+
+    /// Whether every input counts.
+    pub fn is_everything(&self) -> bool {
+        self.from.is_none() && self.to.is_none()
+    }
+
+    /// The first event time replayed: the warm-up's start (`None`: from the first event).
+    pub fn replay_from(&self) -> Option<u64> {
+        self.from.map(|from| from.saturating_sub(self.warm_up))
+    }
+
+    fn place(&self, time: u64) -> Place {
+        if self.to.is_some_and(|to| time > to)
+            || self.replay_from().is_some_and(|start| time < start)
+        {
+            Place::Outside
+        } else if self.from.is_some_and(|from| time < from) {
+            Place::History
+        } else {
+            Place::Counted
+        }
+    }
+}
+
+/// One input to replay.
+#[derive(Debug, Clone, Copy)]
+pub struct Item<'a> {
+    /// The event as sent.
+    pub payload: &'a [u8],
+    /// The level to judge it at (a record's: the level it was judged at live); `None`: the
+    /// profiles' (as `evaluate` does).
+    pub risk: Option<Risk>,
+    /// Its coordinates in the events topic, when known (a record's `event_id`).
+    pub event_id: Option<Coord>,
+}
+
+/// The fields of an alerts record that a replay reads (the rest is skipped unparsed).
+#[derive(Deserialize)]
+struct RecordFields<'a> {
+    #[serde(borrow)]
+    event_id: std::borrow::Cow<'a, str>,
+    #[serde(default)]
+    duplicate_of: Option<IgnoredAny>,
+    #[serde(default)]
+    error: Option<IgnoredAny>,
+    #[serde(default)]
+    risk: Option<Risk>,
+    #[serde(default, borrow)]
+    event: Option<&'a RawValue>,
+}
+
+/// Why a record cannot be replayed.
+#[derive(Debug, thiserror::Error)]
+pub enum UnreadableRecord {
+    #[error("not an alerts record: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("not an alerts record: {0:?} is not an event id")]
+    EventId(String),
+}
+
+/// What a record of the alerts topic gives a replay: its event as sent, judged at the level it
+/// was judged at live, or `None` for an input that changed no state live (a rejected input, a
+/// retry answered as its original, an event too large to be echoed). Reads only the fields it
+/// needs. The one reading of records for the command line and the read model.
+pub fn replayable(record: &[u8]) -> Result<Option<Item<'_>>, UnreadableRecord> {
+    let fields: RecordFields<'_> = serde_json::from_slice(record)?;
+    let event_id = Coord::parse_event_id(&fields.event_id)
+        .ok_or_else(|| UnreadableRecord::EventId(fields.event_id.clone().into_owned()))?;
+    if fields.error.is_some() || fields.duplicate_of.is_some() {
+        return Ok(None);
+    }
+    Ok(match (fields.event, fields.risk) {
+        (Some(event), Some(risk)) => Some(Item {
+            payload: event.get().as_bytes(),
+            risk: Some(risk),
+            event_id: Some(event_id),
+        }),
+        _ => None,
+    })
+}
+
+/// An event whose codes differ between the sets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Difference {
+    /// Its input line (counting from 1; every input read counts).
+    pub line: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+    pub user_id: u64,
+    pub baseline: Vec<u32>,
+    pub candidate: Vec<u32>,
+}
+
+/// A difference with the evidence of each set's codes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Sample {
+    #[serde(flatten)]
+    pub difference: Difference,
+    pub time: u64,
+    pub risk: Risk,
+    /// Why each of the baseline's codes fired (one entry per code).
+    pub baseline_evidence: Vec<Evidence>,
+    /// Why each of the candidate's codes fired.
+    pub candidate_evidence: Vec<Evidence>,
+}
+
+/// A backtest's outcome: the summary and the first differences with their evidence.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outcome {
+    pub report: Report,
+    pub samples: Vec<Sample>,
+}
+
+/// An admitted input waiting for its decision.
+struct Pending {
+    admission: Admission,
+    line: u64,
+    place: Place,
+    risk: Option<Risk>,
+    event_id: Option<Coord>,
+}
+
+/// Two rule sets over a stream of inputs, in the order given (for records: partition, then
+/// offset, as the processor read them). Inputs are admitted in batches (decoded, their users'
+/// states located and touched together), then decided in order.
+pub struct Replay<'a> {
+    baseline: &'a RuleSet,
+    candidate: &'a RuleSet,
+    history: Bounds,
+    dedup: DedupLimits,
+    profiles: &'a Profiles,
+    range: Range,
+    engine: Engine,
+    batch: Vec<Pending>,
+    diff: Option<&'a mut dyn Write>,
+    /// How many samples (with evidence) to keep.
+    samples_wanted: usize,
+    outcome: Outcome,
+    affected: BTreeMap<u32, BTreeSet<u64>>,
+    users_changed: BTreeSet<u64>,
+    explained: Fired,
+}
+
+impl<'a> Replay<'a> {
+    /// A replay of `candidate` against `baseline` (histories kept to `bounds` stretched by
+    /// [`history_bounds`]) counting the events of `range`; the first `samples` differences
+    /// keep their evidence, and every difference is written to `diff` as a JSON line.
+    pub fn new(
+        baseline: &'a RuleSet,
+        candidate: &'a RuleSet,
+        bounds: &Bounds,
+        profiles: &'a Profiles,
+        range: Range,
+        samples: usize,
+        diff: Option<&'a mut dyn Write>,
+    ) -> Self {
+        Replay {
+            baseline,
+            candidate,
+            history: history_bounds(baseline, candidate, bounds),
+            dedup: DedupLimits::default(),
+            profiles,
+            range,
+            engine: Engine::default(),
+            batch: Vec::with_capacity(BATCH),
+            diff,
+            samples_wanted: samples,
+            outcome: Outcome {
+                report: Report {
+                    baseline_version: baseline.version.clone(),
+                    candidate_version: candidate.version.clone(),
+                    ..Report::default()
+                },
+                samples: Vec::new(),
+            },
+            affected: BTreeMap::new(),
+            users_changed: BTreeSet::new(),
+            explained: Fired::default(),
+        }
+    }
+
+    /// An input read but not replayed (a record that changed no state live).
+    pub fn skip(&mut self) {
+        self.outcome.report.lines += 1;
+        self.outcome.report.skipped += 1;
+    }
+
+    /// Replays the event of one record of the alerts topic (see [`replayable`]); a record that
+    /// changed no state live is skipped, a line that is not a record is judged as it is
+    /// (invalid). What the command line's `--input-format records` and the HTTP API's read
+    /// model both do with a record.
+    pub fn push_record(&mut self, record: &[u8]) -> io::Result<()> {
+        match replayable(record) {
+            Ok(Some(item)) => self.push(item),
+            Ok(None) => {
+                self.skip();
+                Ok(())
+            }
+            Err(_) => self.push(Item {
+                payload: record,
+                risk: None,
+                event_id: None,
+            }),
+        }
+    }
+
+    /// Replays one input (or leaves it out when outside the range).
+    pub fn push(&mut self, item: Item<'_>) -> io::Result<()> {
+        self.outcome.report.lines += 1;
+        let line = self.outcome.report.lines;
+        let input = Input {
+            offset: 0,
+            payload: item.payload,
+            key: None,
+        };
+        let cx = Context {
+            placement: None,
+            sets: Sets {
+                active: self.baseline,
+                shadow: Some(self.candidate),
+                bounds: &self.history,
+                explain: false,
+            },
+            dedup: &self.dedup,
+            answer_known: false,
+            ahead: None,
+        };
+        let admission = self.engine.admit(input, &cx);
+        let place = match &admission {
+            Admission::Admitted(admitted) => self.range.place(admitted.event.time),
+            Admission::Decided(_) if self.range.is_everything() => Place::Counted,
+            Admission::Decided(_) => Place::Outside,
+        };
+        if place == Place::Outside {
+            self.outcome.report.skipped += 1;
+            return Ok(());
+        }
+        self.batch.push(Pending {
+            admission,
+            line,
+            place,
+            risk: item.risk,
+            event_id: item.event_id,
+        });
+        if self.batch.len() >= BATCH {
+            self.decide_batch()?;
+        }
+        Ok(())
+    }
+
+    fn decide_batch(&mut self) -> io::Result<()> {
+        let mut batch = std::mem::take(&mut self.batch);
+        self.engine
+            .users
+            .touch(batch.iter().filter_map(|p| p.admission.slot()));
+        for pending in batch.drain(..) {
+            self.decide(pending)?;
+        }
+        self.batch = batch;
+        Ok(())
+    }
+
+    fn decide(&mut self, pending: Pending) -> io::Result<()> {
+        let Pending {
+            admission,
+            line,
+            place,
+            risk,
+            event_id,
+        } = pending;
+        let sample = match &admission {
+            Admission::Admitted(admitted) if self.outcome.samples.len() < self.samples_wanted => {
+                admission.slot().map(|slot| (slot, admitted.event))
+            }
+            _ => None,
+        };
+        let profiles = self.profiles;
+        let cx = Context {
+            placement: None,
+            sets: Sets {
+                active: self.baseline,
+                shadow: Some(self.candidate),
+                bounds: &self.history,
+                explain: false,
+            },
+            dedup: &self.dedup,
+            answer_known: false,
+            ahead: None,
+        };
+        let verdict = self.engine.decide(admission, &cx, |user| {
+            risk.unwrap_or_else(|| profiles.risk(user))
+        });
+        let report = &mut self.outcome.report;
+        let (user_id, risk, before, after) = match verdict {
+            Verdict::Accepted {
+                user_id,
+                codes,
+                risk,
+                shadow: Some(shadow),
+                ..
+            } => (user_id, risk, codes, shadow),
+            Verdict::Rejected { .. } if place == Place::History => {
+                report.warm_up += 1;
+                return Ok(());
+            }
+            Verdict::Rejected {
+                rejection: Rejection::OutOfOrder,
+                ..
+            } => {
+                report.out_of_order += 1;
+                return Ok(());
+            }
+            Verdict::Rejected { .. } => {
+                report.invalid += 1;
+                return Ok(());
+            }
+            // Never without keys, placement or a restored state, and always a shadow.
+            Verdict::Accepted { shadow: None, .. }
+            | Verdict::Duplicate { .. }
+            | Verdict::AlreadyApplied { .. } => {
+                unreachable!("a backtest has a shadow set, no keys and no restored state")
+            }
+        };
+        if place == Place::History {
+            report.warm_up += 1;
+            return Ok(());
+        }
+        let (before, after) = (before.as_slice(), after.as_slice());
+        report.events += 1;
+        for &code in before {
+            report.codes.entry(code).or_default().baseline += 1;
+        }
+        for &code in after {
+            report.codes.entry(code).or_default().candidate += 1;
+        }
+        if before == after {
+            return Ok(());
+        }
+        report.events_changed += 1;
+        let user = user_id.get();
+        self.users_changed.insert(user);
+        for &code in after {
+            if !before.contains(&code) {
+                report.codes.entry(code).or_default().added += 1;
+                self.affected.entry(code).or_default().insert(user);
+            }
+        }
+        for &code in before {
+            if !after.contains(&code) {
+                report.codes.entry(code).or_default().removed += 1;
+                self.affected.entry(code).or_default().insert(user);
+            }
+        }
+        let difference = Difference {
+            line,
+            event_id: event_id.map(Coord::event_id),
+            user_id: user,
+            baseline: before.to_vec(),
+            candidate: after.to_vec(),
+        };
+        if let Some(out) = self.diff.as_deref_mut() {
+            serde_json::to_writer(&mut *out, &difference)?;
+            out.write_all(b"\n")?;
+        }
+        if let Some((slot, event)) = sample {
+            // Evaluated again on the state the event was just applied to, explained this
+            // time (the same codes: a set's codes depend on the state alone).
+            let mut explain = |set: &RuleSet| {
+                self.engine
+                    .users
+                    .explain_at(slot, &event, risk, set, &mut self.explained);
+                std::mem::take(&mut self.explained.evidence)
+            };
+            let baseline_evidence = explain(self.baseline);
+            let candidate_evidence = explain(self.candidate);
+            self.outcome.samples.push(Sample {
+                difference,
+                time: event.time,
+                risk,
+                baseline_evidence,
+                candidate_evidence,
+            });
+        }
+        Ok(())
+    }
+
+    /// Decides what is left and returns the outcome.
+    pub fn finish(mut self) -> io::Result<Outcome> {
+        self.decide_batch()?;
+        for (code, users) in std::mem::take(&mut self.affected) {
+            self.outcome
+                .report
+                .codes
+                .entry(code)
+                .or_default()
+                .users_affected = users.len();
+        }
+        self.outcome.report.users_affected = self.users_changed.len();
+        if let Some(out) = self.diff.as_deref_mut() {
+            out.flush()?;
+        }
+        Ok(self.outcome)
+    }
+}
+
+/// Runs both sets over every line of `input` (JSONL events); a diff line per changed event
+/// goes to `diff`, if given.
+pub fn backtest<'a>(
+    input: impl BufRead,
+    diff: Option<&'a mut dyn Write>,
+    profiles: &'a Profiles,
+    baseline: &'a RuleSet,
+    candidate: &'a RuleSet,
     bounds: &Bounds,
 ) -> io::Result<Report> {
-    let mut report = Report {
-        baseline_version: baseline.version.clone(),
-        candidate_version: candidate.version.clone(),
-        ..Report::default()
-    };
-    let mut engine = Engine::default();
-    let history = history_bounds(baseline, candidate, bounds);
-    let dedup = DedupLimits::default();
-    let cx = Context {
-        placement: None,
-        sets: Sets {
-            active: baseline,
-            shadow: Some(candidate),
-            bounds: &history,
-            explain: false,
-        },
-        dedup: &dedup,
-        answer_known: false,
-        ahead: None,
-    };
-    let mut affected: BTreeMap<u32, BTreeSet<u64>> = BTreeMap::new();
-    let mut users_changed = BTreeSet::new();
+    let replay = Replay::new(
+        baseline,
+        candidate,
+        bounds,
+        profiles,
+        Range::default(),
+        0,
+        diff,
+    );
+    run(input, InputFormat::Events, replay).map(|o| o.report)
+}
+
+/// Feeds every line of `input`, read as `format`, to `replay`, and finishes it. A record line
+/// that is not an alerts record counts as invalid.
+pub fn run(
+    mut input: impl BufRead,
+    format: InputFormat,
+    mut replay: Replay<'_>,
+) -> io::Result<Outcome> {
     let mut lines = LineReader::new(&mut input);
-    // As in `evaluate`: admit a batch ahead (decode, find the users' slots), touch those
-    // states together, then decide in input order.
-    let mut batch: Vec<Admission> = Vec::with_capacity(BATCH);
-    loop {
-        batch.clear();
-        while batch.len() < BATCH {
-            let Some(line) = lines.next_line()? else {
-                break;
-            };
-            let input = Input {
-                offset: 0,
-                payload: trim_line_end(line),
-                key: None,
-            };
-            batch.push(engine.admit(input, &cx));
-        }
-        if batch.is_empty() {
-            break;
-        }
-        engine.users.touch(batch.iter().filter_map(Admission::slot));
-        for admission in batch.drain(..) {
-            report.lines += 1;
-            let (user_id, before, after) =
-                match engine.decide(admission, &cx, |user| profiles.risk(user)) {
-                    Verdict::Accepted {
-                        user_id,
-                        codes,
-                        shadow: Some(shadow),
-                        ..
-                    } => (user_id.get(), codes, shadow),
-                    Verdict::Rejected {
-                        rejection: Rejection::OutOfOrder,
-                        ..
-                    } => {
-                        report.out_of_order += 1;
-                        continue;
-                    }
-                    Verdict::Rejected { .. } => {
-                        report.invalid += 1;
-                        continue;
-                    }
-                    // Never without keys, placement or a restored state, and always a shadow.
-                    Verdict::Accepted { shadow: None, .. }
-                    | Verdict::Duplicate { .. }
-                    | Verdict::AlreadyApplied { .. } => {
-                        unreachable!("backtest has a shadow set, no keys and no restored state")
-                    }
-                };
-            let (before, after) = (before.as_slice(), after.as_slice());
-            report.events += 1;
-            for &code in before {
-                report.codes.entry(code).or_default().baseline += 1;
-            }
-            for &code in after {
-                report.codes.entry(code).or_default().candidate += 1;
-            }
-            if before == after {
-                continue;
-            }
-            report.events_changed += 1;
-            users_changed.insert(user_id);
-            for &code in after {
-                if !before.contains(&code) {
-                    report.codes.entry(code).or_default().added += 1;
-                    affected.entry(code).or_default().insert(user_id);
-                }
-            }
-            for &code in before {
-                if !after.contains(&code) {
-                    report.codes.entry(code).or_default().removed += 1;
-                    affected.entry(code).or_default().insert(user_id);
-                }
-            }
-            if let Some(out) = diff.as_deref_mut() {
-                serde_json::to_writer(
-                    &mut *out,
-                    &DiffLine {
-                        line: report.lines,
-                        user_id,
-                        baseline: before,
-                        candidate: after,
-                    },
-                )?;
-                out.write_all(b"\n")?;
-            }
+    while let Some(line) = lines.next_line()? {
+        let line = trim_line_end(line);
+        match format {
+            InputFormat::Events => replay.push(Item {
+                payload: line,
+                risk: None,
+                event_id: None,
+            })?,
+            InputFormat::Records => replay.push_record(line)?,
         }
     }
-    for (code, users) in affected {
-        report.codes.entry(code).or_default().users_affected = users.len();
-    }
-    report.users_affected = users_changed.len();
-    if let Some(out) = diff {
-        out.flush()?;
-    }
-    Ok(report)
+    replay.finish()
 }
 
 #[cfg(test)]
@@ -285,6 +664,145 @@ amount = "{amount}"
             String::from_utf8(diff).unwrap(),
             "{\"line\":3,\"user_id\":1,\"baseline\":[],\"candidate\":[500]}\n"
         );
+    }
+
+    fn deposit(user: u64, amount: &str, time: u64) -> String {
+        format!(r#"{{"type": "deposit", "amount": "{amount}", "user_id": {user}, "time": {time}}}"#)
+    }
+
+    /// 123 (deposits over 30 s above 200) at another threshold.
+    fn window_set(version: &str, amount: &str) -> RuleSet {
+        let text = format!(
+            "version = \"{version}\"\n[[rule]]\ncode = 123\nkind = \"window_sum\"\non = \"deposit\"\nwindow = \"30s\"\namount = \"{amount}\"\n"
+        );
+        RuleSet::from_toml(&text, &Bounds::default()).unwrap()
+    }
+
+    fn replayed(input: &str, format: InputFormat, range: Range, samples: usize) -> Outcome {
+        let (baseline, candidate) = (window_set("a", "200"), window_set("b", "100"));
+        let profiles = Profiles::default();
+        let replay = Replay::new(
+            &baseline,
+            &candidate,
+            &Bounds::default(),
+            &profiles,
+            range,
+            samples,
+            None,
+        );
+        run(input.as_bytes(), format, replay).unwrap()
+    }
+
+    /// The range counts from its start, but its first events see the windows they saw live: the
+    /// events of the warm-up before it are replayed as history, earlier and later ones not at
+    /// all.
+    #[test]
+    fn only_the_range_counts_and_its_warm_up_gives_windows_their_history() {
+        let input = [
+            deposit(1, "500", 10),
+            deposit(1, "150", 100),
+            deposit(1, "60", 120),
+            deposit(2, "120", 125),
+            deposit(1, "1", 400),
+            "not an event".to_owned(),
+        ]
+        .join("\n");
+        let range = Range::new(
+            Some(110),
+            Some(300),
+            Some(Duration::from_secs(60)),
+            &RuleSet::default_set(),
+            &RuleSet::default_set(),
+            &Bounds::default(),
+        );
+        assert_eq!(range.replay_from(), Some(50));
+        let outcome = replayed(&input, InputFormat::Events, range, 0);
+        let report = &outcome.report;
+        // t=10 before the warm-up, t=400 after the range, the invalid line outside any range.
+        assert_eq!(
+            (report.lines, report.skipped, report.warm_up, report.events),
+            (6, 3, 1, 2)
+        );
+        // At t=120 the window holds 150 + 60: both sets fire; at t=125 only the candidate.
+        assert_eq!(
+            report.codes[&123],
+            CodeChange {
+                baseline: 1,
+                candidate: 2,
+                added: 1,
+                removed: 0,
+                users_affected: 1
+            }
+        );
+        // Without the warm-up, t=120 sees 60 alone.
+        let cold = Range {
+            warm_up: 0,
+            ..range
+        };
+        let cold = replayed(&input, InputFormat::Events, cold, 0).report;
+        assert_eq!((cold.warm_up, cold.codes[&123].baseline), (0, 0));
+        // Without a range, everything counts, the invalid line as invalid.
+        let all = replayed(&input, InputFormat::Events, Range::default(), 0).report;
+        assert_eq!((all.events, all.invalid, all.skipped), (5, 1, 0));
+    }
+
+    /// Records of the alerts topic: each accepted event at the level it was judged at, nothing
+    /// of what changed no state live (a rejection, a retry); the first differences keep the
+    /// evidence of each set's codes.
+    #[test]
+    fn records_replay_accepted_events_at_their_risk_with_evidence() {
+        use crate::domain::{AlertCodes, AlertRecord, Coord, UserId};
+        let user = UserId::new(7).unwrap();
+        let none = AlertCodes::default();
+        let records = [
+            AlertRecord::accepted(
+                Coord::new(0, 0),
+                user,
+                &none,
+                Risk::High,
+                deposit(7, "60", 1).as_bytes(),
+            ),
+            AlertRecord::duplicate(
+                Coord::new(0, 1),
+                user,
+                Coord::new(0, 0),
+                &[],
+                Risk::High,
+                deposit(7, "60", 1).as_bytes(),
+            ),
+            AlertRecord::rejected(
+                Coord::new(0, 2),
+                Some(user),
+                Rejection::OutOfOrder,
+                "late".to_owned(),
+                deposit(7, "90", 0).as_bytes(),
+            ),
+            AlertRecord::accepted(
+                Coord::new(0, 3),
+                user,
+                &none,
+                Risk::High,
+                deposit(7, "50", 2).as_bytes(),
+            ),
+        ]
+        .map(|r| String::from_utf8(r.to_json()).unwrap())
+        .join("\n");
+        let outcome = replayed(&records, InputFormat::Records, Range::default(), 1);
+        let report = &outcome.report;
+        assert_eq!((report.lines, report.events, report.skipped), (4, 2, 2));
+        // At high risk the thresholds halve: 100 and 50. 60 + 50 is above 100, not the retry's
+        // 60 counted twice; at medium neither set would fire on 60 alone.
+        assert_eq!(report.codes[&123].baseline, 1);
+        assert_eq!(report.codes[&123].candidate, 2);
+        let [sample] = outcome.samples.as_slice() else {
+            panic!("{:?}", outcome.samples)
+        };
+        assert_eq!(sample.difference.event_id.as_deref(), Some("0-0"));
+        assert_eq!((sample.time, sample.risk), (1, Risk::High));
+        assert!(sample.baseline_evidence.is_empty());
+        assert_eq!(sample.candidate_evidence.len(), 1);
+        assert_eq!(sample.candidate_evidence[0].threshold, "50");
+        assert_eq!(sample.candidate_evidence[0].observed, "60");
     }
 
     #[test]

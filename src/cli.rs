@@ -95,6 +95,10 @@ pub enum RulesCommand {
     /// shadow set) and wait for Kafka's acknowledgement. Prints {"key", "version", "offset",
     /// "timestamp"}; an invalid file prints every bad rule and field and publishes nothing (exit
     /// status 1). Recorded in the audit trail.
+    ///
+    /// Refused (exit status 1, nothing published): a set without rules unless --allow-empty; a
+    /// version name already published with other rules; with --if-match, a set in force that
+    /// is another version. Publishing the set in force again publishes nothing.
     Publish {
         /// TOML, or JSON when it ends in .json; its time_unit must be rules.time_unit.
         file: PathBuf,
@@ -102,10 +106,37 @@ pub enum RulesCommand {
         /// response) instead of the active set.
         #[arg(long)]
         shadow: bool,
+        /// Publish a set without rules (it turns alerting off).
+        #[arg(long)]
+        allow_empty: bool,
+        #[command(flatten)]
+        if_match: IfMatch,
     },
     /// Clear the shadow rule set (a tombstone under "shadow" in topics.rules; the configured
     /// rules.shadow no longer applies either). Recorded in the audit trail.
-    ClearShadow,
+    ClearShadow {
+        #[command(flatten)]
+        if_match: IfMatch,
+    },
+    /// Make the shadow set the active set, then clear the shadow set. Recorded in the audit
+    /// trail. Refused (exit status 1) without a shadow set.
+    Promote {
+        /// Promote a shadow set without rules (it turns alerting off).
+        #[arg(long)]
+        allow_empty: bool,
+        /// Only if the shadow set in force is this version (the one reviewed); * for any.
+        #[arg(long, value_name = "VERSION")]
+        if_match: Option<String>,
+    },
+}
+
+/// The condition of a rules write.
+#[derive(Debug, Args)]
+pub struct IfMatch {
+    /// Only if the set this command replaces (or clears) is this version now; * for any set.
+    /// Refused (exit status 1, nothing published) otherwise.
+    #[arg(long, value_name = "VERSION")]
+    pub if_match: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -122,6 +153,22 @@ pub struct BacktestArgs {
     /// Write one JSONL line per event whose codes differ.
     #[arg(long)]
     pub diff: Option<PathBuf>,
+    /// `events` (JSONL events, judged at the --profiles levels) or `records` (records of the
+    /// alerts topic, in partition then offset order: each accepted event is replayed at the
+    /// risk it was judged at; rejected inputs and retries, which changed no state, are not).
+    #[arg(long, value_enum, default_value = "events")]
+    pub input_format: crate::backtest::InputFormat,
+    /// Count only the events whose time is at least this (in the events' time unit); the
+    /// events of the --warm-up before it are replayed as history, earlier ones are not read.
+    #[arg(long)]
+    pub from_time: Option<u64>,
+    /// Count only the events whose time is at most this; later ones are not read.
+    #[arg(long)]
+    pub to_time: Option<u64>,
+    /// The history replayed before --from-time (humantime, e.g. 1h), default state.max_window:
+    /// what `POST /api/v1/rules/backtest` replays, so that the two agree.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub warm_up: Option<std::time::Duration>,
     /// Input file, or - for standard input (the default).
     pub input: Option<PathBuf>,
 }

@@ -1546,3 +1546,344 @@ async fn a_resolved_alert_leaves_the_open_ones_on_every_shim_and_in_a_rebuilt_st
     a.stop().await;
     processor.stop().await;
 }
+
+/// A rules write with `If-Match: <version>` through `request`.
+async fn put_if_match(
+    request: reqwest::RequestBuilder,
+    version: &str,
+    body: &str,
+) -> (StatusCode, Value) {
+    common::http::send_json(request.header("if-match", version), body).await
+}
+
+/// Writes `body` (a rule set as JSON) to `dir/name`, for `rules publish`.
+fn rule_set_file(dir: &std::path::Path, name: &str, body: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, body).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+/// Two shims and the command line over one rules topic: a version name published by one is
+/// refused with other rules by the others (409, exit 1), and a write expecting the version it
+/// read is refused once another writer replaced it (412, exit 1), naming the version in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_version_name_is_409_and_a_stale_write_412_across_two_shims_and_the_cli() {
+    let settings = world("rules-guard");
+    let a = Shim::start(&settings, None).await;
+    let b = Shim::start(&settings, None).await;
+    let client = client();
+    a.wait_ready(&client).await;
+    b.wait_ready(&client).await;
+    for shim in [&a, &b] {
+        let shown = client.get(shim.url("/api/v1/rules")).send().await.unwrap();
+        assert_eq!(shown.headers()["etag"], "\"default\"");
+    }
+    let (status, body) =
+        put_if_match(client.put(a.url("/api/v1/rules")), "\"default\"", RULES_V1).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // B read "default" as well: its write expecting it is refused.
+    let v2 = RULES_V1.replace("http-v1", "http-v2");
+    let (status, body) = put_if_match(client.put(b.url("/api/v1/rules")), "\"default\"", &v2).await;
+    assert_eq!(status, StatusCode::PRECONDITION_FAILED, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains("in force is \"http-v1\", not \"default\""),
+        "{error}"
+    );
+    // B reusing A's version name for other rules.
+    let other = RULES_V1.replace("\"250\"", "\"200\"");
+    let (status, body) = put_json(&client, &b.url("/api/v1/rules"), &other).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains("version \"http-v1\" was already published at 20"),
+        "{error}"
+    );
+    assert!(error.contains("by anonymous via http"), "{error}");
+
+    // The command line, the same refusals.
+    let dir = tempfile::tempdir().unwrap();
+    let other = rule_set_file(dir.path(), "other.json", &other);
+    let (code, stdout, stderr) = rules_cli(&settings, &["publish", &other]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("refused: version \"http-v1\" was already published at 20"),
+        "{stderr}"
+    );
+    let v2 = rule_set_file(dir.path(), "v2.json", &v2);
+    let (code, _, stderr) = rules_cli(&settings, &["publish", "--if-match", "default", &v2]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("in force is \"http-v1\", not \"default\""),
+        "{stderr}"
+    );
+    let (code, stdout, stderr) = rules_cli(&settings, &["publish", "--if-match", "http-v1", &v2]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        serde_json::from_str::<Value>(stdout.trim()).unwrap()["unchanged"],
+        false
+    );
+    // A still expects what it published: the command line replaced it since.
+    let v3 = RULES_V1.replace("http-v1", "http-v3");
+    let (status, body) = put_if_match(client.put(a.url("/api/v1/rules")), "http-v1", &v3).await;
+    assert_eq!(status, StatusCode::PRECONDITION_FAILED, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("in force is \"http-v2\""),
+        "{body}"
+    );
+
+    // Every version, by whom, from either shim.
+    let (status, history) = get_json(&client, &b.url("/api/v1/rules/history")).await;
+    assert_eq!(status, StatusCode::OK, "{history}");
+    assert_eq!(
+        history["active"],
+        json!({"version": "http-v2", "source": "topic"})
+    );
+    let versions: Vec<(&str, &str, &str, bool)> = history["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["version"].as_str().unwrap(),
+                v["published_by"].as_str().unwrap(),
+                v["via"].as_str().unwrap(),
+                v["active"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        versions,
+        [
+            ("http-v2", "cli:operator", "cli", true),
+            ("http-v1", "anonymous", "http", false)
+        ]
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Promotion through a real processor: the shadow set judges nothing, then once promoted it
+/// judges every event posted after the 200 (the responses name it), and the shadow set is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promoting_the_shadow_set_changes_what_the_next_events_are_judged_by() {
+    let settings = world("rules-promote");
+    let processor = Processor::start(&settings);
+    let shim = Shim::start(&settings, Some(&processor)).await;
+    let client = client();
+    shim.wait_ready(&client).await;
+    let post = |body: &'static str| {
+        let client = client.clone();
+        let url = shim.url("/api/v1/events");
+        async move {
+            let (status, body) = post_json(&client, &url, body).await;
+            assert_eq!(status, StatusCode::CREATED, "{body}");
+            body
+        }
+    };
+    let candidate = r#"{"version": "promoted-1", "time_unit": "seconds", "rule": [
+        {"code": 1100, "kind": "amount", "on": "withdraw", "amount": "60"}
+    ]}"#;
+    let (status, body) = put_json(&client, &shim.url("/api/v1/rules/shadow"), candidate).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let first = post(r#"{"type": "withdraw", "amount": "70", "user_id": 9, "time": 10}"#).await;
+    assert_eq!(
+        first["alert_codes"],
+        json!([]),
+        "a shadow set changes no response"
+    );
+
+    let (status, promoted) = put_if_match(
+        client.post(shim.url("/api/v1/rules/shadow/promote")),
+        "promoted-1",
+        "",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{promoted}");
+    assert_eq!(
+        (promoted["version"].as_str(), promoted["before"].as_str()),
+        (Some("promoted-1"), Some("default"))
+    );
+    let second = post(r#"{"type": "withdraw", "amount": "65", "user_id": 9, "time": 20}"#).await;
+    assert_eq!(second["alert_codes"], json!([1100]), "{second}");
+    for (answer, version) in [(&first, "default"), (&second, "promoted-1")] {
+        let id = answer["event_id"].as_str().unwrap();
+        let (status, view) = get_json(&client, &shim.url(&format!("/api/v1/events/{id}"))).await;
+        assert_eq!(status, StatusCode::OK, "{view}");
+        assert_eq!(view["rules_version"], version, "{view}");
+    }
+    let (status, _) = get_json(&client, &shim.url("/api/v1/rules/shadow")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, history) = get_json(&client, &shim.url("/api/v1/rules/history")).await;
+    assert_eq!(
+        history["active"],
+        json!({"version": "promoted-1", "source": "topic"})
+    );
+    assert_eq!(history["shadow"], Value::Null);
+    let (_, trail) = get_json(&client, &shim.url("/api/v1/audit")).await;
+    let actions: Vec<&str> = trail["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "rules.shadow.clear",
+            "rules.active.promote",
+            "rules.shadow.set"
+        ]
+    );
+    shim.stop().await;
+    processor.stop().await;
+}
+
+/// A set whose windows fit a one-minute `state.max_window`, unlike the default in places.
+const BACKTEST_CANDIDATE: &str = r#"{"version": "bt-candidate", "time_unit": "seconds", "rule": [
+    {"code": 1100, "kind": "amount", "on": "withdraw", "amount": "60"},
+    {"code": 30, "kind": "consecutive", "on": "withdraw", "count": 2},
+    {"code": 123, "kind": "window_sum", "on": "deposit", "window": "45s", "amount": "250"},
+    {"code": 500, "kind": "window_count", "on": "any", "window": "60s", "count": 3}
+]}"#;
+
+/// The events a real processor answered, as the shim's read model stored them: the backtest
+/// endpoint gives the numbers (and the first differences) of `user-monitor backtest
+/// --input-format records` over the same responses read from the alerts topic, with the same
+/// one-minute warm-up before the range.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backtest_endpoint_gives_the_clis_numbers_on_the_same_stored_events() {
+    use common::events::{keyed, random_events};
+    let mut settings = world("rules-backtest");
+    settings.state.max_window = Duration::from_secs(60);
+    let processor = Processor::start(&settings);
+    let shim = Shim::start(&settings, Some(&processor)).await;
+    let client = client();
+    shim.wait_ready(&client).await;
+    const EVENTS: usize = 4_000;
+    let lines = random_events(EVENTS, 60, 11);
+    let (events, alerts) = (
+        settings.topics.events.clone(),
+        settings.topics.alerts.clone(),
+    );
+    let records = tokio::task::spawn_blocking(move || {
+        common::kafka::produce_at(&bootstrap(), &events, &keyed(&lines));
+        common::kafka::read_committed_at(&bootstrap(), &alerts, EVENTS, Duration::from_secs(120))
+    })
+    .await
+    .unwrap();
+    assert_eq!(records.len(), EVENTS);
+    // Once the read model holds every response.
+    let url = shim.url("/api/v1/rules/backtest");
+    let everything = json!({"candidate": "default"}).to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, body) = post_json(&client, &url, &everything).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        if body["read"] == EVENTS as u64 {
+            assert_eq!(body["events_changed"], 0, "a set against itself");
+            break;
+        }
+        assert!(Instant::now() < deadline, "not projected in time: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let candidate: Value = serde_json::from_str(BACKTEST_CANDIDATE).unwrap();
+    let request = json!({"candidate": candidate, "from_time": 200, "to_time": 350}).to_string();
+    let (status, got) = post_json(&client, &url, &request).await;
+    assert_eq!(status, StatusCode::OK, "{got}");
+
+    // The command line over the alerts topic's records, in partition then offset order.
+    let dir = tempfile::tempdir().unwrap();
+    let mut ordered: Vec<(common::kafka::Read, (u64, u64))> = records
+        .into_iter()
+        .map(|r| {
+            let id = r.json()["event_id"].as_str().unwrap().to_owned();
+            let (p, o) = id.split_once('-').unwrap();
+            (r, (p.parse().unwrap(), o.parse().unwrap()))
+        })
+        .collect();
+    ordered.sort_by_key(|(_, at)| *at);
+    let input = dir.path().join("records.jsonl");
+    let text: Vec<u8> = ordered
+        .iter()
+        .flat_map(|(r, _)| r.value.iter().copied().chain([b'\n']))
+        .collect();
+    std::fs::write(&input, text).unwrap();
+    let candidate = rule_set_file(dir.path(), "candidate.json", BACKTEST_CANDIDATE);
+    let diff = dir.path().join("diff.jsonl");
+    let output = user_monitor_command()
+        .args([
+            "backtest",
+            "--input-format",
+            "records",
+            "--from-time",
+            "200",
+        ])
+        .args(["--to-time", "350", "--baseline"])
+        .arg(common::process::repo_path("rules/default.toml"))
+        .args(["--candidate", &candidate, "--diff"])
+        .arg(&diff)
+        .arg(&input)
+        .env("USER_MONITOR__STATE__MAX_WINDOW", "60s")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let want: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(want["lines"], EVENTS as u64);
+    assert_eq!(got["replayed_from"], 140, "200 less one minute");
+    // Every number but what each read: the command line reads the whole file and skips what
+    // is outside the range, the endpoint reads only the range and its warm-up from the store.
+    for field in [
+        "baseline_version",
+        "candidate_version",
+        "events",
+        "warm_up",
+        "invalid",
+        "out_of_order",
+        "events_changed",
+        "users_affected",
+        "codes",
+    ] {
+        assert_eq!(got[field], want[field], "{field}");
+    }
+    let read = got["read"].as_u64().unwrap();
+    assert!(
+        read < EVENTS as u64 / 2,
+        "the store read the range only: {read}"
+    );
+    // Something to compare: events before the warm-up and after the range left out, changes.
+    let (events, warm_up, changed) = (
+        want["events"].as_u64().unwrap(),
+        want["warm_up"].as_u64().unwrap(),
+        want["events_changed"].as_u64().unwrap(),
+    );
+    assert!(events > 300 && warm_up > 50 && changed > 100, "{want}");
+    assert!(want["skipped"].as_u64().unwrap() > 1_000, "{want}");
+    let first: Vec<Value> = std::fs::read_to_string(&diff)
+        .unwrap()
+        .lines()
+        .take(100)
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let samples = got["samples"].as_array().unwrap();
+    assert_eq!(samples.len(), first.len().min(100));
+    for (sample, line) in samples.iter().zip(&first) {
+        for field in ["event_id", "user_id", "baseline", "candidate"] {
+            assert_eq!(sample[field], line[field], "{field}: {sample} vs {line}");
+        }
+        let explained = sample["candidate_evidence"].as_array().unwrap().len()
+            + sample["baseline_evidence"].as_array().unwrap().len();
+        let codes = sample["candidate"].as_array().unwrap().len()
+            + sample["baseline"].as_array().unwrap().len();
+        assert_eq!(explained, codes, "{sample}");
+    }
+    shim.stop().await;
+    processor.stop().await;
+}

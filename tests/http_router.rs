@@ -20,6 +20,9 @@ use futures::future::BoxFuture;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 use user_monitor::audit::{AuditEntry, AuditPage};
+use user_monitor::changes::{
+    change_rule_set, promote_shadow, Author, ChangeLog, Configured, Promotion, RulesRequest,
+};
 use user_monitor::config::Settings;
 use user_monitor::domain::response::AlertRecord;
 use user_monitor::domain::Coord;
@@ -31,12 +34,15 @@ use user_monitor::engine::Input;
 use user_monitor::health::Readiness;
 use user_monitor::http::api::ApiDoc;
 use user_monitor::http::auth::{sha256_hex, Scope, TokenConfig, Tokens};
-use user_monitor::http::backend::{Found, LookupError, ProduceError, RulesChanged, TriageChanged};
+use user_monitor::http::backend::{
+    Found, LookupError, ProduceError, Promoted, RulesChanged, RulesError, TriageChanged,
+};
 use user_monitor::http::{router, server, Backend, ConfiguredRuleSets, Hub, Shared};
 use user_monitor::kafka::dead_letters::DeadLetterView;
-use user_monitor::kafka::rules::{Current, MemoryTopic, RulesKey};
+use user_monitor::kafka::rules::{Current, MemoryTopic, Published, Publisher, RulesKey};
+use user_monitor::kafka::KafkaLayerError;
 use user_monitor::metrics::Metrics;
-use user_monitor::profiles::Profiles;
+use user_monitor::profiles::{ProfileLine, Profiles};
 use user_monitor::rule_set::RuleSet;
 use user_monitor::store::projection::Status as ProjectionStatus;
 use user_monitor::store::{Batch, Store, TriageBatch};
@@ -235,28 +241,40 @@ impl Backend for MemoryBackend {
     fn change_rules(
         &self,
         actor: String,
-        key: RulesKey,
-        set: Option<RuleSet>,
-        configured: Option<String>,
-    ) -> BoxFuture<'static, Result<RulesChanged, ProduceError>> {
-        if *self.mode.lock().unwrap() == Mode::Down {
-            return Box::pin(async { Err(ProduceError::NotAcknowledged("timed out".into())) });
-        }
-        let before = self
-            .rules
-            .current()
-            .version_in_force(key, configured.as_deref());
-        let published = self
-            .rules
-            .publish(key, set.as_ref(), &Settings::defaults().rule_bounds())
-            .map_err(|e| ProduceError::NotAcknowledged(e.to_string()));
-        let changed = published.map(|published| {
-            let after = set.as_ref().map(|s| s.version.as_str());
-            let entry = AuditEntry::rules_changed(&actor, "http", key, before.as_deref(), after);
-            self.inner.lock().unwrap().audit.push(entry.clone());
-            RulesChanged { published, entry }
-        });
-        Box::pin(async move { changed })
+        request: RulesRequest,
+        configured: Configured,
+    ) -> BoxFuture<'static, Result<RulesChanged, RulesError>> {
+        // The use case the real backend runs, on this backend's topics.
+        let author = Author {
+            actor: &actor,
+            source: "http",
+        };
+        let changed = futures::executor::block_on(change_rule_set(
+            &MemoryChanges(self),
+            author,
+            &request,
+            &configured,
+        ));
+        Box::pin(async move { changed.map_err(RulesError::from) })
+    }
+
+    fn promote_shadow(
+        &self,
+        actor: String,
+        request: Promotion,
+        configured: Configured,
+    ) -> BoxFuture<'static, Result<Promoted, RulesError>> {
+        let author = Author {
+            actor: &actor,
+            source: "http",
+        };
+        let promoted = futures::executor::block_on(promote_shadow(
+            &MemoryChanges(self),
+            author,
+            &request,
+            &configured,
+        ));
+        Box::pin(async move { promoted.map_err(RulesError::from) })
     }
 
     /// The rejected invalid inputs of the log, newest first, as the processor dead-letters them.
@@ -297,6 +315,73 @@ impl Backend for MemoryBackend {
         change: TriageChange,
     ) -> BoxFuture<'static, Result<TriageChanged, ProduceError>> {
         self.triage_now(actor, alert, user_id, change)
+    }
+}
+
+/// The rule set changes' view of the memory backend: its rules topic and audit trail, down
+/// with it.
+struct MemoryChanges<'a>(&'a MemoryBackend);
+
+impl MemoryChanges<'_> {
+    fn up(&self) -> Result<(), KafkaLayerError> {
+        match *self.0.mode.lock().unwrap() {
+            Mode::Down => Err(KafkaLayerError::Timeout(Duration::from_secs(1))),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl ChangeLog for MemoryChanges<'_> {
+    async fn rule_sets(&self) -> Result<Current, KafkaLayerError> {
+        self.up()?;
+        Ok(self.0.rules.current())
+    }
+
+    async fn publish_rule_set(
+        &self,
+        key: RulesKey,
+        set: Option<&RuleSet>,
+    ) -> Result<Published, KafkaLayerError> {
+        self.up()?;
+        self.0
+            .rules
+            .publish(key, set, &Settings::defaults().rule_bounds())
+    }
+
+    async fn publish_version(
+        &self,
+        set: &RuleSet,
+        by: &Publisher,
+    ) -> Result<Published, KafkaLayerError> {
+        self.up()?;
+        self.0
+            .rules
+            .publish_version(set, by, &Settings::defaults().rule_bounds())
+    }
+
+    async fn risk_levels(&self, users: &[UserId]) -> Result<Vec<Risk>, KafkaLayerError> {
+        let engine = self.0.inner.lock().unwrap();
+        Ok(users.iter().map(|&u| engine.profiles.risk(u)).collect())
+    }
+
+    async fn publish_risks(&self, lines: &[ProfileLine]) -> Result<(), KafkaLayerError> {
+        self.up()?;
+        let mut engine = self.0.inner.lock().unwrap();
+        for line in lines {
+            engine.profiles.set(line.user_id, line.risk);
+        }
+        Ok(())
+    }
+
+    async fn record(&self, entries: &[AuditEntry]) -> Result<(), KafkaLayerError> {
+        self.up()?;
+        self.0
+            .inner
+            .lock()
+            .unwrap()
+            .audit
+            .extend_from_slice(entries);
+        Ok(())
     }
 }
 
@@ -1001,6 +1086,9 @@ async fn openapi_document_describes_every_endpoint() {
         ("/api/v1/users/{user_id}/risk", &["put"][..]),
         ("/api/v1/rules", &["get", "put"][..]),
         ("/api/v1/rules/shadow", &["get", "put", "delete"][..]),
+        ("/api/v1/rules/shadow/promote", &["post"][..]),
+        ("/api/v1/rules/history", &["get"][..]),
+        ("/api/v1/rules/backtest", &["post"][..]),
         ("/healthz", &["get"][..]),
         ("/readyz", &["get"][..]),
         ("/metrics", &["get"][..]),
@@ -1499,8 +1587,8 @@ async fn every_openapi_operation_is_enforced_with_the_scope_it_declares() {
             checked.push(format!("{method} {path}"));
         }
     }
-    // Every route of the router is in the document (20 operations on 15 paths).
-    assert_eq!(checked.len(), 20, "{checked:?}");
+    // Every route of the router is in the document.
+    assert_eq!(checked.len(), 23, "{checked:?}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1704,13 +1792,15 @@ async fn a_published_rule_set_is_what_get_shows_with_its_offset_and_the_audit_tr
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
     let published = reply.json();
     assert_eq!(published["version"], "2026-12-01.1");
-    assert_eq!(published["offset"], 0);
+    // After the version's own record (offset 0).
+    assert_eq!(published["offset"], 1);
     assert!(published["timestamp"].as_i64().unwrap() > 0, "{published}");
-    assert_eq!(published.as_object().unwrap().len(), 3, "{published}");
+    assert_eq!(published["unchanged"], false);
+    assert_eq!(published.as_object().unwrap().len(), 4, "{published}");
 
     let shown = call(&f.app, get("/api/v1/rules")).await.json();
     assert_eq!(shown["source"], "topic");
-    assert_eq!(shown["offset"], 0);
+    assert_eq!(shown["offset"], 1);
     assert_eq!(shown["timestamp"], published["timestamp"]);
     let sent: Value = serde_json::from_str(RULES_V1).unwrap();
     assert_eq!(shown["set"]["version"], sent["version"]);
@@ -1722,7 +1812,7 @@ async fn a_published_rule_set_is_what_get_shows_with_its_offset_and_the_audit_tr
     // A second version replaces it; the trail has both changes, newest first.
     let v2 = RULES_V1.replace("2026-12-01.1", "2026-12-02.1");
     let reply = call(&f.app, put("/api/v1/rules", &v2)).await;
-    assert_eq!(reply.json()["offset"], 1);
+    assert_eq!(reply.json()["offset"], 3);
     assert_eq!(
         call(&f.app, get("/api/v1/rules")).await.json()["set"]["version"],
         "2026-12-02.1"
@@ -1793,13 +1883,13 @@ async fn the_shadow_set_is_published_shown_and_cleared() {
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
     let cleared = reply.json();
     assert_eq!(cleared["cleared"], "2026-12-01.1");
-    assert_eq!(cleared["offset"], 1);
+    assert_eq!(cleared["offset"], 2);
     let reply = call(&f.app, get("/api/v1/rules/shadow")).await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
     assert!(reply.json()["error"]
         .as_str()
         .unwrap()
-        .contains("cleared at offset 1"));
+        .contains("cleared at offset 2"));
     // Clearing again is harmless: nothing was in force.
     let again = call(&f.app, delete("/api/v1/rules/shadow")).await;
     assert_eq!(again.status, StatusCode::OK);
@@ -1823,6 +1913,510 @@ async fn the_shadow_set_is_published_shown_and_cleared() {
     // The wrong method on the shadow route is a JSON 405.
     let post = call(&f.app, post("/api/v1/rules/shadow", RULES_V1)).await;
     assert_eq!(post.status, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+/// A request with `If-Match: <if_match>`.
+fn if_match(mut request: Request<Body>, version: &str) -> Request<Body> {
+    request
+        .headers_mut()
+        .insert(header::IF_MATCH, version.parse().unwrap());
+    request
+}
+
+/// The trail's rule set changes, newest first: (action, before, after).
+async fn rule_changes(f: &Fixture) -> Vec<(String, String, String)> {
+    let trail = call(&f.app, get("/api/v1/audit")).await.json();
+    trail["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let text = |k: &str| e[k].as_str().unwrap().to_owned();
+            (text("action"), text("before"), text("after"))
+        })
+        .collect()
+}
+
+fn error_of(reply: &Reply) -> String {
+    reply.json()["error"].as_str().unwrap().to_owned()
+}
+
+fn row(action: &str, before: &str, after: &str) -> (String, String, String) {
+    (action.to_owned(), before.to_owned(), after.to_owned())
+}
+
+#[tokio::test]
+async fn an_empty_rule_set_is_refused_unless_allowed() {
+    let f = fixture().await;
+    let empty = r#"{"version": "off", "time_unit": "seconds", "rule": []}"#;
+    for path in ["/api/v1/rules", "/api/v1/rules/shadow"] {
+        let reply = call(&f.app, put(path, empty)).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::BAD_REQUEST,
+            "{path}: {}",
+            reply.text
+        );
+        let error = reply.json()["error"].as_str().unwrap().to_owned();
+        assert!(error.contains("\"off\" has no rules"), "{error}");
+        assert!(error.contains("allow_empty=true"), "{error}");
+        let reply = call(&f.app, put(&format!("{path}?allow_empty=maybe"), empty)).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            reply.json()["error"],
+            "invalid allow_empty: \"maybe\" (expected true or false)"
+        );
+        let reply = call(&f.app, put(&format!("{path}?allow_emtpy=true"), empty)).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+        assert!(reply.text.contains("allow_emtpy"), "{}", reply.text);
+    }
+    // Nothing was published.
+    assert_eq!(
+        call(&f.app, get("/api/v1/rules")).await.json()["source"],
+        "config"
+    );
+    assert!(rule_changes(&f).await.is_empty());
+    let reply = call(&f.app, put("/api/v1/rules?allow_empty=true", empty)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    let shown = call(&f.app, get("/api/v1/rules")).await.json();
+    assert_eq!(shown["set"]["version"], "off");
+    assert_eq!(shown["set"]["rule"], json!([]));
+    assert_eq!(
+        rule_changes(&f).await,
+        [row("rules.active.set", "default", "off")]
+    );
+}
+
+#[tokio::test]
+async fn a_version_name_published_with_other_rules_is_409_and_the_same_set_again_changes_nothing() {
+    let f = fixture().await;
+    let reply = call(&f.app, put("/api/v1/rules", RULES_V1)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    let first = reply.json();
+    // The same name, other rules: refused as the active or the shadow set.
+    let other = RULES_V1.replace("\"250\"", "\"240\"");
+    for path in ["/api/v1/rules", "/api/v1/rules/shadow"] {
+        let reply = call(&f.app, put(path, &other)).await;
+        assert_eq!(reply.status, StatusCode::CONFLICT, "{path}: {}", reply.text);
+        let error = reply.json()["error"].as_str().unwrap().to_owned();
+        assert!(
+            error.contains("version \"2026-12-01.1\" was already published at 20"),
+            "{error}"
+        );
+        assert!(
+            error.contains("(offset 0 of the rules topic, by anonymous via http)"),
+            "{error}"
+        );
+    }
+    // The configured set's name too.
+    let reply = call(
+        &f.app,
+        put(
+            "/api/v1/rules",
+            &RULES_V1.replace("2026-12-01.1", "default"),
+        ),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::CONFLICT, "{}", reply.text);
+    assert!(
+        reply.text.contains("as the configured active set"),
+        "{}",
+        reply.text
+    );
+    // The same set again: 200, nothing published, nothing recorded.
+    let reply = call(&f.app, put("/api/v1/rules", RULES_V1)).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let again = reply.json();
+    assert_eq!(again["unchanged"], true);
+    assert_eq!(
+        (&again["offset"], &again["timestamp"]),
+        (&first["offset"], &first["timestamp"])
+    );
+    assert_eq!(
+        rule_changes(&f).await,
+        [row("rules.active.set", "default", "2026-12-01.1")]
+    );
+    // As the shadow set it is a change (the same version, the same rules): no 409.
+    let reply = call(&f.app, put("/api/v1/rules/shadow", RULES_V1)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    assert_eq!(reply.json()["unchanged"], false);
+}
+
+#[tokio::test]
+async fn if_match_makes_every_rules_write_conditional_and_412_names_the_version_in_force() {
+    let f = fixture().await;
+    let shown = call(&f.app, get("/api/v1/rules")).await;
+    assert_eq!(shown.headers[header::ETAG], "\"default\"");
+    // Read, then write expecting what was read: 200; a second writer that read the same: 412.
+    let reply = call(
+        &f.app,
+        if_match(put("/api/v1/rules", RULES_V1), "\"default\""),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    let v2 = RULES_V1.replace("2026-12-01.1", "2026-12-02.1");
+    let reply = call(&f.app, if_match(put("/api/v1/rules", &v2), "\"default\"")).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::PRECONDITION_FAILED,
+        "{}",
+        reply.text
+    );
+    assert_eq!(
+        reply.json()["error"],
+        "the active rule set in force is \"2026-12-01.1\", not \"default\": it changed since it was read; nothing was published. Read it again, then retry naming the version now in force"
+    );
+    let shown = call(&f.app, get("/api/v1/rules")).await;
+    assert_eq!(shown.headers[header::ETAG], "\"2026-12-01.1\"");
+    assert_eq!(shown.json()["set"]["version"], "2026-12-01.1");
+    // A bare version and * match too; a weak tag is a 400.
+    let reply = call(&f.app, if_match(put("/api/v1/rules", &v2), "2026-12-01.1")).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    let reply = call(&f.app, if_match(put("/api/v1/rules", RULES_V1), "*")).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    let reply = call(&f.app, if_match(put("/api/v1/rules", &v2), "W/\"x\"")).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.text);
+    // The shadow writes check the shadow set: there is none.
+    let shadow = RULES_V1.replace("2026-12-01.1", "s1");
+    for request in [
+        if_match(put("/api/v1/rules/shadow", &shadow), "*"),
+        if_match(delete("/api/v1/rules/shadow"), "s0"),
+        if_match(post("/api/v1/rules/shadow/promote", ""), "s0"),
+    ] {
+        let reply = call(&f.app, request).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::PRECONDITION_FAILED,
+            "{}",
+            reply.text
+        );
+        assert!(
+            reply
+                .text
+                .contains("in force is none (there is no shadow set)"),
+            "{}",
+            reply.text
+        );
+    }
+    let reply = call(&f.app, put("/api/v1/rules/shadow", &shadow)).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let shown = call(&f.app, get("/api/v1/rules/shadow")).await;
+    assert_eq!(shown.headers[header::ETAG], "\"s1\"");
+    let reply = call(&f.app, if_match(delete("/api/v1/rules/shadow"), "s0")).await;
+    assert_eq!(reply.status, StatusCode::PRECONDITION_FAILED);
+    assert!(
+        error_of(&reply).contains("is \"s1\", not \"s0\""),
+        "{}",
+        reply.text
+    );
+    let reply = call(&f.app, if_match(delete("/api/v1/rules/shadow"), "\"s1\"")).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    assert_eq!(reply.json()["cleared"], "s1");
+    // Without If-Match a write proceeds whatever is in force.
+    let reply = call(&f.app, put("/api/v1/rules", &v2)).await;
+    assert_eq!(reply.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn promote_makes_the_shadow_set_active_clears_it_and_is_audited() {
+    let f = fixture().await;
+    let reply = call(&f.app, post("/api/v1/rules/shadow/promote", "")).await;
+    assert_eq!(reply.status, StatusCode::CONFLICT, "{}", reply.text);
+    assert!(
+        reply
+            .text
+            .contains("there is no shadow rule set to promote"),
+        "{}",
+        reply.text
+    );
+    let candidate = RULES_V1.replace("2026-12-01.1", "candidate-1");
+    assert_eq!(
+        call(&f.app, put("/api/v1/rules/shadow", &candidate))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let reply = call(
+        &f.app,
+        if_match(post("/api/v1/rules/shadow/promote", ""), "candidate-1"),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    let promoted = reply.json();
+    assert_eq!(promoted["version"], "candidate-1");
+    assert_eq!(promoted["before"], "default");
+    // version/candidate-1 (0), shadow (1), active (2), the shadow tombstone (3).
+    assert_eq!(
+        (&promoted["offset"], &promoted["shadow_cleared_offset"]),
+        (&json!(2), &json!(3))
+    );
+    let active = call(&f.app, get("/api/v1/rules")).await.json();
+    assert_eq!(active["set"]["version"], "candidate-1");
+    assert_eq!(active["offset"], 2);
+    let shadow = call(&f.app, get("/api/v1/rules/shadow")).await;
+    assert_eq!(shadow.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        rule_changes(&f).await,
+        [
+            row("rules.shadow.clear", "candidate-1", "none"),
+            row("rules.active.promote", "default", "candidate-1"),
+            row("rules.shadow.set", "none", "candidate-1"),
+        ]
+    );
+    // Nothing left to promote.
+    let reply = call(&f.app, post("/api/v1/rules/shadow/promote", "")).await;
+    assert_eq!(reply.status, StatusCode::CONFLICT);
+    assert!(reply.text.contains("cleared at offset 3"), "{}", reply.text);
+    // An empty shadow set is promoted only when allowed.
+    let empty = r#"{"version": "off", "rule": []}"#;
+    let reply = call(&f.app, put("/api/v1/rules/shadow?allow_empty=true", empty)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    let reply = call(&f.app, post("/api/v1/rules/shadow/promote", "")).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.text);
+    let reply = call(
+        &f.app,
+        post("/api/v1/rules/shadow/promote?allow_empty=true", ""),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    assert_eq!(
+        call(&f.app, get("/api/v1/rules")).await.json()["set"]["version"],
+        "off"
+    );
+}
+
+#[tokio::test]
+async fn history_lists_every_version_newest_first_with_who_and_the_sets_in_force() {
+    let f = fixture().await;
+    let history = call(&f.app, get("/api/v1/rules/history")).await;
+    assert_eq!(history.status, StatusCode::OK, "{}", history.text);
+    assert_eq!(
+        history.json(),
+        json!({"active": {"version": "default", "source": "config"}, "shadow": null, "versions": []})
+    );
+    let v2 = RULES_V1.replace("2026-12-01.1", "v2");
+    let s1 = RULES_V1.replace("2026-12-01.1", "s1");
+    for (path, body) in [
+        ("/api/v1/rules", RULES_V1),
+        ("/api/v1/rules/shadow", s1.as_str()),
+        ("/api/v1/rules", v2.as_str()),
+        // Back to the first: a change, not a new version.
+        ("/api/v1/rules", RULES_V1),
+    ] {
+        let reply = call(&f.app, put(path, body)).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    }
+    let history = call(&f.app, get("/api/v1/rules/history")).await.json();
+    assert_eq!(
+        history["active"],
+        json!({"version": "2026-12-01.1", "source": "topic"})
+    );
+    assert_eq!(
+        history["shadow"],
+        json!({"version": "s1", "source": "topic"})
+    );
+    let versions = history["versions"].as_array().unwrap();
+    let listed: Vec<(&str, i64, bool, bool)> = versions
+        .iter()
+        .map(|v| {
+            (
+                v["version"].as_str().unwrap(),
+                v["offset"].as_i64().unwrap(),
+                v["active"].as_bool().unwrap(),
+                v["shadow"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("v2", 4, false, false),
+            ("s1", 2, false, true),
+            ("2026-12-01.1", 0, true, false)
+        ]
+    );
+    for v in versions {
+        assert_eq!(
+            (&v["published_by"], &v["via"]),
+            (&json!("anonymous"), &json!("http"))
+        );
+        assert!(v["published_at"].as_str().unwrap().ends_with('Z'), "{v}");
+        assert_eq!(v["set"]["version"], v["version"]);
+    }
+}
+
+/// The records the memory backend's "alerts topic" holds, one JSON line each, in offset order.
+fn alerts_topic(f: &Fixture) -> String {
+    let engine = f.backend.inner.lock().unwrap();
+    engine
+        .log
+        .iter()
+        .filter_map(|(_, record)| record.as_ref())
+        .map(|r| String::from_utf8(r.to_json()).unwrap() + "\n")
+        .collect()
+}
+
+#[tokio::test]
+async fn a_backtest_over_the_stored_events_is_the_cli_replay_of_the_same_records() {
+    use user_monitor::backtest::{run, InputFormat, Range, Replay};
+    let f = fixture_with(10_000, Duration::from_millis(200)).await;
+    // Deposits and withdrawals of 20 users over 2,000 seconds; some out of order, some not events.
+    let mut x = 88_172_645_463_325_252u64;
+    let mut time = [0u64; 20];
+    let mut produced = 0;
+    for i in 0..1_500u64 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let user = x % 20;
+        let kind = if x % 3 == 0 { "withdraw" } else { "deposit" };
+        let late = x % 41 == 0;
+        let t = if late {
+            time[user as usize].saturating_sub(5)
+        } else {
+            i + x % 3
+        };
+        time[user as usize] = time[user as usize].max(t);
+        let body = if x % 97 == 0 {
+            "{\"type\": \"deposit\"}".to_owned()
+        } else {
+            format!(
+                r#"{{"type": "{kind}", "amount": "{}.50", "user_id": {user}, "time": {t}}}"#,
+                10 + x % 140
+            )
+        };
+        let reply = call(&f.app, post("/api/v1/events", &body)).await;
+        // Not an event: refused by the shim, never produced.
+        produced += u64::from(reply.status != StatusCode::BAD_REQUEST);
+    }
+    assert!(produced < 1_500);
+    assert_eq!(f.store.count().await.unwrap(), produced);
+    let candidate = r#"{"version": "lower", "time_unit": "seconds", "rule": [
+        {"code": 1100, "kind": "amount", "on": "withdraw", "amount": "90"},
+        {"code": 123, "kind": "window_sum", "on": "deposit", "window": "2m", "amount": "300"},
+        {"code": 30, "kind": "consecutive", "on": "withdraw", "count": 2}
+    ]}"#;
+    let body = format!(r#"{{"candidate": {candidate}, "from_time": 700, "to_time": 1200}}"#);
+    let reply = call(&f.app, post("/api/v1/rules/backtest", &body)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    let got = reply.json();
+
+    // The command line's replay of the same records, from the alerts topic.
+    let bounds = Settings::defaults().rule_bounds();
+    let baseline = RuleSet::default_set();
+    let candidate = user_monitor::rule_set::RuleSet::from_json(candidate, &bounds).unwrap();
+    let range = Range::new(Some(700), Some(1200), None, &baseline, &candidate, &bounds);
+    let mut diff = Vec::new();
+    let profiles = Profiles::default();
+    let replay = Replay::new(
+        &baseline,
+        &candidate,
+        &bounds,
+        &profiles,
+        range,
+        0,
+        Some(&mut diff),
+    );
+    let want = run(alerts_topic(&f).as_bytes(), InputFormat::Records, replay)
+        .unwrap()
+        .report;
+    assert!(want.events > 300 && want.warm_up > 600, "{want:?}");
+    assert!(want.events_changed > 100, "the sets disagree: {want:?}");
+    assert_eq!(
+        (
+            got["baseline_version"].as_str(),
+            got["candidate_version"].as_str()
+        ),
+        (Some("default"), Some("lower"))
+    );
+    assert_eq!(
+        (got["from_time"].as_u64(), got["to_time"].as_u64()),
+        (Some(700), Some(1200))
+    );
+    assert_eq!(
+        got["replayed_from"], 0,
+        "700 s less state.max_window (1 h), from 0"
+    );
+    for (field, value) in [
+        ("events", want.events),
+        ("warm_up", want.warm_up),
+        ("invalid", want.invalid),
+        ("out_of_order", want.out_of_order),
+        ("events_changed", want.events_changed),
+        ("users_affected", want.users_affected as u64),
+    ] {
+        assert_eq!(got[field], value, "{field}");
+    }
+    assert_eq!(got["codes"], serde_json::to_value(&want.codes).unwrap());
+    // The samples are the first 100 lines of the diff, with the evidence of each set's codes.
+    let diff: Vec<Value> = String::from_utf8(diff)
+        .unwrap()
+        .lines()
+        .take(100)
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let samples = got["samples"].as_array().unwrap();
+    assert_eq!(samples.len(), 100);
+    for (sample, line) in samples.iter().zip(&diff) {
+        for field in ["event_id", "user_id", "baseline", "candidate"] {
+            assert_eq!(sample[field], line[field], "{field}: {sample} vs {line}");
+        }
+        for set in ["baseline", "candidate"] {
+            let explained: Vec<&Value> = sample[format!("{set}_evidence")]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| &e["code"])
+                .collect();
+            let codes: Vec<&Value> = sample[set].as_array().unwrap().iter().collect();
+            assert_eq!(explained, codes, "{sample}");
+        }
+    }
+
+    // By version name, and the latest N events instead of a range.
+    let reply = call(&f.app, put("/api/v1/rules", RULES_V1)).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let body = r#"{"candidate": "2026-12-01.1", "baseline": "default", "last": 200}"#;
+    let reply = call(&f.app, post("/api/v1/rules/backtest", body)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    let latest = reply.json();
+    assert_eq!(latest["candidate_version"], "2026-12-01.1");
+    assert!(latest["events"].as_u64().unwrap() >= 190, "{latest}");
+    assert!(latest["to_time"].is_null(), "{latest}");
+    // Refusals name the problem.
+    for (body, named) in [
+        (r#"{"candidate": "nope"}"#, "candidate: no version \"nope\""),
+        (r#"{"candidate": 3}"#, "candidate: expected a rule set"),
+        (
+            r#"{"candidate": "default", "last": 5, "from_time": 1}"#,
+            "last excludes",
+        ),
+        (
+            r#"{"candidate": "default", "from_time": 9, "to_time": 1}"#,
+            "from_time 9 is after to_time 1",
+        ),
+        (
+            r#"{"candidate": "default", "bogus": 1}"#,
+            "unknown field `bogus`",
+        ),
+        (
+            r#"{"candidate": {"version": "x", "rule": [{"code": 0}]}}"#,
+            "candidate: rule[1]",
+        ),
+    ] {
+        let reply = call(&f.app, post("/api/v1/rules/backtest", body)).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::BAD_REQUEST,
+            "{body}: {}",
+            reply.text
+        );
+        assert!(
+            error_of(&reply).contains(named),
+            "{named} in {}",
+            reply.text
+        );
+    }
 }
 
 #[tokio::test]

@@ -9,8 +9,10 @@ use serde_json::value::RawValue;
 use utoipa::{IntoParams, IntoResponses, OpenApi, ToSchema};
 
 use super::auth::Denied;
-use super::backend::{Found, LookupError, ProduceError};
+use super::backend::{Found, LookupError, ProduceError, RulesError};
 use super::routes;
+use crate::backtest::CodeChange;
+use crate::changes::Refusal;
 use crate::domain::{AlertRecord, Rejection, Risk, Triage, UserId};
 use crate::health::ReadinessReport;
 use crate::rule_set::InvalidRuleSet;
@@ -58,6 +60,20 @@ pub enum ApiError {
     /// A rule set refused whole (400): every problem is also listed in `problems`.
     #[error(transparent)]
     InvalidRuleSet(#[from] InvalidRuleSet),
+    /// A rules write refused before anything was published: an empty set (400), a version
+    /// name taken by another set or no shadow set to promote (409), a set in force other than
+    /// `If-Match` expected (412).
+    #[error(transparent)]
+    RulesRefused(#[from] Refusal),
+}
+
+impl From<RulesError> for ApiError {
+    fn from(error: RulesError) -> Self {
+        match error {
+            RulesError::Refused(refusal) => ApiError::RulesRefused(refusal),
+            RulesError::Unavailable(e) => ApiError::Unavailable(e),
+        }
+    }
 }
 
 impl ApiError {
@@ -76,6 +92,11 @@ impl ApiError {
             ApiError::Unavailable(_) | ApiError::Lookup(_) | ApiError::StoreUnavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            ApiError::RulesRefused(refusal) => match refusal {
+                Refusal::Empty { .. } => StatusCode::BAD_REQUEST,
+                Refusal::VersionTaken { .. } | Refusal::NoShadow { .. } => StatusCode::CONFLICT,
+                Refusal::Stale { .. } => StatusCode::PRECONDITION_FAILED,
+            },
         }
     }
 }
@@ -642,6 +663,150 @@ pub struct RulesPublishedBody {
     pub offset: i64,
     /// The record's timestamp as Kafka returned it, ms since the Unix epoch.
     pub timestamp: Option<i64>,
+    /// `true`: this very set was in force already under this key; nothing was published or
+    /// recorded, and `offset`/`timestamp` are those of the record in force.
+    pub unchanged: bool,
+}
+
+/// Query parameters of the rules writes that put a set in force.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct RulesWriteParams {
+    /// `true`: publish a set without rules anyway (it turns alerting off); otherwise such a
+    /// set is refused with 400.
+    #[param(value_type = Option<bool>)]
+    pub allow_empty: Option<String>,
+}
+
+/// The shadow set made active (and the shadow set cleared).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PromotedBody {
+    /// The version now active.
+    pub version: String,
+    /// The active version it replaced (`null`: unknown).
+    pub before: Option<String>,
+    /// The offset in topics.rules of the `active` record in force now (not republished when
+    /// the set was active already).
+    pub offset: i64,
+    /// Its timestamp, ms since the Unix epoch.
+    pub timestamp: Option<i64>,
+    /// The offset of the `shadow` tombstone: there is no shadow set any more.
+    pub shadow_cleared_offset: i64,
+}
+
+/// A set in force and where it comes from.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct InForce {
+    pub version: String,
+    /// `topic` (published) or `config` (nothing published: the configured set).
+    pub source: String,
+}
+
+/// One version ever published to topics.rules, as first published.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct VersionView {
+    pub version: String,
+    /// When Kafka appended its first record (RFC 3339 UTC), and the same in ms since the epoch.
+    pub published_at: Option<String>,
+    pub timestamp: Option<i64>,
+    /// The offset of that record in topics.rules.
+    pub offset: i64,
+    /// Who published it (a token's name, or `cli:<os user>`); null for a version published by
+    /// a release from before per-version records.
+    pub published_by: Option<String>,
+    /// `http` or `cli`, when known.
+    pub via: Option<String>,
+    /// Whether it is the active / the shadow set now.
+    pub active: bool,
+    pub shadow: bool,
+    /// The set.
+    #[schema(value_type = RuleSetSchema)]
+    pub set: serde_json::Value,
+}
+
+/// Every version published, newest first, and the sets in force.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RulesHistoryBody {
+    pub active: InForce,
+    /// `null`: no shadow set.
+    pub shadow: Option<InForce>,
+    pub versions: Vec<VersionView>,
+}
+
+/// What `POST /api/v1/rules/backtest` compares, and over which stored events.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "candidate": {"version": "2026-12-02.1", "time_unit": "seconds", "rule": [
+        {"code": 1100, "kind": "amount", "on": "withdraw", "amount": "80"}
+    ]},
+    "from_time": 1767225600,
+    "to_time": 1767312000
+}))]
+pub struct BacktestBody {
+    /// The set to try: a rule set (the body of `PUT /api/v1/rules`), or the name of a version
+    /// published to topics.rules (see `GET /api/v1/rules/history`) or configured.
+    #[schema(value_type = Object)]
+    pub candidate: serde_json::Value,
+    /// The set to compare it with, in the same forms; default: the active set in force.
+    #[schema(value_type = Option<Object>)]
+    pub baseline: Option<serde_json::Value>,
+    /// Count the stored events whose `time` (the events' own, in rules.time_unit) is at
+    /// least this...
+    pub from_time: Option<u64>,
+    /// ...and at most this. Without either, every stored event counts.
+    pub to_time: Option<u64>,
+    /// Instead of a range: the latest `last` stored events by event time (events sharing the
+    /// earliest one's time count too).
+    pub last: Option<u64>,
+}
+
+/// An event whose codes differ between the sets, with the evidence of each set's codes.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct BacktestSample {
+    pub event_id: Option<String>,
+    pub user_id: u64,
+    pub time: u64,
+    /// The risk level it was judged at (live, and here under both sets).
+    #[schema(value_type = String, example = "medium")]
+    pub risk: Risk,
+    pub baseline: Vec<u32>,
+    pub candidate: Vec<u32>,
+    #[schema(value_type = Vec<EvidenceSchema>)]
+    pub baseline_evidence: Vec<serde_json::Value>,
+    #[schema(value_type = Vec<EvidenceSchema>)]
+    pub candidate_evidence: Vec<serde_json::Value>,
+}
+
+/// Two sets over the stored events: the numbers of `user-monitor backtest` on the same events.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct BacktestResult {
+    pub baseline_version: String,
+    pub candidate_version: String,
+    /// The range counted (event time, inclusive), and the first event time replayed: the
+    /// range's start minus state.max_window, so that windows see the history they saw live.
+    pub from_time: Option<u64>,
+    pub to_time: Option<u64>,
+    pub replayed_from: Option<u64>,
+    /// Stored records read.
+    pub read: u64,
+    /// Events counted (evaluated under both sets).
+    pub events: u64,
+    /// Events replayed as history only (before `from_time`).
+    pub warm_up: u64,
+    /// Records read but not replayed: rejected inputs and retries (they changed no state
+    /// live). Records outside the range and its warm-up are not read at all.
+    pub skipped: u64,
+    pub invalid: u64,
+    pub out_of_order: u64,
+    /// Events whose codes differ, and the users they belong to.
+    pub events_changed: u64,
+    pub users_affected: usize,
+    /// Per code: alerts under each set, added, removed, users affected.
+    pub codes: std::collections::BTreeMap<u32, CodeChange>,
+    /// The first 100 events whose codes differ, in replay order (partition, then offset).
+    pub samples: Vec<BacktestSample>,
 }
 
 /// The shadow set was cleared (a tombstone Kafka acknowledged).
@@ -699,6 +864,9 @@ pub struct DeadLettersBody {
         routes::rules::get_shadow_rules,
         routes::rules::put_shadow_rules,
         routes::rules::delete_shadow_rules,
+        routes::rules::promote_shadow_rules,
+        routes::rules::rules_history,
+        routes::rules::backtest_rules,
         routes::audit::list_audit,
         routes::session::session,
         routes::dead_letters::list_dead_letters,

@@ -20,7 +20,8 @@ use tokio::sync::Semaphore;
 
 use crate::audit::{AuditEntry, AuditPage};
 use crate::changes::{
-    change_risks, change_rule_set, change_triage, Author, ChangeError, ChangeLog, TriageLog,
+    change_risks, change_rule_set, change_triage, promote_shadow, Author, ChangeError, ChangeLog,
+    Configured, Promotion, Refusal, RulesRequest, TriageLog,
 };
 use crate::config::Settings;
 use crate::domain::response::AlertRecord;
@@ -31,7 +32,7 @@ use crate::domain::{Triage, TriageChange, TriageRecord};
 use crate::kafka::dead_letters::DeadLetterView;
 use crate::kafka::profiles::ProfilesFollower;
 use crate::kafka::read::{partitions, read_range, RangeError};
-use crate::kafka::rules::{Current, Published, RulesKey};
+use crate::kafka::rules::{Current, Published, Publisher, RulesKey};
 use crate::kafka::{producer_config, KafkaLayerError};
 use crate::kafka::{reader, Reader};
 use crate::profiles::{ProfileLine, ProfileValue};
@@ -106,16 +107,24 @@ pub trait Backend: Send + Sync + 'static {
     /// The rules topic read to its end: the latest active and shadow sets published.
     fn rules(&self) -> BoxFuture<'static, Result<Current, LookupError>>;
 
-    /// Publishes the set of `key` (`None`: clears the shadow set) on behalf of `actor`, then
-    /// records the change in the audit topic, each waited for. The change's "before" is the
-    /// version in force as the topic says, else `configured` (the configured set's version).
+    /// The rule set change of `request` on behalf of `actor` (see
+    /// [`crate::changes::change_rule_set`]): refused, or published then recorded in the audit
+    /// topic, each waited for. `configured`: the sets in force while the topic holds none.
     fn change_rules(
         &self,
         actor: String,
-        key: RulesKey,
-        set: Option<RuleSet>,
-        configured: Option<String>,
-    ) -> BoxFuture<'static, Result<RulesChanged, ProduceError>>;
+        request: RulesRequest,
+        configured: Configured,
+    ) -> BoxFuture<'static, Result<RulesChanged, RulesError>>;
+
+    /// The shadow set made active on behalf of `actor` (see
+    /// [`crate::changes::promote_shadow`]).
+    fn promote_shadow(
+        &self,
+        actor: String,
+        request: Promotion,
+        configured: Configured,
+    ) -> BoxFuture<'static, Result<Promoted, RulesError>>;
 
     /// The `limit` latest records of the dead-letter topic, newest first.
     fn dead_letters(
@@ -135,7 +144,27 @@ pub trait Backend: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<TriageChanged, ProduceError>>;
 }
 
-pub use crate::changes::{RulesChanged, TriageChanged};
+pub use crate::changes::{Promoted, RulesChanged, TriageChanged};
+
+/// Why a rule set change did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum RulesError {
+    /// Refused before anything was published (400, 409, 412).
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// Kafka did not answer or acknowledge (503).
+    #[error(transparent)]
+    Unavailable(#[from] ProduceError),
+}
+
+impl From<ChangeError> for RulesError {
+    fn from(error: ChangeError) -> Self {
+        match error {
+            ChangeError::Refused(refusal) => RulesError::Refused(refusal),
+            other => RulesError::Unavailable(not_acknowledged(other)),
+        }
+    }
+}
 
 /// How long a fallback lookup may take at most.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -354,12 +383,46 @@ impl Backend for KafkaBackend {
     fn change_rules(
         &self,
         actor: String,
-        key: RulesKey,
-        set: Option<RuleSet>,
-        configured: Option<String>,
-    ) -> BoxFuture<'static, Result<RulesChanged, ProduceError>> {
+        request: RulesRequest,
+        configured: Configured,
+    ) -> BoxFuture<'static, Result<RulesChanged, RulesError>> {
         if !self.ready() {
-            return Box::pin(async { Err(ProduceError::NotReady("topics not found yet")) });
+            return Box::pin(async { Err(ProduceError::NotReady("topics not found yet").into()) });
+        }
+        let log = self.changes();
+        let writes = Arc::clone(&self.rules_writes);
+        let change = async move {
+            // One rules write of this shim at a time: its checks (If-Match, a version name
+            // already taken) and its "before" see every write this shim made before it.
+            let _turn = writes.lock().await;
+            let author = Author {
+                actor: &actor,
+                source: "http",
+            };
+            let changed = change_rule_set(&log, author, &request, &configured).await?;
+            let key = request.key;
+            match &changed.entry {
+                Some(entry) => {
+                    tracing::info!(key = %key, actor = %entry.actor, before = %entry.before, after = %entry.after, offset = changed.published.offset, "rule set changed")
+                }
+                None => {
+                    tracing::info!(key = %key, %actor, offset = changed.published.offset, "rule set already in force; nothing published")
+                }
+            }
+            Ok(changed)
+        };
+        // A set already published still applies; a retry is harmless.
+        within_produce_timeout(self.settings.http.produce_timeout, change)
+    }
+
+    fn promote_shadow(
+        &self,
+        actor: String,
+        request: Promotion,
+        configured: Configured,
+    ) -> BoxFuture<'static, Result<Promoted, RulesError>> {
+        if !self.ready() {
+            return Box::pin(async { Err(ProduceError::NotReady("topics not found yet").into()) });
         }
         let log = self.changes();
         let writes = Arc::clone(&self.rules_writes);
@@ -369,14 +432,10 @@ impl Backend for KafkaBackend {
                 actor: &actor,
                 source: "http",
             };
-            let changed = change_rule_set(&log, author, key, set.as_ref(), configured.as_deref())
-                .await
-                .map_err(not_acknowledged)?;
-            let entry = &changed.entry;
-            tracing::info!(key = %key, actor = %entry.actor, before = %entry.before, after = %entry.after, offset = changed.published.offset, "rule set changed");
-            Ok(changed)
+            let promoted = promote_shadow(&log, author, &request, &configured).await?;
+            tracing::info!(%actor, version = %promoted.version, before = ?promoted.before, offset = promoted.active.offset, "shadow rule set promoted");
+            Ok(promoted)
         };
-        // A set already published still applies; a retry is harmless.
         within_produce_timeout(self.settings.http.produce_timeout, change)
     }
 
@@ -494,6 +553,22 @@ impl ChangeLog for ShimChanges {
             &self.settings.topics.rules,
             key,
             set,
+            timeout,
+        )
+        .await
+    }
+
+    async fn publish_version(
+        &self,
+        set: &RuleSet,
+        by: &Publisher,
+    ) -> Result<Published, KafkaLayerError> {
+        let timeout = self.settings.http.produce_timeout;
+        crate::kafka::rules::send_version(
+            &self.producer,
+            &self.settings.topics.rules,
+            set,
+            by,
             timeout,
         )
         .await
@@ -636,17 +711,18 @@ async fn wait_projected(
 }
 
 /// Bounds every Kafka wait of one change request together by `http.produce_timeout` (`bound`).
-fn within_produce_timeout<T: Send + 'static>(
+fn within_produce_timeout<T: Send + 'static, E: From<ProduceError> + Send + 'static>(
     bound: Duration,
-    change: impl std::future::Future<Output = Result<T, ProduceError>> + Send + 'static,
-) -> BoxFuture<'static, Result<T, ProduceError>> {
+    change: impl std::future::Future<Output = Result<T, E>> + Send + 'static,
+) -> BoxFuture<'static, Result<T, E>> {
     Box::pin(async move {
         tokio::time::timeout(bound, change)
             .await
             .unwrap_or_else(|_| {
                 Err(ProduceError::NotAcknowledged(format!(
                     "kafka did not answer within http.produce_timeout ({bound:?})"
-                )))
+                ))
+                .into())
             })
     })
 }

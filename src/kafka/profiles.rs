@@ -222,9 +222,13 @@ impl ProfilesFollower {
 impl RulesFollowed {
     /// Applies one record of the rules topic: a version of the active set (key `active`), of the
     /// shadow set (key `shadow`; no value clears it). An unreadable or invalid record is logged
-    /// and skipped: the versions before it stay in force.
+    /// and skipped: the versions before it stay in force. A per-version record
+    /// (`version/<name>`, the history of what was published) judges nothing and is not read.
     fn apply(&mut self, message: &rdkafka::message::BorrowedMessage<'_>) {
-        use super::rules::{read_record, RulesKey, RulesRecord, SkippedRecord};
+        use super::rules::{is_version_key, read_record, RulesKey, RulesRecord, SkippedRecord};
+        if is_version_key(message.key()) {
+            return;
+        }
         let offset = message.offset();
         let timestamp = message.timestamp().to_millis().unwrap_or(0);
         let record = read_record(message.key(), message.payload(), &self.bounds).and_then(|r| {
@@ -246,6 +250,7 @@ impl RulesFollowed {
                 tracing::info!(offset, timestamp, "shadow rule set cleared");
                 self.timeline.shadow.publish(timestamp, None);
             }
+            Ok(RulesRecord::Version(_)) => {}
             Err(e) => {
                 tracing::warn!(offset, error = %e, "skipping an unusable rules record");
             }

@@ -2,11 +2,18 @@
 //! reading the topic back.
 //!
 //! Record format:
-//! - key `"active"` or `"shadow"` ([`RulesKey`]);
+//! - key `"active"` or `"shadow"` ([`RulesKey`]): the set in force;
+//! - key `"version/<name>"` ([`version_key`]): the set first published under that version name,
+//!   with its publisher in the headers `actor` and `source` ([`Publisher`]). Written once per
+//!   version, before the version is first put in force: compaction keeps one record per key, so
+//!   the topic keeps every version ever published (what `409` on a reused name and
+//!   `GET /api/v1/rules/history` read) while `active`/`shadow` keep only the latest. These
+//!   records judge nothing: the processor skips them unread, and a release from before them
+//!   skips them as an unknown key, with a warning;
 //! - value: the set as JSON in the file's structure ([`RuleSet::to_value`]), read back with
 //!   [`decode`] (validated against `state.max_window`/`state.max_count`, like any set);
-//! - a tombstone (no value) under `"shadow"` clears the shadow set; under `"active"` it is never
-//!   written (there is always an active set) and is skipped when read.
+//! - a tombstone (no value) under `"shadow"` clears the shadow set; under `"active"` or a
+//!   version key it is never written and is skipped when read.
 //!
 //! The topic is compacted with one partition, so the versions of each key have one order and the
 //! latest record of a key is the set in force. What a reader makes of the topic is one fold,
@@ -15,17 +22,20 @@
 //! - no `shadow` record: the configured `rules.shadow` file, if any ([`Shadow::Unpublished`]);
 //! - a `shadow` tombstone: no shadow set, whatever the configuration says ([`Shadow::Cleared`]).
 //!   Compaction removes a tombstone after the topic's `delete.retention.ms`; from then on the
-//!   topic holds no `shadow` record, so remove `rules.shadow` from the configuration as well.
+//!   topic holds no `shadow` record, so remove `rules.shadow` from the configuration as well;
+//! - every version: the first record that held it ([`Current::versions`]), a `version/<name>`
+//!   record or (for a set published before these records existed) an `active`/`shadow` one.
 //!
 //! Unreadable records (an unknown key, a value that is not a valid set under this instance's
 //! bounds) are skipped with a warning: the previous readable record of that key stays in force.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rdkafka::consumer::Consumer;
-use rdkafka::message::Message;
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Offset;
 
@@ -109,12 +119,53 @@ pub enum Shadow {
     Set(Latest),
 }
 
-/// The rules topic read up to some offset: the latest active and shadow sets.
+/// Who published a version: the headers of its `version/<name>` record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publisher {
+    /// The token's name (`anonymous` when authentication is off), or `cli:<os user>`.
+    pub actor: String,
+    /// `http` or `cli`.
+    pub source: String,
+}
+
+/// The header names of a version record.
+const ACTOR_HEADER: &str = "actor";
+const SOURCE_HEADER: &str = "source";
+
+/// A version as first published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Version {
+    pub set: RuleSet,
+    /// The offset and timestamp (ms since the Unix epoch) of the first record that held it.
+    pub offset: i64,
+    pub timestamp: Option<i64>,
+    /// `None` for a version known only from an `active`/`shadow` record (published before
+    /// version records existed).
+    pub by: Option<Publisher>,
+}
+
+/// The rules topic read up to some offset: the latest active and shadow sets, and every
+/// version ever published.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Current {
     /// `None`: no readable `active` record, the configured set is active.
     pub active: Option<Latest>,
     pub shadow: Shadow,
+    /// By version name: the first record that held each version.
+    pub versions: BTreeMap<String, Version>,
+}
+
+/// The key of the record that keeps `version` for good: `version/<name>`.
+pub fn version_key(version: &str) -> String {
+    format!("{VERSION_PREFIX}{version}")
+}
+
+/// What every per-version key starts with.
+pub const VERSION_PREFIX: &str = "version/";
+
+/// Whether a record key is a per-version key (a record that judges nothing).
+pub fn is_version_key(key: Option<&[u8]>) -> bool {
+    key.is_some_and(|k| k.starts_with(VERSION_PREFIX.as_bytes()))
 }
 
 /// Why a record of the rules topic was skipped by [`Current::apply`].
@@ -126,6 +177,10 @@ pub enum SkippedRecord {
     UnknownKey(String),
     #[error("tombstone under \"active\" (the active set is never cleared)")]
     ActiveTombstone,
+    #[error("tombstone under {0:?} (a version record is never cleared)")]
+    VersionTombstone(String),
+    #[error("the record under {key:?} holds version {found:?}")]
+    VersionMismatch { key: String, found: String },
     #[error(transparent)]
     Invalid(#[from] InvalidRuleSet),
 }
@@ -137,6 +192,8 @@ pub enum RulesRecord {
     Set(RulesKey, RuleSet),
     /// A tombstone under `shadow`: no shadow set.
     ShadowCleared,
+    /// A version as first published (key `version/<name>`); judges nothing.
+    Version(RuleSet),
 }
 
 /// Reads one record of the rules topic (its key and value), validating a set against `bounds`.
@@ -148,9 +205,19 @@ pub fn read_record(
 ) -> Result<RulesRecord, SkippedRecord> {
     let key = key.ok_or(SkippedRecord::NoKey)?;
     let key = std::str::from_utf8(key)
-        .map_err(|_| SkippedRecord::UnknownKey("key is not UTF-8".to_owned()))?
-        .parse::<RulesKey>()
-        .map_err(SkippedRecord::UnknownKey)?;
+        .map_err(|_| SkippedRecord::UnknownKey("key is not UTF-8".to_owned()))?;
+    if let Some(name) = key.strip_prefix(VERSION_PREFIX) {
+        let value = value.ok_or_else(|| SkippedRecord::VersionTombstone(key.to_owned()))?;
+        let set = decode(value, bounds)?;
+        if set.version != name {
+            return Err(SkippedRecord::VersionMismatch {
+                key: key.to_owned(),
+                found: set.version,
+            });
+        }
+        return Ok(RulesRecord::Version(set));
+    }
+    let key = key.parse::<RulesKey>().map_err(SkippedRecord::UnknownKey)?;
     match (key, value) {
         (RulesKey::Active, None) => Err(SkippedRecord::ActiveTombstone),
         (RulesKey::Shadow, None) => Ok(RulesRecord::ShadowCleared),
@@ -169,9 +236,24 @@ impl Current {
         timestamp: Option<i64>,
         bounds: &Bounds,
     ) -> Result<(), SkippedRecord> {
+        self.apply_by(key, value, offset, timestamp, None, bounds)
+    }
+
+    /// [`Current::apply`] for a record whose headers name its publisher (a version record).
+    pub fn apply_by(
+        &mut self,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        offset: i64,
+        timestamp: Option<i64>,
+        by: Option<Publisher>,
+        bounds: &Bounds,
+    ) -> Result<(), SkippedRecord> {
         match read_record(key, value, bounds)? {
             RulesRecord::ShadowCleared => self.shadow = Shadow::Cleared { offset, timestamp },
+            RulesRecord::Version(set) => self.remember(set, offset, timestamp, by),
             RulesRecord::Set(key, set) => {
+                self.remember(set.clone(), offset, timestamp, None);
                 let latest = Latest {
                     set,
                     offset,
@@ -184,6 +266,23 @@ impl Current {
             }
         }
         Ok(())
+    }
+
+    /// Keeps the first record of each version (a later one under the same name is either the
+    /// same set put in force again, or a conflict that the use cases refuse to publish).
+    fn remember(
+        &mut self,
+        set: RuleSet,
+        offset: i64,
+        timestamp: Option<i64>,
+        by: Option<Publisher>,
+    ) {
+        self.versions.entry(set.version.clone()).or_insert(Version {
+            set,
+            offset,
+            timestamp,
+            by,
+        });
     }
 
     /// The version of the set of `key` in force: the topic's, else `configured` (the version of
@@ -306,6 +405,71 @@ fn record_value(
     }
 }
 
+/// One record for the rules topic: its key, its value (`None`: a tombstone) and, for a version
+/// record, its publisher in the headers.
+struct Outgoing {
+    key: String,
+    value: Option<Vec<u8>>,
+    by: Option<Publisher>,
+}
+
+impl Outgoing {
+    /// The record of `key`: the set, or the shadow tombstone (refused under `active`).
+    fn of_key(topic: &str, key: RulesKey, set: Option<&RuleSet>) -> Result<Self, KafkaLayerError> {
+        Ok(Outgoing {
+            key: key.as_str().to_owned(),
+            value: record_value(topic, key, set)?,
+            by: None,
+        })
+    }
+
+    /// The record that keeps `set` under its version's own key.
+    fn version(set: &RuleSet, by: &Publisher) -> Self {
+        Outgoing {
+            key: version_key(&set.version),
+            value: Some(encode(set)),
+            by: Some(by.clone()),
+        }
+    }
+
+    fn record<'a>(&'a self, topic: &'a str) -> FutureRecord<'a, str, [u8]> {
+        let mut record = FutureRecord::<str, [u8]>::to(topic).key(self.key.as_str());
+        if let Some(value) = &self.value {
+            record = record.payload(value.as_slice());
+        }
+        if let Some(by) = &self.by {
+            record = record.headers(
+                OwnedHeaders::new()
+                    .insert(Header {
+                        key: ACTOR_HEADER,
+                        value: Some(by.actor.as_str()),
+                    })
+                    .insert(Header {
+                        key: SOURCE_HEADER,
+                        value: Some(by.source.as_str()),
+                    }),
+            );
+        }
+        record
+    }
+}
+
+/// The publisher named by a record's headers, if it names one.
+fn publisher(message: &impl Message) -> Option<Publisher> {
+    let headers = message.headers()?;
+    let text = |name: &str| {
+        headers
+            .iter()
+            .find(|h| h.key == name)
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    };
+    Some(Publisher {
+        actor: text(ACTOR_HEADER)?,
+        source: text(SOURCE_HEADER).unwrap_or_default(),
+    })
+}
+
 /// Produces the record of `key` (a set, or the shadow tombstone for `None`) with `producer`
 /// and waits for Kafka's acknowledgement, at most `timeout` in all. For async callers (the shim)
 /// that hold a producer; `producer` should be [`producer_config`]'s (idempotent, `acks=all`).
@@ -316,12 +480,33 @@ pub async fn send(
     set: Option<&RuleSet>,
     timeout: Duration,
 ) -> Result<Published, KafkaLayerError> {
-    let value = record_value(topic, key, set)?;
-    let mut record = FutureRecord::<str, [u8]>::to(topic).key(key.as_str());
-    if let Some(value) = &value {
-        record = record.payload(value.as_slice());
-    }
-    let delivery = tokio::time::timeout(timeout, producer.send(record, timeout))
+    send_record(
+        producer,
+        topic,
+        &Outgoing::of_key(topic, key, set)?,
+        timeout,
+    )
+    .await
+}
+
+/// [`send`] for the record that keeps `set` under `version/<name>`, published by `by`.
+pub async fn send_version(
+    producer: &FutureProducer,
+    topic: &str,
+    set: &RuleSet,
+    by: &Publisher,
+    timeout: Duration,
+) -> Result<Published, KafkaLayerError> {
+    send_record(producer, topic, &Outgoing::version(set, by), timeout).await
+}
+
+async fn send_record(
+    producer: &FutureProducer,
+    topic: &str,
+    outgoing: &Outgoing,
+    timeout: Duration,
+) -> Result<Published, KafkaLayerError> {
+    let delivery = tokio::time::timeout(timeout, producer.send(outgoing.record(topic), timeout))
         .await
         .map_err(|_| KafkaLayerError::Timeout(timeout))?
         .map_err(|(e, _)| KafkaLayerError::Client(e))?;
@@ -336,6 +521,20 @@ pub fn publish(
     key: RulesKey,
     set: Option<&RuleSet>,
 ) -> Result<Published, KafkaLayerError> {
+    let outgoing = Outgoing::of_key(&settings.topics.rules, key, set)?;
+    publish_record(settings, &outgoing)
+}
+
+/// [`publish`] for the record that keeps `set` under `version/<name>`, published by `by`.
+pub fn publish_version(
+    settings: &Settings,
+    set: &RuleSet,
+    by: &Publisher,
+) -> Result<Published, KafkaLayerError> {
+    publish_record(settings, &Outgoing::version(set, by))
+}
+
+fn publish_record(settings: &Settings, outgoing: &Outgoing) -> Result<Published, KafkaLayerError> {
     let topic = &settings.topics.rules;
     let mut config = producer_config(settings, "rules")?;
     if !settings.kafka.properties.contains_key("message.timeout.ms") {
@@ -346,17 +545,12 @@ pub fn publish(
         );
     }
     let producer: FutureProducer = config.create()?;
-    let value = record_value(topic, key, set)?;
     // A broker just restarted may refuse it (`NotLeaderForPartition`): published again, the
     // same value is the same version.
     super::retry_transient("publishing the rule set", DEFAULT_TIMEOUT, || {
-        let mut record = FutureRecord::<str, [u8]>::to(topic).key(key.as_str());
-        if let Some(value) = &value {
-            record = record.payload(value.as_slice());
-        }
         // Enqueued at once; the delivery report comes within `message.timeout.ms` at the latest.
         let delivery = producer
-            .send_result(record)
+            .send_result(outgoing.record(topic))
             .map_err(|(e, _)| KafkaLayerError::Client(e))?;
         match futures::executor::block_on(delivery) {
             Ok(Ok(delivery)) => Ok(published(&delivery)),
@@ -409,11 +603,12 @@ fn read_current_once(settings: &Settings, timeout: Duration) -> Result<Current, 
             high,
             timeout,
             |m| {
-                let applied = current.apply(
+                let applied = current.apply_by(
                     m.key(),
                     m.payload(),
                     m.offset(),
                     m.timestamp().to_millis(),
+                    publisher(m),
                     &bounds,
                 );
                 if let Err(e) = applied {
@@ -442,7 +637,20 @@ impl MemoryTopic {
         set: Option<&RuleSet>,
         bounds: &Bounds,
     ) -> Result<Published, KafkaLayerError> {
-        let value = record_value("memory", key, set)?;
+        self.append(Outgoing::of_key("memory", key, set)?, bounds)
+    }
+
+    /// Publishes like [`publish_version`].
+    pub fn publish_version(
+        &self,
+        set: &RuleSet,
+        by: &Publisher,
+        bounds: &Bounds,
+    ) -> Result<Published, KafkaLayerError> {
+        self.append(Outgoing::version(set, by), bounds)
+    }
+
+    fn append(&self, outgoing: Outgoing, bounds: &Bounds) -> Result<Published, KafkaLayerError> {
         let timestamp = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
@@ -451,11 +659,12 @@ impl MemoryTopic {
         inner.1 += 1;
         inner
             .0
-            .apply(
-                Some(key.as_str().as_bytes()),
-                value.as_deref(),
+            .apply_by(
+                Some(outgoing.key.as_bytes()),
+                outgoing.value.as_deref(),
                 offset,
                 Some(timestamp),
+                outgoing.by,
                 bounds,
             )
             .map_err(|e| KafkaLayerError::Topic {
@@ -638,6 +847,60 @@ mod tests {
             Format::of_path(std::path::Path::new("a.toml")),
             Format::Toml
         );
+    }
+
+    #[test]
+    fn every_version_is_kept_from_its_first_record_and_version_records_put_nothing_in_force() {
+        let bounds = Bounds::default();
+        let topic = MemoryTopic::default();
+        let by = Publisher {
+            actor: "ana".to_owned(),
+            source: "http".to_owned(),
+        };
+        topic
+            .publish_version(&set("v1", "100"), &by, &bounds)
+            .unwrap();
+        assert_eq!(
+            topic.current().active,
+            None,
+            "a version record is history only"
+        );
+        topic
+            .publish(RulesKey::Active, Some(&set("v1", "100")), &bounds)
+            .unwrap();
+        // As a release from before version records published: under `active` only.
+        topic
+            .publish(RulesKey::Active, Some(&set("v2", "50")), &bounds)
+            .unwrap();
+        topic
+            .publish(RulesKey::Active, Some(&set("v1", "100")), &bounds)
+            .unwrap();
+        let current = topic.current();
+        assert_eq!(current.get(RulesKey::Active).unwrap().offset, 3);
+        let v1 = &current.versions["v1"];
+        assert_eq!((v1.offset, v1.by.as_ref()), (0, Some(&by)));
+        let v2 = &current.versions["v2"];
+        assert_eq!((v2.offset, v2.by.as_ref()), (2, None));
+        assert_eq!(v2.set, set("v2", "50"));
+        assert_eq!(current.versions.len(), 2);
+
+        let mut current = Current::default();
+        let other = encode(&set("other", "1"));
+        assert_eq!(
+            current.apply(Some(b"version/v9"), Some(&other), 0, None, &bounds),
+            Err(SkippedRecord::VersionMismatch {
+                key: "version/v9".to_owned(),
+                found: "other".to_owned()
+            })
+        );
+        assert_eq!(
+            current.apply(Some(b"version/v9"), None, 1, None, &bounds),
+            Err(SkippedRecord::VersionTombstone("version/v9".to_owned()))
+        );
+        assert!(current.versions.is_empty());
+        assert!(is_version_key(Some(version_key("a/b").as_bytes())));
+        assert!(!is_version_key(Some(b"active")));
+        assert!(!is_version_key(None));
     }
 
     #[test]

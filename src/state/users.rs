@@ -106,6 +106,20 @@ impl Users {
         state.evaluate(&self.amounts, event, risk, set, false, fired, false);
     }
 
+    /// [`Users::evaluate_at`] with the evidence of every code: why a set answered as it did
+    /// (a backtest's sample differences).
+    pub fn explain_at(
+        &self,
+        slot: Slot,
+        event: &Event,
+        risk: Risk,
+        set: &RuleSet,
+        fired: &mut Fired,
+    ) {
+        let state = &self.users[slot.0 as usize];
+        state.evaluate(&self.amounts, event, risk, set, false, fired, true);
+    }
+
     /// [`Users::apply_at`] for one event, with its evidence.
     pub fn apply(
         &mut self,

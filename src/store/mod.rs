@@ -24,10 +24,13 @@
 //!   lists of alerts (also by triage status) and of a user's events;
 //! - `triage.rs`: the triage topic projected into the `triage` table and onto the alerts' rows
 //!   ([`TriageBatch`]), and the triage of a page of alerts ([`Store::triage_of`]);
+//! - `replay.rs`: the stored records of a range of event time streamed in the processor's
+//!   order, for a backtest;
 //! - [`projection`]: the consumers that feed the store (alerts, triage), and the retention task.
 
 pub mod projection;
 mod query;
+mod replay;
 mod triage;
 mod write;
 
@@ -40,6 +43,7 @@ use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Executor};
 
 pub use query::{AlertQuery, OrderKey, Page, Stored};
+pub use replay::{EventTimes, REPLAY_BATCH};
 pub use triage::TriageBatch;
 pub use write::{Batch, Expired, Row};
 
@@ -76,6 +80,8 @@ pub enum StoreError {
         offset: i64,
         reason: String,
     },
+    #[error("backtest over the stored events: {0}")]
+    Backtest(String),
 }
 
 /// Which SQL the store speaks.

@@ -4,7 +4,8 @@
 //! - [`events`]: submitting events (`events:write`);
 //! - [`reads`]: events, alerts and a user's events from the read model (`read`);
 //! - [`users`]: a user's risk level (`profiles:write`);
-//! - [`rules`]: the active and shadow rule sets (`read` / `rules:write`);
+//! - [`rules`]: the active and shadow rule sets, their history and backtests (`read`), their
+//!   changes and promotion (`rules:write`);
 //! - [`triage`]: the triage of an alert (`alerts:write`);
 //! - [`audit`]: the trail of changes (`read`);
 //! - [`dead_letters`]: the latest dead letters and their reasons (`read`);
@@ -41,7 +42,6 @@ use super::backend::Backend;
 use super::waiters::Hub;
 use crate::config::{ConfigError, Settings};
 use crate::health::Readiness;
-use crate::kafka::rules::RulesKey;
 use crate::metrics::{HttpLabels, Metrics, RouteLabels};
 use crate::rule_set::{Bounds, RuleSet};
 use crate::rules::TimeUnit;
@@ -91,14 +91,6 @@ impl ConfiguredRuleSets {
             active,
             shadow,
         })
-    }
-
-    /// The configured set of `key`.
-    fn configured(&self, key: RulesKey) -> Option<&RuleSet> {
-        match key {
-            RulesKey::Active => Some(&self.active),
-            RulesKey::Shadow => self.shadow.as_ref(),
-        }
     }
 }
 
@@ -236,6 +228,9 @@ mod tests {
             "/api/v1/users/{user_id}/risk",
             "/api/v1/rules",
             "/api/v1/rules/shadow",
+            "/api/v1/rules/shadow/promote",
+            "/api/v1/rules/history",
+            "/api/v1/rules/backtest",
             "/healthz",
             "/readyz",
             "/metrics",
