@@ -20,10 +20,13 @@
 //!   with its offsets in one transaction, the offsets read back at resume, reset, retention;
 //! - `query.rs`: the readers' side: the [`OrderKey`] and its cursor, one event, the keyset-paged
 //!   lists of alerts and of a user's events;
-//! - [`projection`]: the consumer that feeds the store, and the retention task.
+//! - [`projection`]: the consumer that feeds the store, and the retention task;
+//! - [`user_state`]: the state topic projected per user (the latest snapshot record of each),
+//!   and the reads of `GET /api/v1/users/{id}` (a user's records from an offset, counts).
 
 pub mod projection;
 mod query;
+pub mod user_state;
 mod write;
 
 use std::path::PathBuf;
@@ -35,6 +38,7 @@ use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Executor};
 
 pub use query::{AlertQuery, OrderKey, Page, Stored};
+pub use user_state::{SnapshotBatch, SnapshotProjection, UserCounts, UserSnapshot};
 pub use write::{Batch, Expired, Row};
 
 use crate::config::StoreConfig;

@@ -253,7 +253,7 @@ async fn write_batches(
     }
 }
 
-fn assign(
+pub(super) fn assign(
     consumer: &Reader,
     topic: &str,
     stored: &BTreeMap<i32, i64>,
