@@ -27,7 +27,7 @@ pub(super) fn routes(state: &AppState) -> Router<AppState> {
     scoped(routes, Scope::Read, state)
 }
 
-fn store_error(error: StoreError) -> ApiError {
+pub(super) fn store_error(error: StoreError) -> ApiError {
     tracing::warn!(error = %error, "read model query failed");
     ApiError::StoreUnavailable("the read model's database is unavailable".to_owned())
 }
