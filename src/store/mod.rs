@@ -38,7 +38,7 @@ use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Executor};
 
 pub use query::{AlertQuery, OrderKey, Page, Stored};
-pub use user_state::{SnapshotBatch, SnapshotProjection, UserCounts, UserSnapshot};
+pub use user_state::{SnapshotBatch, SnapshotProjection, UserCounts, UserReads, UserSnapshot};
 pub use write::{Batch, Expired, Row};
 
 use crate::config::StoreConfig;

@@ -22,7 +22,7 @@ use rdkafka::message::Message;
 use sqlx::Row as _;
 use tokio_util::sync::CancellationToken;
 
-use super::{Dialect, Store, StoreError};
+use super::{Dialect, Store, StoreError, Stored};
 use crate::config::Settings;
 use crate::domain::response::AlertRecord;
 use crate::domain::UserId;
@@ -119,6 +119,30 @@ impl SnapshotBatch {
     }
 }
 
+/// Everything a user's view reads from the store (see [`Store::user_reads`]).
+#[derive(Debug)]
+pub struct UserReads {
+    /// The user's latest snapshot record, when it is of the user's partition.
+    pub snapshot: Option<UserSnapshot>,
+    pub counts: UserCounts,
+    /// The user's newest record.
+    pub last: Option<Arc<Stored>>,
+    /// The next input offset of the partition after the records stored (0: none): every record
+    /// of the partition below it is stored.
+    pub end: i64,
+    /// The user's records of the partition from the snapshot's `covers` (else 0) up to `end`,
+    /// in input-offset order.
+    pub records: Vec<(i64, AlertRecord)>,
+}
+
+impl UserReads {
+    /// The input offset the view is exact as of: the state includes every record of the
+    /// partition below it (the snapshot's `covers` when the records stored end before it).
+    pub fn next_offset(&self) -> i64 {
+        self.end.max(self.snapshot.as_ref().map_or(0, |s| s.covers))
+    }
+}
+
 /// What the read model holds of a user's records.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UserCounts {
@@ -129,6 +153,39 @@ pub struct UserCounts {
 }
 
 impl Store {
+    /// What a view of `user_id` (of input partition `partition`) reads: the snapshot, the
+    /// counts and the newest record at once, then the records to replay onto the snapshot, up to
+    /// the partition's end read before them (so that every record below it is among them).
+    pub async fn user_reads(
+        &self,
+        user_id: UserId,
+        partition: i32,
+    ) -> Result<UserReads, StoreError> {
+        let (snapshot, counts, last, end) = tokio::try_join!(
+            self.user_snapshot(user_id),
+            self.user_counts(user_id),
+            self.user_events(user_id, None, 1),
+            self.partition_end(partition),
+        )?;
+        // A snapshot of another partition was written before the events topic had its
+        // partitions: it is not the state of this one.
+        let snapshot = snapshot.filter(|s| s.partition == partition);
+        let covers = snapshot.as_ref().map_or(0, |s| s.covers);
+        let end = end.unwrap_or(0);
+        let records = if end > covers {
+            self.user_records(user_id, partition, covers, end).await?
+        } else {
+            Vec::new()
+        };
+        Ok(UserReads {
+            snapshot,
+            counts,
+            last: last.items.into_iter().next(),
+            end,
+            records,
+        })
+    }
+
     /// Stores a batch of state-topic records and the offsets it brings `topic` to, in one
     /// transaction. A user's row is replaced only by a later record of the state topic.
     pub async fn write_snapshots(

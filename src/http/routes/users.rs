@@ -135,46 +135,24 @@ pub async fn get_user(
     user_id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<UserView>, ApiError> {
     let user_id = parse_user_id(&path_param(user_id)?)?;
-    let store = &state.store;
-    let (judged, snapshot, counts, last) = tokio::join!(
-        state.backend.judged_by(user_id),
-        store.user_snapshot(user_id),
-        store.user_counts(user_id),
-        store.user_events(user_id, None, 1),
-    );
-    let judged = judged?;
-    let (counts, last) = (counts.map_err(store_error)?, last.map_err(store_error)?);
+    let judged = state.backend.judged_by(user_id).await?;
     let partition = partition_for_user(user_id, judged.partitions);
-    // A snapshot of another partition was written before the events topic had its partitions.
-    let snapshot = snapshot
-        .map_err(store_error)?
-        .filter(|s| s.partition == partition);
-    if snapshot.is_none() && counts.events == 0 {
+    let reads = state
+        .store
+        .user_reads(user_id, partition)
+        .await
+        .map_err(store_error)?;
+    if reads.snapshot.is_none() && reads.counts.events == 0 {
         return Err(ApiError::NotFound(format!(
             "no user {user_id}: the read model holds no record and no snapshot of it"
         )));
     }
-    // Every record of the partition below `end` is stored: the replay reads up to it.
-    let covers = snapshot.as_ref().map_or(0, |s| s.covers);
-    let end = store
-        .partition_end(partition)
-        .await
-        .map_err(store_error)?
-        .unwrap_or(0);
-    let records = if end > covers {
-        store
-            .user_records(user_id, partition, covers, end)
-            .await
-            .map_err(store_error)?
-    } else {
-        Vec::new()
-    };
     let (active, shadow) = in_force(&state.rules, &judged.rules);
     let bounds = &state.rules.bounds;
     let rebuilt = user_view::rebuild(
         user_id,
-        snapshot.as_ref().map(|s| s.state.clone()),
-        &records,
+        reads.snapshot.as_ref().map(|s| s.state.clone()),
+        &reads.records,
         active,
         bounds,
     );
@@ -183,14 +161,14 @@ pub async fn get_user(
         version: set.version.clone(),
         rules: rebuilt.standing(risk, set, bounds).unwrap_or_default(),
     };
-    let next_offset = end.max(covers);
+    let next_offset = reads.next_offset();
     Ok(Json(UserView {
         user_id: user_id.get(),
         risk,
         risk_source: RiskSourceBody::from(&judged.risk),
-        events: counts.events,
-        alerts: counts.alerts,
-        last_event: last.items.first().map(|s| EventView::processed(&s.record)),
+        events: reads.counts.events,
+        alerts: reads.counts.alerts,
+        last_event: reads.last.as_ref().map(|s| EventView::processed(&s.record)),
         as_of: AsOfBody {
             partition,
             next_offset,
@@ -198,7 +176,7 @@ pub async fn get_user(
         },
         state: state_body(
             &rebuilt,
-            snapshot.map(|s| SnapshotBody {
+            reads.snapshot.as_ref().map(|s| SnapshotBody {
                 covers: s.covers,
                 state_offset: s.state_offset,
             }),
