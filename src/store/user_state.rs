@@ -310,11 +310,11 @@ impl Store {
     pub async fn user_counts(&self, user_id: UserId) -> Result<UserCounts, StoreError> {
         let sql = match self.dialect {
             Dialect::Sqlite => {
-                "SELECT COUNT(*), COALESCE(SUM(is_alert), 0) FROM records \
+                "SELECT COUNT(*), CAST(COALESCE(SUM(is_alert), 0) AS BIGINT) FROM records \
                  INDEXED BY records_user WHERE user_id = $1"
             }
             Dialect::Postgres => {
-                "SELECT COUNT(*), COALESCE(SUM(is_alert), 0) FROM records WHERE user_id = $1"
+                "SELECT COUNT(*), CAST(COALESCE(SUM(is_alert), 0) AS BIGINT) FROM records WHERE user_id = $1"
             }
         };
         let row = sqlx::query(sql)
