@@ -23,7 +23,7 @@ use crate::domain::{Coord, Risk};
 use crate::kafka::rules::{Current, Shadow};
 use crate::rule_set::RuleSet;
 use crate::rules::format_units;
-use crate::state::{StoredKind, StoredState};
+use crate::state::StoredKind;
 use crate::user_view;
 
 pub(super) fn routes(state: &AppState) -> Router<AppState> {
@@ -210,7 +210,7 @@ fn state_body(
     snapshot: Option<SnapshotBody>,
     partition: i32,
 ) -> UserStateBody {
-    let state = rebuilt.state().unwrap_or_else(StoredState::default);
+    let state = rebuilt.state().unwrap_or_default();
     let kind = |k: StoredKind| match k {
         StoredKind::Deposit => "deposit",
         StoredKind::Withdraw => "withdraw",
