@@ -34,6 +34,9 @@
 //! - [`evaluate`]: the offline JSONL command; [`backtest`]: two rule sets over one input, in one
 //!   pass through the engine (the candidate as its shadow set), with a per-code summary and a
 //!   diff.
+//! - [`user_view`]: a user as the engine sees them, without Kafka: the user's latest snapshot
+//!   (the state topic projected into the [`store`]) and its accepted records since, replayed
+//!   through the [`engine`]; where every rule of a set stands on that state.
 //! - [`access`]: who may do what, as data: scopes, configured tokens (SHA-256 of the secret) and
 //!   the token table that checks a presented secret in constant time (no HTTP).
 //! - [`config`], [`cli`], [`telemetry`]: layered configuration validated once, the command line,
@@ -106,3 +109,4 @@ pub mod snapshot;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod user_view;

@@ -50,6 +50,26 @@ pub struct Profiles {
     earlier: FxHashMap<UserId, Vec<(i64, Option<Risk>)>>,
 }
 
+/// Where a user's level comes from (`GET /api/v1/users/{id}/risk`): the profiles record that
+/// set it, or none (no profile: medium).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RiskSource {
+    pub risk: Risk,
+    /// The user's latest profiles record (by time, as [`Profiles::risk`] takes it).
+    pub record: Option<ProfileRecord>,
+}
+
+/// A record of the profiles topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProfileRecord {
+    pub partition: i32,
+    pub offset: i64,
+    /// Broker time (ms), since when the level applies.
+    pub timestamp: i64,
+    /// A tombstone: the profile was removed (medium again).
+    pub cleared: bool,
+}
+
 /// The time of a level that was always in force (read from a file, or a record without
 /// timestamp).
 pub const ALWAYS: i64 = i64::MIN;

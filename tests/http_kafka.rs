@@ -1887,3 +1887,241 @@ async fn the_backtest_endpoint_gives_the_clis_numbers_on_the_same_stored_events(
     shim.stop().await;
     processor.stop().await;
 }
+
+/// One user's events posted through a shim, and fed beside to the engine as an independent
+/// replay (the test oracle): every line, retries with their key, in order.
+struct UserStream {
+    user: u64,
+    oracle: Oracle,
+    /// Inputs fed so far (the oracle's offsets; only the keys' originals depend on them).
+    fed: i64,
+    /// The `event_id` of the latest accepted event.
+    last: String,
+    /// Events accepted (retries not counted): what changed the user's state.
+    accepted: u64,
+}
+
+impl UserStream {
+    fn new(user: u64) -> UserStream {
+        UserStream {
+            user,
+            oracle: Oracle::default(),
+            fed: 0,
+            last: String::new(),
+            accepted: 0,
+        }
+    }
+
+    /// Posts `line` (with its idempotency key) and feeds it to the oracle at `risk`; whether it
+    /// was accepted.
+    async fn post(
+        &mut self,
+        client: &reqwest::Client,
+        shim: &Shim,
+        line: &str,
+        key: Option<&str>,
+        risk: Risk,
+    ) -> bool {
+        let mut request = client.post(shim.url("/api/v1/events"));
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
+        let (status, body) = common::http::send_json(request, line).await;
+        let verdict = self.oracle.judge(
+            user_monitor::engine::Input {
+                offset: self.fed,
+                payload: line.as_bytes(),
+                key: key.map(str::as_bytes),
+            },
+            common::oracle::ALONE,
+            |_| risk,
+        );
+        self.fed += 1;
+        match verdict {
+            user_monitor::domain::Verdict::Accepted { .. } => {
+                assert_eq!(status, StatusCode::CREATED, "{line}: {body}");
+                self.last = body["event_id"].as_str().unwrap().to_owned();
+                self.accepted += 1;
+                return true;
+            }
+            user_monitor::domain::Verdict::Duplicate { .. } => {
+                assert_eq!(status, StatusCode::OK, "{line}: {body}")
+            }
+            _ => assert_eq!(status, StatusCode::CONFLICT, "{line}: {body}"),
+        }
+        false
+    }
+
+    /// A stretch of events from `start` on: deposits and withdrawals with times that sometimes
+    /// go back (rejected), a retry under an idempotency key, other users' events between, and
+    /// three withdrawals of 150 at the end (the last fires 1100 and 30 at any risk).
+    async fn stretch(&mut self, client: &reqwest::Client, shim: &Shim, start: u64, risk: Risk) {
+        let lines = user_sequence(self.user, 30, start);
+        let mut retried = false;
+        for (i, line) in lines.iter().enumerate() {
+            // From the 12th line on, the first accepted one is sent again under its key.
+            let key = (i >= 12 && !retried).then(|| format!("retry-{start}-{i}"));
+            if self.post(client, shim, line, key.as_deref(), risk).await {
+                if let Some(key) = &key {
+                    retried = !self.post(client, shim, line, Some(key), risk).await;
+                }
+            }
+            if i % 7 == 0 {
+                for other in [self.user + 1, self.user + 2] {
+                    let noise = format!(
+                        r#"{{"type": "deposit", "amount": "3", "user_id": {other}, "time": {start}}}"#
+                    );
+                    post_json(client, &shim.url("/api/v1/events"), &noise).await;
+                }
+            }
+        }
+        assert!(retried, "a retry was sent under its key");
+        let end = start + 30 * 3 + 10;
+        for time in [end, end, end + 1] {
+            let line = format!(
+                r#"{{"type": "withdraw", "amount": "150", "user_id": {}, "time": {time}}}"#,
+                self.user
+            );
+            self.post(client, shim, &line, None, risk).await;
+        }
+    }
+
+    /// The user's view once the read model reached the latest accepted event (and `done` holds):
+    /// every rule of the active set stands where the independent replay says, and every rule
+    /// that fired on the latest event shows the processor's own evidence for it.
+    async fn check_view(
+        &self,
+        client: &reqwest::Client,
+        shim: &Shim,
+        risk: Risk,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let (partition, offset) = self.last.split_once('-').unwrap();
+        let (partition, offset): (i64, i64) = (partition.parse().unwrap(), offset.parse().unwrap());
+        let url = shim.url(&format!("/api/v1/users/{}", self.user));
+        let (status, view) = get_json_until(client, &url, Duration::from_secs(60), |v| {
+            v["as_of"]["partition"] == partition
+                && v["as_of"]["next_offset"].as_i64() > Some(offset)
+                && done(v)
+        })
+        .await;
+        assert_eq!(status, StatusCode::OK, "{view}");
+        assert!(done(&view), "{view}");
+        assert_eq!(view["state"]["exact"], true, "{view}");
+        let (set, bounds) = (
+            user_monitor::rule_set::RuleSet::default_set(),
+            user_monitor::rule_set::Bounds::default(),
+        );
+        let replayed = self
+            .oracle
+            .engine()
+            .users
+            .standing(self.user, risk, &set, &bounds)
+            .unwrap();
+        assert_eq!(
+            view["active"]["rules"],
+            serde_json::to_value(replayed).unwrap(),
+            "{view}"
+        );
+        let (status, last) =
+            get_json(client, &shim.url(&format!("/api/v1/events/{}", self.last))).await;
+        assert_eq!(status, StatusCode::OK, "{last}");
+        let evidence = last["evidence"].as_array().expect("the last event fired");
+        assert!(evidence.len() >= 2, "{last}");
+        let rules = view["active"]["rules"].as_array().unwrap();
+        for fired in evidence {
+            let rule = rules.iter().find(|r| r["code"] == fired["code"]).unwrap();
+            for field in ["observed", "threshold", "risk", "from_time", "to_time"] {
+                assert_eq!(
+                    rule.get(field),
+                    fired.get(field),
+                    "{field} of {fired} in {view}"
+                );
+            }
+            assert_eq!(rule["firing"], true, "{rule}");
+        }
+        view
+    }
+}
+
+/// `GET /api/v1/users/{id}` against the real processor: after a stream of one user's events
+/// (rejections, a retry and other users' events among them), the view's rules stand where an
+/// independent replay of all the user's events says, and every rule that fired on the user's
+/// last event shows the processor's evidence. With no snapshot yet (every record replayed),
+/// after the processor's snapshot round (its final one, at shutdown) plus new events judged at
+/// a new risk level (a snapshot plus a replay), and from a fresh store after a restart of the
+/// shim (rebuilt from the topics).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_view_is_what_the_processor_judges_by_before_and_after_a_snapshot_and_a_restart() {
+    let mut settings = world("user-view");
+    // No round while events flow: the snapshots come from the processor's shutdown.
+    settings.snapshot.interval = Duration::from_secs(3600);
+    let processor = Processor::start(&settings);
+    let shim = Shim::start(&settings, Some(&processor)).await;
+    let client = client();
+    shim.wait_ready(&client).await;
+    let mut stream = UserStream::new(41);
+    let (status, body) = get_json(&client, &shim.url("/api/v1/users/41")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+
+    stream.stretch(&client, &shim, 1_000, Risk::Medium).await;
+    let replayed_all = stream
+        .check_view(&client, &shim, Risk::Medium, |v| {
+            v["state"]["snapshot"].is_null()
+        })
+        .await;
+    // Every accepted event of the user replayed; rejections and the retry were not.
+    assert_eq!(
+        replayed_all["state"]["replayed"], stream.accepted,
+        "{replayed_all}"
+    );
+
+    // The final snapshot round: the view starts from it.
+    processor.stop().await;
+    let snapshotted = stream
+        .check_view(&client, &shim, Risk::Medium, |v| {
+            v["state"]["snapshot"]["covers"] == v["as_of"]["next_offset"]
+        })
+        .await;
+    assert_eq!(snapshotted["state"]["replayed"], 0, "{snapshotted}");
+    assert_eq!(snapshotted["active"], replayed_all["active"]);
+
+    // A new processor, a new risk level, more events: the snapshot plus a replay.
+    let before_snapshot = stream.accepted;
+    let processor = Processor::start(&settings);
+    let (status, _) = put_json(
+        &client,
+        &shim.url("/api/v1/users/41/risk"),
+        r#"{"risk": "high"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    stream.stretch(&client, &shim, 5_000, Risk::High).await;
+    let covers = snapshotted["state"]["snapshot"]["covers"].clone();
+    let after = stream
+        .check_view(&client, &shim, Risk::High, |v| {
+            v["state"]["snapshot"]["covers"] == covers
+        })
+        .await;
+    // The events accepted since the snapshot, replayed onto it.
+    assert_eq!(
+        after["state"]["replayed"],
+        stream.accepted - before_snapshot,
+        "{after}"
+    );
+    assert_eq!(after["risk"], "high");
+    assert_eq!(after["risk_source"]["kind"], "profile");
+
+    // A restarted shim on an empty store: the same view, rebuilt from the topics.
+    shim.stop().await;
+    let mut fresh = settings.clone();
+    fresh.store.data_dir = settings.store.data_dir.join("restarted");
+    let shim = Shim::start(&fresh, Some(&processor)).await;
+    shim.wait_ready(&client).await;
+    let rebuilt = stream
+        .check_view(&client, &shim, Risk::High, |v| v["state"] == after["state"])
+        .await;
+    assert_eq!(rebuilt, after);
+    shim.stop().await;
+    processor.stop().await;
+}

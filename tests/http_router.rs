@@ -35,17 +35,17 @@ use user_monitor::health::Readiness;
 use user_monitor::http::api::ApiDoc;
 use user_monitor::http::auth::{sha256_hex, Scope, TokenConfig, Tokens};
 use user_monitor::http::backend::{
-    Found, LookupError, ProduceError, Promoted, RulesChanged, RulesError, TriageChanged,
+    Found, JudgedBy, LookupError, ProduceError, Promoted, RulesChanged, RulesError, TriageChanged,
 };
 use user_monitor::http::{router, server, Backend, ConfiguredRuleSets, Hub, Shared};
 use user_monitor::kafka::dead_letters::DeadLetterView;
 use user_monitor::kafka::rules::{Current, MemoryTopic, Published, Publisher, RulesKey};
 use user_monitor::kafka::KafkaLayerError;
 use user_monitor::metrics::Metrics;
-use user_monitor::profiles::{ProfileLine, Profiles};
-use user_monitor::rule_set::RuleSet;
+use user_monitor::profiles::{ProfileLine, ProfileRecord, Profiles, RiskSource};
+use user_monitor::rule_set::{Bounds, RuleSet};
 use user_monitor::store::projection::Status as ProjectionStatus;
-use user_monitor::store::{Batch, Store, TriageBatch};
+use user_monitor::store::{Batch, SnapshotBatch, Store, TriageBatch};
 use utoipa::OpenApi;
 
 /// How the fake Kafka behaves.
@@ -81,6 +81,24 @@ struct Engine {
     log: Vec<(Vec<u8>, Option<AlertRecord>)>,
     /// The audit trail, oldest first.
     audit: Vec<AuditEntry>,
+    /// The profiles topic: each user's latest record, and the records published.
+    profile_records: HashMap<UserId, ProfileRecord>,
+    profiles_published: i64,
+}
+
+impl Engine {
+    /// A profile published to the (one-partition) profiles topic.
+    fn publish_profile(&mut self, user_id: UserId, risk: Risk) {
+        self.profiles.set(user_id, risk);
+        let record = ProfileRecord {
+            partition: 0,
+            offset: self.profiles_published,
+            timestamp: 1_000 + self.profiles_published,
+            cleared: false,
+        };
+        self.profiles_published += 1;
+        self.profile_records.insert(user_id, record);
+    }
 }
 
 impl MemoryBackend {
@@ -170,7 +188,7 @@ impl Backend for MemoryBackend {
         if *self.mode.lock().unwrap() == Mode::Down {
             return Box::pin(async { Err(ProduceError::NotAcknowledged("timed out".into())) });
         }
-        self.inner.lock().unwrap().profiles.set(user_id, risk);
+        self.inner.lock().unwrap().publish_profile(user_id, risk);
         Box::pin(async { Ok(Coord::new(0, 0)) })
     }
 
@@ -203,7 +221,7 @@ impl Backend for MemoryBackend {
         }
         let mut engine = self.inner.lock().unwrap();
         let before = engine.profiles.risk(user_id);
-        engine.profiles.set(user_id, risk);
+        engine.publish_profile(user_id, risk);
         let entry = AuditEntry::risk_set(&actor, "http", user_id, before.as_str(), risk.as_str());
         engine.audit.push(entry.clone());
         Box::pin(async move { Ok(entry) })
@@ -315,6 +333,22 @@ impl Backend for MemoryBackend {
         change: TriageChange,
     ) -> BoxFuture<'static, Result<TriageChanged, ProduceError>> {
         self.triage_now(actor, alert, user_id, change)
+    }
+
+    fn judged_by(&self, user_id: UserId) -> BoxFuture<'static, Result<JudgedBy, LookupError>> {
+        if *self.mode.lock().unwrap() == Mode::Down {
+            return Box::pin(async { Err(LookupError("timed out".into())) });
+        }
+        let engine = self.inner.lock().unwrap();
+        let judged = JudgedBy {
+            risk: RiskSource {
+                risk: engine.profiles.risk(user_id),
+                record: engine.profile_records.get(&user_id).copied(),
+            },
+            rules: self.rules.current(),
+            partitions: 1,
+        };
+        Box::pin(async move { Ok(judged) })
     }
 }
 
@@ -991,6 +1025,218 @@ async fn put_risk_publishes_and_applies_to_later_events() {
 }
 
 #[tokio::test]
+async fn a_users_risk_reads_back_with_the_profiles_record_that_set_it_or_the_default() {
+    let f = fixture().await;
+    let reply = call(&f.app, get("/api/v1/users/5/risk")).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    assert_eq!(
+        reply.json(),
+        json!({"user_id": 5, "risk": "medium", "source": {"kind": "default"}})
+    );
+    for (risk, offset) in [("high", 0), ("low", 1)] {
+        let body = format!(r#"{{"risk": "{risk}"}}"#);
+        assert_eq!(
+            call(&f.app, put("/api/v1/users/5/risk", &body))
+                .await
+                .status,
+            StatusCode::OK
+        );
+        let reply = call(&f.app, get("/api/v1/users/5/risk")).await;
+        assert_eq!(
+            reply.json(),
+            json!({"user_id": 5, "risk": risk, "source": {"kind": "profile",
+                "partition": 0, "offset": offset, "timestamp": 1000 + offset}})
+        );
+    }
+    for bad in ["x", "-1", "9223372036854775808", "%FF"] {
+        let reply = call(&f.app, get(&format!("/api/v1/users/{bad}/risk"))).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{bad}");
+        assert!(reply.json()["error"].is_string());
+    }
+    f.backend.set_mode(Mode::Down);
+    let reply = call(&f.app, get("/api/v1/users/5/risk")).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+/// `GET /api/v1/users/{id}`: the user's state rebuilt from the read model equals the engine's
+/// after the same inputs (a rejected input and a retry left out), as of the next input offset;
+/// a snapshot in the store gives the same view with a shorter replay; the risk level and a
+/// shadow set in force apply; unknown users are 404.
+#[tokio::test]
+async fn a_users_view_is_the_engines_state_as_of_the_next_input_offset() {
+    let f = fixture().await;
+    let deposit = |amount: &str, time: u64| {
+        format!(r#"{{"type": "deposit", "amount": "{amount}", "user_id": 7, "time": {time}}}"#)
+    };
+    let inputs = [
+        (deposit("120", 10), None),
+        (
+            r#"{"type": "withdraw", "amount": "5", "user_id": 8, "time": 11}"#.to_owned(),
+            None,
+        ),
+        (deposit("87", 30), Some("k1")),
+        // A retry: answered as the original, not applied again.
+        (deposit("87", 30), Some("k1")),
+        // Out of order: rejected, changes nothing.
+        (deposit("500", 3), None),
+    ];
+    // The engine fed the same records, uninterrupted.
+    let mut oracle = Oracle::default();
+    let mut head = Oracle::default();
+    for (offset, (line, key)) in inputs.iter().enumerate() {
+        let mut request =
+            Request::post("/api/v1/events").header(header::CONTENT_TYPE, "application/json");
+        if let Some(key) = key {
+            request = request.header("idempotency-key", *key);
+        }
+        call(&f.app, request.body(Body::from(line.clone())).unwrap()).await;
+        let input = Input {
+            offset: offset as i64,
+            payload: line.as_bytes(),
+            key: key.map(str::as_bytes),
+        };
+        oracle.judge(input, ALONE, |_| Risk::Medium);
+        if offset == 0 {
+            head.judge(input, ALONE, |_| Risk::Medium);
+        }
+    }
+    let (set, bounds) = (RuleSet::default_set(), Bounds::default());
+    let engine_standing = |risk| {
+        serde_json::to_value(
+            oracle
+                .engine()
+                .users
+                .standing(7, risk, &set, &bounds)
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    let view = |f: &Fixture| {
+        let app = f.app.clone();
+        async move {
+            let reply = call(&app, get("/api/v1/users/7")).await;
+            assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+            reply.json()
+        }
+    };
+    let first = view(&f).await;
+    assert_eq!(first["user_id"], 7);
+    assert_eq!(
+        first["as_of"],
+        json!({"partition": 0, "next_offset": 5, "next_event_id": "0-5"})
+    );
+    assert_eq!(
+        (first["events"].clone(), first["alerts"].clone()),
+        (json!(4), json!(1))
+    );
+    assert_eq!(first["last_event"]["event_id"], "0-4");
+    assert_eq!(first["risk"], "medium");
+    assert_eq!(first["risk_source"], json!({"kind": "default"}));
+    let state = &first["state"];
+    assert_eq!(state["snapshot"], Value::Null);
+    assert_eq!(
+        (state["replayed"].clone(), state["exact"].clone()),
+        (json!(2), json!(true))
+    );
+    assert_eq!(state["last_time"], 30);
+    assert_eq!(
+        state["trailing_run"],
+        json!({"type": "deposit", "length": 2})
+    );
+    assert_eq!(first["active"]["version"], "default");
+    assert_eq!(first["active"]["rules"], engine_standing(Risk::Medium));
+    let window = first["active"]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["code"] == 123)
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (
+            window["observed"].clone(),
+            window["threshold"].clone(),
+            window["firing"].clone()
+        ),
+        (json!("207"), json!("200"), json!(true))
+    );
+    assert_eq!(first["shadow"], Value::Null);
+
+    // Snapshots in the store (state topic records): after the first record, then after all.
+    let snapshot = |covers: i64, state_offset: i64, engine: &Oracle| {
+        let state = engine.engine().users.export(7).unwrap();
+        let mut batch = SnapshotBatch::default();
+        batch.push(
+            0,
+            state_offset,
+            Some(b"7"),
+            Some(&user_monitor::snapshot::encode(covers, &state, None)),
+        );
+        batch
+    };
+    f.store
+        .write_snapshots("state", &snapshot(1, 0, &head))
+        .await
+        .unwrap();
+    let from_snapshot = view(&f).await;
+    assert_eq!(
+        from_snapshot["state"]["snapshot"],
+        json!({"covers": 1, "state_offset": 0})
+    );
+    assert_eq!(from_snapshot["state"]["replayed"], 1);
+    assert_eq!(from_snapshot["active"], first["active"]);
+    assert_eq!(from_snapshot["as_of"], first["as_of"]);
+    f.store
+        .write_snapshots("state", &snapshot(5, 1, &oracle))
+        .await
+        .unwrap();
+    let covered = view(&f).await;
+    assert_eq!(covered["state"]["replayed"], 0);
+    assert_eq!(covered["active"], first["active"]);
+    // An older record of the state topic never replaces a later one.
+    f.store
+        .write_snapshots("state", &snapshot(1, 0, &head))
+        .await
+        .unwrap();
+    assert_eq!(view(&f).await["state"]["snapshot"]["covers"], 5);
+
+    // The risk level and a shadow set in force.
+    call(&f.app, put("/api/v1/users/7/risk", r#"{"risk": "high"}"#)).await;
+    let shadow = r#"{"version": "s1", "time_unit": "seconds", "rule": [
+        {"code": 777, "kind": "window_sum", "on": "deposit", "window": "10m", "amount": "300"}]}"#;
+    assert_eq!(
+        call(&f.app, put("/api/v1/rules/shadow", shadow))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let high = view(&f).await;
+    assert_eq!(high["risk"], "high");
+    assert_eq!(high["risk_source"]["kind"], "profile");
+    assert_eq!(high["active"]["rules"], engine_standing(Risk::High));
+    assert_eq!(high["shadow"]["version"], "s1");
+    assert_eq!(
+        (
+            high["shadow"]["rules"][0]["observed"].clone(),
+            high["shadow"]["rules"][0]["threshold"].clone()
+        ),
+        (json!("207"), json!("150"))
+    );
+
+    let unknown = call(&f.app, get("/api/v1/users/12345")).await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    assert!(unknown.json()["error"].as_str().unwrap().contains("12345"));
+    for bad in ["x", "-1", "9223372036854775808", "1.5"] {
+        let reply = call(&f.app, get(&format!("/api/v1/users/{bad}"))).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{bad}");
+    }
+    f.backend.set_mode(Mode::Down);
+    let reply = call(&f.app, get("/api/v1/users/7")).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(reply.json()["error"].is_string());
+}
+
+#[tokio::test]
 async fn healthz_is_always_200_and_readyz_follows_shim_and_processor() {
     let f = fixture().await;
     let reply = call(&f.app, get("/healthz")).await;
@@ -1083,7 +1329,8 @@ async fn openapi_document_describes_every_endpoint() {
         ("/api/v1/alerts", &["get"][..]),
         ("/api/v1/alerts/{alert_id}", &["get"][..]),
         ("/api/v1/users/{user_id}/events", &["get"][..]),
-        ("/api/v1/users/{user_id}/risk", &["put"][..]),
+        ("/api/v1/users/{user_id}/risk", &["put", "get"][..]),
+        ("/api/v1/users/{user_id}", &["get"][..]),
         ("/api/v1/rules", &["get", "put"][..]),
         ("/api/v1/rules/shadow", &["get", "put", "delete"][..]),
         ("/api/v1/rules/shadow/promote", &["post"][..]),
@@ -1241,7 +1488,7 @@ async fn every_route_checks_its_scope_and_the_audit_trail_names_who_changed_what
     let event = r#"{"type": "deposit", "amount": "42.00", "user_id": 1, "time": 10}"#;
     let rule_set =
         r#"{"version": "r1", "rule": [{"code": 7, "kind": "amount", "on": "any", "amount": "5"}]}"#;
-    let routes: [Route; 14] = [
+    let routes: [Route; 16] = [
         (
             "POST",
             "/event",
@@ -1359,6 +1606,16 @@ async fn every_route_checks_its_scope_and_the_audit_trail_names_who_changed_what
             "risk-desk",
             200,
         ),
+        (
+            "GET",
+            "/api/v1/users/1/risk",
+            None,
+            "read",
+            "reader",
+            "risk-desk",
+            200,
+        ),
+        ("GET", "/api/v1/users/1", None, "read", "ops", "ingest", 200),
         ("GET", "/api/v1/nope", None, "read", "reader", "ingest", 404),
     ];
     for (method, path, body, scope, good, lacking, status) in routes {
@@ -1588,7 +1845,7 @@ async fn every_openapi_operation_is_enforced_with_the_scope_it_declares() {
         }
     }
     // Every route of the router is in the document.
-    assert_eq!(checked.len(), 23, "{checked:?}");
+    assert_eq!(checked.len(), 25, "{checked:?}");
 }
 
 // ---------------------------------------------------------------------------------------------

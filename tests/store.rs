@@ -9,7 +9,10 @@ use std::collections::BTreeSet;
 
 use common::store::alert_record;
 use user_monitor::domain::{Coord, Resolution, Triage, TriageChange, TriageRecord, TriageStatus};
-use user_monitor::store::{AlertQuery, Batch, Dialect, OrderKey, Store, TriageBatch};
+use user_monitor::state::StoredState;
+use user_monitor::store::{
+    AlertQuery, Batch, Dialect, OrderKey, SnapshotBatch, Store, TriageBatch,
+};
 
 const TOPIC: &str = "alerts";
 const TRIAGE: &str = "triage";
@@ -50,6 +53,7 @@ on_both!(
     the_status_filter_pages_each_status_newest_first_with_the_other_filters,
     a_store_rebuilt_from_both_topics_in_another_order_agrees,
     retention_takes_the_triage_of_expired_alerts_with_them,
+    a_users_reads_start_at_its_latest_snapshot_and_reach_the_partitions_end,
 );
 
 /// Alerts-topic record `i` of partition `alerts_partition`: answers event (i % 3, i), user
@@ -647,4 +651,97 @@ async fn retention_takes_the_triage_of_expired_alerts_with_them(store: Store) {
     assert_eq!(left.keys().copied().collect::<Vec<_>>(), [alert(90)]);
     assert_eq!(statuses(&store, Acknowledged).await, [90]);
     assert!(statuses(&store, Resolved).await.is_empty());
+}
+
+/// What a user's view reads (`GET /api/v1/users/{id}`): the user's latest state-topic record (a
+/// later one replaces an earlier one, never the reverse; round markers only move the offsets; a
+/// record of another partition is not this partition's state), then the user's records of its
+/// partition from the snapshot's `covers` up to the partition's end, by input offset, with the
+/// counts and the newest record.
+async fn a_users_reads_start_at_its_latest_snapshot_and_reach_the_partitions_end(store: Store) {
+    let user = user_monitor::domain::UserId::new(4).unwrap();
+    // Input partition 1, offsets 0..20: user 4 at even offsets (an alert at every fourth), 9 at
+    // odd ones.
+    let mut batch = Batch::default();
+    for i in 0..20i64 {
+        let (id, codes): (u64, &[u32]) = match i % 4 {
+            0 => (4, &[30]),
+            2 => (4, &[]),
+            _ => (9, &[]),
+        };
+        let payload = alert_record(1, i, id, codes, i as u64);
+        batch.push(0, i, 1000 + i, Some(&payload));
+    }
+    store.write(TOPIC, &batch).await.unwrap();
+    let offsets = |reads: &user_monitor::store::UserReads| {
+        reads.records.iter().map(|(o, _)| *o).collect::<Vec<_>>()
+    };
+    let reads = store.user_reads(user, 1).await.unwrap();
+    assert_eq!(reads.snapshot, None);
+    assert_eq!(offsets(&reads), (0..20).step_by(2).collect::<Vec<_>>());
+    assert_eq!((reads.counts.events, reads.counts.alerts), (10, 5));
+    assert_eq!(reads.last.as_ref().unwrap().coord(), Coord::new(1, 18));
+    assert_eq!((reads.end, reads.next_offset()), (20, 20));
+
+    let state = |time| StoredState {
+        last_time: Some(time),
+        ..StoredState::default()
+    };
+    let record = |covers, time| user_monitor::snapshot::encode(covers, &state(time), None);
+    let mut snapshots = SnapshotBatch::default();
+    snapshots.push(1, 0, Some(b"4"), Some(&record(7, 6)));
+    snapshots.push(
+        1,
+        1,
+        Some(b"~round"),
+        Some(br#"{"v":2,"round":true,"covers":7}"#),
+    );
+    snapshots.push(1, 2, Some(b"4"), Some(&record(11, 10)));
+    store.write_snapshots("state", &snapshots).await.unwrap();
+    let reads = store.user_reads(user, 1).await.unwrap();
+    let snapshot = reads.snapshot.as_ref().unwrap();
+    assert_eq!((snapshot.covers, snapshot.state_offset), (11, 2));
+    assert_eq!(snapshot.state, state(10));
+    assert_eq!(offsets(&reads), vec![12, 14, 16, 18]);
+    assert_eq!(reads.next_offset(), 20);
+
+    // An older record read again (a replay of the topic) changes nothing.
+    let mut older = SnapshotBatch::default();
+    older.push(1, 0, Some(b"4"), Some(&record(7, 6)));
+    store.write_snapshots("state", &older).await.unwrap();
+    assert_eq!(
+        store
+            .user_reads(user, 1)
+            .await
+            .unwrap()
+            .snapshot
+            .unwrap()
+            .covers,
+        11
+    );
+    assert_eq!(
+        store
+            .offsets("state")
+            .await
+            .unwrap()
+            .into_iter()
+            .collect::<Vec<_>>(),
+        vec![(1, 3)]
+    );
+
+    // A snapshot ahead of the records stored: nothing to replay, as of its covers.
+    let mut ahead = SnapshotBatch::default();
+    ahead.push(1, 3, Some(b"4"), Some(&record(25, 30)));
+    store.write_snapshots("state", &ahead).await.unwrap();
+    let reads = store.user_reads(user, 1).await.unwrap();
+    assert!(reads.records.is_empty());
+    assert_eq!(reads.next_offset(), 25);
+
+    // A record of another partition replaces the row, and is not partition 1's state.
+    let mut moved = SnapshotBatch::default();
+    moved.push(3, 0, Some(b"4"), Some(&record(2, 1)));
+    store.write_snapshots("state", &moved).await.unwrap();
+    let reads = store.user_reads(user, 1).await.unwrap();
+    assert_eq!(reads.snapshot, None);
+    assert_eq!(offsets(&reads).len(), 10);
 }

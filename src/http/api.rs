@@ -441,6 +441,211 @@ pub struct SessionBody {
     pub scopes: Vec<String>,
 }
 
+/// Where a user's risk level comes from.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RiskSourceBody {
+    /// `profile`: the user's latest record in the profiles topic; `default`: there is none, so
+    /// the level is `medium`.
+    #[schema(example = "profile")]
+    pub kind: String,
+    /// The profiles record (kind `profile`): its partition, offset and broker timestamp (ms since
+    /// the Unix epoch; the level applies to events appended from then on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<i64>,
+    /// The record is a tombstone: the profile was removed, the level is `medium` again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cleared: bool,
+}
+
+impl From<&crate::profiles::RiskSource> for RiskSourceBody {
+    fn from(source: &crate::profiles::RiskSource) -> Self {
+        match source.record {
+            None => RiskSourceBody {
+                kind: "default".to_owned(),
+                partition: None,
+                offset: None,
+                timestamp: None,
+                cleared: false,
+            },
+            Some(record) => RiskSourceBody {
+                kind: "profile".to_owned(),
+                partition: Some(record.partition),
+                offset: Some(record.offset),
+                timestamp: Some(record.timestamp),
+                cleared: record.cleared,
+            },
+        }
+    }
+}
+
+/// A user's risk level now and where it comes from.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"user_id": 3, "risk": "high",
+    "source": {"kind": "profile", "partition": 0, "offset": 12, "timestamp": 1_796_079_924_459_i64}}))]
+pub struct UserRiskView {
+    pub user_id: u64,
+    /// `low`, `medium` or `high`.
+    #[schema(value_type = String, example = "high")]
+    pub risk: Risk,
+    pub source: RiskSourceBody,
+}
+
+/// A user as the engine sees them (`GET /api/v1/users/{user_id}`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserView {
+    pub user_id: u64,
+    /// The level the user's next event would be judged at.
+    #[schema(value_type = String, example = "medium")]
+    pub risk: Risk,
+    pub risk_source: RiskSourceBody,
+    /// Records naming the user that the read model holds (accepted or not, within
+    /// `store.retention`).
+    pub events: u64,
+    /// Those that raised an alert (a retry's record is not counted again).
+    pub alerts: u64,
+    /// The newest of them; null when there is none.
+    pub last_event: Option<EventView>,
+    /// What the state and every rule's standing are exact as of.
+    pub as_of: AsOfBody,
+    pub state: UserStateBody,
+    /// Each rule of the active set on that state, in the set's order.
+    pub active: SetStandingBody,
+    /// The same for the shadow set; null when there is none.
+    pub shadow: Option<SetStandingBody>,
+}
+
+/// The input position a user's view is exact as of: the state includes every record of the
+/// user's partition below `next_offset` and none from it on.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AsOfBody {
+    /// The user's partition of the events topic.
+    pub partition: i32,
+    /// The next input offset of that partition the state does not include.
+    pub next_offset: i64,
+    /// The same as an event id: the next event's `"<partition>-<offset>"` at the earliest.
+    pub next_event_id: String,
+}
+
+/// The user's state, as the engine keeps it (independent of the rule set), and how it was
+/// rebuilt.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserStateBody {
+    /// The snapshot record it starts from; null before the user's first snapshot round.
+    pub snapshot: Option<SnapshotBody>,
+    /// The user's records replayed onto it (accepted, not retries: those changed the state).
+    pub replayed: u64,
+    /// Whether every record the replay needed was applied; when not, `unreplayable` names those
+    /// that were not (an input too large to be echoed in its response) and the view is not
+    /// the processor's.
+    pub exact: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unreplayable: Vec<String>,
+    /// The time of the user's latest accepted event.
+    pub last_time: Option<u64>,
+    /// The events kept (those within `state.max_window` of the latest, at most
+    /// `state.max_events`).
+    pub window_events: usize,
+    /// The history kept is complete only after this time (older events were dropped).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history_after: Option<u64>,
+    /// The trailing run: how many events in a row, up to the latest, are of one type.
+    pub trailing_run: Option<RunBody>,
+    /// Per type: the last amount and the strictly increasing run of that type ending at it.
+    pub last_deposit: Option<LastAmountBody>,
+    pub last_withdrawal: Option<LastAmountBody>,
+}
+
+/// A user's snapshot record in the state topic.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SnapshotBody {
+    /// The next input offset the snapshot does not include.
+    pub covers: i64,
+    /// Its offset in the state topic.
+    pub state_offset: i64,
+}
+
+/// A run of events of one type.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunBody {
+    /// `deposit` or `withdraw`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub length: u32,
+}
+
+/// The last amount of one type and the increasing run ending at it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LastAmountBody {
+    /// A decimal string.
+    pub amount: String,
+    pub increasing: u32,
+}
+
+/// Every rule of one set on a user's state.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SetStandingBody {
+    pub version: String,
+    #[schema(value_type = Vec<RuleStandingSchema>)]
+    pub rules: Vec<crate::state::Standing>,
+}
+
+// The documented shape of `state::Standing` (its serialization).
+/// Where one rule stands on a user's state: what it observes now against its threshold at the
+/// user's risk, whether it fired on the user's latest event, and what it takes to fire.
+#[derive(ToSchema)]
+#[schema(as = RuleStanding, example = json!({"code": 123, "name": "deposit window",
+    "kind": "window_sum", "on": "deposit", "window": 30, "observed": "207", "threshold": "200",
+    "risk": "medium", "from_time": 170, "to_time": 200, "firing": true,
+    "to_fire": {"events": 1}}))]
+#[allow(dead_code)]
+struct RuleStandingSchema {
+    pub code: u32,
+    pub name: Option<String>,
+    /// `amount`, `consecutive`, `increasing`, `window_sum` or `window_count`.
+    pub kind: String,
+    /// `deposit`, `withdraw` or `any`.
+    pub on: String,
+    /// Window rules: the window, in `time` units.
+    pub window: Option<u64>,
+    /// What the rule compares at the user's latest time for an event of its type: the amount
+    /// of the latest such event (`amount`; null before any), the run of its type ending at the
+    /// latest event (`consecutive`, `increasing`), the sum or count of its type within the
+    /// window ending at the latest time; a decimal string for amounts, an integer for counts.
+    /// For a rule that fired on the latest event, that event's evidence.
+    #[schema(value_type = Object, example = "207")]
+    pub observed: serde_json::Value,
+    /// After risk scaling, in the form of `observed`.
+    #[schema(value_type = Object, example = "200")]
+    pub threshold: serde_json::Value,
+    pub risk: String,
+    /// Window rules: the window's bounds at the latest time.
+    pub from_time: Option<u64>,
+    pub to_time: Option<u64>,
+    /// The window reaches back past the history kept.
+    pub warming_up: Option<bool>,
+    /// The rule fires on the user's latest event judged now (this set, this risk).
+    pub firing: bool,
+    pub to_fire: ToFireSchema,
+}
+
+/// What it takes for a rule to fire: further events of its type (a deposit for `any`) at the
+/// user's latest time, exactly as the engine would judge them.
+#[derive(ToSchema)]
+#[schema(as = ToFire)]
+#[allow(dead_code)]
+struct ToFireSchema {
+    /// The fewest such events on whose last it fires (1: the next one); null when no number of
+    /// them would (a count above `state.max_events`).
+    pub events: Option<u64>,
+    /// The first of them must have an amount above this decimal (for `increasing`, each further
+    /// one above the one before); absent: any amount.
+    pub amount_above: Option<String>,
+}
+
 /// Liveness.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct HealthBody {
@@ -859,6 +1064,8 @@ pub struct DeadLettersBody {
         routes::triage::patch_alert,
         routes::reads::user_events,
         routes::users::put_risk,
+        routes::users::get_risk,
+        routes::users::get_user,
         routes::rules::get_rules,
         routes::rules::put_rules,
         routes::rules::get_shadow_rules,

@@ -35,7 +35,7 @@ use crate::kafka::read::{partitions, read_range, RangeError};
 use crate::kafka::rules::{Current, Published, Publisher, RulesKey};
 use crate::kafka::{producer_config, KafkaLayerError};
 use crate::kafka::{reader, Reader};
-use crate::profiles::{ProfileLine, ProfileValue};
+use crate::profiles::{ProfileLine, ProfileValue, RiskSource};
 use crate::rule_set::RuleSet;
 use crate::store::Store;
 
@@ -60,6 +60,17 @@ pub struct Found {
     pub key: Option<String>,
     pub payload: Vec<u8>,
     pub response: Option<AlertRecord>,
+}
+
+/// What a user's next event is judged by, as of now (see [`Backend::judged_by`]).
+#[derive(Debug, Clone)]
+pub struct JudgedBy {
+    /// The user's risk level and the profiles record it comes from.
+    pub risk: RiskSource,
+    /// The rules topic's latest sets (the configured ones where it has none).
+    pub rules: Current,
+    /// The events topic's partition count: the user's partition is murmur2 of its id over it.
+    pub partitions: i32,
 }
 
 /// Kafka as the handlers see it.
@@ -142,6 +153,11 @@ pub trait Backend: Send + Sync + 'static {
         user_id: Option<UserId>,
         change: TriageChange,
     ) -> BoxFuture<'static, Result<TriageChanged, ProduceError>>;
+
+    /// What `user_id`'s next event would be judged by: the user's risk level with the profiles
+    /// record it comes from, and the rules topic's latest sets, both topics read to their end
+    /// offsets as of the call (a change Kafka acknowledged before it is seen).
+    fn judged_by(&self, user_id: UserId) -> BoxFuture<'static, Result<JudgedBy, LookupError>>;
 }
 
 pub use crate::changes::{Promoted, RulesChanged, TriageChanged};
@@ -188,6 +204,10 @@ pub struct KafkaBackend {
     store: Store,
     /// Triage changes of this shim one at a time, for the same reason as `rules_writes`.
     triage_writes: Arc<tokio::sync::Mutex<()>>,
+    /// The profiles and rules topics as read so far, for users' views (made on first use).
+    views: Arc<std::sync::Mutex<Option<ProfilesFollower>>>,
+    /// The events topic's partition count, as last found (0: not yet).
+    events_partitions: std::sync::atomic::AtomicI32,
 }
 
 impl KafkaBackend {
@@ -211,6 +231,8 @@ impl KafkaBackend {
             rules_writes: Arc::default(),
             store,
             triage_writes: Arc::default(),
+            views: Arc::default(),
+            events_partitions: std::sync::atomic::AtomicI32::new(0),
         })
     }
 
@@ -234,8 +256,13 @@ impl KafkaBackend {
             let found = metadata
                 .topics()
                 .iter()
-                .any(|t| t.error().is_none() && !t.partitions().is_empty());
-            if !found {
+                .find(|t| t.error().is_none() && !t.partitions().is_empty())
+                .map(|t| t.partitions().len());
+            if let (Some(n), true) = (found, topic == &self.settings.topics.events) {
+                self.events_partitions
+                    .store(n as i32, std::sync::atomic::Ordering::Relaxed);
+            }
+            if found.is_none() {
                 return Err(KafkaLayerError::Topic {
                     topic: topic.clone(),
                     reason: "does not exist (yet)".to_owned(),
@@ -487,6 +514,40 @@ impl Backend for KafkaBackend {
                 tracing::info!(alert_id = %alert.alert_id(), error = %e, "triage answered before its projection");
             }
             Ok(changed)
+        })
+    }
+
+    fn judged_by(&self, user_id: UserId) -> BoxFuture<'static, Result<JudgedBy, LookupError>> {
+        let partitions = self
+            .events_partitions
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if !self.ready() || partitions == 0 {
+            return Box::pin(async { Err(LookupError("topics not found yet".to_owned())) });
+        }
+        let settings = Arc::clone(&self.settings);
+        let follower = Arc::clone(&self.views);
+        Box::pin(async move {
+            // Not behind the fallback lookups' permits: those may take seconds each.
+            let read = tokio::task::spawn_blocking(move || {
+                let mut guard = follower.lock().expect("views follower poisoned");
+                if guard.is_none() {
+                    *guard = Some(ProfilesFollower::for_views(&settings, "shim-users")?);
+                }
+                let follower = guard.as_mut().expect("just made");
+                follower.catch_up(LOOKUP_TIMEOUT)?;
+                Ok::<_, KafkaLayerError>(JudgedBy {
+                    risk: follower.risk_source(user_id),
+                    rules: follower.rule_sets().cloned().unwrap_or_default(),
+                    partitions,
+                })
+            });
+            match tokio::time::timeout(LOOKUP_TIMEOUT, read).await {
+                Ok(Ok(judged)) => judged.map_err(|e| LookupError(e.to_string())),
+                Ok(Err(e)) => Err(LookupError(e.to_string())),
+                Err(_) => Err(LookupError(format!(
+                    "the profiles and rules topics were not read within {LOOKUP_TIMEOUT:?}"
+                ))),
+            }
         })
     }
 }

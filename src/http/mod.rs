@@ -34,7 +34,7 @@ use crate::health::Readiness;
 use crate::kafka::KafkaLayerError;
 use crate::metrics::Metrics;
 use crate::store::projection::{Projection, Status as ProjectionStatus};
-use crate::store::Store;
+use crate::store::{SnapshotProjection, Store};
 
 pub use backend::{Backend, KafkaBackend};
 pub use routes::{router, AppState, ConfiguredRuleSets, Shared};
@@ -145,6 +145,9 @@ pub async fn start(settings: Settings, deps: ShimDeps) -> Result<RunningShim, Sh
         Arc::new(ProjectionStatus::with_metrics(&deps.metrics)),
         follower_stop.clone(),
     )?;
+    // The users' snapshots, which a user's view replays from.
+    let snapshots =
+        SnapshotProjection::spawn(Arc::clone(&settings), store.clone(), follower_stop.clone())?;
     tokio::spawn(crate::store::projection::retain(
         Arc::clone(&settings),
         store.clone(),
@@ -198,6 +201,7 @@ pub async fn start(settings: Settings, deps: ShimDeps) -> Result<RunningShim, Sh
             let _ = follower.join();
             projection.join();
             triage_projection.join();
+            snapshots.join();
             backend.flush(Duration::from_secs(5));
         })
         .await;

@@ -11,7 +11,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use super::{classify, reader, ErrorClass, KafkaLayerError, Reader};
 use crate::config::Settings;
 use crate::domain::UserId;
-use crate::profiles::{ProfileLine, ProfileValue, Profiles, ALWAYS};
+use crate::profiles::{ProfileLine, ProfileRecord, ProfileValue, Profiles, RiskSource, ALWAYS};
 use crate::rule_set::timeline::Timeline;
 use crate::rule_set::Bounds;
 use crate::rules::TimeUnit;
@@ -28,6 +28,16 @@ pub struct ProfilesFollower {
     profiles_topic: String,
     profiles: Profiles,
     rules: Option<RulesFollowed>,
+    /// With [`ProfilesFollower::for_views`].
+    views: Option<Views>,
+}
+
+/// What a user's view asks besides the levels (see [`ProfilesFollower::for_views`]): each
+/// user's latest profiles record, and the rules topic folded as [`Current`].
+struct Views {
+    records: rustc_hash::FxHashMap<UserId, ProfileRecord>,
+    rules: super::rules::Current,
+    bounds: Bounds,
 }
 
 /// The rules topic as followed: its versions, and what a published set is checked against.
@@ -40,7 +50,14 @@ struct RulesFollowed {
 
 impl ProfilesFollower {
     pub fn new(settings: &Settings, role: &str) -> Result<Self, KafkaLayerError> {
-        Self::following(settings, role, None)
+        Self::following(settings, role, None, false)
+    }
+
+    /// Also keeps, for the shim's view of a user, where each user's level comes from
+    /// ([`ProfilesFollower::risk_source`]) and the rules topic's latest sets
+    /// ([`ProfilesFollower::rule_sets`]).
+    pub fn for_views(settings: &Settings, role: &str) -> Result<Self, KafkaLayerError> {
+        Self::following(settings, role, None, true)
     }
 
     /// Also follows the rules topic: versions published there join `timeline` (whose base is
@@ -56,17 +73,19 @@ impl ProfilesFollower {
             bounds: settings.rule_bounds(),
             unit: settings.rules.time_unit,
         };
-        Self::following(settings, role, Some(rules))
+        Self::following(settings, role, Some(rules), false)
     }
 
     fn following(
         settings: &Settings,
         role: &str,
         rules: Option<RulesFollowed>,
+        views: bool,
     ) -> Result<Self, KafkaLayerError> {
         let consumer = reader(settings, role)?;
         let mut topics = vec![settings.topics.profiles.clone()];
-        topics.extend(rules.as_ref().map(|r| r.topic.clone()));
+        let rules_topic = rules.as_ref().map(|r| r.topic.clone());
+        topics.extend(rules_topic.or_else(|| views.then(|| settings.topics.rules.clone())));
         let mut followed = Vec::new();
         let mut tpl = TopicPartitionList::new();
         for topic in topics {
@@ -87,11 +106,33 @@ impl ProfilesFollower {
             profiles_topic: settings.topics.profiles.clone(),
             profiles: Profiles::default(),
             rules,
+            views: views.then(|| Views {
+                records: rustc_hash::FxHashMap::default(),
+                rules: super::rules::Current::default(),
+                bounds: settings.rule_bounds(),
+            }),
         })
     }
 
     pub fn profiles(&self) -> &Profiles {
         &self.profiles
+    }
+
+    /// The user's level now and the profiles record it comes from (with
+    /// [`ProfilesFollower::for_views`]; else the level alone).
+    pub fn risk_source(&self, user_id: UserId) -> RiskSource {
+        RiskSource {
+            risk: self.profiles.risk(user_id),
+            record: self
+                .views
+                .as_ref()
+                .and_then(|v| v.records.get(&user_id).copied()),
+        }
+    }
+
+    /// The rules topic read so far, folded (with [`ProfilesFollower::for_views`]).
+    pub fn rule_sets(&self) -> Option<&super::rules::Current> {
+        self.views.as_ref().map(|v| &v.rules)
     }
 
     /// The rule sets' versions read so far (with [`ProfilesFollower::with_rules`]).
@@ -187,6 +228,18 @@ impl ProfilesFollower {
                 if let Some(rules) = &mut self.rules {
                     rules.apply(&message);
                 }
+                if let Some(views) = &mut self.views {
+                    let applied = views.rules.apply(
+                        message.key(),
+                        message.payload(),
+                        message.offset(),
+                        message.timestamp().to_millis(),
+                        &views.bounds,
+                    );
+                    if let Err(e) = applied {
+                        tracing::debug!(offset = message.offset(), error = %e, "rules record skipped");
+                    }
+                }
                 Ok(true)
             }
             Some(Ok(message)) => {
@@ -204,17 +257,41 @@ impl ProfilesFollower {
                 // Broker time (the topic is LogAppendTime): the level holds for the events
                 // appended from then on.
                 let since = message.timestamp().to_millis().unwrap_or(ALWAYS);
-                match message.payload() {
-                    None => self.profiles.change_at(user_id, since, None),
+                let risk = match message.payload() {
+                    None => None,
                     Some(payload) => match serde_json::from_slice::<ProfileValue>(payload) {
-                        Ok(value) => self.profiles.change_at(user_id, since, Some(value.risk)),
+                        Ok(value) => Some(value.risk),
                         Err(e) => {
-                            tracing::warn!(user_id = user_id.get(), offset = message.offset(), error = %e, "skipping unreadable profile record")
+                            tracing::warn!(user_id = user_id.get(), offset = message.offset(), error = %e, "skipping unreadable profile record");
+                            return Ok(true);
                         }
                     },
+                };
+                self.profiles.change_at(user_id, since, risk);
+                if let Some(views) = &mut self.views {
+                    views.profile(
+                        user_id,
+                        ProfileRecord {
+                            partition: message.partition(),
+                            offset: message.offset(),
+                            timestamp: since,
+                            cleared: risk.is_none(),
+                        },
+                    );
                 }
                 Ok(true)
             }
+        }
+    }
+}
+
+impl Views {
+    /// A profiles record, in offset order: the source of the user's level when it is the
+    /// user's latest by time (the same order as [`Profiles::change_at`]).
+    fn profile(&mut self, user_id: UserId, record: ProfileRecord) {
+        let latest = self.records.entry(user_id).or_insert(record);
+        if record.timestamp >= latest.timestamp {
+            *latest = record;
         }
     }
 }

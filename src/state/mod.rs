@@ -14,7 +14,8 @@
 //!   packed entries, the rare huge amount in a side table), the trailing runs, and the running
 //!   sums of long windows; an event appended, what left the window dropped;
 //! - `evaluation.rs`: a rule set evaluated on a user's state: the codes that fired ([`Fired`])
-//!   and why each did ([`Evidence`]);
+//!   and why each did ([`Evidence`]); and, with no incoming event, where each rule stands on it
+//!   ([`Standing`]: observed against threshold, and what it takes to fire);
 //! - `users.rs`: every user's state of one owner ([`Users`]): a slab with an index by user id
 //!   ([`Slot`]), looked up and touched a batch at a time, where events are applied and shadow
 //!   sets evaluated;
@@ -25,7 +26,7 @@ mod history;
 mod stored;
 mod users;
 
-pub use evaluation::{Evidence, Fired};
+pub use evaluation::{Evidence, Fired, Standing, ToFire};
 pub use history::UserState;
 pub use stored::{StoredKind, StoredPast, StoredState};
 pub use users::{Slot, Users};

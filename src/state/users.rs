@@ -120,6 +120,19 @@ impl Users {
         state.evaluate(&self.amounts, event, risk, set, false, fired, true);
     }
 
+    /// Where every rule of `set` stands on the user's state as it is, at `risk`, with no
+    /// incoming event (see [`super::Standing`]); `None` for a user without a state.
+    pub fn standing(
+        &self,
+        user_id: u64,
+        risk: Risk,
+        set: &RuleSet,
+        bounds: &Bounds,
+    ) -> Option<Vec<super::Standing>> {
+        let state = self.get(user_id)?;
+        Some(state.standing(&self.amounts, risk, set, bounds.max_events))
+    }
+
     /// [`Users::apply_at`] for one event, with its evidence.
     pub fn apply(
         &mut self,

@@ -26,12 +26,15 @@
 //!   ([`TriageBatch`]), and the triage of a page of alerts ([`Store::triage_of`]);
 //! - `replay.rs`: the stored records of a range of event time streamed in the processor's
 //!   order, for a backtest;
-//! - [`projection`]: the consumers that feed the store (alerts, triage), and the retention task.
+//! - [`projection`]: the consumers that feed the store (alerts, triage), and the retention task;
+//! - [`user_state`]: the state topic projected per user (the latest snapshot record of each),
+//!   and the reads of `GET /api/v1/users/{id}` (a user's records from an offset, counts).
 
 pub mod projection;
 mod query;
 mod replay;
 mod triage;
+pub mod user_state;
 mod write;
 
 use std::path::PathBuf;
@@ -45,6 +48,7 @@ use sqlx::{AnyPool, Executor};
 pub use query::{AlertQuery, OrderKey, Page, Stored};
 pub use replay::{EventTimes, REPLAY_BATCH};
 pub use triage::TriageBatch;
+pub use user_state::{SnapshotBatch, SnapshotProjection, UserCounts, UserReads, UserSnapshot};
 pub use write::{Batch, Expired, Row};
 
 use crate::config::StoreConfig;

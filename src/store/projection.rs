@@ -342,7 +342,7 @@ async fn write_batches<B: Feed>(
     }
 }
 
-fn assign(
+pub(super) fn assign(
     consumer: &Reader,
     topic: &str,
     stored: &BTreeMap<i32, i64>,

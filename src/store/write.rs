@@ -201,7 +201,13 @@ impl Store {
     /// Deletes every row and offset (the embedded broker, whose topics start empty each time).
     pub async fn reset(&self) -> Result<(), StoreError> {
         let mut tx = self.writer.begin().await?;
-        for table in ["records", "alert_codes", "triage", "projection_offsets"] {
+        for table in [
+            "records",
+            "alert_codes",
+            "triage",
+            "projection_offsets",
+            "user_states",
+        ] {
             tx.execute(format!("DELETE FROM {table}").as_str()).await?;
         }
         tx.commit().await?;

@@ -3,7 +3,8 @@
 //!
 //! - [`events`]: submitting events (`events:write`);
 //! - [`reads`]: events, alerts and a user's events from the read model (`read`);
-//! - [`users`]: a user's risk level (`profiles:write`);
+//! - [`users`]: a user's risk level (set: `profiles:write`; read: `read`) and the user as the
+//!   engine sees them (`read`);
 //! - [`rules`]: the active and shadow rule sets, their history and backtests (`read`), their
 //!   changes and promotion (`rules:write`);
 //! - [`triage`]: the triage of an alert (`alerts:write`);
@@ -226,6 +227,7 @@ mod tests {
             "/api/v1/alerts/{alert_id}",
             "/api/v1/users/{user_id}/events",
             "/api/v1/users/{user_id}/risk",
+            "/api/v1/users/{user_id}",
             "/api/v1/rules",
             "/api/v1/rules/shadow",
             "/api/v1/rules/shadow/promote",
