@@ -456,3 +456,248 @@ async fn resolve_leaves_the_open_filter_and_the_audit_names_who(
         .await;
     browser.screenshot(&format!("audit-{run}")).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_page_shows_the_engines_state_and_timeline_as_the_api_does() {
+    let Some(mut browser) = Browser::launch().await else {
+        return;
+    };
+    let service = Service::all_in_one(None).await;
+    let http = client();
+    for (i, (kind, amount)) in [
+        ("deposit", "90"),
+        ("deposit", "100"),
+        ("withdraw", "30"),
+        ("deposit", "120"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let event = json!({"type": kind, "amount": amount, "user_id": 9, "time": i + 1});
+        let (status, body) = post_json(&http, &service.url("/event"), &event.to_string()).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // The view once the read model holds all four.
+    let view = loop {
+        let (status, view) = get_json(&http, &service.url("/api/v1/users/9")).await;
+        if status == 200 && view["events"] == 4 {
+            break view;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    browser.open(&service.url("/#/user/9")).await;
+    browser
+        .wait_for(
+            "document.querySelector('#user-state table[data-set=active] tbody tr')",
+            Duration::from_secs(10),
+        )
+        .await;
+    for rule in view["active"]["rules"].as_array().unwrap() {
+        let code = &rule["code"];
+        let cell =
+            |what: &str| format!("table[data-set=active] tr[data-code=\"{code}\"] td[data-{what}]");
+        let shown_observed = browser.text(&cell("observed")).await;
+        let want = match &rule["observed"] {
+            Value::Null => "–".to_owned(),
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        assert_eq!(shown_observed, want, "code {code}: {rule}");
+        let threshold = match &rule["threshold"] {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        assert_eq!(browser.text(&cell("threshold")).await, threshold, "{rule}");
+    }
+    assert_eq!(
+        browser.text("#user-counts").await,
+        format!("{} events, {} alerts", view["events"], view["alerts"])
+    );
+    assert_eq!(browser.text("#user-risk-level").await, "medium");
+    // The timeline: the user's events, newest first, as the API lists them.
+    let (_, events) = get_json(&http, &service.url("/api/v1/users/9/events?limit=200")).await;
+    let ids: Vec<String> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap().to_owned())
+        .collect();
+    let shown = browser
+        .eval("[...document.querySelectorAll('#user-body .scroll tbody tr td:first-child')].map(td => td.innerText)")
+        .await;
+    assert_eq!(shown, json!(ids));
+    assert_eq!(
+        browser
+            .eval("document.querySelectorAll('svg.chart circle.dot').length")
+            .await,
+        json!(4)
+    );
+    browser.screenshot("user").await;
+}
+
+/// A candidate set for the rules page: the default set with a lower large-withdrawal amount.
+fn candidate(version: &str) -> Value {
+    let text = std::fs::read_to_string(common::process::repo_path("rules/default.toml")).unwrap();
+    let mut set: Value = toml::from_str::<Value>(&text).unwrap();
+    set["version"] = json!(version);
+    for rule in set["rule"].as_array_mut().unwrap() {
+        if rule["code"] == 1100 {
+            rule["amount"] = json!("50");
+        }
+    }
+    set
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_author_validates_backtests_shadows_and_promotes_a_candidate_in_the_console() {
+    let Some(mut browser) = Browser::launch().await else {
+        return;
+    };
+    let service = Service::all_in_one(None).await;
+    let http = client();
+    // Stored history: withdrawals of 60 and 120 for several users.
+    let mut lines = Vec::new();
+    for user in 30..36u64 {
+        for (time, amount) in [(1, "60"), (2, "120"), (3, "70")] {
+            let event =
+                json!({"type": "withdraw", "amount": amount, "user_id": user, "time": time});
+            let (status, body) = post_json(&http, &service.url("/event"), &event.to_string()).await;
+            assert_eq!(status, 200, "{body}");
+            lines.push(event.to_string());
+        }
+    }
+    browser.open(&service.url("/#/rules")).await;
+    browser
+        .wait_for(
+            "document.getElementById('rule-editor')",
+            Duration::from_secs(10),
+        )
+        .await;
+    // An invalid candidate: the problem is shown, naming the rule.
+    let mut invalid = candidate("broken");
+    invalid["rule"][0]["kind"] = json!("amounts");
+    browser
+        .fill(
+            "#rule-editor",
+            &serde_json::to_string_pretty(&invalid).unwrap(),
+        )
+        .await;
+    browser
+        .wait_for(
+            "document.querySelector('#rule-problems .problems li')",
+            Duration::from_secs(5),
+        )
+        .await;
+    let problem = browser.text("#rule-problems").await;
+    assert!(problem.contains("amounts"), "{problem}");
+    browser.screenshot("rules-invalid").await;
+    // A valid one: its backtest over the stored events gives the CLI's numbers.
+    let valid = candidate("cand-1");
+    browser
+        .fill(
+            "#rule-editor",
+            &serde_json::to_string_pretty(&valid).unwrap(),
+        )
+        .await;
+    browser
+        .wait_for(
+            "document.getElementById('rule-problems').innerText.includes('valid: 5 rules')",
+            Duration::from_secs(5),
+        )
+        .await;
+    browser.click("#backtest").await;
+    browser
+        .wait_for(
+            "document.querySelector('#backtest-report')",
+            Duration::from_secs(20),
+        )
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.jsonl");
+    std::fs::write(&events, lines.join("\n") + "\n").unwrap();
+    let set = dir.path().join("cand-1.json");
+    std::fs::write(&set, valid.to_string()).unwrap();
+    let cli = user_monitor_command()
+        .args(["backtest", "--baseline"])
+        .arg(common::process::repo_path("rules/default.toml"))
+        .arg("--candidate")
+        .arg(&set)
+        .arg(&events)
+        .output()
+        .unwrap();
+    assert!(
+        cli.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    let cli: Value = serde_json::from_slice(&cli.stdout).unwrap();
+    let codes = cli["codes"].as_object().unwrap();
+    assert!(codes["1100"]["added"].as_u64().unwrap() > 0, "{cli}");
+    for (code, counts) in codes {
+        for what in ["baseline", "candidate", "added", "removed"] {
+            let shown = browser
+                .text(&format!(
+                    "#backtest-report tr[data-code=\"{code}\"] td[data-{what}]"
+                ))
+                .await;
+            assert_eq!(shown, counts[what].to_string(), "code {code} {what}: {cli}");
+        }
+    }
+    browser.screenshot("rules-backtest").await;
+    // Published as shadow: new events disagree, and the page shows it.
+    browser.click("#publish-shadow").await;
+    browser
+        .wait_for(
+            "document.getElementById('promote')",
+            Duration::from_secs(10),
+        )
+        .await;
+    for user in 40..43u64 {
+        let event = json!({"type": "withdraw", "amount": "60", "user_id": user, "time": 1});
+        let (status, body) = post_json(&http, &service.url("/event"), &event.to_string()).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    browser
+        .wait_for(
+            "/^[1-9]/.test(document.getElementById('disagreements-total').innerText)",
+            Duration::from_secs(15),
+        )
+        .await;
+    browser.screenshot("rules-shadow").await;
+    // Promoted: new events carry the new version.
+    browser.click("#promote").await;
+    browser
+        .wait_for(
+            "[...document.querySelectorAll('#rules-history tr[data-version=\"cand-1\"] .chip')].some(c => c.innerText === 'active')",
+            Duration::from_secs(10),
+        )
+        .await;
+    let event = json!({"type": "withdraw", "amount": "60", "user_id": 50, "time": 1});
+    let response = http
+        .post(service.url("/api/v1/events"))
+        .header("Content-Type", "application/json")
+        .body(event.to_string())
+        .send()
+        .await
+        .unwrap();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["alert_codes"], json!([1100]), "{body}");
+    let (_, judged) = get_json(
+        &http,
+        &service.url(&format!(
+            "/api/v1/events/{}",
+            body["event_id"].as_str().unwrap()
+        )),
+    )
+    .await;
+    assert_eq!(judged["rules_version"], "cand-1", "{judged}");
+    // A diff between the two versions.
+    browser.click("#diff").await;
+    browser
+        .wait_for(
+            "document.querySelector('#diff-out .add')",
+            Duration::from_secs(5),
+        )
+        .await;
+    browser.screenshot("rules-promoted").await;
+}

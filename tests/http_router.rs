@@ -1845,7 +1845,7 @@ async fn every_openapi_operation_is_enforced_with_the_scope_it_declares() {
         }
     }
     // Every route of the router is in the document.
-    assert_eq!(checked.len(), 25, "{checked:?}");
+    assert_eq!(checked.len(), 26, "{checked:?}");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -129,8 +129,10 @@ const onWords = { deposit: ["deposit", "deposits"], withdraw: ["withdrawal", "wi
 /** The rules of the sets this page knows (active and shadow), by version then code: an alert's
  *  evidence names its code, the rule says the window. */
 const knownRules = new Map();
+const knownSets = new Map();
 function learnSet(set) {
   if (!set || !set.version) return;
+  knownSets.set(set.version, set);
   const byCode = new Map();
   for (const r of set.rule || []) byCode.set(r.code, r);
   knownRules.set(set.version, byCode);
@@ -416,11 +418,10 @@ async function loadUser(id, body) {
     body.replaceChildren(h("p", { class: "error", role: "alert" }, `Could not load user ${id}: ${e.message}`));
     return;
   }
-  const risk = view.risk || {};
-  const riskLevel = risk.level || risk.risk || risk;
+  const riskLevel = view.risk;
   const riskPanel = h("div", { class: "panel", id: "user-risk" },
     h("h2", {}, "Risk"),
-    h("p", {}, h("strong", {}, String(riskLevel)), " ", h("span", { class: "muted" }, riskSource(risk))));
+    h("p", {}, h("strong", { id: "user-risk-level" }, String(riskLevel)), " ", h("span", { class: "muted" }, riskSource(view.risk_source))));
   if (can("profiles:write")) {
     const sel = h("select", { id: "risk-select", name: "risk" },
       ["low", "medium", "high"].map((r) => h("option", { value: r, selected: r === riskLevel }, r)));
@@ -434,7 +435,7 @@ async function loadUser(id, body) {
     } }, field("Change risk", sel), h("button", { type: "submit" }, "Set")));
   }
   const counts = h("div", { class: "panel" }, h("h2", {}, "Activity"),
-    h("p", {}, `${fmt(view.events ?? view.event_count ?? 0)} events, ${fmt(view.alerts ?? view.alert_count ?? 0)} alerts`),
+    h("p", { id: "user-counts" }, `${fmt(view.events)} events, ${fmt(view.alerts)} alerts`),
     view.last_event ? h("p", { class: "muted" }, "Last event: " + eventWords(view.last_event)) : null);
   const state = stateTable(view);
   const items = (events.events || events.items || []);
@@ -449,39 +450,51 @@ async function loadUser(id, body) {
 
 function riskSource(risk) {
   if (!risk || typeof risk !== "object") return "";
-  if (risk.source === "default") return "(default: no profile set)";
-  const parts = [];
-  if (risk.source) parts.push("from " + risk.source);
-  if (risk.offset !== undefined) parts.push("offset " + risk.offset);
+  if (risk.kind === "default") return "(the default: no profile set)";
+  const parts = ["set by the profiles record " + risk.partition + "-" + risk.offset];
   if (risk.timestamp) parts.push(new Date(risk.timestamp).toLocaleString());
-  return parts.length ? "(" + parts.join(", ") + ")" : "";
+  if (risk.cleared) parts.push("cleared");
+  return "(" + parts.join(", ") + ")";
 }
 
 function stateTable(view) {
-  const st = view.state || view.engine || {};
-  const rules = st.rules || view.rules || [];
-  const asOf = st.as_of || view.as_of;
-  const rows = rules.map((r) => {
-    const obs = Number(r.observed), thr = Number(r.threshold);
-    const ratio = thr > 0 && isFinite(obs) ? Math.min(1, obs / thr) : 0;
-    const meter = h("div", { class: "meter" + (r.would_fire || r.firing ? " hot" : ""), role: "meter",
-      "aria-valuemin": "0", "aria-valuemax": String(thr || 0), "aria-valuenow": String(isFinite(obs) ? obs : 0),
-      "aria-label": `code ${r.code}: ${r.observed} of ${r.threshold}` }, h("span", { style: null }));
-    meter.firstChild.style.width = (ratio * 100).toFixed(1) + "%";
-    return h("tr", {},
-      h("td", {}, h("span", { class: "chip" }, String(r.code))),
-      h("td", {}, r.name || `${r.kind} on ${r.on}`),
-      h("td", {}, r.description || describeEvidence(Object.assign({ risk: view.risk && (view.risk.level || view.risk.risk) }, r))),
-      h("td", { class: "num" }, String(r.observed)),
-      h("td", { class: "num" }, String(r.threshold)),
-      h("td", {}, meter),
-      h("td", {}, r.would_fire || r.firing ? h("strong", { class: "error" }, "over") : "under"));
-  });
+  const sets = [["Active", view.active], ["Shadow", view.shadow]].filter(([, set]) => set);
+  const asOf = view.as_of;
   return h("div", { class: "panel", id: "user-state" },
     h("h2", {}, "How the engine sees this user now"),
-    h("p", { class: "muted" }, asOf ? `As of input ${typeof asOf === "object" ? `partition ${asOf.partition}, offset ${asOf.offset}` : asOf}` : ""),
-    h("table", {}, h("thead", {}, h("tr", {}, ["Code", "Rule", "In words", "Observed", "Threshold", "", ""].map((c) => h("th", { scope: "col" }, c)))),
-      h("tbody", {}, rows)));
+    h("p", { class: "muted" }, asOf ? `Exact as of input partition ${asOf.partition}, offset ${asOf.next_offset} (the next event is ${asOf.next_event_id} at the earliest)` +
+      (view.state && view.state.snapshot ? `; rebuilt from the snapshot at offset ${view.state.snapshot.covers}` : "") : ""),
+    sets.map(([title, set]) => h("div", {},
+      h("h3", {}, `${title} set `, h("span", { class: "mono" }, set.version)),
+      h("table", { "data-set": title.toLowerCase() },
+        h("caption", { class: "sr-only" }, `${title} rules and where the user stands`),
+        h("thead", {}, h("tr", {}, ["Code", "Rule", "In words", "Observed", "Threshold", "", "To fire"].map((c) => h("th", { scope: "col" }, c)))),
+        h("tbody", {}, set.rules.map((r) => standingRow(r, set.version)))))));
+}
+
+function standingRow(r, version) {
+  const obs = Number(r.observed), thr = Number(r.threshold);
+  const ratio = thr > 0 && isFinite(obs) ? Math.min(1, obs / thr) : 0;
+  const meter = h("div", { class: "meter" + (r.firing ? " hot" : ""), role: "meter",
+    "aria-valuemin": "0", "aria-valuemax": String(isFinite(thr) ? thr : 0), "aria-valuenow": String(isFinite(obs) ? obs : 0),
+    "aria-label": `code ${r.code}: ${r.observed} of ${r.threshold}` }, h("span", {}));
+  meter.firstChild.style.width = (ratio * 100).toFixed(1) + "%";
+  const words = r.observed === null ? "no event of its type yet" : describeEvidence(r, version);
+  return h("tr", { "data-code": r.code },
+    h("td", {}, h("span", { class: r.firing ? "chip alert" : "chip" }, String(r.code))),
+    h("td", {}, r.name || `${r.kind} on ${r.on}`),
+    h("td", {}, words),
+    h("td", { class: "num", "data-observed": "" }, r.observed === null ? "–" : String(r.observed)),
+    h("td", { class: "num", "data-threshold": "" }, String(r.threshold)),
+    h("td", {}, meter),
+    h("td", {}, r.firing ? h("strong", { class: "error" }, "fires now") : toFire(r.to_fire, r)));
+}
+
+function toFire(t, r) {
+  if (!t || t.events === null || t.events === undefined) return h("span", { class: "muted" }, "cannot fire");
+  const [one, many] = onWords[r.on === "any" ? "deposit" : r.on] || [r.on, r.on + "s"];
+  const n = t.events === 1 ? `the next ${one}` : `${t.events} more ${many}`;
+  return t.amount_above ? `${n} above ${t.amount_above}` : n;
 }
 
 function timeline(items) {
@@ -541,7 +554,12 @@ function rulesPage() {
   const body = h("div", {}, h("p", { class: "muted" }, "Loading…"));
   main().replaceChildren(h("h1", {}, "Rule sets"), body);
   loadRules(body);
-  return null;
+  // The shadow set's disagreements, watched over time.
+  const timer = setInterval(() => {
+    const panel = document.getElementById("disagreements");
+    if (panel) panel.replaceWith(disagreementsChart());
+  }, SAMPLE_MS);
+  return () => clearInterval(timer);
 }
 
 async function loadRules(body) {
@@ -586,7 +604,7 @@ async function loadRules(body) {
     cards,
     h("div", { class: "panel" }, h("h2", {}, "Shadow disagreements"), disagreementsChart()),
     h("div", { class: "panel" }, h("h2", {}, h("label", { for: "rule-editor" }, "Candidate rule set (JSON)")), editor, problems, buttons, result),
-    history ? historyPanel(history) : null,
+    history ? historyPanel(history, [active, shadow]) : null,
   );
 }
 
@@ -621,7 +639,9 @@ async function validateSet(editor, problems) {
   }
   try {
     const res = await api("POST", "/api/v1/rules/validate", parsed);
-    showProblems(problems, res);
+    problems.replaceChildren(h("p", { class: res.empty ? "error" : "ok" }, res.empty
+      ? `✓ valid, but it has no rules: publishing it turns alerting off (the API asks for allow_empty=true)`
+      : `✓ valid: ${res.rules} rules, version ${res.version}, time in ${res.time_unit}`));
   } catch (e) { showProblems(problems, e.body); }
 }
 
@@ -662,48 +682,56 @@ async function backtest(editor, out) {
   try { candidate = JSON.parse(editor.value); } catch (e) { toast("The candidate is not JSON"); return; }
   out.replaceChildren(h("p", { class: "muted" }, "Backtesting against stored history…"));
   try {
-    const r = await api("POST", "/api/v1/rules/backtest", { candidate, last: 100000 });
+    const r = await api("POST", "/api/v1/rules/backtest", { candidate });
     out.replaceChildren(backtestReport(r));
   } catch (e) { out.replaceChildren(h("p", { class: "error", role: "alert" }, "Backtest refused: " + e.message)); showProblems(document.getElementById("rule-problems"), e.body); }
 }
 
 function backtestReport(r) {
-  const codes = r.codes || r.per_code || [];
+  const codes = Object.entries(r.codes || {});
+  const words = (ev, version) => (ev || []).map((e) => `${e.code}: ${describeEvidence(e, version)}`).join("; ");
   return h("div", { id: "backtest-report" },
-    h("h2", {}, "Backtest"),
-    h("p", {}, `${fmt(r.events ?? 0)} events; ${fmt(r.users_affected ?? r.users ?? 0)} users affected` +
-      (r.baseline ? ` · baseline ${r.baseline}` : "") + (r.candidate ? ` · candidate ${r.candidate}` : "")),
-    h("table", {}, h("thead", {}, h("tr", {}, ["Code", "Baseline", "Candidate", "Added", "Removed"].map((c) => h("th", { scope: "col", class: c === "Code" ? null : "num" }, c)))),
-      h("tbody", {}, codes.map((c) => h("tr", { "data-code": c.code },
-        h("td", {}, h("span", { class: "chip" }, String(c.code))),
-        h("td", { class: "num" }, fmt(c.baseline ?? 0)), h("td", { class: "num" }, fmt(c.candidate ?? 0)),
-        h("td", { class: "num" }, fmt(c.added ?? 0)), h("td", { class: "num" }, fmt(c.removed ?? 0)))))),
-    (r.samples || r.differences || []).length ? h("details", {}, h("summary", {}, `Sample differences (${(r.samples || r.differences).length})`),
-      h("pre", { class: "diff" }, (r.samples || r.differences).slice(0, 100).map((d) => JSON.stringify(d)).join("\n"))) : null);
+    h("h2", {}, `Backtest: ${r.candidate_version} against ${r.baseline_version}`),
+    h("p", { id: "backtest-summary" }, `${fmt(r.events)} stored events judged (${fmt(r.warm_up)} more replayed as history); ` +
+      `${fmt(r.events_changed)} answered differently, ${fmt(r.users_affected)} users affected`),
+    h("table", {}, h("thead", {}, h("tr", {}, ["Code", "Baseline", "Candidate", "Added", "Removed", "Users"].map((c) => h("th", { scope: "col", class: c === "Code" ? null : "num" }, c)))),
+      h("tbody", {}, codes.map(([code, c]) => h("tr", { "data-code": code },
+        h("td", {}, h("span", { class: "chip" }, code)),
+        h("td", { class: "num", "data-baseline": "" }, fmt(c.baseline)), h("td", { class: "num", "data-candidate": "" }, fmt(c.candidate)),
+        h("td", { class: "num", "data-added": "" }, fmt(c.added)), h("td", { class: "num", "data-removed": "" }, fmt(c.removed)),
+        h("td", { class: "num" }, fmt(c.users_affected)))))),
+    r.samples && r.samples.length ? h("details", {}, h("summary", {}, `Sample differences (${r.samples.length})`),
+      h("table", {}, h("thead", {}, h("tr", {}, ["Event", "User", "Time", "Baseline", "Candidate"].map((c) => h("th", { scope: "col" }, c)))),
+        h("tbody", {}, r.samples.map((d) => h("tr", {},
+          h("td", { class: "mono" }, d.event_id || ""), h("td", {}, h("a", { href: "#/user/" + d.user_id }, String(d.user_id))),
+          h("td", { class: "num" }, String(d.time)),
+          h("td", {}, `[${d.baseline.join(", ")}] `, h("span", { class: "muted" }, words(d.baseline_evidence, r.baseline_version))),
+          h("td", {}, `[${d.candidate.join(", ")}] `, h("span", { class: "muted" }, words(d.candidate_evidence, r.candidate_version)))))))) : null);
 }
 
-function historyPanel(history) {
-  const versions = history.versions || history.history || history.entries || [];
-  const a = h("select", { id: "diff-a", "aria-label": "Older version" }, versions.map((v) => h("option", { value: v.version }, v.version)));
-  const b = h("select", { id: "diff-b", "aria-label": "Newer version" }, versions.map((v, i) => h("option", { value: v.version, selected: i === 0 }, v.version)));
-  if (versions.length > 1) a.selectedIndex = 1;
+function historyPanel(history, configured) {
+  const versions = history.versions || [];
+  const byVersion = new Map(versions.map((v) => [v.version, v.set]));
+  // The configured sets (never published, and those seen in this session) can be compared too.
+  for (const view of configured) if (view && view.set) learnSet(view.set);
+  for (const [version, set] of knownSets) if (!byVersion.has(version)) byVersion.set(version, set);
+  const names = [...byVersion.keys()];
+  const a = h("select", { id: "diff-a" }, names.map((v) => h("option", { value: v }, v)));
+  const b = h("select", { id: "diff-b" }, names.map((v, i) => h("option", { value: v, selected: i === 0 }, v)));
+  if (names.length > 1) a.selectedIndex = 1;
   const out = h("div", { id: "diff-out" });
-  return h("div", { class: "panel" },
+  return h("div", { class: "panel", id: "rules-history" },
     h("h2", {}, "History"),
     h("table", {}, h("thead", {}, h("tr", {}, ["Version", "Published", "By", "Now"].map((c) => h("th", { scope: "col" }, c)))),
-      h("tbody", {}, versions.map((v) => h("tr", {},
+      h("tbody", {}, versions.map((v) => h("tr", { "data-version": v.version },
         h("td", { class: "mono" }, v.version),
-        h("td", {}, v.at || v.published_at || (v.timestamp ? new Date(v.timestamp).toLocaleString() : "")),
-        h("td", {}, v.actor || v.by || ""),
-        h("td", {}, [v.active || history.active === v.version ? h("span", { class: "chip" }, "active") : null,
-          v.shadow || history.shadow === v.version ? h("span", { class: "chip" }, "shadow") : null]))))),
-    h("form", { class: "filters", onsubmit: async (e) => {
+        h("td", {}, v.published_at || ""),
+        h("td", {}, (v.published_by || "unknown") + (v.via ? ` (${v.via})` : "")),
+        h("td", {}, [v.active ? h("span", { class: "chip" }, "active") : null, v.shadow ? h("span", { class: "chip" }, "shadow") : null]))))),
+    names.length > 1 ? h("form", { class: "filters", onsubmit: (e) => {
       e.preventDefault();
-      try {
-        const [x, y] = await Promise.all([a.value, b.value].map((v) => api("GET", "/api/v1/rules/versions/" + encodeURIComponent(v))));
-        out.replaceChildren(diffLines(JSON.stringify(x.set || x, null, 2), JSON.stringify(y.set || y, null, 2)));
-      } catch (err) { out.replaceChildren(h("p", { class: "error" }, err.message)); }
-    } }, field("From", a), field("To", b), h("button", { type: "submit" }, "Diff")),
+      out.replaceChildren(diffLines(JSON.stringify(byVersion.get(a.value), null, 2), JSON.stringify(byVersion.get(b.value), null, 2)));
+    } }, field("From", a), field("To", b), h("button", { type: "submit", id: "diff" }, "Diff")) : null,
     out);
 }
 
@@ -914,7 +942,9 @@ function disagreementsChart() {
   startSampler();
   const series = rateSeries("user_monitor_shadow_disagreements_total");
   const total = samples.length ? sum(samples[samples.length - 1].values, "user_monitor_shadow_disagreements_total") : 0;
-  return h("div", { id: "disagreements" }, h("p", {}, `${fmt(total)} events judged differently by the shadow set since this process started`),
+  const where = samples.length && ![...samples[samples.length - 1].values.keys()].some((k) => k.startsWith("user_monitor_events_processed_total"))
+    ? " (counted by the processor: see its /metrics)" : "";
+  return h("div", { id: "disagreements" }, h("p", { id: "disagreements-total" }, `${fmt(total)} events judged differently by the shadow set since this process started${where}`),
     lineChart(series, "Shadow disagreements per second", "/s"));
 }
 

@@ -1014,6 +1014,18 @@ pub struct BacktestResult {
     pub samples: Vec<BacktestSample>,
 }
 
+/// A rule set that would be accepted (`POST /api/v1/rules/validate`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RulesValidBody {
+    pub version: String,
+    #[schema(value_type = String, example = "seconds")]
+    pub time_unit: crate::rules::TimeUnit,
+    /// How many rules it has.
+    pub rules: usize,
+    /// It has none: publishing it needs `allow_empty=true` and turns alerting off.
+    pub empty: bool,
+}
+
 /// The shadow set was cleared (a tombstone Kafka acknowledged).
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ShadowClearedBody {
@@ -1075,6 +1087,7 @@ pub struct DeadLettersBody {
         routes::rules::rules_history,
         routes::rules::backtest_rules,
         routes::audit::list_audit,
+        routes::rules::validate_rules,
         routes::session::session,
         routes::dead_letters::list_dead_letters,
         routes::operations::healthz,

@@ -13,8 +13,8 @@ use tokio::sync::Semaphore;
 
 use super::super::api::{
     ApiError, BacktestBody, BacktestResult, BacktestSample, ErrorBody, InForce, PromotedBody,
-    ReadDenied, RuleSetSchema, RulesDenied, RulesHistoryBody, RulesPublishedBody, RulesView,
-    RulesWriteParams, ShadowClearedBody, VersionView,
+    ReadDenied, RuleSetSchema, RulesDenied, RulesHistoryBody, RulesPublishedBody, RulesValidBody,
+    RulesView, RulesWriteParams, ShadowClearedBody, VersionView,
 };
 use super::super::auth::{Principal, Scope};
 use super::request::{actor, json_body, query_params};
@@ -29,7 +29,8 @@ pub(super) fn routes(state: &AppState) -> Router<AppState> {
         .route("/api/v1/rules", get(get_rules))
         .route("/api/v1/rules/shadow", get(get_shadow_rules))
         .route("/api/v1/rules/history", get(rules_history))
-        .route("/api/v1/rules/backtest", post(backtest_rules));
+        .route("/api/v1/rules/backtest", post(backtest_rules))
+        .route("/api/v1/rules/validate", post(validate_rules));
     let write = Router::new()
         .route("/api/v1/rules", put(put_rules))
         .route(
@@ -603,4 +604,34 @@ fn evidence(entries: &[crate::state::Evidence]) -> Vec<serde_json::Value> {
         .iter()
         .map(|e| serde_json::to_value(e).expect("evidence serializes"))
         .collect()
+}
+
+/// Checks a rule set as `PUT /api/v1/rules` would, publishing nothing: 200 with what it holds,
+/// or the 400 a publish would get, naming every problem (an editor checks as one types).
+#[utoipa::path(
+    post,
+    path = "/api/v1/rules/validate",
+    tag = "rules",
+    request_body(content = RuleSetSchema, content_type = "application/json"),
+    security(("bearer" = ["read"])),
+    responses(
+        (status = 200, description = "a valid rule set (nothing published)", body = RulesValidBody),
+        (status = 400, description = "invalid rule set: every problem in `problems`", body = ErrorBody),
+        (status = 413, description = "body too large", body = ErrorBody),
+        (status = 415, description = "not JSON", body = ErrorBody),
+        ReadDenied,
+    )
+)]
+pub async fn validate_rules(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<RulesValidBody>, ApiError> {
+    let set = rule_set_body(&state, &headers, body)?;
+    Ok(Json(RulesValidBody {
+        version: set.version.clone(),
+        time_unit: set.time_unit,
+        rules: set.rules.len(),
+        empty: set.rules.is_empty(),
+    }))
 }
