@@ -34,7 +34,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Executor};
 
-pub use query::{AlertQuery, OrderKey, Page, Stored};
+pub use query::{is_listed_alert, AlertQuery, OrderKey, Page, Stored};
 pub use write::{Batch, Expired, Row};
 
 use crate::config::StoreConfig;

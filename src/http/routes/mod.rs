@@ -5,6 +5,7 @@
 //! - [`reads`]: events, alerts and a user's events from the read model (`read`);
 //! - [`users`]: a user's risk level (`profiles:write`);
 //! - [`rules`]: the active and shadow rule sets (`read` / `rules:write`);
+//! - [`stream`]: the live alert feed, registered with the reads (`read`);
 //! - [`audit`]: the trail of changes (`read`);
 //! - [`operations`]: health, readiness, metrics and the OpenAPI document (open);
 //! - [`request`]: what every handler parses (bodies, ids, pages, times).
@@ -17,6 +18,7 @@ pub mod operations;
 pub mod reads;
 mod request;
 pub mod rules;
+pub mod stream;
 pub mod users;
 
 use std::sync::Arc;
@@ -29,9 +31,10 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 
-use super::api::ApiError;
+use super::api::{ApiError, ReadModel};
 use super::auth::{Denied, Principal, Scope, Tokens};
 use super::backend::Backend;
+use super::stream::Streams;
 use super::waiters::Hub;
 use crate::config::{ConfigError, Settings};
 use crate::health::Readiness;
@@ -61,6 +64,17 @@ pub struct Shared {
     pub auth: Option<Arc<Tokens>>,
     /// What rule sets are checked against, and the configured sets.
     pub rules: ConfiguredRuleSets,
+    /// The live alert feeds: their settings, cap and shutdown.
+    pub streams: Arc<Streams>,
+}
+
+impl Shared {
+    /// How far the read model is behind the alerts topic: what every answer read from the store
+    /// states (CONTRACT §7, "Reads"). Take it before the query, so that the answer is at least
+    /// as fresh as it says. No Kafka request (the projection keeps it up to date).
+    pub fn read_model(&self) -> ReadModel {
+        self.projection.freshness().into()
+    }
 }
 
 /// What the rules routes check a set against, and the sets in force while none is published.
