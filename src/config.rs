@@ -596,6 +596,38 @@ mod tests {
     }
 
     #[test]
+    fn the_live_feed_keys_have_defaults_and_out_of_range_values_name_their_key() {
+        let s = Settings::defaults();
+        assert_eq!(s.http.max_streams, 1024);
+        assert_eq!(s.http.stream_heartbeat, Duration::from_secs(15));
+        assert_eq!(s.http.stream_buffer, 512);
+        assert_eq!(s.http.stream_settle, Duration::from_secs(1));
+        for (var, value, key) in [
+            ("USER_MONITOR__HTTP__MAX_STREAMS", "0", "http.max_streams"),
+            (
+                "USER_MONITOR__HTTP__STREAM_HEARTBEAT",
+                "10ms",
+                "http.stream_heartbeat",
+            ),
+            (
+                "USER_MONITOR__HTTP__STREAM_BUFFER",
+                "0",
+                "http.stream_buffer",
+            ),
+            (
+                "USER_MONITOR__HTTP__STREAM_SETTLE",
+                "1h",
+                "http.stream_settle",
+            ),
+        ] {
+            let err = load_with(&[(var, value)], &[], None).unwrap_err();
+            assert!(err.to_string().contains(key), "{var}={value}: {err}");
+        }
+        let s = load_with(&[("USER_MONITOR__HTTP__STREAM_SETTLE", "0s")], &[], None).unwrap();
+        assert_eq!(s.http.stream_settle, Duration::ZERO);
+    }
+
+    #[test]
     fn a_configuration_error_reads_once_in_a_report() {
         let err = load_with(
             &[("USER_MONITOR__PROCESSING__GUARANTEE", "maybe")],

@@ -21,7 +21,10 @@
 //!   position `l`, everything of `p` at or before `l` has arrived.
 //! - **(B) a record arrives within `http.stream_settle` of its timestamp**: the processor's
 //!   transaction, the follower's fetch and the clock skew between the processor's and the shim's
-//!   hosts. So at time `t`, everything stamped before `t - settle` has arrived.
+//!   hosts. So at time `t`, everything stamped before `t - settle` has arrived. A feed applies
+//!   this to what it has taken from the live channel: at its clock's `t` once the channel is
+//!   drained, else at the ingest time of the last message it took (so that a feed which is
+//!   itself behind never takes its own delay for lateness).
 //!
 //! Hence the frontier at `t` is the larger of `(t - settle - 1 ms, max, max)` (B) and, once
 //! every partition has delivered something, the least of the partitions' latest positions (A)
@@ -86,6 +89,10 @@ pub const DELIVERED_MEMORY: usize = 16_384;
 
 /// Alerts read from the database per query of a catch-up.
 const CATCH_UP_PAGE: usize = 500;
+
+/// How long a feed gathers a burst of live alerts before releasing them: a busy feed then costs
+/// a write (and its client a read) per batch instead of per alert, for at most this much latency.
+const BATCH: Duration = Duration::from_millis(5);
 
 /// How often a feed that must read the database checks whether it is complete enough.
 const STORE_WAIT: Duration = Duration::from_millis(100);
@@ -167,6 +174,20 @@ pub fn frontier(merged: Option<OrderKey>, now_ms: i64, settle: Duration) -> Orde
     merged.map_or(by_time, |merged| merged.max(by_time))
 }
 
+/// An alert on its way to a client: the record, and its event's `data` when the hub already
+/// serialized it (once, for every feed).
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub stored: Arc<Stored>,
+    pub data: Option<Arc<str>>,
+}
+
+impl From<Arc<Stored>> for Pending {
+    fn from(stored: Arc<Stored>) -> Self {
+        Pending { stored, data: None }
+    }
+}
+
 /// What became of an alert offered to a [`Reorder`].
 #[derive(Debug)]
 pub enum Offer {
@@ -175,7 +196,7 @@ pub enum Offer {
     /// Already held or delivered: dropped.
     Duplicate,
     /// At or before what was already released: to deliver now, out of order (no `id`).
-    Late(Arc<Stored>),
+    Late(Pending),
     /// No room left: the client is too slow.
     Overflow,
 }
@@ -186,7 +207,7 @@ pub enum Offer {
 pub struct Reorder {
     /// Everything at or before this is settled: delivered, or before the feed's start.
     released: Option<OrderKey>,
-    held: BTreeMap<OrderKey, Arc<Stored>>,
+    held: BTreeMap<OrderKey, Pending>,
     held_coords: HashSet<Coord>,
     delivered: Remembered,
     capacity: usize,
@@ -205,34 +226,36 @@ impl Reorder {
         }
     }
 
-    pub fn offer(&mut self, stored: Arc<Stored>) -> Offer {
-        let coord = stored.coord();
+    pub fn offer(&mut self, alert: impl Into<Pending>) -> Offer {
+        let alert = alert.into();
+        let coord = alert.stored.coord();
         if self.held_coords.contains(&coord) || self.delivered.contains(coord) {
             return Offer::Duplicate;
         }
-        if self.released.is_some_and(|r| stored.order <= r) {
+        if self.released.is_some_and(|r| alert.stored.order <= r) {
             self.delivered.insert(coord);
-            return Offer::Late(stored);
+            return Offer::Late(alert);
         }
         if self.held.len() >= self.capacity {
             return Offer::Overflow;
         }
         self.held_coords.insert(coord);
-        self.held.insert(stored.order, stored);
+        self.held.insert(alert.stored.order, alert);
         Offer::Held
     }
 
     /// The held alerts at or before `frontier`, in order; everything up to it is settled.
-    pub fn release(&mut self, frontier: OrderKey) -> Vec<Arc<Stored>> {
+    pub fn release(&mut self, frontier: OrderKey) -> Vec<Pending> {
         let mut out = Vec::new();
         while let Some(entry) = self.held.first_entry() {
             if *entry.key() > frontier {
                 break;
             }
-            let stored = entry.remove();
-            self.held_coords.remove(&stored.coord());
-            self.delivered.insert(stored.coord());
-            out.push(stored);
+            let alert = entry.remove();
+            let coord = alert.stored.coord();
+            self.held_coords.remove(&coord);
+            self.delivered.insert(coord);
+            out.push(alert);
         }
         self.released = Some(self.released.map_or(frontier, |r| r.max(frontier)));
         out
@@ -404,23 +427,29 @@ struct Sink {
 impl Sink {
     /// The event of an alert: `event: alert`, `id:` its cursor (none for a late one), `data:`
     /// the alert as the list shows it.
-    fn event(stored: &Stored, with_id: bool) -> Option<Event> {
+    fn event(alert: &Pending, with_id: bool) -> Option<Event> {
         let mut event = Event::default().event("alert");
         if with_id {
-            event = event.id(stored.order.cursor());
+            event = event.id(alert.stored.order.cursor());
         }
-        event.json_data(EventView::processed(&stored.record)).ok()
+        match &alert.data {
+            // Compact JSON: one line, as one `data:` field.
+            Some(data) => Some(event.data(&**data)),
+            None => event
+                .json_data(EventView::processed(&alert.stored.record))
+                .ok(),
+        }
     }
 
     /// Sends without waiting: the feed ends when the client is too slow (or gone).
-    fn try_send(&mut self, stored: &Stored, with_id: bool) -> Result<(), End> {
-        let Some(event) = Sink::event(stored, with_id) else {
+    fn try_send(&mut self, alert: &Pending, with_id: bool) -> Result<(), End> {
+        let Some(event) = Sink::event(alert, with_id) else {
             return Ok(());
         };
         match self.tx.try_send(event) {
             Ok(()) => {
                 if with_id {
-                    self.last_id = Some(stored.order);
+                    self.last_id = Some(alert.stored.order);
                 }
                 Ok(())
             }
@@ -430,14 +459,14 @@ impl Sink {
     }
 
     /// Sends at the client's pace (the catch-up); false when the client went away.
-    async fn send(&mut self, stored: &Stored) -> bool {
-        let Some(event) = Sink::event(stored, true) else {
+    async fn send(&mut self, alert: &Pending) -> bool {
+        let Some(event) = Sink::event(alert, true) else {
             return true;
         };
         if self.tx.send(event).await.is_err() {
             return false;
         }
-        self.last_id = Some(stored.order);
+        self.last_id = Some(alert.stored.order);
         true
     }
 }
@@ -471,6 +500,9 @@ async fn run(
             }
         }
     }
+    // The ingest time of the last live message taken: while more wait on the channel, fact (B)
+    // holds up to then, not up to now (a feed that is behind must not call them late).
+    let mut horizon = subscribed_at;
 
     // The catch-up: (after, f0] from the database, merged with the recent ones held above.
     if after.is_none_or(|a| a < f0) {
@@ -504,18 +536,18 @@ async fn run(
                 let at = stored.order;
                 match reorder.offer(stored) {
                     Offer::Held | Offer::Duplicate => {}
-                    Offer::Late(stored) => {
+                    Offer::Late(alert) => {
                         // Not possible for rows after `from`; delivered all the same.
-                        if let Err(end) = sink.try_send(&stored, false) {
+                        if let Err(end) = sink.try_send(&alert, false) {
                             return end;
                         }
                     }
                     Offer::Overflow => return End::Overflow,
                 }
-                for stored in reorder.release(at) {
+                for alert in reorder.release(at) {
                     tokio::select! {
                         () = closing.cancelled() => return End::Quiet,
-                        sent = sink.send(&stored) => if !sent { return End::Quiet },
+                        sent = sink.send(&alert) => if !sent { return End::Quiet },
                     }
                 }
             }
@@ -524,10 +556,10 @@ async fn run(
                 None => break,
             }
         }
-        for stored in reorder.release(f0) {
+        for alert in reorder.release(f0) {
             tokio::select! {
                 () = closing.cancelled() => return End::Quiet,
-                sent = sink.send(&stored) => if !sent { return End::Quiet },
+                sent = sink.send(&alert) => if !sent { return End::Quiet },
             }
         }
     }
@@ -540,44 +572,67 @@ async fn run(
     });
     let settle = i64::try_from(config.settle.as_millis()).unwrap_or(i64::MAX);
     loop {
-        let now = now_ms();
+        let now = if live.is_empty() { now_ms() } else { horizon };
         let f = frontier(merged, now, config.settle);
-        for stored in reorder.release(f) {
-            if let Err(end) = sink.try_send(&stored, true) {
+        for alert in reorder.release(f) {
+            if let Err(end) = sink.try_send(&alert, true) {
                 return end;
             }
         }
         if until.is_some_and(|until| f >= until) {
             return End::Until;
         }
-        // When the time bound alone passes the first held alert.
+        // When the time bound alone passes the first held alert (the channel is drained then).
         let wake = reorder.first_held().map(|first| {
             let due = first.timestamp.saturating_add(settle).saturating_add(1);
             Duration::from_millis(u64::try_from(due.saturating_sub(now)).unwrap_or(0) + 1)
         });
-        tokio::select! {
+        let received = tokio::select! {
             () = closing.cancelled() => return End::Quiet,
             () = sink.tx.closed() => return End::Quiet,
-            received = live.recv() => match received {
-                Ok(Live { alert, merged: m }) => {
-                    merged = merged.max(m);
-                    if let Some(stored) = alert.filter(|s| filters.matches(s)) {
-                        match reorder.offer(stored) {
-                            Offer::Held | Offer::Duplicate => {}
-                            Offer::Late(stored) => {
-                                state.metrics.alert_stream_late.inc();
-                                if let Err(end) = sink.try_send(&stored, false) {
-                                    return end;
-                                }
-                            }
-                            Offer::Overflow => return End::Overflow,
-                        }
-                    }
-                }
+            received = live.recv() => received,
+            () = sleep_for(wake) => continue,
+        };
+        // A burst: what else comes within BATCH goes to the client with it, in one write.
+        tokio::time::sleep(BATCH).await;
+        let mut received = received;
+        loop {
+            let Live {
+                alert,
+                merged: m,
+                at_ms,
+            } = match received {
+                Ok(live) => live,
                 Err(broadcast::error::RecvError::Lagged(_)) => return End::Overflow,
                 Err(broadcast::error::RecvError::Closed) => return End::Quiet,
-            },
-            () = sleep_for(wake) => {}
+            };
+            merged = merged.max(m);
+            horizon = horizon.max(at_ms);
+            if let Some((stored, data)) = alert.filter(|(s, _)| filters.matches(s)) {
+                match reorder.offer(Pending {
+                    stored,
+                    data: Some(data),
+                }) {
+                    Offer::Held | Offer::Duplicate => {}
+                    Offer::Late(alert) => {
+                        state.metrics.alert_stream_late.inc();
+                        if let Err(end) = sink.try_send(&alert, false) {
+                            return end;
+                        }
+                    }
+                    Offer::Overflow => return End::Overflow,
+                }
+            }
+            received = match live.try_recv() {
+                Ok(live) => Ok(live),
+                Err(broadcast::error::TryRecvError::Empty) => break,
+                Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                    Err(broadcast::error::RecvError::Lagged(n))
+                }
+                Err(broadcast::error::TryRecvError::Closed) => {
+                    Err(broadcast::error::RecvError::Closed)
+                }
+            };
         }
     }
 }
@@ -649,10 +704,11 @@ mod tests {
         }
     }
 
-    fn positions(released: Vec<Arc<Stored>>) -> Vec<(i64, i32, i64)> {
+    fn positions(released: Vec<Pending>) -> Vec<(i64, i32, i64)> {
         released
             .iter()
-            .map(|s| (s.order.timestamp, s.order.partition, s.order.offset))
+            .map(|a| a.stored.order)
+            .map(|k| (k.timestamp, k.partition, k.offset))
             .collect()
     }
 

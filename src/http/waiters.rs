@@ -7,9 +7,11 @@
 //! is not missed. Memory is bounded whatever the topic's size. No lock is ever held across an
 //! `.await`.
 //!
-//! It also feeds the live alert feed ([`super::stream`]): every new listed alert goes out on a
-//! broadcast channel of [`LIVE`] places ([`Hub::subscribe`]), with what the hub knows of how far
-//! every alerts partition has come ([`Live::merged`]).
+//! It also feeds the live alert feed ([`super::stream`]) while any feed is open: every new
+//! listed alert goes out on a broadcast channel of [`LIVE`] places ([`Hub::subscribe`]),
+//! serialized once for every feed, with what the hub knows of how far every alerts partition has
+//! come ([`Live::merged`]; also on its own, at most every [`FRONTIER_TICK`], when responses
+//! without an alert move it).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -37,11 +39,15 @@ const FRONTIER_TICK: Duration = Duration::from_millis(10);
 /// One message of the live broadcast: a new alert, or only news of the frontier.
 #[derive(Debug, Clone)]
 pub struct Live {
-    pub alert: Option<Arc<Stored>>,
+    /// A new listed alert, with its JSON as the list shows it (serialized once, for every feed).
+    pub alert: Option<(Arc<Stored>, Arc<str>)>,
     /// When every alerts partition has delivered something: the least of their latest
     /// positions. As the records of one partition arrive in increasing position (see
     /// [`super::stream`]), every record at or before it has already arrived.
     pub merged: Option<OrderKey>,
+    /// When the hub took it (ms since the epoch): a feed that is behind on the channel knows
+    /// what had arrived by then, not by its own now.
+    pub at_ms: i64,
 }
 
 /// What [`Hub::subscribe`] hands a new stream, taken under one lock with the subscription, so
@@ -169,12 +175,23 @@ impl Hub {
             *latest = (*latest).max(stored.order);
             // Sent under the lock, so that a subscription sees each alert exactly once: in its
             // snapshot of the recent ones, or on the channel. (No receiver: nothing to do.)
-            let merged = inner.merged();
-            let alert = (new && stored.is_listed_alert()).then(|| Arc::clone(&stored));
-            let news = merged > inner.sent.0 && inner.sent.1.elapsed() >= FRONTIER_TICK;
-            if alert.is_some() || news {
-                let _ = inner.live.send(Live { alert, merged });
-                inner.sent = (merged, Instant::now());
+            if inner.live.receiver_count() > 0 {
+                let merged = inner.merged();
+                let alert = (new && stored.is_listed_alert()).then(|| {
+                    let view = super::api::EventView::processed(&stored.record);
+                    let json = serde_json::to_string(&view).unwrap_or_default();
+                    (Arc::clone(&stored), Arc::from(json))
+                });
+                let news = merged > inner.sent.0 && inner.sent.1.elapsed() >= FRONTIER_TICK;
+                if alert.is_some() || news {
+                    let at_ms = super::stream::now_ms();
+                    let _ = inner.live.send(Live {
+                        alert,
+                        merged,
+                        at_ms,
+                    });
+                    inner.sent = (merged, Instant::now());
+                }
             }
             inner.waiters.remove(&Coord::new(partition, offset))
         };

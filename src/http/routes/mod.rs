@@ -235,6 +235,7 @@ mod tests {
             "/api/v1/events",
             "/api/v1/events/{event_id}",
             "/api/v1/alerts",
+            "/api/v1/alerts/stream",
             "/api/v1/alerts/{alert_id}",
             "/api/v1/users/{user_id}/events",
             "/api/v1/users/{user_id}/risk",
@@ -247,6 +248,50 @@ mod tests {
         ] {
             assert!(paths.iter().any(|p| *p == path), "{path} missing");
         }
+    }
+
+    #[test]
+    fn openapi_documents_the_feed_and_the_freshness_of_reads() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let stream = &doc["paths"]["/api/v1/alerts/stream"]["get"];
+        assert!(
+            stream["responses"]["200"]["content"]["text/event-stream"].is_object(),
+            "{stream}"
+        );
+        assert!(stream["responses"]["503"].is_object(), "{stream}");
+        let names: Vec<&str> = stream["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap())
+            .collect();
+        for name in [
+            "user_id",
+            "code",
+            "since",
+            "until",
+            "cursor",
+            "after",
+            "Last-Event-ID",
+        ] {
+            assert!(names.contains(&name), "{name} missing in {names:?}");
+        }
+        let schemas = &doc["components"]["schemas"];
+        for page in ["AlertsPage", "UserEventsPage"] {
+            assert_eq!(
+                schemas[page]["properties"]["read_model"]["$ref"], "#/components/schemas/ReadModel",
+                "{page}"
+            );
+        }
+        assert!(schemas["ReadModel"]["properties"]["behind"].is_object());
+        // One event or alert: the view, plus the freshness.
+        let read = &schemas["EventRead"]["allOf"];
+        assert_eq!(read[0]["$ref"], "#/components/schemas/EventView", "{read}");
+        assert_eq!(
+            read[1]["properties"]["read_model"]["$ref"], "#/components/schemas/ReadModel",
+            "{read}"
+        );
+        assert!(schemas["StreamOverflow"].is_object());
     }
 
     #[test]
