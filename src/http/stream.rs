@@ -54,7 +54,10 @@
 //! on a processor host) cannot be placed in order any more. It is delivered at once **without an
 //! `id`** (so a client's last id does not move back, and a resume repeats nothing) and counted
 //! (`user_monitor_alert_stream_late_total`). Such an alert arriving while the client is
-//! disconnected is not replayed by the resume (the alerts list has it). A replay under
+//! disconnected is not replayed by the resume (the alerts list has it). What is at or before
+//! the client's own cursor is the client's already, whichever feed released it: a feed resumed
+//! on another shim (whose frontier may lag the one that issued the cursor) drops it rather than
+//! deliver it again. A replay under
 //! at-least-once (the same event's record published again, with a later timestamp) is
 //! recognised by its coordinates for as long as the feed remembers them
 //! ([`DELIVERED_MEMORY`]).
@@ -205,6 +208,8 @@ pub enum Offer {
 /// order, each once. Pure: no clock, no I/O.
 #[derive(Debug)]
 pub struct Reorder {
+    /// The client's cursor: it has everything at or before it (from this instance or another).
+    cursor: Option<OrderKey>,
     /// Everything at or before this is settled: delivered, or before the feed's start.
     released: Option<OrderKey>,
     held: BTreeMap<OrderKey, Pending>,
@@ -214,11 +219,12 @@ pub struct Reorder {
 }
 
 impl Reorder {
-    /// A feed that starts after `start` (from the first alert when `None`), holding at most
-    /// `capacity` alerts.
-    pub fn new(start: Option<OrderKey>, capacity: usize) -> Self {
+    /// A feed that starts after `start` (from the first alert when `None`) for a client that
+    /// has everything up to `cursor`, holding at most `capacity` alerts.
+    pub fn new(start: Option<OrderKey>, cursor: Option<OrderKey>, capacity: usize) -> Self {
         Reorder {
-            released: start,
+            cursor,
+            released: start.max(cursor),
             held: BTreeMap::new(),
             held_coords: HashSet::new(),
             delivered: Remembered::new(DELIVERED_MEMORY),
@@ -229,7 +235,10 @@ impl Reorder {
     pub fn offer(&mut self, alert: impl Into<Pending>) -> Offer {
         let alert = alert.into();
         let coord = alert.stored.coord();
-        if self.held_coords.contains(&coord) || self.delivered.contains(coord) {
+        if self.held_coords.contains(&coord)
+            || self.delivered.contains(coord)
+            || self.cursor.is_some_and(|c| alert.stored.order <= c)
+        {
             return Offer::Duplicate;
         }
         if self.released.is_some_and(|r| alert.stored.order <= r) {
@@ -492,7 +501,7 @@ async fn run(
     };
     // Held alerts are shared pointers (the hub keeps the records): their bound is the live
     // channel's, so that a busy `settle` window never overflows a client that keeps up.
-    let mut reorder = Reorder::new(after, LIVE.max(config.buffer));
+    let mut reorder = Reorder::new(after, start.cursor, LIVE.max(config.buffer));
     for stored in subscription.recent {
         if after.is_none_or(|a| stored.order > a) {
             if let Offer::Overflow = reorder.offer(stored) {
@@ -731,7 +740,7 @@ mod tests {
 
     #[test]
     fn alerts_arriving_out_of_order_are_released_in_order_once_the_frontier_passes() {
-        let mut reorder = Reorder::new(None, 10);
+        let mut reorder = Reorder::new(None, None, 10);
         // Partition 1 arrives before partition 0's earlier alert.
         assert!(matches!(reorder.offer(alert(105, 1, 0)), Offer::Held));
         assert!(matches!(reorder.offer(alert(100, 0, 0)), Offer::Held));
@@ -750,8 +759,27 @@ mod tests {
     }
 
     #[test]
+    fn what_is_at_or_before_the_clients_cursor_is_the_clients_already() {
+        // Resumed here after an id another instance gave, ahead of this one's frontier: what
+        // arrives late here at or before it, the client has; what is after it is new.
+        let mut reorder = Reorder::new(Some(key(90, 9, 9)), Some(key(100, 1, 0)), 10);
+        assert!(matches!(reorder.offer(alert(100, 0, 7)), Offer::Duplicate));
+        assert!(matches!(reorder.offer(alert(100, 1, 0)), Offer::Duplicate));
+        assert!(matches!(reorder.offer(alert(100, 2, 0)), Offer::Held));
+        assert_eq!(
+            positions(reorder.release(key(95, 0, 0))),
+            vec![],
+            "the cursor is settled"
+        );
+        assert_eq!(
+            positions(reorder.release(key(100, 2, 0))),
+            vec![(100, 2, 0)]
+        );
+    }
+
+    #[test]
     fn an_alert_at_or_before_the_released_frontier_is_late_and_a_repeat_is_dropped() {
-        let mut reorder = Reorder::new(Some(key(100, 0, 5)), 10);
+        let mut reorder = Reorder::new(Some(key(100, 0, 5)), None, 10);
         assert!(matches!(reorder.offer(alert(100, 0, 5)), Offer::Late(_)));
         // Its repeat (at-least-once, a later timestamp) is known by its coordinates.
         assert!(matches!(reorder.offer(alert(300, 0, 5)), Offer::Duplicate));
@@ -767,7 +795,7 @@ mod tests {
 
     #[test]
     fn holding_more_than_the_capacity_overflows() {
-        let mut reorder = Reorder::new(None, 2);
+        let mut reorder = Reorder::new(None, None, 2);
         assert!(matches!(reorder.offer(alert(1, 0, 0)), Offer::Held));
         assert!(matches!(reorder.offer(alert(2, 0, 1)), Offer::Held));
         assert!(matches!(reorder.offer(alert(3, 0, 2)), Offer::Overflow));
@@ -777,7 +805,7 @@ mod tests {
 
     #[test]
     fn release_at_the_largest_position_takes_everything_up_to_it() {
-        let mut reorder = Reorder::new(None, 10);
+        let mut reorder = Reorder::new(None, None, 10);
         reorder.offer(alert(5, i32::MAX, i64::MAX - 1));
         reorder.offer(alert(6, 0, 0));
         assert_eq!(
