@@ -2530,6 +2530,28 @@ async fn resuming_after_an_id_gives_exactly_what_the_uninterrupted_feed_gave() {
     assert_eq!(both.status, StatusCode::BAD_REQUEST);
 }
 
+/// With `since` and `until`, a feed replays the stored range in order and ends with `event: end`.
+#[tokio::test]
+async fn a_feed_with_until_delivers_the_range_then_ends() {
+    let f = feed_fixture(feeds(0, 16, 60_000, 4), &[]).await;
+    for (offset, ts) in [(0, 1_000), (1, 1_001), (2, 1_002), (3, 999)] {
+        arrive(&f, alert_record(0, offset, 1, &[1100]), ts, true).await;
+    }
+    let mut feed =
+        SseReader::open(&f.app, "/api/v1/alerts/stream?since=1000&until=1002", None).await;
+    assert_eq!(
+        ids(&feed.alerts(2).await),
+        [
+            (cursor(1_000, 0, 0), "alert-0-0".to_owned()),
+            (cursor(1_001, 0, 1), "alert-0-1".to_owned()),
+        ]
+    );
+    let end = feed.next(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(end.event.as_deref(), Some("end"), "{end:?}");
+    assert_eq!(end.json(), json!({"reason": "until"}));
+    assert_eq!(feed.next(Duration::from_secs(5)).await, None);
+}
+
 /// An alert that reaches the shim after the frontier passed it cannot be placed in order: it is
 /// still delivered, without an id, so that a client's last id never moves back.
 #[tokio::test]

@@ -374,22 +374,19 @@ pub fn open(
         drop(sink); // the body reads the buffered events, then `last`
         let last_event = match end {
             End::Quiet => None,
-            End::Until => Some(
-                Event::default()
-                    .event("end")
-                    .json_data(StreamEnd {
-                        reason: "until".to_owned(),
-                    })
-                    .ok(),
-            )
-            .flatten(),
+            End::Until => Event::default()
+                .event("end")
+                .json_data(StreamEnd {
+                    reason: "until".to_owned(),
+                })
+                .ok(),
             End::Overflow => {
                 metrics.alert_stream_overflows.inc();
                 Event::default()
                     .event("overflow")
                     .json_data(StreamOverflow {
                         error: format!(
-                            "the client read too slowly (more than http.stream_buffer = {buffer} alerts behind): reconnect with Last-Event-ID: {}",
+                            "this feed fell too far behind (its client reads more than http.stream_buffer = {buffer} alerts late, or the shim is overloaded): reconnect with Last-Event-ID: {}",
                             last_id.as_deref().unwrap_or("(none: no alert was delivered)")
                         ),
                         last_event_id: last_id,
