@@ -1,5 +1,5 @@
 # The README's commands. `make run` starts the service; `make test` runs every test.
-.PHONY: run test lint bench bench-evaluate bench-process bench-latency bench-store kafka-up kafka-down kafka-cluster-up kafka-cluster-down fault fault-long
+.PHONY: run test lint bench bench-evaluate bench-process bench-latency bench-store bench-stream kafka-up kafka-down kafka-cluster-up kafka-cluster-down fault fault-long
 
 run:
 	cargo run --release
@@ -51,6 +51,17 @@ STORE_QUERIES ?= 2000
 bench-store:
 	cargo build --release --example bench_store
 	$${CARGO_TARGET_DIR:-target}/release/examples/bench_store $(STORE_ROWS) $(STORE_DIR) $(STORE_QUERIES)
+
+# The live alert feed: delivery latency (response readable -> event read by a client) at a rate
+# of alerts to many clients, in one process (no Kafka), e.g. `make bench-stream STREAM_RATE=200`.
+STREAM_RATE ?= 2000
+STREAM_CLIENTS ?= 100
+STREAM_SECONDS ?= 10
+STREAM_WARMUP ?= 2
+STREAM_PARTITIONS ?= 6
+bench-stream:
+	cargo build --release --example bench_stream
+	$${CARGO_TARGET_DIR:-target}/release/examples/bench_stream $(STREAM_RATE) $(STREAM_CLIENTS) $(STREAM_SECONDS) $(STREAM_WARMUP) $(STREAM_PARTITIONS)
 
 kafka-up:
 	bash scripts/kafka-local.sh up

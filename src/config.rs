@@ -205,6 +205,17 @@ pub struct HttpConfig {
     /// (the shim producer's `message.timeout.ms`).
     #[serde(with = "humantime_serde")]
     pub produce_timeout: Duration,
+    /// `GET /api/v1/alerts/stream`: open streams at most (503 past it).
+    pub max_streams: usize,
+    /// An idle stream sends an SSE comment this often.
+    #[serde(with = "humantime_serde")]
+    pub stream_heartbeat: Duration,
+    /// Alerts buffered per stream client, at most (past it: `event: overflow`, closed).
+    pub stream_buffer: usize,
+    /// How long after its timestamp an alerts record is surely visible to the shim: a stream
+    /// holds an alert at most this long to deliver in cursor order.
+    #[serde(with = "humantime_serde")]
+    pub stream_settle: Duration,
     /// Removed (the read model is the database of `[store]`): accepted and ignored, with a
     /// warning, so that older configuration files still load.
     #[serde(default)]
@@ -417,6 +428,23 @@ impl Settings {
         if self.http.produce_timeout < Duration::from_millis(100) {
             return Err(invalid("http.produce_timeout", "must be at least 100ms"));
         }
+        if self.http.max_streams == 0 {
+            return Err(invalid("http.max_streams", "must be at least 1"));
+        }
+        if !(Duration::from_millis(100)..=Duration::from_secs(3600))
+            .contains(&self.http.stream_heartbeat)
+        {
+            return Err(invalid(
+                "http.stream_heartbeat",
+                "must be between 100ms and 1h",
+            ));
+        }
+        if !(1..=65_536).contains(&self.http.stream_buffer) {
+            return Err(invalid("http.stream_buffer", "must be in 1..=65536"));
+        }
+        if self.http.stream_settle > Duration::from_secs(600) {
+            return Err(invalid("http.stream_settle", "must be at most 10m"));
+        }
         let url = self.store.url.as_str();
         if !(url.is_empty()
             || url.starts_with("sqlite:")
@@ -568,6 +596,38 @@ mod tests {
         let s = load_with(&[("USER_MONITOR__STATE__MAX_WINDOW", "2h")], &[], None).unwrap();
         assert_eq!(s.rule_bounds().max_window, Duration::from_secs(7200));
         assert_eq!(s.rule_bounds().max_count, 16);
+    }
+
+    #[test]
+    fn the_live_feed_keys_have_defaults_and_out_of_range_values_name_their_key() {
+        let s = Settings::defaults();
+        assert_eq!(s.http.max_streams, 1024);
+        assert_eq!(s.http.stream_heartbeat, Duration::from_secs(15));
+        assert_eq!(s.http.stream_buffer, 512);
+        assert_eq!(s.http.stream_settle, Duration::from_secs(1));
+        for (var, value, key) in [
+            ("USER_MONITOR__HTTP__MAX_STREAMS", "0", "http.max_streams"),
+            (
+                "USER_MONITOR__HTTP__STREAM_HEARTBEAT",
+                "10ms",
+                "http.stream_heartbeat",
+            ),
+            (
+                "USER_MONITOR__HTTP__STREAM_BUFFER",
+                "0",
+                "http.stream_buffer",
+            ),
+            (
+                "USER_MONITOR__HTTP__STREAM_SETTLE",
+                "1h",
+                "http.stream_settle",
+            ),
+        ] {
+            let err = load_with(&[(var, value)], &[], None).unwrap_err();
+            assert!(err.to_string().contains(key), "{var}={value}: {err}");
+        }
+        let s = load_with(&[("USER_MONITOR__HTTP__STREAM_SETTLE", "0s")], &[], None).unwrap();
+        assert_eq!(s.http.stream_settle, Duration::ZERO);
     }
 
     #[test]

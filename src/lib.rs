@@ -63,12 +63,15 @@
 //!   HTTP API, each edge giving its own [`changes::ChangeLog`].
 //! - [`store`]: the read model behind the GET endpoints: the alerts topic projected into SQLite
 //!   (default) or PostgreSQL, rows and Kafka offsets in one transaction, keyset-paged queries,
-//!   retention by event time ([`store::projection`]: the projecting consumers and the retention
-//!   task); the triage topic projected beside it, the status filter on the alerts' rows.
+//!   retention by event time ([`store::projection`]: the projecting consumers, how far behind the
+//!   topic they are, and the retention task); the triage topic projected beside it, the status
+//!   filter on the alerts' rows.
 //! - [`http`]: the HTTP shim: the API contract ([`http::api`]: bodies, parameters, errors, the
 //!   OpenAPI document), the handlers by resource, each group behind the scope it declares
 //!   ([`http::routes`]), bearer tokens ([`http::auth`]), the waiters of `POST` requests
-//!   ([`http::waiters`]) fed live by one alerts-topic consumer, the [`store`] for reads,
+//!   ([`http::waiters`]) fed live by one alerts-topic consumer, the live alert feed in cursor
+//!   order over the store, the recent responses and the waiters' live channel
+//!   ([`http::stream`]), the [`store`] for reads,
 //!   Kafka behind the [`http::Backend`] trait, and the connection-capped server loop.
 //! - [`service`]: one lifecycle (runtime, signals, bounded shutdown) for `process`, `run` and
 //!   `shim`; [`embedded`] is the in-process broker of `run` without Kafka; [`shutdown`] turns

@@ -72,6 +72,16 @@ pub struct Metrics {
     /// response became readable (exactly-once) or was produced with the offsets committed
     /// (at-least-once).
     pub event_response: Histogram,
+    /// Records the read model is behind the alerts topic (sum over partitions of the readable
+    /// end minus the projection's stored next offset); unset until known.
+    pub read_model_lag: Gauge,
+    /// Open `GET /api/v1/alerts/stream` streams.
+    pub alert_streams: Gauge,
+    /// Streams closed because their client read too slowly (`event: overflow`).
+    pub alert_stream_overflows: Counter,
+    /// Alerts that reached the shim later than `http.stream_settle` after their timestamp, so
+    /// that a stream delivered them out of cursor order (without an `id`).
+    pub alert_stream_late: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -172,8 +182,36 @@ impl Metrics {
             "Time from an input record's timestamp to the commit of its response",
             event_response.clone(),
         );
+        let read_model_lag = Gauge::default();
+        registry.register(
+            "read_model_lag_records",
+            "Records the read model's database is behind the alerts topic (sum over partitions of the readable end minus the projection's next offset)",
+            read_model_lag.clone(),
+        );
+        let alert_streams = Gauge::default();
+        registry.register(
+            "alert_streams",
+            "Open live alert streams (GET /api/v1/alerts/stream)",
+            alert_streams.clone(),
+        );
+        let alert_stream_overflows = Counter::default();
+        registry.register(
+            "alert_stream_overflows",
+            "Live alert streams closed because their client read too slowly",
+            alert_stream_overflows.clone(),
+        );
+        let alert_stream_late = Counter::default();
+        registry.register(
+            "alert_stream_late",
+            "Alerts that reached the shim more than http.stream_settle after their timestamp (delivered out of cursor order, without an id)",
+            alert_stream_late.clone(),
+        );
         Arc::new(Metrics {
             registry,
+            read_model_lag,
+            alert_streams,
+            alert_stream_overflows,
+            alert_stream_late,
             producer_reinits,
             event_response,
             sources_wait,

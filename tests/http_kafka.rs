@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,6 +22,7 @@ use user_monitor::domain::Risk;
 use user_monitor::health::Readiness;
 use user_monitor::http::{self, RunningShim, ShimDeps};
 use user_monitor::metrics::Metrics;
+use user_monitor::store::OrderKey;
 
 /// Settings of one test's private world.
 fn world(name: &str) -> Settings {
@@ -2124,4 +2125,235 @@ async fn a_users_view_is_what_the_processor_judges_by_before_and_after_a_snapsho
     assert_eq!(rebuilt, after);
     shim.stop().await;
     processor.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The live alert feed and the freshness of reads (CONTRACT §7)
+
+/// One event of a Server-Sent Events stream (comments are skipped).
+#[derive(Debug, Clone, Default)]
+struct SseEvent {
+    event: Option<String>,
+    id: Option<String>,
+    data: String,
+}
+
+/// A live feed over a real socket.
+struct Feed {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl Feed {
+    async fn open(client: &reqwest::Client, url: &str, last_event_id: Option<&str>) -> Feed {
+        // No overall timeout: a feed stays open.
+        let mut request = client.get(url).timeout(Duration::from_secs(3600));
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{url}");
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        Feed {
+            response,
+            buffer: String::new(),
+        }
+    }
+
+    /// The next event within `within`, `None` when the feed ended or nothing came.
+    async fn next(&mut self, within: Duration) -> Option<SseEvent> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            while let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let mut event = SseEvent::default();
+                for line in block.lines() {
+                    match line.split_once(':') {
+                        Some(("event", v)) => event.event = Some(v.trim().to_owned()),
+                        Some(("id", v)) => event.id = Some(v.trim().to_owned()),
+                        Some(("data", v)) => event.data.push_str(v.trim_start()),
+                        _ => {}
+                    }
+                }
+                if event.event.is_some() {
+                    return Some(event);
+                }
+            }
+            match tokio::time::timeout_at(deadline, self.response.chunk()).await {
+                Ok(Ok(Some(chunk))) => self.buffer.push_str(std::str::from_utf8(&chunk).unwrap()),
+                _ => return None,
+            }
+        }
+    }
+
+    /// The next `n` alerts: `(id, alert_id)`.
+    async fn alerts(&mut self, n: usize, within: Duration) -> Vec<(String, String)> {
+        let deadline = Instant::now() + within;
+        let mut alerts = Vec::new();
+        while alerts.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Some(event) = self.next(left).await else {
+                panic!("{} of {n} alerts came: {alerts:?}", alerts.len());
+            };
+            assert_eq!(event.event.as_deref(), Some("alert"), "{event:?}");
+            let data: Value = serde_json::from_str(&event.data).unwrap();
+            alerts.push((
+                event.id.expect("an alert in order has an id"),
+                data["alert_id"].as_str().unwrap().to_owned(),
+            ));
+        }
+        alerts
+    }
+}
+
+/// Posts alerting events (a withdrawal of 200 raises 1100) for each user; their alert ids.
+async fn post_alerts(client: &reqwest::Client, shim: &Shim, events: &[(u64, u64)]) -> Vec<String> {
+    let mut ids = Vec::new();
+    for &(user, time) in events {
+        let body = format!(
+            r#"{{"type": "withdraw", "amount": "200", "user_id": {user}, "time": {time}}}"#
+        );
+        let (status, created) = post_json(client, &shim.url("/api/v1/events"), &body).await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        ids.push(created["alert_id"].as_str().unwrap().to_owned());
+    }
+    ids
+}
+
+/// Against the real processor: an alert arrives on a connected feed; a feed resumed with
+/// `Last-Event-ID` after a disconnect gets exactly the alerts published meanwhile, in cursor
+/// order, none twice; an open feed does not hold the shim's shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_feed_delivers_alerts_and_a_resumed_feed_gets_exactly_the_missed_ones() {
+    let mut settings = world("feed");
+    settings.http.stream_settle = Duration::from_millis(300);
+    let processor = Processor::start(&settings);
+    let shim = Shim::start(&settings, Some(&processor)).await;
+    let client = client();
+    shim.wait_ready(&client).await;
+
+    let mut feed = Feed::open(&client, &shim.url("/api/v1/alerts/stream"), None).await;
+    let mut only_7 = Feed::open(&client, &shim.url("/api/v1/alerts/stream?user_id=7"), None).await;
+    let posted = post_alerts(&client, &shim, &[(3, 0), (3, 1), (7, 0)]).await;
+    let got = feed.alerts(3, Duration::from_secs(30)).await;
+    let got_ids: HashSet<&str> = got.iter().map(|(_, a)| a.as_str()).collect();
+    assert_eq!(got_ids, posted.iter().map(String::as_str).collect());
+    assert_eq!(
+        only_7.alerts(1, Duration::from_secs(30)).await[0].1,
+        posted[2]
+    );
+    let last_id = got[2].0.clone();
+    drop(feed);
+
+    // Disconnected: more alerts for users on every partition, and events without one.
+    let missed = post_alerts(&client, &shim, &[(3, 2), (4, 0), (5, 0), (6, 0), (7, 1)]).await;
+    let (status, _) = post_json(
+        &client,
+        &shim.url("/api/v1/events"),
+        r#"{"type": "deposit", "amount": "1", "user_id": 8, "time": 0}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    let mut resumed = Feed::open(&client, &shim.url("/api/v1/alerts/stream"), Some(&last_id)).await;
+    let again = resumed.alerts(5, Duration::from_secs(30)).await;
+    let again_ids: Vec<&str> = again.iter().map(|(_, a)| a.as_str()).collect();
+    let mut want: Vec<&str> = missed.iter().map(String::as_str).collect();
+    want.sort();
+    let mut sorted = again_ids.clone();
+    sorted.sort();
+    assert_eq!(sorted, want, "exactly the missed alerts");
+    let positions: Vec<OrderKey> = again
+        .iter()
+        .map(|(id, _)| OrderKey::from_cursor(id).unwrap())
+        .collect();
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "in cursor order: {again:?}"
+    );
+    assert!(positions[0] > OrderKey::from_cursor(&last_id).unwrap());
+    // None twice: nothing more comes (a heartbeat is all there is).
+    assert!(resumed.next(Duration::from_secs(2)).await.is_none());
+
+    // An open feed does not hold the shutdown (30 s of http drain otherwise).
+    let stopping = Instant::now();
+    shim.stop().await;
+    assert!(
+        stopping.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        stopping.elapsed()
+    );
+    assert!(
+        resumed.next(Duration::from_secs(5)).await.is_none(),
+        "ended"
+    );
+    processor.stop().await;
+}
+
+/// Every read says how fresh the read model is: 0 behind once the projection has caught up
+/// (transaction markers included); after a restart, catching up and behind by what was
+/// published while the shim was down, then 0 behind again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_shim_restart_reads_say_they_are_catching_up_then_zero_behind() {
+    let settings = world("fresh");
+    let processor = Processor::start(&settings);
+    let client = client();
+    let fresh = json!({"behind": 0, "catching_up": false});
+
+    let shim = Shim::start(&settings, Some(&processor)).await;
+    shim.wait_ready(&client).await;
+    post_alerts(&client, &shim, &[(3, 0), (4, 0)]).await;
+    let (_, body) = get_json_until(
+        &client,
+        &shim.url("/api/v1/alerts"),
+        Duration::from_secs(20),
+        |body| body["read_model"] == fresh && body["alerts"].as_array().unwrap().len() == 2,
+    )
+    .await;
+    assert_eq!(body["read_model"], fresh, "{body}");
+    shim.stop().await;
+
+    // While it is down, another shim (with a database of its own) publishes more.
+    let mut other = settings.clone();
+    other.store.data_dir = settings.store.data_dir.join("other");
+    let second = Shim::start(&other, Some(&processor)).await;
+    second.wait_ready(&client).await;
+    let events: Vec<(u64, u64)> = (0..30).map(|i| (10 + i, 0)).collect();
+    post_alerts(&client, &second, &events).await;
+    second.stop().await;
+
+    // Restarted, it writes its first batch only after 5 s: meanwhile it is catching up.
+    let mut slow = settings.clone();
+    slow.store.batch_wait = Duration::from_secs(5);
+    slow.store.batch_records = 100_000;
+    let shim = Shim::start(&slow, Some(&processor)).await;
+    shim.wait_ready(&client).await;
+    let (status, body) = get_json(&client, &shim.url("/api/v1/alerts")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["read_model"]["catching_up"], true, "{body}");
+    assert!(
+        body["read_model"]["behind"].as_u64().unwrap() >= 30,
+        "{body}"
+    );
+    let (_, metrics) = get_text(&client, &shim.url("/metrics")).await;
+    assert!(
+        metrics.contains("user_monitor_read_model_lag_records"),
+        "{metrics}"
+    );
+    let (_, body) = get_json_until(
+        &client,
+        &shim.url("/api/v1/alerts"),
+        Duration::from_secs(30),
+        |body| body["read_model"] == fresh,
+    )
+    .await;
+    assert_eq!(body["read_model"], fresh, "{body}");
+    assert_eq!(body["alerts"].as_array().unwrap().len(), 32);
+    shim.stop().await;
+    processor.stop().await;
+}
+
+async fn get_text(client: &reqwest::Client, url: &str) -> (StatusCode, String) {
+    let response = client.get(url).send().await.unwrap();
+    (response.status(), response.text().await.unwrap())
 }

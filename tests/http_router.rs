@@ -6,9 +6,9 @@
 
 mod common;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
@@ -17,6 +17,7 @@ use common::events::scenarios_dir;
 use common::http::read_to_close;
 use common::oracle::{Oracle, ALONE};
 use futures::future::BoxFuture;
+use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 use user_monitor::audit::{AuditEntry, AuditPage};
@@ -24,7 +25,7 @@ use user_monitor::changes::{
     change_rule_set, promote_shadow, Author, ChangeLog, Configured, Promotion, RulesRequest,
 };
 use user_monitor::config::Settings;
-use user_monitor::domain::response::AlertRecord;
+use user_monitor::domain::response::{AlertRecord, Outcome};
 use user_monitor::domain::Coord;
 use user_monitor::domain::Risk;
 use user_monitor::domain::UserId;
@@ -37,6 +38,7 @@ use user_monitor::http::auth::{sha256_hex, Scope, TokenConfig, Tokens};
 use user_monitor::http::backend::{
     Found, JudgedBy, LookupError, ProduceError, Promoted, RulesChanged, RulesError, TriageChanged,
 };
+use user_monitor::http::stream::{now_ms, StreamConfig, Streams};
 use user_monitor::http::{router, server, Backend, ConfiguredRuleSets, Hub, Shared};
 use user_monitor::kafka::dead_letters::DeadLetterView;
 use user_monitor::kafka::rules::{Current, MemoryTopic, Published, Publisher, RulesKey};
@@ -45,7 +47,7 @@ use user_monitor::metrics::Metrics;
 use user_monitor::profiles::{ProfileLine, ProfileRecord, Profiles, RiskSource};
 use user_monitor::rule_set::{Bounds, RuleSet};
 use user_monitor::store::projection::Status as ProjectionStatus;
-use user_monitor::store::{Batch, SnapshotBatch, Store, TriageBatch};
+use user_monitor::store::{Batch, OrderKey, SnapshotBatch, Store, TriageBatch};
 use utoipa::OpenApi;
 
 /// How the fake Kafka behaves.
@@ -498,6 +500,11 @@ fn default_rules() -> ConfiguredRuleSets {
     ConfiguredRuleSets::from_settings(&Settings::defaults()).unwrap()
 }
 
+/// The live alert feeds as configured by default.
+fn default_streams() -> Arc<Streams> {
+    Streams::new(StreamConfig::from_settings(&Settings::defaults().http))
+}
+
 async fn fixture_with_rules(
     projected: usize,
     response_timeout: Duration,
@@ -524,6 +531,7 @@ async fn fixture_with_rules(
         body_limit: 1024,
         auth,
         rules,
+        streams: default_streams(),
     };
     Fixture {
         app: router(Arc::new(shared)),
@@ -555,6 +563,17 @@ async fn call(app: &Router, request: Request<Body>) -> Reply {
     let response = app.clone().oneshot(request).await.unwrap();
     let status = response.status();
     let headers = response.headers().clone();
+    if headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v == "text/event-stream")
+    {
+        // A live feed never ends by itself: its events are read with `SseReader`.
+        return Reply {
+            status,
+            headers,
+            text: String::new(),
+        };
+    }
     let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
         .await
         .unwrap();
@@ -1277,6 +1296,7 @@ async fn readyz_waits_for_the_projection_to_be_assigned() {
         body_limit: 1024,
         auth: None,
         rules: default_rules(),
+        streams: default_streams(),
     }));
     assert_eq!(
         call(&app, get("/readyz")).await.status,
@@ -1327,6 +1347,7 @@ async fn openapi_document_describes_every_endpoint() {
         ("/api/v1/events", &["post"][..]),
         ("/api/v1/events/{event_id}", &["get"][..]),
         ("/api/v1/alerts", &["get"][..]),
+        ("/api/v1/alerts/stream", &["get"][..]),
         ("/api/v1/alerts/{alert_id}", &["get"][..]),
         ("/api/v1/users/{user_id}/events", &["get"][..]),
         ("/api/v1/users/{user_id}/risk", &["put", "get"][..]),
@@ -1845,7 +1866,7 @@ async fn every_openapi_operation_is_enforced_with_the_scope_it_declares() {
         }
     }
     // Every route of the router is in the document.
-    assert_eq!(checked.len(), 26, "{checked:?}");
+    assert_eq!(checked.len(), 27, "{checked:?}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -3469,4 +3490,755 @@ async fn triage_needs_alerts_write_and_the_audit_trail_names_the_token() {
         .as_array()
         .unwrap();
     assert!(params.iter().any(|p| p["name"] == "status"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Strict queries, reads that say how fresh they are, and the live alert feed (CONTRACT §7)
+
+/// A misspelt filter never widens an answer: every read route refuses a query parameter it does
+/// not document, naming it and the ones it accepts.
+#[tokio::test]
+async fn an_unknown_query_parameter_is_400_naming_it_and_the_accepted_ones() {
+    let f = fixture().await;
+    call(
+        &f.app,
+        post(
+            "/event",
+            r#"{"type": "withdraw", "amount": "200.00", "user_id": 3, "time": 0}"#,
+        ),
+    )
+    .await;
+    for (path, name, accepted) in [
+        (
+            "/api/v1/alerts?userId=99999",
+            "userId",
+            "accepted: user_id, code, status, since, until, limit, cursor",
+        ),
+        (
+            "/api/v1/alerts/stream?user_id=3&userid=3",
+            "userid",
+            "accepted: user_id, code, status, since, until, cursor, after",
+        ),
+        (
+            "/api/v1/users/3/events?user_id=3",
+            "user_id",
+            "accepted: limit, cursor",
+        ),
+        ("/api/v1/audit?actor=x", "actor", "accepted: limit, cursor"),
+        (
+            "/api/v1/events/0-0?verbose=1",
+            "verbose",
+            "takes no query parameters",
+        ),
+        (
+            "/api/v1/alerts/alert-0-0?verbose",
+            "verbose",
+            "takes no query parameters",
+        ),
+    ] {
+        let reply = call(&f.app, get(path)).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{path}");
+        let error = reply.json()["error"].as_str().unwrap().to_owned();
+        assert!(
+            error.contains(&format!("unknown query parameter \"{name}\"")),
+            "{path}: {error}"
+        );
+        assert!(error.contains(accepted), "{path}: {error}");
+    }
+    // What each route documents, it accepts.
+    for path in [
+        "/api/v1/alerts?user_id=3&code=1100&since=0&until=5000&limit=5",
+        "/api/v1/users/3/events?limit=5",
+        "/api/v1/audit?limit=5",
+        "/api/v1/events/0-0",
+        "/api/v1/alerts/alert-0-0",
+    ] {
+        assert_eq!(
+            call(&f.app, get(path)).await.status,
+            StatusCode::OK,
+            "{path}"
+        );
+    }
+    let reply = call(&f.app, get("/api/v1/alerts?user_id=3&code=1100")).await;
+    assert_eq!(reply.json()["alerts"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn since_is_inclusive_until_exclusive_and_an_empty_range_is_400() {
+    let f = fixture().await;
+    // Three alerts, stamped 1000, 1001 and 1002 by the memory backend.
+    for time in 0..3 {
+        let body =
+            format!(r#"{{"type": "withdraw", "amount": "200", "user_id": 3, "time": {time}}}"#);
+        call(&f.app, post("/event", &body)).await;
+    }
+    let reply = call(&f.app, get("/api/v1/alerts?since=1001&until=1002")).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let alerts = reply.json()["alerts"].clone();
+    let ids: Vec<&str> = alerts
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["alert_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["alert-0-1"]);
+    for range in ["since=1002&until=1002", "since=1003&until=1001"] {
+        for route in ["/api/v1/alerts", "/api/v1/alerts/stream"] {
+            let reply = call(&f.app, get(&format!("{route}?{range}"))).await;
+            assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{route}?{range}");
+            assert!(
+                reply.json()["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("must be before until"),
+                "{}",
+                reply.text
+            );
+        }
+    }
+}
+
+/// A read model and a hub of their own, fed by hand (as the projection and the follower do), with
+/// the feeds configured as given: the live feed's fixture.
+struct FeedFixture {
+    app: Router,
+    hub: Arc<Hub>,
+    store: Store,
+    projection: Arc<ProjectionStatus>,
+    streams: Arc<Streams>,
+    metrics: Arc<Metrics>,
+    _dir: tempfile::TempDir,
+}
+
+/// Feeds with the given settle (ms), buffer, heartbeat (ms) and cap.
+fn feeds(settle_ms: u64, buffer: usize, heartbeat_ms: u64, max_streams: usize) -> StreamConfig {
+    StreamConfig {
+        max_streams,
+        heartbeat: Duration::from_millis(heartbeat_ms),
+        buffer,
+        settle: Duration::from_millis(settle_ms),
+    }
+}
+
+/// `partitions`: the alerts partitions the follower would read (none: only the time bound
+/// releases alerts). The projection starts caught up with an empty topic.
+async fn feed_fixture(config: StreamConfig, partitions: &[i32]) -> FeedFixture {
+    let hub = Arc::new(Hub::new(10_000));
+    hub.set_connected(true);
+    hub.set_partitions(partitions);
+    let (store, dir) = sqlite_store().await;
+    let metrics = Metrics::new();
+    let projection = Arc::new(ProjectionStatus::with_metrics(&metrics));
+    projection.set_assigned();
+    let empty: BTreeMap<i32, Option<(i64, i64)>> =
+        partitions.iter().map(|&p| (p, Some((0, 0)))).collect();
+    projection.start(&empty, &BTreeMap::new());
+    let streams = Streams::new(config);
+    let backend = MemoryBackend::new(Arc::clone(&hub), store.clone(), 0);
+    let app = router(Arc::new(Shared {
+        backend: backend as Arc<dyn Backend>,
+        hub: Arc::clone(&hub),
+        store: store.clone(),
+        projection: Arc::clone(&projection),
+        metrics: Arc::clone(&metrics),
+        processor: None,
+        response_timeout: Duration::from_millis(100),
+        body_limit: 1024,
+        auth: None,
+        rules: default_rules(),
+        streams: Arc::clone(&streams),
+    }));
+    FeedFixture {
+        app,
+        hub,
+        store,
+        projection,
+        streams,
+        metrics,
+        _dir: dir,
+    }
+}
+
+fn alert_record(partition: i32, offset: i64, user_id: u64, codes: &[u32]) -> AlertRecord {
+    AlertRecord {
+        event_id: Coord::new(partition, offset),
+        duplicate_of: None,
+        user_id: UserId::new(user_id),
+        outcome: Outcome::Accepted {
+            alert_codes: codes.to_vec(),
+            alert_id: (!codes.is_empty()).then(|| format!("alert-{partition}-{offset}")),
+            risk: Risk::Medium,
+        },
+        rules_version: None,
+        evidence: None,
+        event: None,
+        event_text: None,
+    }
+}
+
+/// An alerts record reaching the shim, stamped `timestamp`: stored when `projected` (else only
+/// the hub's recent responses have it, as while the projection lags), then to the hub.
+async fn arrive(f: &FeedFixture, record: AlertRecord, timestamp: i64, projected: bool) {
+    let Coord { partition, offset } = record.event_id;
+    if projected {
+        let mut batch = Batch::default();
+        batch.push(partition, offset, timestamp, Some(&record.to_json()));
+        f.store.write(ALERTS, &batch).await.expect("stores");
+    }
+    f.hub.ingest(record, timestamp);
+}
+
+fn cursor(timestamp: i64, partition: i32, offset: i64) -> String {
+    OrderKey {
+        timestamp,
+        partition,
+        offset,
+    }
+    .cursor()
+}
+
+/// One block of a Server-Sent Events stream.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct SseBlock {
+    event: Option<String>,
+    id: Option<String>,
+    data: String,
+    comment: Option<String>,
+}
+
+impl SseBlock {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.data).unwrap_or_else(|e| panic!("{e}: {self:?}"))
+    }
+}
+
+/// Reads a live feed's body block by block.
+struct SseReader {
+    body: Body,
+    buffer: String,
+}
+
+impl SseReader {
+    async fn open(app: &Router, path: &str, last_event_id: Option<&str>) -> SseReader {
+        let mut request = Request::get(path);
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id);
+        }
+        let response = app
+            .clone()
+            .oneshot(request.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            "text/event-stream"
+        );
+        SseReader {
+            body: response.into_body(),
+            buffer: String::new(),
+        }
+    }
+
+    /// The next block, or `None` when the stream ended or nothing came `within`.
+    async fn next(&mut self, within: Duration) -> Option<SseBlock> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let mut parsed = SseBlock::default();
+                for line in block.lines() {
+                    match line.split_once(':') {
+                        Some(("", comment)) => parsed.comment = Some(comment.trim().to_owned()),
+                        Some(("event", v)) => parsed.event = Some(v.trim().to_owned()),
+                        Some(("id", v)) => parsed.id = Some(v.trim().to_owned()),
+                        Some(("data", v)) => parsed.data.push_str(v.strip_prefix(' ').unwrap_or(v)),
+                        _ => {}
+                    }
+                }
+                return Some(parsed);
+            }
+            match tokio::time::timeout_at(deadline, self.body.frame()).await {
+                Ok(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.buffer.push_str(std::str::from_utf8(&data).unwrap());
+                    }
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// The next `n` alert events (heartbeats skipped); fails the test if they do not come.
+    async fn alerts(&mut self, n: usize) -> Vec<SseBlock> {
+        let mut alerts = Vec::new();
+        while alerts.len() < n {
+            let block = self
+                .next(Duration::from_secs(10))
+                .await
+                .unwrap_or_else(|| panic!("{} of {n} alerts came: {alerts:?}", alerts.len()));
+            if block.comment.is_none() {
+                assert_eq!(block.event.as_deref(), Some("alert"), "{block:?}");
+                alerts.push(block);
+            }
+        }
+        alerts
+    }
+
+    /// Nothing but heartbeats for `within`.
+    async fn quiet_for(&mut self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        while let Some(block) = self.next(deadline - tokio::time::Instant::now()).await {
+            assert!(block.comment.is_some(), "expected nothing, got {block:?}");
+        }
+    }
+}
+
+/// `(id, alert_id)` of each event.
+fn sse_ids(alerts: &[SseBlock]) -> Vec<(String, String)> {
+    alerts
+        .iter()
+        .map(|a| {
+            (
+                a.id.clone().expect("an alert in order has an id"),
+                a.json()["alert_id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The records of two partitions interleave: the feed holds each alert until both partitions
+/// have passed it, and delivers in cursor order, with the list's filters.
+#[tokio::test]
+async fn the_feed_delivers_filtered_alerts_in_cursor_order_whatever_order_they_arrive_in() {
+    // An hour of settle: only the partitions' progress releases alerts here.
+    let f = feed_fixture(feeds(3_600_000, 64, 60_000, 8), &[0, 1]).await;
+    let mut all = SseReader::open(&f.app, "/api/v1/alerts/stream", None).await;
+    let mut user3 = SseReader::open(&f.app, "/api/v1/alerts/stream?user_id=3", None).await;
+    let mut code30 = SseReader::open(&f.app, "/api/v1/alerts/stream?code=30", None).await;
+    let t = now_ms();
+    // Partition 1's alert stamped t+20 arrives before partition 0's stamped t+10.
+    arrive(&f, alert_record(1, 0, 3, &[1100]), t + 20, true).await;
+    arrive(&f, alert_record(0, 0, 3, &[30]), t + 10, true).await;
+    arrive(&f, alert_record(0, 1, 4, &[30]), t + 15, true).await;
+    arrive(&f, alert_record(0, 2, 4, &[]), t + 16, true).await;
+    arrive(&f, alert_record(1, 1, 3, &[30, 1100]), t + 40, true).await;
+    arrive(&f, alert_record(0, 3, 4, &[1100]), t + 30, true).await;
+    // Partition 0 is at t+30, partition 1 at t+40: up to t+30 is out, t+40 held.
+    assert_eq!(
+        sse_ids(&all.alerts(4).await),
+        [
+            (cursor(t + 10, 0, 0), "alert-0-0".to_owned()),
+            (cursor(t + 15, 0, 1), "alert-0-1".to_owned()),
+            (cursor(t + 20, 1, 0), "alert-1-0".to_owned()),
+            (cursor(t + 30, 0, 3), "alert-0-3".to_owned()),
+        ]
+    );
+    assert_eq!(
+        sse_ids(&user3.alerts(2).await),
+        [
+            (cursor(t + 10, 0, 0), "alert-0-0".to_owned()),
+            (cursor(t + 20, 1, 0), "alert-1-0".to_owned()),
+        ]
+    );
+    assert_eq!(
+        sse_ids(&code30.alerts(2).await),
+        [
+            (cursor(t + 10, 0, 0), "alert-0-0".to_owned()),
+            (cursor(t + 15, 0, 1), "alert-0-1".to_owned()),
+        ]
+    );
+    all.quiet_for(Duration::from_millis(200)).await;
+    // Partition 0 moves past t+40: partition 1's alert is out; this one (t+50) waits.
+    arrive(&f, alert_record(0, 4, 3, &[30]), t + 50, true).await;
+    let released = all.alerts(1).await;
+    assert_eq!(
+        sse_ids(&released),
+        [(cursor(t + 40, 1, 1), "alert-1-1".to_owned())]
+    );
+    // The data is the list's item (newest first: t+50, t+40, t+10).
+    let listed = call(&f.app, get("/api/v1/alerts?user_id=3&code=30")).await;
+    assert_eq!(released[0].json(), listed.json()["alerts"][1]);
+    assert_eq!(sse_ids(&user3.alerts(1).await)[0].1, "alert-1-1");
+    assert_eq!(sse_ids(&code30.alerts(1).await)[0].1, "alert-1-1");
+    all.quiet_for(Duration::from_millis(200)).await;
+}
+
+/// A feed resumed after any of its ids (header, `cursor` or `after`) goes on exactly as the
+/// uninterrupted feed did: the stored alerts, the ones not yet projected, and the live ones,
+/// none missing and none twice.
+#[tokio::test]
+async fn resuming_after_an_id_gives_exactly_what_the_uninterrupted_feed_gave() {
+    let f = feed_fixture(feeds(3_600_000, 256, 60_000, 16), &[0, 1, 2]).await;
+    let mut whole = SseReader::open(&f.app, "/api/v1/alerts/stream", None).await;
+    let t = now_ms();
+    // Partition p's k-th record is stamped t + 3k + p; the partitions take turns irregularly
+    // (each in its own order), and the last eight are not projected yet.
+    let schedule = [2, 0, 1, 1, 0, 2, 2, 2, 0, 1, 0, 0];
+    let mut next = [0i64; 3];
+    let mut arrived = 0;
+    while next.iter().any(|&k| k < 20) {
+        for &p in &schedule {
+            let k = next[p as usize];
+            if k < 20 {
+                let record = alert_record(p, k, 1 + (k as u64 % 3), &[1100]);
+                arrive(&f, record, t + 3 * k + i64::from(p), arrived < 52).await;
+                next[p as usize] += 1;
+                arrived += 1;
+            }
+        }
+    }
+    // Partition 0 last delivered t+57: everything up to it is out, in order.
+    let first = whole.alerts(58).await;
+    let first_ids = sse_ids(&first);
+    let mut sorted = first_ids.clone();
+    sorted.sort_by_key(|(id, _)| OrderKey::from_cursor(id).unwrap());
+    assert_eq!(first_ids, sorted, "in cursor order");
+    assert_eq!(
+        first_ids.iter().collect::<HashSet<_>>().len(),
+        58,
+        "none twice"
+    );
+    whole.quiet_for(Duration::from_millis(100)).await;
+
+    let mut resumed = Vec::new();
+    for (k, how) in [(0, "header"), (20, "cursor"), (41, "after"), (57, "header")] {
+        let id = &first_ids[k].0;
+        let reader = match how {
+            "header" => SseReader::open(&f.app, "/api/v1/alerts/stream", Some(id)).await,
+            param => {
+                let path = format!("/api/v1/alerts/stream?{param}={id}");
+                SseReader::open(&f.app, &path, None).await
+            }
+        };
+        resumed.push((k, reader));
+    }
+    for (k, reader) in &mut resumed {
+        let rest = sse_ids(&reader.alerts(57 - *k).await);
+        assert_eq!(rest, first_ids[*k + 1..], "resumed after #{k}");
+    }
+    // Then live, the same for all.
+    for p in 0..3 {
+        arrive(
+            &f,
+            alert_record(p, 20, 9, &[1100]),
+            t + 60 + i64::from(p),
+            true,
+        )
+        .await;
+    }
+    let live = sse_ids(&whole.alerts(3).await);
+    assert_eq!(
+        live.iter().map(|(_, a)| a.as_str()).collect::<Vec<_>>(),
+        ["alert-1-19", "alert-2-19", "alert-0-20"]
+    );
+    for (k, reader) in &mut resumed {
+        assert_eq!(sse_ids(&reader.alerts(3).await), live, "resumed after #{k}");
+        reader.quiet_for(Duration::from_millis(50)).await;
+    }
+    // A malformed id is a 400.
+    let request = Request::get("/api/v1/alerts/stream")
+        .header("last-event-id", "nope")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(call(&f.app, request).await.status, StatusCode::BAD_REQUEST);
+    let both = call(
+        &f.app,
+        get("/api/v1/alerts/stream?cursor=1.0.0&after=1.0.0"),
+    )
+    .await;
+    assert_eq!(both.status, StatusCode::BAD_REQUEST);
+}
+
+/// With `since` and `until`, a feed replays the stored range in order and ends with `event: end`.
+#[tokio::test]
+async fn a_feed_with_until_delivers_the_range_then_ends() {
+    let f = feed_fixture(feeds(0, 16, 60_000, 4), &[]).await;
+    for (offset, ts) in [(0, 1_000), (1, 1_001), (2, 1_002), (3, 999)] {
+        arrive(&f, alert_record(0, offset, 1, &[1100]), ts, true).await;
+    }
+    let mut feed =
+        SseReader::open(&f.app, "/api/v1/alerts/stream?since=1000&until=1002", None).await;
+    assert_eq!(
+        sse_ids(&feed.alerts(2).await),
+        [
+            (cursor(1_000, 0, 0), "alert-0-0".to_owned()),
+            (cursor(1_001, 0, 1), "alert-0-1".to_owned()),
+        ]
+    );
+    let end = feed.next(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(end.event.as_deref(), Some("end"), "{end:?}");
+    assert_eq!(end.json(), json!({"reason": "until"}));
+    assert_eq!(feed.next(Duration::from_secs(5)).await, None);
+}
+
+/// An alert that reaches the shim after the frontier passed it cannot be placed in order: it is
+/// still delivered, without an id, so that a client's last id never moves back.
+#[tokio::test]
+async fn a_late_alert_is_delivered_without_an_id_and_counted() {
+    let f = feed_fixture(feeds(0, 16, 60_000, 4), &[]).await;
+    let mut feed = SseReader::open(&f.app, "/api/v1/alerts/stream", None).await;
+    let t = now_ms();
+    arrive(&f, alert_record(0, 0, 1, &[1100]), t + 5, true).await;
+    assert_eq!(feed.alerts(1).await[0].id, Some(cursor(t + 5, 0, 0)));
+    arrive(&f, alert_record(1, 0, 1, &[1100]), t - 60_000, true).await;
+    let late = feed.alerts(1).await;
+    assert_eq!(late[0].id, None);
+    assert_eq!(late[0].json()["alert_id"], "alert-1-0");
+    assert_eq!(f.metrics.alert_stream_late.get(), 1);
+}
+
+#[tokio::test]
+async fn an_idle_feed_sends_heartbeats() {
+    let f = feed_fixture(feeds(0, 16, 200, 4), &[]).await;
+    let mut feed = SseReader::open(&f.app, "/api/v1/alerts/stream", None).await;
+    for _ in 0..2 {
+        let block = feed
+            .next(Duration::from_secs(3))
+            .await
+            .expect("a heartbeat");
+        assert_eq!(block.comment.as_deref(), Some("heartbeat"), "{block:?}");
+    }
+}
+
+#[tokio::test]
+async fn feeds_past_http_max_streams_get_503_and_a_closed_feed_frees_its_place() {
+    let f = feed_fixture(feeds(0, 16, 60_000, 1), &[]).await;
+    let first = SseReader::open(&f.app, "/api/v1/alerts/stream", None).await;
+    let reply = call(&f.app, get("/api/v1/alerts/stream")).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        reply.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("http.max_streams"),
+        "{}",
+        reply.text
+    );
+    assert_eq!(reply.headers[header::RETRY_AFTER], "1");
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let reply = call(&f.app, get("/api/v1/alerts/stream")).await;
+        if reply.status == StatusCode::OK {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the place was never freed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A client that does not read gets, once it reads again, what fitted in its buffer, then
+/// `event: overflow` naming the id to resume after, then the end; nothing accumulates for it.
+#[tokio::test]
+async fn a_client_that_does_not_read_gets_an_overflow_notice_and_its_feed_ends() {
+    // One partition: each alert is released as it arrives.
+    let f = feed_fixture(feeds(3_600_000, 4, 60_000, 2), &[0]).await;
+    let mut stuck = SseReader::open(&f.app, "/api/v1/alerts/stream", None).await;
+    let t = now_ms();
+    for offset in 0..40 {
+        arrive(&f, alert_record(0, offset, 1, &[1100]), t + offset, false).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while f.metrics.alert_stream_overflows.get() == 0 {
+        assert!(Instant::now() < deadline, "never overflowed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Thousands more: the ended feed takes none of them.
+    for offset in 40..5_000 {
+        arrive(&f, alert_record(0, offset, 1, &[1100]), t + offset, false).await;
+    }
+    let delivered = stuck.alerts(4).await;
+    assert_eq!(
+        sse_ids(&delivered).last().unwrap().0,
+        cursor(t + 3, 0, 3),
+        "the buffer's four"
+    );
+    let notice = stuck.next(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(notice.event.as_deref(), Some("overflow"), "{notice:?}");
+    assert_eq!(notice.json()["last_event_id"], cursor(t + 3, 0, 3));
+    assert!(notice.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("Last-Event-ID"));
+    assert_eq!(stuck.next(Duration::from_secs(5)).await, None, "the end");
+    // Both places are free again.
+    let _a = open_when_free(&f.app).await;
+    let _b = open_when_free(&f.app).await;
+}
+
+/// Opens a feed, retrying while every place is taken (a feed that ended frees its place a
+/// moment later).
+async fn open_when_free(app: &Router) -> SseReader {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let response = app
+            .clone()
+            .oneshot(get("/api/v1/alerts/stream"))
+            .await
+            .unwrap();
+        if response.status() == StatusCode::OK {
+            return SseReader {
+                body: response.into_body(),
+                buffer: String::new(),
+            };
+        }
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(Instant::now() < deadline, "no place was freed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn stream_limits() -> server::HttpLimits {
+    server::HttpLimits {
+        shutdown_timeout: Duration::from_secs(30),
+        ..limits()
+    }
+}
+
+/// Over a real socket, a client that stopped reading altogether (its socket buffers full) is
+/// cut off a heartbeat after its feed overflowed, and its place is freed.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off_and_frees_its_place() {
+    use tokio::io::AsyncWriteExt;
+    let f = feed_fixture(feeds(3_600_000, 8, 300, 1), &[0]).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(server::serve(
+        listener,
+        f.app.clone(),
+        stream_limits(),
+        shutdown.clone(),
+    ));
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    socket
+        .write_all(b"GET /api/v1/alerts/stream HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // 60 MB of alerts: far more than the socket buffers hold.
+    let t = now_ms();
+    let padding = "x".repeat(30_000);
+    for offset in 0..2_000 {
+        let mut record = alert_record(0, offset, 1, &[1100]);
+        record.event_text = Some(padding.clone());
+        arrive(&f, record, t + offset, false).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let reply = call(&f.app, get("/api/v1/alerts/stream")).await;
+        if reply.status == StatusCode::OK {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the stuck client kept its place");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(f.metrics.alert_stream_overflows.get(), 1);
+    let seen = read_to_close(&mut socket, Duration::from_secs(20))
+        .await
+        .expect("the connection was closed");
+    assert!(
+        seen.starts_with("HTTP/1.1 200"),
+        "{}",
+        &seen[..seen.len().min(200)]
+    );
+    shutdown.cancel();
+}
+
+/// At shutdown every feed ends at once and cleanly: the drain does not wait for them.
+#[tokio::test]
+async fn open_feeds_end_at_shutdown_without_holding_the_drain() {
+    let f = feed_fixture(feeds(0, 16, 60_000, 4), &[]).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(server::serve(
+        listener,
+        f.app.clone(),
+        stream_limits(),
+        shutdown.clone(),
+    ));
+    let client = reqwest::Client::new();
+    let mut feeds = Vec::new();
+    for _ in 0..3 {
+        let response = client
+            .get(format!("http://{addr}/api/v1/alerts/stream"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        feeds.push(response);
+    }
+    let started = Instant::now();
+    // What `http::start` does on SIGTERM.
+    shutdown.cancel();
+    f.streams.close();
+    for mut feed in feeds {
+        let ended = tokio::time::timeout(Duration::from_secs(5), async {
+            while feed.chunk().await.expect("a clean end").is_some() {}
+        })
+        .await;
+        assert!(ended.is_ok(), "a feed held on");
+    }
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("the server stopped")
+        .unwrap()
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    let refused = call(&f.app, get("/api/v1/alerts/stream")).await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+/// Every answer read from the store says how far the read model is behind the alerts topic, from
+/// what the projection last learnt (no Kafka request); the same number is a metric.
+#[tokio::test]
+async fn every_read_from_the_store_says_how_far_behind_the_read_model_is() {
+    let unknown = fixture().await;
+    let reply = call(&unknown.app, get("/api/v1/alerts")).await;
+    assert_eq!(
+        reply.json()["read_model"],
+        json!({"behind": null, "catching_up": true}),
+        "before the projection knows the topic's ends"
+    );
+
+    let f = feed_fixture(feeds(0, 16, 60_000, 4), &[0, 1]).await;
+    arrive(&f, alert_record(0, 0, 3, &[1100]), 1_000, true).await;
+    // Started with partition 0 at 4 of 10, partition 1 at 0 of 8 but starting at 5: 6 + 3.
+    f.projection.start(
+        &BTreeMap::from([(0, Some((0, 10))), (1, Some((5, 8)))]),
+        &BTreeMap::from([(0, 4)]),
+    );
+    let reads = [
+        "/api/v1/alerts",
+        "/api/v1/users/3/events",
+        "/api/v1/events/0-0",
+        "/api/v1/alerts/alert-0-0",
+    ];
+    let read_models = |want: Value| {
+        let app = f.app.clone();
+        async move {
+            for path in reads {
+                let reply = call(&app, get(path)).await;
+                assert_eq!(reply.status, StatusCode::OK, "{path}: {}", reply.text);
+                assert_eq!(reply.json()["read_model"], want, "{path}");
+            }
+        }
+    };
+    read_models(json!({"behind": 9, "catching_up": true})).await;
+    f.projection.stored_to(&BTreeMap::from([(0, 10), (1, 8)]));
+    read_models(json!({"behind": 0, "catching_up": false})).await;
+    // More published since: behind again, but no longer catching up after the start.
+    f.projection.observe_end(0, 0, 15);
+    read_models(json!({"behind": 5, "catching_up": false})).await;
+    let metrics = call(&f.app, get("/metrics")).await.text;
+    assert!(
+        metrics.contains("user_monitor_read_model_lag_records 5"),
+        "{metrics}"
+    );
 }

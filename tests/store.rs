@@ -54,6 +54,7 @@ on_both!(
     a_store_rebuilt_from_both_topics_in_another_order_agrees,
     retention_takes_the_triage_of_expired_alerts_with_them,
     a_users_reads_start_at_its_latest_snapshot_and_reach_the_partitions_end,
+    ascending_pages_cover_a_range_of_positions_in_order_with_the_filters,
 );
 
 /// Alerts-topic record `i` of partition `alerts_partition`: answers event (i % 3, i), user
@@ -744,4 +745,70 @@ async fn a_users_reads_start_at_its_latest_snapshot_and_reach_the_partitions_end
     let reads = store.user_reads(user, 1).await.unwrap();
     assert_eq!(reads.snapshot, None);
     assert_eq!(offsets(&reads).len(), 10);
+}
+
+/// The live feed's catch-up: oldest first, strictly after one position and at most another,
+/// filtered as the list, in pages that continue where the last ended.
+async fn ascending_pages_cover_a_range_of_positions_in_order_with_the_filters(store: Store) {
+    store.write(TOPIC, &batch(0..100)).await.unwrap();
+    let descending = all_alerts(
+        &store,
+        AlertQuery {
+            limit: 1000,
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut every: Vec<OrderKey> = descending.into_iter().rev().collect();
+    let (after, upto) = (every[3], every[40]);
+    every.retain(|k| *k > after && *k <= upto);
+    for query in [
+        AlertQuery::default(),
+        AlertQuery {
+            code: Some(123),
+            ..Default::default()
+        },
+        AlertQuery {
+            user_id: user_monitor::domain::UserId::new(3),
+            since: Some(1010),
+            ..Default::default()
+        },
+    ] {
+        let mut seen = Vec::new();
+        let mut from = Some(after);
+        loop {
+            let page = store.alerts_ascending(&query, from, upto, 4).await.unwrap();
+            assert!(query_matches_all(&query, &page.items), "{query:?}");
+            seen.extend(page.items.iter().map(|s| s.order));
+            match page.next {
+                Some(next) => from = Some(next),
+                None => break,
+            }
+        }
+        let want: Vec<OrderKey> = {
+            let mut stored = Vec::new();
+            for key in &every {
+                let found = store
+                    .event(Coord::new(key.partition, key.offset))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                if query.matches(&found) {
+                    stored.push(*key);
+                }
+            }
+            stored
+        };
+        assert!(!want.is_empty(), "{query:?}");
+        assert_eq!(seen, want, "{query:?}");
+    }
+}
+
+fn query_matches_all(
+    query: &AlertQuery,
+    items: &[std::sync::Arc<user_monitor::store::Stored>],
+) -> bool {
+    items
+        .iter()
+        .all(|s| s.is_listed_alert() && query.matches(s))
 }

@@ -65,6 +65,9 @@ pub enum ApiError {
     /// `If-Match` expected (412).
     #[error(transparent)]
     RulesRefused(#[from] Refusal),
+    /// A bounded resource is taken (503 with `Retry-After`), e.g. every live alert stream.
+    #[error("{0}")]
+    Busy(String),
 }
 
 impl From<RulesError> for ApiError {
@@ -89,9 +92,10 @@ impl ApiError {
             ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::IdempotencyConflict(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::Unavailable(_) | ApiError::Lookup(_) | ApiError::StoreUnavailable(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::Unavailable(_)
+            | ApiError::Lookup(_)
+            | ApiError::StoreUnavailable(_)
+            | ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::RulesRefused(refusal) => match refusal {
                 Refusal::Empty { .. } => StatusCode::BAD_REQUEST,
                 Refusal::VersionTaken { .. } | Refusal::NoShadow { .. } => StatusCode::CONFLICT,
@@ -114,6 +118,7 @@ pub struct ErrorBody {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let challenge = matches!(self, ApiError::Unauthorized(_));
+        let busy = matches!(self, ApiError::Busy(_));
         let problems = match &self {
             ApiError::InvalidRuleSet(invalid) => Some(invalid.problems.clone()),
             _ => None,
@@ -131,6 +136,11 @@ impl IntoResponse for ApiError {
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"user-monitor\""),
             );
+        }
+        if busy {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
     }
@@ -396,12 +406,35 @@ impl ToSchema for EventView {
     }
 }
 
+/// How far the read model (the database behind the GET endpoints) is behind the alerts topic
+/// when the answer was read (CONTRACT §7, "Reads").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"behind": 0, "catching_up": false}))]
+pub struct ReadModel {
+    /// Alerts-topic records not in the database yet (over every partition, the readable end
+    /// minus the projection's next offset); null until the projection knows the topic's ends.
+    pub behind: Option<u64>,
+    /// Still catching up after the shim started: it has not yet reached the ends the topic had
+    /// then, so records published while it was down may be missing.
+    pub catching_up: bool,
+}
+
+impl From<crate::store::projection::Freshness> for ReadModel {
+    fn from(f: crate::store::projection::Freshness) -> Self {
+        ReadModel {
+            behind: f.behind,
+            catching_up: f.catching_up,
+        }
+    }
+}
+
 /// A page of alerts, newest first.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AlertsPage {
     pub alerts: Vec<EventView>,
     /// Pass as `cursor` for the next page; null on the last page.
     pub next_cursor: Option<String>,
+    pub read_model: ReadModel,
 }
 
 /// A user's recent events, newest first.
@@ -411,6 +444,16 @@ pub struct UserEventsPage {
     pub events: Vec<EventView>,
     /// Pass as `cursor` for the next page; null on the last page.
     pub next_cursor: Option<String>,
+    pub read_model: ReadModel,
+}
+
+/// One event (or alert) and its result, with the freshness of the read model it was looked up
+/// in.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventRead {
+    #[serde(flatten)]
+    pub event: EventView,
+    pub read_model: ReadModel,
 }
 
 /// A risk level.
@@ -705,6 +748,8 @@ pub struct ReadyBody {
     pub processor: Option<ProcessorReadiness>,
 }
 
+/// The filters of the alerts, shared by the list and the live feed: a filter added here (and
+/// parsed in `routes::request::alert_filters`) applies to both.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct AlertsParams {
@@ -720,13 +765,34 @@ pub struct AlertsParams {
     /// Only alerts at or after this time (the alerts record's timestamp): RFC 3339
     /// (`2026-01-31T12:00:00Z`) or milliseconds since the Unix epoch.
     pub since: Option<String>,
-    /// Only alerts before this time (exclusive), same forms as `since`.
+    /// Only alerts before this time (exclusive), same forms as `since`; must be after `since`.
     pub until: Option<String>,
-    /// Page size, 1 to 1000 (default 100).
-    #[param(value_type = Option<u32>)]
-    pub limit: Option<String>,
-    /// `next_cursor` of the previous page.
+}
+
+/// Where a live alert feed starts (the `Last-Event-ID` header wins over both).
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct StreamParams {
+    /// Resume after this cursor (an event's `id`, or a list's cursor), for clients that cannot
+    /// set `Last-Event-ID`.
     pub cursor: Option<String>,
+    /// The same as `cursor` (one of the two).
+    pub after: Option<String>,
+}
+
+/// The end of a bounded live feed (`until` reached): every alert before it was delivered.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct StreamEnd {
+    /// Always `until`.
+    pub reason: String,
+}
+
+/// The last event of a feed whose client read too slowly: reconnect with `Last-Event-ID`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct StreamOverflow {
+    pub error: String,
+    /// The id to resume after (null when no alert was delivered and the feed had no cursor).
+    pub last_event_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -1072,6 +1138,7 @@ pub struct DeadLettersBody {
         routes::events::create_event,
         routes::reads::get_event,
         routes::reads::list_alerts,
+        routes::stream::stream_alerts,
         routes::reads::get_alert,
         routes::triage::patch_alert,
         routes::reads::user_events,
@@ -1095,6 +1162,7 @@ pub struct DeadLettersBody {
         routes::operations::metrics,
         routes::operations::openapi
     ),
+    components(schemas(StreamEnd, StreamOverflow)),
     tags(
         (name = "events", description = "submit events and read their results"),
         (name = "alerts", description = "alerts raised, and their triage"),

@@ -53,6 +53,7 @@ fn follow(settings: &Settings, consumer: &Reader, hub: &Hub, stop: &Cancellation
             }
         }
     };
+    hub.set_partitions(&partitions);
     hub.set_connected(true);
     tracing::info!(
         topic,

@@ -5,6 +5,8 @@
 //! - [`auth`]: bearer tokens checked against a scope;
 //! - [`waiters`]: the pending waiters of `POST` requests ([`waiters::Hub`]);
 //! - [`follower`]: the consumer of the alerts topic (from its end) that feeds the hub live;
+//! - [`stream`]: the live alert feed (Server-Sent Events) over the store, the hub's recent
+//!   responses and its live channel, in cursor order;
 //! - the read model behind the GET endpoints is the database of [`crate::store`], fed by its own
 //!   projections of the alerts topic and of the triage topic;
 //! - [`backend`]: producing events, profiles, rule sets and triage, and fallback lookups in Kafka.
@@ -20,6 +22,7 @@ pub mod backend;
 pub mod follower;
 pub mod routes;
 pub mod server;
+pub mod stream;
 pub mod waiters;
 
 use std::net::SocketAddr;
@@ -169,6 +172,16 @@ pub async fn start(settings: Settings, deps: ShimDeps) -> Result<RunningShim, Sh
         deps.shutdown.clone(),
     ));
 
+    // Feeds end at once on shutdown: an open stream never holds the server's drain.
+    let streams = stream::Streams::new(stream::StreamConfig::from_settings(&settings.http));
+    tokio::spawn({
+        let streams = Arc::clone(&streams);
+        let shutdown = deps.shutdown.clone();
+        async move {
+            shutdown.cancelled().await;
+            streams.close();
+        }
+    });
     let state: AppState = Arc::new(Shared {
         backend: Arc::clone(&backend) as Arc<dyn Backend>,
         hub,
@@ -180,6 +193,7 @@ pub async fn start(settings: Settings, deps: ShimDeps) -> Result<RunningShim, Sh
         body_limit: settings.http.body_limit_bytes,
         auth,
         rules,
+        streams,
     });
     let app = router(state);
     let limits = server::HttpLimits {

@@ -38,6 +38,12 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// A handle on the connection a request came on, in the request's extensions: cancelling it
+/// closes the connection (the live alert feed cuts off a client that stopped reading; hyper
+/// would otherwise wait on its full socket for good).
+#[derive(Debug, Clone)]
+pub struct ConnectionClose(pub CancellationToken);
+
 /// What the server bounds.
 #[derive(Debug, Clone, Copy)]
 pub struct HttpLimits {
@@ -203,6 +209,13 @@ async fn serve_connection(
     limits: HttpLimits,
     close: CancellationToken,
 ) {
+    let cut = CancellationToken::new();
+    let handle = ConnectionClose(cut.clone());
+    let app =
+        tower::ServiceExt::map_request(app, move |mut request: Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(handle.clone());
+            request
+        });
     let service = TowerToHyperService::new(app);
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -220,6 +233,7 @@ async fn serve_connection(
             connection.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(Duration::from_secs(1), connection).await;
         }
+        () = cut.cancelled() => tracing::debug!("http connection cut off"),
     }
 }
 

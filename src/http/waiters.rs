@@ -6,12 +6,19 @@
 //! newest [`RECENT`] responses, so that a response that arrives before its request starts waiting
 //! is not missed. Memory is bounded whatever the topic's size. No lock is ever held across an
 //! `.await`.
+//!
+//! It also feeds the live alert feed ([`super::stream`]) while any feed is open: every new
+//! listed alert goes out on a broadcast channel of [`LIVE`] places ([`Hub::subscribe`]),
+//! serialized once for every feed, with what the hub knows of how far every alerts partition has
+//! come ([`Live::merged`]; also on its own, at most every [`FRONTIER_TICK`], when responses
+//! without an alert move it).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
+use tokio::sync::{broadcast, oneshot};
 
 use crate::domain::response::AlertRecord;
 use crate::domain::Coord;
@@ -19,6 +26,39 @@ pub use crate::store::{AlertQuery, OrderKey, Page, Stored};
 
 /// Responses kept for requests that start waiting after their response arrived.
 pub const RECENT: usize = 16_384;
+
+/// Places of the live alerts broadcast: how far a stream's own task may fall behind the
+/// follower before it is told it overflowed (it takes them at once into its own bounded buffer,
+/// so this is only reached when the process is starved).
+pub const LIVE: usize = 8_192;
+
+/// At most one frontier-only message per this long on the live broadcast (responses without an
+/// alert move the frontier too, but are not worth waking every stream for each).
+const FRONTIER_TICK: Duration = Duration::from_millis(10);
+
+/// One message of the live broadcast: a new alert, or only news of the frontier.
+#[derive(Debug, Clone)]
+pub struct Live {
+    /// A new listed alert, with its JSON as the list shows it (serialized once, for every feed).
+    pub alert: Option<(Arc<Stored>, Arc<str>)>,
+    /// When every alerts partition has delivered something: the least of their latest
+    /// positions. As the records of one partition arrive in increasing position (see
+    /// [`super::stream`]), every record at or before it has already arrived.
+    pub merged: Option<OrderKey>,
+    /// When the hub took it (ms since the epoch): a feed that is behind on the channel knows
+    /// what had arrived by then, not by its own now.
+    pub at_ms: i64,
+}
+
+/// What [`Hub::subscribe`] hands a new stream, taken under one lock with the subscription, so
+/// that every alert is either in `recent` or comes through `live`, never neither.
+pub struct Subscription {
+    pub live: broadcast::Receiver<Live>,
+    /// The kept recent alerts after the given position that pass the filter, in order.
+    pub recent: Vec<Arc<Stored>>,
+    /// [`Live::merged`] at the time of subscribing.
+    pub merged: Option<OrderKey>,
+}
 
 /// The newest responses by input coordinates, at most `capacity`.
 #[derive(Debug)]
@@ -29,10 +69,11 @@ struct Recent {
 }
 
 impl Recent {
-    fn insert(&mut self, stored: Arc<Stored>) {
+    /// Keeps `stored`; false when a record for its coordinates is already kept.
+    fn insert(&mut self, stored: Arc<Stored>) -> bool {
         let key = stored.coord();
         if self.by_event.contains_key(&key) {
-            return;
+            return false;
         }
         self.by_event.insert(key, stored);
         self.order.push_back(key);
@@ -41,6 +82,7 @@ impl Recent {
                 self.by_event.remove(&old);
             }
         }
+        true
     }
 }
 
@@ -57,6 +99,27 @@ pub struct Hub {
 struct HubInner {
     recent: Recent,
     waiters: HashMap<Coord, Vec<oneshot::Sender<Arc<Stored>>>>,
+    live: broadcast::Sender<Live>,
+    /// The alerts partitions the follower reads (empty until it is assigned).
+    partitions: Vec<i32>,
+    /// The latest position seen in each partition.
+    latest: BTreeMap<i32, OrderKey>,
+    /// The last [`Live::merged`] sent, and when.
+    sent: (Option<OrderKey>, Instant),
+}
+
+impl HubInner {
+    /// The least latest position over every partition, once each has delivered something.
+    fn merged(&self) -> Option<OrderKey> {
+        if self.partitions.is_empty() {
+            return None;
+        }
+        self.partitions
+            .iter()
+            .map(|p| self.latest.get(p).copied())
+            .min()
+            .flatten()
+    }
 }
 
 /// What [`Hub::wait_for`] found.
@@ -79,6 +142,10 @@ impl Hub {
                     order: VecDeque::new(),
                 },
                 waiters: HashMap::new(),
+                live: broadcast::channel(LIVE).0,
+                partitions: Vec::new(),
+                latest: BTreeMap::new(),
+                sent: (None, Instant::now()),
             }),
             connected: AtomicBool::new(false),
             ingested: AtomicU64::new(0),
@@ -103,7 +170,31 @@ impl Hub {
         });
         let waiters = {
             let mut inner = self.lock();
-            inner.recent.insert(Arc::clone(&stored));
+            let new = inner.recent.insert(Arc::clone(&stored));
+            let latest = inner.latest.entry(partition).or_insert(stored.order);
+            *latest = (*latest).max(stored.order);
+            // Sent under the lock, so that a subscription sees each alert exactly once: in its
+            // snapshot of the recent ones, or on the channel. (No receiver: nothing to do.)
+            if inner.live.receiver_count() > 0 {
+                let merged = inner.merged();
+                let alert = (new && stored.is_listed_alert()).then(|| {
+                    // An alert arrives open: the list shows its triage now, the feed as it came.
+                    let view = super::api::EventView::processed(&stored.record)
+                        .with_triage(crate::domain::Triage::open());
+                    let json = serde_json::to_string(&view).unwrap_or_default();
+                    (Arc::clone(&stored), Arc::from(json))
+                });
+                let news = merged > inner.sent.0 && inner.sent.1.elapsed() >= FRONTIER_TICK;
+                if alert.is_some() || news {
+                    let at_ms = super::stream::now_ms();
+                    let _ = inner.live.send(Live {
+                        alert,
+                        merged,
+                        at_ms,
+                    });
+                    inner.sent = (merged, Instant::now());
+                }
+            }
             inner.waiters.remove(&Coord::new(partition, offset))
         };
         for waiter in waiters.into_iter().flatten() {
@@ -142,6 +233,38 @@ impl Hub {
     /// A recent response, when still kept.
     pub fn recent(&self, key: Coord) -> Option<Arc<Stored>> {
         self.lock().recent.by_event.get(&key).cloned()
+    }
+
+    /// The alerts partitions the follower reads: [`Live::merged`] waits for each of them.
+    pub fn set_partitions(&self, partitions: &[i32]) {
+        self.lock().partitions = partitions.to_vec();
+    }
+
+    /// Subscribes to the live alerts and, under the same lock, takes the kept recent alerts
+    /// positioned after `after` (all when `None`) that `keep` accepts.
+    pub fn subscribe(
+        &self,
+        after: Option<OrderKey>,
+        keep: impl Fn(&Stored) -> bool,
+    ) -> Subscription {
+        let inner = self.lock();
+        let live = inner.live.subscribe();
+        let mut recent: Vec<Arc<Stored>> = inner
+            .recent
+            .by_event
+            .values()
+            .filter(|s| after.is_none_or(|after| s.order > after))
+            .filter(|s| s.is_listed_alert() && keep(s))
+            .cloned()
+            .collect();
+        let merged = inner.merged();
+        drop(inner);
+        recent.sort_by_key(|s| s.order);
+        Subscription {
+            live,
+            recent,
+            merged,
+        }
     }
 
     /// Records taken since start (duplicates and dropped ones included).

@@ -45,7 +45,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Executor};
 
-pub use query::{AlertQuery, OrderKey, Page, Stored};
+pub use query::{is_listed_alert, AlertQuery, OrderKey, Page, Stored};
 pub use replay::{EventTimes, REPLAY_BATCH};
 pub use triage::TriageBatch;
 pub use user_state::{SnapshotBatch, SnapshotProjection, UserCounts, UserReads, UserSnapshot};

@@ -1,26 +1,34 @@
-//! The projections of the alerts topic and of the triage topic into the [`Store`], and the
-//! retention task.
+//! The projection of the alerts topic into the [`Store`], and the retention task.
 //!
-//! For each topic, one thread reads every partition (assign mode, no group, `read_committed`)
-//! from the offsets stored in the database (the beginning when none), gathers batches of up to
-//! `store.batch_records` records or `store.batch_wait` (a [`Feed`]: [`Batch`] of alerts,
-//! [`TriageBatch`]), and hands them to one writer task, which stores each batch's rows and
-//! offsets in one transaction. Reading the next
+//! One thread reads every partition of the alerts topic (assign mode, no group,
+//! `read_committed`) from the offsets stored in the database (the beginning when none), gathers
+//! batches of up to `store.batch_records` records or `store.batch_wait`, and hands them to one
+//! writer task, which stores each batch's rows and offsets in one transaction. Reading the next
 //! batch overlaps writing the previous one. A failed write is retried (never skipped): offsets
 //! only advance with the rows, so nothing is lost and nothing is stored twice, whatever kills the
 //! process. Unreadable records are logged, counted and skipped.
+//!
+//! **How fresh the read model is** ([`Status::freshness`], CONTRACT §7 "Reads"): per alerts
+//! partition, the readable end (the last stable offset, since the projection reads
+//! `read_committed`) against the next offset stored with the rows. The ends come from
+//! librdkafka's statistics of this consumer (`statistics.interval.ms` = 1 s): every fetch
+//! response carries them, so they cost no request of their own, and a GET never waits for
+//! Kafka. The stored offsets follow the consumer's position, which moves past transaction
+//! markers (records the consumer never hands out), so a caught-up projection is 0 behind.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::metrics::counter::Counter;
-use rdkafka::consumer::Consumer;
+use prometheus_client::metrics::gauge::Gauge;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -30,13 +38,14 @@ use crate::kafka::read::LastError;
 use crate::kafka::{reader_config, KafkaLayerError, Reader, ReaderContext};
 use crate::metrics::Metrics;
 
-/// How the projection is doing, for readiness and metrics.
+/// How the projection is doing, for readiness, metrics and the freshness of every read.
 #[derive(Debug, Default)]
 pub struct Status {
     assigned: AtomicBool,
     projected: AtomicU64,
     skipped: AtomicU64,
     failing: AtomicBool,
+    progress: Mutex<Progress>,
     /// The Prometheus counters these numbers also go to.
     counters: Option<Counters>,
 }
@@ -46,6 +55,75 @@ struct Counters {
     projected: Counter,
     skipped: Counter,
     write_errors: Counter,
+    lag: Gauge,
+}
+
+/// How far the read model is behind the alerts topic, as every read states it (CONTRACT §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Freshness {
+    /// Records of the alerts topic the database does not have yet: the sum over partitions of
+    /// the readable end minus the projection's next offset. `None` until the projection knows
+    /// where every partition ends (before it is assigned).
+    pub behind: Option<u64>,
+    /// The projection has not yet reached the ends it saw when it started: a list may be
+    /// missing anything published while the shim was down.
+    pub catching_up: bool,
+}
+
+/// What the projection has stored against where the topic ends, per alerts partition.
+#[derive(Debug, Default)]
+struct Progress {
+    partitions: BTreeMap<i32, PartitionProgress>,
+    /// [`Status::start`] ran: the partitions and their ends at start are known.
+    started: bool,
+    /// Every partition reached its end at start once (it stays so).
+    caught_up: bool,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct PartitionProgress {
+    /// The next offset stored with the rows (exclusive).
+    stored: i64,
+    /// The first offset the topic still has: nothing below it can be stored.
+    low: i64,
+    /// The readable end as last seen (the last stable offset under `read_committed`).
+    end: Option<i64>,
+    /// The readable end when the projection started.
+    start_end: Option<i64>,
+}
+
+impl PartitionProgress {
+    fn next(&self) -> i64 {
+        self.stored.max(self.low)
+    }
+
+    fn behind(&self) -> Option<u64> {
+        self.end
+            .map(|end| u64::try_from(end - self.next()).unwrap_or(0))
+    }
+}
+
+impl Progress {
+    fn freshness(&mut self) -> Freshness {
+        if self.started && !self.caught_up {
+            self.caught_up = self
+                .partitions
+                .values()
+                .all(|p| p.start_end.is_some_and(|end| p.next() >= end));
+        }
+        let behind = if self.started {
+            self.partitions
+                .values()
+                .map(PartitionProgress::behind)
+                .sum()
+        } else {
+            None
+        };
+        Freshness {
+            behind,
+            catching_up: !self.caught_up,
+        }
+    }
 }
 
 impl Status {
@@ -56,8 +134,73 @@ impl Status {
                 projected: metrics.store_projected.clone(),
                 skipped: metrics.store_skipped.clone(),
                 write_errors: metrics.store_write_errors.clone(),
+                lag: metrics.read_model_lag.clone(),
             }),
             ..Status::default()
+        }
+    }
+
+    fn progress(&self) -> MutexGuard<'_, Progress> {
+        self.progress.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How far the read model is behind the alerts topic. Cheap (one uncontended lock, no
+    /// Kafka request): every read calls it.
+    pub fn freshness(&self) -> Freshness {
+        self.progress().freshness()
+    }
+
+    /// The projection starts: its partitions with `(low, end)` as the brokers gave them (`None`
+    /// when they did not answer: the first statistics then stand for the end at start), and
+    /// the next offsets the database holds.
+    pub fn start(&self, ends: &BTreeMap<i32, Option<(i64, i64)>>, stored: &BTreeMap<i32, i64>) {
+        let mut progress = self.progress();
+        progress.partitions = ends
+            .iter()
+            .map(|(&partition, ends)| {
+                let (low, end) = ends.map_or((0, None), |(low, end)| (low, Some(end)));
+                let part = PartitionProgress {
+                    stored: stored.get(&partition).copied().unwrap_or(0),
+                    low,
+                    end,
+                    start_end: end,
+                };
+                (partition, part)
+            })
+            .collect();
+        progress.started = true;
+        progress.caught_up = false;
+        self.publish(&mut progress);
+    }
+
+    /// A partition's `low` offset and readable `end` as the consumer last saw them.
+    pub fn observe_end(&self, partition: i32, low: i64, end: i64) {
+        let mut progress = self.progress();
+        let Some(part) = progress.partitions.get_mut(&partition) else {
+            return;
+        };
+        part.low = low.max(0);
+        part.end = Some(end);
+        part.start_end.get_or_insert(end);
+        self.publish(&mut progress);
+    }
+
+    /// The database now holds everything below these next offsets.
+    pub fn stored_to(&self, next_offsets: &BTreeMap<i32, i64>) {
+        let mut progress = self.progress();
+        for (partition, &next) in next_offsets {
+            if let Some(part) = progress.partitions.get_mut(partition) {
+                part.stored = part.stored.max(next);
+            }
+        }
+        self.publish(&mut progress);
+    }
+
+    /// Sets the lag metric once it is known.
+    fn publish(&self, progress: &mut Progress) {
+        let freshness = progress.freshness();
+        if let (Some(counters), Some(behind)) = (&self.counters, freshness.behind) {
+            counters.lag.set(i64::try_from(behind).unwrap_or(i64::MAX));
         }
     }
 
@@ -86,6 +229,7 @@ impl Status {
     }
 }
 
+/// A started projection.
 /// What one projection gathers from its topic and stores, with the offsets it covers, in one
 /// transaction.
 pub trait Feed: Default + Send + 'static {
@@ -103,30 +247,6 @@ pub trait Feed: Default + Send + 'static {
         store: &Store,
         topic: &str,
     ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send;
-}
-
-impl Feed for Batch {
-    fn push_message(&mut self, message: &BorrowedMessage<'_>) {
-        let timestamp = message.timestamp().to_millis().unwrap_or(0);
-        self.push(
-            message.partition(),
-            message.offset(),
-            timestamp,
-            message.payload(),
-        );
-    }
-    fn len(&self) -> usize {
-        Batch::len(self)
-    }
-    fn is_empty(&self) -> bool {
-        Batch::is_empty(self)
-    }
-    fn counts(&self) -> (u64, u64) {
-        (self.rows.len() as u64, self.skipped)
-    }
-    async fn write(&self, store: &Store, topic: &str) -> Result<(), StoreError> {
-        store.write(topic, self).await
-    }
 }
 
 impl Feed for TriageBatch {
@@ -152,7 +272,6 @@ impl Feed for TriageBatch {
     }
 }
 
-/// A started projection.
 pub struct Projection {
     thread: JoinHandle<()>,
 }
@@ -166,8 +285,20 @@ impl Projection {
         status: Arc<Status>,
         stop: CancellationToken,
     ) -> Result<Projection, StoreError> {
-        let topic = settings.topics.alerts.clone();
-        Projection::spawn_feed::<Batch>(settings, topic, "store", store, status, stop)
+        let consumer: ProjectionConsumer = reader_config(&settings, "store")?
+            // The readable ends of the partitions, from the fetches the consumer makes anyway.
+            .set("statistics.interval.ms", STATISTICS_INTERVAL_MS)
+            .create_with_context(ProjectionContext {
+                status: Arc::clone(&status),
+                topic: settings.topics.alerts.clone(),
+            })
+            .map_err(KafkaLayerError::from)?;
+        let runtime = tokio::runtime::Handle::current();
+        let thread = std::thread::Builder::new()
+            .name("store-projection".to_owned())
+            .spawn(move || project(&settings, &consumer, &store, &status, &stop, &runtime))
+            .map_err(StoreError::Thread)?;
+        Ok(Projection { thread })
     }
 
     /// Starts the projection of `settings.topics.triage` into `store` (see [`Projection::spawn`]):
@@ -197,21 +328,305 @@ impl Projection {
         let thread = std::thread::Builder::new()
             .name(format!("{role}-projection"))
             .spawn(move || {
-                project::<B>(
+                project_feed::<B>(
                     &settings, &topic, &consumer, &store, &status, &stop, &runtime,
                 )
             })
             .map_err(StoreError::Thread)?;
         Ok(Projection { thread })
     }
-
     /// Waits for the thread (call after cancelling its token; blocking).
     pub fn join(self) {
         let _ = self.thread.join();
     }
 }
 
-fn project<B: Feed>(
+/// How often librdkafka reports the partitions' ends to the projection ([`ProjectionContext`]).
+const STATISTICS_INTERVAL_MS: &str = "1000";
+
+type ProjectionConsumer = BaseConsumer<ProjectionContext>;
+
+/// The projection consumer's context: a reader's (errors), plus librdkafka's statistics, from
+/// which [`Status`] learns each alerts partition's readable end without a request of its own.
+struct ProjectionContext {
+    status: Arc<Status>,
+    topic: String,
+}
+
+/// The part of librdkafka's statistics the projection reads.
+#[derive(Deserialize)]
+struct Statistics {
+    #[serde(default)]
+    topics: BTreeMap<String, TopicStatistics>,
+}
+
+#[derive(Deserialize)]
+struct TopicStatistics {
+    #[serde(default)]
+    partitions: BTreeMap<String, PartitionStatistics>,
+}
+
+#[derive(Deserialize)]
+struct PartitionStatistics {
+    partition: i32,
+    lo_offset: i64,
+    /// The end a consumer can read: the last stable offset under `read_committed` (the high
+    /// watermark otherwise).
+    ls_offset: i64,
+}
+
+impl ClientContext for ProjectionContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        ReaderContext.error(error, reason);
+    }
+
+    fn stats_raw(&self, statistics: &[u8]) {
+        let Ok(statistics) = serde_json::from_slice::<Statistics>(statistics) else {
+            return;
+        };
+        let Some(topic) = statistics.topics.get(&self.topic) else {
+            return;
+        };
+        for p in topic.partitions.values() {
+            // -1 is librdkafka's unassigned pseudo-partition; negative offsets are not known yet.
+            if p.partition >= 0 && p.ls_offset >= 0 {
+                self.status
+                    .observe_end(p.partition, p.lo_offset, p.ls_offset);
+            }
+        }
+    }
+}
+
+impl ConsumerContext for ProjectionContext {}
+
+fn project(
+    settings: &Settings,
+    consumer: &ProjectionConsumer,
+    store: &Store,
+    status: &Arc<Status>,
+    stop: &CancellationToken,
+    runtime: &tokio::runtime::Handle,
+) {
+    let topic = settings.topics.alerts.as_str();
+    let stored = loop {
+        if stop.is_cancelled() {
+            return;
+        }
+        match runtime.block_on(store.offsets(topic)) {
+            Ok(offsets) => break offsets,
+            Err(e) => {
+                tracing::warn!(topic, error = %e, "cannot read the projection offsets, retrying");
+                crate::shutdown::sleep_unless_cancelled(stop, Duration::from_secs(1));
+            }
+        }
+    };
+    let ends = loop {
+        if stop.is_cancelled() {
+            return;
+        }
+        match assign(consumer, topic, &stored) {
+            Ok(ends) => break ends,
+            Err(e) => {
+                tracing::info!(topic, error = %e, "projection waiting for the alerts topic");
+                crate::shutdown::sleep_unless_cancelled(stop, Duration::from_secs(1));
+            }
+        }
+    };
+    let partitions: Vec<i32> = ends.keys().copied().collect();
+    status.start(&ends, &stored);
+    status.set_assigned();
+    tracing::info!(topic, partitions = partitions.len(), resume = ?stored, "projecting the alerts topic");
+
+    let (batches, receiver) = mpsc::channel::<Batch>(2);
+    let writer = runtime.spawn(write_batches(
+        store.clone(),
+        topic.to_owned(),
+        receiver,
+        Arc::clone(status),
+        stop.clone(),
+    ));
+    let max_records = settings.store.batch_records;
+    let batch_wait = settings.store.batch_wait;
+    let mut batch = Batch::default();
+    let mut first: Option<Instant> = None;
+    let mut last_error = LastError::default();
+    // The next offsets handed to the writer so far.
+    let mut recorded = stored;
+    while !stop.is_cancelled() {
+        let wait = match first {
+            None => Duration::from_millis(100),
+            Some(at) => batch_wait.saturating_sub(at.elapsed()),
+        };
+        match consumer.poll(wait.max(Duration::from_millis(1))) {
+            None => {}
+            Some(Ok(message)) => {
+                last_error = LastError::default();
+                let timestamp = message.timestamp().to_millis().unwrap_or(0);
+                batch.push(
+                    message.partition(),
+                    message.offset(),
+                    timestamp,
+                    message.payload(),
+                );
+                first.get_or_insert_with(Instant::now);
+            }
+            // Caught up: the position is past the last transaction marker, which no message
+            // carries; store it so that the read model reads 0 behind.
+            Some(Err(KafkaError::PartitionEOF(_)))
+                if advance_to_positions(consumer, topic, &mut batch, &recorded) =>
+            {
+                first.get_or_insert_with(Instant::now);
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => {}
+            Some(Err(e)) => {
+                if let Some(text) = last_error.changed(&e) {
+                    tracing::warn!(topic, error = %text, "projection consumer error");
+                }
+            }
+        }
+        let due = first.is_some_and(|at| at.elapsed() >= batch_wait);
+        if !batch.is_empty() && (batch.len() >= max_records || due) {
+            advance_to_positions(consumer, topic, &mut batch, &recorded);
+            recorded.extend(batch.next_offsets.iter().map(|(&p, &o)| (p, o)));
+            if batches.blocking_send(std::mem::take(&mut batch)).is_err() {
+                break;
+            }
+            first = None;
+        }
+    }
+    // What was read is written before stopping.
+    if !batch.is_empty() {
+        let _ = batches.blocking_send(batch);
+    }
+    drop(batches);
+    let _ = runtime.block_on(writer);
+    tracing::debug!(topic, "projection stopped");
+}
+
+async fn write_batches(
+    store: Store,
+    topic: String,
+    mut batches: mpsc::Receiver<Batch>,
+    status: Arc<Status>,
+    stop: CancellationToken,
+) {
+    while let Some(batch) = batches.recv().await {
+        let mut attempt = 0u32;
+        loop {
+            match store.write(&topic, &batch).await {
+                Ok(()) => {
+                    if status.failing.swap(false, Ordering::Relaxed) {
+                        tracing::info!(topic, "projection writes again");
+                    }
+                    status.stored_to(&batch.next_offsets);
+                    status
+                        .projected
+                        .fetch_add(batch.rows.len() as u64, Ordering::Relaxed);
+                    status.skipped.fetch_add(batch.skipped, Ordering::Relaxed);
+                    if let Some(counters) = &status.counters {
+                        counters.projected.inc_by(batch.rows.len() as u64);
+                        counters.skipped.inc_by(batch.skipped);
+                    }
+                    break;
+                }
+                Err(e) => {
+                    attempt += 1;
+                    if let Some(counters) = &status.counters {
+                        counters.write_errors.inc();
+                    }
+                    if !status.failing.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(topic, error = %e, "projection write failed, retrying");
+                    }
+                    // On shutdown, give up after a few tries: the offsets were not stored, so a
+                    // restart reads these records again.
+                    if stop.is_cancelled() && attempt >= 3 {
+                        tracing::warn!(topic, "projection stopping with a batch unwritten");
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt.min(10))))
+                        .await;
+                }
+            }
+        }
+    }
+}
+
+/// Moves the batch's next offsets up to the consumer's positions where these are further: past
+/// transaction markers, which the consumer steps over without handing them out (every message
+/// it handed out is in this batch or an earlier one, so the position never runs ahead of what is
+/// stored with it). Whether anything moved.
+fn advance_to_positions(
+    consumer: &ProjectionConsumer,
+    topic: &str,
+    batch: &mut Batch,
+    recorded: &BTreeMap<i32, i64>,
+) -> bool {
+    let Ok(positions) = consumer.position() else {
+        return false;
+    };
+    let mut moved = false;
+    for element in positions.elements_for_topic(topic) {
+        let Offset::Offset(position) = element.offset() else {
+            continue;
+        };
+        let partition = element.partition();
+        let known = batch
+            .next_offsets
+            .get(&partition)
+            .or_else(|| recorded.get(&partition))
+            .copied()
+            .unwrap_or(i64::MIN);
+        if position > known {
+            batch.next_offsets.insert(partition, position);
+            moved = true;
+        }
+    }
+    moved
+}
+
+/// Assigns every partition of `topic` at its stored offset; returns each partition's
+/// `(low, readable end)` as the brokers give them now (`None` where they did not answer).
+fn assign(
+    consumer: &ProjectionConsumer,
+    topic: &str,
+    stored: &BTreeMap<i32, i64>,
+) -> Result<BTreeMap<i32, Option<(i64, i64)>>, KafkaLayerError> {
+    let partitions = crate::kafka::read::partitions(consumer, topic, Duration::from_secs(5))?;
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = BTreeMap::new();
+    for &p in &partitions {
+        // Under read_committed the "high" watermark is the last stable offset.
+        let watermarks = consumer
+            .fetch_watermarks(topic, p, Duration::from_secs(5))
+            .ok();
+        ends.insert(p, watermarks);
+        if let (Some(&next), Some((_, high))) = (stored.get(&p), watermarks) {
+            if next > high {
+                // The topic is not the one the store was built from (recreated, or another
+                // cluster): the consumer starts over from the beginning (auto.offset.reset), and
+                // rows at coordinates already stored keep their old content.
+                tracing::error!(
+                    topic,
+                    partition = p,
+                    stored = next,
+                    end = high,
+                    "the read model is ahead of the alerts partition: was the topic recreated? \
+                     point store.data_dir or store.url at a fresh database"
+                );
+            }
+        }
+        let offset = stored
+            .get(&p)
+            .map_or(Offset::Beginning, |&next| Offset::Offset(next));
+        tpl.add_partition_offset(topic, p, offset)?;
+    }
+    consumer.assign(&tpl)?;
+    Ok(ends)
+}
+
+/// The projection of a topic other than the alerts (the triage topic): the same loop
+/// without the partitions' ends.
+fn project_feed<B: Feed>(
     settings: &Settings,
     topic: &str,
     consumer: &Reader,
@@ -236,7 +651,7 @@ fn project<B: Feed>(
         if stop.is_cancelled() {
             return;
         }
-        match assign(consumer, topic, &stored) {
+        match assign_feed(consumer, topic, &stored) {
             Ok(partitions) => break partitions,
             Err(e) => {
                 tracing::info!(topic, error = %e, "projection waiting for its topic");
@@ -248,7 +663,7 @@ fn project<B: Feed>(
     tracing::info!(topic, partitions = partitions.len(), resume = ?stored, "projecting the topic into the read model");
 
     let (batches, receiver) = mpsc::channel::<B>(2);
-    let writer = runtime.spawn(write_batches(
+    let writer = runtime.spawn(write_feed_batches(
         store.clone(),
         topic.to_owned(),
         receiver,
@@ -296,7 +711,7 @@ fn project<B: Feed>(
     tracing::debug!(topic, "projection stopped");
 }
 
-async fn write_batches<B: Feed>(
+async fn write_feed_batches<B: Feed>(
     store: Store,
     topic: String,
     mut batches: mpsc::Receiver<B>,
@@ -342,7 +757,7 @@ async fn write_batches<B: Feed>(
     }
 }
 
-pub(super) fn assign(
+pub(super) fn assign_feed(
     consumer: &Reader,
     topic: &str,
     stored: &BTreeMap<i32, i64>,

@@ -66,9 +66,22 @@ impl Stored {
             Outcome::Rejected { .. } => &[],
         }
     }
+
+    /// Whether the alerts list shows this record ([`is_listed_alert`]).
+    pub fn is_listed_alert(&self) -> bool {
+        is_listed_alert(&self.record)
+    }
 }
 
-/// The filters of `GET /api/v1/alerts`.
+/// Whether a record is listed as an alert: it raised one and is not a retry's record, which
+/// repeats its original's alert (listed once, as the original).
+pub fn is_listed_alert(record: &AlertRecord) -> bool {
+    record.alert_id().is_some() && record.duplicate_of.is_none()
+}
+
+/// The filters of `GET /api/v1/alerts` (and of the live feed): each is a field here, a clause
+/// of [`AlertQuery::filter_sql`] for the stored alerts and a line of [`AlertQuery::matches`]
+/// for the live ones.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AlertQuery {
     pub user_id: Option<UserId>,
@@ -82,6 +95,24 @@ pub struct AlertQuery {
     /// Only alerts strictly older than this position (the cursor).
     pub before: Option<OrderKey>,
     pub limit: usize,
+}
+
+impl AlertQuery {
+    /// Whether a listed alert passes the filters (the live side of [`AlertQuery::filter_sql`]).
+    pub fn matches(&self, stored: &Stored) -> bool {
+        let ts = stored.order.timestamp;
+        self.user_id
+            .is_none_or(|user| stored.record.user_id == Some(user))
+            && self
+                .code
+                .is_none_or(|code| stored.alert_codes().contains(&code))
+            && self.since.is_none_or(|since| ts >= since)
+            && self.until.is_none_or(|until| ts < until)
+            // A record alone carries no triage: an alert as it arrives is open.
+            && self
+                .status
+                .is_none_or(|status| status == crate::domain::TriageStatus::Open)
+    }
 }
 
 /// A page of results, newest first; `next` is set when there are more.
@@ -105,6 +136,43 @@ impl Store {
 
     /// Alerts newest first, filtered and paged.
     pub async fn alerts(&self, query: &AlertQuery) -> Result<Page, StoreError> {
+        let (sql, args, prefix) = self.filter_sql(query);
+        self.page(sql, args, prefix, query.before, query.limit)
+            .await
+    }
+
+    /// Alerts oldest first, filtered, strictly after `after` (from the first when `None`) and at
+    /// most `upto`, `limit` of them: the catch-up of the live feed. `next` is the last item's
+    /// position when there may be more.
+    pub async fn alerts_ascending(
+        &self,
+        query: &AlertQuery,
+        after: Option<OrderKey>,
+        upto: OrderKey,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        let (mut sql, mut args, prefix) = self.filter_sql(query);
+        if let Some(after) = after {
+            let _ = write!(sql, " AND ({prefix}ts, {prefix}part, {prefix}off) > (");
+            push_key(&mut sql, &mut args, after);
+        }
+        let _ = write!(sql, " AND ({prefix}ts, {prefix}part, {prefix}off) <= (");
+        push_key(&mut sql, &mut args, upto);
+        let _ = write!(
+            sql,
+            " ORDER BY {prefix}ts ASC, {prefix}part ASC, {prefix}off ASC LIMIT "
+        );
+        args.push(&mut sql, limit as i64);
+        let items = self.fetch(sql, args).await?;
+        let next = (items.len() >= limit)
+            .then(|| items.last().map(|s| s.order))
+            .flatten();
+        Ok(Page { items, next })
+    }
+
+    /// The `SELECT … WHERE …` of the alerts matching `query`'s filters, its arguments, and the
+    /// prefix of the table the order columns are read from.
+    fn filter_sql(&self, query: &AlertQuery) -> (String, Args, &'static str) {
         let mut sql = String::new();
         let mut args = Args::default();
         let prefix = if let Some(code) = query.code {
@@ -157,8 +225,7 @@ impl Store {
             let _ = write!(sql, " AND {prefix}ts < ");
             args.push(&mut sql, until);
         }
-        self.page(sql, args, prefix, query.before, query.limit)
-            .await
+        (sql, args, prefix)
     }
 
     /// A user's events newest first, paged.
@@ -184,27 +251,14 @@ impl Store {
     ) -> Result<Page, StoreError> {
         if let Some(before) = before {
             let _ = write!(sql, " AND ({prefix}ts, {prefix}part, {prefix}off) < (");
-            args.push(&mut sql, before.timestamp);
-            sql.push_str(", ");
-            args.push(&mut sql, i64::from(before.partition));
-            sql.push_str(", ");
-            args.push(&mut sql, before.offset);
-            sql.push(')');
+            push_key(&mut sql, &mut args, before);
         }
         let _ = write!(
             sql,
             " ORDER BY {prefix}ts DESC, {prefix}part DESC, {prefix}off DESC LIMIT "
         );
         args.push(&mut sql, limit as i64 + 1);
-        let mut query = sqlx::query(&sql);
-        for value in args.values {
-            query = query.bind(value);
-        }
-        let rows = query.fetch_all(&self.pool).await?;
-        let mut items = rows
-            .into_iter()
-            .map(stored)
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut items = self.fetch(sql, args).await?;
         let next = if items.len() > limit {
             items.truncate(limit);
             items.last().map(|s| s.order)
@@ -212,6 +266,15 @@ impl Store {
             None
         };
         Ok(Page { items, next })
+    }
+
+    async fn fetch(&self, sql: String, args: Args) -> Result<Vec<Arc<Stored>>, StoreError> {
+        let mut query = sqlx::query(&sql);
+        for value in args.values {
+            query = query.bind(value);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.into_iter().map(stored).collect()
     }
 
     /// Rows stored (a count: linear in the size of the store, for tests and benchmarks).
@@ -235,6 +298,16 @@ impl Args {
         self.values.push(value);
         let _ = write!(sql, "${}", self.values.len());
     }
+}
+
+/// `ts, part, off)`: the three values of a position, closing the tuple opened by the caller.
+fn push_key(sql: &mut String, args: &mut Args, key: OrderKey) {
+    args.push(sql, key.timestamp);
+    sql.push_str(", ");
+    args.push(sql, i64::from(key.partition));
+    sql.push_str(", ");
+    args.push(sql, key.offset);
+    sql.push(')');
 }
 
 fn stored(row: AnyRow) -> Result<Arc<Stored>, StoreError> {

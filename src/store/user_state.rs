@@ -419,7 +419,7 @@ fn project_states(
         if stop.is_cancelled() {
             return;
         }
-        match super::projection::assign(consumer, topic, &stored) {
+        match super::projection::assign_feed(consumer, topic, &stored) {
             Ok(_) => break,
             Err(e) => {
                 tracing::info!(topic, error = %e, "projection waiting for the state topic");

@@ -69,8 +69,7 @@ impl Row {
         Row {
             order,
             user_id: record.user_id.and_then(|u| i64::try_from(u.get()).ok()),
-            // A retry's record repeats its original's alert: listed once, as the original.
-            is_alert: record.alert_id().is_some() && record.duplicate_of.is_none(),
+            is_alert: super::query::is_listed_alert(record),
             codes,
             event_time,
             body,

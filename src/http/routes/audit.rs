@@ -2,12 +2,13 @@
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
+use axum::http::Uri;
 use axum::routing::get;
 use axum::{Json, Router};
 
 use super::super::api::{ApiError, AuditParams, ErrorBody, ReadDenied};
 use super::super::auth::Scope;
-use super::request::{parse_limit, query_params};
+use super::request::{accepted, parse_limit, query_params, strict_query};
 use super::{scoped, AppState};
 use crate::audit::AuditPage;
 
@@ -28,15 +29,17 @@ pub(super) fn routes(state: &AppState) -> Router<AppState> {
     security(("bearer" = ["read"])),
     responses(
         (status = 200, description = "a page of the trail", body = AuditPage),
-        (status = 400, description = "malformed parameter", body = ErrorBody),
+        (status = 400, description = "malformed or unknown parameter", body = ErrorBody),
         ReadDenied,
         (status = 503, description = "Kafka unavailable", body = ErrorBody),
     )
 )]
 pub async fn list_audit(
     State(state): State<AppState>,
+    uri: Uri,
     params: Result<Query<AuditParams>, QueryRejection>,
 ) -> Result<Json<AuditPage>, ApiError> {
+    strict_query(uri.query(), accepted!(AuditParams))?;
     let params = query_params(params)?;
     let limit = parse_limit(params.limit.as_deref())?;
     let before = params

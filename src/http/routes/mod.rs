@@ -8,6 +8,7 @@
 //! - [`rules`]: the active and shadow rule sets, their history and backtests (`read`), their
 //!   changes and promotion (`rules:write`);
 //! - [`triage`]: the triage of an alert (`alerts:write`);
+//! - [`stream`]: the live alert feed, registered with the reads (`read`);
 //! - [`audit`]: the trail of changes (`read`);
 //! - [`dead_letters`]: the latest dead letters and their reasons (`read`);
 //! - [`session`]: who the caller is and what their token may do (`read`);
@@ -24,6 +25,7 @@ pub mod reads;
 mod request;
 pub mod rules;
 pub mod session;
+pub mod stream;
 pub mod triage;
 pub mod users;
 
@@ -37,9 +39,10 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 
-use super::api::ApiError;
+use super::api::{ApiError, ReadModel};
 use super::auth::{Denied, Principal, Scope, Tokens};
 use super::backend::Backend;
+use super::stream::Streams;
 use super::waiters::Hub;
 use crate::config::{ConfigError, Settings};
 use crate::health::Readiness;
@@ -68,6 +71,17 @@ pub struct Shared {
     pub auth: Option<Arc<Tokens>>,
     /// What rule sets are checked against, and the configured sets.
     pub rules: ConfiguredRuleSets,
+    /// The live alert feeds: their settings, cap and shutdown.
+    pub streams: Arc<Streams>,
+}
+
+impl Shared {
+    /// How far the read model is behind the alerts topic: what every answer read from the store
+    /// states (CONTRACT §7, "Reads"). Take it before the query, so that the answer is at least
+    /// as fresh as it says. No Kafka request (the projection keeps it up to date).
+    pub fn read_model(&self) -> ReadModel {
+        self.projection.freshness().into()
+    }
 }
 
 /// What the rules routes check a set against, and the sets in force while none is published.
@@ -224,6 +238,7 @@ mod tests {
             "/api/v1/events",
             "/api/v1/events/{event_id}",
             "/api/v1/alerts",
+            "/api/v1/alerts/stream",
             "/api/v1/alerts/{alert_id}",
             "/api/v1/users/{user_id}/events",
             "/api/v1/users/{user_id}/risk",
@@ -240,6 +255,50 @@ mod tests {
         ] {
             assert!(paths.iter().any(|p| *p == path), "{path} missing");
         }
+    }
+
+    #[test]
+    fn openapi_documents_the_feed_and_the_freshness_of_reads() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let stream = &doc["paths"]["/api/v1/alerts/stream"]["get"];
+        assert!(
+            stream["responses"]["200"]["content"]["text/event-stream"].is_object(),
+            "{stream}"
+        );
+        assert!(stream["responses"]["503"].is_object(), "{stream}");
+        let names: Vec<&str> = stream["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap())
+            .collect();
+        for name in [
+            "user_id",
+            "code",
+            "since",
+            "until",
+            "cursor",
+            "after",
+            "Last-Event-ID",
+        ] {
+            assert!(names.contains(&name), "{name} missing in {names:?}");
+        }
+        let schemas = &doc["components"]["schemas"];
+        for page in ["AlertsPage", "UserEventsPage"] {
+            assert_eq!(
+                schemas[page]["properties"]["read_model"]["$ref"], "#/components/schemas/ReadModel",
+                "{page}"
+            );
+        }
+        assert!(schemas["ReadModel"]["properties"]["behind"].is_object());
+        // One event or alert: the view, plus the freshness.
+        let read = &schemas["EventRead"]["allOf"];
+        assert_eq!(read[0]["$ref"], "#/components/schemas/EventView", "{read}");
+        assert_eq!(
+            read[1]["properties"]["read_model"]["$ref"], "#/components/schemas/ReadModel",
+            "{read}"
+        );
+        assert!(schemas["StreamOverflow"].is_object());
     }
 
     #[test]

@@ -1,28 +1,32 @@
 //! Reading what the processor answered (CONTRACT §7): an event, the alerts (with their triage), a
 //! user's events, from the read model (then the recent responses, then Kafka), behind `read`.
+//! Every answer states how fresh the read model is (`read_model`), and a query parameter a route
+//! does not know is a 400.
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
+use axum::http::Uri;
 use axum::routing::get;
 use axum::{Json, Router};
 
 use super::super::api::{
-    AlertsPage, AlertsParams, ApiError, ErrorBody, EventView, PageParams, ReadDenied,
+    AlertsPage, AlertsParams, ApiError, ErrorBody, EventRead, EventView, PageParams, ReadDenied,
     UserEventsPage,
 };
 use super::super::auth::Scope;
 use super::request::{
-    parse_alert_key, parse_cursor, parse_event_key, parse_limit, parse_time, parse_user_id,
-    path_param, query_params,
+    accepted, alert_filters, parse_alert_key, parse_cursor, parse_event_key, parse_limit,
+    parse_user_id, path_param, query_params, strict_query,
 };
 use super::{scoped, AppState, Shared};
-use crate::domain::{Coord, TriageStatus};
+use crate::domain::Coord;
 use crate::store::{AlertQuery, Page, StoreError};
 
 pub(super) fn routes(state: &AppState) -> Router<AppState> {
     let routes = Router::new()
         .route("/api/v1/events/{event_id}", get(get_event))
         .route("/api/v1/alerts", get(list_alerts))
+        .route("/api/v1/alerts/stream", get(super::stream::stream_alerts))
         .route("/api/v1/alerts/{alert_id}", get(get_alert))
         .route("/api/v1/users/{user_id}/events", get(user_events));
     scoped(routes, Scope::Read, state)
@@ -57,7 +61,8 @@ async fn find_event(state: &Shared, key: Coord) -> Result<Option<EventView>, Api
     params(("event_id" = String, Path, description = "\"<partition>-<offset>\"")),
     security(("bearer" = ["read"])),
     responses(
-        (status = 200, description = "the event and its result", body = EventView),
+        (status = 200, description = "the event and its result", body = EventRead),
+        (status = 400, description = "a query parameter (this endpoint takes none)", body = ErrorBody),
         (status = 404, description = "no such event retained, or not an event id", body = ErrorBody),
         (status = 503, description = "Kafka unavailable for the lookup", body = ErrorBody),
         ReadDenied,
@@ -65,13 +70,16 @@ async fn find_event(state: &Shared, key: Coord) -> Result<Option<EventView>, Api
 )]
 pub async fn get_event(
     State(state): State<AppState>,
+    uri: Uri,
     event_id: Result<Path<String>, PathRejection>,
-) -> Result<Json<EventView>, ApiError> {
+) -> Result<Json<EventRead>, ApiError> {
+    strict_query(uri.query(), accepted!())?;
     let event_id = path_param(event_id)?;
     let key = parse_event_key(&event_id)?;
+    let read_model = state.read_model();
     find_event(&state, key)
         .await?
-        .map(Json)
+        .map(|event| Json(EventRead { event, read_model }))
         .ok_or_else(|| ApiError::NotFound(format!("no event {event_id}")))
 }
 
@@ -115,43 +123,33 @@ pub(super) async fn find_alert(
     get,
     path = "/api/v1/alerts",
     tag = "alerts",
-    params(AlertsParams),
+    params(AlertsParams, PageParams),
     security(("bearer" = ["read"])),
     responses(
         (status = 200, description = "a page of alerts", body = AlertsPage),
-        (status = 400, description = "malformed parameter", body = ErrorBody),
+        (status = 400, description = "malformed or unknown parameter, or since not before until", body = ErrorBody),
         ReadDenied,
     )
 )]
 pub async fn list_alerts(
     State(state): State<AppState>,
-    params: Result<Query<AlertsParams>, QueryRejection>,
+    uri: Uri,
+    filters: Result<Query<AlertsParams>, QueryRejection>,
+    page: Result<Query<PageParams>, QueryRejection>,
 ) -> Result<Json<AlertsPage>, ApiError> {
-    let params = query_params(params)?;
+    strict_query(uri.query(), accepted!(AlertsParams, PageParams))?;
+    let page = query_params(page)?;
     let query = AlertQuery {
-        user_id: params.user_id.as_deref().map(parse_user_id).transpose()?,
-        code: params
-            .code
-            .as_deref()
-            .map(|c| {
-                c.parse::<u32>()
-                    .map_err(|_| ApiError::Invalid(format!("invalid code: {c:?}")))
-            })
-            .transpose()?,
-        status: params
-            .status
-            .as_deref()
-            .map(|s| s.parse::<TriageStatus>().map_err(ApiError::Invalid))
-            .transpose()?,
-        since: parse_time("since", params.since.as_deref())?,
-        until: parse_time("until", params.until.as_deref())?,
-        before: parse_cursor(params.cursor.as_deref())?,
-        limit: parse_limit(params.limit.as_deref())?,
+        before: parse_cursor(page.cursor.as_deref())?,
+        limit: parse_limit(page.limit.as_deref())?,
+        ..alert_filters(&query_params(filters)?)?
     };
+    let read_model = state.read_model();
     let page = state.store.alerts(&query).await.map_err(store_error)?;
     Ok(Json(AlertsPage {
         alerts: alert_views(&state, &page).await?,
         next_cursor: page.next.map(|k| k.cursor()),
+        read_model,
     }))
 }
 
@@ -163,7 +161,8 @@ pub async fn list_alerts(
     params(("alert_id" = String, Path, description = "\"alert-<partition>-<offset>\"")),
     security(("bearer" = ["read"])),
     responses(
-        (status = 200, description = "the alert: its event, result and triage", body = EventView),
+        (status = 200, description = "the alert: its event, result and triage", body = EventRead),
+        (status = 400, description = "a query parameter (this endpoint takes none)", body = ErrorBody),
         (status = 404, description = "no such alert, or not an alert id", body = ErrorBody),
         (status = 503, description = "Kafka unavailable for the lookup", body = ErrorBody),
         ReadDenied,
@@ -171,15 +170,19 @@ pub async fn list_alerts(
 )]
 pub async fn get_alert(
     State(state): State<AppState>,
+    uri: Uri,
     alert_id: Result<Path<String>, PathRejection>,
-) -> Result<Json<EventView>, ApiError> {
+) -> Result<Json<EventRead>, ApiError> {
+    strict_query(uri.query(), accepted!())?;
     let alert_id = path_param(alert_id)?;
     let key = parse_alert_key(&alert_id)?;
+    let read_model = state.read_model();
     let view = find_alert(&state, &alert_id, key).await?;
     let mut triage = state.store.triage_of(&[key]).await.map_err(store_error)?;
-    Ok(Json(
-        view.with_triage(triage.remove(&key).unwrap_or_default()),
-    ))
+    Ok(Json(EventRead {
+        event: view.with_triage(triage.remove(&key).unwrap_or_default()),
+        read_model,
+    }))
 }
 
 /// A user's events with their results, newest first, from the database (paged by cursor).
@@ -191,19 +194,22 @@ pub async fn get_alert(
     security(("bearer" = ["read"])),
     responses(
         (status = 200, description = "recent events, newest first (empty for an unknown user)", body = UserEventsPage),
-        (status = 400, description = "malformed user_id or parameter", body = ErrorBody),
+        (status = 400, description = "malformed user_id, malformed or unknown parameter", body = ErrorBody),
         ReadDenied,
     )
 )]
 pub async fn user_events(
     State(state): State<AppState>,
+    uri: Uri,
     user_id: Result<Path<String>, PathRejection>,
     params: Result<Query<PageParams>, QueryRejection>,
 ) -> Result<Json<UserEventsPage>, ApiError> {
+    strict_query(uri.query(), accepted!(PageParams))?;
     let user_id = parse_user_id(&path_param(user_id)?)?;
     let params = query_params(params)?;
     let limit = parse_limit(params.limit.as_deref())?;
     let before = parse_cursor(params.cursor.as_deref())?;
+    let read_model = state.read_model();
     let page = state
         .store
         .user_events(user_id, before, limit)
@@ -213,5 +219,6 @@ pub async fn user_events(
         user_id: user_id.get(),
         events: views(&page),
         next_cursor: page.next.map(|k| k.cursor()),
+        read_model,
     }))
 }

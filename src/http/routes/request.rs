@@ -1,16 +1,97 @@
-//! What the handlers parse: JSON bodies (415 / 413 / 408), path and query parameters, ids,
-//! pages, time bounds and cursors, each refused with an error naming the problem.
+//! What the handlers parse: JSON bodies (415 / 413 / 408), path and query parameters (strictly:
+//! an unknown one is a 400 naming it and the accepted ones), ids, pages, the alert filters, time
+//! bounds and cursors, each refused with an error naming the problem.
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::Extension;
+use utoipa::openapi::path::ParameterIn;
+use utoipa::IntoParams;
 
-use super::super::api::{ApiError, DEFAULT_LIMIT, MAX_LIMIT};
+use super::super::api::{AlertsParams, ApiError, DEFAULT_LIMIT, MAX_LIMIT};
 use super::super::auth::Principal;
 use crate::domain::{Coord, UserId};
-use crate::store::OrderKey;
+use crate::store::{AlertQuery, OrderKey};
+
+/// The names of the query parameters the given parameter structs document (their OpenAPI
+/// `IntoParams`: what a route documents is what it accepts), computed once per call site.
+macro_rules! accepted {
+    () => {
+        &[][..]
+    };
+    ($($params:ty),+) => {{
+        static NAMES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+        NAMES
+            .get_or_init(|| {
+                let mut names = Vec::new();
+                $(names.extend(super::request::param_names::<$params>());)+
+                names
+            })
+            .as_slice()
+    }};
+}
+pub(super) use accepted;
+
+/// The query parameter names `T` documents.
+pub(super) fn param_names<T: IntoParams>() -> Vec<String> {
+    T::into_params(|| Some(ParameterIn::Query))
+        .into_iter()
+        .map(|p| p.name)
+        .collect()
+}
+
+/// Refuses a query parameter the route does not know (CONTRACT §7): a misspelt filter such as
+/// `userId` must not quietly widen the answer to everyone's alerts. The 400 names the
+/// parameter and the accepted ones.
+pub(super) fn strict_query(query: Option<&str>, accepted: &[String]) -> Result<(), ApiError> {
+    let Some(query) = query else {
+        return Ok(());
+    };
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let name = percent_decode(pair.split('=').next().unwrap_or(""));
+        if !accepted.contains(&name) {
+            let accepted = if accepted.is_empty() {
+                "this endpoint takes no query parameters".to_owned()
+            } else {
+                format!("accepted: {}", accepted.join(", "))
+            };
+            return Err(ApiError::Invalid(format!(
+                "unknown query parameter {name:?}; {accepted}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `application/x-www-form-urlencoded` decoding of one name (`+` is a space, `%XX` a byte).
+fn percent_decode(text: &str) -> String {
+    let hex = |b: u8| (b as char).to_digit(16);
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| Some((hex(*bytes.get(i + 1)?)?, hex(*bytes.get(i + 2)?)?)))
+            .flatten();
+        match (bytes[i], escaped) {
+            (_, Some((high, low))) => {
+                out.push((high * 16 + low) as u8);
+                i += 3;
+            }
+            (b'+', None) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (byte, None) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
 
 pub(super) fn is_json(headers: &HeaderMap) -> bool {
     let Some(value) = headers
@@ -99,6 +180,42 @@ pub(super) fn parse_time(name: &str, text: Option<&str>) -> Result<Option<i64>, 
         })
 }
 
+/// The filters of the alerts list and of the live feed: one parse for both. `since` is
+/// inclusive and `until` exclusive, so `since >= until` could only ever be empty: a 400.
+pub(super) fn alert_filters(params: &AlertsParams) -> Result<AlertQuery, ApiError> {
+    let query = AlertQuery {
+        user_id: params.user_id.as_deref().map(parse_user_id).transpose()?,
+        code: params
+            .code
+            .as_deref()
+            .map(|c| {
+                c.parse::<u32>()
+                    .map_err(|_| ApiError::Invalid(format!("invalid code: {c:?}")))
+            })
+            .transpose()?,
+        status: params
+            .status
+            .as_deref()
+            .map(|s| {
+                s.parse::<crate::domain::TriageStatus>()
+                    .map_err(ApiError::Invalid)
+            })
+            .transpose()?,
+        since: parse_time("since", params.since.as_deref())?,
+        until: parse_time("until", params.until.as_deref())?,
+        ..AlertQuery::default()
+    };
+    if let (Some(since), Some(until)) = (query.since, query.until) {
+        if since >= until {
+            return Err(ApiError::Invalid(format!(
+                "since ({since} ms) must be before until ({until} ms): since is inclusive and \
+                 until exclusive, so this range is empty"
+            )));
+        }
+    }
+    Ok(query)
+}
+
 pub(super) fn parse_cursor(cursor: Option<&str>) -> Result<Option<OrderKey>, ApiError> {
     cursor
         .map(|text| {
@@ -148,6 +265,39 @@ pub(super) fn actor(principal: Option<Extension<Principal>>) -> String {
 mod tests {
     use super::*;
     use axum::http::HeaderValue;
+
+    #[test]
+    fn an_unknown_query_parameter_is_named_with_the_accepted_ones() {
+        let accepted = ["user_id".to_owned(), "code".to_owned()];
+        assert!(strict_query(None, &accepted).is_ok());
+        assert!(strict_query(Some("user_id=3&code=30&"), &accepted).is_ok());
+        // Encoded names are decoded as the parameters themselves are.
+        assert!(strict_query(Some("user%5Fid=3"), &accepted).is_ok());
+        let error = strict_query(Some("code=30&userId=99999"), &accepted)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            error,
+            "unknown query parameter \"userId\"; accepted: user_id, code"
+        );
+        let error = strict_query(Some("x"), &[]).unwrap_err().to_string();
+        assert!(error.contains("takes no query parameters"), "{error}");
+        assert_eq!(percent_decode("a+b%41%zz%4"), "a bA%zz%4");
+    }
+
+    #[test]
+    fn since_must_be_before_until() {
+        let params = |since: &str, until: &str| -> AlertsParams {
+            serde_json::from_value(serde_json::json!({"since": since, "until": until})).unwrap()
+        };
+        assert!(alert_filters(&params("1000", "1001")).is_ok());
+        for (since, until) in [("1000", "1000"), ("2000", "1000")] {
+            let error = alert_filters(&params(since, until))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("must be before until"), "{error}");
+        }
+    }
 
     #[test]
     fn recognises_json_content_types() {
