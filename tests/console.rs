@@ -278,17 +278,16 @@ async fn alert_appears_live_with_its_evidence(browser: &mut Browser, service: &S
     for (i, amount) in ["90", "100", "110"].iter().enumerate() {
         let (status, body) = post_json(
             &http,
-            &service.url("/event"),
+            &service.url("/api/v1/events"),
             &deposit(42, amount, i as u64 + 1),
         )
         .await;
-        assert_eq!(status, 200, "{body}");
+        assert_eq!(status, 201, "{body}");
         last = body;
     }
     assert_eq!(last["alert_codes"], json!([123, 300]), "{last}");
     // The alert of the third deposit, in words, within 2 s of its answer.
-    let (_, page) = get_json(&http, &service.url("/api/v1/alerts?user_id=42")).await;
-    let alert_id = page["alerts"][0]["alert_id"].as_str().unwrap().to_owned();
+    let alert_id = last["alert_id"].as_str().unwrap().to_owned();
     let waited = browser
         .wait_for(
             &format!("document.querySelector('tr[data-alert=\"{alert_id}\"]')"),

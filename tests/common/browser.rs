@@ -181,7 +181,11 @@ impl Browser {
     pub async fn wait_for(&mut self, condition: &str, within: Duration) -> Duration {
         let started = Instant::now();
         loop {
-            if self.eval(&format!("!!({condition})")).await == json!(true) {
+            // A page still rendering may not have the elements yet: not true yet.
+            let check = format!(
+                "(() => {{ try {{ return !!({condition}); }} catch (_) {{ return false; }} }})()"
+            );
+            if self.eval(&check).await == json!(true) {
                 return started.elapsed();
             }
             if started.elapsed() > within {

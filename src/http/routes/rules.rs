@@ -419,7 +419,7 @@ pub async fn rules_history(
             set: v.set.to_value(),
         })
         .collect();
-    versions.sort_by(|a, b| b.offset.cmp(&a.offset));
+    versions.sort_by_key(|v| std::cmp::Reverse(v.offset));
     Ok(Json(RulesHistoryBody {
         active,
         shadow,
