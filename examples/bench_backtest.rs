@@ -140,7 +140,11 @@ async fn fill(store: &Store, rows: u64, set: &RuleSet) {
         let partition = (user % PARTITIONS) as usize;
         let offset = next[partition];
         next[partition] += 1;
-        let kind = if (mix >> 8) % 3 == 0 { "withdraw" } else { "deposit" };
+        let kind = if (mix >> 8) % 3 == 0 {
+            "withdraw"
+        } else {
+            "deposit"
+        };
         let time = (BASE_TS / 1000) as u64 + i / 100;
         let payload = format!(
             r#"{{"type": "{kind}", "amount": "{}.{:02}", "user_id": {user}, "time": {time}}}"#,
@@ -167,7 +171,10 @@ async fn fill(store: &Store, rows: u64, set: &RuleSet) {
             Some(&record.to_json()),
         );
         if batch.rows.len() == 10_000 {
-            store.write(TOPIC, &std::mem::take(&mut batch)).await.unwrap();
+            store
+                .write(TOPIC, &std::mem::take(&mut batch))
+                .await
+                .unwrap();
         }
     }
     if !batch.rows.is_empty() {

@@ -17,10 +17,11 @@
 //! says which events count; the `state.max_window` before it is replayed as history only, so
 //! that the windows of the first counted events see what they saw live.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io::{self, BufRead, Write};
 use std::time::Duration;
 
+use rustc_hash::FxHashSet;
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -254,8 +255,8 @@ pub struct Replay<'a> {
     /// How many samples (with evidence) to keep.
     samples_wanted: usize,
     outcome: Outcome,
-    affected: BTreeMap<u32, BTreeSet<u64>>,
-    users_changed: BTreeSet<u64>,
+    affected: BTreeMap<u32, FxHashSet<u64>>,
+    users_changed: FxHashSet<u64>,
     explained: Fired,
 }
 
@@ -292,7 +293,7 @@ impl<'a> Replay<'a> {
                 samples: Vec::new(),
             },
             affected: BTreeMap::new(),
-            users_changed: BTreeSet::new(),
+            users_changed: FxHashSet::default(),
             explained: Fired::default(),
         }
     }

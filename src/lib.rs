@@ -30,8 +30,10 @@
 //! - [`profiles`]: user risk levels from a file or the profiles topic, each with the time it took
 //!   effect (an event is judged at the level in force when it was appended).
 //! - [`evaluate`]: the offline JSONL command; [`backtest`]: two rule sets over one input, in one
-//!   pass through the engine (the candidate as its shadow set), with a per-code summary and a
-//!   diff.
+//!   pass through the engine (the candidate as its shadow set), with a per-code summary, a diff
+//!   and explained samples; the input is events, or alerts-topic records (each event at the
+//!   risk it was judged at), counted over a range of event time after a `state.max_window`
+//!   warm-up: one replay for the CLI and for the read model's stored events.
 //! - [`access`]: who may do what, as data: scopes, configured tokens (SHA-256 of the secret) and
 //!   the token table that checks a presented secret in constant time (no HTTP).
 //! - [`config`], [`cli`], [`telemetry`]: layered configuration validated once, the command line,
@@ -54,12 +56,13 @@
 //!   were caught up), what the host prepares first (`startup.rs`), and the test-only fault
 //!   injection (`faults.rs`, with the `fault-injection` feature only).
 //! - [`audit`]: the audit trail of risk and rule set changes; [`changes`]: the use cases that
-//!   make them (read what is in force, publish, record), written once for the CLI and the HTTP
-//!   API, each edge giving its own [`changes::ChangeLog`].
+//!   make them (read what is in force, refuse what would hurt — an empty set, a version name
+//!   taken by other rules, a stale `If-Match` — publish, record; promote the shadow set),
+//!   written once for the CLI and the HTTP API, each edge giving its own [`changes::ChangeLog`].
 //! - [`store`]: the read model behind the GET endpoints: the alerts topic projected into SQLite
 //!   (default) or PostgreSQL, rows and Kafka offsets in one transaction, keyset-paged queries,
 //!   retention by event time ([`store::projection`]: the projecting consumer and the retention
-//!   task).
+//!   task); the stored events replayed for a backtest, in the processor's order.
 //! - [`http`]: the HTTP shim: the API contract ([`http::api`]: bodies, parameters, errors, the
 //!   OpenAPI document), the handlers by resource, each group behind the scope it declares
 //!   ([`http::routes`]), bearer tokens ([`http::auth`]), the waiters of `POST` requests
