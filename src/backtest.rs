@@ -177,25 +177,33 @@ pub enum UnreadableRecord {
     EventId(String),
 }
 
-/// What a record of the alerts topic gives a replay: its event as sent, judged at the level it
-/// was judged at live, or `None` for an input that changed no state live (a rejected input, a
-/// retry answered as its original, an event too large to be echoed). Reads only the fields it
-/// needs. The one reading of records for the command line and the read model.
-pub fn replayable(record: &[u8]) -> Result<Option<Item<'_>>, UnreadableRecord> {
+/// A record of the alerts topic as a replay reads it.
+#[derive(Debug, Clone, Copy)]
+pub struct Replayable<'a> {
+    /// The coordinates of its input.
+    pub event_id: Coord,
+    /// Its event as sent, judged at the level it was judged at live; `None` for an input that
+    /// changed no state live (a rejected input, a retry answered as its original, an event too
+    /// large to be echoed).
+    pub item: Option<Item<'a>>,
+}
+
+/// What a record of the alerts topic gives a replay. Reads only the fields it needs. The one
+/// reading of records for the command line and the read model.
+pub fn replayable(record: &[u8]) -> Result<Replayable<'_>, UnreadableRecord> {
     let fields: RecordFields<'_> = serde_json::from_slice(record)?;
     let event_id = Coord::parse_event_id(&fields.event_id)
         .ok_or_else(|| UnreadableRecord::EventId(fields.event_id.clone().into_owned()))?;
-    if fields.error.is_some() || fields.duplicate_of.is_some() {
-        return Ok(None);
-    }
-    Ok(match (fields.event, fields.risk) {
-        (Some(event), Some(risk)) => Some(Item {
+    let changed_state = fields.error.is_none() && fields.duplicate_of.is_none();
+    let item = match (fields.event, fields.risk) {
+        (Some(event), Some(risk)) if changed_state => Some(Item {
             payload: event.get().as_bytes(),
             risk: Some(risk),
             event_id: Some(event_id),
         }),
         _ => None,
-    })
+    };
+    Ok(Replayable { event_id, item })
 }
 
 /// An event whose codes differ between the sets.
@@ -258,6 +266,8 @@ pub struct Replay<'a> {
     affected: BTreeMap<u32, FxHashSet<u64>>,
     users_changed: FxHashSet<u64>,
     explained: Fired,
+    /// Per partition, the offset of the last record pushed.
+    last_offsets: rustc_hash::FxHashMap<i32, i64>,
 }
 
 impl<'a> Replay<'a> {
@@ -295,6 +305,7 @@ impl<'a> Replay<'a> {
             affected: BTreeMap::new(),
             users_changed: FxHashSet::default(),
             explained: Fired::default(),
+            last_offsets: Default::default(),
         }
     }
 
@@ -308,18 +319,41 @@ impl<'a> Replay<'a> {
     /// changed no state live is skipped, a line that is not a record is judged as it is
     /// (invalid). What the command line's `--input-format records` and the HTTP API's read
     /// model both do with a record.
+    ///
+    /// Records must come in offset order within each partition (partitions may interleave: a
+    /// user's events are all in one), as the processor read their events: a record before the
+    /// last one of its partition is an error, a repeat of it (at-least-once may write one) is
+    /// skipped.
     pub fn push_record(&mut self, record: &[u8]) -> io::Result<()> {
-        match replayable(record) {
-            Ok(Some(item)) => self.push(item),
-            Ok(None) => {
+        let record = match replayable(record) {
+            Ok(record) => record,
+            Err(_) => {
+                return self.push(Item {
+                    payload: record,
+                    risk: None,
+                    event_id: None,
+                })
+            }
+        };
+        let Coord { partition, offset } = record.event_id;
+        let last = self.last_offsets.entry(partition).or_insert(-1);
+        if offset < *last {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "record {} after {partition}-{last}: records must be in offset order within each partition (sort them by partition, then offset)",
+                    record.event_id
+                ),
+            ));
+        }
+        let repeat = offset == *last;
+        *last = offset;
+        match record.item {
+            Some(item) if !repeat => self.push(item),
+            _ => {
                 self.skip();
                 Ok(())
             }
-            Err(_) => self.push(Item {
-                payload: record,
-                risk: None,
-                event_id: None,
-            }),
         }
     }
 
@@ -804,6 +838,59 @@ amount = "{amount}"
         assert_eq!(sample.candidate_evidence.len(), 1);
         assert_eq!(sample.candidate_evidence[0].threshold, "50");
         assert_eq!(sample.candidate_evidence[0].observed, "60");
+    }
+
+    /// Partitions may interleave, a repeat is skipped, a record before its partition's last is
+    /// an error.
+    #[test]
+    fn records_come_in_offset_order_within_each_partition() {
+        use crate::domain::{AlertCodes, AlertRecord, Coord, UserId};
+        let record = |partition: i32, offset: i64| {
+            let user = UserId::new(partition as u64).unwrap();
+            let event = deposit(partition as u64, "10", offset as u64);
+            let at = Coord::new(partition, offset);
+            AlertRecord::accepted(
+                at,
+                user,
+                &AlertCodes::default(),
+                Risk::Medium,
+                event.as_bytes(),
+            )
+        };
+        let lines = |records: &[AlertRecord]| {
+            records
+                .iter()
+                .map(|r| String::from_utf8(r.to_json()).unwrap())
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let interleaved = lines(&[
+            record(0, 0),
+            record(1, 0),
+            record(0, 1),
+            record(0, 1),
+            record(1, 1),
+        ]);
+        let outcome = replayed(&interleaved, InputFormat::Records, Range::default(), 0);
+        assert_eq!((outcome.report.events, outcome.report.skipped), (4, 1));
+        let unsorted = lines(&[record(0, 1), record(1, 0), record(0, 0)]);
+        let (baseline, candidate) = (window_set("a", "200"), window_set("b", "100"));
+        let profiles = Profiles::default();
+        let replay = Replay::new(
+            &baseline,
+            &candidate,
+            &Bounds::default(),
+            &profiles,
+            Range::default(),
+            0,
+            None,
+        );
+        let error = run(unsorted.as_bytes(), InputFormat::Records, replay).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidInput);
+        assert!(
+            error.to_string().starts_with("record 0-0 after 0-1: "),
+            "{error}"
+        );
     }
 
     #[test]
