@@ -25,7 +25,7 @@ pub const REPLAY_BATCH: usize = 4096;
 
 /// What separates the records of a page: the ASCII record separator, which JSON text never
 /// holds unescaped (so no record contains it).
-const SEPARATOR: char = '\u{1e}';
+const SEPARATOR: u8 = 0x1e;
 
 impl Store {
     /// `candidate` against `baseline` over the stored records of `range` and its warm-up, in
@@ -54,8 +54,11 @@ impl Store {
                 &baseline, &candidate, &bounds, &profiles, range, samples, None,
             );
             while let Some(page) = rx.blocking_recv() {
-                for record in page.split(SEPARATOR) {
-                    replay.push_record(record.as_bytes())?;
+                let page = page.as_bytes();
+                let mut start = 0;
+                for end in memchr::memchr_iter(SEPARATOR, page).chain([page.len()]) {
+                    replay.push_record(&page[start..end])?;
+                    start = end + 1;
                 }
             }
             replay.finish()
