@@ -17,10 +17,11 @@
 //! says which events count; the `state.max_window` before it is replayed as history only, so
 //! that the windows of the first counted events see what they saw live.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io::{self, BufRead, Write};
 use std::time::Duration;
 
+use rustc_hash::FxHashSet;
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -167,6 +168,175 @@ struct RecordFields<'a> {
     event: Option<&'a RawValue>,
 }
 
+/// The fields a replay reads, however they were read.
+struct Fields<'a> {
+    event_id: std::borrow::Cow<'a, str>,
+    /// Neither an error (a rejected input) nor a retry (`duplicate_of`).
+    changed_state: bool,
+    risk: Option<Risk>,
+    /// The raw JSON of `event`, unless absent or null.
+    event: Option<&'a [u8]>,
+}
+
+impl<'a> Fields<'a> {
+    /// A record's fields: the fast scanner for records as the processor writes them, else
+    /// `serde_json`, which decides (and names the problem) whenever the scanner gives up.
+    fn read(record: &'a [u8]) -> Result<Fields<'a>, serde_json::Error> {
+        if let Some(fields) = scan_record(record) {
+            return Ok(fields);
+        }
+        let fields: RecordFields<'a> = serde_json::from_slice(record)?;
+        Ok(Fields {
+            event_id: fields.event_id,
+            changed_state: fields.error.is_none() && fields.duplicate_of.is_none(),
+            risk: fields.risk,
+            event: fields.event.map(|e| e.get().as_bytes()),
+        })
+    }
+}
+
+fn skip_ws(bytes: &[u8], mut i: usize) -> usize {
+    while matches!(bytes.get(i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+        i += 1;
+    }
+    i
+}
+
+/// The end (exclusive, after the closing quote) of the string whose content starts at `i`;
+/// escapes are skipped over, a raw control byte (invalid in JSON) gives up.
+fn string_end(bytes: &[u8], mut i: usize) -> Option<usize> {
+    loop {
+        match *bytes.get(i)? {
+            b'"' => return Some(i + 1),
+            b'\\' => i += 2,
+            c if c < 0x20 => return None,
+            _ => i += 1,
+        }
+    }
+}
+
+/// The end (exclusive) of the JSON value starting at `i`: a string, an object or array (by its
+/// brackets, strings inside skipped whole), or a scalar up to the next delimiter.
+fn skip_value(bytes: &[u8], i: usize) -> Option<usize> {
+    match *bytes.get(i)? {
+        b'"' => string_end(bytes, i + 1),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut j = i;
+            loop {
+                match *bytes.get(j)? {
+                    b'"' => {
+                        j = string_end(bytes, j + 1)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(j + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                j += 1;
+            }
+        }
+        _ => {
+            let mut j = i;
+            while let Some(&c) = bytes.get(j) {
+                if matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r') {
+                    break;
+                }
+                j += 1;
+            }
+            (j > i).then_some(j)
+        }
+    }
+}
+
+/// The fast path of [`Fields::read`]: one pass over a record's top-level fields, the values a
+/// replay does not read skipped by their brackets, unparsed. It yields what `serde_json` would
+/// on a valid record, and gives up (`None`) on anything unusual: an escape in a key or in
+/// `event_id`, a repeated field, an unknown risk, bad syntax at the top level. (Inside a value
+/// it skips, it does not check the syntax: such a record is read as if that value were valid.)
+fn scan_record(bytes: &[u8]) -> Option<Fields<'_>> {
+    let mut i = skip_ws(bytes, 0);
+    if bytes.get(i) != Some(&b'{') {
+        return None;
+    }
+    i = skip_ws(bytes, i + 1);
+    let (mut event_id, mut risk, mut event) = (None, None, None);
+    let (mut error, mut duplicate) = (false, false);
+    let mut seen = 0u8;
+    loop {
+        if bytes.get(i) != Some(&b'"') {
+            return None;
+        }
+        let key_end = string_end(bytes, i + 1)?;
+        let key = &bytes[i + 1..key_end - 1];
+        if key.contains(&b'\\') {
+            return None;
+        }
+        i = skip_ws(bytes, key_end);
+        if bytes.get(i) != Some(&b':') {
+            return None;
+        }
+        i = skip_ws(bytes, i + 1);
+        let start = i;
+        i = skip_value(bytes, i)?;
+        let value = &bytes[start..i];
+        let bit = match key {
+            b"event_id" => 1,
+            b"duplicate_of" => 2,
+            b"error" => 4,
+            b"risk" => 8,
+            b"event" => 16,
+            _ => 0,
+        };
+        if seen & bit != 0 {
+            return None;
+        }
+        seen |= bit;
+        match key {
+            b"event_id" => {
+                let text = value.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+                if text.contains(&b'\\') {
+                    return None;
+                }
+                event_id = Some(std::str::from_utf8(text).ok()?);
+            }
+            b"duplicate_of" => duplicate = value != b"null",
+            b"error" => error = value != b"null",
+            b"risk" => {
+                risk = match value {
+                    b"\"low\"" => Some(Risk::Low),
+                    b"\"medium\"" => Some(Risk::Medium),
+                    b"\"high\"" => Some(Risk::High),
+                    b"null" => None,
+                    _ => return None,
+                }
+            }
+            b"event" => event = (value != b"null").then_some(value),
+            _ => {}
+        }
+        i = skip_ws(bytes, i);
+        match bytes.get(i) {
+            Some(b',') => i = skip_ws(bytes, i + 1),
+            Some(b'}') => break,
+            _ => return None,
+        }
+    }
+    if skip_ws(bytes, i + 1) != bytes.len() {
+        return None;
+    }
+    Some(Fields {
+        event_id: std::borrow::Cow::Borrowed(event_id?),
+        changed_state: !error && !duplicate,
+        risk,
+        event,
+    })
+}
+
 /// Why a record cannot be replayed.
 #[derive(Debug, thiserror::Error)]
 pub enum UnreadableRecord {
@@ -176,25 +346,32 @@ pub enum UnreadableRecord {
     EventId(String),
 }
 
-/// What a record of the alerts topic gives a replay: its event as sent, judged at the level it
-/// was judged at live, or `None` for an input that changed no state live (a rejected input, a
-/// retry answered as its original, an event too large to be echoed). Reads only the fields it
-/// needs. The one reading of records for the command line and the read model.
-pub fn replayable(record: &[u8]) -> Result<Option<Item<'_>>, UnreadableRecord> {
-    let fields: RecordFields<'_> = serde_json::from_slice(record)?;
+/// A record of the alerts topic as a replay reads it.
+#[derive(Debug, Clone, Copy)]
+pub struct Replayable<'a> {
+    /// The coordinates of its input.
+    pub event_id: Coord,
+    /// Its event as sent, judged at the level it was judged at live; `None` for an input that
+    /// changed no state live (a rejected input, a retry answered as its original, an event too
+    /// large to be echoed).
+    pub item: Option<Item<'a>>,
+}
+
+/// What a record of the alerts topic gives a replay. Reads only the fields it needs. The one
+/// reading of records for the command line and the read model.
+pub fn replayable(record: &[u8]) -> Result<Replayable<'_>, UnreadableRecord> {
+    let fields = Fields::read(record)?;
     let event_id = Coord::parse_event_id(&fields.event_id)
         .ok_or_else(|| UnreadableRecord::EventId(fields.event_id.clone().into_owned()))?;
-    if fields.error.is_some() || fields.duplicate_of.is_some() {
-        return Ok(None);
-    }
-    Ok(match (fields.event, fields.risk) {
-        (Some(event), Some(risk)) => Some(Item {
-            payload: event.get().as_bytes(),
+    let item = match (fields.event, fields.risk) {
+        (Some(event), Some(risk)) if fields.changed_state => Some(Item {
+            payload: event,
             risk: Some(risk),
             event_id: Some(event_id),
         }),
         _ => None,
-    })
+    };
+    Ok(Replayable { event_id, item })
 }
 
 /// An event whose codes differ between the sets.
@@ -254,9 +431,11 @@ pub struct Replay<'a> {
     /// How many samples (with evidence) to keep.
     samples_wanted: usize,
     outcome: Outcome,
-    affected: BTreeMap<u32, BTreeSet<u64>>,
-    users_changed: BTreeSet<u64>,
+    affected: BTreeMap<u32, FxHashSet<u64>>,
+    users_changed: FxHashSet<u64>,
     explained: Fired,
+    /// Per partition, the offset of the last record pushed.
+    last_offsets: rustc_hash::FxHashMap<i32, i64>,
 }
 
 impl<'a> Replay<'a> {
@@ -292,8 +471,9 @@ impl<'a> Replay<'a> {
                 samples: Vec::new(),
             },
             affected: BTreeMap::new(),
-            users_changed: BTreeSet::new(),
+            users_changed: FxHashSet::default(),
             explained: Fired::default(),
+            last_offsets: Default::default(),
         }
     }
 
@@ -307,18 +487,41 @@ impl<'a> Replay<'a> {
     /// changed no state live is skipped, a line that is not a record is judged as it is
     /// (invalid). What the command line's `--input-format records` and the HTTP API's read
     /// model both do with a record.
+    ///
+    /// Records must come in offset order within each partition (partitions may interleave: a
+    /// user's events are all in one), as the processor read their events: a record before the
+    /// last one of its partition is an error, a repeat of it (at-least-once may write one) is
+    /// skipped.
     pub fn push_record(&mut self, record: &[u8]) -> io::Result<()> {
-        match replayable(record) {
-            Ok(Some(item)) => self.push(item),
-            Ok(None) => {
+        let record = match replayable(record) {
+            Ok(record) => record,
+            Err(_) => {
+                return self.push(Item {
+                    payload: record,
+                    risk: None,
+                    event_id: None,
+                })
+            }
+        };
+        let Coord { partition, offset } = record.event_id;
+        let last = self.last_offsets.entry(partition).or_insert(-1);
+        if offset < *last {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "record {} after {partition}-{last}: records must be in offset order within each partition (sort them by partition, then offset)",
+                    record.event_id
+                ),
+            ));
+        }
+        let repeat = offset == *last;
+        *last = offset;
+        match record.item {
+            Some(item) if !repeat => self.push(item),
+            _ => {
                 self.skip();
                 Ok(())
             }
-            Err(_) => self.push(Item {
-                payload: record,
-                risk: None,
-                event_id: None,
-            }),
         }
     }
 
@@ -803,6 +1006,140 @@ amount = "{amount}"
         assert_eq!(sample.candidate_evidence.len(), 1);
         assert_eq!(sample.candidate_evidence[0].threshold, "50");
         assert_eq!(sample.candidate_evidence[0].observed, "60");
+    }
+
+    /// The scanner reads what `serde_json` reads from every kind of record the processor
+    /// writes, and leaves unusual ones to it.
+    #[test]
+    fn the_record_scanner_agrees_with_serde_json() {
+        use crate::domain::{AlertCodes, AlertRecord, Coord, UserId};
+        let user = UserId::new(42).unwrap();
+        let at = Coord::new(3, 17);
+        let event = br#"{"type": "withdraw", "amount": "150", "user_id": 42, "time": 7, "note": "caf\u00e9 \"x\" ]}"}"#;
+        let mut alert = AlertRecord::accepted(
+            at,
+            user,
+            &AlertCodes::from_sorted(&[30, 1100]),
+            Risk::High,
+            event,
+        );
+        alert.evidence = Some(
+            RawValue::from_string(
+                r#"[{"code":30,"observed":3,"on":"withdraw"},{"code":1100,"observed":"150"}]"#
+                    .to_owned(),
+            )
+            .unwrap(),
+        );
+        let records: Vec<Vec<u8>> = vec![
+            alert.versioned("v \"1\"").to_json(),
+            AlertRecord::accepted(
+                at,
+                user,
+                &AlertCodes::default(),
+                Risk::Low,
+                b"{\n \"type\": \"deposit\"\n}",
+            )
+            .to_json(),
+            AlertRecord::duplicate(at, user, Coord::new(3, 2), &[30], Risk::Medium, event)
+                .to_json(),
+            AlertRecord::rejected(
+                at,
+                Some(user),
+                Rejection::OutOfOrder,
+                "late \"x\"".to_owned(),
+                event,
+            )
+            .to_json(),
+            AlertRecord::rejected(at, None, Rejection::Invalid, "bad".to_owned(), b"not json")
+                .to_json(),
+            br#" {"event_id": "0-1", "risk": "medium", "event": null, "x": [1, {"y": "}"}]} "#
+                .to_vec(),
+        ];
+        for record in &records {
+            let fast = scan_record(record)
+                .unwrap_or_else(|| panic!("{}", String::from_utf8_lossy(record)));
+            let slow: RecordFields<'_> = serde_json::from_slice(record).unwrap();
+            assert_eq!(fast.event_id, slow.event_id);
+            assert_eq!(
+                fast.changed_state,
+                slow.error.is_none() && slow.duplicate_of.is_none()
+            );
+            assert_eq!(fast.risk, slow.risk);
+            assert_eq!(fast.event, slow.event.map(|e| e.get().as_bytes()));
+        }
+        for unusual in [
+            &br#"{"event_id": "0-1", "event_id": "0-2"}"#[..],
+            br#"{"event_id": "0\u002d1"}"#,
+            br#"{"event_id": "0-1", "risk": "extreme"}"#,
+            br#"{"event_id": "0-1"} x"#,
+            br#"{"event_id": "0-1",}"#,
+            br#"["event_id"]"#,
+        ] {
+            assert!(
+                scan_record(unusual).is_none(),
+                "{}",
+                String::from_utf8_lossy(unusual)
+            );
+        }
+        // serde_json then decides: an escaped id is read, a repeated field is not.
+        assert_eq!(
+            replayable(br#"{"event_id": "0\u002d1"}"#).unwrap().event_id,
+            Coord::new(0, 1)
+        );
+        assert!(replayable(br#"{"event_id": "0-1", "event_id": "0-2"}"#).is_err());
+    }
+
+    /// Partitions may interleave, a repeat is skipped, a record before its partition's last is
+    /// an error.
+    #[test]
+    fn records_come_in_offset_order_within_each_partition() {
+        use crate::domain::{AlertCodes, AlertRecord, Coord, UserId};
+        let record = |partition: i32, offset: i64| {
+            let user = UserId::new(partition as u64).unwrap();
+            let event = deposit(partition as u64, "10", offset as u64);
+            let at = Coord::new(partition, offset);
+            AlertRecord::accepted(
+                at,
+                user,
+                &AlertCodes::default(),
+                Risk::Medium,
+                event.as_bytes(),
+            )
+        };
+        let lines = |records: &[AlertRecord]| {
+            records
+                .iter()
+                .map(|r| String::from_utf8(r.to_json()).unwrap())
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let interleaved = lines(&[
+            record(0, 0),
+            record(1, 0),
+            record(0, 1),
+            record(0, 1),
+            record(1, 1),
+        ]);
+        let outcome = replayed(&interleaved, InputFormat::Records, Range::default(), 0);
+        assert_eq!((outcome.report.events, outcome.report.skipped), (4, 1));
+        let unsorted = lines(&[record(0, 1), record(1, 0), record(0, 0)]);
+        let (baseline, candidate) = (window_set("a", "200"), window_set("b", "100"));
+        let profiles = Profiles::default();
+        let replay = Replay::new(
+            &baseline,
+            &candidate,
+            &Bounds::default(),
+            &profiles,
+            Range::default(),
+            0,
+            None,
+        );
+        let error = run(unsorted.as_bytes(), InputFormat::Records, replay).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidInput);
+        assert!(
+            error.to_string().starts_with("record 0-0 after 0-1: "),
+            "{error}"
+        );
     }
 
     #[test]

@@ -32,8 +32,10 @@
 //! - [`profiles`]: user risk levels from a file or the profiles topic, each with the time it took
 //!   effect (an event is judged at the level in force when it was appended).
 //! - [`evaluate`]: the offline JSONL command; [`backtest`]: two rule sets over one input, in one
-//!   pass through the engine (the candidate as its shadow set), with a per-code summary and a
-//!   diff.
+//!   pass through the engine (the candidate as its shadow set), with a per-code summary, a diff
+//!   and explained samples; the input is events, or alerts-topic records (each event at the
+//!   risk it was judged at), counted over a range of event time after a `state.max_window`
+//!   warm-up: one replay for the CLI and for the read model's stored events.
 //! - [`user_view`]: a user as the engine sees them, without Kafka: the user's latest snapshot
 //!   (the state topic projected into the [`store`]) and its accepted records since, replayed
 //!   through the [`engine`]; where every rule of a set stands on that state.
@@ -59,13 +61,15 @@
 //!   were caught up), what the host prepares first (`startup.rs`), and the test-only fault
 //!   injection (`faults.rs`, with the `fault-injection` feature only).
 //! - [`audit`]: the audit trail of risk, rule set and triage changes; [`changes`]: the use cases
-//!   that make them (read what is in force, publish, record), written once for the CLI and the
-//!   HTTP API, each edge giving its own [`changes::ChangeLog`].
+//!   that make them (read what is in force, refuse what would hurt — an empty set, a version
+//!   name taken by other rules, a stale `If-Match` — publish, record; promote the shadow set),
+//!   written once for the CLI and the HTTP API, each edge giving its own [`changes::ChangeLog`].
 //! - [`store`]: the read model behind the GET endpoints: the alerts topic projected into SQLite
 //!   (default) or PostgreSQL, rows and Kafka offsets in one transaction, keyset-paged queries,
 //!   retention by event time ([`store::projection`]: the projecting consumers, how far behind the
 //!   topic they are, and the retention task); the triage topic projected beside it, the status
-//!   filter on the alerts' rows.
+//!   filter on the alerts' rows; the stored events replayed for a backtest, in the
+//!   processor's order.
 //! - [`http`]: the HTTP shim: the API contract ([`http::api`]: bodies, parameters, errors, the
 //!   OpenAPI document), the handlers by resource, each group behind the scope it declares
 //!   ([`http::routes`]), bearer tokens ([`http::auth`]), the waiters of `POST` requests

@@ -2484,6 +2484,13 @@ async fn history_lists_every_version_newest_first_with_who_and_the_sets_in_force
         let reply = call(&f.app, put(path, body)).await;
         assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
     }
+    let reply = call(&f.app, get("/api/v1/rules/history?limit=3")).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert!(
+        error_of(&reply).contains("unknown field `limit`"),
+        "{}",
+        reply.text
+    );
     let history = call(&f.app, get("/api/v1/rules/history")).await.json();
     assert_eq!(
         history["active"],

@@ -59,6 +59,11 @@ fn rule_set_body(
     )?)
 }
 
+/// The query of an endpoint that takes no parameter: any is a 400 naming it.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoParams {}
+
 /// `?allow_empty=true|false` (absent: false).
 fn allow_empty(params: Result<Query<RulesWriteParams>, QueryRejection>) -> Result<bool, ApiError> {
     match query_params(params)?.allow_empty.as_deref() {
@@ -389,7 +394,9 @@ fn rfc3339(ms: i64) -> Option<String> {
 )]
 pub async fn rules_history(
     State(state): State<AppState>,
+    params: Result<Query<NoParams>, QueryRejection>,
 ) -> Result<Json<RulesHistoryBody>, ApiError> {
+    query_params(params)?;
     let current = state.backend.rules().await?;
     let in_force = |set: &RuleSet, source: &str| InForce {
         version: set.version.clone(),
@@ -547,9 +554,11 @@ async fn replay_stored(
 )]
 pub async fn backtest_rules(
     State(state): State<AppState>,
+    params: Result<Query<NoParams>, QueryRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<BacktestResult>, ApiError> {
+    query_params(params)?;
     let body = json_body(&headers, body, state.body_limit)?;
     let request: BacktestBody = serde_json::from_slice(&body)
         .map_err(|e| ApiError::Invalid(format!("invalid body: {e}")))?;
