@@ -366,7 +366,6 @@ impl Processor {
         touched: &[i32],
         started: Instant,
     ) -> Result<(), KafkaError> {
-        let timeout = self.settings.processing.transaction_timeout;
         let caught_up = started.elapsed();
         let records = judgeable.as_ref().map_or(0, |j| j.records.len());
         let out = Arc::clone(&self.out);
@@ -388,7 +387,7 @@ impl Processor {
             // At-least-once: a snapshot covering offset S must never become durable before the
             // responses below S (a restore resumes at S). Different partitions may have different
             // leaders, so flush the responses first; a transaction makes this moot.
-            out.flush_delivered(timeout)?;
+            out.flush_delivered(out.call_timeout())?;
         }
         let mut rounds = Vec::with_capacity(due.len());
         {
@@ -403,7 +402,7 @@ impl Processor {
         }
         if !out.exactly_once && !rounds.is_empty() {
             // A round's marker says all its user records are durable: only after they are.
-            out.flush_delivered(timeout)?;
+            out.flush_delivered(out.call_timeout())?;
         }
         for (p, covers) in rounds {
             produce_marker(&out.producer, &self.settings.topics.state, p, covers)?;
@@ -420,16 +419,24 @@ impl Processor {
                 .group_metadata()
                 .ok_or_else(crate::kafka::no_group_metadata)?;
             out.retrying("send offsets to the transaction", |producer| {
-                producer.send_offsets_to_transaction(&offsets, &metadata, timeout)
+                producer.send_offsets_to_transaction(&offsets, &metadata, out.call_timeout())
             })?;
         } else {
-            out.flush_delivered(timeout)?;
+            out.flush_delivered(out.call_timeout())?;
         }
         let settled = started.elapsed();
         if out.exactly_once {
             out.commit_transaction()?;
         } else if offsets.count() > 0 {
-            self.consumer.commit(&offsets, CommitMode::Sync)?;
+            // A synchronous commit waits for the coordinator as long as it takes; shutting down
+            // (perhaps during an outage), at-least-once settles for asking: an offset that does
+            // not land is answered again by the next owner.
+            let mode = if self.deps.shutdown.is_cancelled() {
+                CommitMode::Async
+            } else {
+                CommitMode::Sync
+            };
+            self.consumer.commit(&offsets, mode)?;
         }
         tracing::debug!(
             records,

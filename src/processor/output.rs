@@ -272,11 +272,8 @@ impl Output {
     /// which is `processing.transaction_timeout`), so none can land after the restore that
     /// follows. Stops waiting at shutdown.
     pub(super) fn wait_nothing_in_flight(&self) {
-        let started = Instant::now();
         while self.producer.in_flight_count() > 0 {
-            if self.shutdown.is_cancelled()
-                && started.elapsed() > self.settings.processing.shutdown_timeout
-            {
+            if self.shutdown.is_cancelled() && self.call_timeout().is_zero() {
                 tracing::warn!(
                     in_flight = self.producer.in_flight_count(),
                     "shutting down with records still in flight"
