@@ -3979,6 +3979,25 @@ async fn a_feed_with_until_delivers_the_range_then_ends() {
     assert_eq!(feed.next(Duration::from_secs(5)).await, None);
 }
 
+/// A feed whose `until` passes while nothing arrives still ends (it used to wait for an alert or
+/// a heartbeat that never came).
+#[tokio::test]
+async fn an_idle_feed_ends_once_its_until_has_passed() {
+    let f = feed_fixture(feeds(200, 16, 60_000, 4), &[]).await;
+    let until = now_ms() + 300;
+    let mut feed = SseReader::open(
+        &f.app,
+        &format!("/api/v1/alerts/stream?until={until}"),
+        None,
+    )
+    .await;
+    let end = feed.next(Duration::from_secs(5)).await.expect("the end");
+    assert_eq!(end.event.as_deref(), Some("end"), "{end:?}");
+    assert_eq!(end.json(), json!({"reason": "until"}));
+    assert!(now_ms() >= until + 200, "ended before until had settled");
+    assert_eq!(feed.next(Duration::from_secs(5)).await, None);
+}
+
 /// An alert that reaches the shim after the frontier passed it cannot be placed in order: it is
 /// still delivered, without an id, so that a client's last id never moves back.
 #[tokio::test]

@@ -591,11 +591,17 @@ async fn run(
         if until.is_some_and(|until| f >= until) {
             return End::Until;
         }
-        // When the time bound alone passes the first held alert (the channel is drained then).
-        let wake = reorder.first_held().map(|first| {
-            let due = first.timestamp.saturating_add(settle).saturating_add(1);
+        // When the time bound alone passes the first held alert or `until` (the channel is
+        // drained then): an idle feed still releases, and still ends.
+        let due = |timestamp: i64| {
+            let due = timestamp.saturating_add(settle).saturating_add(1);
             Duration::from_millis(u64::try_from(due.saturating_sub(now)).unwrap_or(0) + 1)
-        });
+        };
+        let wake = [reorder.first_held(), until]
+            .into_iter()
+            .flatten()
+            .map(|key| due(key.timestamp))
+            .min();
         let received = tokio::select! {
             () = closing.cancelled() => return End::Quiet,
             () = sink.tx.closed() => return End::Quiet,
