@@ -8,13 +8,14 @@
 //! {"user_id": 3, "risk": "medium", "source": "default"}
 //! ```
 //!
-//! - A line starting with `$ ` is a command (a trailing `\` continues it on the next line); the
-//!   lines after it, up to the next command, are its output.
+//! - A line starting with `$ ` is a command; a trailing `\` continues it on the next line, and so
+//!   do lines starting with `> ` right after it (the shell's secondary prompt: a quoted body over
+//!   several lines, a loop). The lines after it, up to the next command, are its output.
 //! - Each file's examples run in order, as one session, against a fresh all-in-one
 //!   (`user-monitor run`, its embedded broker), with `127.0.0.1:5000` replaced by its address.
 //! - When the shown output is JSON (one document, or one per line), the actual output must be the
-//!   same JSON, where a string `"…"` stands for any value and a key `"…"` in an object allows
-//!   keys not shown. Otherwise the text must match line by line, `…` standing for any text.
+//!   same JSON, where a string `"…"` stands for any value, `…` within a string for any text, and
+//!   a key `"…"` in an object allows keys not shown. Otherwise the text must match line by line, `…` standing for any text.
 //! - A command's exit status must be 0.
 
 mod common;
@@ -52,10 +53,16 @@ fn examples(file: &Path) -> Vec<Example> {
             in_block = false;
             continue;
         }
-        if continuing {
+        let prompt2 = trimmed.strip_prefix("> ").or((trimmed == ">").then_some(""));
+        let open = out.last().is_some_and(|e| e.shown.is_empty());
+        if continuing || (open && prompt2.is_some()) {
             let example = out.last_mut().unwrap();
             example.command.push('\n');
-            example.command.push_str(trimmed);
+            example.command.push_str(if continuing {
+                trimmed
+            } else {
+                prompt2.unwrap_or_default()
+            });
             continuing = trimmed.ends_with('\\');
         } else if let Some(command) = trimmed.strip_prefix("$ ") {
             out.push(Example {
@@ -87,6 +94,7 @@ fn examples(file: &Path) -> Vec<Example> {
 fn json_matches(shown: &Value, actual: &Value) -> bool {
     match (shown, actual) {
         (Value::String(s), _) if s == "…" => true,
+        (Value::String(s), Value::String(a)) if s.contains('…') => text_matches(s, a),
         (Value::Object(s), Value::Object(a)) => {
             let open = s.contains_key("…");
             s.iter()
@@ -185,14 +193,17 @@ fn the_example_convention_is_read_as_documented() {
     let file = dir.path().join("x.md");
     std::fs::write(
         &file,
-        "text\n```console\n$ echo a \\\n  b\na b\n\n$ true\n```\n```sh\n$ not this\n```\n",
+        "text\n```console\n$ echo a \\\n  b\na b\n\n$ true\n```\n```sh\n$ not this\n```\n\
+         ```console\n$ echo '{\n>   \"x\": 1}'\n{\"x\": 1}\n> not a continuation\n```\n",
     )
     .unwrap();
     let found = examples(&file);
-    assert_eq!(found.len(), 2, "{found:?}");
+    assert_eq!(found.len(), 3, "{found:?}");
     assert_eq!(found[0].command, "echo a \\\n  b");
     assert_eq!(found[0].shown, vec!["a b"]);
     assert!(found[1].shown.is_empty());
+    assert_eq!(found[2].command, "echo '{\n  \"x\": 1}'");
+    assert_eq!(found[2].shown, vec!["{\"x\": 1}", "> not a continuation"]);
     let shown: Value = serde_json::from_str(r#"{"a": "…", "b": [1], "…": "…"}"#).unwrap();
     assert!(json_matches(
         &shown,
@@ -201,6 +212,15 @@ fn the_example_convention_is_read_as_documented() {
     assert!(!json_matches(
         &shown,
         &serde_json::json!({"a": 1, "b": [2]})
+    ));
+    let partly: Value = serde_json::from_str(r#"{"error": "published at … by anonymous"}"#).unwrap();
+    assert!(json_matches(
+        &partly,
+        &serde_json::json!({"error": "published at 2026-12-07T23:44:08.528Z by anonymous"})
+    ));
+    assert!(!json_matches(
+        &partly,
+        &serde_json::json!({"error": "published at noon by root"})
     ));
     let closed: Value = serde_json::from_str(r#"{"a": 1}"#).unwrap();
     assert!(!json_matches(&closed, &serde_json::json!({"a": 1, "b": 2})));
