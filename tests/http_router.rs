@@ -2487,7 +2487,8 @@ async fn history_lists_every_version_newest_first_with_who_and_the_sets_in_force
     let reply = call(&f.app, get("/api/v1/rules/history?limit=3")).await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
     assert!(
-        error_of(&reply).contains("unknown field `limit`"),
+        error_of(&reply)
+            .contains("unknown query parameter \"limit\"; this endpoint takes no query parameters"),
         "{}",
         reply.text
     );
@@ -3568,6 +3569,88 @@ async fn an_unknown_query_parameter_is_400_naming_it_and_the_accepted_ones() {
     }
     let reply = call(&f.app, get("/api/v1/alerts?user_id=3&code=1100")).await;
     assert_eq!(reply.json()["alerts"].as_array().unwrap().len(), 1);
+}
+
+/// Not only the lists: every route, reads, writes and operations alike, refuses what it does
+/// not document (a misspelt `allow_empty` must not quietly publish nothing either), and the
+/// refusal comes before any effect.
+#[tokio::test]
+async fn every_route_refuses_a_query_parameter_it_does_not_document() {
+    let f = fixture().await;
+    let set = r#"{"version": "v9", "time_unit": "seconds", "rule": []}"#;
+    for (request, name, accepted) in [
+        (
+            get("/healthz?verbose=1"),
+            "verbose",
+            "takes no query parameters",
+        ),
+        (get("/readyz?x"), "x", "takes no query parameters"),
+        (get("/metrics?name=x"), "name", "takes no query parameters"),
+        (
+            get("/api/v1/rules?version=2"),
+            "version",
+            "takes no query parameters",
+        ),
+        (
+            get("/api/v1/rules/history?limit=1"),
+            "limit",
+            "takes no query parameters",
+        ),
+        (
+            get("/api/v1/users/3?as_of=1"),
+            "as_of",
+            "takes no query parameters",
+        ),
+        (get("/api/v1/session?x=1"), "x", "takes no query parameters"),
+        (
+            get("/api/v1/dead-letters?limt=1"),
+            "limt",
+            "accepted: limit",
+        ),
+        (
+            put("/api/v1/rules?allowEmpty=true", set),
+            "allowEmpty",
+            "accepted: allow_empty",
+        ),
+        (post("/api/v1/event?x=1", r#"{}"#), "", ""),
+        (
+            post(
+                "/event?dry_run=1",
+                r#"{"type": "deposit", "amount": "1", "user_id": 1, "time": 0}"#,
+            ),
+            "dry_run",
+            "takes no query parameters",
+        ),
+    ] {
+        let path = request.uri().to_string();
+        let reply = call(&f.app, request).await;
+        if name.is_empty() {
+            assert_eq!(reply.status, StatusCode::NOT_FOUND, "{path}");
+            continue;
+        }
+        assert_eq!(
+            reply.status,
+            StatusCode::BAD_REQUEST,
+            "{path}: {}",
+            reply.text
+        );
+        let error = reply.json()["error"].as_str().unwrap().to_owned();
+        assert!(
+            error.contains(&format!("unknown query parameter \"{name}\""))
+                && error.contains(accepted),
+            "{path}: {error}"
+        );
+    }
+    // Nothing was published by the refused PUT, nothing accepted by the refused POST.
+    let rules = call(&f.app, get("/api/v1/rules")).await;
+    assert_eq!(rules.json()["set"]["version"], "default", "{}", rules.text);
+    assert_eq!(
+        call(&f.app, get("/api/v1/events/0-0")).await.status,
+        StatusCode::NOT_FOUND
+    );
+    // What a route documents, it accepts.
+    let reply = call(&f.app, put("/api/v1/rules?allow_empty=true", set)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
 }
 
 #[tokio::test]

@@ -53,7 +53,9 @@ fn examples(file: &Path) -> Vec<Example> {
             in_block = false;
             continue;
         }
-        let prompt2 = trimmed.strip_prefix("> ").or((trimmed == ">").then_some(""));
+        let prompt2 = trimmed
+            .strip_prefix("> ")
+            .or((trimmed == ">").then_some(""));
         let open = out.last().is_some_and(|e| e.shown.is_empty());
         if continuing || (open && prompt2.is_some()) {
             let example = out.last_mut().unwrap();
@@ -213,7 +215,8 @@ fn the_example_convention_is_read_as_documented() {
         &shown,
         &serde_json::json!({"a": 1, "b": [2]})
     ));
-    let partly: Value = serde_json::from_str(r#"{"error": "published at … by anonymous"}"#).unwrap();
+    let partly: Value =
+        serde_json::from_str(r#"{"error": "published at … by anonymous"}"#).unwrap();
     assert!(json_matches(
         &partly,
         &serde_json::json!({"error": "published at 2026-12-07T23:44:08.528Z by anonymous"})

@@ -307,7 +307,10 @@ function alertsPage(params) {
     if (!scheduled) { scheduled = true; requestAnimationFrame(flush); }
   };
 
-  const stop = follow("/api/v1/alerts/stream" + (query.toString() ? "?" + query : ""), (ev) => {
+  // The rule version is filtered here (the API filters by code, user, status and time).
+  const feed = new URLSearchParams(query);
+  feed.delete("rules_version");
+  const stop = follow("/api/v1/alerts/stream" + (feed.toString() ? "?" + feed : ""), (ev) => {
     if (ev.event === "alert") add(JSON.parse(ev.data), true);
     else if (ev.event === "overflow") toast("The feed fell behind and reconnects from the last alert shown.");
   }, (on, why) => {

@@ -1105,6 +1105,7 @@ pub struct ShadowClearedBody {
 
 /// Query parameters of `GET /api/v1/audit`.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AuditParams {
     /// Entries per page, 1..=1000 (default 100).
     pub limit: Option<String>,
@@ -1114,6 +1115,7 @@ pub struct AuditParams {
 
 /// Query parameters of `GET /api/v1/dead-letters`.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DeadLettersParams {
     /// How many, 1..=100 (default 10).

@@ -2,13 +2,12 @@
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::Uri;
 use axum::routing::get;
 use axum::{Json, Router};
 
 use super::super::api::{ApiError, AuditParams, ErrorBody, ReadDenied};
 use super::super::auth::Scope;
-use super::request::{accepted, parse_limit, query_params, strict_query};
+use super::request::{parse_limit, query_params};
 use super::{scoped, AppState};
 use crate::audit::AuditPage;
 
@@ -36,10 +35,8 @@ pub(super) fn routes(state: &AppState) -> Router<AppState> {
 )]
 pub async fn list_audit(
     State(state): State<AppState>,
-    uri: Uri,
     params: Result<Query<AuditParams>, QueryRejection>,
 ) -> Result<Json<AuditPage>, ApiError> {
-    strict_query(uri.query(), accepted!(AuditParams))?;
     let params = query_params(params)?;
     let limit = parse_limit(params.limit.as_deref())?;
     let before = params

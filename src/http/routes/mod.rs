@@ -29,7 +29,8 @@ pub mod stream;
 pub mod triage;
 pub mod users;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -38,6 +39,8 @@ use axum::http::{HeaderMap, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use utoipa::openapi::path::ParameterIn;
+use utoipa::OpenApi;
 
 use super::api::{ApiError, ReadModel};
 use super::auth::{Denied, Principal, Scope, Tokens};
@@ -122,7 +125,7 @@ pub fn router(state: AppState) -> Router {
         .merge(audit::routes(&state))
         .merge(session::routes(&state))
         .merge(dead_letters::routes(&state))
-        .merge(operations::routes())
+        .merge(operations::routes().route_layer(axum::middleware::from_fn(strict_queries)))
         .merge(crate::console::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -139,10 +142,58 @@ pub fn router(state: AppState) -> Router {
 /// caller's [`Principal`] handed to the handlers; open mode lets everyone through as
 /// `anonymous`. The one place a route's scope is enforced.
 fn scoped(routes: Router<AppState>, scope: Scope, state: &AppState) -> Router<AppState> {
-    routes.route_layer(axum::middleware::from_fn_with_state(
-        (Arc::clone(state), scope),
-        require,
-    ))
+    // The strict check runs inside the scope check: a caller without a valid token learns
+    // nothing about a route's parameters.
+    routes
+        .route_layer(axum::middleware::from_fn(strict_queries))
+        .route_layer(axum::middleware::from_fn_with_state(
+            (Arc::clone(state), scope),
+            require,
+        ))
+}
+
+/// The query parameters each documented operation takes, by (method, route): read from the
+/// OpenAPI document, so a parameter is accepted exactly when it is documented.
+fn documented_queries() -> &'static HashMap<(Method, String), Vec<String>> {
+    static QUERIES: OnceLock<HashMap<(Method, String), Vec<String>>> = OnceLock::new();
+    QUERIES.get_or_init(|| {
+        let mut queries = HashMap::new();
+        for (path, item) in super::api::ApiDoc::openapi().paths.paths {
+            let operations = [
+                (Method::GET, item.get),
+                (Method::PUT, item.put),
+                (Method::POST, item.post),
+                (Method::DELETE, item.delete),
+                (Method::PATCH, item.patch),
+            ];
+            for (method, operation) in operations {
+                let Some(operation) = operation else { continue };
+                let names = operation
+                    .parameters
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|p| matches!(p.parameter_in, ParameterIn::Query))
+                    .map(|p| p.name)
+                    .collect();
+                queries.insert((method, path.clone()), names);
+            }
+        }
+        queries
+    })
+}
+
+/// Refuses a query parameter the route does not document (CONTRACT §7): a misspelt filter such
+/// as `userId` must never quietly widen an answer, on any route. The one place it is checked.
+async fn strict_queries(request: Request<Body>, next: Next) -> Response {
+    let accepted = request.extensions().get::<MatchedPath>().and_then(|route| {
+        documented_queries().get(&(request.method().clone(), route.as_str().to_owned()))
+    });
+    if let Some(accepted) = accepted {
+        if let Err(error) = request::strict_query(request.uri().query(), accepted) {
+            return error.into_response();
+        }
+    }
+    next.run(request).await
 }
 
 async fn require(

@@ -5,7 +5,6 @@
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::Uri;
 use axum::routing::get;
 use axum::{Json, Router};
 
@@ -15,8 +14,8 @@ use super::super::api::{
 };
 use super::super::auth::Scope;
 use super::request::{
-    accepted, alert_filters, parse_alert_key, parse_cursor, parse_event_key, parse_limit,
-    parse_user_id, path_param, query_params, strict_query,
+    alert_filters, parse_alert_key, parse_cursor, parse_event_key, parse_limit, parse_user_id,
+    path_param, query_params,
 };
 use super::{scoped, AppState, Shared};
 use crate::domain::Coord;
@@ -70,10 +69,8 @@ async fn find_event(state: &Shared, key: Coord) -> Result<Option<EventView>, Api
 )]
 pub async fn get_event(
     State(state): State<AppState>,
-    uri: Uri,
     event_id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<EventRead>, ApiError> {
-    strict_query(uri.query(), accepted!())?;
     let event_id = path_param(event_id)?;
     let key = parse_event_key(&event_id)?;
     let read_model = state.read_model();
@@ -133,11 +130,9 @@ pub(super) async fn find_alert(
 )]
 pub async fn list_alerts(
     State(state): State<AppState>,
-    uri: Uri,
     filters: Result<Query<AlertsParams>, QueryRejection>,
     page: Result<Query<PageParams>, QueryRejection>,
 ) -> Result<Json<AlertsPage>, ApiError> {
-    strict_query(uri.query(), accepted!(AlertsParams, PageParams))?;
     let page = query_params(page)?;
     let query = AlertQuery {
         before: parse_cursor(page.cursor.as_deref())?,
@@ -170,10 +165,8 @@ pub async fn list_alerts(
 )]
 pub async fn get_alert(
     State(state): State<AppState>,
-    uri: Uri,
     alert_id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<EventRead>, ApiError> {
-    strict_query(uri.query(), accepted!())?;
     let alert_id = path_param(alert_id)?;
     let key = parse_alert_key(&alert_id)?;
     let read_model = state.read_model();
@@ -200,11 +193,9 @@ pub async fn get_alert(
 )]
 pub async fn user_events(
     State(state): State<AppState>,
-    uri: Uri,
     user_id: Result<Path<String>, PathRejection>,
     params: Result<Query<PageParams>, QueryRejection>,
 ) -> Result<Json<UserEventsPage>, ApiError> {
-    strict_query(uri.query(), accepted!(PageParams))?;
     let user_id = parse_user_id(&path_param(user_id)?)?;
     let params = query_params(params)?;
     let limit = parse_limit(params.limit.as_deref())?;

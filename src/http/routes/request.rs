@@ -7,40 +7,11 @@ use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::Extension;
-use utoipa::openapi::path::ParameterIn;
-use utoipa::IntoParams;
 
 use super::super::api::{AlertsParams, ApiError, DEFAULT_LIMIT, MAX_LIMIT};
 use super::super::auth::Principal;
 use crate::domain::{Coord, UserId};
 use crate::store::{AlertQuery, OrderKey};
-
-/// The names of the query parameters the given parameter structs document (their OpenAPI
-/// `IntoParams`: what a route documents is what it accepts), computed once per call site.
-macro_rules! accepted {
-    () => {
-        &[][..]
-    };
-    ($($params:ty),+) => {{
-        static NAMES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-        NAMES
-            .get_or_init(|| {
-                let mut names = Vec::new();
-                $(names.extend(super::request::param_names::<$params>());)+
-                names
-            })
-            .as_slice()
-    }};
-}
-pub(super) use accepted;
-
-/// The query parameter names `T` documents.
-pub(super) fn param_names<T: IntoParams>() -> Vec<String> {
-    T::into_params(|| Some(ParameterIn::Query))
-        .into_iter()
-        .map(|p| p.name)
-        .collect()
-}
 
 /// Refuses a query parameter the route does not know (CONTRACT §7): a misspelt filter such as
 /// `userId` must not quietly widen the answer to everyone's alerts. The 400 names the

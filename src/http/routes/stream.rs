@@ -4,7 +4,7 @@
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, HeaderValue, Uri};
+use axum::http::{HeaderMap, HeaderValue};
 use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
@@ -12,7 +12,7 @@ use axum::Extension;
 use super::super::api::{AlertsParams, ApiError, ErrorBody, ReadDenied, StreamParams};
 use super::super::server::ConnectionClose;
 use super::super::stream::{self, FeedStart};
-use super::request::{accepted, alert_filters, parse_cursor, query_params, strict_query};
+use super::request::{alert_filters, parse_cursor, query_params};
 use super::AppState;
 
 /// The header an `EventSource` sends when it reconnects.
@@ -42,13 +42,11 @@ const LAST_EVENT_ID: &str = "last-event-id";
 )]
 pub async fn stream_alerts(
     State(state): State<AppState>,
-    uri: Uri,
     headers: HeaderMap,
     close: Option<Extension<ConnectionClose>>,
     filters: Result<Query<AlertsParams>, QueryRejection>,
     position: Result<Query<StreamParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    strict_query(uri.query(), accepted!(AlertsParams, StreamParams))?;
     let filters = alert_filters(&query_params(filters)?)?;
     let position = query_params(position)?;
     let from_header = headers
