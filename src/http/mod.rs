@@ -37,7 +37,7 @@ use crate::health::Readiness;
 use crate::kafka::KafkaLayerError;
 use crate::metrics::Metrics;
 use crate::store::projection::{Projection, Status as ProjectionStatus};
-use crate::store::{SnapshotProjection, Store};
+use crate::store::Store;
 
 pub use backend::{Backend, KafkaBackend};
 pub use routes::{router, AppState, ConfiguredRuleSets, Shared};
@@ -145,12 +145,16 @@ pub async fn start(settings: Settings, deps: ShimDeps) -> Result<RunningShim, Sh
     let triage_projection = Projection::spawn_triage(
         Arc::clone(&settings),
         store.clone(),
-        Arc::new(ProjectionStatus::with_metrics(&deps.metrics)),
+        Arc::new(ProjectionStatus::counting_rows(&deps.metrics)),
         follower_stop.clone(),
     )?;
     // The users' snapshots, which a user's view replays from.
-    let snapshots =
-        SnapshotProjection::spawn(Arc::clone(&settings), store.clone(), follower_stop.clone())?;
+    let snapshots = Projection::spawn_states(
+        Arc::clone(&settings),
+        store.clone(),
+        Arc::new(ProjectionStatus::default()),
+        follower_stop.clone(),
+    )?;
     tokio::spawn(crate::store::projection::retain(
         Arc::clone(&settings),
         store.clone(),

@@ -48,7 +48,7 @@ use sqlx::{AnyPool, Executor};
 pub use query::{is_listed_alert, AlertQuery, OrderKey, Page, Stored};
 pub use replay::{EventTimes, REPLAY_BATCH};
 pub use triage::TriageBatch;
-pub use user_state::{SnapshotBatch, SnapshotProjection, UserCounts, UserReads, UserSnapshot};
+pub use user_state::{SnapshotBatch, UserCounts, UserReads, UserSnapshot};
 pub use write::{Batch, Expired, Row};
 
 use crate::config::StoreConfig;

@@ -32,10 +32,10 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{Batch, Store, StoreError, TriageBatch};
+use super::{Batch, SnapshotBatch, Store, StoreError, TriageBatch};
 use crate::config::Settings;
 use crate::kafka::read::LastError;
-use crate::kafka::{reader_config, KafkaLayerError, Reader, ReaderContext};
+use crate::kafka::{reader_config, KafkaLayerError, ReaderContext};
 use crate::metrics::Metrics;
 
 /// How the projection is doing, for readiness, metrics and the freshness of every read.
@@ -55,7 +55,8 @@ struct Counters {
     projected: Counter,
     skipped: Counter,
     write_errors: Counter,
-    lag: Gauge,
+    /// The read model's lag: the alerts projection's only.
+    lag: Option<Gauge>,
 }
 
 /// How far the read model is behind the alerts topic, as every read states it (CONTRACT §7).
@@ -134,8 +135,18 @@ impl Status {
                 projected: metrics.store_projected.clone(),
                 skipped: metrics.store_skipped.clone(),
                 write_errors: metrics.store_write_errors.clone(),
-                lag: metrics.read_model_lag.clone(),
+                lag: Some(metrics.read_model_lag.clone()),
             }),
+            ..Status::default()
+        }
+    }
+
+    /// A status whose rows, skips and write errors go to the process's metrics, but not the
+    /// read model's lag (a projection of another topic than the alerts).
+    pub fn counting_rows(metrics: &Metrics) -> Status {
+        let status = Status::with_metrics(metrics);
+        Status {
+            counters: status.counters.map(|c| Counters { lag: None, ..c }),
             ..Status::default()
         }
     }
@@ -199,8 +210,11 @@ impl Status {
     /// Sets the lag metric once it is known.
     fn publish(&self, progress: &mut Progress) {
         let freshness = progress.freshness();
-        if let (Some(counters), Some(behind)) = (&self.counters, freshness.behind) {
-            counters.lag.set(i64::try_from(behind).unwrap_or(i64::MAX));
+        if let (Some(lag), Some(behind)) = (
+            self.counters.as_ref().and_then(|c| c.lag.as_ref()),
+            freshness.behind,
+        ) {
+            lag.set(i64::try_from(behind).unwrap_or(i64::MAX));
         }
     }
 
@@ -241,6 +255,8 @@ pub trait Feed: Default + Send + 'static {
     fn is_empty(&self) -> bool;
     /// Rows this batch stores, and records it skipped.
     fn counts(&self) -> (u64, u64);
+    /// Per partition, the next offset to read once this batch is stored.
+    fn next_offsets(&mut self) -> &mut BTreeMap<i32, i64>;
     /// Stores the batch and the offsets it brings `topic` to, in one transaction.
     fn write(
         &self,
@@ -267,11 +283,67 @@ impl Feed for TriageBatch {
     fn counts(&self) -> (u64, u64) {
         (self.triage.len() as u64, self.skipped)
     }
+    fn next_offsets(&mut self) -> &mut BTreeMap<i32, i64> {
+        &mut self.next_offsets
+    }
     async fn write(&self, store: &Store, topic: &str) -> Result<(), StoreError> {
         store.write_triage(topic, self).await
     }
 }
 
+impl Feed for Batch {
+    fn push_message(&mut self, message: &BorrowedMessage<'_>) {
+        self.push(
+            message.partition(),
+            message.offset(),
+            message.timestamp().to_millis().unwrap_or(0),
+            message.payload(),
+        );
+    }
+    fn len(&self) -> usize {
+        Batch::len(self)
+    }
+    fn is_empty(&self) -> bool {
+        Batch::is_empty(self)
+    }
+    fn counts(&self) -> (u64, u64) {
+        (self.rows.len() as u64, self.skipped)
+    }
+    fn next_offsets(&mut self) -> &mut BTreeMap<i32, i64> {
+        &mut self.next_offsets
+    }
+    async fn write(&self, store: &Store, topic: &str) -> Result<(), StoreError> {
+        store.write(topic, self).await
+    }
+}
+
+impl Feed for SnapshotBatch {
+    fn push_message(&mut self, message: &BorrowedMessage<'_>) {
+        self.push(
+            message.partition(),
+            message.offset(),
+            message.key(),
+            message.payload(),
+        );
+    }
+    fn len(&self) -> usize {
+        SnapshotBatch::len(self)
+    }
+    fn is_empty(&self) -> bool {
+        SnapshotBatch::is_empty(self)
+    }
+    fn counts(&self) -> (u64, u64) {
+        (self.rows() as u64, self.skipped)
+    }
+    fn next_offsets(&mut self) -> &mut BTreeMap<i32, i64> {
+        self.offsets_mut()
+    }
+    async fn write(&self, store: &Store, topic: &str) -> Result<(), StoreError> {
+        store.write_snapshots(topic, self).await
+    }
+}
+
+/// A running projection of one topic into the read model: a thread polling its consumer.
 pub struct Projection {
     thread: JoinHandle<()>,
 }
@@ -293,12 +365,8 @@ impl Projection {
                 topic: settings.topics.alerts.clone(),
             })
             .map_err(KafkaLayerError::from)?;
-        let runtime = tokio::runtime::Handle::current();
-        let thread = std::thread::Builder::new()
-            .name("store-projection".to_owned())
-            .spawn(move || project(&settings, &consumer, &store, &status, &stop, &runtime))
-            .map_err(StoreError::Thread)?;
-        Ok(Projection { thread })
+        let topic = settings.topics.alerts.clone();
+        Projection::spawn_on::<Batch, _>(settings, topic, consumer, store, status, stop)
     }
 
     /// Starts the projection of `settings.topics.triage` into `store` (see [`Projection::spawn`]):
@@ -310,31 +378,47 @@ impl Projection {
         stop: CancellationToken,
     ) -> Result<Projection, StoreError> {
         let topic = settings.topics.triage.clone();
-        Projection::spawn_feed::<TriageBatch>(settings, topic, "store-triage", store, status, stop)
+        let consumer = reader_config(&settings, "store-triage")?
+            .create_with_context(ReaderContext)
+            .map_err(KafkaLayerError::from)?;
+        Projection::spawn_on::<TriageBatch, _>(settings, topic, consumer, store, status, stop)
     }
 
-    fn spawn_feed<B: Feed>(
+    /// Starts the projection of `settings.topics.state` (the users' snapshots, which a user's
+    /// view replays from) into `store` (see [`Projection::spawn`]).
+    pub fn spawn_states(
         settings: Arc<Settings>,
-        topic: String,
-        role: &'static str,
         store: Store,
         status: Arc<Status>,
         stop: CancellationToken,
     ) -> Result<Projection, StoreError> {
-        let consumer: Reader = reader_config(&settings, role)?
+        let topic = settings.topics.state.clone();
+        let consumer = reader_config(&settings, "store-states")?
             .create_with_context(ReaderContext)
             .map_err(KafkaLayerError::from)?;
+        Projection::spawn_on::<SnapshotBatch, _>(settings, topic, consumer, store, status, stop)
+    }
+
+    fn spawn_on<B: Feed, C: ConsumerContext + 'static>(
+        settings: Arc<Settings>,
+        topic: String,
+        consumer: BaseConsumer<C>,
+        store: Store,
+        status: Arc<Status>,
+        stop: CancellationToken,
+    ) -> Result<Projection, StoreError> {
         let runtime = tokio::runtime::Handle::current();
         let thread = std::thread::Builder::new()
-            .name(format!("{role}-projection"))
+            .name(format!("projection-{topic}"))
             .spawn(move || {
-                project_feed::<B>(
+                project::<B, C>(
                     &settings, &topic, &consumer, &store, &status, &stop, &runtime,
                 )
             })
             .map_err(StoreError::Thread)?;
         Ok(Projection { thread })
     }
+
     /// Waits for the thread (call after cancelling its token; blocking).
     pub fn join(self) {
         let _ = self.thread.join();
@@ -399,15 +483,19 @@ impl ClientContext for ProjectionContext {
 
 impl ConsumerContext for ProjectionContext {}
 
-fn project(
+/// Projects `topic` into the read model with `B`'s batches: from the stored offsets, each batch
+/// written with the offsets it brings the topic to, in one transaction (by a writer task, while
+/// the next batch is read). The one loop of every projection (alerts, triage, the users'
+/// snapshots).
+fn project<B: Feed, C: ConsumerContext>(
     settings: &Settings,
-    consumer: &ProjectionConsumer,
+    topic: &str,
+    consumer: &BaseConsumer<C>,
     store: &Store,
     status: &Arc<Status>,
     stop: &CancellationToken,
     runtime: &tokio::runtime::Handle,
 ) {
-    let topic = settings.topics.alerts.as_str();
     let stored = loop {
         if stop.is_cancelled() {
             return;
@@ -427,7 +515,7 @@ fn project(
         match assign(consumer, topic, &stored) {
             Ok(ends) => break ends,
             Err(e) => {
-                tracing::info!(topic, error = %e, "projection waiting for the alerts topic");
+                tracing::info!(topic, error = %e, "projection waiting for its topic");
                 crate::shutdown::sleep_unless_cancelled(stop, Duration::from_secs(1));
             }
         }
@@ -435,9 +523,9 @@ fn project(
     let partitions: Vec<i32> = ends.keys().copied().collect();
     status.start(&ends, &stored);
     status.set_assigned();
-    tracing::info!(topic, partitions = partitions.len(), resume = ?stored, "projecting the alerts topic");
+    tracing::info!(topic, partitions = partitions.len(), resume = ?stored, "projecting the topic into the read model");
 
-    let (batches, receiver) = mpsc::channel::<Batch>(2);
+    let (batches, receiver) = mpsc::channel::<B>(2);
     let writer = runtime.spawn(write_batches(
         store.clone(),
         topic.to_owned(),
@@ -447,7 +535,7 @@ fn project(
     ));
     let max_records = settings.store.batch_records;
     let batch_wait = settings.store.batch_wait;
-    let mut batch = Batch::default();
+    let mut batch = B::default();
     let mut first: Option<Instant> = None;
     let mut last_error = LastError::default();
     // The next offsets handed to the writer so far.
@@ -461,13 +549,7 @@ fn project(
             None => {}
             Some(Ok(message)) => {
                 last_error = LastError::default();
-                let timestamp = message.timestamp().to_millis().unwrap_or(0);
-                batch.push(
-                    message.partition(),
-                    message.offset(),
-                    timestamp,
-                    message.payload(),
-                );
+                batch.push_message(&message);
                 first.get_or_insert_with(Instant::now);
             }
             // Caught up: the position is past the last transaction marker, which no message
@@ -487,7 +569,7 @@ fn project(
         let due = first.is_some_and(|at| at.elapsed() >= batch_wait);
         if !batch.is_empty() && (batch.len() >= max_records || due) {
             advance_to_positions(consumer, topic, &mut batch, &recorded);
-            recorded.extend(batch.next_offsets.iter().map(|(&p, &o)| (p, o)));
+            recorded.extend(batch.next_offsets().iter().map(|(&p, &o)| (p, o)));
             if batches.blocking_send(std::mem::take(&mut batch)).is_err() {
                 break;
             }
@@ -503,222 +585,14 @@ fn project(
     tracing::debug!(topic, "projection stopped");
 }
 
-async fn write_batches(
-    store: Store,
-    topic: String,
-    mut batches: mpsc::Receiver<Batch>,
-    status: Arc<Status>,
-    stop: CancellationToken,
-) {
-    while let Some(batch) = batches.recv().await {
-        let mut attempt = 0u32;
-        loop {
-            match store.write(&topic, &batch).await {
-                Ok(()) => {
-                    if status.failing.swap(false, Ordering::Relaxed) {
-                        tracing::info!(topic, "projection writes again");
-                    }
-                    status.stored_to(&batch.next_offsets);
-                    status
-                        .projected
-                        .fetch_add(batch.rows.len() as u64, Ordering::Relaxed);
-                    status.skipped.fetch_add(batch.skipped, Ordering::Relaxed);
-                    if let Some(counters) = &status.counters {
-                        counters.projected.inc_by(batch.rows.len() as u64);
-                        counters.skipped.inc_by(batch.skipped);
-                    }
-                    break;
-                }
-                Err(e) => {
-                    attempt += 1;
-                    if let Some(counters) = &status.counters {
-                        counters.write_errors.inc();
-                    }
-                    if !status.failing.swap(true, Ordering::Relaxed) {
-                        tracing::warn!(topic, error = %e, "projection write failed, retrying");
-                    }
-                    // On shutdown, give up after a few tries: the offsets were not stored, so a
-                    // restart reads these records again.
-                    if stop.is_cancelled() && attempt >= 3 {
-                        tracing::warn!(topic, "projection stopping with a batch unwritten");
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt.min(10))))
-                        .await;
-                }
-            }
-        }
-    }
-}
-
-/// Moves the batch's next offsets up to the consumer's positions where these are further: past
-/// transaction markers, which the consumer steps over without handing them out (every message
-/// it handed out is in this batch or an earlier one, so the position never runs ahead of what is
-/// stored with it). Whether anything moved.
-fn advance_to_positions(
-    consumer: &ProjectionConsumer,
-    topic: &str,
-    batch: &mut Batch,
-    recorded: &BTreeMap<i32, i64>,
-) -> bool {
-    let Ok(positions) = consumer.position() else {
-        return false;
-    };
-    let mut moved = false;
-    for element in positions.elements_for_topic(topic) {
-        let Offset::Offset(position) = element.offset() else {
-            continue;
-        };
-        let partition = element.partition();
-        let known = batch
-            .next_offsets
-            .get(&partition)
-            .or_else(|| recorded.get(&partition))
-            .copied()
-            .unwrap_or(i64::MIN);
-        if position > known {
-            batch.next_offsets.insert(partition, position);
-            moved = true;
-        }
-    }
-    moved
-}
-
-/// Assigns every partition of `topic` at its stored offset; returns each partition's
-/// `(low, readable end)` as the brokers give them now (`None` where they did not answer).
-fn assign(
-    consumer: &ProjectionConsumer,
-    topic: &str,
-    stored: &BTreeMap<i32, i64>,
-) -> Result<BTreeMap<i32, Option<(i64, i64)>>, KafkaLayerError> {
-    let partitions = crate::kafka::read::partitions(consumer, topic, Duration::from_secs(5))?;
-    let mut tpl = TopicPartitionList::new();
-    let mut ends = BTreeMap::new();
-    for &p in &partitions {
-        // Under read_committed the "high" watermark is the last stable offset.
-        let watermarks = consumer
-            .fetch_watermarks(topic, p, Duration::from_secs(5))
-            .ok();
-        ends.insert(p, watermarks);
-        if let (Some(&next), Some((_, high))) = (stored.get(&p), watermarks) {
-            if next > high {
-                // The topic is not the one the store was built from (recreated, or another
-                // cluster): the consumer starts over from the beginning (auto.offset.reset), and
-                // rows at coordinates already stored keep their old content.
-                tracing::error!(
-                    topic,
-                    partition = p,
-                    stored = next,
-                    end = high,
-                    "the read model is ahead of the alerts partition: was the topic recreated? \
-                     point store.data_dir or store.url at a fresh database"
-                );
-            }
-        }
-        let offset = stored
-            .get(&p)
-            .map_or(Offset::Beginning, |&next| Offset::Offset(next));
-        tpl.add_partition_offset(topic, p, offset)?;
-    }
-    consumer.assign(&tpl)?;
-    Ok(ends)
-}
-
-/// The projection of a topic other than the alerts (the triage topic): the same loop
-/// without the partitions' ends.
-fn project_feed<B: Feed>(
-    settings: &Settings,
-    topic: &str,
-    consumer: &Reader,
-    store: &Store,
-    status: &Arc<Status>,
-    stop: &CancellationToken,
-    runtime: &tokio::runtime::Handle,
-) {
-    let stored = loop {
-        if stop.is_cancelled() {
-            return;
-        }
-        match runtime.block_on(store.offsets(topic)) {
-            Ok(offsets) => break offsets,
-            Err(e) => {
-                tracing::warn!(topic, error = %e, "cannot read the projection offsets, retrying");
-                crate::shutdown::sleep_unless_cancelled(stop, Duration::from_secs(1));
-            }
-        }
-    };
-    let partitions = loop {
-        if stop.is_cancelled() {
-            return;
-        }
-        match assign_feed(consumer, topic, &stored) {
-            Ok(partitions) => break partitions,
-            Err(e) => {
-                tracing::info!(topic, error = %e, "projection waiting for its topic");
-                crate::shutdown::sleep_unless_cancelled(stop, Duration::from_secs(1));
-            }
-        }
-    };
-    status.set_assigned();
-    tracing::info!(topic, partitions = partitions.len(), resume = ?stored, "projecting the topic into the read model");
-
-    let (batches, receiver) = mpsc::channel::<B>(2);
-    let writer = runtime.spawn(write_feed_batches(
-        store.clone(),
-        topic.to_owned(),
-        receiver,
-        Arc::clone(status),
-        stop.clone(),
-    ));
-    let max_records = settings.store.batch_records;
-    let batch_wait = settings.store.batch_wait;
-    let mut batch = B::default();
-    let mut first: Option<Instant> = None;
-    let mut last_error = LastError::default();
-    while !stop.is_cancelled() {
-        let wait = match first {
-            None => Duration::from_millis(100),
-            Some(at) => batch_wait.saturating_sub(at.elapsed()),
-        };
-        match consumer.poll(wait.max(Duration::from_millis(1))) {
-            None => {}
-            Some(Ok(message)) => {
-                last_error = LastError::default();
-                batch.push_message(&message);
-                first.get_or_insert_with(Instant::now);
-            }
-            Some(Err(KafkaError::PartitionEOF(_))) => {}
-            Some(Err(e)) => {
-                if let Some(text) = last_error.changed(&e) {
-                    tracing::warn!(topic, error = %text, "projection consumer error");
-                }
-            }
-        }
-        let due = first.is_some_and(|at| at.elapsed() >= batch_wait);
-        if !batch.is_empty() && (batch.len() >= max_records || due) {
-            if batches.blocking_send(std::mem::take(&mut batch)).is_err() {
-                break;
-            }
-            first = None;
-        }
-    }
-    // What was read is written before stopping.
-    if !batch.is_empty() {
-        let _ = batches.blocking_send(batch);
-    }
-    drop(batches);
-    let _ = runtime.block_on(writer);
-    tracing::debug!(topic, "projection stopped");
-}
-
-async fn write_feed_batches<B: Feed>(
+async fn write_batches<B: Feed>(
     store: Store,
     topic: String,
     mut batches: mpsc::Receiver<B>,
     status: Arc<Status>,
     stop: CancellationToken,
 ) {
-    while let Some(batch) = batches.recv().await {
+    while let Some(mut batch) = batches.recv().await {
         let mut attempt = 0u32;
         loop {
             match batch.write(&store, &topic).await {
@@ -726,6 +600,7 @@ async fn write_feed_batches<B: Feed>(
                     if status.failing.swap(false, Ordering::Relaxed) {
                         tracing::info!(topic, "projection writes again");
                     }
+                    status.stored_to(batch.next_offsets());
                     let (rows, skipped) = batch.counts();
                     status.projected.fetch_add(rows, Ordering::Relaxed);
                     status.skipped.fetch_add(skipped, Ordering::Relaxed);
@@ -757,18 +632,56 @@ async fn write_feed_batches<B: Feed>(
     }
 }
 
-pub(super) fn assign_feed(
-    consumer: &Reader,
+/// Moves the batch's next offsets up to the consumer's positions where these are further: past
+/// transaction markers, which the consumer steps over without handing them out (every message
+/// it handed out is in this batch or an earlier one, so the position never runs ahead of what is
+/// stored with it). Whether anything moved.
+fn advance_to_positions<B: Feed, C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    batch: &mut B,
+    recorded: &BTreeMap<i32, i64>,
+) -> bool {
+    let Ok(positions) = consumer.position() else {
+        return false;
+    };
+    let mut moved = false;
+    for element in positions.elements_for_topic(topic) {
+        let Offset::Offset(position) = element.offset() else {
+            continue;
+        };
+        let partition = element.partition();
+        let known = batch
+            .next_offsets()
+            .get(&partition)
+            .or_else(|| recorded.get(&partition))
+            .copied()
+            .unwrap_or(i64::MIN);
+        if position > known {
+            batch.next_offsets().insert(partition, position);
+            moved = true;
+        }
+    }
+    moved
+}
+
+/// Assigns every partition of `topic` at its stored offset; returns each partition's
+/// `(low, readable end)` as the brokers give them now (`None` where they did not answer).
+fn assign<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
     topic: &str,
     stored: &BTreeMap<i32, i64>,
-) -> Result<Vec<i32>, KafkaLayerError> {
+) -> Result<BTreeMap<i32, Option<(i64, i64)>>, KafkaLayerError> {
     let partitions = crate::kafka::read::partitions(consumer, topic, Duration::from_secs(5))?;
     let mut tpl = TopicPartitionList::new();
+    let mut ends = BTreeMap::new();
     for &p in &partitions {
-        if let (Some(&next), Ok((_, high))) = (
-            stored.get(&p),
-            consumer.fetch_watermarks(topic, p, Duration::from_secs(5)),
-        ) {
+        // Under read_committed the "high" watermark is the last stable offset.
+        let watermarks = consumer
+            .fetch_watermarks(topic, p, Duration::from_secs(5))
+            .ok();
+        ends.insert(p, watermarks);
+        if let (Some(&next), Some((_, high))) = (stored.get(&p), watermarks) {
             if next > high {
                 // The topic is not the one the store was built from (recreated, or another
                 // cluster): the consumer starts over from the beginning (auto.offset.reset), and
@@ -789,7 +702,7 @@ pub(super) fn assign_feed(
         tpl.add_partition_offset(topic, p, offset)?;
     }
     consumer.assign(&tpl)?;
-    Ok(partitions)
+    Ok(ends)
 }
 
 /// Runs retention every `store.retention_interval` until `stop` (nothing when `store.retention`

@@ -4,8 +4,8 @@
 //! in input-offset order from its `covers` on (each echoes its input event), how far the
 //! records of a partition reach, and the user's counts.
 //!
-//! The projection of the state topic works like the alerts projection ([`super::projection`]):
-//! one thread, assign mode, `read_committed` (a round's records only once its transaction
+//! The state topic is projected by the one projection loop of the read model
+//! ([`super::projection::Projection::spawn_states`], with [`SnapshotBatch`]): one thread, assign mode, `read_committed` (a round's records only once its transaction
 //! committed), resumed from the offsets stored in `projection_offsets` (keyed by the state
 //! topic's name) in the same transaction as the rows. A user's later record replaces an earlier
 //! one, so the table is what compaction keeps. Round markers only move the offsets; an
@@ -14,20 +14,12 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
-use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
 use sqlx::Row as _;
-use tokio_util::sync::CancellationToken;
 
 use super::{Dialect, Store, StoreError, Stored};
-use crate::config::Settings;
 use crate::domain::response::AlertRecord;
 use crate::domain::UserId;
-use crate::kafka::read::LastError;
-use crate::kafka::{reader_config, KafkaLayerError, Reader, ReaderContext};
 use crate::snapshot::{decode_record, MARKER_KEY};
 use crate::state::StoredState;
 
@@ -112,6 +104,15 @@ impl SnapshotBatch {
     /// Records taken (users in the batch, markers not counted).
     pub fn len(&self) -> usize {
         self.rows.len() + self.skipped as usize
+    }
+
+    /// Users whose latest record this batch stores.
+    pub fn rows(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub(super) fn offsets_mut(&mut self) -> &mut BTreeMap<i32, i64> {
+        &mut self.next_offsets
     }
 
     pub fn is_empty(&self) -> bool {
@@ -360,127 +361,6 @@ fn upsert_sql(dialect: Dialect, rows: usize) -> String {
          WHERE excluded.state_off > user_states.state_off OR excluded.part <> user_states.part",
     );
     sql
-}
-
-/// The running projection of the state topic.
-pub struct SnapshotProjection {
-    thread: JoinHandle<()>,
-}
-
-impl SnapshotProjection {
-    /// Starts projecting `settings.topics.state` into `store` until `stop` is cancelled (after
-    /// writing what it has read). Must be called inside a tokio runtime.
-    pub fn spawn(
-        settings: Arc<Settings>,
-        store: Store,
-        stop: CancellationToken,
-    ) -> Result<SnapshotProjection, StoreError> {
-        let consumer: Reader = reader_config(&settings, "store-states")?
-            .create_with_context(ReaderContext)
-            .map_err(KafkaLayerError::from)?;
-        let runtime = tokio::runtime::Handle::current();
-        let thread = std::thread::Builder::new()
-            .name("store-states".to_owned())
-            .spawn(move || project_states(&settings, &consumer, &store, &stop, &runtime))
-            .map_err(StoreError::Thread)?;
-        Ok(SnapshotProjection { thread })
-    }
-
-    /// Waits for the thread (call after cancelling its token; blocking).
-    pub fn join(self) {
-        let _ = self.thread.join();
-    }
-}
-
-fn project_states(
-    settings: &Settings,
-    consumer: &Reader,
-    store: &Store,
-    stop: &CancellationToken,
-    runtime: &tokio::runtime::Handle,
-) {
-    let topic = settings.topics.state.as_str();
-    let pause = |stop: &CancellationToken| {
-        crate::shutdown::sleep_unless_cancelled(stop, Duration::from_secs(1))
-    };
-    let stored = loop {
-        if stop.is_cancelled() {
-            return;
-        }
-        match runtime.block_on(store.offsets(topic)) {
-            Ok(offsets) => break offsets,
-            Err(e) => {
-                tracing::warn!(topic, error = %e, "cannot read the projection offsets, retrying");
-                pause(stop);
-            }
-        }
-    };
-    loop {
-        if stop.is_cancelled() {
-            return;
-        }
-        match super::projection::assign_feed(consumer, topic, &stored) {
-            Ok(_) => break,
-            Err(e) => {
-                tracing::info!(topic, error = %e, "projection waiting for the state topic");
-                pause(stop);
-            }
-        }
-    }
-    tracing::info!(topic, resume = ?stored, "projecting the state topic");
-    let max_records = settings.store.batch_records;
-    let batch_wait = settings.store.batch_wait;
-    let mut batch = SnapshotBatch::default();
-    let mut first: Option<Instant> = None;
-    let mut last_error = LastError::default();
-    loop {
-        let stopping = stop.is_cancelled();
-        if !stopping {
-            let wait = first.map_or(Duration::from_millis(100), |at| {
-                batch_wait.saturating_sub(at.elapsed())
-            });
-            match consumer.poll(wait.max(Duration::from_millis(1))) {
-                None | Some(Err(KafkaError::PartitionEOF(_))) => {}
-                Some(Ok(message)) => {
-                    last_error = LastError::default();
-                    batch.push(
-                        message.partition(),
-                        message.offset(),
-                        message.key(),
-                        message.payload(),
-                    );
-                    first.get_or_insert_with(Instant::now);
-                }
-                Some(Err(e)) => {
-                    if let Some(text) = last_error.changed(&e) {
-                        tracing::warn!(topic, error = %text, "state projection consumer error");
-                    }
-                }
-            }
-        }
-        let due = first.is_some_and(|at| at.elapsed() >= batch_wait);
-        if !batch.is_empty() && (batch.len() >= max_records || due || stopping) {
-            // Retried, never skipped: the offsets only advance with the rows.
-            let mut attempt = 0u32;
-            while let Err(e) = runtime.block_on(store.write_snapshots(topic, &batch)) {
-                attempt += 1;
-                if attempt == 1 {
-                    tracing::warn!(topic, error = %e, "state projection write failed, retrying");
-                }
-                if stopping && attempt >= 3 {
-                    tracing::warn!(topic, "state projection stopping with a batch unwritten");
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(200 * u64::from(attempt.min(10))));
-            }
-            batch = SnapshotBatch::default();
-            first = None;
-        }
-        if stopping {
-            tracing::debug!(topic, "state projection stopped");
-            return;
-        }
-    }
 }
 
 #[cfg(test)]
