@@ -8,7 +8,7 @@ use axum::{Json, Router};
 
 use super::super::api::{ApiError, DeadLettersBody, DeadLettersParams, ErrorBody, ReadDenied};
 use super::super::auth::Scope;
-use super::request::query_params;
+use super::request::{parse_limit_within, query_params};
 use super::{scoped, AppState};
 
 /// At most this many dead letters per request (each partition's tail is read).
@@ -42,18 +42,7 @@ pub async fn list_dead_letters(
     params: Result<Query<DeadLettersParams>, QueryRejection>,
 ) -> Result<Json<DeadLettersBody>, ApiError> {
     let params = query_params(params)?;
-    let limit = match params.limit.as_deref() {
-        None => 10,
-        Some(text) => text
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=MAX_DEAD_LETTERS).contains(n))
-            .ok_or_else(|| {
-                ApiError::Invalid(format!(
-                    "invalid limit: {text:?} is not an integer in 1..={MAX_DEAD_LETTERS}"
-                ))
-            })?,
-    };
+    let limit = parse_limit_within(params.limit.as_deref(), 10, MAX_DEAD_LETTERS)?;
     let dead_letters = state.backend.dead_letters(limit).await?;
     Ok(Json(DeadLettersBody { dead_letters }))
 }

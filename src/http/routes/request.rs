@@ -120,12 +120,21 @@ pub(super) fn parse_user_id(text: &str) -> Result<UserId, ApiError> {
 }
 
 pub(super) fn parse_limit(limit: Option<&str>) -> Result<usize, ApiError> {
+    parse_limit_within(limit, DEFAULT_LIMIT, MAX_LIMIT)
+}
+
+/// A `limit` in `1..=max`, `default` when absent.
+pub(super) fn parse_limit_within(
+    limit: Option<&str>,
+    default: usize,
+    max: usize,
+) -> Result<usize, ApiError> {
     match limit {
-        None => Ok(DEFAULT_LIMIT),
+        None => Ok(default),
         Some(text) => match text.parse::<usize>() {
-            Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+            Ok(n) if (1..=max).contains(&n) => Ok(n),
             _ => Err(ApiError::Invalid(format!(
-                "invalid limit: {text:?} is not an integer in 1..={MAX_LIMIT}"
+                "invalid limit: {text:?} is not an integer in 1..={max}"
             ))),
         },
     }
