@@ -369,11 +369,8 @@ impl Backend for KafkaBackend {
         user_id: UserId,
         risk: Risk,
     ) -> BoxFuture<'static, Result<AuditEntry, ProduceError>> {
-        if !self.ready() {
-            return Box::pin(async { Err(ProduceError::NotReady("topics not found yet")) });
-        }
-        let log = self.changes();
-        let change = async move {
+        // The profile, once published, may still apply: the client sees 503 and may retry.
+        self.changing(None, move |log| async move {
             let author = Author {
                 actor: &actor,
                 source: "http",
@@ -386,9 +383,7 @@ impl Backend for KafkaBackend {
                 .expect("one change, one audit entry");
             tracing::info!(user_id = user_id.get(), actor = %entry.actor, before = %entry.before, after = %entry.after, "risk changed");
             Ok(entry)
-        };
-        // The profile, once published, may still apply: the client sees 503 and may retry.
-        within_produce_timeout(self.settings.http.produce_timeout, change)
+        })
     }
 
     fn audit(
@@ -413,15 +408,8 @@ impl Backend for KafkaBackend {
         request: RulesRequest,
         configured: Configured,
     ) -> BoxFuture<'static, Result<RulesChanged, RulesError>> {
-        if !self.ready() {
-            return Box::pin(async { Err(ProduceError::NotReady("topics not found yet").into()) });
-        }
-        let log = self.changes();
-        let writes = Arc::clone(&self.rules_writes);
-        let change = async move {
-            // One rules write of this shim at a time: its checks (If-Match, a version name
-            // already taken) and its "before" see every write this shim made before it.
-            let _turn = writes.lock().await;
+        // A set already published still applies; a retry is harmless.
+        self.changing(Some(&self.rules_writes), move |log| async move {
             let author = Author {
                 actor: &actor,
                 source: "http",
@@ -437,9 +425,7 @@ impl Backend for KafkaBackend {
                 }
             }
             Ok(changed)
-        };
-        // A set already published still applies; a retry is harmless.
-        within_produce_timeout(self.settings.http.produce_timeout, change)
+        })
     }
 
     fn promote_shadow(
@@ -448,13 +434,7 @@ impl Backend for KafkaBackend {
         request: Promotion,
         configured: Configured,
     ) -> BoxFuture<'static, Result<Promoted, RulesError>> {
-        if !self.ready() {
-            return Box::pin(async { Err(ProduceError::NotReady("topics not found yet").into()) });
-        }
-        let log = self.changes();
-        let writes = Arc::clone(&self.rules_writes);
-        let change = async move {
-            let _turn = writes.lock().await;
+        self.changing(Some(&self.rules_writes), move |log| async move {
             let author = Author {
                 actor: &actor,
                 source: "http",
@@ -462,8 +442,7 @@ impl Backend for KafkaBackend {
             let promoted = promote_shadow(&log, author, &request, &configured).await?;
             tracing::info!(%actor, version = %promoted.version, before = ?promoted.before, offset = promoted.active.offset, "shadow rule set promoted");
             Ok(promoted)
-        };
-        within_produce_timeout(self.settings.http.produce_timeout, change)
+        })
     }
 
     fn dead_letters(
@@ -482,13 +461,7 @@ impl Backend for KafkaBackend {
         user_id: Option<UserId>,
         change: TriageChange,
     ) -> BoxFuture<'static, Result<TriageChanged, ProduceError>> {
-        if !self.ready() {
-            return Box::pin(async { Err(ProduceError::NotReady("topics not found yet")) });
-        }
-        let log = self.changes();
-        let writes = Arc::clone(&self.triage_writes);
-        let change = async move {
-            let _turn = writes.lock().await;
+        let changed = self.changing(Some(&self.triage_writes), move |log| async move {
             let author = Author {
                 actor: &actor,
                 source: "http",
@@ -499,8 +472,7 @@ impl Backend for KafkaBackend {
             let entry = &changed.entry;
             tracing::info!(alert_id = %alert.alert_id(), actor = %entry.actor, before = %entry.before, after = %entry.after, "alert triaged");
             Ok(changed)
-        };
-        let changed = within_produce_timeout(self.settings.http.produce_timeout, change);
+        });
         let store = self.store.clone();
         let topic = self.settings.topics.triage.clone();
         let wait = self.settings.http.response_timeout;
@@ -789,6 +761,34 @@ fn within_produce_timeout<T: Send + 'static, E: From<ProduceError> + Send + 'sta
 }
 
 impl KafkaBackend {
+    /// How every write route makes its change: refused at once while the topics are not found,
+    /// one at a time per `turn` when given (so that the change's checks and its audit "before"
+    /// see every change this shim made before it), within `http.produce_timeout`.
+    fn changing<T, E, F, Fut>(
+        &self,
+        turn: Option<&Arc<tokio::sync::Mutex<()>>>,
+        change: F,
+    ) -> BoxFuture<'static, Result<T, E>>
+    where
+        T: Send + 'static,
+        E: From<ProduceError> + Send + 'static,
+        F: FnOnce(ShimChanges) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<T, E>> + Send + 'static,
+    {
+        if !self.ready() {
+            return Box::pin(async { Err(ProduceError::NotReady("topics not found yet").into()) });
+        }
+        let log = self.changes();
+        let turn = turn.map(Arc::clone);
+        within_produce_timeout(self.settings.http.produce_timeout, async move {
+            let _turn = match &turn {
+                Some(turn) => Some(turn.lock().await),
+                None => None,
+            };
+            change(log).await
+        })
+    }
+
     /// The change use cases' view of this backend (see [`crate::changes`]).
     fn changes(&self) -> ShimChanges {
         ShimChanges {
