@@ -13,9 +13,16 @@
 //! once, in cursor order.
 //!
 //! `cargo run --release --example bench_stream -- [rate=2000] [clients=100] [seconds=10]
-//! [warmup=2] [partitions=6]` (`make bench-stream`). `USER_MONITOR__HTTP__STREAM_SETTLE` and
-//! the other `http.stream_*` keys apply. Exits 1 when a client missed, repeated or reordered an
-//! alert, or overflowed.
+//! [warmup=2] [partitions=6] [browser=0]` (`make bench-stream`). `USER_MONITOR__HTTP__STREAM_SETTLE`
+//! and the other `http.stream_*` keys apply. Exits 1 when a client missed, repeated or reordered
+//! an alert, or overflowed.
+//!
+//! With `browser=1`, headless Chromium (as in the console's tests) also opens the console's live
+//! alerts page on the same server before the alerts start, and the run reports what a person at
+//! it would feel: the page's first load (bytes transferred, DOM interactive, and the moment the
+//! feed is live), and during the run the page's long tasks (the Long Tasks API: main-thread tasks
+//! over 50 ms) and the longest the main thread was blocked (a 20 ms timer's worst lateness),
+//! with the rows shown at the end (the list is bounded).
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -31,12 +38,17 @@ use user_monitor::metrics::Metrics;
 use user_monitor::store::projection::Status as ProjectionStatus;
 use user_monitor::store::{OrderKey, Store};
 
+#[path = "../tests/common/browser.rs"]
+#[allow(dead_code)]
+mod browser;
+
 struct Args {
     rate: u64,
     clients: usize,
     seconds: f64,
     warmup: f64,
     partitions: i32,
+    browser: bool,
 }
 
 fn args() -> Result<Args, String> {
@@ -56,6 +68,7 @@ fn args() -> Result<Args, String> {
         seconds: next(args.next(), "seconds", 10.0)?,
         warmup: next(args.next(), "warmup", 2.0)?,
         partitions: next(args.next(), "partitions", 6)?,
+        browser: next::<u8>(args.next(), "browser", 0)? == 1,
     })
 }
 
@@ -96,7 +109,7 @@ async fn client(url: String, origin: Instant) -> Seen {
             let Some(id) = block.lines().find_map(|l| l.strip_prefix("id: ")) else {
                 continue;
             };
-            let Some(sent) = field(&block, "\"event_text\":\"") else {
+            let Some(sent) = field(&block, "\"time\":") else {
                 continue;
             };
             let now = origin.elapsed().as_micros() as u64;
@@ -122,20 +135,100 @@ fn field(text: &str, prefix: &str) -> Option<u64> {
 }
 
 fn alert(partition: i32, offset: i64, sent_us: u64) -> AlertRecord {
+    let user = (offset as u64 * 7 + partition as u64) % 10_000;
     AlertRecord {
         event_id: Coord::new(partition, offset),
         duplicate_of: None,
-        user_id: UserId::new((offset as u64 * 7 + partition as u64) % 10_000),
+        user_id: UserId::new(user),
         outcome: Outcome::Accepted {
             alert_codes: vec![1100],
             alert_id: Some(format!("alert-{partition}-{offset}")),
             risk: Risk::Medium,
         },
         rules_version: Some("default".to_owned()),
-        evidence: None,
-        event: None,
-        event_text: Some(sent_us.to_string()),
+        // What the console renders: the evidence in words and the event. The event's `time` is
+        // the ingest instant the clients measure from.
+        evidence: serde_json::value::RawValue::from_string(
+            r#"[{"code":1100,"kind":"amount","on":"withdraw","observed":"250","threshold":"100","risk":"medium"}]"#
+                .to_owned(),
+        )
+        .ok(),
+        event: serde_json::value::RawValue::from_string(format!(
+            r#"{{"type":"withdraw","amount":"250","user_id":{user},"time":{sent_us}}}"#
+        ))
+        .ok(),
+        event_text: None,
     }
+}
+
+/// Opens the console's live page, reports its first load, and starts watching its main thread.
+async fn open_console(url: &str) -> Option<browser::Browser> {
+    let mut page = browser::Browser::launch().await?;
+    page.open(url).await;
+    let live = page
+        .wait_for(
+            "document.getElementById('live-state').textContent === 'live'",
+            Duration::from_secs(20),
+        )
+        .await;
+    let load = page
+        .eval(
+            "(() => { const n = performance.getEntriesByType('navigation')[0]; \
+             const r = performance.getEntriesByType('resource'); \
+             const bytes = r.reduce((s, e) => s + e.transferSize, n.transferSize); \
+             const assets = r.filter((e) => e.name.includes('/console/')) \
+               .reduce((s, e) => s + e.transferSize, n.transferSize); \
+             return { interactive: n.domInteractive, loaded: n.loadEventEnd, live: performance.now(), \
+               bytes, assets, requests: r.length + 1 }; })()",
+        )
+        .await;
+    println!(
+        "console first load: {:.0} KB transferred ({:.0} KB of page and assets, {} requests), DOM interactive {:.0} ms, loaded {:.0} ms, feed live {:.0} ms after navigation (waited {:.0} ms)",
+        load["bytes"].as_f64().unwrap_or(0.0) / 1024.0,
+        load["assets"].as_f64().unwrap_or(0.0) / 1024.0,
+        load["requests"],
+        load["interactive"].as_f64().unwrap_or(0.0),
+        load["loaded"].as_f64().unwrap_or(0.0),
+        load["live"].as_f64().unwrap_or(0.0),
+        live.as_secs_f64() * 1e3,
+    );
+    page.eval(
+        "(() => { window.__long = []; \
+         new PerformanceObserver((l) => { for (const e of l.getEntries()) window.__long.push(e.duration); }) \
+           .observe({ type: 'longtask' }); \
+         window.__blocked = 0; let last = performance.now(); \
+         setInterval(() => { const now = performance.now(); \
+           window.__blocked = Math.max(window.__blocked, now - last - 20); last = now; }, 20); \
+         return true; })()",
+    )
+    .await;
+    Some(page)
+}
+
+/// What the console's main thread went through while the alerts arrived.
+async fn report_console(page: &mut browser::Browser, sent: u64) {
+    let seen = page
+        .eval(
+            "({ long: window.__long, blocked: window.__blocked, \
+               rows: document.getElementById('alert-rows').rows.length, \
+               count: document.getElementById('alert-count').textContent, \
+               state: document.getElementById('live-state').textContent })",
+        )
+        .await;
+    let long: Vec<f64> = seen["long"]
+        .as_array()
+        .map(|a| a.iter().filter_map(serde_json::Value::as_f64).collect())
+        .unwrap_or_default();
+    let longest = long.iter().copied().fold(0.0, f64::max);
+    println!(
+        "console during {sent} alerts: {} long tasks (> 50 ms), longest {:.0} ms, main thread blocked at most {:.0} ms; {} rows shown; \"{}\", feed {}",
+        long.len(),
+        longest,
+        seen["blocked"].as_f64().unwrap_or(0.0),
+        seen["rows"],
+        seen["count"].as_str().unwrap_or(""),
+        seen["state"].as_str().unwrap_or(""),
+    );
 }
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
@@ -225,6 +318,17 @@ async fn run(args: Args) -> ExitCode {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let mut page = if args.browser {
+        match open_console(&format!("http://{addr}/#/alerts")).await {
+            Some(page) => Some(page),
+            None => {
+                eprintln!("browser=1 needs Chromium (chromium on the PATH, or USER_MONITOR_TEST_CHROMIUM)");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
     let start = Instant::now();
     let producer = {
         let hub = Arc::clone(&hub);
@@ -253,6 +357,10 @@ async fn run(args: Args) -> ExitCode {
     let produced_in = start.elapsed();
     // The last alerts are released once the time bound passes them; then every feed ends.
     tokio::time::sleep(config.settle + Duration::from_secs(1)).await;
+    if let Some(page) = page.as_mut() {
+        report_console(page, sent).await;
+    }
+    drop(page);
     streams.close();
     let measured_from = (start - origin + Duration::from_secs_f64(args.warmup)).as_micros() as u64;
     let mut all = Vec::new();

@@ -67,6 +67,9 @@ impl Service {
         let mut world = World::new(&format!("console-{name}"), 3);
         world.set("USER_MONITOR__TOPICS__AUDIT", &world.topic("audit"));
         world.set("USER_MONITOR__HTTP__LISTEN", "127.0.0.1:0");
+        // The shim is ready before the processor has joined its group: the first answers may
+        // take that long (a 202 would not be the behaviour under test).
+        world.set("USER_MONITOR__HTTP__RESPONSE_TIMEOUT", "15s");
         let mut dirs = Vec::new();
         if let Some(tokens) = tokens {
             let dir = tempfile::tempdir().unwrap();
