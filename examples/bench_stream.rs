@@ -193,8 +193,8 @@ async fn open_console(url: &str) -> Option<browser::Browser> {
         live.as_secs_f64() * 1e3,
     );
     page.eval(
-        "(() => { window.__long = []; \
-         new PerformanceObserver((l) => { for (const e of l.getEntries()) window.__long.push(e.duration); }) \
+        "(() => { window.__long = []; window.__t0 = performance.now(); \
+         new PerformanceObserver((l) => { for (const e of l.getEntries()) window.__long.push([e.startTime - window.__t0, e.duration]); }) \
            .observe({ type: 'longtask' }); \
          window.__blocked = 0; let last = performance.now(); \
          setInterval(() => { const now = performance.now(); \
@@ -202,6 +202,10 @@ async fn open_console(url: &str) -> Option<browser::Browser> {
          return true; })()",
     )
     .await;
+    if std::env::var_os("BENCH_CONSOLE_PROFILE").is_some() {
+        page.page("Profiler.enable", serde_json::json!({})).await;
+        page.page("Profiler.start", serde_json::json!({})).await;
+    }
     Some(page)
 }
 
@@ -215,11 +219,19 @@ async fn report_console(page: &mut browser::Browser, sent: u64) {
                state: document.getElementById('live-state').textContent })",
         )
         .await;
-    let long: Vec<f64> = seen["long"]
+    // (ms since the alerts started, duration ms) of each long task.
+    let long: Vec<(f64, f64)> = seen["long"]
         .as_array()
-        .map(|a| a.iter().filter_map(serde_json::Value::as_f64).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| Some((e[0].as_f64()?, e[1].as_f64()?)))
+                .collect()
+        })
         .unwrap_or_default();
-    let longest = long.iter().copied().fold(0.0, f64::max);
+    let longest = long.iter().map(|&(_, d)| d).fold(0.0, f64::max);
+    let mut worst = long.clone();
+    worst.sort_by(|a, b| b.1.total_cmp(&a.1));
+    worst.truncate(5);
     println!(
         "console during {sent} alerts: {} long tasks (> 50 ms), longest {:.0} ms, main thread blocked at most {:.0} ms; {} rows shown; \"{}\", feed {}",
         long.len(),
@@ -229,6 +241,46 @@ async fn report_console(page: &mut browser::Browser, sent: u64) {
         seen["count"].as_str().unwrap_or(""),
         seen["state"].as_str().unwrap_or(""),
     );
+    if std::env::var_os("BENCH_CONSOLE_PROFILE").is_some() {
+        let profile = page.page("Profiler.stop", serde_json::json!({})).await;
+        print_profile(&profile["profile"]);
+    }
+    if !worst.is_empty() {
+        println!(
+            "  longest tasks (s into the run: ms): {}",
+            worst
+                .iter()
+                .map(|(at, d)| format!("{:.1}: {d:.0}", at / 1e3))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+}
+
+/// The functions the page spent most time in (self time, from the sampling profiler).
+fn print_profile(profile: &serde_json::Value) {
+    let mut names = std::collections::HashMap::new();
+    for node in profile["nodes"].as_array().into_iter().flatten() {
+        let frame = &node["callFrame"];
+        let name = format!(
+            "{} {}:{}",
+            frame["functionName"].as_str().unwrap_or("?"),
+            frame["url"].as_str().unwrap_or("").rsplit('/').next().unwrap_or(""),
+            frame["lineNumber"]
+        );
+        names.insert(node["id"].as_i64().unwrap_or(-1), name);
+    }
+    let deltas = profile["timeDeltas"].as_array().cloned().unwrap_or_default();
+    let mut self_time: std::collections::HashMap<&str, f64> = std::collections::HashMap::new();
+    for (sample, delta) in profile["samples"].as_array().into_iter().flatten().zip(&deltas) {
+        let name = names.get(&sample.as_i64().unwrap_or(-1)).map_or("?", String::as_str);
+        *self_time.entry(name).or_default() += delta.as_f64().unwrap_or(0.0) / 1e3;
+    }
+    let mut top: Vec<_> = self_time.into_iter().collect();
+    top.sort_by(|a, b| b.1.total_cmp(&a.1));
+    for (name, ms) in top.into_iter().take(12) {
+        println!("  profile: {ms:>9.0} ms  {name}");
+    }
 }
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
@@ -319,7 +371,7 @@ async fn run(args: Args) -> ExitCode {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let mut page = if args.browser {
-        match open_console(&format!("http://{addr}/#/alerts")).await {
+        match open_console(&format!("http://{addr}/{}", std::env::var("BENCH_CONSOLE_PAGE").unwrap_or_else(|_| "#/alerts".to_owned()))).await {
             Some(page) => Some(page),
             None => {
                 eprintln!("browser=1 needs Chromium (chromium on the PATH, or USER_MONITOR_TEST_CHROMIUM)");

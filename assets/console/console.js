@@ -210,10 +210,14 @@ function follow(path, onEvent, onState) {
           const { value, done } = await reader.read();
           if (done) break;
           buffer += decoder.decode(value, { stream: true });
+          // One pass over what arrived (a chunk may hold thousands of lines after a pause:
+          // cutting the buffer per line would copy it once per line).
+          let start = 0;
           let nl;
-          while ((nl = buffer.indexOf("\n")) >= 0) {
-            const line = buffer.slice(0, nl).replace(/\r$/, "");
-            buffer = buffer.slice(nl + 1);
+          while ((nl = buffer.indexOf("\n", start)) >= 0) {
+            let line = buffer.slice(start, nl);
+            if (line.endsWith("\r")) line = line.slice(0, -1);
+            start = nl + 1;
             if (line === "") {
               if (event.data) {
                 if (event.id) lastId = event.id;
@@ -231,6 +235,7 @@ function follow(path, onEvent, onState) {
               else if (field === "id") event.id = val;
             }
           }
+          buffer = buffer.slice(start);
         }
       } catch (err) {
         if (stopped) return;
@@ -247,7 +252,9 @@ function follow(path, onEvent, onState) {
 // ---------------------------------------------------------------------------------------------
 // Page 1: live alerts.
 
-const MAX_ROWS = 500;
+const MAX_ROWS = 200;
+const FLUSH_ROWS = 25;
+const FLUSH_MS = 250;
 
 function alertsPage(params) {
   const filters = {
@@ -277,7 +284,7 @@ function alertsPage(params) {
     h("h1", {}, "Live alerts"),
     h("div", { class: "panel" }, form),
     h("div", { class: "feedbar" }, liveLabel, count, h("span", { class: "muted", id: "freshness" })),
-    h("div", { class: "panel scroll" }, h("table", { "aria-describedby": "live-state" },
+    h("div", { class: "panel scroll" }, h("table", { class: "alerts", "aria-describedby": "live-state" },
       h("caption", { class: "sr-only" }, "Alerts, newest first"),
       h("thead", {}, h("tr", {}, ["When (event time)", "Alert", "User", "Event", "Why", "Rules", "Status"].map((c) => h("th", { scope: "col" }, c)))),
       tbody)),
@@ -285,17 +292,24 @@ function alertsPage(params) {
 
   const seen = new Set();
   let received = 0;
+  let passedBy = 0;
   let queue = [];
   let scheduled = false;
+  let lastFlush = 0;
   const wanted = (view) => !filters.rules_version || view.rules_version === filters.rules_version;
+  // Rendering is batched: at most FLUSH_ROWS rows at most every FLUSH_MS. A busy feed (hundreds
+  // of alerts a second) shows the newest of each batch, counts the others as passed by, and
+  // never blocks the page; a quiet one shows each alert in the next frame.
   const flush = () => {
     scheduled = false;
+    lastFlush = performance.now();
     const batch = queue; queue = [];
     const frag = document.createDocumentFragment();
-    for (let i = batch.length - 1; i >= 0; i--) frag.append(alertRow(batch[i], true));
+    for (let i = batch.length - 1; i >= 0; i--) frag.append(alertRow(batch[i], batch.length < 20));
     tbody.prepend(frag);
     while (tbody.rows.length > MAX_ROWS) tbody.deleteRow(-1);
-    count.textContent = `${fmt(received)} received live · showing ${tbody.rows.length}`;
+    count.textContent = `${fmt(received)} received live · showing ${tbody.rows.length}` +
+      (passedBy ? ` · ${fmt(passedBy)} passed by unshown (filter to see fewer)` : "");
   };
   const add = (view, live) => {
     if (!view.alert_id || seen.has(view.alert_id) || !wanted(view)) return;
@@ -303,8 +317,12 @@ function alertsPage(params) {
     if (seen.size > 20000) seen.clear();
     if (live) received++;
     queue.push(view);
-    if (queue.length > MAX_ROWS) queue = queue.slice(-MAX_ROWS);
-    if (!scheduled) { scheduled = true; requestAnimationFrame(flush); }
+    if (queue.length > FLUSH_ROWS) { passedBy += queue.length - FLUSH_ROWS; queue = queue.slice(-FLUSH_ROWS); }
+    if (!scheduled) {
+      scheduled = true;
+      const wait = Math.max(0, FLUSH_MS - (performance.now() - lastFlush));
+      setTimeout(() => requestAnimationFrame(flush), wait);
+    }
   };
 
   // The rule version is filtered here (the API filters by code, user, status and time).
@@ -369,14 +387,23 @@ function triageControls(view, cell) {
   const wrap = h("div", { class: "triage" });
   const t = triageOf(view);
   const ack = h("button", { type: "button", "data-action": "acknowledge", onclick: () => patch({ status: "acknowledged" }) }, "Acknowledge");
-  const resolve = h("button", { type: "button", "data-action": "resolve", onclick: () => { form.hidden = !form.hidden; if (!form.hidden) sel.focus(); } }, "Resolve…");
-  const sel = h("select", { name: "resolution", "aria-label": "Resolution" },
-    ["fraud", "legitimate", "duplicate"].map((r) => h("option", { value: r }, r)));
-  const note = h("input", { name: "note", "aria-label": "Note", placeholder: "note", size: 18 });
-  const form = h("form", { class: "triage", "data-form": "resolve", hidden: true, onsubmit: (e) => {
-    e.preventDefault();
-    patch({ status: "resolved", resolution: sel.value, note: note.value || undefined });
-  } }, sel, note, h("button", { type: "submit", class: "primary" }, "Save"));
+  // The resolve form is made when first asked for: a live list holds hundreds of rows, and
+  // form controls are the costliest part of a row to create and lay out.
+  let form = null;
+  const resolve = h("button", { type: "button", "data-action": "resolve", "aria-expanded": "false", onclick: () => {
+    if (!form) { form = resolveForm(); wrap.append(form); } else form.hidden = !form.hidden;
+    resolve.setAttribute("aria-expanded", String(!form.hidden));
+    if (!form.hidden) form.querySelector("select").focus();
+  } }, "Resolve…");
+  const resolveForm = () => {
+    const sel = h("select", { name: "resolution", "aria-label": "Resolution" },
+      ["fraud", "legitimate", "duplicate"].map((r) => h("option", { value: r }, r)));
+    const note = h("input", { name: "note", "aria-label": "Note", placeholder: "note", size: 18 });
+    return h("form", { class: "triage", "data-form": "resolve", onsubmit: (e) => {
+      e.preventDefault();
+      patch({ status: "resolved", resolution: sel.value, note: note.value || undefined });
+    } }, sel, note, h("button", { type: "submit", class: "primary" }, "Save"));
+  };
   async function patch(body) {
     try {
       const triage = await api("PATCH", "/api/v1/alerts/" + view.alert_id, body);
@@ -391,7 +418,6 @@ function triageControls(view, cell) {
   }
   if (t.status === "open") wrap.append(ack);
   if (t.status !== "resolved") wrap.append(resolve);
-  wrap.append(form);
   return wrap;
 }
 

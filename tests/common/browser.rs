@@ -147,7 +147,8 @@ impl Browser {
         }
     }
 
-    async fn page(&mut self, method: &str, params: Value) -> Value {
+    /// A DevTools command to the page (e.g. `Profiler.start`); its result.
+    pub async fn page(&mut self, method: &str, params: Value) -> Value {
         let session = self.session.clone();
         self.call(Some(&session), method, params).await
     }
