@@ -265,15 +265,30 @@ fn print_profile(profile: &serde_json::Value) {
         let name = format!(
             "{} {}:{}",
             frame["functionName"].as_str().unwrap_or("?"),
-            frame["url"].as_str().unwrap_or("").rsplit('/').next().unwrap_or(""),
+            frame["url"]
+                .as_str()
+                .unwrap_or("")
+                .rsplit('/')
+                .next()
+                .unwrap_or(""),
             frame["lineNumber"]
         );
         names.insert(node["id"].as_i64().unwrap_or(-1), name);
     }
-    let deltas = profile["timeDeltas"].as_array().cloned().unwrap_or_default();
+    let deltas = profile["timeDeltas"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let mut self_time: std::collections::HashMap<&str, f64> = std::collections::HashMap::new();
-    for (sample, delta) in profile["samples"].as_array().into_iter().flatten().zip(&deltas) {
-        let name = names.get(&sample.as_i64().unwrap_or(-1)).map_or("?", String::as_str);
+    for (sample, delta) in profile["samples"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .zip(&deltas)
+    {
+        let name = names
+            .get(&sample.as_i64().unwrap_or(-1))
+            .map_or("?", String::as_str);
         *self_time.entry(name).or_default() += delta.as_f64().unwrap_or(0.0) / 1e3;
     }
     let mut top: Vec<_> = self_time.into_iter().collect();
@@ -371,7 +386,12 @@ async fn run(args: Args) -> ExitCode {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let mut page = if args.browser {
-        match open_console(&format!("http://{addr}/{}", std::env::var("BENCH_CONSOLE_PAGE").unwrap_or_else(|_| "#/alerts".to_owned()))).await {
+        match open_console(&format!(
+            "http://{addr}/{}",
+            std::env::var("BENCH_CONSOLE_PAGE").unwrap_or_else(|_| "#/alerts".to_owned())
+        ))
+        .await
+        {
             Some(page) => Some(page),
             None => {
                 eprintln!("browser=1 needs Chromium (chromium on the PATH, or USER_MONITOR_TEST_CHROMIUM)");

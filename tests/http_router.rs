@@ -2219,6 +2219,17 @@ fn error_of(reply: &Reply) -> String {
     reply.json()["error"].as_str().unwrap().to_owned()
 }
 
+/// The error of a reply that must be a 400 (`what` names the request in a failure).
+fn refused_with_400(reply: &Reply, what: &str) -> String {
+    assert_eq!(
+        reply.status,
+        StatusCode::BAD_REQUEST,
+        "{what}: {}",
+        reply.text
+    );
+    error_of(reply)
+}
+
 fn row(action: &str, before: &str, after: &str) -> (String, String, String) {
     (action.to_owned(), before.to_owned(), after.to_owned())
 }
@@ -2229,13 +2240,7 @@ async fn an_empty_rule_set_is_refused_unless_allowed() {
     let empty = r#"{"version": "off", "time_unit": "seconds", "rule": []}"#;
     for path in ["/api/v1/rules", "/api/v1/rules/shadow"] {
         let reply = call(&f.app, put(path, empty)).await;
-        assert_eq!(
-            reply.status,
-            StatusCode::BAD_REQUEST,
-            "{path}: {}",
-            reply.text
-        );
-        let error = reply.json()["error"].as_str().unwrap().to_owned();
+        let error = refused_with_400(&reply, path);
         assert!(error.contains("\"off\" has no rules"), "{error}");
         assert!(error.contains("allow_empty=true"), "{error}");
         let reply = call(&f.app, put(&format!("{path}?allow_empty=maybe"), empty)).await;
@@ -3628,13 +3633,7 @@ async fn every_route_refuses_a_query_parameter_it_does_not_document() {
             assert_eq!(reply.status, StatusCode::NOT_FOUND, "{path}");
             continue;
         }
-        assert_eq!(
-            reply.status,
-            StatusCode::BAD_REQUEST,
-            "{path}: {}",
-            reply.text
-        );
-        let error = reply.json()["error"].as_str().unwrap().to_owned();
+        let error = refused_with_400(&reply, &path);
         assert!(
             error.contains(&format!("unknown query parameter \"{name}\""))
                 && error.contains(accepted),
