@@ -137,6 +137,19 @@ pub fn run(settings: Settings, startup: Startup, deps: Deps) -> Result<(), Proce
                     "re-initialising the producer and restoring the partitions from the last commit, as a restart would"
                 );
             }
+            // Shutting down, there is nothing to re-initialise for: the aborted transaction
+            // committed nothing, and the next owner restores from the last commit.
+            Err(ProcessorError::Reinitialise {
+                transactional_id,
+                cause,
+            }) => {
+                tracing::warn!(
+                    %transactional_id,
+                    %cause,
+                    "shutting down with the producer unusable (the cluster was away longer than processing.transaction_timeout): nothing uncommitted is kept; the next owner restores from the last commit"
+                );
+                break Ok(());
+            }
             other => break other,
         }
     };
